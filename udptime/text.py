@@ -1,0 +1,221 @@
+"""
+Codec for udptime's text time protocol (sans I/O).
+
+A request is one datagram of at most L{MAX_REQUEST} bytes of UTF-8 text.  Its
+first word, compared case-insensitively, selects the reply:
+
+  - C{time} or C{iso}: ISO 8601 with microseconds and UTC offset (default);
+  - C{unix}: seconds since the Unix epoch with microseconds;
+  - C{ctime}: as C{Tue Mar 13 12:54:58 2018};
+  - C{rfc2822}: as C{Tue, 13 Mar 2018 12:54:58 +0000};
+
+each optionally followed by an IANA time zone name (C{iso Europe/Paris});
+C{month N} answers the English name of month N (1-12).  Any other text,
+including an empty datagram, gets the time in the default format.  Every
+reply is one line ending in C{\\n}; errors start with C{error: }.
+
+See the README for the full specification.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, tzinfo
+from email.utils import format_datetime
+from enum import Enum
+from functools import lru_cache
+from typing import Final
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+MAX_REQUEST: Final = 512
+"""Longest request in bytes; longer datagrams are dropped unanswered."""
+
+MONTHS: Final = (
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+)
+
+_QUOTE_LIMIT: Final = 32
+
+_ZONE_NAME = re.compile(r"[A-Za-z0-9_+\-]+(/[A-Za-z0-9_+\-]+)*\Z")
+_MAX_ZONE_NAME: Final = 64
+
+
+class TimeFormat(Enum):
+    """
+    The formats a text request can ask for.
+    """
+
+    ISO = "iso"
+    UNIX = "unix"
+    CTIME = "ctime"
+    RFC2822 = "rfc2822"
+
+
+FORMAT_WORDS: Final[dict[str, TimeFormat]] = {
+    "time": TimeFormat.ISO,
+    "iso": TimeFormat.ISO,
+    "unix": TimeFormat.UNIX,
+    "ctime": TimeFormat.CTIME,
+    "rfc2822": TimeFormat.RFC2822,
+}
+
+
+class TextRequestError(ValueError):
+    """
+    A request the text protocol answers with an error line.  The message is
+    what follows C{error: } on the wire.
+    """
+
+
+class RequestTooLarge(ValueError):
+    """
+    A datagram longer than L{MAX_REQUEST}: dropped, not answered.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class TimeRequest:
+    """
+    Ask for the current time.
+
+    @ivar format: the reply format, or L{None} for the server's default.
+    @ivar zone: the zone to show the time in, or L{None} for the server's.
+    """
+
+    format: TimeFormat | None = None
+    zone: tzinfo | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MonthRequest:
+    """
+    Ask for the name of month C{number} (1-12).
+    """
+
+    number: int
+
+
+TextRequest = TimeRequest | MonthRequest
+
+DEFAULT_REQUEST: Final = TimeRequest()
+
+
+@lru_cache(maxsize=512)
+def lookupZone(name: str) -> tzinfo:
+    """
+    The time zone called C{name} in the IANA database.
+
+    @raise TextRequestError: the name is malformed or unknown.
+    """
+    if len(name) > _MAX_ZONE_NAME or not _ZONE_NAME.match(name):
+        raise TextRequestError(f"unknown time zone {_quote(name)}")
+    if name.upper() == "UTC":
+        return UTC
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise TextRequestError(f"unknown time zone {_quote(name)}") from None
+
+
+def _quote(word: str) -> str:
+    """
+    Quote a word of the request for an error line, cut short so that an
+    error reply stays small whatever the request held.
+    """
+    if len(word) > _QUOTE_LIMIT:
+        word = word[:_QUOTE_LIMIT] + "..."
+    return repr(word)
+
+
+def parseRequest(data: bytes) -> TextRequest:
+    """
+    Parse one request datagram.
+
+    @raise RequestTooLarge: the datagram is longer than L{MAX_REQUEST}.
+    @raise TextRequestError: the request is answered with an error line.
+    """
+    if len(data) > MAX_REQUEST:
+        raise RequestTooLarge(len(data))
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise TextRequestError("request is not UTF-8 text") from None
+    words = text.split()
+    if not words:
+        return DEFAULT_REQUEST
+    command = words[0].lower()
+    if command == "month":
+        return _parseMonth(words[1:])
+    fmt = FORMAT_WORDS.get(command)
+    if fmt is None:
+        # Free text ("Hello world", "Send time"): the classic clients.
+        return DEFAULT_REQUEST
+    if len(words) == 1:
+        return TimeRequest(fmt)
+    if len(words) > 2:
+        raise TextRequestError(f"{command} takes at most one time zone name")
+    return TimeRequest(fmt, lookupZone(words[1]))
+
+
+def _parseMonth(arguments: list[str]) -> MonthRequest:
+    if len(arguments) != 1:
+        raise TextRequestError("month takes one number from 1 to 12")
+    word = arguments[0]
+    if not (word.isascii() and word.isdigit()) or not 1 <= int(word) <= 12:
+        raise TextRequestError(f"month must be a number from 1 to 12, not {_quote(word)}")
+    return MonthRequest(int(word))
+
+
+def formatTime(
+    now: float, fmt: TimeFormat, zone: tzinfo | None
+) -> str:
+    """
+    Render the Unix time C{now} in format C{fmt} and zone C{zone} (L{None}:
+    the host's local time zone).
+    """
+    if fmt is TimeFormat.UNIX:
+        return f"{now:.6f}"
+    if zone is None:
+        moment = datetime.fromtimestamp(now).astimezone()
+    else:
+        moment = datetime.fromtimestamp(now, zone)
+    if fmt is TimeFormat.ISO:
+        return moment.isoformat(timespec="microseconds")
+    if fmt is TimeFormat.CTIME:
+        return moment.ctime()
+    return format_datetime(moment)
+
+
+def buildReply(
+    request: TextRequest,
+    now: float,
+    defaultFormat: TimeFormat = TimeFormat.ISO,
+    defaultZone: tzinfo | None = None,
+) -> bytes:
+    """
+    The reply line for C{request} at Unix time C{now}.
+    """
+    if isinstance(request, MonthRequest):
+        return MONTHS[request.number - 1].encode("ascii") + b"\n"
+    fmt = defaultFormat if request.format is None else request.format
+    zone = defaultZone if request.zone is None else request.zone
+    return formatTime(now, fmt, zone).encode("ascii") + b"\n"
+
+
+def errorReply(error: TextRequestError) -> bytes:
+    """
+    The error line for a request that could not be answered.
+    """
+    return f"error: {error}\n".encode("ascii", "backslashreplace")
