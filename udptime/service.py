@@ -109,18 +109,23 @@ class UDPListenService(Service):
         finally:
             # The port holds its own duplicate of the descriptor.
             sock.close()
-        host = self.port.getHost()
-        self.log.info(
-            "udptime {service} service listening on {where} (UDP)",
-            service=self.name,
-            where=_formatAddress(host),
-        )
         Service.privilegedStartService(self)
 
     def startService(self) -> None:
         if self.port is None:
             self.privilegedStartService()
         Service.startService(self)
+        # The line means "ready": logged once the reactor runs (and so has
+        # its signal handlers) and privileges are dropped.
+        self.reactor.callWhenRunning(self._logListening)  # type: ignore[attr-defined]
+
+    def _logListening(self) -> None:
+        if self.port is not None:
+            self.log.info(
+                "udptime {service} service listening on {where} (UDP)",
+                service=self.name,
+                where=_formatAddress(self.port.getHost()),
+            )
 
     def stopService(self) -> Any:
         Service.stopService(self)

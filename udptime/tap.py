@@ -8,9 +8,13 @@ as C{twisted.names.tap} does.
 from __future__ import annotations
 
 import ipaddress
+import signal
 from datetime import tzinfo
+from types import FrameType
+from typing import Any
 
 from twisted.application.service import IService, MultiService
+from twisted.logger import Logger
 from twisted.python import usage
 
 from udptime import text
@@ -91,13 +95,41 @@ class Options(usage.Options):
         return {name: port for name, port in ports.items() if port}
 
 
+class UDPTimeService(MultiService):
+    """
+    The top of the service tree: one child per listening socket.
+
+    Once the reactor runs it takes over SIGTERM so that a stop by SIGTERM is
+    a clean shutdown with exit status 0 (twistd otherwise re-raises the
+    signal, and the process ends "killed by SIGTERM").
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor: Any) -> None:
+        super().__init__()
+        self.reactor = reactor
+
+    def startService(self) -> None:
+        # Before the children, whose "listening" lines announce readiness.
+        self.reactor.callWhenRunning(self._installTermHandler)
+        super().startService()
+
+    def _installTermHandler(self) -> None:
+        signal.signal(signal.SIGTERM, self._terminate)
+
+    def _terminate(self, number: int, frame: FrameType | None) -> None:
+        self.log.info("Received SIGTERM, shutting down.")
+        self.reactor.callFromThread(self.reactor.stop)
+
+
 def makeService(options: Options) -> IService:
     """
     Build the udptime service tree from parsed C{options}.
     """
     from twisted.internet import reactor
 
-    top = MultiService()
+    top = UDPTimeService(reactor)
     ports = options.enabledPorts()
     if "text" in ports:
         protocol = TextTimeServer(

@@ -1,0 +1,270 @@
+"""
+Shared test support: free loopback ports, real C{twistd} server processes,
+blocking UDP queries with deadlines, a recording datagram transport, and
+skips for missing third-party peers.
+
+Set C{UDPTIME_REQUIRE_PEERS=1} (CI does) to turn "peer not installed" skips
+into failures, so that a missing install step cannot hide behind a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.trial.unittest import SkipTest
+
+LISTENING = "service listening on "
+
+
+def requirePeer(command: str, why: str = "") -> str:
+    """
+    The path of the program C{command}, or skip the test with a clear reason
+    when it is not installed (fail instead under C{UDPTIME_REQUIRE_PEERS=1}).
+    """
+    path = shutil.which(command) or next(
+        (
+            p
+            for d in ("/usr/sbin", "/sbin", "/usr/local/sbin")
+            if os.access(p := os.path.join(d, command), os.X_OK)
+        ),
+        None,
+    )
+    if path is None:
+        missing(f"{command} is not installed{': ' + why if why else ''}")
+    assert path is not None
+    return path
+
+
+def missing(reason: str) -> None:
+    """
+    Skip for a missing peer or facility, or fail when CI requires peers.
+    """
+    if os.environ.get("UDPTIME_REQUIRE_PEERS") == "1":
+        raise AssertionError(f"required test peer missing: {reason}")
+    raise SkipTest(reason)
+
+
+def freePort(family: int = socket.AF_INET, kind: int = socket.SOCK_DGRAM) -> int:
+    """
+    A UDP port number that is free on both 127.0.0.1 and ::1 right now.
+    """
+    for _ in range(50):
+        with socket.socket(family, kind) as probe:
+            probe.bind(("127.0.0.1" if family == socket.AF_INET else "::1", 0))
+            port: int = probe.getsockname()[1]
+        if _portFree(port):
+            return port
+    raise RuntimeError("no free UDP port found")
+
+
+def _portFree(port: int) -> bool:
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def twistdPath() -> str:
+    """
+    The C{twistd} script of the Python running the tests.
+    """
+    beside = os.path.join(os.path.dirname(sys.executable), "twistd")
+    if os.access(beside, os.X_OK):
+        return beside
+    found = shutil.which("twistd")
+    if found is None:
+        raise RuntimeError("twistd not found beside the test interpreter")
+    return found
+
+
+def udpQuery(
+    payload: bytes,
+    host: str,
+    port: int,
+    timeout: float = 2.0,
+    source: tuple[str, int] | None = None,
+) -> bytes:
+    """
+    Send one datagram and return the first reply from C{(host, port)}.
+
+    @raise TimeoutError: no reply within C{timeout} seconds.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        if source is not None:
+            sock.bind(source)
+        sock.settimeout(timeout)
+        sock.sendto(payload, (host, port))
+        deadline = time.monotonic() + timeout
+        while True:
+            sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            try:
+                data, addr = sock.recvfrom(65535)
+            except TimeoutError:
+                raise TimeoutError(f"no reply from {host}:{port}") from None
+            if addr[1] == port:
+                return data
+
+
+def noReply(
+    payload: bytes,
+    host: str,
+    port: int,
+    wait: float = 0.3,
+    source: tuple[str, int] | None = None,
+) -> bool:
+    """
+    True when C{payload} gets no reply within C{wait} seconds.
+    """
+    try:
+        udpQuery(payload, host, port, wait, source)
+    except TimeoutError:
+        return True
+    return False
+
+
+class TwistdServer:
+    """
+    A real C{twistd -n udptime ...} process for integration tests.
+
+    Start it with L{start}, which returns once every enabled service has
+    logged that it listens; L{stop} sends SIGTERM and returns the exit
+    status (the log stays readable); L{cleanup} also removes the files.  Use
+    it as a context manager or pass L{cleanup} to C{addCleanup}.
+    """
+
+    def __init__(
+        self,
+        arguments: Sequence[str],
+        twistdArguments: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+        preexec: Sequence[str] = (),
+    ) -> None:
+        self.arguments = list(arguments)
+        self.twistdArguments = list(twistdArguments)
+        self.env = env
+        self.preexec = list(preexec)
+        self.directory = tempfile.mkdtemp(prefix="udptime-twistd-")
+        self.logPath = os.path.join(self.directory, "twistd.log")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        return [
+            *self.preexec,
+            twistdPath(),
+            "-n",
+            "--pidfile=",
+            f"--logfile={self.logPath}",
+            *self.twistdArguments,
+            "udptime",
+            *self.arguments,
+        ]
+
+    def start(self, listeners: int = 1, timeout: float = 20.0) -> TwistdServer:
+        """
+        Start the server and wait (bounded) until C{listeners} services log
+        that they listen.
+        """
+        env = dict(os.environ)
+        env.update(self.env or {})
+        self.process = subprocess.Popen(
+            self.command(),
+            cwd=self.directory,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=open(os.path.join(self.directory, "stderr"), "wb"),
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.log().count(LISTENING) >= listeners:
+                return self
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"twistd exited with {self.process.returncode}:\n"
+                    + self.log()
+                    + self.stderr()
+                )
+            time.sleep(0.02)  # polling a log file, bounded by the deadline
+        self.stop()
+        raise RuntimeError("twistd did not start listening in time:\n" + self.log())
+
+    def log(self) -> str:
+        try:
+            with open(self.logPath, encoding="utf-8", errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def stderr(self) -> str:
+        with open(os.path.join(self.directory, "stderr"), errors="replace") as f:
+            return f.read()
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """
+        Send SIGTERM and wait for the exit; return the exit status.
+        """
+        process = self.process
+        if process is None:
+            return 0
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        return process.returncode
+
+    def cleanup(self) -> None:
+        """
+        Stop the server if it runs and remove its directory and log.
+        """
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __enter__(self) -> TwistdServer:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.cleanup()
+
+
+class RecordingTransport:
+    """
+    A datagram transport that records what is written, for unit tests that
+    call C{datagramReceived} directly.
+
+    @ivar written: C{(data, addr)} pairs, in order.
+    """
+
+    def __init__(self, fail: BaseException | None = None) -> None:
+        self.written: list[tuple[bytes, Any]] = []
+        self.fail = fail
+
+    def write(self, data: bytes, addr: Any = None) -> None:
+        if self.fail is not None:
+            raise self.fail
+        self.written.append((data, addr))
+
+    def getHost(self) -> Any:
+        from twisted.internet.address import IPv4Address
+
+        return IPv4Address("UDP", "127.0.0.1", 0)
