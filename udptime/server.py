@@ -64,10 +64,17 @@ class UDPServerProtocol(DatagramProtocol):
 
     def datagramReceived(self, data: bytes, addr: Address) -> None:  # type: ignore[override]
         """
-        Answer one datagram.  Nothing raised here escapes: a failure is a bug,
-        counted and logged, and the service goes on.
+        Answer one datagram, received now.
         """
-        received = self.clock()
+        self.handleDatagram(data, addr, self.clock())
+
+    def handleDatagram(self, data: bytes, addr: Address, received: float) -> None:
+        """
+        Answer one datagram that arrived at Unix time C{received} (a port
+        that knows the kernel's receive timestamp calls this directly).
+        Nothing raised here escapes: a failure is a bug, counted and logged,
+        and the service goes on.
+        """
         counters = self.counters
         counters.received += 1
         try:
