@@ -89,6 +89,16 @@ def twistdPath() -> str:
     return found
 
 
+def udptimePath() -> str:
+    """
+    The C{udptime} console script installed beside the test interpreter.
+    """
+    beside = os.path.join(os.path.dirname(sys.executable), "udptime")
+    if not os.access(beside, os.X_OK):
+        raise RuntimeError(f"the udptime console script is not installed: {beside}")
+    return beside
+
+
 def udpQuery(
     payload: bytes,
     host: str,

@@ -44,6 +44,15 @@ class QueryResult:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+def formatHostPort(host: str, port: int) -> str:
+    """
+    An address for messages: C{127.0.0.1:5000}, C{[::1]:5000}.
+    """
+    if ":" in host:
+        return f"[{host}]:{port}"
+    return f"{host}:{port}"
+
+
 class QueryError(Exception):
     """
     Base of the errors a query fails with.

@@ -18,17 +18,29 @@ Any of them can be used from any Twisted program::
 from __future__ import annotations
 
 from datetime import tzinfo
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
-from udptime import text
-from udptime.clock import WallClock, systemClock
+from udptime import daytime, echo, ntp, rfc868, text
+from udptime.clock import (
+    ClockSource,
+    TimeKnown,
+    WallClock,
+    systemClock,
+    systemTimeKnown,
+)
 from udptime.counters import ServiceCounters
+from udptime.policy import DENIED, KISS, LIMITED, Policy, RateLimiter
 
 Address = tuple[str, int]
 """A datagram's source address as Twisted gives it: (host, port)."""
+
+BAD_INPUT_LOG_RATE = 0.2
+"""Log lines per second about bad input, sustained, per service."""
+BAD_INPUT_LOG_BURST = 10
+"""Log lines about bad input a service may write back to back."""
 
 
 class UDPServerProtocol(DatagramProtocol):
@@ -39,6 +51,10 @@ class UDPServerProtocol(DatagramProtocol):
     @ivar clock: the wall clock, injected for tests.
     @ivar counters: this service's L{ServiceCounters}.
     @ivar verbose: log one line per request.
+    @ivar policy: the admission policy asked about every datagram before
+        L{respond} (L{None}: answer everything).
+    @ivar badInputLog: bounds the log lines about bad input and failures
+        (L{logBadInput}): a flood of them costs a few lines a minute.
     """
 
     serviceName: ClassVar[str] = "udp"
@@ -49,10 +65,60 @@ class UDPServerProtocol(DatagramProtocol):
         *,
         clock: WallClock = systemClock,
         verbose: bool = False,
+        policy: Policy | None = None,
     ) -> None:
         self.clock = clock
         self.verbose = verbose
         self.counters = ServiceCounters()
+        self.policy = policy
+        self.badInputLog = RateLimiter(BAD_INPUT_LOG_RATE, BAD_INPUT_LOG_BURST)
+        self._badInputLogged = 0
+
+    def startProtocol(self) -> None:
+        """
+        Tell the policy which port the service listens on (the loop guard
+        refuses datagrams from it).
+        """
+        transport: Any = self.transport
+        if self.policy is not None and transport is not None:
+            self.policy.guardPort(transport.getHost().port)
+
+    def refused(self, data: bytes, addr: Address, received: float) -> bytes | None:
+        """
+        The reply to a request refused by the rate limits that the policy
+        picked for an answer (an NTP Kiss-o'-Death), or L{None} to send
+        nothing, as every protocol but NTP does.  The reply must reveal
+        nothing and be no larger than C{data}.
+        """
+        return None
+
+    def logBadInput(self, received: float, message: str, **fields: object) -> None:
+        """
+        Log C{message} (a L{Logger} format; C{service} is filled in) about a
+        malformed or unexpected datagram received at C{received}, unless
+        this service has logged too many such lines lately; the next line
+        logged says how many were left out.
+        """
+        suppressed = self._mayLog(received)
+        if suppressed is not None:
+            self.log.warn(
+                message + " ({suppressed} similar lines left out)",
+                service=self.serviceName,
+                suppressed=suppressed,
+                **fields,
+            )
+
+    def _mayLog(self, received: float) -> int | None:
+        """
+        L{None} when L{badInputLog} refuses a line now; otherwise the number
+        of lines it refused since the last one.
+        """
+        limit = self.badInputLog
+        if not limit.admit(received):
+            return None
+        suppressed = limit.refused - self._badInputLogged
+        self._badInputLogged = limit.refused
+        return suppressed
 
     def respond(self, data: bytes, addr: Address, received: float) -> bytes | None:
         """
@@ -77,20 +143,26 @@ class UDPServerProtocol(DatagramProtocol):
         """
         counters = self.counters
         counters.received += 1
+        policy = self.policy
+        if policy is not None:
+            verdict = policy.admit(addr, received)
+            if verdict:
+                self._refuse(verdict, data, addr, received)
+                return
+            memory = policy.replyMemory
+            if memory is not None and memory.isReturned(addr, data, received):
+                counters.looped += 1
+                return
         try:
             reply = self.respond(data, addr, received)
         except Exception:
-            counters.internalErrors += 1
-            self.log.failure(
-                "{service} failed on a {size}-byte datagram from {addr}",
-                service=self.serviceName,
-                size=len(data),
-                addr=addr,
-            )
+            self._failed(data, addr, received)
             return
         if reply is None:
             return
         self.sendReply(reply, addr)
+        if policy is not None and policy.replyMemory is not None:
+            policy.replyMemory.remember(addr, reply, received)
         if self.verbose:
             self.log.info(
                 "{service}: {size}-byte request from {addr}, {replySize}-byte reply",
@@ -100,17 +172,65 @@ class UDPServerProtocol(DatagramProtocol):
                 replySize=len(reply),
             )
 
+    def _refuse(
+        self, verdict: int, data: bytes, addr: Address, received: float
+    ) -> None:
+        """
+        Count a datagram the policy refused, and send the refusal
+        (L{refused}) when the verdict is L{KISS}.
+        """
+        counters = self.counters
+        if verdict == LIMITED:
+            counters.limited += 1
+        elif verdict == KISS:
+            counters.limited += 1
+            try:
+                reply = self.refused(data, addr, received)
+            except Exception:
+                self._failed(data, addr, received)
+                return
+            if reply is not None and self._write(reply, addr):
+                counters.kissed += 1
+        elif verdict == DENIED:
+            counters.denied += 1
+        else:
+            counters.looped += 1
+
+    def _failed(self, data: bytes, addr: Address, received: float) -> None:
+        """
+        Count and log (at a bounded rate) the exception being handled.
+        """
+        self.counters.internalErrors += 1
+        suppressed = self._mayLog(received)
+        if suppressed is not None:
+            self.log.failure(
+                "{service} failed on a {size}-byte datagram from {addr}"
+                " ({suppressed} similar lines left out)",
+                service=self.serviceName,
+                size=len(data),
+                addr=addr,
+                suppressed=suppressed,
+            )
+
     def sendReply(self, reply: bytes, addr: Address) -> None:
         """
         Write C{reply} to C{addr}; a full socket buffer drops the reply, as a
         congested network would.
         """
+        if self._write(reply, addr):
+            self.counters.answered += 1
+
+    def _write(self, reply: bytes, addr: Address) -> bool:
+        """
+        Write C{reply} to C{addr}; whether the kernel took it (a failure is
+        counted).
+        """
         try:
             self.transport.write(reply, addr)
         except OSError:
             self.counters.sendFailed += 1
-        else:
-            self.counters.answered += 1
+            return False
+        return True
 
 
 class TextTimeServer(UDPServerProtocol):
@@ -132,8 +252,9 @@ class TextTimeServer(UDPServerProtocol):
         verbose: bool = False,
         defaultZone: tzinfo | None = None,
         defaultFormat: text.TimeFormat = text.TimeFormat.ISO,
+        policy: Policy | None = None,
     ) -> None:
-        super().__init__(clock=clock, verbose=verbose)
+        super().__init__(clock=clock, verbose=verbose, policy=policy)
         self.defaultZone = defaultZone
         self.defaultFormat = defaultFormat
 
@@ -148,4 +269,163 @@ class TextTimeServer(UDPServerProtocol):
             return text.errorReply(error)
         return text.buildReply(
             request, received, self.defaultFormat, self.defaultZone
+        )
+
+
+class TimeOfDayServer(UDPServerProtocol):
+    """
+    Base of the services that answer any datagram with the time alone
+    (RFC 868 Time, RFC 867 Daytime): what a request holds is ignored, and
+    while the server cannot determine the time it makes no reply (RFC 868),
+    counting the datagram as dropped.
+
+    @ivar timeKnown: asked before each reply whether the time is known; by
+        default the system clock is trusted.
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: WallClock = systemClock,
+        verbose: bool = False,
+        policy: Policy | None = None,
+        timeKnown: TimeKnown = systemTimeKnown,
+    ) -> None:
+        super().__init__(clock=clock, verbose=verbose, policy=policy)
+        self.timeKnown = timeKnown
+
+    def timeReply(self, now: float) -> bytes | None:
+        """
+        The reply at Unix time C{now}, or L{None} when the time cannot be
+        shown in this protocol's format.
+        """
+        raise NotImplementedError(type(self).__name__ + ".timeReply")
+
+    def respond(self, data: bytes, addr: Address, received: float) -> bytes | None:
+        reply = self.timeReply(received) if self.timeKnown() else None
+        if reply is None:
+            self.counters.dropped += 1
+        return reply
+
+
+class TimeServer(TimeOfDayServer):
+    """
+    The Time Protocol, RFC 868 (see L{udptime.rfc868}): any datagram gets 4
+    bytes, the seconds since 1900 modulo 2^32.
+    """
+
+    serviceName = "time"
+
+    def timeReply(self, now: float) -> bytes | None:
+        return rfc868.buildReply(now)
+
+
+class DaytimeServer(TimeOfDayServer):
+    """
+    The Daytime Protocol, RFC 867 (see L{udptime.daytime}): any datagram
+    gets one line such as C{21 NOV 2026 20:53:39 UTC}.
+    """
+
+    serviceName = "daytime"
+
+    def timeReply(self, now: float) -> bytes | None:
+        try:
+            return daytime.buildReply(now)
+        except ValueError:
+            return None
+
+
+class EchoServer(UDPServerProtocol):
+    """
+    The Echo Protocol, RFC 862 (see L{udptime.echo}): each datagram of at
+    most L{echo.MAX_ECHO} bytes is sent back unchanged; longer ones are
+    dropped.
+    """
+
+    serviceName = "echo"
+
+    def respond(self, data: bytes, addr: Address, received: float) -> bytes | None:
+        reply = echo.buildReply(data)
+        if reply is None:
+            self.counters.dropped += 1
+        return reply
+
+
+class NTPServer(UDPServerProtocol):
+    """
+    SNTPv4 / NTP server mode (see L{udptime.ntp}): client requests (mode 3)
+    get a server reply (mode 4), symmetric active ones (mode 1) a symmetric
+    passive reply (mode 2), both 48 bytes.  Everything else is dropped:
+    counted as malformed (L{ntp.MalformedPacket}) or dropped (L{ntp.NotServed}:
+    other modes, among them control and private queries, and authenticated
+    requests), and logged at a bounded rate.
+
+    The receive timestamp is the time the datagram arrived; the transmit
+    timestamp is read from the clock just before the reply is built.  What
+    the reply claims about the clock (leap warning, stratum, refid, root
+    delay and dispersion, reference time, precision) comes from the
+    L{ClockSource}.
+
+    @ivar clockSource: what the server claims about its clock.
+    @ivar minPoll: the server's minimum poll exponent (see
+        L{ntp.replyPoll}).
+    """
+
+    serviceName = "ntp"
+
+    def __init__(
+        self,
+        *,
+        clock: WallClock = systemClock,
+        verbose: bool = False,
+        policy: Policy | None = None,
+        clockSource: ClockSource | None = None,
+        minPoll: int = ntp.MIN_POLL,
+    ) -> None:
+        """
+        @param clockSource: L{None} for a L{ClockSource} that follows the
+            kernel's synchronisation state and claims nothing more.
+        """
+        super().__init__(clock=clock, verbose=verbose, policy=policy)
+        self.clockSource = ClockSource() if clockSource is None else clockSource
+        self.minPoll = minPoll
+
+    def startProtocol(self) -> None:
+        """
+        Read the clock's state once as the service starts: with a local
+        stratum, the reference time is then the time the server started.
+        """
+        super().startProtocol()
+        self.clockSource.state(self.clock())
+
+    def respond(self, data: bytes, addr: Address, received: float) -> bytes | None:
+        try:
+            request = ntp.parseRequest(data, addr[1])
+        except ntp.NTPCodecError as error:
+            if isinstance(error, ntp.NotServed):
+                self.counters.dropped += 1
+            else:
+                self.counters.malformed += 1
+            self.logBadInput(
+                received,
+                "{service}: dropped {size} bytes from {addr}: {reason}",
+                size=len(data),
+                addr=addr,
+                reason=str(error),
+            )
+            return None
+        state = self.clockSource.state(received)
+        return ntp.buildReply(
+            request, state, received, self.clock(), minPoll=self.minPoll
+        )
+
+    def refused(self, data: bytes, addr: Address, received: float) -> bytes | None:
+        """
+        A Kiss-o'-Death C{RATE} for a client request the rate limits
+        refused (see L{ntp.buildKissOfDeath}: it carries none of the
+        server's time), or L{None} when C{data} is not a client request this
+        server would answer.
+        """
+        return ntp.buildKissOfDeath(
+            data, b"RATE", sourcePort=addr[1], minPoll=self.minPoll
         )

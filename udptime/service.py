@@ -10,19 +10,26 @@ calling C{listenUDP} so that:
     (C{IPV6_V6ONLY} off), whatever the host's C{net.ipv6.bindv6only} says;
   - C{SO_REUSEPORT} can be set for several worker processes on one port.
 
-The socket is handed to the reactor with C{adoptDatagramPort}.
+On the reactors of L{twisted.internet.posixbase} (epoll, poll, select) the
+socket is served by L{udptime.fastport.ServerPort}, a L{udp.Port} with a
+lean path for request/response services and optional kernel receive
+timestamps; elsewhere it is handed to the reactor with C{adoptDatagramPort}.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.service import Service
-from twisted.internet.interfaces import IListeningPort, IReactorSocket
+from twisted.internet.interfaces import IListeningPort, IReactorFDSet, IReactorSocket
+from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
+
+from udptime.fastport import ServerPort
+from udptime.server import UDPServerProtocol
 
 ALL_INTERFACES = "::"
 """The default interface: every IPv6 and (dual-stack) IPv4 address."""
@@ -79,6 +86,10 @@ class UDPListenService(Service):
     Serve C{protocol} on a UDP port for as long as the service runs.
 
     @ivar port: the listening port once started (L{None} before).
+    @ivar kernelTimestamps: take receive times from the kernel
+        (C{SO_TIMESTAMPNS}; see L{udptime.fastport}).
+    @ivar inheritedSocket: a socket bound by another process (a worker's
+        supervisor) to serve instead of binding one; L{None} to bind.
     """
 
     log = Logger()
@@ -91,25 +102,50 @@ class UDPListenService(Service):
         interface: str = ALL_INTERFACES,
         reusePort: bool = False,
         serviceName: str = "udptime",
+        kernelTimestamps: bool = False,
     ) -> None:
         self.reactor = reactor
         self.protocol = protocol
         self.portNumber = portNumber
         self.interface = interface
         self.reusePort = reusePort
+        self.kernelTimestamps = kernelTimestamps
+        self.inheritedSocket: socket.socket | None = None
         self.setName(serviceName)
         self.port: IListeningPort | None = None
 
     def privilegedStartService(self) -> None:
-        sock = bindUDPSocket(self.interface, self.portNumber, self.reusePort)
+        sock, self.inheritedSocket = self.inheritedSocket, None
+        if sock is None:
+            sock = bindUDPSocket(self.interface, self.portNumber, self.reusePort)
         try:
-            self.port = self.reactor.adoptDatagramPort(
-                sock.fileno(), sock.family, self.protocol, maxPacketSize=MAX_DATAGRAM
-            )
+            self.port = self._adopt(sock)
         finally:
             # The port holds its own duplicate of the descriptor.
             sock.close()
         Service.privilegedStartService(self)
+
+    def _adopt(self, sock: socket.socket) -> IListeningPort:
+        if isinstance(self.reactor, PosixReactorBase) and isinstance(
+            self.protocol, UDPServerProtocol
+        ):
+            port = ServerPort.adopt(
+                cast(IReactorFDSet, self.reactor),
+                sock,
+                self.protocol,
+                MAX_DATAGRAM,
+                kernelTimestamps=self.kernelTimestamps,
+            )
+            return cast(IListeningPort, port)
+        if self.kernelTimestamps:
+            self.log.warn(
+                "{service}: kernel timestamps need a posix reactor; using the "
+                "event loop's receive times",
+                service=self.name,
+            )
+        return self.reactor.adoptDatagramPort(
+            sock.fileno(), sock.family, self.protocol, maxPacketSize=MAX_DATAGRAM
+        )
 
     def startService(self) -> None:
         if self.port is None:
@@ -121,10 +157,11 @@ class UDPListenService(Service):
 
     def _logListening(self) -> None:
         if self.port is not None:
+            host: Any = self.port.getHost()
             self.log.info(
                 "udptime {service} service listening on {where} (UDP)",
                 service=self.name,
-                where=_formatAddress(self.port.getHost()),
+                where=formatAddress(host.host, host.port),
             )
 
     def stopService(self) -> Any:
@@ -135,8 +172,10 @@ class UDPListenService(Service):
         return None
 
 
-def _formatAddress(address: Any) -> str:
-    host, port = address.host, address.port
+def formatAddress(host: str, port: int) -> str:
+    """
+    C{host:port}, with an IPv6 host in brackets.
+    """
     if ":" in host:
         return f"[{host}]:{port}"
     return f"{host}:{port}"

@@ -9,26 +9,45 @@ from __future__ import annotations
 
 import ipaddress
 import signal
+import sys
+from collections.abc import Callable, Sequence
 from datetime import tzinfo
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.application.service import IService, MultiService
 from twisted.logger import Logger
 from twisted.python import usage
 
-from udptime import text
-from udptime.server import TextTimeServer
+from udptime import policy, text, workers
+from udptime.clock import LOCAL_REFID, ClockSource
+from udptime.fastport import DEFAULT_KERNEL_TIMESTAMPS, kernelTimestampsAvailable
+from udptime.server import (
+    DaytimeServer,
+    EchoServer,
+    NTPServer,
+    TextTimeServer,
+    TimeServer,
+    UDPServerProtocol,
+)
 from udptime.service import ALL_INTERFACES, UDPListenService
+from udptime.summary import DEFAULT_INTERVAL, CounterSummary
 
 DEFAULT_PORT = 5000
+
+_Method = TypeVar("_Method", bound=Callable[..., None])
 
 
 def _interface(value: str) -> str:
     try:
-        return str(ipaddress.ip_address(value))
+        address = ipaddress.ip_address(value)
     except ValueError:
         raise ValueError(f"{value!r} is not an IPv4 or IPv6 address") from None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        # An IPv6-only socket cannot bind an IPv4-mapped address: listen on
+        # the IPv4 address it stands for.
+        return str(address.ipv4_mapped)
+    return str(address)
 
 
 _interface.coerceDoc = "An IPv4 or IPv6 address."  # type: ignore[attr-defined]
@@ -44,6 +63,79 @@ def _zone(value: str) -> tzinfo:
 _zone.coerceDoc = "An IANA time zone name, e.g. Europe/Paris or UTC."  # type: ignore[attr-defined]
 
 
+def _stratum(value: str) -> int:
+    try:
+        stratum = int(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a stratum (1-15)") from None
+    if not 1 <= stratum <= 15:
+        raise ValueError(f"stratum must be from 1 to 15, not {stratum}")
+    return stratum
+
+
+_stratum.coerceDoc = "A number from 1 to 15."  # type: ignore[attr-defined]
+
+
+def _refid(value: str) -> bytes:
+    if not 1 <= len(value) <= 4 or not all("!" <= c <= "~" for c in value):
+        raise ValueError(f"{value!r} is not 1 to 4 printable ASCII characters")
+    return value.encode("ascii")
+
+
+_refid.coerceDoc = "1 to 4 printable ASCII characters, e.g. LOCL or GPS."  # type: ignore[attr-defined]
+
+
+def _rate(value: str) -> float:
+    try:
+        rate = float(value)
+    except ValueError:
+        rate = -1.0
+    if not 0.0 <= rate < float("inf"):
+        raise ValueError(f"{value!r} is not a number of requests per second >= 0")
+    return rate
+
+
+_rate.coerceDoc = "Requests per second; 0 turns the limit off."  # type: ignore[attr-defined]
+
+
+def _count(value: str) -> int:
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise ValueError(f"{value!r} is not a whole number >= 1")
+    return count
+
+
+def _prefixLength(value: str) -> int:
+    try:
+        length = int(value)
+    except ValueError:
+        length = 0
+    if not 1 <= length <= 128:
+        raise ValueError(f"{value!r} is not an IPv6 prefix length (1-128)")
+    return length
+
+
+def _helpText(method: _Method) -> _Method:
+    """
+    Make C{method}'s docstring one line, as C{--help} shows it.
+    """
+    method.__doc__ = " ".join((method.__doc__ or "").split())
+    return method
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0.0 <= seconds < float("inf"):
+        raise ValueError(f"{value!r} is not a number of seconds >= 0")
+    return seconds
+
+
 class Options(usage.Options):
     """
     Command-line options of C{twistd udptime}.
@@ -52,7 +144,8 @@ class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
         "Serve the time over UDP.  udptime's text protocol answers on --port "
-        "(5000 by default; 0 turns it off)."
+        "(5000 by default; 0 turns it off).  The RFC 868 Time, RFC 867 Daytime "
+        "and RFC 862 Echo services, and SNTP/NTP, are off unless given a port."
     )
 
     optParameters = [
@@ -62,6 +155,50 @@ class Options(usage.Options):
             DEFAULT_PORT,
             "UDP port of the text time service (0: off).",
             usage.portCoerce,
+        ],
+        [
+            "time-port",
+            None,
+            0,
+            "UDP port of the RFC 868 Time service (37 is standard; 0: off).",
+            usage.portCoerce,
+        ],
+        [
+            "daytime-port",
+            None,
+            0,
+            "UDP port of the RFC 867 Daytime service (13 is standard; 0: off).",
+            usage.portCoerce,
+        ],
+        [
+            "echo-port",
+            None,
+            0,
+            "UDP port of the RFC 862 Echo service (7 is standard; 0: off).",
+            usage.portCoerce,
+        ],
+        [
+            "ntp-port",
+            None,
+            0,
+            "UDP port of the SNTP/NTP service (123 is standard; 0: off).",
+            usage.portCoerce,
+        ],
+        [
+            "local-stratum",
+            None,
+            None,
+            "NTP: claim synchronisation at this stratum (1-15) even when the "
+            "kernel says the clock is unsynchronised, as chrony's 'local "
+            "stratum N' (default: follow the kernel).",
+            _stratum,
+        ],
+        [
+            "refid",
+            None,
+            LOCAL_REFID,
+            "NTP: reference identifier sent with --local-stratum.",
+            _refid,
         ],
         [
             "interface",
@@ -74,25 +211,191 @@ class Options(usage.Options):
             "timezone",
             None,
             None,
-            "Time zone of text replies that name none (default: the host's).",
+            "Time zone of text replies that name none (default: the host's)",
             _zone,
+        ],
+        [
+            "rate",
+            None,
+            policy.DEFAULT_RATE,
+            "Requests per second each service answers for one client (an IPv4 "
+            "address or an IPv6 prefix), sustained (0: no per-client limit).",
+            _rate,
+        ],
+        [
+            "burst",
+            None,
+            policy.DEFAULT_BURST,
+            "Requests one client may send back to back before --rate applies.",
+            _count,
+        ],
+        [
+            "ipv6-prefix",
+            None,
+            policy.DEFAULT_IPV6_PREFIX,
+            "IPv6 clients in one network of this prefix length count as one.",
+            _prefixLength,
+        ],
+        [
+            "max-clients",
+            None,
+            policy.DEFAULT_MAX_CLIENTS,
+            "Clients each service tracks for --rate; beyond it the oldest are "
+            "forgotten (this bounds memory).",
+            _count,
+        ],
+        [
+            "global-rate",
+            None,
+            0.0,
+            "Requests per second all services together answer, whatever their "
+            "source (0: no cap).",
+            _rate,
+        ],
+        [
+            "summary-interval",
+            None,
+            DEFAULT_INTERVAL,
+            "Seconds between log lines summarising each service's counters (0: none).",
+            _seconds,
+        ],
+        [
+            "workers",
+            None,
+            0,
+            "Serve from this many worker processes sharing the ports "
+            "(SO_REUSEPORT), supervised by this one; auto: one per CPU "
+            "(default: 0, serve in this process).",
+            workers.workerCount,
         ],
     ]
 
     optFlags = [
         ["verbose", "v", "Log one line per request."],
+        [
+            "kernel-timestamps",
+            None,
+            "Take each request's receive time from the kernel (SO_TIMESTAMPNS)"
+            + (" (the default)." if DEFAULT_KERNEL_TIMESTAMPS else "."),
+        ],
+        [
+            "no-kernel-timestamps",
+            None,
+            "Take receive times from the clock when the event loop reads the "
+            "request" + ("." if DEFAULT_KERNEL_TIMESTAMPS else " (the default)."),
+        ],
     ]
 
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self["access"] = []
+        self.arguments: list[str] = []
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        # Kept for the worker processes, which run with the same options.
+        self.arguments = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
+
+    @_helpText
+    def opt_allow(self, rule: str) -> None:
+        """
+        Serve clients in a network: [SERVICE=]NETWORK, NETWORK an address, a
+        CIDR network or "all"; SERVICE one service's name (default: every
+        service).  Repeatable.  Once any network is allowed, the others are
+        denied; the most specific --allow or --deny for a client decides.
+        """
+        self._addRule(True, rule)
+
+    @_helpText
+    def opt_deny(self, rule: str) -> None:
+        """
+        Refuse clients in a network, silently: [SERVICE=]NETWORK, as for
+        --allow.  Repeatable.
+        """
+        self._addRule(False, rule)
+
+    def _addRule(self, allow: bool, text: str) -> None:
+        try:
+            self["access"].extend(policy.AccessRule.parse(allow, text))
+        except ValueError as error:
+            option = "--allow" if allow else "--deny"
+            raise usage.UsageError(f"{option} {text}: {error}") from None
+
     def postOptions(self) -> None:
-        if not self.enabledPorts():
+        if self["kernel-timestamps"] and self["no-kernel-timestamps"]:
+            raise usage.UsageError(
+                "give --kernel-timestamps or --no-kernel-timestamps, not both"
+            )
+        if self["kernel-timestamps"] and not kernelTimestampsAvailable():
+            raise usage.UsageError("this system has no kernel receive timestamps")
+        if not self["ntp-port"] and self["local-stratum"] is not None:
+            raise usage.UsageError("--local-stratum is for NTP: give --ntp-port")
+        if self["local-stratum"] is None and self["refid"] != LOCAL_REFID:
+            raise usage.UsageError("--refid is sent with --local-stratum: give both")
+        ports = self.enabledPorts()
+        if not ports:
             raise usage.UsageError("every service is off: give at least one port")
+        for rule in self["access"]:
+            if rule.service is not None and rule.service not in ports:
+                raise usage.UsageError(
+                    f"an --allow or --deny names the {rule.service!r} service, "
+                    f"which is not running (running: {', '.join(ports)})"
+                )
+        services: dict[int, str] = {}
+        for name, port in ports.items():
+            if port in services:
+                raise usage.UsageError(
+                    f"the {services[port]} and {name} services both use port "
+                    f"{port}: give each service its own port"
+                )
+            services[port] = name
+
+    def kernelTimestamps(self) -> bool:
+        """
+        Whether the services take receive times from the kernel.
+        """
+        if self["kernel-timestamps"] or self["no-kernel-timestamps"]:
+            return bool(self["kernel-timestamps"])
+        return DEFAULT_KERNEL_TIMESTAMPS and kernelTimestampsAvailable()
 
     def enabledPorts(self) -> dict[str, int]:
         """
         The services to run, by name, with their port numbers.
         """
-        ports = {"text": self["port"]}
+        ports = {
+            "text": self["port"],
+            "time": self["time-port"],
+            "daytime": self["daytime-port"],
+            "echo": self["echo-port"],
+            "ntp": self["ntp-port"],
+        }
         return {name: port for name, port in ports.items() if port}
+
+    def globalLimit(self) -> policy.RateLimiter | None:
+        """
+        The reply cap all services share (--global-rate), or L{None}.
+        """
+        rate = self["global-rate"]
+        if not rate:
+            return None
+        return policy.RateLimiter(rate, max(1, int(rate)))
+
+    def servicePolicy(
+        self, service: str, globalLimit: policy.RateLimiter | None
+    ) -> policy.Policy:
+        """
+        The admission policy of the service called C{service}, sharing the
+        reply cap C{globalLimit}.
+        """
+        return policy.Policy.forService(
+            service,
+            rate=self["rate"],
+            burst=self["burst"],
+            maxClients=self["max-clients"],
+            ipv6Prefix=self["ipv6-prefix"],
+            rules=self["access"],
+            globalLimit=globalLimit,
+        )
 
 
 class UDPTimeService(MultiService):
@@ -131,15 +434,33 @@ def makeService(options: Options) -> IService:
 
     top = UDPTimeService(reactor)
     ports = options.enabledPorts()
+    verbose = options["verbose"]
+    protocols: dict[str, UDPServerProtocol] = {}
     if "text" in ports:
-        protocol = TextTimeServer(
-            verbose=options["verbose"], defaultZone=options["timezone"]
+        protocols["text"] = TextTimeServer(
+            verbose=verbose, defaultZone=options["timezone"]
         )
+    standard = {"time": TimeServer, "daytime": DaytimeServer, "echo": EchoServer}
+    for name, factory in standard.items():
+        if name in ports:
+            protocols[name] = factory(verbose=verbose)
+    if "ntp" in ports:
+        protocols["ntp"] = NTPServer(
+            verbose=verbose,
+            clockSource=ClockSource(options["local-stratum"], options["refid"]),
+        )
+    globalLimit = options.globalLimit()
+    for name, protocol in protocols.items():
+        protocol.policy = options.servicePolicy(name, globalLimit)
         UDPListenService(
             reactor,  # type: ignore[arg-type]
             protocol,
-            ports["text"],
+            ports[name],
             options["interface"],
-            serviceName="text",
+            serviceName=name,
+            kernelTimestamps=options.kernelTimestamps(),
         ).setServiceParent(top)
-    return top
+    if options["summary-interval"]:
+        summary = CounterSummary(reactor, protocols, options["summary-interval"])
+        summary.setServiceParent(top)  # type: ignore[no-untyped-call]
+    return workers.configure(top, options, reactor)

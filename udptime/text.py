@@ -19,6 +19,7 @@ See the README for the full specification.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
@@ -26,10 +27,13 @@ from email.utils import format_datetime
 from enum import Enum
 from functools import lru_cache
 from typing import Final
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 MAX_REQUEST: Final = 512
 """Longest request in bytes; longer datagrams are dropped unanswered."""
+
+DEFAULT_PORT: Final = 5000
+"""The text protocol's customary UDP port."""
 
 MONTHS: Final = (
     "January",
@@ -115,7 +119,8 @@ DEFAULT_REQUEST: Final = TimeRequest()
 @lru_cache(maxsize=512)
 def lookupZone(name: str) -> tzinfo:
     """
-    The time zone called C{name} in the IANA database.
+    The time zone called C{name} in the IANA database, matched without
+    regard to case (C{europe/paris} is C{Europe/Paris}).
 
     @raise TextRequestError: the name is malformed or unknown.
     """
@@ -123,10 +128,22 @@ def lookupZone(name: str) -> tzinfo:
         raise TextRequestError(f"unknown time zone {_quote(name)}")
     if name.upper() == "UTC":
         return UTC
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, OSError):
-        raise TextRequestError(f"unknown time zone {_quote(name)}") from None
+    for candidate in (name, _zoneNamesByFold().get(name.casefold())):
+        if candidate is None:
+            continue
+        try:
+            return ZoneInfo(candidate)
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            continue
+    raise TextRequestError(f"unknown time zone {_quote(name)}")
+
+
+@lru_cache(maxsize=1)
+def _zoneNamesByFold() -> dict[str, str]:
+    """
+    The host's IANA zone names, keyed by their case-folded form (read once).
+    """
+    return {zone.casefold(): zone for zone in available_timezones()}
 
 
 def _quote(word: str) -> str:
@@ -148,6 +165,16 @@ def parseRequest(data: bytes) -> TextRequest:
     """
     if len(data) > MAX_REQUEST:
         raise RequestTooLarge(len(data))
+    return _parseSmall(data)
+
+
+@lru_cache(maxsize=256)
+def _parseSmall(data: bytes) -> TextRequest:
+    """
+    L{parseRequest} for a datagram of acceptable size.  Clients send the same
+    few requests again and again, so the parsed (immutable) requests are
+    cached; errors are not, and cost a parse each time.
+    """
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
@@ -174,25 +201,69 @@ def _parseMonth(arguments: list[str]) -> MonthRequest:
         raise TextRequestError("month takes one number from 1 to 12")
     word = arguments[0]
     if not (word.isascii() and word.isdigit()) or not 1 <= int(word) <= 12:
-        raise TextRequestError(f"month must be a number from 1 to 12, not {_quote(word)}")
+        raise TextRequestError(
+            f"month must be a number from 1 to 12, not {_quote(word)}"
+        )
     return MonthRequest(int(word))
 
 
-def formatTime(
-    now: float, fmt: TimeFormat, zone: tzinfo | None
-) -> str:
+def formatTime(now: float, fmt: TimeFormat, zone: tzinfo | None) -> str:
     """
     Render the Unix time C{now} in format C{fmt} and zone C{zone} (L{None}:
     the host's local time zone).
     """
     if fmt is TimeFormat.UNIX:
         return f"{now:.6f}"
-    if zone is None:
-        moment = datetime.fromtimestamp(now).astimezone()
-    else:
-        moment = datetime.fromtimestamp(now, zone)
+    second, microsecond = splitMicroseconds(now)
     if fmt is TimeFormat.ISO:
-        return moment.isoformat(timespec="microseconds")
+        head, offset = _isoParts(second, zone)
+        return f"{head}.{microsecond:06d}{offset}"
+    return _wholeSecondText(second, fmt, zone)
+
+
+def splitMicroseconds(now: float) -> tuple[int, int]:
+    """
+    The Unix time C{now} as whole seconds and microseconds, rounded as
+    L{datetime.fromtimestamp} rounds it (to the nearest microsecond, half to
+    even), so that formatting the parts gives what formatting C{now} would.
+    """
+    fraction, whole = math.modf(now)
+    microsecond = round(fraction * 1e6)
+    second = int(whole)
+    if microsecond >= 1_000_000:
+        return second + 1, microsecond - 1_000_000
+    if microsecond < 0:
+        return second - 1, microsecond + 1_000_000
+    return second, microsecond
+
+
+# Everything in a reply but the microseconds stays the same for a whole
+# second: it is rendered once per second and zone, and the hot path only
+# joins strings.  (Zone transitions fall on whole seconds.)
+
+
+def _moment(second: int, zone: tzinfo | None) -> datetime:
+    if zone is None:
+        return datetime.fromtimestamp(second).astimezone()
+    return datetime.fromtimestamp(second, zone)
+
+
+@lru_cache(maxsize=64)
+def _isoParts(second: int, zone: tzinfo | None) -> tuple[str, str]:
+    """
+    The ISO 8601 rendering of C{second} cut around where the microseconds
+    go: C{("2026-11-21T20:53:39", "+00:00")}.
+    """
+    text = _moment(second, zone).isoformat(timespec="seconds")
+    return text[:19], text[19:]
+
+
+@lru_cache(maxsize=64)
+def _wholeSecondText(second: int, fmt: TimeFormat, zone: tzinfo | None) -> str:
+    """
+    C{second} rendered in a format that shows no fraction of a second.
+    """
+    moment = _moment(second, zone)
     if fmt is TimeFormat.CTIME:
         return moment.ctime()
     return format_datetime(moment)

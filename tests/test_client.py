@@ -1,0 +1,754 @@
+"""
+The client library: L{udptime.client.query} on a fake reactor (timeouts,
+retries, source checks, cancellation, clean-up) and on real loopback sockets
+against L{TextTimeServer}; and L{TextClientCodec}.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from datetime import UTC
+from typing import Any
+
+from twisted.internet import reactor as globalReactor
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import CancelledError, Deferred, DeferredList
+from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from tests.support import freePort
+from udptime import text
+from udptime.client import TextClientCodec, query, readTime, sameAddress
+from udptime.query import (
+    QueryError,
+    QueryResult,
+    QueryTimeout,
+    ReplyMismatch,
+    ServerRefused,
+)
+from udptime.server import TextTimeServer
+from udptime.service import bindUDPSocket
+
+SERVER = ("127.0.0.1", 5000)
+
+
+class FakePort:
+    """
+    A UDP port of L{FakeReactor}: records what is written.
+    """
+
+    def __init__(
+        self, reactor: FakeReactor, protocol: DatagramProtocol, interface: str
+    ) -> None:
+        self.reactor = reactor
+        self.protocol = protocol
+        self.interface = interface
+        self.written: list[tuple[bytes, tuple[str, int]]] = []
+        self.closed = False
+        self.closing: Deferred[None] | None = None
+
+    def write(self, datagram: bytes, addr: tuple[str, int]) -> None:
+        if self.reactor.sendError is not None:
+            raise self.reactor.sendError
+        self.written.append((datagram, addr))
+
+    def stopListening(self) -> Deferred[None] | None:
+        self.closed = True
+        if self.reactor.closeLater:
+            self.closing = Deferred()
+            return self.closing
+        return None
+
+    def receive(self, datagram: bytes, addr: tuple[str, int] = SERVER) -> None:
+        """
+        Deliver a datagram as the reactor would (nothing once closed).
+        """
+        if not self.closed:
+            self.protocol.datagramReceived(datagram, addr)
+
+
+class FakeResolver:
+    """
+    A name resolver whose answers the test gives.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int, Any, str]] = []
+        self.receivers: list[Any] = []
+
+    def resolveHostName(
+        self,
+        receiver: Any,
+        hostName: str,
+        portNumber: int = 0,
+        addressTypes: Any = None,
+        transportSemantics: str = "TCP",
+    ) -> None:
+        self.calls.append((hostName, portNumber, addressTypes, transportSemantics))
+        self.receivers.append(receiver)
+        receiver.resolutionBegan(object())
+
+    def answer(self, *addresses: Any) -> None:
+        receiver = self.receivers.pop(0)
+        for address in addresses:
+            receiver.addressResolved(address)
+        receiver.resolutionComplete()
+
+
+class FakeReactor(Clock):
+    """
+    A L{Clock} with fake UDP ports and a fake name resolver.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ports: list[FakePort] = []
+        self.nameResolver = FakeResolver()
+        self.sendError: BaseException | None = None
+        self.closeLater = False
+
+    def listenUDP(
+        self,
+        port: int,
+        protocol: DatagramProtocol,
+        interface: str = "",
+        maxPacketSize: int = 8192,
+    ) -> FakePort:
+        assert port == 0
+        assert maxPacketSize >= 65507
+        fake = FakePort(self, protocol, interface)
+        self.ports.append(fake)
+        protocol.makeConnection(fake)  # type: ignore[arg-type]
+        return fake
+
+
+class SteppingClock:
+    """
+    A wall clock that reads C{start}, then advances by C{step} per read.
+    """
+
+    def __init__(self, start: float = 1000.0, step: float = 0.25) -> None:
+        self.now = start
+        self.step = step
+
+    def __call__(self) -> float:
+        now = self.now
+        self.now += self.step
+        return now
+
+
+def ask(
+    testCase: SynchronousTestCase,
+    host: str = "127.0.0.1",
+    codec: Any = None,
+    **kwargs: Any,
+) -> tuple[FakeReactor, Deferred[QueryResult]]:
+    reactor = FakeReactor()
+    kwargs.setdefault("clock", SteppingClock())
+    d = query(reactor, host, codec or TextClientCodec("unix"), **kwargs)
+    return reactor, d
+
+
+class QueryTests(SynchronousTestCase):
+    """
+    L{query} on a fake reactor.
+    """
+
+    def assertClean(self, reactor: FakeReactor) -> None:
+        """
+        Every port is closed and no timer is left.
+        """
+        self.assertTrue(all(port.closed for port in reactor.ports))
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
+    def test_answered(self) -> None:
+        """
+        The request goes from a port on every address to the server; its
+        reply gives the result, timed by the injected wall clock.
+        """
+        reactor, d = ask(self, port=5000)
+        [port] = reactor.ports
+        self.assertEqual(port.interface, "0.0.0.0")
+        self.assertEqual(port.written, [(b"unix", SERVER)])
+        self.assertNoResult(d)
+        port.receive(b"1001.000000\n")
+        result = self.successResultOf(d)
+        self.assertEqual(result.protocol, "text")
+        self.assertEqual((result.host, result.port), SERVER)
+        self.assertEqual(result.text, "1001.000000")
+        self.assertEqual(result.reply, b"1001.000000\n")
+        self.assertEqual(result.serverTime, 1001.0)
+        # Sent at 1000.0, received at 1000.25.
+        self.assertEqual(result.delay, 0.25)
+        self.assertEqual(result.offset, 1001.0 - 1000.125)
+        self.assertClean(reactor)
+
+    def test_defaultPort(self) -> None:
+        """
+        Without a port the codec's default port is used.
+        """
+        reactor, d = ask(self)
+        self.assertEqual(reactor.ports[0].written[0][1], ("127.0.0.1", 5000))
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+
+    def test_ipv6(self) -> None:
+        """
+        An IPv6 server is asked from an IPv6 port, and named in brackets.
+        """
+        reactor, d = ask(self, "::1", port=5001, retries=1)
+        [port] = reactor.ports
+        self.assertEqual(port.interface, "::")
+        self.assertEqual(port.written, [(b"unix", ("::1", 5001))])
+        reactor.advance(1)
+        failure = self.failureResultOf(d, QueryTimeout)
+        self.assertEqual(str(failure.value), "no reply from [::1]:5001 after 1 try")
+
+    def test_retries(self) -> None:
+        """
+        Each try waits C{timeout} seconds on a new port, the old one closed;
+        after the last the query fails with L{QueryTimeout}.
+        """
+        reactor, d = ask(self, timeout=2.0, retries=3)
+        reactor.advance(1.9)
+        self.assertEqual(len(reactor.ports), 1)
+        reactor.advance(0.1)
+        self.assertEqual(len(reactor.ports), 2)
+        self.assertTrue(reactor.ports[0].closed)
+        self.assertFalse(reactor.ports[1].closed)
+        reactor.advance(2.0)
+        self.assertEqual(len(reactor.ports), 3)
+        self.assertNoResult(d)
+        reactor.advance(2.0)
+        failure = self.failureResultOf(d, QueryTimeout)
+        self.assertEqual(
+            str(failure.value), "no reply from 127.0.0.1:5000 after 3 tries"
+        )
+        self.assertEqual(len(reactor.ports), 3)
+        for port in reactor.ports:
+            self.assertEqual(port.written, [(b"unix", SERVER)])
+        self.assertClean(reactor)
+
+    def test_answerOnLaterTry(self) -> None:
+        """
+        A reply to the second try ends the query.
+        """
+        reactor, d = ask(self, retries=3)
+        reactor.advance(1.0)
+        reactor.ports[1].receive(b"5.000000\n")
+        self.assertEqual(self.successResultOf(d).serverTime, 5.0)
+        self.assertEqual(len(reactor.ports), 2)
+        self.assertClean(reactor)
+
+    def test_lateReplyToEarlierTry(self) -> None:
+        """
+        A reply reaching an earlier try's protocol is not taken for the
+        reply to the current try.
+        """
+        reactor, d = ask(self, retries=2)
+        first = reactor.ports[0]
+        reactor.advance(1.0)
+        first.protocol.datagramReceived(b"1.000000\n", SERVER)
+        self.assertNoResult(d)
+        reactor.ports[1].receive(b"2.000000\n")
+        self.assertEqual(self.successResultOf(d).serverTime, 2.0)
+
+    def test_otherSources(self) -> None:
+        """
+        Datagrams from another address or port are ignored.
+        """
+        reactor, d = ask(self)
+        port = reactor.ports[0]
+        for source in (
+            ("127.0.0.2", 5000),
+            ("127.0.0.1", 5001),
+            ("::1", 5000),
+            ("::ffff:127.0.0.2", 5000),
+            ("not an address", 5000),
+        ):
+            port.receive(b"1.000000\n", source)
+        self.assertNoResult(d)
+        port.receive(b"7.000000\n", SERVER)
+        self.assertEqual(self.successResultOf(d).serverTime, 7.0)
+
+    def test_mappedSource(self) -> None:
+        """
+        An IPv4-mapped IPv6 address is the same as its IPv4 address.
+        """
+        reactor, d = ask(self)
+        reactor.ports[0].receive(b"1.000000\n", ("::ffff:127.0.0.1", 5000))
+        self.assertEqual(self.successResultOf(d).serverTime, 1.0)
+
+        reactor, d = ask(self, "::ffff:127.0.0.1")
+        self.assertEqual(reactor.ports[0].interface, "::")
+        reactor.ports[0].receive(b"2.000000\n", ("::ffff:127.0.0.1", 5000))
+        self.assertEqual(self.successResultOf(d).serverTime, 2.0)
+
+    def test_sameAddress(self) -> None:
+        """
+        L{sameAddress} compares addresses, not their spelling.
+        """
+        self.assertTrue(sameAddress(("::1", 1), ("0:0::1", 1)))
+        self.assertTrue(sameAddress(("127.0.0.1", 1), ("::ffff:7f00:1", 1)))
+        self.assertFalse(sameAddress(("127.0.0.1", 1), ("127.0.0.1", 2)))
+        self.assertFalse(sameAddress(("127.0.0.1", 1), ("::1", 1)))
+        self.assertFalse(sameAddress(("localhost", 1), ("localhost", 1)))
+
+    def test_mismatchIgnored(self) -> None:
+        """
+        Datagrams the codec rejects with L{ReplyMismatch} are ignored and
+        the query goes on waiting.
+        """
+        reactor, d = ask(self)
+        port = reactor.ports[0]
+        for junk in (b"\xff\xfe\n", b"no newline", b"two\nlines\n", b""):
+            port.receive(junk)
+        self.assertNoResult(d)
+        port.receive(b"3.000000\n")
+        self.assertEqual(self.successResultOf(d).serverTime, 3.0)
+
+    def test_refused(self) -> None:
+        """
+        An C{error:} line fails the query at once with L{ServerRefused}.
+        """
+        reactor, d = ask(self, codec=TextClientCodec("month 13"))
+        reactor.ports[0].receive(
+            b"error: month must be a number from 1 to 12, not '13'\n"
+        )
+        failure = self.failureResultOf(d, ServerRefused)
+        self.assertEqual(
+            str(failure.value),
+            "error from 127.0.0.1:5000: month must be a number from 1 to 12, not '13'",
+        )
+        self.assertEqual(len(reactor.ports), 1)
+        self.assertClean(reactor)
+
+    def test_codecBug(self) -> None:
+        """
+        An unexpected exception from the codec fails the query with it.
+        """
+
+        class Broken(TextClientCodec):
+            def parseReply(self, *args: Any) -> QueryResult:
+                raise ZeroDivisionError()
+
+        reactor, d = ask(self, codec=Broken())
+        reactor.ports[0].receive(b"1.0\n")
+        self.failureResultOf(d, ZeroDivisionError)
+        self.assertClean(reactor)
+
+    def test_cancel(self) -> None:
+        """
+        Cancelling the query closes its port and stops its timer.
+        """
+        reactor, d = ask(self)
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertClean(reactor)
+        reactor.advance(10)
+        self.assertEqual(len(reactor.ports), 1)
+
+    def test_cancelWhileResolving(self) -> None:
+        """
+        A query cancelled before its name is resolved sends nothing.
+        """
+        reactor, d = ask(self, "time.example")
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        reactor.nameResolver.answer(IPv4Address("UDP", "127.0.0.1", 5000))
+        self.assertEqual(reactor.ports, [])
+        self.assertClean(reactor)
+
+    def test_firesAfterClose(self) -> None:
+        """
+        The result is delivered once the port has finished closing.
+        """
+        reactor = FakeReactor()
+        reactor.closeLater = True
+        d = query(reactor, "127.0.0.1", TextClientCodec(), clock=SteppingClock())
+        port = reactor.ports[0]
+        port.receive(b"2018-03-13T12:54:58.123456+00:00\n")
+        self.assertTrue(port.closed)
+        self.assertNoResult(d)
+        assert port.closing is not None
+        port.closing.callback(None)
+        self.assertEqual(self.successResultOf(d).serverTime, 1520945698.123456)
+
+    def test_retryAfterClose(self) -> None:
+        """
+        The next try starts once the previous port has closed.
+        """
+        reactor = FakeReactor()
+        reactor.closeLater = True
+        d = query(reactor, "127.0.0.1", TextClientCodec(), clock=SteppingClock())
+        reactor.advance(1.0)
+        self.assertEqual(len(reactor.ports), 1)
+        assert reactor.ports[0].closing is not None
+        reactor.ports[0].closing.callback(None)
+        self.assertEqual(len(reactor.ports), 2)
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+
+    def test_resolve(self) -> None:
+        """
+        A host name is resolved, for UDP, to IPv4 or IPv6 addresses; the
+        first address is asked.
+        """
+        reactor, d = ask(self, "time.example", port=123)
+        self.assertEqual(reactor.ports, [])
+        [(name, portNumber, types, semantics)] = reactor.nameResolver.calls
+        self.assertEqual((name, portNumber, semantics), ("time.example", 123, "UDP"))
+        self.assertEqual(set(types), {IPv4Address, IPv6Address})
+        reactor.nameResolver.answer(
+            IPv6Address("UDP", "2001:db8::1", 123),
+            IPv4Address("UDP", "192.0.2.1", 123),
+        )
+        [port] = reactor.ports
+        self.assertEqual(port.interface, "::")
+        self.assertEqual(port.written, [(b"unix", ("2001:db8::1", 123))])
+        port.receive(b"1.5\n", ("2001:db8::1", 123))
+        result = self.successResultOf(d)
+        self.assertEqual((result.host, result.port), ("2001:db8::1", 123))
+
+    def test_unresolvable(self) -> None:
+        """
+        A name with no address fails the query with L{QueryError}.
+        """
+        reactor, d = ask(self, "nowhere.invalid")
+        reactor.nameResolver.answer()
+        failure = self.failureResultOf(d, QueryError)
+        self.assertEqual(str(failure.value), "cannot resolve host 'nowhere.invalid'")
+        self.assertEqual(reactor.ports, [])
+
+    def test_literalNotResolved(self) -> None:
+        """
+        IP addresses are used as they are, with no lookup.
+        """
+        for host in ("127.0.0.1", "::1", "::ffff:10.0.0.1", "2001:db8::5"):
+            reactor, d = ask(self, host)
+            self.assertEqual(reactor.nameResolver.calls, [])
+            self.assertEqual(reactor.ports[0].written[0][1], (host, 5000))
+            d.cancel()
+            self.failureResultOf(d, CancelledError)
+
+    def test_sendError(self) -> None:
+        """
+        A request the kernel will not send fails the query, naming why.
+        """
+        reactor = FakeReactor()
+        reactor.sendError = OSError(errno.ENETUNREACH, "Network is unreachable")
+        d = query(reactor, "2001:db8::1", TextClientCodec())
+        failure = self.failureResultOf(d, QueryError)
+        self.assertEqual(
+            str(failure.value),
+            "cannot send to [2001:db8::1]:5000: Network is unreachable",
+        )
+        self.assertClean(reactor)
+
+    def test_badArguments(self) -> None:
+        """
+        A timeout that is not positive, fewer than one try or a bad port
+        are programming errors.
+        """
+        reactor = FakeReactor()
+        codec = TextClientCodec()
+        for kwargs in (
+            {"timeout": 0},
+            {"timeout": -1.0},
+            {"retries": 0},
+            {"port": 0},
+            {"port": 65536},
+        ):
+            with self.subTest(kwargs=kwargs):
+                self.assertRaises(
+                    ValueError, query, reactor, "127.0.0.1", codec, **kwargs
+                )
+        self.assertEqual(reactor.ports, [])
+
+
+class TextClientCodecTests(SynchronousTestCase):
+    """
+    L{TextClientCodec}: the request it sends and how it reads replies.
+    """
+
+    def parse(
+        self, reply: bytes, request: str = "", sent: float = 100.0, got: float = 100.5
+    ) -> QueryResult:
+        codec = TextClientCodec(request)
+        _, state = codec.buildRequest(sent)
+        return codec.parseReply(reply, state, sent, got, "127.0.0.1", 5000)
+
+    def test_request(self) -> None:
+        """
+        The request is the words, single-spaced; C{time} when there are
+        none.
+        """
+        self.assertEqual(TextClientCodec().buildRequest(0.0), (b"time", None))
+        self.assertEqual(TextClientCodec("  ").buildRequest(0.0)[0], b"time")
+        self.assertEqual(
+            TextClientCodec(" iso\tEurope/Paris ").buildRequest(0.0)[0],
+            b"iso Europe/Paris",
+        )
+        self.assertEqual(TextClientCodec("month 3").request, "month 3")
+        self.assertEqual(
+            (TextClientCodec.name, TextClientCodec.defaultPort), ("text", 5000)
+        )
+
+    def test_requestSize(self) -> None:
+        """
+        A request longer than the server answers is refused at once.
+        """
+        self.assertEqual(len(TextClientCodec("x" * 512).buildRequest(0)[0]), 512)
+        self.assertRaises(ValueError, TextClientCodec, "x" * 513)
+        self.assertRaises(ValueError, TextClientCodec, "\u00e9" * 257)
+
+    def test_iso(self) -> None:
+        """
+        An ISO 8601 reply gives the time to the microsecond; the offset is
+        the server's time minus the midpoint of send and receive.
+        """
+        result = self.parse(b"1970-01-01T01:01:40.750000+01:00\n")
+        self.assertEqual(result.serverTime, 100.75)
+        self.assertEqual(result.delay, 0.5)
+        self.assertEqual(result.offset, 0.5)
+        self.assertEqual(result.text, "1970-01-01T01:01:40.750000+01:00")
+        self.assertEqual(result.details, {"format": "iso", "resolution": 1e-6})
+
+    def test_unix(self) -> None:
+        """
+        A Unix-seconds reply, with or without a fraction.
+        """
+        result = self.parse(b"99.000000\n", "unix")
+        self.assertEqual(result.serverTime, 99.0)
+        self.assertEqual(result.offset, -1.25)
+        self.assertEqual(result.details, {"format": "unix", "resolution": 1e-6})
+        self.assertEqual(self.parse(b"100\n").details["resolution"], 1.0)
+        self.assertEqual(self.parse(b"-1.5\n").serverTime, -1.5)
+
+    def test_rfc2822(self) -> None:
+        """
+        An RFC 2822 reply gives the time to the second.
+        """
+        result = self.parse(b"Tue, 13 Mar 2018 08:54:58 -0400\n", "rfc2822")
+        self.assertEqual(result.serverTime, 1520945698.0)
+        self.assertEqual(result.details, {"format": "rfc2822", "resolution": 1.0})
+
+    def test_ctime(self) -> None:
+        """
+        A C{ctime} reply has no zone: its time is known when the request
+        named the zone, and unknown otherwise.
+        """
+        reply = b"Tue Mar 13 21:54:58 2018\n"
+        result = self.parse(reply, "ctime Asia/Tokyo")
+        self.assertEqual(result.serverTime, 1520945698.0)
+        self.assertEqual(result.details, {"format": "ctime", "resolution": 1.0})
+        result = self.parse(b"Tue Mar  3 12:54:58 2018\n", "ctime utc")
+        self.assertEqual(result.serverTime, 1520081698.0)
+        result = self.parse(reply, "ctime")
+        self.assertIsNone(result.serverTime)
+        self.assertIsNone(result.offset)
+        self.assertEqual(result.delay, 0.5)
+        self.assertEqual(result.details, {"format": "ctime"})
+
+    def test_month(self) -> None:
+        """
+        A month name has no time, hence no offset; the delay is known.
+        """
+        result = self.parse(b"March\n", "month 3")
+        self.assertEqual(result.text, "March")
+        self.assertIsNone(result.serverTime)
+        self.assertIsNone(result.offset)
+        self.assertEqual(result.delay, 0.5)
+        self.assertEqual(result.details, {"format": "month"})
+
+    def test_unknownLine(self) -> None:
+        """
+        A line that is no known format is shown, with no time.
+        """
+        result = self.parse(b"the time is now\r\n")
+        self.assertEqual(result.text, "the time is now")
+        self.assertIsNone(result.serverTime)
+        self.assertEqual(result.details, {"format": "unknown"})
+        self.assertEqual(self.parse(b"2026-11-21T20:53:39\n").serverTime, None)
+        self.assertEqual(self.parse(b"\n").text, "")
+
+    def test_error(self) -> None:
+        """
+        An C{error:} line is a refusal carrying the server's message.
+        """
+        exc = self.assertRaises(
+            ServerRefused, self.parse, b"error: unknown time zone 'Mars'\n"
+        )
+        self.assertEqual(
+            str(exc), "error from 127.0.0.1:5000: unknown time zone 'Mars'"
+        )
+
+    def test_mismatch(self) -> None:
+        """
+        Anything but one line of UTF-8 text is not a reply.
+        """
+        for data in (
+            b"",
+            b"\xff\n",
+            b"March",
+            b"a\nb\n",
+            b"a\rb\n",
+            b"\x00\x00\x00\x01",
+        ):
+            with self.subTest(data=data):
+                self.assertRaises(ReplyMismatch, self.parse, data)
+
+    def test_readTime(self) -> None:
+        """
+        L{readTime} recognises each format by its shape.
+        """
+        self.assertEqual(readTime("12.5")[0], 12.5)
+        self.assertEqual(readTime("January"), (None, {"format": "month"}))
+        self.assertEqual(readTime("Thu, 01 Jan 1970 00:00:10 +0000")[0], 10.0)
+        self.assertEqual(readTime("Thu, 01 Jan 1970 00:00:10 -0000")[0], None)
+        self.assertEqual(readTime("Thu Jan  1 00:00:10 1970", UTC)[0], 10.0)
+        self.assertEqual(readTime("hello"), (None, {"format": "unknown"}))
+
+
+class RealSocketTests(TestCase):
+    """
+    L{query} over real loopback sockets, against L{TextTimeServer}.
+    """
+
+    def listen(self, interface: str) -> int:
+        server = TextTimeServer(defaultZone=UTC)
+        if interface == "::":
+            sock = bindUDPSocket("::", 0)
+            port = globalReactor.adoptDatagramPort(sock.fileno(), sock.family, server)
+            sock.close()
+        else:
+            port = globalReactor.listenUDP(0, server, interface=interface)
+        self.addCleanup(port.stopListening)
+        number: int = port.getHost().port
+        return number
+
+    async def check(self, host: str, interface: str) -> QueryResult:
+        port = self.listen(interface)
+        result = await query(globalReactor, host, TextClientCodec("unix"), port)
+        self.assertEqual(result.port, port)
+        assert result.serverTime is not None and result.offset is not None
+        self.assertGreaterEqual(result.delay, 0)
+        # One host, one clock: the offset is within the round trip (and the
+        # microsecond rounding of the reply).
+        self.assertLessEqual(abs(result.offset), result.delay / 2 + 1e-5)
+        return result
+
+    async def test_ipv4(self) -> None:
+        """
+        A server on 127.0.0.1.
+        """
+        result = await self.check("127.0.0.1", "127.0.0.1")
+        self.assertEqual(result.host, "127.0.0.1")
+
+    async def test_ipv6(self) -> None:
+        """
+        A server on ::1.
+        """
+        result = await self.check("::1", "::1")
+        self.assertEqual(result.host, "::1")
+
+    async def test_dualStack(self) -> None:
+        """
+        A dual-stack server asked over IPv4, over an IPv4-mapped address and
+        by the name C{localhost} (resolved without blocking, whichever
+        family comes first).
+        """
+        await self.check("127.0.0.1", "::")
+        await self.check("::ffff:127.0.0.1", "::")
+        result = await self.check("localhost", "::")
+        self.assertIn(result.host, ("127.0.0.1", "::1"))
+
+    async def test_month(self) -> None:
+        """
+        Month replies over real sockets.
+        """
+        port = self.listen("127.0.0.1")
+        result = await query(
+            globalReactor, "127.0.0.1", TextClientCodec("month 11"), port
+        )
+        self.assertEqual(result.text, "November")
+
+    async def test_refused(self) -> None:
+        """
+        An error reply over real sockets.
+        """
+        port = self.listen("::1")
+        d = query(globalReactor, "::1", TextClientCodec("month 0"), port)
+        with self.assertRaises(ServerRefused):
+            await d
+
+    async def test_noServer(self) -> None:
+        """
+        Nothing listening: ICMP port-unreachable does not end the query
+        early or hang it; it times out after its tries.
+        """
+        port = freePort()
+        d = query(globalReactor, "127.0.0.1", TextClientCodec(), port, 0.1, 2)
+        with self.assertRaises(QueryTimeout) as caught:
+            await d
+        self.assertEqual(
+            str(caught.exception), f"no reply from 127.0.0.1:{port} after 2 tries"
+        )
+
+    async def test_wrongSourceIgnored(self) -> None:
+        """
+        A datagram reaching the client's socket from another port is
+        ignored; the server's reply, sent after it, is the result.
+        """
+        requests: list[tuple[bytes, Any]] = []
+        got = Deferred[None]()
+
+        class Silent(DatagramProtocol):
+            def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+                requests.append((datagram, addr))
+                got.callback(None)
+
+        serverPort = globalReactor.listenUDP(0, Silent(), interface="127.0.0.1")
+        self.addCleanup(serverPort.stopListening)
+        serverAddr = serverPort.getHost()
+        d = query(
+            globalReactor,
+            "127.0.0.1",
+            TextClientCodec("unix"),
+            serverAddr.port,
+            timeout=5.0,
+            retries=1,
+        )
+        await got
+        [(_, clientAddr)] = requests
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rogue:
+            rogue.bind(("127.0.0.1", 0))
+            rogue.sendto(b"1.000000\n", clientAddr)
+        serverPort.write(b"2.000000\n", clientAddr)
+        result = await d
+        self.assertEqual(result.serverTime, 2.0)
+
+    async def test_concurrent(self) -> None:
+        """
+        200 queries at once, each on its own socket, each answered with the
+        reply to its own request.
+        """
+        port = self.listen("127.0.0.1")
+        months = [1 + i % 12 for i in range(200)]
+        results = await DeferredList(
+            [
+                query(
+                    globalReactor,
+                    "127.0.0.1",
+                    TextClientCodec(f"month {n}"),
+                    port,
+                    timeout=2.0,
+                )
+                for n in months
+            ],
+            consumeErrors=True,
+        )
+        texts = [r.text if ok else repr(r) for ok, r in results]
+        self.assertEqual(texts, [text.MONTHS[n - 1] for n in months])

@@ -1,0 +1,479 @@
+"""
+The text time service end to end: a real C{twistd udptime} process, asked by
+plain sockets and by the C{udptime} console script over 127.0.0.1, ::1 and
+IPv4-mapped addresses; many clients at once; shutdown by SIGTERM; pid files,
+daemon mode and privilege dropping; and the client against a server that is
+down.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import re
+import selectors
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from tests.support import (
+    LISTENING,
+    TwistdServer,
+    freePort,
+    twistdPath,
+    udpQuery,
+    udptimePath,
+)
+
+ISO = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}"
+ISO_UTC = ISO.encode() + rb"\+00:00\n"
+RFC2822 = r"\w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d"
+
+
+def runClient(
+    *arguments: str, stdin: str = "", timeout: float = 20.0
+) -> subprocess.CompletedProcess[str]:
+    """
+    Run the C{udptime} console script to completion (bounded).
+    """
+    return subprocess.run(
+        [udptimePath(), *arguments],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+class RunningServerTests(SynchronousTestCase):
+    """
+    A C{twistd -n udptime --timezone UTC} on the default, dual-stack
+    interface for each test.  Every test client comes
+    from loopback, so the per-client rate limit is off (C{--rate 0}).
+    """
+
+    def setUp(self) -> None:
+        self.port = freePort()
+        self.server = TwistdServer(
+            ["--port", str(self.port), "--timezone", "UTC", "--rate", "0"]
+        ).start()
+        self.addCleanup(self.server.cleanup)
+
+    def exchange(
+        self, payload: bytes, destination: str, source: str
+    ) -> tuple[bytes, tuple[str, int]]:
+        """
+        Send C{payload} from a socket bound to C{source} to the server at
+        C{destination}; return the reply and the address it came from.
+        """
+        with socket.socket(family(source), socket.SOCK_DGRAM) as sock:
+            sock.bind((source, 0))
+            sock.settimeout(5.0)
+            sock.sendto(payload, (destination, self.port))
+            data, addr = sock.recvfrom(65535)
+        return data, (addr[0], addr[1])
+
+    def test_helloWorld(self) -> None:
+        """
+        A plain socket saying C{Hello world} gets the time, over IPv4 and
+        IPv6.
+        """
+        for host in ("127.0.0.1", "::1"):
+            with self.subTest(host=host):
+                reply, addr = self.exchange(b"Hello world", host, host)
+                self.assertRegex(reply, b"^" + ISO_UTC + b"$")
+                self.assertEqual(addr, (host, self.port))
+
+    def test_ipv4OnDualStack(self) -> None:
+        """
+        The default interface is dual-stack: an IPv4 client's request reaches
+        the server as an IPv4-mapped address and the reply comes back to the
+        client from the address it asked.
+        """
+        reply, addr = self.exchange(b"month 4", "127.0.0.1", "127.0.0.1")
+        self.assertEqual((reply, addr), (b"April\n", ("127.0.0.1", self.port)))
+        reply, addr = self.exchange(b"month 5", "::ffff:127.0.0.1", "::")
+        self.assertEqual((reply, addr), (b"May\n", ("::ffff:127.0.0.1", self.port)))
+
+    def test_commands(self) -> None:
+        """
+        Commands, zones and errors over the wire.
+        """
+        for request, expected in (
+            (b"unix", rb"^\d+\.\d{6}\n$"),
+            (b"CTIME", rb"^\w{3} \w{3} [ \d]\d \d\d:\d\d:\d\d \d{4}\n$"),
+            (
+                b"rfc2822 Etc/GMT-3",
+                rb"^\w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d \+0300\n$",
+            ),
+            (
+                b"iso ../../etc/passwd",
+                rb"^error: unknown time zone '../../etc/passwd'\n$",
+            ),
+            (b"month 13", rb"^error: month must be a number from 1 to 12, not '13'\n$"),
+        ):
+            with self.subTest(request=request):
+                self.assertRegex(udpQuery(request, "::1", self.port), expected)
+
+    def test_oversized(self) -> None:
+        """
+        A request of 513 bytes goes unanswered; one of 512 is answered.
+        """
+        self.assertRegex(udpQuery(b"x" * 512, "127.0.0.1", self.port), ISO_UTC)
+        with self.assertRaises(TimeoutError):
+            udpQuery(b"x" * 513, "127.0.0.1", self.port, timeout=0.3)
+
+    def test_concurrentClients(self) -> None:
+        """
+        200 clients, half over IPv4 and half over IPv6, send their requests
+        at once; each gets exactly the reply to its own request, from the
+        server's address.
+        """
+        selector = selectors.DefaultSelector()
+        expected: dict[socket.socket, bytes] = {}
+        requests: dict[socket.socket, bytes] = {}
+        destinations: dict[socket.socket, tuple[str, int]] = {}
+        try:
+            for i in range(200):
+                host = "127.0.0.1" if i % 2 else "::1"
+                sock = socket.socket(family(host), socket.SOCK_DGRAM)
+                sock.bind((host, 0))
+                sock.setblocking(False)
+                selector.register(sock, selectors.EVENT_READ)
+                hours = i % 12 + 1
+                kind = i % 4
+                if kind == 0:
+                    request = f"month {hours}"
+                    pattern = re.escape(MONTH_NAMES[hours - 1]) + r"\n"
+                elif kind == 1:
+                    request = f"iso Etc/GMT+{hours}"
+                    pattern = ISO + rf"-{hours:02}:00\n"
+                elif kind == 2:
+                    request = f"rfc2822 Etc/GMT-{hours}"
+                    pattern = RFC2822 + rf" \+{hours:02}00\n"
+                else:
+                    request = f"month {hours} {i}"
+                    pattern = r"error: month takes one number from 1 to 12\n"
+                expected[sock] = pattern.encode()
+                requests[sock] = request.encode()
+                destinations[sock] = (host, self.port)
+            for sock, destination in destinations.items():
+                sock.sendto(requests[sock], destination)
+            replies: dict[socket.socket, list[tuple[bytes, object]]] = {}
+            deadline = time.monotonic() + 10.0
+            while len(replies) < len(expected) and time.monotonic() < deadline:
+                for key, _ in selector.select(timeout=0.5):
+                    sock = key.fileobj  # type: ignore[assignment]
+                    assert isinstance(sock, socket.socket)
+                    while True:
+                        try:
+                            data, addr = sock.recvfrom(65535)
+                        except BlockingIOError:
+                            break
+                        replies.setdefault(sock, []).append((data, addr[:2]))
+        finally:
+            for sock in list(expected):
+                selector.unregister(sock)
+                sock.close()
+            selector.close()
+        self.assertEqual(len(replies), 200)
+        for sock, pattern in expected.items():
+            [(data, source)] = replies[sock]
+            self.assertEqual(source, destinations[sock])
+            self.assertRegex(data, b"^" + pattern + b"$")
+
+    def test_cli(self) -> None:
+        """
+        C{udptime HOST} prints the server, its time, the delay and the
+        offset, over IPv4 and IPv6.
+        """
+        for host, shown in (("127.0.0.1", "127.0.0.1"), ("::1", "[::1]")):
+            with self.subTest(host=host):
+                done = runClient(host, "--port", str(self.port))
+                self.assertEqual((done.returncode, done.stderr), (0, ""))
+                self.assertRegex(
+                    done.stdout,
+                    rf"^{re.escape(shown)}:{self.port}  "
+                    r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00  "
+                    r"delay \d+\.\d{3} ms  offset [+-]\d+\.\d{3} ms\n$",
+                )
+
+    def test_cliWords(self) -> None:
+        """
+        Request words, C{--format}, C{--count}, host names and brackets.
+        """
+        port = str(self.port)
+        done = runClient("localhost", "-p", port, "month", "3", "--count", "2")
+        self.assertEqual(done.returncode, 0, done.stderr)
+        lines = done.stdout.splitlines()
+        self.assertEqual(len(lines), 2)
+        for line in lines:
+            self.assertRegex(line, rf"^(127\.0\.0\.1|\[::1\]):{port}  March  delay ")
+        done = runClient("[::1]", "-p", port, "--format", "unix Asia/Tokyo")
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertRegex(done.stdout, rf"^\[::1\]:{port}  \d+\.\d{{6}}  delay ")
+
+    def test_cliJSON(self) -> None:
+        """
+        C{--json} prints one object per reply.
+        """
+        done = runClient("127.0.0.1", "-p", str(self.port), "--json", "unix")
+        self.assertEqual(done.returncode, 0, done.stderr)
+        reply = json.loads(done.stdout)
+        self.assertEqual(
+            (reply["protocol"], reply["server"], reply["port"]),
+            ("text", "127.0.0.1", self.port),
+        )
+        self.assertEqual(float(reply["text"]), reply["serverTime"])
+        self.assertLessEqual(abs(reply["offset"]), reply["delay"] / 2 + 1e-5)
+
+    def test_cliServerError(self) -> None:
+        """
+        An error reply: one line on standard error, status 1.
+        """
+        done = runClient("::1", "-p", str(self.port), "iso", "Nowhere/Land")
+        self.assertEqual(done.returncode, 1)
+        self.assertEqual(done.stdout, "")
+        self.assertEqual(
+            done.stderr,
+            f"udptime: error from [::1]:{self.port}: "
+            "unknown time zone 'Nowhere/Land'\n",
+        )
+
+    def test_cliInteractive(self) -> None:
+        """
+        C{--interactive} sends each line of its input and prints each
+        reply, until C{quit}.
+        """
+        done = runClient(
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "--interactive",
+            stdin="month 3\nHello world\n\nmonth 12\nquit\nmonth 1\n",
+        )
+        self.assertEqual((done.returncode, done.stderr), (0, ""))
+        lines = done.stdout.splitlines()
+        self.assertEqual(len(lines), 3, lines)
+        self.assertEqual(lines[0], "March")
+        self.assertRegex(lines[1].encode() + b"\n", ISO_UTC)
+        self.assertEqual(lines[2], "December")
+
+
+MONTH_NAMES = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+]
+
+
+class LifecycleTests(SynchronousTestCase):
+    """
+    Starting and stopping the server process.
+    """
+
+    def test_sigterm(self) -> None:
+        """
+        SIGTERM stops the server cleanly: exit status 0.
+        """
+        port = freePort()
+        server = TwistdServer(["--port", str(port)]).start()
+        self.addCleanup(server.cleanup)
+        self.assertRegex(udpQuery(b"time", "127.0.0.1", port), rb"^\d{4}-")
+        self.assertEqual(server.stop(), 0)
+        self.assertIn("Received SIGTERM", server.log())
+
+    def test_pidfile(self) -> None:
+        """
+        C{--pidfile} writes the server's pid, and the file goes at exit.
+        """
+        directory = tempfile.mkdtemp(prefix="udptime-pid-")
+        self.addCleanup(os.rmdir, directory)
+        pidfile = os.path.join(directory, "udptime.pid")
+        port = freePort()
+        server = TwistdServer(
+            ["--port", str(port)], twistdArguments=[f"--pidfile={pidfile}"]
+        ).start()
+        self.addCleanup(server.cleanup)
+        with open(pidfile) as f:
+            self.assertEqual(int(f.read().strip()), server.pid)
+        self.assertEqual(server.stop(), 0)
+        self.assertFalse(os.path.exists(pidfile))
+
+    def test_daemon(self) -> None:
+        """
+        Without C{-n} twistd runs the server as a daemon, which writes its
+        pid file, logs to its log file, answers, and stops on SIGTERM.
+        """
+        directory = tempfile.mkdtemp(prefix="udptime-daemon-")
+        pidfile = os.path.join(directory, "twistd.pid")
+        logfile = os.path.join(directory, "twistd.log")
+        port = freePort()
+        done = subprocess.run(
+            [
+                *(twistdPath(), f"--pidfile={pidfile}", f"--logfile={logfile}"),
+                *("udptime", "--port", str(port)),
+            ],
+            cwd=directory,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=20,
+        )
+        self.assertEqual(done.returncode, 0, done.stderr)
+        pid = _waitFor(lambda: _readPid(pidfile))
+        self.addCleanup(_killAndWait, pid, pidfile, directory)
+        _waitFor(lambda: LISTENING in _read(logfile))
+        self.assertRegex(udpQuery(b"month 6", "::1", port), b"^June\n$")
+        os.kill(pid, signal.SIGTERM)
+        _waitFor(lambda: not os.path.exists(pidfile))
+
+    def test_dropPrivileges(self) -> None:
+        """
+        With C{--uid}/C{--gid} the server binds a port below 1024 first,
+        then runs as the user given.
+        """
+        if os.getuid() != 0:
+            raise SkipTest("dropping privileges needs root")
+        nobody = pwd.getpwnam("nobody")
+        port = _freePrivilegedPort()
+        server = TwistdServer(
+            ["--port", str(port), "--interface", "127.0.0.1"],
+            twistdArguments=[f"--uid={nobody.pw_uid}", f"--gid={nobody.pw_gid}"],
+        )
+        os.chmod(server.directory, 0o777)
+        server.start()
+        self.addCleanup(server.cleanup)
+        self.assertEqual(udpQuery(b"month 9", "127.0.0.1", port), b"September\n")
+        with open(f"/proc/{server.pid}/status") as f:
+            status = f.read()
+        uids = re.search(r"^Uid:\s+(\d+)\s+(\d+)\s+(\d+)", status, re.MULTILINE)
+        assert uids is not None
+        self.assertEqual({int(u) for u in uids.groups()}, {nobody.pw_uid})
+        self.assertEqual(server.stop(), 0)
+
+
+class DownServerTests(SynchronousTestCase):
+    """
+    The client against a server that does not answer.
+    """
+
+    def test_noServer(self) -> None:
+        """
+        Nothing listening: one line on standard error and status 1, within
+        the timeout budget (timeout times tries, plus process start-up).
+        """
+        for host, shown in (("127.0.0.1", "127.0.0.1"), ("::1", "[::1]")):
+            with self.subTest(host=host):
+                port = freePort()
+                done = runClient(
+                    host, "-p", str(port), "-t", "0.3", "-r", "2", timeout=0.6 + 15
+                )
+                self.assertEqual(done.returncode, 1)
+                self.assertEqual(done.stdout, "")
+                self.assertEqual(
+                    done.stderr,
+                    f"udptime: no reply from {shown}:{port} after 2 tries\n",
+                )
+
+    def test_silentServer(self) -> None:
+        """
+        A server that swallows requests: the same message.
+        """
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+            silent.bind(("127.0.0.1", 0))
+            port = silent.getsockname()[1]
+            done = runClient(
+                "127.0.0.1", "-p", str(port), "-t", "0.2", "-r", "3", timeout=0.6 + 15
+            )
+        self.assertEqual(done.returncode, 1)
+        self.assertEqual(
+            done.stderr, f"udptime: no reply from 127.0.0.1:{port} after 3 tries\n"
+        )
+
+    def test_badCommandLine(self) -> None:
+        """
+        A bad command line: exactly one line on standard error, status 2.
+        """
+        for arguments, message in (
+            ((), "the following arguments are required: host"),
+            (
+                ("127.0.0.1", "--timeout", "0"),
+                "argument -t/--timeout: must be a positive number: '0'",
+            ),
+            (("127.0.0.1", "--nope"), "unrecognized arguments: --nope"),
+        ):
+            with self.subTest(arguments=arguments):
+                done = runClient(*arguments)
+                self.assertEqual(done.returncode, 2)
+                self.assertEqual(done.stdout, "")
+                self.assertEqual(done.stderr, f"udptime: error: {message}\n")
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+
+
+def _readPid(path: str) -> int | None:
+    text = _read(path).strip()
+    return int(text) if text.isdigit() else None
+
+
+def _waitFor(condition, timeout: float = 15.0):  # type: ignore[no-untyped-def]
+    """
+    Poll C{condition} until it is true (bounded); return its value.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)  # polling a file, bounded by the deadline
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+def _killAndWait(pid: int, pidfile: str, directory: str) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    else:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and os.path.exists(pidfile):
+            time.sleep(0.02)
+    for name in os.listdir(directory):
+        os.remove(os.path.join(directory, name))
+    os.rmdir(directory)
+
+
+def _freePrivilegedPort() -> int:
+    for port in range(1000, 600, -1):
+        try:
+            for fam, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+                with socket.socket(fam, socket.SOCK_DGRAM) as probe:
+                    probe.bind((host, port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port below 1024")

@@ -1,0 +1,210 @@
+"""
+Packaging: a copy of the checkout installed into a fresh virtualenv with
+C{pip install .}, then (after uninstalling it) with C{pip install -e .}.
+Each time C{twistd --help} must list the plugin, and the installed server
+and console script must work.  The copy keeps build artefacts out of the
+checkout; pip's download cache keeps the installs short.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.support import TwistdServer, freePort, udpQuery
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Never copied: version control, virtualenvs, and every build or test
+# artefact a working checkout may hold.
+IGNORED = shutil.ignore_patterns(
+    ".git",
+    ".venv",
+    "venv",
+    "build",
+    "dist",
+    "*.egg-info",
+    "__pycache__",
+    "_trial_temp*",
+    ".pytest_cache",
+    ".mypy_cache",
+    ".ruff_cache",
+    ".hypothesis",
+    "dropin.cache",
+    "results",
+)
+
+PIP_TIMEOUT = 600
+
+
+class VenvTwistd(TwistdServer):
+    """
+    A L{TwistdServer} running the C{twistd} of another virtualenv.
+    """
+
+    def __init__(self, twistd: str, arguments: list[str]) -> None:
+        super().__init__(arguments)
+        self.twistd = twistd
+
+    def command(self) -> list[str]:
+        return [self.twistd, *super().command()[1:]]
+
+
+class InstallTests(SynchronousTestCase):
+    """
+    C{pip install .} and C{pip install -e .} in a fresh virtualenv.
+    """
+
+    def setUp(self) -> None:
+        self.work = tempfile.mkdtemp(prefix="udptime-packaging-")
+        self.addCleanup(shutil.rmtree, self.work, True)
+        self.source = os.path.join(self.work, "udptime")
+        shutil.copytree(ROOT, self.source, ignore=IGNORED, symlinks=True)
+        self.venv = os.path.join(self.work, "venv")
+        subprocess.run(
+            [sys.executable, "-m", "venv", "--without-pip", self.venv],
+            check=True,
+            timeout=120,
+        )
+        self.bin = os.path.join(self.venv, "bin")
+
+    def pip(self, *arguments: str) -> str:
+        """
+        Run the test interpreter's pip on the new virtualenv.
+        """
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "--python",
+                os.path.join(self.bin, "python"),
+                "--disable-pip-version-check",
+                *arguments,
+            ],
+            cwd=self.source,
+            capture_output=True,
+            text=True,
+            timeout=PIP_TIMEOUT,
+        )
+        self.assertEqual(done.returncode, 0, done.stdout + done.stderr)
+        return done.stdout
+
+    def checkInstalled(self) -> None:
+        """
+        C{twistd --help} lists the plugin; the server starts and answers
+        plain sockets and the installed console script.
+        """
+        twistd = os.path.join(self.bin, "twistd")
+        done = subprocess.run(
+            [twistd, "--help"], capture_output=True, text=True, timeout=60
+        )
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertRegex(done.stdout, r"(?m)^\s+udptime\s+UDP time service")
+
+        port = freePort()
+        server = VenvTwistd(twistd, ["--port", str(port), "--timezone", "UTC"])
+        self.addCleanup(server.cleanup)
+        server.start()
+        self.assertRegex(
+            udpQuery(b"Hello world", "127.0.0.1", port),
+            rb"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00\n$",
+        )
+        client = subprocess.run(
+            [os.path.join(self.bin, "udptime"), "::1", "-p", str(port), "month", "2"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        self.assertEqual(client.returncode, 0, client.stderr)
+        self.assertRegex(client.stdout, rf"^\[::1\]:{port}  February  delay ")
+        self.assertEqual(server.stop(), 0)
+
+    def installedFiles(self) -> list[str]:
+        listing = self.pip("show", "--files", "udptime")
+        return [line.strip() for line in listing.split("Files:", 1)[1].splitlines()]
+
+    def test_installThenEditable(self) -> None:
+        """
+        A regular install ships the drop-in and never Twisted's own
+        C{__init__.py} files, so uninstalling leaves C{twistd} working; an
+        editable install of the same tree (setuptools' strict mode) is seen
+        by C{twistd} too, and runs the tree's code.
+        """
+        self.pip("install", "-q", ".")
+        files = self.installedFiles()
+        self.assertIn("twisted/plugins/udptime_plugin.py", files)
+        self.assertNotIn("twisted/plugins/__init__.py", files)
+        self.assertNotIn("twisted/__init__.py", files)
+        self.assertFalse([f for f in files if f.startswith("tests/")], files)
+        self.checkInstalled()
+
+        self.pip("uninstall", "-q", "-y", "udptime")
+        twistd = os.path.join(self.bin, "twistd")
+        done = subprocess.run(
+            [twistd, "--help"], capture_output=True, text=True, timeout=60
+        )
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertNotIn("udptime", done.stdout)
+
+        self.pip("install", "-q", "-e", ".")
+        self.checkInstalled()
+        where = subprocess.run(
+            [
+                os.path.join(self.bin, "python"),
+                "-c",
+                "import os, udptime.tap; print(os.path.realpath(udptime.tap.__file__))",
+            ],
+            cwd=self.work,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        self.assertEqual(
+            where.stdout.strip(), os.path.join(self.source, "udptime", "tap.py")
+        )
+
+
+class IgnoredFilesTests(SynchronousTestCase):
+    """
+    Build artefacts are never committed.
+    """
+
+    def test_gitignore(self) -> None:
+        """
+        C{.gitignore} covers the plugin cache, build trees, egg-info and
+        the virtualenv the README creates.
+        """
+        with open(os.path.join(ROOT, ".gitignore")) as f:
+            patterns = set(f.read().split())
+        for pattern in ("dropin.cache", "build/", "*.egg-info/", ".venv/", "dist/"):
+            self.assertIn(pattern, patterns)
+
+    def test_notTracked(self) -> None:
+        """
+        No tracked file is a build artefact (checked when the tests run in a
+        git checkout).
+        """
+        if not os.path.isdir(os.path.join(ROOT, ".git")) or not shutil.which("git"):
+            return
+        done = subprocess.run(
+            ["git", "ls-files"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        artefact = re.compile(
+            r"(^|/)(dropin\.cache|build/|dist/|[^/]*\.egg-info/|__pycache__/|\.venv/)"
+        )
+        self.assertEqual(
+            [f for f in done.stdout.splitlines() if artefact.search(f)], []
+        )

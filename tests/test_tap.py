@@ -1,0 +1,136 @@
+"""
+The core options of C{twistd udptime} (L{udptime.tap.Options}: C{--port},
+C{--interface}, C{--timezone}, C{--verbose}) and the service tree
+L{udptime.tap.makeService} builds from them.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC
+
+from twisted.application.service import IServiceCollection
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+from udptime.server import TextTimeServer
+from udptime.service import UDPListenService
+from udptime.tap import DEFAULT_PORT, Options, makeService
+
+
+def parse(*arguments: str) -> Options:
+    options = Options()
+    options.parseOptions(list(arguments))
+    return options
+
+
+class CoreOptionsTests(SynchronousTestCase):
+    """
+    L{Options} for the text service.
+    """
+
+    def test_defaults(self) -> None:
+        """
+        The text service on port 5000 (an int, not a string), on every
+        address, in the host's zone, quiet.
+        """
+        options = parse()
+        self.assertEqual(DEFAULT_PORT, 5000)
+        self.assertEqual(options["port"], 5000)
+        self.assertIsInstance(options["port"], int)
+        self.assertEqual(options["interface"], "::")
+        self.assertIsNone(options["timezone"])
+        self.assertFalse(options["verbose"])
+        self.assertEqual(options.enabledPorts().get("text"), 5000)
+
+    def test_values(self) -> None:
+        """
+        Each option, long and short.
+        """
+        options = parse("--port", "5001", "--interface", "127.0.0.1")
+        self.assertEqual((options["port"], options["interface"]), (5001, "127.0.0.1"))
+        options = parse("-p", "65535", "-i", "0:0:0:0:0:0:0:1", "-v")
+        self.assertEqual((options["port"], options["interface"]), (65535, "::1"))
+        self.assertTrue(options["verbose"])
+        self.assertIs(parse("--timezone", "UTC")["timezone"], UTC)
+        self.assertEqual(
+            str(parse("--timezone", "Europe/Paris")["timezone"]), "Europe/Paris"
+        )
+
+    def test_mappedInterface(self) -> None:
+        """
+        An IPv4-mapped interface address is its IPv4 address.
+        """
+        self.assertEqual(
+            parse("--interface", "::ffff:127.0.0.1")["interface"], "127.0.0.1"
+        )
+
+    def test_badPort(self) -> None:
+        """
+        A port that is not a number from 1 to 65535 is a usage error; 0
+        turns the text service off, and with every service off there is
+        nothing to run.
+        """
+        for port in ("x", "-1", "65536", "5000.5", ""):
+            with self.subTest(port=port):
+                self.assertRaises(usage.UsageError, parse, "--port", port)
+        error = self.assertRaises(usage.UsageError, parse, "--port", "0")
+        self.assertIn("every service is off", str(error))
+
+    def test_badInterface(self) -> None:
+        """
+        An interface must be an IP address, not a name.
+        """
+        for interface in ("localhost", "1.2.3.4.5", "", "::1::", "256.0.0.1"):
+            with self.subTest(interface=interface):
+                error = self.assertRaises(
+                    usage.UsageError, parse, "--interface", interface
+                )
+                self.assertIn("is not an IPv4 or IPv6 address", str(error))
+
+    def test_badTimezone(self) -> None:
+        """
+        An unknown or malformed zone name is a usage error.
+        """
+        for zone in ("Mars/Olympus", "../../etc/passwd", "/etc/passwd", "", "Europe"):
+            with self.subTest(zone=zone):
+                error = self.assertRaises(usage.UsageError, parse, "--timezone", zone)
+                self.assertIn("unknown time zone", str(error))
+
+    def test_unknownOption(self) -> None:
+        """
+        An unknown option is a usage error.
+        """
+        self.assertRaises(usage.UsageError, parse, "--no-such-option")
+
+
+class MakeServiceTests(SynchronousTestCase):
+    """
+    L{makeService} for the text service (nothing is started).
+    """
+
+    def test_textService(self) -> None:
+        """
+        One listening service, named C{text}, serving L{TextTimeServer} on
+        the port and interface given, with the zone and verbosity given.
+        """
+        top = makeService(
+            parse("--port", "5002", "--interface", "::1", "--timezone", "UTC", "-v")
+        )
+        self.assertTrue(IServiceCollection.providedBy(top))
+        service = top.getServiceNamed("text")
+        self.assertIsInstance(service, UDPListenService)
+        self.assertEqual((service.portNumber, service.interface), (5002, "::1"))
+        protocol = service.protocol
+        self.assertIsInstance(protocol, TextTimeServer)
+        self.assertIs(protocol.defaultZone, UTC)
+        self.assertTrue(protocol.verbose)
+        self.assertIsNone(service.port)
+
+    def test_defaultService(self) -> None:
+        """
+        By default the text service listens on port 5000 on every address.
+        """
+        service = makeService(parse()).getServiceNamed("text")
+        self.assertEqual((service.portNumber, service.interface), (5000, "::"))
+        self.assertIsNone(service.protocol.defaultZone)
+        self.assertFalse(service.protocol.verbose)

@@ -1,0 +1,420 @@
+"""
+udptime's text time protocol: the codec (L{udptime.text}) and the server
+protocol (L{udptime.server.TextTimeServer}), driven through
+C{datagramReceived} with a recording transport and a fixed clock.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.support import RecordingTransport
+from udptime import text
+from udptime.server import TextTimeServer
+
+# 2018-03-13 12:54:58.123456 UTC, a Tuesday.
+NOW = 1520945698.123456
+ISO_UTC = b"2018-03-13T12:54:58.123456+00:00\n"
+CLIENT = ("127.0.0.1", 40000)
+
+ANSWERS: list[tuple[bytes, bytes]] = [
+    # The default: ISO 8601 in the server's zone, for anything that is not
+    # a command.
+    (b"", ISO_UTC),
+    (b"Hello world", ISO_UTC),
+    (b"Send time", ISO_UTC),
+    (b"what time is it?", ISO_UTC),
+    (b"   ", ISO_UTC),
+    (b"\n", ISO_UTC),
+    # Every command, in any case.
+    (b"time", ISO_UTC),
+    (b"TIME", ISO_UTC),
+    (b"Time", ISO_UTC),
+    (b"iso", ISO_UTC),
+    (b"ISO", ISO_UTC),
+    (b"unix", b"1520945698.123456\n"),
+    (b"UNIX", b"1520945698.123456\n"),
+    (b"ctime", b"Tue Mar 13 12:54:58 2018\n"),
+    (b"CTime", b"Tue Mar 13 12:54:58 2018\n"),
+    (b"rfc2822", b"Tue, 13 Mar 2018 12:54:58 +0000\n"),
+    (b"RFC2822", b"Tue, 13 Mar 2018 12:54:58 +0000\n"),
+    # Zones, in every format.
+    (b"iso Europe/Paris", b"2018-03-13T13:54:58.123456+01:00\n"),
+    (b"time Europe/Paris", b"2018-03-13T13:54:58.123456+01:00\n"),
+    (b"iso europe/paris", b"2018-03-13T13:54:58.123456+01:00\n"),
+    (b"iso Etc/GMT+5", b"2018-03-13T07:54:58.123456-05:00\n"),
+    (b"iso Asia/Kolkata", b"2018-03-13T18:24:58.123456+05:30\n"),
+    (b"iso UTC", ISO_UTC),
+    (b"iso utc", ISO_UTC),
+    (b"iso Etc/UTC", ISO_UTC),
+    (b"ctime Asia/Tokyo", b"Tue Mar 13 21:54:58 2018\n"),
+    (b"rfc2822 America/New_York", b"Tue, 13 Mar 2018 08:54:58 -0400\n"),
+    (b"rfc2822 Australia/Lord_Howe", b"Tue, 13 Mar 2018 23:54:58 +1100\n"),
+    (b"unix Europe/Paris", b"1520945698.123456\n"),
+    # Whitespace around and between words, and line endings, are ignored.
+    (b"  iso\tEurope/Paris \r\n", b"2018-03-13T13:54:58.123456+01:00\n"),
+    (b"unix\n", b"1520945698.123456\n"),
+]
+ANSWERS += [
+    (f"month {n}".encode(), name.encode() + b"\n")
+    for n, name in enumerate(text.MONTHS, 1)
+]
+ANSWERS += [
+    (b"MONTH 3", b"March\n"),
+    (b"Month 03", b"March\n"),
+    (b"month 12\r\n", b"December\n"),
+]
+
+ERRORS: list[tuple[bytes, bytes]] = [
+    (b"month", b"error: month takes one number from 1 to 12\n"),
+    (b"month 1 2", b"error: month takes one number from 1 to 12\n"),
+    (b"month 0", b"error: month must be a number from 1 to 12, not '0'\n"),
+    (b"month 13", b"error: month must be a number from 1 to 12, not '13'\n"),
+    (b"month -1", b"error: month must be a number from 1 to 12, not '-1'\n"),
+    (b"month +3", b"error: month must be a number from 1 to 12, not '+3'\n"),
+    (b"month 1.5", b"error: month must be a number from 1 to 12, not '1.5'\n"),
+    (b"month March", b"error: month must be a number from 1 to 12, not 'March'\n"),
+    (
+        "month \uff13".encode(),  # a full-width digit three
+        b"error: month must be a number from 1 to 12, not '\\uff13'\n",
+    ),
+    (
+        b"month \x1b[31m",
+        b"error: month must be a number from 1 to 12, not '\\x1b[31m'\n",
+    ),
+    (b"iso Mars/Olympus", b"error: unknown time zone 'Mars/Olympus'\n"),
+    (b"iso UTC Europe/Paris", b"error: iso takes at most one time zone name\n"),
+    (b"unix a b c", b"error: unix takes at most one time zone name\n"),
+    (b"\xff\xfe", b"error: request is not UTF-8 text\n"),
+    (b"iso \xc3", b"error: request is not UTF-8 text\n"),
+    (
+        "iso \u00e9t\u00e9".encode(),
+        b"error: unknown time zone '\\xe9t\\xe9'\n",
+    ),
+    (
+        b"iso " + b"A" * 100,
+        b"error: unknown time zone 'AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA...'\n",
+    ),
+]
+
+# Zone names that must never reach the file system as paths, or that name
+# files of the zone database that are not zones.
+MALICIOUS_ZONES = [
+    "../../etc/passwd",
+    "/etc/passwd",
+    "Europe/../../../etc/passwd",
+    "Europe/Paris/..",
+    "./UTC",
+    "..",
+    "Europe//Paris",
+    "Europe\\Paris",
+    "Europe/Paris\x00",
+    "~root",
+    "$HOME",
+    "Europe",
+    "zone.tab",
+    "tzdata.zi",
+    "leapseconds",
+    "iso3166.tab",
+    "A" * 65,
+]
+
+
+def makeServer(
+    zone: object = UTC, fmt: text.TimeFormat = text.TimeFormat.ISO
+) -> tuple[TextTimeServer, RecordingTransport]:
+    """
+    A text server on a recording transport, with its clock stopped at
+    L{NOW}.
+    """
+    server = TextTimeServer(
+        clock=lambda: NOW,
+        defaultZone=zone,
+        defaultFormat=fmt,
+    )
+    transport = RecordingTransport()
+    server.makeConnection(transport)
+    return server, transport
+
+
+class TextServerTests(SynchronousTestCase):
+    """
+    L{TextTimeServer} answers each request with the exact bytes the
+    protocol specifies.
+    """
+
+    def ask(
+        self, request: bytes, addr: tuple[str, int] = CLIENT, zone: object = UTC
+    ) -> list[tuple[bytes, object]]:
+        server, transport = makeServer(zone)
+        server.datagramReceived(request, addr)
+        self.assertEqual(server.counters.internalErrors, 0)
+        return transport.written
+
+    def test_answers(self) -> None:
+        """
+        Every command, format, zone and month gets its exact reply line,
+        sent to the address the request came from.
+        """
+        for request, reply in ANSWERS:
+            with self.subTest(request=request):
+                self.assertEqual(self.ask(request), [(reply, CLIENT)])
+
+    def test_errors(self) -> None:
+        """
+        Requests that cannot be answered get one C{error:} line.
+        """
+        for request, reply in ERRORS:
+            with self.subTest(request=request):
+                self.assertEqual(self.ask(request), [(reply, CLIENT)])
+
+    def test_maliciousZones(self) -> None:
+        """
+        Zone names that are paths, or files of the zone database that are
+        not zones, are unknown zones.
+        """
+        for zone in MALICIOUS_ZONES:
+            with self.subTest(zone=zone):
+                [(reply, _)] = self.ask(b"iso " + zone.encode())
+                self.assertTrue(reply.startswith(b"error: unknown time zone "), reply)
+                self.assertNotIn(b"root:", reply)
+                self.assertLessEqual(len(reply), 80)
+
+    def test_counters(self) -> None:
+        """
+        Answers and error answers are counted.
+        """
+        server, _ = makeServer()
+        for request in (b"time", b"month 13", b"x" * 513, b"month 2"):
+            server.datagramReceived(request, CLIENT)
+        self.assertEqual(
+            {
+                k: v
+                for k, v in server.counters.snapshot().items()
+                if k in ("received", "answered", "malformed", "dropped")
+            },
+            {"received": 4, "answered": 3, "malformed": 1, "dropped": 1},
+        )
+
+    def test_oversized(self) -> None:
+        """
+        A datagram of more than 512 bytes is dropped unanswered; one of
+        exactly 512 bytes is answered.
+        """
+        self.assertEqual(self.ask(b"x" * 513), [])
+        self.assertEqual(self.ask(b"time" + b" " * 509), [])
+        self.assertEqual(self.ask(b"x" * 65507), [])
+        self.assertEqual(self.ask(b"x" * 512), [(ISO_UTC, CLIENT)])
+        self.assertEqual(
+            self.ask(b"unix" + b" " * 508), [(b"1520945698.123456\n", CLIENT)]
+        )
+
+    def test_emptyDatagram(self) -> None:
+        """
+        An empty datagram gets the time in the default format.
+        """
+        self.assertEqual(self.ask(b""), [(ISO_UTC, CLIENT)])
+
+    def test_replyAddress(self) -> None:
+        """
+        The reply goes to the exact address the request came from, IPv6 and
+        IPv4-mapped addresses included.
+        """
+        for addr in (
+            ("127.0.0.1", 1),
+            ("::1", 65535),
+            ("::ffff:127.0.0.1", 40000),
+            ("192.0.2.7", 5000),
+        ):
+            with self.subTest(addr=addr):
+                self.assertEqual(self.ask(b"month 7", addr), [(b"July\n", addr)])
+
+    def test_defaultZone(self) -> None:
+        """
+        Requests that name no zone get the server's default zone.
+        """
+        [(reply, _)] = self.ask(b"iso", zone=ZoneInfo("Asia/Tokyo"))
+        self.assertEqual(reply, b"2018-03-13T21:54:58.123456+09:00\n")
+        [(reply, _)] = self.ask(b"iso UTC", zone=ZoneInfo("Asia/Tokyo"))
+        self.assertEqual(reply, ISO_UTC)
+
+    def test_hostZone(self) -> None:
+        """
+        With no default zone the server shows its host's local time.
+        """
+        [(reply, _)] = self.ask(b"iso", zone=None)
+        local = datetime.fromtimestamp(NOW).astimezone()
+        self.assertEqual(
+            reply, local.isoformat(timespec="microseconds").encode() + b"\n"
+        )
+
+    def test_defaultFormat(self) -> None:
+        """
+        Free text gets the server's default format; a command its own.
+        """
+        server, transport = makeServer(fmt=text.TimeFormat.UNIX)
+        server.datagramReceived(b"Hello world", CLIENT)
+        server.datagramReceived(b"iso", CLIENT)
+        self.assertEqual(
+            [data for data, _ in transport.written],
+            [b"1520945698.123456\n", ISO_UTC],
+        )
+
+    def test_clockReadPerDatagram(self) -> None:
+        """
+        Each datagram is timestamped when it is received.
+        """
+        times = iter([1.5, 2.25])
+        server = TextTimeServer(clock=lambda: next(times), defaultZone=UTC)
+        transport = RecordingTransport()
+        server.makeConnection(transport)
+        server.datagramReceived(b"unix", CLIENT)
+        server.datagramReceived(b"unix", CLIENT)
+        self.assertEqual(
+            [data for data, _ in transport.written],
+            [b"1.500000\n", b"2.250000\n"],
+        )
+
+    def test_sendFailure(self) -> None:
+        """
+        A reply the kernel refuses to send (a full buffer) is counted, not
+        raised.
+        """
+        server = TextTimeServer(clock=lambda: NOW)
+        server.makeConnection(RecordingTransport(fail=BlockingIOError()))
+        server.datagramReceived(b"time", CLIENT)
+        self.assertEqual(server.counters.sendFailed, 1)
+        self.assertEqual(server.counters.answered, 0)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.binary(max_size=600))
+    def test_anyBytes(self, request: bytes) -> None:
+        """
+        Any datagram gets at most one reply: none when it is too long,
+        otherwise one short ASCII line.  Nothing is raised.
+        """
+        written = self.ask(request)
+        if len(request) > text.MAX_REQUEST:
+            self.assertEqual(written, [])
+            return
+        [(reply, addr)] = written
+        self.assertEqual(addr, CLIENT)
+        self.assertTrue(reply.endswith(b"\n"))
+        self.assertNotIn(b"\n", reply[:-1])
+        self.assertTrue(reply.isascii())
+        self.assertLess(len(reply), 100)
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.text(max_size=40))
+    def test_anyZoneName(self, zone: str) -> None:
+        """
+        Any zone name gets the time or an C{unknown time zone} error.
+        """
+        [(reply, _)] = self.ask(b"iso " + zone.encode("utf-8", "surrogatepass"))
+        self.assertTrue(
+            reply.startswith((b"error: unknown time zone", b"error: iso takes", b"20"))
+            or reply.startswith(b"error: request is not UTF-8"),
+            reply,
+        )
+
+
+class CodecTests(SynchronousTestCase):
+    """
+    The codec's functions, without a protocol.
+    """
+
+    def test_parseRequest(self) -> None:
+        """
+        Requests parse to the values they ask for.
+        """
+        self.assertEqual(text.parseRequest(b""), text.DEFAULT_REQUEST)
+        self.assertEqual(text.parseRequest(b"Hello"), text.TimeRequest())
+        self.assertEqual(
+            text.parseRequest(b"ctime"), text.TimeRequest(text.TimeFormat.CTIME)
+        )
+        self.assertEqual(
+            text.parseRequest(b"rfc2822 UTC"),
+            text.TimeRequest(text.TimeFormat.RFC2822, UTC),
+        )
+        self.assertEqual(text.parseRequest(b"month 5"), text.MonthRequest(5))
+
+    def test_tooLarge(self) -> None:
+        """
+        Requests over L{text.MAX_REQUEST} bytes raise L{text.RequestTooLarge}.
+        """
+        self.assertEqual(text.MAX_REQUEST, 512)
+        self.assertRaises(text.RequestTooLarge, text.parseRequest, b" " * 513)
+        self.assertEqual(text.parseRequest(b" " * 512), text.DEFAULT_REQUEST)
+
+    def test_lookupZone(self) -> None:
+        """
+        Zones are found by name without regard to case; malformed names are
+        rejected before any lookup.
+        """
+        self.assertIs(text.lookupZone("UTC"), UTC)
+        self.assertIs(text.lookupZone("utc"), UTC)
+        self.assertEqual(str(text.lookupZone("asia/tokyo")), "Asia/Tokyo")
+        for name in MALICIOUS_ZONES:
+            with self.subTest(name=name):
+                self.assertRaises(text.TextRequestError, text.lookupZone, name)
+
+    def test_buildReply(self) -> None:
+        """
+        L{text.buildReply} renders each request; the defaults apply to
+        requests that name no format or zone.
+        """
+        tokyo = ZoneInfo("Asia/Tokyo")
+        self.assertEqual(text.buildReply(text.MonthRequest(2), NOW), b"February\n")
+        self.assertEqual(
+            text.buildReply(text.TimeRequest(), NOW, text.TimeFormat.CTIME, tokyo),
+            b"Tue Mar 13 21:54:58 2018\n",
+        )
+        self.assertEqual(
+            text.buildReply(
+                text.TimeRequest(text.TimeFormat.ISO, UTC),
+                NOW,
+                text.TimeFormat.CTIME,
+                tokyo,
+            ),
+            ISO_UTC,
+        )
+
+    def test_formatTimeEdges(self) -> None:
+        """
+        The epoch, times before it, and microsecond rounding.
+        """
+        iso = text.TimeFormat.ISO
+        self.assertEqual(
+            text.formatTime(0.0, iso, UTC), "1970-01-01T00:00:00.000000+00:00"
+        )
+        self.assertEqual(text.formatTime(-1.5, text.TimeFormat.UNIX, UTC), "-1.500000")
+        self.assertEqual(
+            text.formatTime(-1.5, iso, UTC), "1969-12-31T23:59:58.500000+00:00"
+        )
+        self.assertEqual(
+            text.formatTime(0.9999996, iso, UTC), "1970-01-01T00:00:01.000000+00:00"
+        )
+        for now in (0.9999996, 1e9 + 0.5, -0.0000004, 1520945698.123456):
+            with self.subTest(now=now):
+                self.assertEqual(
+                    text.formatTime(now, iso, UTC),
+                    datetime.fromtimestamp(now, UTC).isoformat(timespec="microseconds"),
+                )
+        self.assertEqual(
+            text.formatTime(2085978496.0, text.TimeFormat.CTIME, UTC),
+            "Thu Feb  7 06:28:16 2036",
+        )
+
+    def test_errorReply(self) -> None:
+        """
+        Error lines are ASCII whatever the message holds.
+        """
+        self.assertEqual(
+            text.errorReply(text.TextRequestError("bad \u00e9")),
+            b"error: bad \\xe9\n",
+        )

@@ -1,0 +1,242 @@
+"""
+Tests for C{--workers}: worker processes sharing the ports through
+C{SO_REUSEPORT}, supervised by the twistd process.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import signal
+import socket
+import time
+
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.support import TwistdServer, freePort, udpQuery
+from udptime import workers
+from udptime.tap import Options
+
+STARTED = re.compile(r"worker (\d+) started \(pid (\d+)\)")
+
+
+def workerPids(server: TwistdServer) -> dict[int, int]:
+    """
+    The current process id of each worker, from the supervisor's log.
+    """
+    pids: dict[int, int] = {}
+    for index, pid in STARTED.findall(server.log()):
+        pids[int(index)] = int(pid)
+    return pids
+
+
+def alive(pid: int) -> bool:
+    """
+    Whether process C{pid} exists and is not a zombie.
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
+
+
+def waitFor(condition: object, what: str, timeout: float = 15.0) -> None:
+    """
+    Poll C{condition()} until it is true, for at most C{timeout} seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)  # polling processes and a log, bounded
+
+
+def queryFromManyPorts(port: int, count: int) -> list[bytes]:
+    """
+    C{count} text queries, each from its own source port (so the kernel
+    spreads them over the workers' sockets).
+    """
+    return [udpQuery(b"unix", "127.0.0.1", port, timeout=5.0) for _ in range(count)]
+
+
+class WorkerTests(SynchronousTestCase):
+    """
+    A real twistd with worker processes.
+    """
+
+    def startServer(self, count: int, *extra: str, **kwargs: object) -> TwistdServer:
+        self.port = freePort()
+        server = TwistdServer(
+            ["--port", str(self.port), "--workers", str(count), *extra], **kwargs
+        )
+        server.start()
+        self.addCleanup(server.cleanup)
+        waitFor(lambda: len(workerPids(server)) == count, "the workers to start")
+        waitFor(
+            lambda: server.log().count("service listening on") >= 1 + count,
+            "the workers to listen",
+        )
+        return server
+
+    def test_bothWorkersAnswer(self) -> None:
+        """
+        Both workers answer requests, each on its own socket of the same
+        port.
+        """
+        server = self.startServer(2, "--verbose")
+        replies = queryFromManyPorts(self.port, 48)
+        self.assertEqual(len(replies), 48)
+        for index in (1, 2):
+            waitFor(
+                lambda index=index: (
+                    f"worker {index}: text: 4-byte request" in server.log()
+                ),
+                f"worker {index} to answer",
+            )
+        self.assertEqual(server.stop(), 0)
+
+    def test_killedWorkerComesBack(self) -> None:
+        """
+        A worker that dies is started again, and the service goes on.
+        """
+        server = self.startServer(2)
+        before = workerPids(server)
+        os.kill(before[1], signal.SIGKILL)
+        waitFor(
+            lambda: workerPids(server).get(1) not in (None, before[1]),
+            "worker 1 to be started again",
+        )
+        after = workerPids(server)
+        self.assertEqual(after[2], before[2])
+        self.assertTrue(alive(after[1]))
+        self.assertFalse(alive(before[1]))
+        self.assertIn(f"worker 1 (pid {before[1]}) ended", server.log())
+        self.assertEqual(len(queryFromManyPorts(self.port, 16)), 16)
+        self.assertEqual(server.stop(), 0)
+
+    def test_sigtermStopsAll(self) -> None:
+        """
+        SIGTERM to the supervisor stops every worker, and it exits 0.
+        """
+        server = self.startServer(2)
+        pids = workerPids(server).values()
+        self.assertEqual(server.stop(), 0)
+        for pid in pids:
+            self.assertFalse(alive(pid))
+        self.assertIn("worker 1: Received SIGTERM", server.log())
+        self.assertIn("worker 2: Received SIGTERM", server.log())
+
+    def test_noOrphans(self) -> None:
+        """
+        Workers whose supervisor is killed outright exit too.
+        """
+        server = self.startServer(2)
+        pids = list(workerPids(server).values())
+        assert server.process is not None
+        server.process.kill()
+        server.process.wait()
+        waitFor(lambda: not any(alive(pid) for pid in pids), "the workers to exit")
+
+    def test_dropPrivileges(self) -> None:
+        """
+        With --uid/--gid the supervisor binds a privileged port first; the
+        workers run as the unprivileged user and serve it.
+        """
+        if os.geteuid() != 0:
+            self.skipTest("needs root to bind a port below 1024")
+        try:
+            nobody = pwd.getpwnam("nobody")
+        except KeyError:
+            self.skipTest("no user 'nobody'")
+        port = privilegedPort()
+        server = TwistdServer(
+            ["--port", str(port), "--workers", "2"],
+            twistdArguments=[f"--uid={nobody.pw_uid}", f"--gid={nobody.pw_gid}"],
+        )
+        os.chmod(server.directory, 0o755)
+        server.start()
+        self.addCleanup(server.cleanup)
+        waitFor(lambda: len(workerPids(server)) == 2, "the workers to start")
+        self.assertEqual(len(queryFromManyPorts(port, 8)), 8)
+        for pid in workerPids(server).values():
+            self.assertEqual(processUser(pid), nobody.pw_uid)
+        self.assertEqual(server.stop(), 0)
+
+
+def privilegedPort() -> int:
+    """
+    A UDP port below 1024 free on 127.0.0.1 and ::1.
+    """
+    for port in range(1023, 600, -1):
+        try:
+            for family, host in (
+                (socket.AF_INET, "127.0.0.1"),
+                (socket.AF_INET6, "::1"),
+            ):
+                with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                    probe.bind((host, port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port below 1024")
+
+
+def processUser(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("Uid:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no Uid line for {pid}")
+
+
+class OptionTests(SynchronousTestCase):
+    """
+    The C{--workers} option.
+    """
+
+    def test_count(self) -> None:
+        options = Options()
+        options.parseOptions(["--workers", "3"])
+        self.assertEqual(options["workers"], 3)
+
+    def test_auto(self) -> None:
+        """
+        C{auto} is one worker per CPU this process may use.
+        """
+        options = Options()
+        options.parseOptions(["--workers", "auto"])
+        self.assertEqual(options["workers"], len(os.sched_getaffinity(0)))
+
+    def test_default(self) -> None:
+        """
+        By default the server runs in one process, without workers.
+        """
+        options = Options()
+        options.parseOptions([])
+        self.assertEqual(options["workers"], 0)
+
+    def test_invalid(self) -> None:
+        for value in ("-1", "many"):
+            self.assertRaises(
+                usage.UsageError, Options().parseOptions, ["--workers", value]
+            )
+
+    def test_argumentsKept(self) -> None:
+        """
+        The options given are kept, for the workers' command line.
+        """
+        options = Options()
+        options.parseOptions(["--port", "5001", "--workers", "2"])
+        self.assertEqual(options.arguments, ["--port", "5001", "--workers", "2"])
+
+    def test_workerSetting(self) -> None:
+        """
+        The setting handed to a worker survives its trip through the
+        environment.
+        """
+        setting = workers.WorkerSetting(2, 1234, {"text": 3, "ntp": 4})
+        self.assertEqual(workers.WorkerSetting.fromJSON(setting.toJSON()), setting)

@@ -1,0 +1,556 @@
+"""
+Querying time servers: a L{Deferred}-returning L{query} that works with the
+client codec of any protocol, and L{TextClientCodec} for udptime's text
+protocol.
+
+L{query} does all the I/O: name resolution, one fresh UDP socket per try,
+per-try timeouts, retries, and clean-up.  The codec (see
+L{udptime.query.ClientCodec}) only builds the request and reads the reply::
+
+    from twisted.internet import task
+    from udptime.client import TextClientCodec, query
+
+    async def main(reactor):
+        result = await query(reactor, "127.0.0.1", TextClientCodec("iso UTC"))
+        print(result.text, result.delay, result.offset)
+
+    task.react(main)
+
+The sockets are never connected: Twisted closes a connected UDP port that
+receives an ICMP "port unreachable" without telling its protocol, so a query
+on one would hang.  Each try has its own socket, and so its own source port,
+so a late reply to an earlier try cannot be taken for the reply to a later
+one; only datagrams from the server's address and port are considered.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, Final, Protocol
+
+from twisted.internet import error
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.protocol import DatagramProtocol
+from twisted.python.failure import Failure
+
+from udptime import text
+from udptime.clock import WallClock, systemClock
+from udptime.query import (
+    ClientCodec,
+    QueryError,
+    QueryResult,
+    QueryTimeout,
+    ReplyMismatch,
+    ServerRefused,
+    formatHostPort,
+)
+
+MAX_REPLY: Final = 65535
+"""Receive buffer of the client's sockets: no UDP payload is truncated."""
+
+
+class _UDPPort(Protocol):
+    """
+    What L{query} uses of the port C{listenUDP} returns.
+    """
+
+    def write(self, datagram: bytes, addr: tuple[str, int]) -> None: ...
+
+    def stopListening(self) -> Deferred[None] | None: ...
+
+
+class _DelayedCall(Protocol):
+    """
+    What L{query} uses of a timer from C{callLater}.
+    """
+
+    def active(self) -> bool: ...
+
+    def cancel(self) -> None: ...
+
+
+class _HostnameResolver(Protocol):
+    """
+    What L{query} uses of an C{IHostnameResolver}.
+    """
+
+    def resolveHostName(
+        self,
+        resolutionReceiver: Any,
+        hostName: str,
+        portNumber: int = 0,
+        addressTypes: Sequence[type[Any]] | None = None,
+        transportSemantics: str = "TCP",
+    ) -> Any: ...
+
+
+class QueryReactor(Protocol):
+    """
+    The reactor features L{query} needs: UDP ports (C{IReactorUDP}), timers
+    (C{IReactorTime}) and, for host names, a name resolver
+    (C{IReactorPluggableNameResolver}).  Every reactor Twisted ships has
+    them all.
+    """
+
+    def listenUDP(
+        self,
+        port: int,
+        protocol: DatagramProtocol,
+        interface: str = "",
+        maxPacketSize: int = 8192,
+    ) -> _UDPPort: ...
+
+    def callLater(
+        self, delay: float, callable: Callable[..., object], *args: object
+    ) -> _DelayedCall: ...
+
+    @property
+    def nameResolver(self) -> _HostnameResolver: ...
+
+
+def query(
+    reactor: QueryReactor,
+    host: str,
+    codec: ClientCodec,
+    port: int | None = None,
+    timeout: float = 1.0,
+    retries: int = 3,
+    clock: WallClock = systemClock,
+) -> Deferred[QueryResult]:
+    """
+    Ask the server at C{host} for the time, with C{codec}'s protocol.
+
+    Each try sends the request from a new socket and waits C{timeout}
+    seconds for the reply.  Datagrams from other addresses, and those the
+    codec rejects with L{ReplyMismatch}, are ignored.  The L{Deferred} fires
+    once the try's socket is closed; cancelling it stops the query and
+    closes the socket.
+
+    @param reactor: the reactor to run the query on.
+    @param host: an IPv4 or IPv6 address, or a host name (resolved without
+        blocking, through C{reactor.nameResolver}; the first address it
+        gives is used).
+    @param codec: the protocol's L{ClientCodec<udptime.query.ClientCodec>}.
+    @param port: the server's port (L{None}: C{codec.defaultPort}).
+    @param timeout: seconds to wait for the reply to each try.
+    @param retries: how many times to send the request, at most (the
+        number of tries, at least 1).
+    @param clock: the wall clock that timestamps the request and the reply.
+
+    @return: a L{Deferred} firing with a L{QueryResult}, or failing with
+        L{QueryTimeout} (every try went unanswered), L{ServerRefused} (the
+        server answered with a refusal) or L{QueryError} (the host name has
+        no address, or the request could not be sent).
+    """
+    if timeout <= 0:
+        raise ValueError(f"timeout must be positive, not {timeout!r}")
+    if retries < 1:
+        raise ValueError(f"retries must be at least 1, not {retries!r}")
+    portNumber = codec.defaultPort if port is None else port
+    if not 0 < portNumber < 65536:
+        raise ValueError(f"port must be from 1 to 65535, not {portNumber!r}")
+    pending = _Query(reactor, codec, portNumber, timeout, retries, clock)
+    if _isAddress(host):
+        pending.start(host)
+    else:
+        pending.resolve(host)
+    return pending.deferred
+
+
+def _isAddress(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _normalAddress(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """
+    C{host} as an address object, an IPv4-mapped IPv6 address as its IPv4
+    address, so that C{::ffff:127.0.0.1} and C{127.0.0.1} compare equal.
+    """
+    address = ipaddress.ip_address(host)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return address.ipv4_mapped
+    return address
+
+
+def sameAddress(a: tuple[str, int], b: tuple[str, int]) -> bool:
+    """
+    Whether two C{(host, port)} pairs of IP addresses are the same endpoint,
+    with an IPv4-mapped IPv6 address equal to its IPv4 address.
+    """
+    if a[1] != b[1]:
+        return False
+    try:
+        return _normalAddress(a[0]) == _normalAddress(b[0])
+    except ValueError:
+        return False
+
+
+class _AddressCollector:
+    """
+    An C{IResolutionReceiver} that collects the addresses a name resolution
+    gives, then fires L{done} with them.
+    """
+
+    def __init__(self) -> None:
+        self.addresses: list[str] = []
+        self.done: Deferred[list[str]] = Deferred()
+
+    def resolutionBegan(self, resolution: object) -> None:
+        pass
+
+    def addressResolved(self, address: object) -> None:
+        if isinstance(address, (IPv4Address, IPv6Address)):
+            self.addresses.append(address.host)
+
+    def resolutionComplete(self) -> None:
+        self.done.callback(self.addresses)
+
+
+class _ReplyReceiver(DatagramProtocol):
+    """
+    The protocol of one try's socket: hands datagrams to its query.
+    """
+
+    def __init__(self, owner: _Query, attempt: int) -> None:
+        self.owner = owner
+        self.attempt = attempt
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        self.owner.datagramReceived(self.attempt, datagram, addr)
+
+
+class _Query:
+    """
+    One query in progress: its tries, its socket, its timer.
+
+    @ivar deferred: fires with the outcome once the socket is closed.
+    @ivar attempts: tries made so far.
+    @ivar ignored: datagrams ignored (wrong source or L{ReplyMismatch}).
+    """
+
+    def __init__(
+        self,
+        reactor: QueryReactor,
+        codec: ClientCodec,
+        portNumber: int,
+        timeout: float,
+        retries: int,
+        clock: WallClock,
+    ) -> None:
+        self.reactor = reactor
+        self.codec = codec
+        self.portNumber = portNumber
+        self.timeout = timeout
+        self.retries = retries
+        self.clock = clock
+        self.deferred: Deferred[QueryResult] = Deferred(self._cancel)
+        self.attempts = 0
+        self.ignored = 0
+        self.finished = False
+        self.host = ""
+        self.port: _UDPPort | None = None
+        self.timer: _DelayedCall | None = None
+        self.sentAt = 0.0
+        self.state: Any = None
+
+    def resolve(self, name: str) -> None:
+        """
+        Resolve host C{name}, then start the first try.
+        """
+        collector = _AddressCollector()
+        self.reactor.nameResolver.resolveHostName(
+            collector,
+            name,
+            self.portNumber,
+            addressTypes=[IPv4Address, IPv6Address],
+            transportSemantics="UDP",
+        )
+
+        def resolved(addresses: list[str]) -> None:
+            if self.finished:
+                return
+            if not addresses:
+                self._finish(QueryError(f"cannot resolve host {name!r}"))
+            else:
+                self.start(addresses[0])
+
+        collector.done.addCallback(resolved).addErrback(self._finish)
+
+    def start(self, host: str) -> None:
+        """
+        Start the first try, to IP address C{host}.
+        """
+        self.host = host
+        self._try()
+
+    def _where(self) -> str:
+        return formatHostPort(self.host, self.portNumber)
+
+    def _try(self) -> None:
+        self.attempts += 1
+        try:
+            self.port = self.reactor.listenUDP(
+                0,
+                _ReplyReceiver(self, self.attempts),
+                interface="::" if ":" in self.host else "0.0.0.0",
+                maxPacketSize=MAX_REPLY,
+            )
+        except error.CannotListenError as e:
+            self._finish(QueryError(f"cannot open a UDP socket: {e}"))
+            return
+        self.sentAt = self.clock()
+        try:
+            datagram, self.state = self.codec.buildRequest(self.sentAt)
+        except Exception as e:
+            self._finish(e)
+            return
+        try:
+            self.port.write(datagram, (self.host, self.portNumber))
+        except (OSError, error.MessageLengthError, error.InvalidAddressError) as e:
+            reason = getattr(e, "strerror", None) or str(e)
+            self._finish(QueryError(f"cannot send to {self._where()}: {reason}"))
+            return
+        self.timer = self.reactor.callLater(self.timeout, self._timedOut)
+
+    def _timedOut(self) -> None:
+        self.timer = None
+        if self.attempts >= self.retries:
+            tries = "try" if self.attempts == 1 else "tries"
+            where = self._where()
+            self._finish(
+                QueryTimeout(f"no reply from {where} after {self.attempts} {tries}")
+            )
+            return
+        closing = self._closePort()
+        closing.addCallback(lambda _: None if self.finished else self._try())
+        closing.addErrback(self._finish)
+
+    def datagramReceived(self, attempt: int, datagram: bytes, addr: Any) -> None:
+        """
+        A datagram arrived on the socket of try number C{attempt}.
+        """
+        if self.finished or attempt != self.attempts or self.timer is None:
+            return
+        receivedAt = self.clock()
+        if not sameAddress(addr, (self.host, self.portNumber)):
+            self.ignored += 1
+            return
+        try:
+            result = self.codec.parseReply(
+                datagram,
+                self.state,
+                self.sentAt,
+                receivedAt,
+                self.host,
+                self.portNumber,
+            )
+        except ReplyMismatch:
+            self.ignored += 1
+            return
+        except Exception as e:
+            # ServerRefused, or a bug in the codec: either way the query is
+            # over, and the caller learns why.
+            self._finish(e)
+            return
+        self._finish(result)
+
+    def _closePort(self) -> Deferred[None]:
+        port, self.port = self.port, None
+        if port is None:
+            return succeed(None)
+        stopped = port.stopListening()
+        return succeed(None) if stopped is None else stopped
+
+    def _stopTimer(self) -> None:
+        timer, self.timer = self.timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _finish(self, outcome: QueryResult | BaseException | Failure) -> None:
+        """
+        End the query with C{outcome}: a result, or why it failed.  The
+        L{Deferred} fires once the socket is closed.
+        """
+        if self.finished:
+            return
+        self.finished = True
+        self._stopTimer()
+
+        def deliver(_: object) -> None:
+            if not self.deferred.called:
+                if isinstance(outcome, QueryResult):
+                    self.deferred.callback(outcome)
+                else:
+                    self.deferred.errback(outcome)
+
+        self._closePort().addBoth(deliver)
+
+    def _cancel(self, deferred: Deferred[QueryResult]) -> None:
+        # Deferred.cancel fails the Deferred with CancelledError after this.
+        self.finished = True
+        self._stopTimer()
+        self._closePort()
+
+
+class TextClientCodec:
+    """
+    The client side of udptime's text time protocol (see L{udptime.text}).
+
+    The reply's time is read whatever format the server chose: ISO 8601,
+    Unix seconds, C{ctime} or RFC 2822.  A C{ctime} reply names no zone: its
+    time is known only when the request named the zone.  Month names and
+    unrecognised lines are results with no time; an C{error:} line is a
+    refusal.
+
+    @ivar request: the request words sent (C{time} when none are given).
+    """
+
+    name = "text"
+    defaultPort = text.DEFAULT_PORT
+
+    def __init__(self, request: str = "") -> None:
+        """
+        @param request: the request words, e.g. C{"iso Europe/Paris"} or
+            C{"month 3"}; empty for the server's current time.
+        @raise ValueError: the request is longer than the server accepts.
+        """
+        self.request = " ".join(request.split()) or "time"
+        self._datagram = self.request.encode("utf-8")
+        if len(self._datagram) > text.MAX_REQUEST:
+            raise ValueError(
+                f"the request is {len(self._datagram)} bytes long; "
+                f"servers answer at most {text.MAX_REQUEST}"
+            )
+
+    def buildRequest(self, sentAt: float) -> tuple[bytes, Any]:
+        """
+        The request datagram; the text protocol needs no state to match the
+        reply.
+        """
+        return self._datagram, None
+
+    def parseReply(
+        self,
+        data: bytes,
+        state: Any,
+        sentAt: float,
+        receivedAt: float,
+        host: str,
+        port: int,
+    ) -> QueryResult:
+        """
+        Read a reply line.
+
+        @raise ReplyMismatch: C{data} is not one line of UTF-8 text.
+        @raise ServerRefused: the server answered with an C{error:} line.
+        """
+        line = _replyLine(data)
+        if line.startswith("error:"):
+            message = line[len("error:") :].strip()
+            raise ServerRefused(f"error from {formatHostPort(host, port)}: {message}")
+        serverTime, details = readTime(line, self._requestZone())
+        midpoint = (sentAt + receivedAt) / 2
+        return QueryResult(
+            protocol=self.name,
+            host=host,
+            port=port,
+            reply=data,
+            text=line,
+            serverTime=serverTime,
+            delay=receivedAt - sentAt,
+            offset=None if serverTime is None else serverTime - midpoint,
+            details=details,
+        )
+
+    def _requestZone(self) -> Any:
+        """
+        The zone the request named, when it named one this host knows.
+        """
+        try:
+            request = text.parseRequest(self._datagram)
+        except ValueError:
+            return None
+        if isinstance(request, text.TimeRequest):
+            return request.zone
+        return None
+
+
+def _replyLine(data: bytes) -> str:
+    try:
+        line = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ReplyMismatch("the reply is not UTF-8 text") from None
+    if not line.endswith("\n"):
+        raise ReplyMismatch("the reply does not end with a line feed")
+    line = line[:-1].removesuffix("\r")
+    if "\n" in line or "\r" in line:
+        raise ReplyMismatch("the reply is more than one line")
+    return line
+
+
+_UNIX_TIME: Final = re.compile(r"-?[0-9]+(\.([0-9]+))?\Z")
+_CTIME_FORMAT: Final = "%a %b %d %H:%M:%S %Y"
+
+
+def readTime(line: str, zone: Any = None) -> tuple[float | None, dict[str, Any]]:
+    """
+    The Unix time a text protocol reply line gives, and details about it.
+
+    @param line: the reply, without its line ending.
+    @param zone: the zone the request named (the zone of a C{ctime} reply),
+        or L{None}.
+    @return: the time (L{None} when the line has none, or a C{ctime} reply
+        to a request that named no zone), and a dict with the reply's
+        C{format} (C{"iso"}, C{"unix"}, C{"ctime"}, C{"rfc2822"},
+        C{"month"} or C{"unknown"}) and, with a time, its C{resolution} in
+        seconds.
+    """
+    unix = _UNIX_TIME.match(line)
+    if unix is not None:
+        digits = len(unix.group(2) or "")
+        return float(line), {"format": "unix", "resolution": 10.0**-digits}
+    if line in text.MONTHS:
+        return None, {"format": "month"}
+    moment = _parseISO(line)
+    if moment is not None:
+        resolution = 1e-6 if moment.microsecond or "." in line else 1.0
+        return moment.timestamp(), {"format": "iso", "resolution": resolution}
+    try:
+        naive = datetime.strptime(line, _CTIME_FORMAT)
+    except ValueError:
+        pass
+    else:
+        if zone is None:
+            return None, {"format": "ctime"}
+        return naive.replace(tzinfo=zone).timestamp(), {
+            "format": "ctime",
+            "resolution": 1.0,
+        }
+    try:
+        moment = parsedate_to_datetime(line)
+    except (TypeError, ValueError, IndexError):
+        return None, {"format": "unknown"}
+    if moment.tzinfo is None:
+        return None, {"format": "rfc2822"}
+    return moment.timestamp(), {"format": "rfc2822", "resolution": 1.0}
+
+
+def _parseISO(line: str) -> datetime | None:
+    if "T" not in line:
+        return None
+    try:
+        moment = datetime.fromisoformat(line)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        return None
+    return moment

@@ -1,0 +1,614 @@
+"""
+Codec for SNTPv4 / NTP server and client modes (sans I/O).
+
+The server side follows RFC 5905 and RFC 4330 section 6 as chrony, ntpsec
+and OpenNTPD answer clients:
+
+  - L{parseRequest} accepts client (mode 3) and symmetric active (mode 1)
+    requests of versions 1 to 4 (and the version-1 packets with mode 0 that
+    old clients send from a port other than 123), and raises
+    L{NTPCodecError} for everything it drops: L{MalformedPacket} for what is
+    not a well-formed NTP packet, L{NotServed} for well-formed packets this
+    server does not answer (other modes, among them the control and private
+    modes 6 and 7 of the CVE-2013-5211 amplification attacks, and requests
+    authenticated with a key, as no keys are configured);
+  - L{buildReply} answers with a 48-byte packet (never longer than the
+    request) built from the request and a L{ClockState<udptime.clock.ClockState>};
+  - L{buildKissOfDeath} refuses a client request with a Kiss-o'-Death that
+    reveals nothing of the server's clock.
+
+The client side, L{NTPClientCodec}, is udptime's SNTP client for
+L{udptime.client.query}.
+
+Every function takes the time as values; nothing here reads a clock or
+touches a socket.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import random
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import IntEnum
+from typing import Final
+
+from udptime.clock import (
+    MAX_STRATUM,
+    ClockState,
+    Leap,
+    fromNTPShort,
+    ntp64ToUnix,
+    toNTPShort,
+    unixToNTP64,
+)
+from udptime.query import QueryResult, ReplyMismatch, ServerRefused, formatHostPort
+
+NTP_PORT: Final = 123
+"""The registered NTP port."""
+
+HEADER_SIZE: Final = 48
+"""Length of the NTP header, and of every reply this codec builds."""
+
+MIN_POLL: Final = 4
+"""The server's minimum poll exponent (16 s, RFC 5905's MINPOLL; RFC 4330
+forbids SNTP clients to poll more often than every 15 s)."""
+
+MAX_POLL: Final = 17
+"""The largest poll exponent of RFC 5905 (36 hours)."""
+
+MIN_EXTENSION_FIELD: Final = 16
+"""Shortest extension field (RFC 7822)."""
+
+MIN_LAST_EXTENSION_FIELD: Final = 28
+"""Shortest last extension field of a packet without a MAC (RFC 7822), so
+that it cannot be taken for a 20- or 24-byte MAC."""
+
+MAC_SIZES: Final = frozenset({20, 24})
+"""Lengths of a key identifier plus an MD5 (16-byte) or SHA-1 (20-byte)
+digest."""
+
+REFUSAL_CODES: Final = {
+    b"RATE": "rate limit exceeded: poll less often",
+    b"DENY": "access denied",
+    b"RSTR": "access restricted",
+}
+"""The Kiss-o'-Death codes with which a server refuses a client (RFC 5905
+section 7.4), and what they mean."""
+
+
+class Mode(IntEnum):
+    """
+    The association modes of RFC 5905.
+    """
+
+    RESERVED = 0
+    SYMMETRIC_ACTIVE = 1
+    SYMMETRIC_PASSIVE = 2
+    CLIENT = 3
+    SERVER = 4
+    BROADCAST = 5
+    CONTROL = 6
+    PRIVATE = 7
+
+
+class NTPCodecError(ValueError):
+    """
+    A datagram the NTP server drops without reply.
+    """
+
+
+class MalformedPacket(NTPCodecError):
+    """
+    The datagram is not a well-formed NTP packet (too short, a length that
+    is not a multiple of 4, bad extension fields).
+    """
+
+
+class NotServed(NTPCodecError):
+    """
+    A well-formed NTP packet this server does not answer: a version it does
+    not speak, a mode other than client or symmetric active, or a request
+    authenticated with a key (no keys are configured).
+    """
+
+
+_HEADER = struct.Struct("!BBbbII4sQQQQ")
+_EXTENSION_FIELD = struct.Struct("!HH")
+
+
+@dataclass(frozen=True, slots=True)
+class NTPPacket:
+    """
+    The 48-byte NTP header (RFC 5905 figure 8), field by field.
+
+    Durations and timestamps keep their wire encoding: C{rootDelay} and
+    C{rootDispersion} are NTP short format (16.16 fixed point), the
+    timestamps are 64-bit NTP timestamps (32.32, modulo one era), so that a
+    packet decoded and encoded again is the same bytes.
+
+    @ivar leap: leap indicator, 0-3 (see L{Leap<udptime.clock.Leap>}).
+    @ivar version: version number, 0-7.
+    @ivar mode: association mode, 0-7 (see L{Mode}).
+    @ivar stratum: 0-255.
+    @ivar poll: log2 of the poll interval in seconds, signed.
+    @ivar precision: log2 of the clock's precision in seconds, signed.
+    @ivar rootDelay: NTP short format.
+    @ivar rootDispersion: NTP short format.
+    @ivar refid: the 4-byte reference identifier.
+    @ivar referenceTimestamp: when the clock was last set or corrected.
+    @ivar originTimestamp: the request's transmit timestamp, in replies.
+    @ivar receiveTimestamp: when the request arrived, in replies.
+    @ivar transmitTimestamp: when the packet left.
+    """
+
+    leap: int
+    version: int
+    mode: int
+    stratum: int = 0
+    poll: int = 0
+    precision: int = 0
+    rootDelay: int = 0
+    rootDispersion: int = 0
+    refid: bytes = b"\0\0\0\0"
+    referenceTimestamp: int = 0
+    originTimestamp: int = 0
+    receiveTimestamp: int = 0
+    transmitTimestamp: int = 0
+
+    @classmethod
+    def fromBytes(cls, data: bytes) -> NTPPacket:
+        """
+        Decode the header at the start of C{data}, whatever follows it.
+
+        @raise MalformedPacket: C{data} is shorter than L{HEADER_SIZE}.
+        """
+        if len(data) < HEADER_SIZE:
+            raise MalformedPacket(
+                f"an NTP packet has at least {HEADER_SIZE} bytes, not {len(data)}"
+            )
+        (
+            flags,
+            stratum,
+            poll,
+            precision,
+            rootDelay,
+            rootDispersion,
+            refid,
+            reference,
+            origin,
+            receive,
+            transmit,
+        ) = _HEADER.unpack_from(data)
+        return cls(
+            leap=flags >> 6,
+            version=(flags >> 3) & 7,
+            mode=flags & 7,
+            stratum=stratum,
+            poll=poll,
+            precision=precision,
+            rootDelay=rootDelay,
+            rootDispersion=rootDispersion,
+            refid=refid,
+            referenceTimestamp=reference,
+            originTimestamp=origin,
+            receiveTimestamp=receive,
+            transmitTimestamp=transmit,
+        )
+
+    def toBytes(self) -> bytes:
+        """
+        Encode the header: 48 bytes.
+
+        @raise struct.error: a field is out of its range.
+        """
+        return _HEADER.pack(
+            (self.leap << 6) | (self.version << 3) | self.mode,
+            self.stratum,
+            self.poll,
+            self.precision,
+            self.rootDelay,
+            self.rootDispersion,
+            self.refid,
+            self.referenceTimestamp,
+            self.originTimestamp,
+            self.receiveTimestamp,
+            self.transmitTimestamp,
+        )
+
+
+def parseRequest(data: bytes, sourcePort: int | None = None) -> NTPPacket:
+    """
+    Parse a datagram sent to the NTP server into the request's header.
+
+    Only the header's version and mode matter to the server; the request's
+    other fields are odd in real clients (ntpdig sends LI 3, chronyd a
+    precision of 32, chronyd and rdate a random transmit timestamp) and are
+    neither checked nor used, except the transmit timestamp that the reply
+    copies.  What follows the header is checked: version-4 extension fields
+    (RFC 7822) are validated and ignored; a MAC or a crypto-NAK means an
+    authenticated request, which this server, having no keys, drops.
+
+    @param sourcePort: the request's source port, needed to recognise the
+        version-1 client requests that have mode 0 (L{None}: unknown, such
+        a packet is dropped).
+
+    @raise MalformedPacket: the datagram is not a well-formed NTP packet.
+    @raise NotServed: the server does not answer this packet.
+    """
+    packet = NTPPacket.fromBytes(data)
+    if len(data) % 4:
+        raise MalformedPacket(f"NTP packet length {len(data)} is not a multiple of 4")
+    version, mode = packet.version, packet.mode
+    if not 1 <= version <= 4:
+        raise NotServed(f"NTP version {version} is not served")
+    if mode == Mode.RESERVED:
+        if version != 1 or sourcePort is None or sourcePort == NTP_PORT:
+            raise NotServed("mode 0 is only served for version-1 clients")
+    elif mode not in (Mode.CLIENT, Mode.SYMMETRIC_ACTIVE):
+        raise NotServed(f"NTP mode {mode} ({Mode(mode).name.lower()}) is not served")
+    _checkTrailer(data, version)
+    return packet
+
+
+def _checkTrailer(data: bytes, version: int) -> None:
+    """
+    Check what follows the header: nothing, RFC 7822 extension fields
+    (version 4), a MAC or a crypto-NAK.
+
+    @raise MalformedPacket: the trailer cannot be parsed.
+    @raise NotServed: the request carries a MAC or a crypto-NAK.
+    """
+    size = len(data)
+    if size == HEADER_SIZE:
+        return
+    if size - HEADER_SIZE == 4:
+        if data[HEADER_SIZE:] == b"\0\0\0\0":
+            raise NotServed("crypto-NAK in a request")
+        raise MalformedPacket("4 bytes after the NTP header are not a crypto-NAK")
+    position = HEADER_SIZE
+    lastField = 0
+    while True:
+        remainder = size - position
+        if remainder == 0:
+            if lastField < MIN_LAST_EXTENSION_FIELD:
+                raise MalformedPacket(
+                    f"last extension field has {lastField} bytes and no MAC "
+                    f"follows: at least {MIN_LAST_EXTENSION_FIELD} are needed"
+                )
+            return
+        if remainder in MAC_SIZES:
+            (keyID,) = struct.unpack_from("!I", data, position)
+            raise NotServed(f"MAC with key {keyID}: no keys are configured")
+        if version < 4:
+            raise MalformedPacket(
+                f"{remainder} bytes after a version-{version} header are not a MAC"
+            )
+        if remainder < MIN_EXTENSION_FIELD:
+            raise MalformedPacket(f"{remainder} stray bytes after the extension fields")
+        fieldType, length = _EXTENSION_FIELD.unpack_from(data, position)
+        if length < MIN_EXTENSION_FIELD or length % 4 or length > remainder:
+            raise MalformedPacket(
+                f"extension field of type {fieldType:#06x} has bad length {length}"
+            )
+        position += length
+        lastField = length
+
+
+def replyMode(request: NTPPacket) -> Mode:
+    """
+    The mode of the reply to a request L{parseRequest} accepted: symmetric
+    passive for symmetric active, server for anything else.
+    """
+    if request.mode == Mode.SYMMETRIC_ACTIVE:
+        return Mode.SYMMETRIC_PASSIVE
+    return Mode.SERVER
+
+
+def replyPoll(request: NTPPacket, minPoll: int = MIN_POLL) -> int:
+    """
+    The reply's poll exponent: the request's, raised to the server's
+    minimum C{minPoll} and capped at L{MAX_POLL}.
+    """
+    return min(max(request.poll, minPoll), MAX_POLL)
+
+
+def fuzzTimestamp(
+    timestamp: int, precision: int, randomBits: Callable[[int], int]
+) -> int:
+    """
+    Replace the bits of an NTP timestamp that lie below the clock's
+    precision (2^C{precision} seconds) with random bits, as RFC 5905
+    section 6 asks, so that they carry no artefact of the clock's encoding.
+    """
+    bits = min(max(32 + precision, 0), 32)
+    if not bits:
+        return timestamp
+    mask = (1 << bits) - 1
+    return (timestamp & ~mask) | (randomBits(bits) & mask)
+
+
+def _ntpTimestamp(unixTime: float | None) -> int:
+    return 0 if unixTime is None else unixToNTP64(unixTime)
+
+
+def buildReply(
+    request: NTPPacket,
+    state: ClockState,
+    received: float,
+    transmit: float,
+    *,
+    minPoll: int = MIN_POLL,
+    randomBits: Callable[[int], int] = random.getrandbits,
+) -> bytes:
+    """
+    The 48-byte reply to C{request}.
+
+    @param request: a request L{parseRequest} accepted.
+    @param state: what the server claims about its clock; when it is not
+        synchronised the reply carries LI 3 and stratum 0.
+    @param received: Unix time the request arrived.
+    @param transmit: Unix time the reply leaves (read just before).
+    @param minPoll: the server's minimum poll exponent.
+    @param randomBits: C{getrandbits}-like source of the random bits below
+        the clock's precision in the receive and transmit timestamps.
+    """
+    if state.synchronised:
+        leap, stratum = int(state.leap), state.stratum
+    else:
+        leap, stratum = int(Leap.UNSYNCHRONISED), 0
+    precision = state.precision
+    receiveTimestamp = fuzzTimestamp(unixToNTP64(received), precision, randomBits)
+    transmitTimestamp = fuzzTimestamp(unixToNTP64(transmit), precision, randomBits)
+    if _signedDifference(transmitTimestamp, receiveTimestamp) < 0:
+        # Both fell in one step of the clock; the fuzz must not reverse them.
+        transmitTimestamp = receiveTimestamp
+    return NTPPacket(
+        leap=leap,
+        version=request.version,
+        mode=replyMode(request),
+        stratum=stratum,
+        poll=replyPoll(request, minPoll),
+        precision=precision,
+        rootDelay=toNTPShort(state.rootDelay),
+        rootDispersion=toNTPShort(state.rootDispersion),
+        refid=state.refid,
+        referenceTimestamp=_ntpTimestamp(state.referenceTime),
+        originTimestamp=request.transmitTimestamp,
+        receiveTimestamp=receiveTimestamp,
+        transmitTimestamp=transmitTimestamp,
+    ).toBytes()
+
+
+def buildKissOfDeath(
+    request: bytes,
+    code: bytes = b"RATE",
+    *,
+    sourcePort: int | None = None,
+    minPoll: int = MIN_POLL,
+) -> bytes | None:
+    """
+    A Kiss-o'-Death refusing the client request C{request} (RFC 5905
+    section 7.4), or L{None} when C{request} is not a client request this
+    server would answer (a KoD is never sent where no reply would be).
+
+    The KoD has LI 3, the request's version, mode 4, stratum 0 and the kiss
+    code as refid.  Like ntpsec's, it reveals nothing of the server's clock:
+    the origin, receive and transmit timestamps are all the request's
+    transmit timestamp, and the precision, root delay, root dispersion and
+    reference timestamp are the request's.
+
+    @param code: C{RATE}, C{DENY} or C{RSTR} (any 4 ASCII letters).
+    @param sourcePort: the request's source port (see L{parseRequest}).
+    @param minPoll: the poll exponent the client should at least use.
+    """
+    if len(code) != 4 or not code.isascii() or not code.isalpha():
+        raise ValueError(f"a kiss code is 4 ASCII letters, not {code!r}")
+    try:
+        packet = parseRequest(request, sourcePort)
+    except NTPCodecError:
+        return None
+    if replyMode(packet) != Mode.SERVER:
+        return None
+    transmit = packet.transmitTimestamp
+    return NTPPacket(
+        leap=int(Leap.UNSYNCHRONISED),
+        version=packet.version,
+        mode=Mode.SERVER,
+        stratum=0,
+        poll=replyPoll(packet, minPoll),
+        precision=packet.precision,
+        rootDelay=packet.rootDelay,
+        rootDispersion=packet.rootDispersion,
+        refid=code,
+        referenceTimestamp=packet.referenceTimestamp,
+        originTimestamp=transmit,
+        receiveTimestamp=transmit,
+        transmitTimestamp=transmit,
+    ).toBytes()
+
+
+def _signedDifference(a: int, b: int) -> int:
+    """
+    C{a - b} for two 64-bit NTP timestamps, modulo 2^64 as a signed number:
+    right across an era boundary when the two are within 68 years (RFC 5905
+    section 6).
+    """
+    difference = (a - b) & 0xFFFFFFFFFFFFFFFF
+    if difference >= 1 << 63:
+        difference -= 1 << 64
+    return difference
+
+
+def timestampDifference(a: int, b: int) -> float:
+    """
+    C{a - b} in seconds for two 64-bit NTP timestamps in nearby eras.
+    """
+    return _signedDifference(a, b) / 4294967296.0
+
+
+def refidText(stratum: int, refid: bytes) -> str:
+    """
+    A reference identifier for people: the kiss code or reference clock
+    name at stratum 0 and 1 (C{LOCL}, C{GPS}, C{RATE}), the upstream
+    server's IPv4 address (or the hash of its IPv6 address) above.
+    """
+    if stratum <= 1:
+        name = refid.rstrip(b"\0")
+        if not name:
+            return "none"
+        if name.isascii() and name.decode("ascii").isprintable():
+            return name.decode("ascii")
+        return "0x" + refid.hex()
+    return str(ipaddress.IPv4Address(refid))
+
+
+class NTPClientCodec:
+    """
+    udptime's SNTP client (a L{udptime.query.ClientCodec}).
+
+    As chrony does, the request carries no time at all: its transmit
+    timestamp is 64 random bits, a cookie that the reply's origin timestamp
+    must repeat; the send time stays with the client.  A reply is accepted
+    only in the mode that answers the request's, with the right origin and
+    non-zero receive and transmit timestamps; anything else is
+    L{ReplyMismatch} and is ignored.  A Kiss-o'-Death (C{RATE}, C{DENY},
+    C{RSTR}) fails the query with L{ServerRefused}.  A reply from an
+    unsynchronised server (LI 3, or stratum 0 or 16 and up) is a result,
+    reported as such in C{details["synchronised"]}.
+
+    Offset and delay are RFC 5905's theta and delta from the four
+    timestamps, computed modulo 2^64 so that they stay right across NTP era
+    boundaries.
+
+    @ivar version: the NTP version of the request.
+    @ivar mode: the request's mode, L{Mode.CLIENT} or
+        L{Mode.SYMMETRIC_ACTIVE}.
+    """
+
+    name = "ntp"
+    defaultPort = NTP_PORT
+
+    def __init__(
+        self,
+        version: int = 4,
+        mode: Mode = Mode.CLIENT,
+        randomBytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        """
+        @param version: 1 to 4.
+        @param mode: L{Mode.CLIENT}, or L{Mode.SYMMETRIC_ACTIVE}.
+        @param randomBytes: source of the cookie (C{os.urandom}).
+        """
+        if not 1 <= version <= 4:
+            raise ValueError(f"NTP version must be from 1 to 4, not {version}")
+        if mode not in (Mode.CLIENT, Mode.SYMMETRIC_ACTIVE):
+            raise ValueError(f"a request has mode 3 or 1, not {mode}")
+        self.version = version
+        self.mode = mode
+        self.randomBytes = randomBytes
+
+    def buildRequest(self, sentAt: float) -> tuple[bytes, int]:
+        """
+        A request with a random transmit timestamp, and that timestamp.
+        """
+        cookie = int.from_bytes(self.randomBytes(8), "big")
+        request = NTPPacket(
+            leap=int(Leap.NONE),
+            version=self.version,
+            mode=self.mode,
+            transmitTimestamp=cookie,
+        )
+        return request.toBytes(), cookie
+
+    def parseReply(
+        self,
+        data: bytes,
+        state: int,
+        sentAt: float,
+        receivedAt: float,
+        host: str,
+        port: int,
+    ) -> QueryResult:
+        """
+        Read the reply to the request whose cookie is C{state}.
+
+        @raise ReplyMismatch: C{data} is not the reply to the request.
+        @raise ServerRefused: the server sent a Kiss-o'-Death.
+        """
+        try:
+            reply = NTPPacket.fromBytes(data)
+        except MalformedPacket as e:
+            raise ReplyMismatch(str(e)) from None
+        expected = Mode.SERVER if self.mode == Mode.CLIENT else Mode.SYMMETRIC_PASSIVE
+        if reply.mode != expected:
+            raise ReplyMismatch(f"reply has mode {reply.mode}, not {int(expected)}")
+        if reply.originTimestamp != state:
+            raise ReplyMismatch("reply's origin timestamp is not our request's")
+        where = formatHostPort(host, port)
+        if reply.stratum == 0 and reply.refid in REFUSAL_CODES:
+            code = reply.refid.decode("ascii")
+            raise ServerRefused(
+                f"{where} sent a Kiss-o'-Death {code}: {REFUSAL_CODES[reply.refid]}"
+            )
+        if not reply.receiveTimestamp or not reply.transmitTimestamp:
+            raise ReplyMismatch("reply has a zero receive or transmit timestamp")
+        if reply.version == 0:
+            raise ReplyMismatch("reply has version 0")
+
+        t1 = unixToNTP64(sentAt)
+        t2 = reply.receiveTimestamp
+        t3 = reply.transmitTimestamp
+        t4 = unixToNTP64(receivedAt)
+        offset = (timestampDifference(t2, t1) + timestampDifference(t3, t4)) / 2
+        delay = timestampDifference(t4, t1) - timestampDifference(t3, t2)
+        serverTime = ntp64ToUnix(t3, receivedAt)
+
+        synchronised = reply.leap != Leap.UNSYNCHRONISED and (
+            0 < reply.stratum < MAX_STRATUM
+        )
+        details: dict[str, object] = {
+            "version": reply.version,
+            "mode": reply.mode,
+            "leap": reply.leap,
+            "leapText": _LEAP_TEXT[reply.leap],
+            "synchronised": synchronised,
+            "stratum": reply.stratum,
+            "refid": refidText(reply.stratum, reply.refid),
+            "poll": reply.poll,
+            "precision": reply.precision,
+            "rootDelay": fromNTPShort(reply.rootDelay),
+            "rootDispersion": fromNTPShort(reply.rootDispersion),
+            "referenceTime": (
+                ntp64ToUnix(reply.referenceTimestamp, receivedAt)
+                if reply.referenceTimestamp
+                else None
+            ),
+        }
+        text = datetime.fromtimestamp(serverTime, UTC).isoformat(
+            timespec="microseconds"
+        )
+        if not synchronised:
+            text += " (server unsynchronised)"
+        return QueryResult(
+            protocol=self.name,
+            host=host,
+            port=port,
+            reply=data,
+            text=text,
+            serverTime=serverTime,
+            delay=delay,
+            offset=offset,
+            details=details,
+        )
+
+
+_LEAP_TEXT: Final = {
+    int(Leap.NONE): "none",
+    int(Leap.INSERT): "insert",
+    int(Leap.DELETE): "delete",
+    int(Leap.UNSYNCHRONISED): "unsynchronised",
+}

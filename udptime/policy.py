@@ -1,0 +1,563 @@
+"""
+Admission policy shared by every udptime service.
+
+A service on a public address meets floods from one host, floods with forged
+source addresses, reflection attacks that aim its replies at a victim, and
+ping-pong loops with other small UDP services.  The base protocol
+(L{udptime.server.UDPServerProtocol}) asks one L{Policy} per service about
+every datagram before the codec sees it; the policy answers with a small
+integer verdict:
+
+  - L{ADMIT} (0, false): answer it;
+  - L{LOOPED}: its source port is 0, a well-known small service port, or the
+    service's own port (the loop guard), or it is an echo of the reply just
+    sent to the same address (L{ReplyMemory});
+  - L{DENIED}: an allow/deny list (L{AccessList}) refuses its source;
+  - L{LIMITED}: its source, or the whole service, is over its rate;
+  - L{KISS}: limited, and this one deserves an NTP Kiss-o'-Death.
+
+The pieces:
+
+  - L{SourceLimiter}: a token bucket per client (IPv4 address, IPv6 prefix)
+    in a table with a hard entry bound and O(1) eviction of the oldest
+    entry, so that a flood from millions of forged addresses costs a constant
+    amount of memory and time per datagram;
+  - L{RateLimiter}: one token bucket (the optional global reply cap, the
+    global Kiss-o'-Death cap, bounded logging);
+  - L{AccessList}: chrony-style allow/deny rules, most specific network wins;
+  - L{ReplyMemory}: the echo service's guard against answering another echo
+    service.
+
+The buckets are "generic cell rate" buckets (GCRA): each stores one number,
+the theoretical arrival time of the next request at the sustained rate.  A
+source may send C{burst} requests back to back and C{rate} per second after
+that, so in any window of C{t} seconds it gets at most C{burst + rate * t}
+replies.  All time is passed in (seconds, as a float): nothing here reads a
+clock.  A clock step backwards would leave arrival times far in the future;
+they are reset when seen, so a stepped clock never locks a client out.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Final, TypeAlias
+
+ADMIT: Final = 0
+"""Verdict: answer the datagram."""
+DENIED: Final = 1
+"""Verdict: an allow/deny list refuses the source."""
+LOOPED: Final = 2
+"""Verdict: the loop guard refuses the datagram."""
+LIMITED: Final = 3
+"""Verdict: the source or the service is over its rate; drop silently."""
+KISS: Final = 4
+"""Verdict: over the rate, and the protocol may answer with a refusal (an NTP
+Kiss-o'-Death RATE packet)."""
+
+DEFAULT_RATE: Final = 1.0
+"""Sustained requests per second answered for one source."""
+DEFAULT_BURST: Final = 32
+"""Requests one source may send back to back before it is limited."""
+DEFAULT_MAX_CLIENTS: Final = 100_000
+"""Entries in a service's per-source table."""
+DEFAULT_IPV6_PREFIX: Final = 64
+"""IPv6 clients are grouped by this prefix length (one /64 is one client)."""
+DEFAULT_KOD_INTERVAL: Final = 8.0
+"""At most one Kiss-o'-Death per client in this many seconds."""
+DEFAULT_KOD_RATE: Final = 10.0
+"""At most this many Kiss-o'-Death packets per second per service."""
+DEFAULT_ECHO_WINDOW: Final = 1.0
+"""Seconds during which an echo service treats its own reply coming back
+from the same address as a loop."""
+
+SERVICE_PORTS: Final = frozenset({7, 13, 19, 37, 123})
+"""Echo, Daytime, Chargen, Time and NTP: the small services a datagram from
+which may be a reply in a ping-pong loop (BSD inetd drops these too)."""
+
+_SLACK: Final = 1e-3
+"""Fraction of an interval by which an event may come early: times near
+2e9 s carry rounding errors of about 1e-7 s."""
+_KOD_TABLE_SIZE: Final = 4096
+_CACHE_SIZE: Final = 65536
+_MAPPED_PREFIX: Final = "::ffff:"
+
+ClientKey: TypeAlias = str | int
+"""A client's identity: an IPv4 address as text, or an IPv6 prefix as an
+integer."""
+
+Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class RateLimiter:
+    """
+    One token bucket: C{burst} events back to back, C{rate} per second
+    sustained.
+
+    @ivar interval: seconds between events at the sustained rate.
+    @ivar refused: events refused so far.
+    """
+
+    __slots__ = ("_horizon", "_tat", "_tolerance", "interval", "refused")
+
+    def __init__(self, rate: float, burst: int) -> None:
+        """
+        @param rate: sustained events per second (positive).
+        @param burst: events allowed back to back (at least 1).
+        @raise ValueError: a parameter is out of range.
+        """
+        _checkRate(rate, burst)
+        self.interval = 1.0 / rate
+        self._tolerance = (burst - 1 + _SLACK) * self.interval
+        self._horizon = self._tolerance + 2.0 * self.interval
+        self._tat = float("-inf")
+        self.refused = 0
+
+    def admit(self, now: float) -> bool:
+        """
+        Whether an event at time C{now} is within the rate; an admitted event
+        takes a token.
+        """
+        ahead = self._tat - now
+        if ahead <= 0.0 or ahead > self._horizon:
+            # Idle (the bucket is full), or the clock stepped back.
+            self._tat = now + self.interval
+            return True
+        if ahead <= self._tolerance:
+            self._tat += self.interval
+            return True
+        self.refused += 1
+        return False
+
+
+class SourceLimiter:
+    """
+    A token bucket per client, in a table of at most C{maxClients} entries.
+
+    IPv4 clients are keyed by address; IPv6 clients by their first
+    C{ipv6Prefix} bits (a site's /64 is one client, so that an attacker
+    holding a /64 cannot create 2^64 clients); IPv4-mapped IPv6 addresses, as
+    a dual-stack socket reports IPv4 peers, count as IPv4.
+
+    When the table is full a new client evicts the oldest entry, in O(1).  An
+    evicted client starts again with a full bucket, so resetting one address
+    costs an attacker C{maxClients} packets from other addresses.
+
+    Optionally, some limited requests are marked L{KISS}: at most one per
+    client per C{kodInterval} seconds and C{kodRate} per second overall.
+
+    @ivar maxClients: the table's bound.
+    @ivar evictions: entries evicted so far.
+    """
+
+    def __init__(
+        self,
+        rate: float = DEFAULT_RATE,
+        burst: int = DEFAULT_BURST,
+        maxClients: int = DEFAULT_MAX_CLIENTS,
+        ipv6Prefix: int = DEFAULT_IPV6_PREFIX,
+        kodInterval: float = 0.0,
+        kodRate: float = DEFAULT_KOD_RATE,
+    ) -> None:
+        """
+        @param rate: sustained requests per second for one client.
+        @param burst: requests one client may send back to back.
+        @param maxClients: the table's bound (at least 1).
+        @param ipv6Prefix: prefix length grouping IPv6 clients (1-128).
+        @param kodInterval: seconds between two L{KISS} verdicts for one
+            client; 0 for none at all.
+        @param kodRate: L{KISS} verdicts per second over all clients.
+        @raise ValueError: a parameter is out of range.
+        """
+        _checkRate(rate, burst)
+        if maxClients < 1:
+            raise ValueError(f"maxClients must be at least 1, not {maxClients}")
+        if not 1 <= ipv6Prefix <= 128:
+            raise ValueError(f"ipv6Prefix must be 1-128, not {ipv6Prefix}")
+        if kodInterval < 0:
+            raise ValueError(f"kodInterval must not be negative, not {kodInterval}")
+        self.rate = rate
+        self.burst = burst
+        self.maxClients = maxClients
+        self.ipv6Prefix = ipv6Prefix
+        self.interval = 1.0 / rate
+        self._tolerance = (burst - 1 + _SLACK) * self.interval
+        # A steady clock never puts an arrival further ahead than
+        # tolerance + interval; the margin absorbs rounding.
+        self._horizon = self._tolerance + 2.0 * self.interval
+        self._shift = 128 - ipv6Prefix
+        self._arrivals: dict[ClientKey, float] = {}
+        self._order: deque[ClientKey] = deque()
+        self.evictions = 0
+        self.kodInterval = kodInterval
+        self._kodNext: dict[ClientKey, float] = {}
+        self._kodLimit = (
+            RateLimiter(kodRate, max(1, int(kodRate))) if kodInterval else None
+        )
+
+    def __len__(self) -> int:
+        """
+        The number of clients in the table.
+        """
+        return len(self._arrivals)
+
+    def clientKey(self, host: str) -> ClientKey:
+        """
+        The table key of a source address as Twisted reports it.
+        """
+        if ":" not in host:
+            return host
+        if host.startswith(_MAPPED_PREFIX) and "." in host:
+            return host[len(_MAPPED_PREFIX) :]
+        try:
+            packed = socket.inet_pton(socket.AF_INET6, host.partition("%")[0])
+        except (OSError, ValueError):
+            return host
+        return int.from_bytes(packed, "big") >> self._shift
+
+    def admit(self, host: str, now: float) -> int:
+        """
+        The verdict for a request from C{host} at time C{now}: L{ADMIT}
+        (taking a token), L{LIMITED} or L{KISS}.
+        """
+        key = host if ":" not in host else self.clientKey(host)
+        arrivals = self._arrivals
+        tat = arrivals.get(key)
+        if tat is None:
+            if len(arrivals) >= self.maxClients:
+                del arrivals[self._order.popleft()]
+                self.evictions += 1
+            arrivals[key] = now + self.interval
+            self._order.append(key)
+            return ADMIT
+        ahead = tat - now
+        if ahead <= self._tolerance:
+            arrivals[key] = (tat if ahead > 0.0 else now) + self.interval
+            return ADMIT
+        if ahead > self._horizon:
+            # Only a clock stepped backwards puts an arrival this far ahead.
+            arrivals[key] = now + self.interval
+            return ADMIT
+        if self._kodLimit is None:
+            return LIMITED
+        return self._kissOrLimit(key, now)
+
+    def _kissOrLimit(self, key: ClientKey, now: float) -> int:
+        kodNext = self._kodNext
+        due = kodNext.get(key)
+        if due is not None and 0.0 < due - now <= self.kodInterval:
+            return LIMITED
+        assert self._kodLimit is not None
+        if not self._kodLimit.admit(now):
+            return LIMITED
+        if len(kodNext) >= _KOD_TABLE_SIZE:
+            kodNext.clear()
+        kodNext[key] = now + self.kodInterval
+        return KISS
+
+
+class AccessList:
+    """
+    Allow/deny rules over networks, as chrony's C{allow}/C{deny}: the most
+    specific network that contains the source decides; between rules for the
+    same network the later one wins.  A source no rule matches is allowed
+    when there is no allow rule at all, and denied otherwise (so one
+    C{allow} turns the list into an allow list).  IPv4-mapped IPv6 sources
+    match IPv4 rules.
+
+    Decisions are cached per source address (a bounded cache, emptied when
+    full), so the common path is one dictionary lookup.
+
+    @ivar default: the decision for a source no rule matches.
+    """
+
+    def __init__(self, rules: Iterable[tuple[bool, Network]]) -> None:
+        """
+        @param rules: C{(allow, network)} pairs, in the order given.
+        """
+        self._decisions: dict[tuple[int, int, int], bool] = {}
+        lengths: dict[int, set[int]] = {4: set(), 6: set()}
+        anyAllow = False
+        for allow, given in rules:
+            network = _unmapNetwork(given)
+            bits = network.max_prefixlen - network.prefixlen
+            key = (
+                network.version,
+                network.prefixlen,
+                int(network.network_address) >> bits,
+            )
+            self._decisions[key] = allow
+            lengths[network.version].add(network.prefixlen)
+            anyAllow = anyAllow or allow
+        self.default = not anyAllow
+        self._lengths = {
+            version: sorted(found, reverse=True) for version, found in lengths.items()
+        }
+        self._cache: dict[str, bool] = {}
+
+    def allows(self, host: str) -> bool:
+        """
+        Whether requests from C{host} (an address as Twisted reports it) are
+        served.
+        """
+        cache = self._cache
+        decision = cache.get(host)
+        if decision is None:
+            decision = self._decide(host)
+            if len(cache) >= _CACHE_SIZE:
+                cache.clear()
+            cache[host] = decision
+        return decision
+
+    def _decide(self, host: str) -> bool:
+        try:
+            address = ipaddress.ip_address(host.partition("%")[0])
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        value = int(address)
+        version = address.version
+        maxBits = address.max_prefixlen
+        decisions = self._decisions
+        for length in self._lengths[version]:
+            found = decisions.get((version, length, value >> (maxBits - length)))
+            if found is not None:
+                return found
+        return self.default
+
+
+def _unmapNetwork(network: Network) -> Network:
+    """
+    An IPv4-mapped IPv6 network (inside C{::ffff:0:0/96}) as the IPv4
+    network it stands for; any other network unchanged.
+    """
+    if (
+        isinstance(network, ipaddress.IPv6Network)
+        and network.prefixlen >= 96
+        and network.network_address.ipv4_mapped is not None
+    ):
+        return ipaddress.IPv4Network(
+            (int(network.network_address) & 0xFFFFFFFF, network.prefixlen - 96)
+        )
+    return network
+
+
+@dataclass(frozen=True, slots=True)
+class AccessRule:
+    """
+    One allow or deny rule.
+
+    @ivar allow: allow (C{True}) or deny (C{False}).
+    @ivar network: the source network it applies to.
+    @ivar service: the service it applies to, or L{None} for every service.
+    """
+
+    allow: bool
+    network: Network
+    service: str | None = None
+
+    @classmethod
+    def parse(cls, allow: bool, text: str) -> list[AccessRule]:
+        """
+        Parse a command-line rule: C{[SERVICE=]NETWORK}, where NETWORK is an
+        address, a CIDR network (C{192.0.2.0/24}, C{2001:db8::/32}) or
+        C{all} (every IPv4 and IPv6 address).
+
+        @raise ValueError: the text is not a rule.
+        """
+        service, sep, spec = text.partition("=")
+        if not sep:
+            service, spec = "", text
+        service = service.strip().lower()
+        spec = spec.strip()
+        if sep and not service:
+            raise ValueError(f"no service name before '=' in {text!r}")
+        if spec.lower() == "all":
+            networks: list[Network] = [
+                ipaddress.IPv4Network("0.0.0.0/0"),
+                ipaddress.IPv6Network("::/0"),
+            ]
+        else:
+            try:
+                networks = [ipaddress.ip_network(spec, strict=False)]
+            except ValueError:
+                raise ValueError(
+                    f"{spec!r} is not an address, a CIDR network or 'all'"
+                ) from None
+        return [cls(allow, network, service or None) for network in networks]
+
+
+class ReplyMemory:
+    """
+    Remembers the last reply sent to each address for a moment, to see an
+    echo service send it back: a datagram from an address that equals what
+    was just sent there is a loop, not a request.
+
+    Bounded: the memory is emptied when it holds C{size} addresses (a loop
+    is then caught one round trip later).
+    """
+
+    def __init__(self, window: float = DEFAULT_ECHO_WINDOW, size: int = 4096) -> None:
+        """
+        @param window: seconds during which a reply coming back is a loop.
+        @param size: the most addresses remembered.
+        """
+        self.window = window
+        self.size = size
+        self._sent: dict[tuple[str, int], tuple[int, float]] = {}
+
+    def isReturned(self, addr: tuple[str, int], data: bytes, now: float) -> bool:
+        """
+        Whether C{data} from C{addr} is the reply sent to C{addr} within the
+        window (forgotten once caught, so the loop is cut, not the address).
+        """
+        last = self._sent.get(addr)
+        if (
+            last is None
+            or last[0] != hash(data)
+            or not 0.0 <= now - last[1] <= self.window
+        ):
+            return False
+        del self._sent[addr]
+        return True
+
+    def remember(self, addr: tuple[str, int], reply: bytes, now: float) -> None:
+        """
+        Note that C{reply} was sent to C{addr} at time C{now}.
+        """
+        sent = self._sent
+        if len(sent) >= self.size and addr not in sent:
+            sent.clear()
+        sent[addr] = (hash(reply), now)
+
+
+class Policy:
+    """
+    What one service admits: the loop guard, an allow/deny list, per-source
+    rate limits and an optional reply cap shared between services.
+
+    @ivar loopPorts: source ports refused outright.
+    @ivar access: the allow/deny list, or L{None} to allow every source.
+    @ivar limiter: per-source limits, or L{None} for none.
+    @ivar globalLimit: a cap on admitted requests per second (possibly shared
+        with other services), or L{None}.
+    @ivar replyMemory: an echo service's L{ReplyMemory}, or L{None}.
+    @ivar guardOwnPort: whether L{guardPort} adds the service's own port to
+        L{loopPorts}.
+    """
+
+    def __init__(
+        self,
+        *,
+        limiter: SourceLimiter | None = None,
+        globalLimit: RateLimiter | None = None,
+        access: AccessList | None = None,
+        loopPorts: Iterable[int] = (),
+        guardOwnPort: bool = False,
+        replyMemory: ReplyMemory | None = None,
+    ) -> None:
+        self.limiter = limiter
+        self.globalLimit = globalLimit
+        self.access = access
+        # Port 0 cannot be answered: refused whatever else is configured.
+        self.loopPorts = frozenset({0, *loopPorts})
+        self.guardOwnPort = guardOwnPort
+        self.replyMemory = replyMemory
+
+    @classmethod
+    def forService(
+        cls,
+        service: str,
+        *,
+        rate: float = DEFAULT_RATE,
+        burst: int = DEFAULT_BURST,
+        maxClients: int = DEFAULT_MAX_CLIENTS,
+        ipv6Prefix: int = DEFAULT_IPV6_PREFIX,
+        rules: Sequence[AccessRule] = (),
+        globalLimit: RateLimiter | None = None,
+    ) -> Policy:
+        """
+        The policy udptime's twistd plugin gives the service called
+        C{service} (C{"text"}, C{"ntp"}, C{"time"}, C{"daytime"}, C{"echo"}):
+
+          - NTP: limited requests may get a Kiss-o'-Death; no loop guard
+            beyond port 0 (symmetric NTP legitimately comes from port 123,
+            and NTP never answers a reply);
+          - every other service: the loop guard (L{SERVICE_PORTS} and its own
+            port), silent drops when limited;
+          - echo: also L{ReplyMemory}.
+
+        @param rate: per-source requests per second; 0 turns per-source
+            limits off.
+        @param rules: allow/deny rules; those naming another service are
+            ignored.
+        """
+        isNTP = service == "ntp"
+        limiter = None
+        if rate:
+            limiter = SourceLimiter(
+                rate,
+                burst,
+                maxClients,
+                ipv6Prefix,
+                kodInterval=DEFAULT_KOD_INTERVAL if isNTP else 0.0,
+            )
+        mine = [(r.allow, r.network) for r in rules if r.service in (None, service)]
+        return cls(
+            limiter=limiter,
+            globalLimit=globalLimit,
+            access=AccessList(mine) if mine else None,
+            loopPorts=() if isNTP else SERVICE_PORTS,
+            guardOwnPort=not isNTP,
+            replyMemory=ReplyMemory() if service == "echo" else None,
+        )
+
+    def guardPort(self, port: int) -> None:
+        """
+        Refuse datagrams from the service's own port C{port} (a loop with a
+        copy of the service elsewhere, or with itself), if so configured.
+        """
+        if self.guardOwnPort:
+            self.loopPorts = self.loopPorts | {port}
+
+    def admit(self, addr: tuple[str, int], now: float) -> int:
+        """
+        The verdict (L{ADMIT}, L{LOOPED}, L{DENIED}, L{LIMITED} or L{KISS})
+        for a datagram from C{addr} at time C{now}.
+        """
+        host, port = addr
+        if port in self.loopPorts:
+            return LOOPED
+        access = self.access
+        if access is not None and not access.allows(host):
+            return DENIED
+        limiter = self.limiter
+        if limiter is not None:
+            verdict = limiter.admit(host, now)
+            if verdict:
+                return verdict
+        limit = self.globalLimit
+        if limit is not None and not limit.admit(now):
+            return LIMITED
+        return ADMIT
+
+    def stats(self) -> dict[str, int]:
+        """
+        Gauges for reports: clients in the per-source table, and entries
+        evicted from it so far.
+        """
+        limiter = self.limiter
+        if limiter is None:
+            return {"clients": 0, "evicted": 0}
+        return {"clients": len(limiter), "evicted": limiter.evictions}
+
+
+def _checkRate(rate: float, burst: int) -> None:
+    if not rate > 0.0 or rate == float("inf"):
+        raise ValueError(f"rate must be a positive number, not {rate}")
+    if burst < 1:
+        raise ValueError(f"burst must be at least 1, not {burst}")

@@ -1,0 +1,104 @@
+"""
+Codec for the Time Protocol, RFC 868, over UDP (sans I/O).
+
+A client sends a datagram (RFC 868: an empty one; the server answers any
+datagram and ignores what it holds).  The reply is exactly L{REPLY_SIZE}
+bytes: the time as an unsigned 32-bit big-endian number of seconds since
+1900-01-01 00:00:00 UTC, modulo 2^32.  The count wraps at 2036-02-07
+06:28:16 UTC (the start of NTP era 1), so a client reads the value in the
+era nearest to its own clock, as RFC 5905 section 6 does for NTP: the
+answer is right as long as the two clocks are within 68 years.
+
+A server that cannot determine the time makes no reply (RFC 868); that
+decision belongs to the server (see L{udptime.clock.TimeKnown}), not to this
+codec.  The resolution is one second: the server truncates toward the past.
+"""
+
+from __future__ import annotations
+
+import struct
+from datetime import UTC, datetime
+from typing import Final
+
+from udptime.clock import ntpSecondsToUnix, unixToNTPSeconds
+from udptime.query import QueryResult, ReplyMismatch
+
+REPLY_SIZE: Final = 4
+"""Length of every reply in bytes."""
+
+DEFAULT_PORT: Final = 37
+"""The Time Protocol's registered port."""
+
+RESOLUTION: Final = 1.0
+"""Resolution of the time in a reply, in seconds."""
+
+_SECONDS = struct.Struct("!I")
+
+
+def buildReply(now: float) -> bytes:
+    """
+    The reply datagram at Unix time C{now}: 4 bytes, big-endian seconds since
+    1900 modulo 2^32.
+    """
+    return _SECONDS.pack(unixToNTPSeconds(now))
+
+
+def parseReply(data: bytes) -> int:
+    """
+    The 32-bit seconds value of a reply datagram.
+
+    @raise ReplyMismatch: C{data} is not exactly L{REPLY_SIZE} bytes long.
+    """
+    if len(data) != REPLY_SIZE:
+        raise ReplyMismatch(f"an RFC 868 reply is {REPLY_SIZE} bytes, not {len(data)}")
+    seconds: int = _SECONDS.unpack(data)[0]
+    return seconds
+
+
+class TimeClientCodec:
+    """
+    The client side of RFC 868 over UDP (a L{udptime.query.ClientCodec}).
+
+    The request is an empty datagram.  The result's offset is the server's
+    time minus the midpoint of our send and receive times; as the server
+    truncates to whole seconds, the server clock's true offset lies between
+    that value and one second more (C{details["resolution"]}).
+    """
+
+    name = "time"
+    defaultPort = DEFAULT_PORT
+
+    def buildRequest(self, sentAt: float) -> tuple[bytes, None]:
+        """
+        An empty datagram; no state is needed to recognise the reply.
+        """
+        return b"", None
+
+    def parseReply(
+        self,
+        data: bytes,
+        state: object,
+        sentAt: float,
+        receivedAt: float,
+        host: str,
+        port: int,
+    ) -> QueryResult:
+        """
+        Read a 4-byte reply received at Unix time C{receivedAt}.
+
+        @raise ReplyMismatch: the reply is not exactly 4 bytes long.
+        """
+        midpoint = (sentAt + receivedAt) / 2
+        seconds = parseReply(data)
+        serverTime = ntpSecondsToUnix(seconds, midpoint)
+        return QueryResult(
+            protocol=self.name,
+            host=host,
+            port=port,
+            reply=data,
+            text=datetime.fromtimestamp(serverTime, UTC).isoformat(),
+            serverTime=float(serverTime),
+            delay=receivedAt - sentAt,
+            offset=serverTime - midpoint,
+            details={"seconds": seconds, "resolution": RESOLUTION},
+        )

@@ -1,0 +1,92 @@
+"""
+Counter summaries in the log, at a bounded rate.
+
+An attack must never cost one log line per packet.  L{CounterSummary} looks
+at every service's L{udptime.counters.ServiceCounters} (and its policy's
+table size) every C{interval} seconds and logs one line per service whose
+counters changed since the last line, and nothing while nothing changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from udptime.server import UDPServerProtocol
+
+DEFAULT_INTERVAL = 60.0
+"""Seconds between two summaries."""
+
+
+class CounterSummary(Service):
+    """
+    Log, every C{interval} seconds, what each service did since the last
+    summary, for services that did anything; and once more on stop.
+
+    @ivar protocols: the services to report on, by name.
+    @ivar interval: seconds between summaries.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        protocols: Mapping[str, UDPServerProtocol],
+        interval: float = DEFAULT_INTERVAL,
+    ) -> None:
+        self.reactor = reactor
+        self.protocols = dict(protocols)
+        self.interval = interval
+        self._last: dict[str, dict[str, int]] = {
+            name: protocol.counters.snapshot()
+            for name, protocol in self.protocols.items()
+        }
+        self._loop: LoopingCall | None = None
+
+    def startService(self) -> None:
+        Service.startService(self)  # type: ignore[no-untyped-call]
+        loop = LoopingCall(self.report)
+        loop.clock = self.reactor
+        loop.start(self.interval, now=False)
+        self._loop = loop
+
+    def stopService(self) -> Any:
+        Service.stopService(self)  # type: ignore[no-untyped-call]
+        loop, self._loop = self._loop, None
+        if loop is not None and loop.running:
+            loop.stop()
+        self.report()
+        return None
+
+    def report(self) -> None:
+        """
+        Log one line for each service whose counters changed since the last
+        report.
+        """
+        for name, protocol in self.protocols.items():
+            now = protocol.counters.snapshot()
+            last = self._last[name]
+            changes = {
+                key: now[key] - last[key] for key in now if now[key] != last[key]
+            }
+            if not changes:
+                continue
+            self._last[name] = now
+            policy = protocol.policy
+            gauges = policy.stats() if policy is not None else {}
+            emit = self.log.warn if changes.get("internalErrors") else self.log.info
+            emit(
+                "udptime {service}: {changes}; totals {totals}{gauges}",
+                service=name,
+                changes=", ".join(f"+{v} {k}" for k, v in changes.items()),
+                totals=" ".join(f"{k}={v}" for k, v in now.items() if v),
+                gauges="".join(f"; {k}={v}" for k, v in gauges.items()),
+                counters=now,
+                policy=gauges,
+            )

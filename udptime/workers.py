@@ -1,0 +1,482 @@
+"""
+Worker processes: C{twistd udptime --workers N} serves on every core.
+
+Python runs one thread of Python code at a time, so one process uses one
+core.  With C{--workers N} the twistd process becomes a supervisor:
+
+  - before it drops privileges it binds, for every service, N sockets on the
+    service's address and port with C{SO_REUSEPORT}; the kernel spreads
+    datagrams over them by a hash of the client's address and port;
+  - it starts N worker processes (C{python -m twisted udptime ...} with the
+    same options), each inheriting one socket per service, which it serves
+    through C{adoptDatagramPort}-style adoption (L{UDPListenService} with an
+    inherited socket) with the whole policy of a single process;
+  - with twistd's C{--uid}/C{--gid}, the workers are started before twistd
+    drops the supervisor's privileges, and drop them to the same user and
+    group themselves before they serve anything (a worker started again
+    later is started by the unprivileged supervisor, so the interpreter
+    must be one that user may run);
+  - it relays the workers' log events into its own log, each marked with
+    the worker's number;
+  - it starts a worker that died again (after a short delay that grows while
+    workers keep dying quickly); the socket stays bound in the supervisor,
+    so datagrams that arrive meanwhile wait in its buffer;
+  - on SIGTERM it stops the workers (SIGTERM, then SIGKILL after
+    L{STOP_TIMEOUT} seconds) and exits once they have.  A worker whose
+    supervisor dies without stopping it gets SIGTERM from the kernel
+    (C{PR_SET_PDEATHSIG}), so no worker outlives its supervisor.
+
+Each worker keeps its own rate-limit tables and counters: a client whose
+datagrams hash to several workers (for example by changing its source port)
+is limited by each of them separately.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import json
+import os
+import pwd
+import re
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from twisted.application.reactors import getReactorTypes
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger, eventFromJSON, globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.python.util import switchUID
+
+from udptime.service import UDPListenService, bindUDPSocket, formatAddress
+
+WORKER_ENVIRONMENT = "UDPTIME_WORKER"
+"""
+The environment variable that makes a udptime process a worker: JSON with
+the worker's number, its supervisor's process id and, by service name, the
+descriptor of the socket it serves.
+"""
+
+STOP_TIMEOUT = 10.0
+"""Seconds a worker has to exit after SIGTERM before it is killed."""
+
+RESTART_DELAY = 0.1
+"""Seconds before a worker that died is started again, at first."""
+
+MAX_RESTART_DELAY = 10.0
+"""The longest delay before a restart, reached while workers keep dying."""
+
+STABLE_AFTER = 10.0
+"""A worker that ran this long resets the restart delay when it dies."""
+
+_FIRST_FD = 3
+_PR_SET_PDEATHSIG = 1
+_TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} ")
+
+
+def workerCount(value: str) -> int:
+    """
+    The C{--workers} option: a number of processes (0: serve in this
+    process), or C{auto} for one per CPU this process may run on.
+    """
+    if value.strip().lower() == "auto":
+        return (
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else (os.cpu_count() or 1)
+        )
+    count = int(value)
+    if count < 0:
+        raise ValueError(f"--workers must be 0 or more, or auto, not {value!r}")
+    return count
+
+
+workerCount.coerceDoc = "A number, or auto (one per CPU)."  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class WorkerSetting:
+    """
+    What a worker process is told by its supervisor.
+
+    @ivar index: the worker's number, from 1.
+    @ivar supervisor: the supervisor's process id.
+    @ivar descriptors: the descriptor of each service's socket, by name.
+    @ivar privileges: the user and group to switch to, and whether to
+        switch the effective ones only, as twistd's C{--uid}, C{--gid} and
+        C{--euid}; L{None} to keep the worker's.
+    """
+
+    index: int
+    supervisor: int
+    descriptors: dict[str, int]
+    privileges: Privileges | None = None
+
+    def toJSON(self) -> str:
+        return json.dumps(
+            {
+                "index": self.index,
+                "supervisor": self.supervisor,
+                "descriptors": self.descriptors,
+                "privileges": self.privileges,
+            }
+        )
+
+    @classmethod
+    def fromJSON(cls, text: str) -> WorkerSetting:
+        data = json.loads(text)
+        privileges = data.get("privileges")
+        return cls(
+            int(data["index"]),
+            int(data["supervisor"]),
+            {str(k): int(v) for k, v in data["descriptors"].items()},
+            None if privileges is None else Privileges(*privileges),
+        )
+
+
+class Privileges(NamedTuple):
+    """
+    A user and group to run as (twistd's C{--uid}, C{--gid}, C{--euid}).
+    """
+
+    uid: int | None
+    gid: int | None
+    euid: bool
+
+
+def twistdPrivileges(options: Any) -> Privileges | None:
+    """
+    The privileges twistd will drop to, read from C{options}' parent (the
+    twistd command line), resolved as twistd resolves them; L{None} when
+    they stay as they are (or the parent is not twistd).
+    """
+    parent = getattr(options, "parent", None)
+    if parent is None:
+        return None
+    uid, gid = parent.get("uid"), parent.get("gid")
+    if uid is None and gid is None:
+        return None
+    if uid is not None and gid is None:
+        gid = pwd.getpwuid(uid).pw_gid
+    return Privileges(uid, gid, bool(parent.get("euid")))
+
+
+def currentWorker() -> WorkerSetting | None:
+    """
+    This process's worker setting, or L{None} when it is not a worker.
+    """
+    text = os.environ.get(WORKER_ENVIRONMENT)
+    return WorkerSetting.fromJSON(text) if text else None
+
+
+def configure(top: MultiService, options: Any, reactor: Any) -> MultiService:
+    """
+    Turn the service tree C{top} that L{udptime.tap.makeService} built from
+    C{options} into what this process runs:
+
+      - in a worker (L{WORKER_ENVIRONMENT} set), the same tree serving the
+        sockets its supervisor handed down, with privileges dropped;
+      - with C{options["workers"]} workers, a supervisor: the listening
+        services leave the tree (and so does everything else that served
+        them) for a L{WorkerSupervisor} that binds their sockets and runs
+        the workers with the same options (C{options.arguments});
+      - otherwise C{top} unchanged.
+    """
+    setting = currentWorker()
+    listeners = [child for child in top if isinstance(child, UDPListenService)]
+    if setting is not None:
+        for listener in listeners:
+            fd = setting.descriptors[str(listener.name)]
+            listener.inheritedSocket = socket.socket(fileno=fd)
+        if setting.privileges is not None:
+            switchUID(*setting.privileges)
+        dieWithParent(setting.supervisor)
+        return top
+    count = options["workers"]
+    if not count:
+        return top
+    for child in list(top):
+        child.disownServiceParent()
+    WorkerSupervisor(
+        reactor, listeners, count, options.arguments, twistdPrivileges(options)
+    ).setServiceParent(top)
+    return top
+
+
+def dieWithParent(supervisor: int) -> None:
+    """
+    Ask the kernel to send this process SIGTERM when its parent dies, and
+    exit now if the parent is already not C{supervisor} (it died first).
+    (Call it after any change of user or group, which clears the request.)
+    """
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != supervisor:
+        raise SystemExit(f"udptime worker: supervisor {supervisor} is gone")
+
+
+def reactorName(reactor: Any) -> str | None:
+    """
+    The name C{--reactor} knows C{reactor}'s kind by, or L{None}.
+    """
+    module = type(reactor).__module__
+    for kind in getReactorTypes():
+        if getattr(kind, "moduleName", None) == module:
+            return str(kind.shortName)
+    return None
+
+
+class WorkerSupervisor(Service):
+    """
+    Bind the sockets of C{listeners}, run C{count} workers on them, keep
+    them running and stop them with the service.
+
+    The sockets are bound and the workers started in
+    L{privilegedStartService}, before twistd drops privileges; workers
+    switch to C{privileges} themselves.
+
+    @ivar workers: the running workers' L{WorkerProcess}es by number.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        listeners: Sequence[UDPListenService],
+        count: int,
+        arguments: Sequence[str],
+        privileges: Privileges | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.listeners = list(listeners)
+        self.count = count
+        self.arguments = list(arguments)
+        self.privileges = privileges
+        self.setName("workers")
+        self.sockets: dict[int, dict[str, socket.socket]] = {}
+        self.workers: dict[int, WorkerProcess] = {}
+        self._restarts: dict[int, IDelayedCall] = {}
+        self._delays: dict[int, float] = {}
+        self._stopping = False
+
+    def privilegedStartService(self) -> None:
+        """
+        Bind every socket and start the workers (before twistd drops
+        privileges).
+        """
+        for listener in self.listeners:
+            port = listener.portNumber
+            for index in range(1, self.count + 1):
+                sock = bindUDPSocket(listener.interface, port, reusePort=True)
+                port = sock.getsockname()[1]  # port 0: the others follow
+                self.sockets.setdefault(index, {})[str(listener.name)] = sock
+            self.log.info(
+                "udptime {service} service listening on {where} (UDP), {count} workers",
+                service=listener.name,
+                where=formatAddress(*sock.getsockname()[:2]),
+                count=self.count,
+            )
+        Service.privilegedStartService(self)
+        self._stopping = False
+        for index in range(1, self.count + 1):
+            self.startWorker(index)
+
+    def startService(self) -> None:
+        if not self.sockets:
+            self.privilegedStartService()
+        Service.startService(self)
+
+    def workerCommand(self) -> list[str]:
+        """
+        The command line of a worker.
+        """
+        command = [sys.executable, "-m", "twisted", "--log-format", "json"]
+        name = reactorName(self.reactor)
+        if name is not None:
+            command += ["--reactor", name]
+        return [*command, "udptime", *self.arguments]
+
+    def startWorker(self, index: int) -> None:
+        """
+        Start worker C{index} on its sockets.
+        """
+        self._restarts.pop(index, None)
+        sockets = self.sockets[index]
+        childFDs: dict[int, int | str] = {0: "w", 1: "r", 2: "r"}
+        descriptors = {}
+        for offset, (name, sock) in enumerate(sorted(sockets.items())):
+            childFDs[_FIRST_FD + offset] = sock.fileno()
+            descriptors[name] = _FIRST_FD + offset
+        setting = WorkerSetting(index, os.getpid(), descriptors, self.privileges)
+        environment = dict(os.environ)
+        environment[WORKER_ENVIRONMENT] = setting.toJSON()
+        environment["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        worker = WorkerProcess(self, index)
+        try:
+            self.reactor.spawnProcess(
+                worker,
+                sys.executable,
+                self.workerCommand(),
+                env=environment,
+                childFDs=childFDs,
+            )
+        except OSError as failure:
+            self.log.error(
+                "worker {index} could not start: {error}", index=index, error=failure
+            )
+            self._scheduleStart(index, 0.0)
+            return
+        self.workers[index] = worker
+        self.log.info("worker {index} started (pid {pid})", index=index, pid=worker.pid)
+
+    def workerEnded(self, worker: WorkerProcess, reason: Failure) -> None:
+        """
+        Worker C{worker} exited: start it again unless the service stops.
+        """
+        if self.workers.get(worker.index) is worker:
+            del self.workers[worker.index]
+        if self._stopping:
+            return
+        self.log.warn(
+            "worker {index} (pid {pid}) ended: {why}",
+            index=worker.index,
+            pid=worker.pid,
+            why=reason.getErrorMessage(),
+        )
+        self._scheduleStart(worker.index, self.reactor.seconds() - worker.started)
+
+    def _scheduleStart(self, index: int, ranFor: float) -> None:
+        """
+        Start worker C{index} again after a delay that doubles, up to
+        L{MAX_RESTART_DELAY}, while it keeps ending within L{STABLE_AFTER}
+        seconds.
+        """
+        delay = self._delays.get(index, RESTART_DELAY)
+        if ranFor >= STABLE_AFTER:
+            delay = RESTART_DELAY
+        self._delays[index] = min(delay * 2, MAX_RESTART_DELAY)
+        self.log.info(
+            "starting worker {index} again in {delay:.1f} s", index=index, delay=delay
+        )
+        self._restarts[index] = self.reactor.callLater(delay, self.startWorker, index)
+
+    def stopService(self) -> Deferred[Any]:
+        """
+        Stop every worker (SIGTERM, SIGKILL after L{STOP_TIMEOUT} seconds);
+        fires once all have exited and the sockets are closed.
+        """
+        Service.stopService(self)
+        self._stopping = True
+        for call in self._restarts.values():
+            call.cancel()
+        self._restarts.clear()
+        ended = [worker.stop() for worker in list(self.workers.values())]
+        done: Deferred[Any] = DeferredList(ended)
+        done.addBoth(self._closeSockets)
+        return done
+
+    def _closeSockets(self, result: object) -> None:
+        for sockets in self.sockets.values():
+            for sock in sockets.values():
+                sock.close()
+        self.sockets.clear()
+
+
+class WorkerProcess(ProcessProtocol):
+    """
+    One worker, seen from its supervisor: its log events are relayed, its
+    end reported.
+
+    @ivar index: the worker's number.
+    @ivar pid: its process id.
+    @ivar started: when it started, in the reactor's time.
+    """
+
+    log = Logger()
+
+    def __init__(self, supervisor: WorkerSupervisor, index: int) -> None:
+        self.supervisor = supervisor
+        self.index = index
+        self.pid: int | None = None
+        self.started = supervisor.reactor.seconds()
+        self._buffers: dict[int, bytes] = {1: b"", 2: b""}
+        self._ended: Deferred[None] = Deferred()
+        self._kill: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.pid = self.transport.pid
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        buffered = self._buffers.get(childFD, b"") + data
+        *lines, rest = buffered.split(b"\n")
+        self._buffers[childFD] = rest
+        for line in lines:
+            self.relay(line)
+
+    def relay(self, line: bytes) -> None:
+        """
+        Put one line of the worker's output in the supervisor's log: a JSON
+        log event keeps its level and fields, anything else (say, Python's
+        own complaints before logging starts) is logged as text.
+        """
+        text = line.decode("utf-8", "replace").strip("\x1e\r\n ")
+        if not text:
+            return
+        if text.startswith("{"):
+            try:
+                event = eventFromJSON(text)
+            except ValueError:
+                event = None
+            if isinstance(event, dict) and "log_format" in event:
+                # The number goes in as text: the event's fields may come
+                # pre-formatted (log_flattened) and cannot take a new one.
+                event["log_format"] = f"worker {self.index}: " + str(
+                    event["log_format"] or ""
+                )
+                globalLogPublisher(event)
+                return
+        self.log.warn(
+            "worker {index}: {line}",
+            index=self.index,
+            line=_TIMESTAMP.sub("", text),
+        )
+
+    def processEnded(self, reason: Failure) -> None:
+        for rest in self._buffers.values():
+            if rest:
+                self.relay(rest)
+        if self._kill is not None and self._kill.active():
+            self._kill.cancel()
+        self.supervisor.workerEnded(self, reason)
+        self._ended.callback(None)
+
+    def stop(self) -> Deferred[None]:
+        """
+        Ask the worker to stop; fires once it has exited.
+        """
+        if not self._ended.called and self.transport is not None:
+            try:
+                self.transport.signalProcess("TERM")
+            except (ProcessExitedAlready, OSError):
+                pass
+            else:
+                self._kill = self.supervisor.reactor.callLater(
+                    STOP_TIMEOUT, self._forceStop
+                )
+        return self._ended
+
+    def _forceStop(self) -> None:
+        assert self.transport is not None
+        self.log.warn("worker {index} did not stop: killing it", index=self.index)
+        self.transport.signalProcess("KILL")
