@@ -168,3 +168,35 @@ class EchoServerTests(SynchronousTestCase):
             )
         else:
             self.assertEqual(len(self.transport.written), before)
+
+
+class EchoPayloadTests(SynchronousTestCase):
+    """
+    L{echo.EchoClientCodec} with a payload of the user's, as the interactive
+    echo client sends each line.
+    """
+
+    def test_payloadSentAndShown(self) -> None:
+        codec = echo.EchoClientCodec(b"hello there")
+        payload, state = codec.buildRequest(100.0)
+        self.assertEqual(payload, b"hello there")
+        result = codec.parseReply(payload, state, 100.0, 100.5, "127.0.0.1", 7)
+        self.assertEqual(result.text, "hello there")
+        self.assertEqual(result.delay, 0.5)
+
+    def test_otherPayloadRejected(self) -> None:
+        codec = echo.EchoClientCodec(b"hello there")
+        _payload, state = codec.buildRequest(100.0)
+        self.assertRaises(
+            ReplyMismatch,
+            codec.parseReply,
+            b"hello",
+            state,
+            100.0,
+            100.5,
+            "127.0.0.1",
+            7,
+        )
+
+    def test_tooLarge(self) -> None:
+        self.assertRaises(ValueError, echo.EchoClientCodec, b"x" * (echo.MAX_ECHO + 1))

@@ -287,3 +287,23 @@ class TwistdTests(TestCase):
                 else:
                     self.assertNearNow(result["serverTime"], before)
                     self.assertEqual(result["details"]["resolution"], 1.0)
+
+    def test_interactiveEcho(self) -> None:
+        """
+        C{udptime --interactive --protocol echo} is the echo client of the
+        classic exercises: each line comes back as it was sent.
+        """
+        script = os.path.join(os.path.dirname(sys.executable), "udptime")
+        if not os.access(script, os.X_OK):
+            missing("the udptime console script is not installed")
+        completed = subprocess.run(
+            [script, "-i", "-P", "echo", "-p", str(self.ports["echo"]), "127.0.0.1"],
+            input="Hello, World!\nsecond line \u00e9\nquit\nnot sent\n",
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        self.assertEqual((completed.returncode, completed.stderr), (0, ""))
+        self.assertEqual(
+            completed.stdout.splitlines(), ["Hello, World!", "second line \u00e9"]
+        )

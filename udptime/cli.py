@@ -59,7 +59,7 @@ CODECS: dict[str, CodecFactory] = {
     "text": TextClientCodec,
     "time": withoutWords(TimeClientCodec),
     "daytime": withoutWords(DaytimeClientCodec),
-    "echo": withoutWords(EchoClientCodec),
+    "echo": lambda words: EchoClientCodec(words.encode("utf-8") if words else None),
     "ntp": withoutWords(NTPClientCodec),
 }
 """

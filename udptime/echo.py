@@ -51,25 +51,38 @@ class EchoClientCodec:
     """
     The client side of RFC 862 over UDP (a L{udptime.query.ClientCodec}).
 
-    The request is L{PAYLOAD_PREFIX} and a random hex token, so that a reply
-    is recognised as the echo of this very request.  The result has no
-    server time and no offset, only the round-trip delay.
+    The request is the payload given (the lines of C{udptime --interactive
+    --protocol echo}), or else L{PAYLOAD_PREFIX} and a random hex token, so
+    that a reply is recognised as the echo of this very request.  The result
+    has no server time and no offset, only the round-trip delay; its text is
+    the echoed payload when one was given.
 
+    @ivar payload: the payload to send, or L{None} for a random token.
     @ivar randomBytes: source of the token's random bytes (C{os.urandom}).
     """
 
     name = "echo"
     defaultPort = DEFAULT_PORT
 
-    def __init__(self, randomBytes: Callable[[int], bytes] = os.urandom) -> None:
+    def __init__(
+        self,
+        payload: bytes | None = None,
+        randomBytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        if payload is not None and len(payload) > MAX_ECHO:
+            raise ValueError(f"an echo request holds at most {MAX_ECHO} bytes")
+        self.payload = payload
         self.randomBytes = randomBytes
 
     def buildRequest(self, sentAt: float) -> tuple[bytes, bytes]:
         """
-        The payload to send; the state is the payload itself, which the
-        reply must repeat.
+        The payload to send (the one given, or a fresh random token); the
+        state is the payload itself, which the reply must repeat.
         """
-        payload = PAYLOAD_PREFIX + self.randomBytes(TOKEN_SIZE).hex().encode("ascii")
+        payload = self.payload
+        if payload is None:
+            token = self.randomBytes(TOKEN_SIZE).hex().encode("ascii")
+            payload = PAYLOAD_PREFIX + token
         return payload, payload
 
     def parseReply(
@@ -93,7 +106,11 @@ class EchoClientCodec:
             host=host,
             port=port,
             reply=data,
-            text=f"{len(data)}-byte echo",
+            text=(
+                f"{len(data)}-byte echo"
+                if self.payload is None
+                else data.decode("utf-8", "backslashreplace")
+            ),
             serverTime=None,
             delay=receivedAt - sentAt,
             offset=None,
