@@ -220,7 +220,7 @@ class ClientCodecTests(SynchronousTestCase):
         self.assertEqual(result.text, "21 NOV 2026 20:53:39 UTC")
         self.assertEqual(result.serverTime, server)
         self.assertEqual(result.delay, 0.5)
-        self.assertEqual(result.offset, -2.25)
+        self.assertEqual(result.offset, -1.75)
         self.assertEqual(result.details, {"resolution": 1.0})
 
     def test_unknownFormat(self) -> None:

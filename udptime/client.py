@@ -47,6 +47,7 @@ from udptime.query import (
     QueryTimeout,
     ReplyMismatch,
     ServerRefused,
+    estimateOffset,
     formatHostPort,
 )
 
@@ -146,8 +147,9 @@ def query(
         L{QueryTimeout} (every try went unanswered), L{ServerRefused} (the
         server answered with a refusal) or L{QueryError} (the host name has
         no address, or the request could not be sent).
+    @raise ValueError: C{timeout}, C{retries} or the port is out of range.
     """
-    if timeout <= 0:
+    if not 0 < timeout < float("inf"):
         raise ValueError(f"timeout must be positive, not {timeout!r}")
     if retries < 1:
         raise ValueError(f"retries must be at least 1, not {retries!r}")
@@ -219,6 +221,8 @@ class _ReplyReceiver(DatagramProtocol):
     """
     The protocol of one try's socket: hands datagrams to its query.
     """
+
+    noisy = False  # no "Starting protocol" log line for every try
 
     def __init__(self, owner: _Query, attempt: int) -> None:
         self.owner = owner
@@ -458,7 +462,7 @@ class TextClientCodec:
             message = line[len("error:") :].strip()
             raise ServerRefused(f"error from {formatHostPort(host, port)}: {message}")
         serverTime, details = readTime(line, self._requestZone())
-        midpoint = (sentAt + receivedAt) / 2
+        resolution = details.get("resolution", 0.0)
         return QueryResult(
             protocol=self.name,
             host=host,
@@ -467,7 +471,10 @@ class TextClientCodec:
             text=line,
             serverTime=serverTime,
             delay=receivedAt - sentAt,
-            offset=None if serverTime is None else serverTime - midpoint,
+            # Whole-second readings are truncated; finer ones are rounded.
+            offset=estimateOffset(
+                serverTime, sentAt, receivedAt, resolution if resolution >= 1 else 0.0
+            ),
             details=details,
         )
 

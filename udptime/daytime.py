@@ -27,7 +27,7 @@ import re
 from datetime import UTC, datetime
 from typing import Final
 
-from udptime.query import QueryResult, ReplyMismatch
+from udptime.query import QueryResult, ReplyMismatch, estimateOffset
 
 DEFAULT_PORT: Final = 13
 """The Daytime Protocol's registered port."""
@@ -175,8 +175,9 @@ class DaytimeClientCodec:
 
     The request is an empty datagram, as for RFC 868 (the server ignores
     what a request holds).  The offset is the server's time minus the
-    midpoint of our send and receive times, with the one second resolution
-    of the line (C{details["resolution"]}).
+    midpoint of our send and receive times, taking the middle of the
+    second the line names (L{estimateOffset}), with the one second
+    resolution of the line (C{details["resolution"]}).
     """
 
     name = "daytime"
@@ -205,7 +206,6 @@ class DaytimeClientCodec:
         """
         line = readLine(data)
         serverTime = parseLine(line)
-        midpoint = (sentAt + receivedAt) / 2
         return QueryResult(
             protocol=self.name,
             host=host,
@@ -214,6 +214,6 @@ class DaytimeClientCodec:
             text=line,
             serverTime=None if serverTime is None else float(serverTime),
             delay=receivedAt - sentAt,
-            offset=None if serverTime is None else serverTime - midpoint,
+            offset=estimateOffset(serverTime, sentAt, receivedAt, RESOLUTION),
             details={"resolution": RESOLUTION},
         )

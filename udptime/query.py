@@ -28,8 +28,9 @@ class QueryResult:
         without the server's processing time).
     @ivar offset: estimated offset of the server's clock from ours in
         seconds, positive when the server is ahead: for a reply carrying one
-        time, that time minus the midpoint of our send and receive times;
-        for NTP, RFC 5905's theta from the four timestamps.
+        time, that time minus the midpoint of our send and receive times
+        (see L{estimateOffset}); for NTP, RFC 5905's theta from the four
+        timestamps.
     @ivar details: protocol-specific fields (NTP: stratum, leap, refid, ...).
     """
 
@@ -51,6 +52,28 @@ def formatHostPort(host: str, port: int) -> str:
     if ":" in host:
         return f"[{host}]:{port}"
     return f"{host}:{port}"
+
+
+def estimateOffset(
+    serverTime: float | None,
+    sentAt: float,
+    receivedAt: float,
+    truncatedTo: float = 0.0,
+) -> float | None:
+    """
+    The offset of a server clock that answered with one reading,
+    C{serverTime}, between our C{sentAt} and C{receivedAt}: the reading minus
+    the midpoint of the round trip.
+
+    A server that truncates its clock to whole units of C{truncatedTo}
+    seconds (RFC 868, Daytime and C{ctime}-style replies truncate to the
+    second) read it somewhere in C{[serverTime, serverTime + truncatedTo)};
+    the middle of that interval is the unbiased estimate, so half a unit is
+    added.  Readings rounded to the microsecond need no correction.
+    """
+    if serverTime is None:
+        return None
+    return serverTime + truncatedTo / 2 - (sentAt + receivedAt) / 2
 
 
 class QueryError(Exception):

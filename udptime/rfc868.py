@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Final
 
 from udptime.clock import ntpSecondsToUnix, unixToNTPSeconds
-from udptime.query import QueryResult, ReplyMismatch
+from udptime.query import QueryResult, ReplyMismatch, estimateOffset
 
 REPLY_SIZE: Final = 4
 """Length of every reply in bytes."""
@@ -59,10 +59,11 @@ class TimeClientCodec:
     """
     The client side of RFC 868 over UDP (a L{udptime.query.ClientCodec}).
 
-    The request is an empty datagram.  The result's offset is the server's
-    time minus the midpoint of our send and receive times; as the server
-    truncates to whole seconds, the server clock's true offset lies between
-    that value and one second more (C{details["resolution"]}).
+    The request is an empty datagram.  The server truncates its time to the
+    second, so the result's offset takes the middle of that second against
+    the midpoint of our send and receive times (L{estimateOffset}): it is
+    unbiased, and good to half a second plus half the delay
+    (C{details["resolution"]}).
     """
 
     name = "time"
@@ -88,9 +89,8 @@ class TimeClientCodec:
 
         @raise ReplyMismatch: the reply is not exactly 4 bytes long.
         """
-        midpoint = (sentAt + receivedAt) / 2
         seconds = parseReply(data)
-        serverTime = ntpSecondsToUnix(seconds, midpoint)
+        serverTime = ntpSecondsToUnix(seconds, (sentAt + receivedAt) / 2)
         return QueryResult(
             protocol=self.name,
             host=host,
@@ -99,6 +99,6 @@ class TimeClientCodec:
             text=datetime.fromtimestamp(serverTime, UTC).isoformat(),
             serverTime=float(serverTime),
             delay=receivedAt - sentAt,
-            offset=serverTime - midpoint,
+            offset=estimateOffset(serverTime, sentAt, receivedAt, RESOLUTION),
             details={"seconds": seconds, "resolution": RESOLUTION},
         )
