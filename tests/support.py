@@ -189,14 +189,16 @@ class TwistdServer:
         """
         env = dict(os.environ)
         env.update(self.env or {})
-        self.process = subprocess.Popen(
-            self.command(),
-            cwd=self.directory,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=open(os.path.join(self.directory, "stderr"), "wb"),
-        )
+        # The child keeps its own copy of the descriptor.
+        with open(os.path.join(self.directory, "stderr"), "wb") as stderr:
+            self.process = subprocess.Popen(
+                self.command(),
+                cwd=self.directory,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.log().count(LISTENING) >= listeners:
@@ -263,11 +265,13 @@ class RecordingTransport:
     call C{datagramReceived} directly.
 
     @ivar written: C{(data, addr)} pairs, in order.
+    @ivar port: the port L{getHost} reports.
     """
 
-    def __init__(self, fail: BaseException | None = None) -> None:
+    def __init__(self, fail: BaseException | None = None, port: int = 0) -> None:
         self.written: list[tuple[bytes, Any]] = []
         self.fail = fail
+        self.port = port
 
     def write(self, data: bytes, addr: Any = None) -> None:
         if self.fail is not None:
@@ -277,4 +281,4 @@ class RecordingTransport:
     def getHost(self) -> Any:
         from twisted.internet.address import IPv4Address
 
-        return IPv4Address("UDP", "127.0.0.1", 0)
+        return IPv4Address("UDP", "127.0.0.1", self.port)

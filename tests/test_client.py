@@ -457,6 +457,7 @@ class QueryTests(SynchronousTestCase):
         for kwargs in (
             {"timeout": 0},
             {"timeout": -1.0},
+            {"timeout": float("nan")},
             {"retries": 0},
             {"port": 0},
             {"port": 65536},

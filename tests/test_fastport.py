@@ -24,8 +24,8 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from udptime import text
-from udptime.clock import ClockSource, ntp64ToUnix
+from udptime import ntp, text
+from udptime.clock import ClockSource, ClockState, Leap, ntp64ToUnix
 from udptime.fastport import ServerPort, kernelTimestampsAvailable
 from udptime.policy import Policy
 from udptime.server import NTPServer, TextTimeServer, UDPServerProtocol
@@ -466,10 +466,13 @@ class CachedRenderingTests(SynchronousTestCase):
     @settings(max_examples=500)
     def test_anyTime(self, now: float, zone: Any, fmt: text.TimeFormat) -> None:
         """
-        Any time, in any zone and format.
+        Any time, in any zone and format, as text and as a reply line.
         """
+        rendered = renderedDirectly(now, fmt, zone)
+        self.assertEqual(text.formatTime(now, fmt, zone), rendered)
         self.assertEqual(
-            text.formatTime(now, fmt, zone), renderedDirectly(now, fmt, zone)
+            text.buildReply(text.TimeRequest(fmt, zone), now),
+            rendered.encode("ascii") + b"\n",
         )
 
     def test_roundingEdges(self) -> None:
@@ -485,10 +488,13 @@ class CachedRenderingTests(SynchronousTestCase):
         for now in edges:
             for zone in ZONES:
                 for fmt in FORMATS:
+                    rendered = renderedDirectly(now, fmt, zone)
                     self.assertEqual(
-                        text.formatTime(now, fmt, zone),
-                        renderedDirectly(now, fmt, zone),
-                        (now, zone, fmt),
+                        text.formatTime(now, fmt, zone), rendered, (now, zone, fmt)
+                    )
+                    self.assertEqual(
+                        text.buildReply(text.TimeRequest(fmt, zone), now),
+                        rendered.encode("ascii") + b"\n",
                     )
 
     def test_parseCacheKeepsErrors(self) -> None:
@@ -499,3 +505,90 @@ class CachedRenderingTests(SynchronousTestCase):
         for _ in range(2):
             self.assertRaises(text.TextRequestError, text.parseRequest, b"month 13")
             self.assertRaises(text.RequestTooLarge, text.parseRequest, b"x" * 600)
+
+
+plainRequests = st.builds(
+    lambda version, rest: bytes([(version << 3) | 3]) + rest,
+    st.integers(1, 4),
+    st.binary(min_size=47, max_size=47),
+)
+
+clockStates = st.builds(
+    ClockState,
+    leap=st.sampled_from([Leap.NONE, Leap.INSERT, Leap.DELETE]),
+    synchronised=st.booleans(),
+    stratum=st.integers(1, 16),
+    refid=st.binary(min_size=4, max_size=4),
+    rootDelay=st.floats(0, 100),
+    rootDispersion=st.floats(0, 100),
+    referenceTime=st.none() | st.floats(0, 4e9),
+    precision=st.integers(-40, 2),
+)
+
+times = st.floats(min_value=-2e9, max_value=6e9)
+
+
+class PlainReplyTests(SynchronousTestCase):
+    """
+    The NTP codec's path for plain client requests gives the general path's
+    replies, byte for byte.
+    """
+
+    @given(
+        data=plainRequests,
+        state=clockStates,
+        received=times,
+        delay=st.floats(-1e-3, 1),
+        minPoll=st.integers(0, 17),
+        seed=st.integers(0, 2**32),
+    )
+    @settings(max_examples=500)
+    def test_sameReply(
+        self,
+        data: bytes,
+        state: ClockState,
+        received: float,
+        delay: float,
+        minPoll: int,
+        seed: int,
+    ) -> None:
+        self.assertTrue(ntp.isPlainRequest(data))
+        transmit = received + delay
+        expected = ntp.buildReply(
+            ntp.parseRequest(data),
+            state,
+            received,
+            transmit,
+            minPoll=minPoll,
+            randomBits=random.Random(seed).getrandbits,
+        )
+        constants = ntp.ReplyConstants.fromState(state, minPoll)
+        got = ntp.plainReply(
+            data,
+            constants,
+            received,
+            transmit,
+            randomBits=random.Random(seed).getrandbits,
+        )
+        self.assertIn(ntp.prefixKey(data), constants.prefixes)
+        again = ntp.plainReply(
+            data,
+            constants,
+            received,
+            transmit,
+            randomBits=random.Random(seed).getrandbits,
+        )
+        self.assertEqual(again, expected)
+        self.assertEqual(got, expected)
+
+    def test_notPlain(self) -> None:
+        """
+        Anything but a 48-byte mode-3 request of version 1 to 4 takes the
+        general path.
+        """
+        for data in NTP_REQUESTS[2:8]:
+            self.assertFalse(ntp.isPlainRequest(data), data)
+        for version in (0, 5, 6, 7):
+            self.assertFalse(
+                ntp.isPlainRequest(bytes([(version << 3) | 3]) + bytes(47))
+            )

@@ -12,7 +12,6 @@ import tracemalloc
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel
 from twisted.python import usage
@@ -53,11 +52,9 @@ def ntpRequest(transmit: int = 0x0123456789ABCDEF, version: int = 4) -> bytes:
     A 48-byte NTP client request (mode 3) with transmit timestamp
     C{transmit}.
     """
-    return (
-        struct.pack("!BBbb", (version << 3) | 3, 0, 6, -20)
-        + bytes(36)
-        + (struct.pack("!Q", transmit))
-    )
+    return ntp.NTPPacket(
+        leap=0, version=version, mode=3, poll=6, transmitTimestamp=transmit
+    ).toBytes()
 
 
 class RateLimiterTests(SynchronousTestCase):
@@ -467,24 +464,11 @@ class Refusing(UDPServerProtocol):
         return b"no"
 
 
-class PortTransport(RecordingTransport):
-    """
-    A recording transport bound to C{port}.
-    """
-
-    def __init__(self, port: int) -> None:
-        super().__init__()
-        self.port = port
-
-    def getHost(self) -> IPv4Address:
-        return IPv4Address("UDP", "127.0.0.1", self.port)
-
-
-def started(protocol: UDPServerProtocol, port: int = 5000) -> PortTransport:
+def started(protocol: UDPServerProtocol, port: int = 5000) -> RecordingTransport:
     """
     Start C{protocol} on a recording transport bound to C{port}.
     """
-    transport = PortTransport(port)
+    transport = RecordingTransport(port=port)
     protocol.makeConnection(transport)  # type: ignore[arg-type]
     return transport
 
@@ -615,9 +599,9 @@ class ProtocolPolicyTests(SynchronousTestCase):
         firstAddr, secondAddr = ("192.0.2.1", 7007), ("192.0.2.2", 7007)
         queue: list[tuple[EchoServer, bytes, tuple[str, int]]] = []
 
-        class Wire(PortTransport):
+        class Wire(RecordingTransport):
             def __init__(self, source: tuple[str, int]) -> None:
-                super().__init__(source[1])
+                super().__init__(port=source[1])
                 self.source = source
 
             def write(self, data: bytes, addr: object = None) -> None:

@@ -153,6 +153,23 @@ class SourceLimiter:
     @ivar evictions: entries evicted so far.
     """
 
+    __slots__ = (
+        "_arrivals",
+        "_horizon",
+        "_kodLimit",
+        "_kodNext",
+        "_order",
+        "_shift",
+        "_tolerance",
+        "burst",
+        "evictions",
+        "interval",
+        "ipv6Prefix",
+        "kodInterval",
+        "maxClients",
+        "rate",
+    )
+
     def __init__(
         self,
         rate: float = DEFAULT_RATE,
@@ -449,6 +466,15 @@ class Policy:
     @ivar guardOwnPort: whether L{guardPort} adds the service's own port to
         L{loopPorts}.
     """
+
+    __slots__ = (
+        "access",
+        "globalLimit",
+        "guardOwnPort",
+        "limiter",
+        "loopPorts",
+        "replyMemory",
+    )
 
     def __init__(
         self,

@@ -128,7 +128,7 @@ class UDPServerProtocol(DatagramProtocol):
         """
         raise NotImplementedError(type(self).__name__ + ".respond")
 
-    def datagramReceived(self, data: bytes, addr: Address) -> None:  # type: ignore[override]
+    def datagramReceived(self, data: bytes, addr: Address) -> None:
         """
         Answer one datagram, received now.
         """
@@ -138,12 +138,18 @@ class UDPServerProtocol(DatagramProtocol):
         """
         Answer one datagram that arrived at Unix time C{received} (a port
         that knows the kernel's receive timestamp calls this directly).
-        Nothing raised here escapes: a failure is a bug, counted and logged,
-        and the service goes on.
+
+        The L{policy} decides first, once per datagram (see
+        L{udptime.policy}): a refused datagram is counted as limited, denied
+        or looped and dropped, or answered with L{refused} when the policy
+        picks it for a Kiss-o'-Death.  Nothing raised here escapes: a
+        failure is a bug, counted and logged at a bounded rate, and the
+        service goes on.
         """
         counters = self.counters
         counters.received += 1
         policy = self.policy
+        memory = None
         if policy is not None:
             verdict = policy.admit(addr, received)
             if verdict:
@@ -161,8 +167,8 @@ class UDPServerProtocol(DatagramProtocol):
         if reply is None:
             return
         self.sendReply(reply, addr)
-        if policy is not None and policy.replyMemory is not None:
-            policy.replyMemory.remember(addr, reply, received)
+        if memory is not None:
+            memory.remember(addr, reply, received)
         if self.verbose:
             self.log.info(
                 "{service}: {size}-byte request from {addr}, {replySize}-byte reply",
@@ -225,8 +231,10 @@ class UDPServerProtocol(DatagramProtocol):
         Write C{reply} to C{addr}; whether the kernel took it (a failure is
         counted).
         """
+        transport = self.transport
+        assert transport is not None, "a reply before the protocol started"
         try:
-            self.transport.write(reply, addr)
+            transport.write(reply, addr)
         except OSError:
             self.counters.sendFailed += 1
             return False
@@ -267,9 +275,7 @@ class TextTimeServer(UDPServerProtocol):
         except text.TextRequestError as error:
             self.counters.malformed += 1
             return text.errorReply(error)
-        return text.buildReply(
-            request, received, self.defaultFormat, self.defaultZone
-        )
+        return text.buildReply(request, received, self.defaultFormat, self.defaultZone)
 
 
 class TimeOfDayServer(UDPServerProtocol):
@@ -389,6 +395,7 @@ class NTPServer(UDPServerProtocol):
         super().__init__(clock=clock, verbose=verbose, policy=policy)
         self.clockSource = ClockSource() if clockSource is None else clockSource
         self.minPoll = minPoll
+        self._replyConstants: ntp.ReplyConstants | None = None
 
     def startProtocol(self) -> None:
         """
@@ -399,6 +406,13 @@ class NTPServer(UDPServerProtocol):
         self.clockSource.state(self.clock())
 
     def respond(self, data: bytes, addr: Address, received: float) -> bytes | None:
+        if ntp.isPlainRequest(data):
+            state = self.clockSource.state(received)
+            constants = self._replyConstants
+            if constants is None or constants.state is not state:
+                constants = ntp.ReplyConstants.fromState(state, self.minPoll)
+                self._replyConstants = constants
+            return ntp.plainReply(data, constants, received, self.clock())
         try:
             request = ntp.parseRequest(data, addr[1])
         except ntp.NTPCodecError as error:

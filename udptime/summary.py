@@ -50,14 +50,14 @@ class CounterSummary(Service):
         self._loop: LoopingCall | None = None
 
     def startService(self) -> None:
-        Service.startService(self)  # type: ignore[no-untyped-call]
+        Service.startService(self)
         loop = LoopingCall(self.report)
         loop.clock = self.reactor
         loop.start(self.interval, now=False)
         self._loop = loop
 
     def stopService(self) -> Any:
-        Service.stopService(self)  # type: ignore[no-untyped-call]
+        Service.stopService(self)
         loop, self._loop = self._loop, None
         if loop is not None and loop.running:
             loop.stop()

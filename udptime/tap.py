@@ -36,6 +36,7 @@ from udptime.summary import DEFAULT_INTERVAL, CounterSummary
 DEFAULT_PORT = 5000
 
 _Method = TypeVar("_Method", bound=Callable[..., None])
+_Number = TypeVar("_Number", int, float)
 
 
 def _interface(value: str) -> str:
@@ -85,37 +86,31 @@ def _refid(value: str) -> bytes:
 _refid.coerceDoc = "1 to 4 printable ASCII characters, e.g. LOCL or GPS."  # type: ignore[attr-defined]
 
 
-def _rate(value: str) -> float:
-    try:
-        rate = float(value)
-    except ValueError:
-        rate = -1.0
-    if not 0.0 <= rate < float("inf"):
-        raise ValueError(f"{value!r} is not a number of requests per second >= 0")
-    return rate
+def _bounded(
+    convert: Callable[[str], _Number], low: _Number, high: _Number, what: str
+) -> Callable[[str], _Number]:
+    """
+    A coercer of option values to numbers from C{low} to C{high}, described
+    as C{what} (which says the bounds).
+    """
+
+    def coerce(value: str) -> _Number:
+        try:
+            number = convert(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not {what}") from None
+        if not low <= number <= high:  # also false for NaN
+            raise ValueError(f"{value!r} is not {what}")
+        return number
+
+    coerce.coerceDoc = what[0].upper() + what[1:] + "."  # type: ignore[attr-defined]
+    return coerce
 
 
-_rate.coerceDoc = "Requests per second; 0 turns the limit off."  # type: ignore[attr-defined]
-
-
-def _count(value: str) -> int:
-    try:
-        count = int(value)
-    except ValueError:
-        count = 0
-    if count < 1:
-        raise ValueError(f"{value!r} is not a whole number >= 1")
-    return count
-
-
-def _prefixLength(value: str) -> int:
-    try:
-        length = int(value)
-    except ValueError:
-        length = 0
-    if not 1 <= length <= 128:
-        raise ValueError(f"{value!r} is not an IPv6 prefix length (1-128)")
-    return length
+_rate = _bounded(float, 0.0, sys.float_info.max, "a number of requests per second >= 0")
+_count = _bounded(int, 1, sys.maxsize, "a whole number >= 1")
+_prefixLength = _bounded(int, 1, 128, "an IPv6 prefix length from 1 to 128")
+_seconds = _bounded(float, 0.0, sys.float_info.max, "a number of seconds >= 0")
 
 
 def _helpText(method: _Method) -> _Method:
@@ -124,16 +119,6 @@ def _helpText(method: _Method) -> _Method:
     """
     method.__doc__ = " ".join((method.__doc__ or "").split())
     return method
-
-
-def _seconds(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if not 0.0 <= seconds < float("inf"):
-        raise ValueError(f"{value!r} is not a number of seconds >= 0")
-    return seconds
 
 
 class Options(usage.Options):
@@ -264,8 +249,7 @@ class Options(usage.Options):
             None,
             0,
             "Serve from this many worker processes sharing the ports "
-            "(SO_REUSEPORT), supervised by this one; auto: one per CPU "
-            "(default: 0, serve in this process).",
+            "(SO_REUSEPORT), supervised by this one (0: serve in this process).",
             workers.workerCount,
         ],
     ]
@@ -275,19 +259,21 @@ class Options(usage.Options):
         [
             "kernel-timestamps",
             None,
-            "Take each request's receive time from the kernel (SO_TIMESTAMPNS)"
+            "NTP: take each request's receive timestamp from the kernel "
+            "(SO_TIMESTAMPNS), not from the clock when the event loop reads it"
             + (" (the default)." if DEFAULT_KERNEL_TIMESTAMPS else "."),
         ],
         [
             "no-kernel-timestamps",
             None,
-            "Take receive times from the clock when the event loop reads the "
-            "request" + ("." if DEFAULT_KERNEL_TIMESTAMPS else " (the default)."),
+            "NTP: read receive timestamps from the clock when the event loop "
+            "reads the request"
+            + ("." if DEFAULT_KERNEL_TIMESTAMPS else " (the default)."),
         ],
     ]
 
     def __init__(self) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
+        super().__init__()
         self["access"] = []
         self.arguments: list[str] = []
 
@@ -352,7 +338,8 @@ class Options(usage.Options):
 
     def kernelTimestamps(self) -> bool:
         """
-        Whether the services take receive times from the kernel.
+        Whether the NTP service takes receive timestamps from the kernel.
+        (The other services send a single time, read as the request is handled.)
         """
         if self["kernel-timestamps"] or self["no-kernel-timestamps"]:
             return bool(self["kernel-timestamps"])
@@ -458,9 +445,9 @@ def makeService(options: Options) -> IService:
             ports[name],
             options["interface"],
             serviceName=name,
-            kernelTimestamps=options.kernelTimestamps(),
+            kernelTimestamps=name == "ntp" and options.kernelTimestamps(),
         ).setServiceParent(top)
     if options["summary-interval"]:
         summary = CounterSummary(reactor, protocols, options["summary-interval"])
-        summary.setServiceParent(top)  # type: ignore[no-untyped-call]
+        summary.setServiceParent(top)
     return workers.configure(top, options, reactor)

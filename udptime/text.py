@@ -148,12 +148,21 @@ def _zoneNamesByFold() -> dict[str, str]:
 
 def _quote(word: str) -> str:
     """
-    Quote a word of the request for an error line, cut short so that an
-    error reply stays small whatever the request held.
+    Quote a word of the request for an error line: ASCII only, with escapes
+    for anything else, and cut short (then C{...}) once the escaped text
+    reaches L{_QUOTE_LIMIT} characters, so that an error reply stays small
+    whatever the request held.
     """
-    if len(word) > _QUOTE_LIMIT:
-        word = word[:_QUOTE_LIMIT] + "..."
-    return repr(word)
+    pieces: list[str] = []
+    used = 0
+    for character in word:
+        piece = "\\'" if character == "'" else ascii(character)[1:-1]
+        if used + len(piece) > _QUOTE_LIMIT:
+            pieces.append("...")
+            break
+        pieces.append(piece)
+        used += len(piece)
+    return "'" + "".join(pieces) + "'"
 
 
 def parseRequest(data: bytes) -> TextRequest:
@@ -259,6 +268,16 @@ def _isoParts(second: int, zone: tzinfo | None) -> tuple[str, str]:
 
 
 @lru_cache(maxsize=64)
+def _isoLineParts(second: int, zone: tzinfo | None) -> tuple[bytes, bytes]:
+    """
+    L{_isoParts} as the bytes of a reply line: C{(b"2026-11-21T20:53:39.",
+    b"+00:00\\n")}.
+    """
+    head, offset = _isoParts(second, zone)
+    return head.encode("ascii") + b".", offset.encode("ascii") + b"\n"
+
+
+@lru_cache(maxsize=64)
 def _wholeSecondText(second: int, fmt: TimeFormat, zone: tzinfo | None) -> str:
     """
     C{second} rendered in a format that shows no fraction of a second.
@@ -282,6 +301,11 @@ def buildReply(
         return MONTHS[request.number - 1].encode("ascii") + b"\n"
     fmt = defaultFormat if request.format is None else request.format
     zone = defaultZone if request.zone is None else request.zone
+    if fmt is TimeFormat.ISO:
+        # The common reply, built from cached bytes: formatTime's ISO line.
+        second, microsecond = splitMicroseconds(now)
+        head, tail = _isoLineParts(second, zone)
+        return b"%b%06d%b" % (head, microsecond, tail)
     return formatTime(now, fmt, zone).encode("ascii") + b"\n"
 
 

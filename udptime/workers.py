@@ -99,7 +99,7 @@ def workerCount(value: str) -> int:
     return count
 
 
-workerCount.coerceDoc = "A number, or auto (one per CPU)."  # type: ignore[attr-defined]
+workerCount.coerceDoc = "A number, or auto: one per CPU."  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
