@@ -168,6 +168,8 @@ class ServerPort(udp.Port):
         self._answering = None
 
     def _readTimestamped(self) -> None:
+        # doRead's loop with recvmsg: kept as a loop of its own rather than a
+        # test per datagram, as this is the path every request takes.
         recvmsg = self.socket.recvmsg
         size = self.maxPacketSize
         protocol = self.protocol
