@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import pwd
 import re
+import select
 import signal
 import socket
 import time
@@ -57,10 +58,31 @@ def waitFor(condition: object, what: str, timeout: float = 15.0) -> None:
 
 def queryFromManyPorts(port: int, count: int) -> list[bytes]:
     """
-    C{count} text queries, each from its own source port (so the kernel
-    spreads them over the workers' sockets).
+    C{count} text queries, each from its own source address and port (the
+    workers' sockets are chosen by source address).
     """
-    return [udpQuery(b"unix", "127.0.0.1", port, timeout=5.0) for _ in range(count)]
+    return [
+        udpQuery(
+            b"unix",
+            "127.0.0.1",
+            port,
+            timeout=5.0,
+            source=(f"127.0.{10 + n // 200}.{1 + n % 200}", 0),
+        )
+        for n in range(count)
+    ]
+
+
+def answeringWorkers(server: TwistdServer, address: str) -> set[str]:
+    """
+    The workers that logged (with C{--verbose}) a request from C{address}.
+    """
+    pattern = re.compile(
+        r"worker (\d+): text: \d+-byte request from \('(?:::ffff:)?"
+        + re.escape(address)
+        + "'"
+    )
+    return set(pattern.findall(server.log()))
 
 
 class WorkerTests(SynchronousTestCase):
@@ -97,6 +119,39 @@ class WorkerTests(SynchronousTestCase):
                 ),
                 f"worker {index} to answer",
             )
+        self.assertEqual(server.stop(), 0)
+
+    def test_oneWorkerPerClient(self) -> None:
+        """
+        Every datagram of one client reaches the same worker, whatever its
+        source port, so one client meets one rate limit: a flood from one
+        address through two workers gets no more replies than the burst
+        and rate of one.
+        """
+        server = self.startServer(2, "--verbose", "--burst", "8", "--rate", "1")
+        for client in ("127.0.3.1", "127.0.3.2", "127.0.3.3", "127.0.3.4"):
+            sockets = []
+            for _ in range(40):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                self.addCleanup(sock.close)
+                sock.bind((client, 0))  # a new source port each time
+                sockets.append(sock)
+            started = time.monotonic()
+            for sock in sockets:
+                sock.sendto(b"unix", ("127.0.0.1", self.port))
+            replies = 0
+            deadline = time.monotonic() + 1.0
+            waiting = list(sockets)
+            while waiting and time.monotonic() < deadline:
+                ready, _, _ = select.select(waiting, [], [], 0.1)
+                for sock in ready:
+                    sock.recvfrom(100)
+                    replies += 1
+                    waiting.remove(sock)
+            elapsed = time.monotonic() - started
+            self.assertGreaterEqual(replies, 8, client)
+            self.assertLessEqual(replies, 8 + 1 * elapsed + 1, client)
+            self.assertEqual(len(answeringWorkers(server, client)), 1, client)
         self.assertEqual(server.stop(), 0)
 
     def test_killedWorkerComesBack(self) -> None:

@@ -26,9 +26,16 @@ core.  With C{--workers N} the twistd process becomes a supervisor:
     supervisor dies without stopping it gets SIGTERM from the kernel
     (C{PR_SET_PDEATHSIG}), so no worker outlives its supervisor.
 
-Each worker keeps its own rate-limit tables and counters: a client whose
-datagrams hash to several workers (for example by changing its source port)
-is limited by each of them separately.
+Each worker keeps its own rate-limit tables and counters.  So that one
+client still meets one limit, the supervisor steers datagrams by source
+address rather than by the kernel's default hash of address and port: a
+classic BPF program attached to each service's socket group
+(C{SO_ATTACH_REUSEPORT_CBPF}, L{steerBySource}) picks the worker from the
+client's IPv4 address, or from the IPv6 prefix the rate limit groups
+clients by, so that every datagram of one client reaches the same worker.
+Where the kernel refuses the program (not Linux, or too old), the default
+hash applies and a client that changes its source port can be limited by
+each worker separately; the log says so.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ import pwd
 import re
 import signal
 import socket
+import struct
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -79,6 +87,89 @@ STABLE_AFTER = 10.0
 
 _FIRST_FD = 3
 _PR_SET_PDEATHSIG = 1
+
+_SO_ATTACH_REUSEPORT_CBPF = 51
+"""<asm-generic/socket.h>: attach a classic BPF socket selector to a
+SO_REUSEPORT group (Linux 4.5 and later)."""
+
+# Classic BPF (<linux/filter.h>).
+_BPF_LD_B_ABS = 0x30
+_BPF_LD_W_ABS = 0x20
+_BPF_ALU_AND_K = 0x54
+_BPF_ALU_RSH_K = 0x74
+_BPF_ALU_MUL_K = 0x24
+_BPF_ALU_MOD_K = 0x94
+_BPF_ALU_XOR_X = 0xAC
+_BPF_MISC_TAX = 0x07
+_BPF_JMP_JEQ_K = 0x15
+_BPF_JMP_JA = 0x05
+_BPF_RET_A = 0x16
+_SKF_NET_OFF = -0x100000
+"""Offset of the network (IP) header for loads from a socket selector,
+whose packet data starts at the UDP payload."""
+
+_HASH_MULTIPLIER = 0x9E3779B1
+"""Fibonacci hashing: spreads addresses that differ in any bits."""
+
+
+def _mask(bits: int) -> int:
+    """
+    The 32-bit mask of the first C{bits} bits (0 to 32).
+    """
+    bits = max(0, min(bits, 32))
+    return (0xFFFFFFFF << (32 - bits)) & 0xFFFFFFFF
+
+
+def steeringProgram(count: int, ipv6Prefix: int) -> bytes:
+    """
+    A classic BPF program that picks one of C{count} sockets of a
+    C{SO_REUSEPORT} group from the datagram's source: the IPv4 address, or
+    the first C{ipv6Prefix} bits (at most 64) of the IPv6 address, hashed.
+    Datagrams of one client (as the rate limit counts clients) always go to
+    the same socket.
+    """
+
+    def op(code: int, k: int = 0, jt: int = 0, jf: int = 0) -> bytes:
+        return struct.pack("=HBBI", code, jt, jf, k & 0xFFFFFFFF)
+
+    net = _SKF_NET_OFF
+    return b"".join(
+        [
+            op(_BPF_LD_B_ABS, net),  # 0: A = first byte of the IP header
+            op(_BPF_ALU_RSH_K, 4),  # 1: A = IP version
+            op(_BPF_JMP_JEQ_K, 6, 0, 7),  # 2: IPv6? on to 3, else to 10
+            op(_BPF_LD_W_ABS, net + 8),  # 3: A = source bits 0-31
+            op(_BPF_ALU_AND_K, _mask(ipv6Prefix)),  # 4
+            op(_BPF_MISC_TAX),  # 5: X = A
+            op(_BPF_LD_W_ABS, net + 12),  # 6: A = source bits 32-63
+            op(_BPF_ALU_AND_K, _mask(ipv6Prefix - 32)),  # 7
+            op(_BPF_ALU_XOR_X),  # 8: A ^= X
+            op(_BPF_JMP_JA, 1),  # 9: to 11
+            op(_BPF_LD_W_ABS, net + 12),  # 10: IPv4: A = source address
+            op(_BPF_ALU_MUL_K, _HASH_MULTIPLIER),  # 11
+            op(_BPF_ALU_RSH_K, 16),  # 12
+            op(_BPF_ALU_MOD_K, count),  # 13
+            op(_BPF_RET_A),  # 14: the socket's index in the group
+        ]
+    )
+
+
+def steerBySource(sock: socket.socket, count: int, ipv6Prefix: int) -> None:
+    """
+    Make the C{SO_REUSEPORT} group of C{sock}, whose C{count} sockets were
+    bound in order, deliver each client's datagrams to one socket (see
+    L{steeringProgram}).
+
+    @raise OSError: the kernel refused the program.
+    """
+    program = steeringProgram(count, ipv6Prefix)
+    instructions = len(program) // 8
+    buffer = ctypes.create_string_buffer(program, len(program))
+    # struct sock_fprog { unsigned short len; struct sock_filter *filter; }
+    fprog = struct.pack("@HP", instructions, ctypes.addressof(buffer))
+    sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_REUSEPORT_CBPF, fprog)
+
+
 _TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} ")
 
 
@@ -206,7 +297,12 @@ def configure(top: MultiService, options: Any, reactor: Any) -> MultiService:
     for child in list(top):
         child.disownServiceParent()
     WorkerSupervisor(
-        reactor, listeners, count, options.arguments, twistdPrivileges(options)
+        reactor,
+        listeners,
+        count,
+        options.arguments,
+        twistdPrivileges(options),
+        options["ipv6-prefix"],
     ).setServiceParent(top)
     return top
 
@@ -256,12 +352,14 @@ class WorkerSupervisor(Service):
         count: int,
         arguments: Sequence[str],
         privileges: Privileges | None = None,
+        ipv6Prefix: int = 64,
     ) -> None:
         self.reactor = reactor
         self.listeners = list(listeners)
         self.count = count
         self.arguments = list(arguments)
         self.privileges = privileges
+        self.ipv6Prefix = ipv6Prefix
         self.setName("workers")
         self.sockets: dict[int, dict[str, socket.socket]] = {}
         self.workers: dict[int, WorkerProcess] = {}
@@ -280,6 +378,7 @@ class WorkerSupervisor(Service):
                 sock = bindUDPSocket(listener.interface, port, reusePort=True)
                 port = sock.getsockname()[1]  # port 0: the others follow
                 self.sockets.setdefault(index, {})[str(listener.name)] = sock
+            self._steer(listener, sock)
             self.log.info(
                 "udptime {service} service listening on {where} (UDP), {count} workers",
                 service=listener.name,
@@ -290,6 +389,24 @@ class WorkerSupervisor(Service):
         self._stopping = False
         for index in range(1, self.count + 1):
             self.startWorker(index)
+
+    def _steer(self, listener: UDPListenService, sock: socket.socket) -> None:
+        """
+        Send every client's datagrams to one worker (see L{steerBySource}),
+        or say why the kernel's hash of address and port applies instead.
+        """
+        if self.count < 2:
+            return
+        try:
+            steerBySource(sock, self.count, self.ipv6Prefix)
+        except OSError as refused:
+            self.log.warn(
+                "{service}: datagrams are spread over the workers by source "
+                "address and port, not by client ({error}); a client that "
+                "changes its port meets each worker's rate limit separately",
+                service=listener.name,
+                error=refused,
+            )
 
     def startService(self) -> None:
         if not self.sockets:
