@@ -863,7 +863,9 @@ class ClientCodecTests(SynchronousTestCase):
         self.assertEqual(ntp.refidText(0, bytes(4)), "none")
         self.assertEqual(ntp.refidText(1, b"\x01\x02\x03\x04"), "0x01020304")
         self.assertEqual(ntp.refidText(2, bytes([192, 0, 2, 1])), "192.0.2.1")
-        self.assertEqual(ntp.refidText(10, b"LOCL"), "76.79.67.76")
+        self.assertEqual(ntp.refidText(10, b"LOCL"), "76.79.67.76 (LOCL)")
+        self.assertEqual(ntp.refidText(3, b"AB\0\0"), "65.66.0.0 (AB)")
+        self.assertEqual(ntp.refidText(3, bytes([65, 66, 67, 49])), "65.66.67.49")
 
     def test_leapStates(self) -> None:
         """

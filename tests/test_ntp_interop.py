@@ -253,7 +253,8 @@ class SynchronisedServerTests(SynchronousTestCase):
         self.assertRegex(
             result.stdout,
             r"^127\.0\.0\.1:\d+  \d{4}-\d\d-\d\dT[\d:.]+\+00:00  delay [\d.]+ ms"
-            r"  offset [-+][\d.]+ ms  stratum 10  leap none  refid 76\.79\.67\.76\n$",
+            r"  offset [-+][\d.]+ ms  stratum 10  leap none"
+            r"  refid 76\.79\.67\.76 \(LOCL\)\n$",
         )
 
 
@@ -532,7 +533,7 @@ class ClientTests(TestCase):
             self.assertTrue(details["synchronised"])
             self.assertEqual(details["rootDelay"], 0.0)
             self.assertEqual(details["rootDispersion"], 0.0)
-        self.assertEqual(ours.details["refid"], "76.79.67.76")  # LOCL
+        self.assertEqual(ours.details["refid"], "76.79.67.76 (LOCL)")
         self.assertEqual(theirs.details["refid"], "127.127.1.1")  # chrony's local
 
     async def test_versions(self) -> None:

@@ -590,16 +590,23 @@ def refidText(stratum: int, refid: bytes) -> str:
     """
     A reference identifier for people: the kiss code or reference clock
     name at stratum 0 and 1 (C{LOCL}, C{GPS}, C{RATE}), the upstream
-    server's IPv4 address (or the hash of its IPv6 address) above.
+    server's IPv4 address (or the hash of its IPv6 address) above; an
+    address whose four bytes are letters is also shown as text, since a
+    server with a local reference clock at a higher stratum (chrony's or
+    udptime's C{local stratum}) sends a name there
+    (C{76.79.67.76 (LOCL)}).
     """
+    name = refid.rstrip(b"\0")
     if stratum <= 1:
-        name = refid.rstrip(b"\0")
         if not name:
             return "none"
         if name.isascii() and name.decode("ascii").isprintable():
             return name.decode("ascii")
         return "0x" + refid.hex()
-    return str(ipaddress.IPv4Address(refid))
+    address = str(ipaddress.IPv4Address(refid))
+    if name and name.isascii() and name.decode("ascii").isalpha():
+        return f"{address} ({name.decode('ascii')})"
+    return address
 
 
 class NTPClientCodec:
