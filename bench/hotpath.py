@@ -1,15 +1,19 @@
 """
 The server's own cost per request, without a second process: queue a batch
 of requests in a server socket, time how long one read-answer-send pass
-over them takes, repeat.  No scheduling, no wake-ups, no load generator:
-only the code of the path under test and its system calls.
+over them takes, repeat, every path taking its turn in each round (so that
+the load of a shared machine weighs on all alike).  No scheduling, no
+wake-ups, no load generator: only the code of the path under test and its
+system calls.
 
     python bench/hotpath.py [--count 2000] [--rounds 30]
 
 Compares udptime's text and NTP services (every policy on, as in
 bench/run.py) through its specialised port, with and without kernel
-timestamps, through Twisted's generic port, and the plain blocking loop's
-work (recvfrom, build a reply, sendto) for the same requests.
+timestamps, one datagram per system call and batched (recvmmsg/sendmmsg,
+where the system has them), through Twisted's generic port, and the plain
+blocking loop's work (recvfrom, build a reply, sendto) for the same
+requests.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from references import REPLIES
 from twisted.internet import reactor, udp
 
 from udptime.clock import ClockSource
-from udptime.fastport import ServerPort
+from udptime.fastport import ServerPort, batchingAvailable
 from udptime.server import NTPServer, TextTimeServer, UDPServerProtocol
 from udptime.service import bindUDPSocket
 from udptime.tap import Options
@@ -70,54 +74,77 @@ def drain(socks: list[socket.socket]) -> int:
     return got
 
 
-def timePasses(
-    name: str,
-    serverSock: socket.socket,
-    payload: bytes,
-    onePass: Callable[[], None],
-    count: int,
-    rounds: int,
-) -> float:
+class Path:
+    """
+    One way of answering the queued requests: a server socket and one pass
+    of the code under test over what waits in it.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        serverSock: socket.socket,
+        payload: bytes,
+        onePass: Callable[[], None],
+        close: Callable[[], object],
+    ) -> None:
+        self.name = name
+        self.serverSock = serverSock
+        self.payload = payload
+        self.onePass = onePass
+        self.close = close
+        self.times: list[float] = []
+
+    def median(self) -> float:
+        ordered = sorted(self.times)
+        return ordered[len(ordered) // 2]
+
+
+def timeInterleaved(paths: list[Path], count: int, rounds: int) -> None:
+    """
+    Time C{rounds} passes of each path over C{count} queued requests, the
+    paths taking turns round by round, so that a change in the machine's
+    load (a shared guest's is large) affects them all alike.
+    """
     socks = clients(64)
-    best = []
-    for _ in range(rounds):
-        fill(serverSock, socks, payload, count)
-        start = time.perf_counter()
-        onePass()
-        elapsed = time.perf_counter() - start
-        answered = drain(socks)
-        if answered != count:
-            raise RuntimeError(f"{name}: {answered} replies to {count} requests")
-        best.append(elapsed / count * 1e6)
-    for sock in socks:
-        sock.close()
-    best.sort()
-    median = best[len(best) // 2]
-    print(f"{name:<40} {median:6.2f} µs/request (best {best[0]:.2f})")
-    return median
+    try:
+        for _ in range(rounds):
+            for path in paths:
+                fill(path.serverSock, socks, path.payload, count)
+                start = time.perf_counter()
+                path.onePass()
+                elapsed = time.perf_counter() - start
+                answered = drain(socks)
+                if answered != count:
+                    raise RuntimeError(
+                        f"{path.name}: {answered} replies to {count} requests"
+                    )
+                path.times.append(elapsed / count * 1e6)
+    finally:
+        for sock in socks:
+            sock.close()
 
 
-def blocking(protocol: str, count: int, rounds: int) -> float:
+def blocking(protocol: str) -> Path:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+    sock.setblocking(False)
     reply = REPLIES[protocol]
 
     def onePass() -> None:
         recvfrom, sendto = sock.recvfrom, sock.sendto
-        for _ in range(count):
-            data, addr = recvfrom(2048)
+        while True:
+            try:
+                data, addr = recvfrom(2048)
+            except BlockingIOError:
+                return
             answer = reply(data)
             if answer is not None:
                 sendto(answer, addr)
 
     payload = NTP_REQUEST if protocol == "ntp" else b"time"
-    try:
-        return timePasses(
-            f"{protocol}: blocking loop", sock, payload, onePass, count, rounds
-        )
-    finally:
-        sock.close()
+    return Path(f"{protocol}: blocking loop", sock, payload, onePass, sock.close)
 
 
 def udptimeServer(protocol: str) -> UDPServerProtocol:
@@ -132,13 +159,17 @@ def udptimeServer(protocol: str) -> UDPServerProtocol:
     return server
 
 
-def udptime(protocol: str, fast: bool, kernel: bool, count: int, rounds: int) -> float:
+def udptime(
+    protocol: str, fast: bool, kernel: bool, count: int, batched: bool = False
+) -> Path:
     sock = bindUDPSocket("127.0.0.1", 0)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
     server = udptimeServer(protocol)
     port: Any
     if fast:
-        port = ServerPort.adopt(reactor, sock, server, 65535, kernelTimestamps=kernel)
+        port = ServerPort.adopt(
+            reactor, sock, server, 65535, kernelTimestamps=kernel, batched=batched
+        )
         port.maxDatagramsPerRead = count
     else:
         port = reactor.adoptDatagramPort(  # type: ignore[attr-defined]
@@ -146,15 +177,13 @@ def udptime(protocol: str, fast: bool, kernel: bool, count: int, rounds: int) ->
         )
         port.maxThroughput = 1 << 30
     sock.close()
+    assert isinstance(port, udp.Port)
     name = f"{protocol}: udptime {'ServerPort' if fast else 'udp.Port'}"
     if fast:
+        name += ", batched" if batched else ""
         name += ", kernel ts" if kernel else ", no kernel ts"
     payload = NTP_REQUEST if protocol == "ntp" else b"time"
-    try:
-        return timePasses(name, port.socket, payload, port.doRead, count, rounds)
-    finally:
-        port.stopListening()
-        assert isinstance(port, udp.Port)
+    return Path(name, port.socket, payload, port.doRead, port.stopListening)
 
 
 def main() -> None:
@@ -165,12 +194,26 @@ def main() -> None:
     args = parser.parse_args()
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
+    batchings = [False, True] if batchingAvailable() else [False]
     for protocol in ("text", "ntp"):
-        blocking(protocol, args.count, args.rounds)
-        udptime(protocol, False, False, args.count, args.rounds)
-        udptime(protocol, True, False, args.count, args.rounds)
-        if protocol == "ntp":
-            udptime(protocol, True, True, args.count, args.rounds)
+        paths = [blocking(protocol), udptime(protocol, False, False, args.count)]
+        for batched in batchings:
+            paths.append(udptime(protocol, True, False, args.count, batched))
+            if protocol == "ntp":
+                paths.append(udptime(protocol, True, True, args.count, batched))
+        try:
+            timeInterleaved(paths, args.count, args.rounds)
+        finally:
+            for path in paths:
+                path.close()
+        reference = paths[0].median()
+        for path in paths:
+            median = path.median()
+            print(
+                f"{path.name:<48} {median:6.2f} µs/request"
+                f" (best {min(path.times):.2f}), {median / reference:.2f}"
+                " x the blocking loop"
+            )
 
 
 if __name__ == "__main__":

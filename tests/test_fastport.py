@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import random
 import socket
+import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from email.utils import format_datetime
+from errno import EBADF, ECONNREFUSED, EINTR, ENOBUFS, EPERM
 from typing import Any
+from unittest import SkipTest
 from zoneinfo import ZoneInfo
 
 from hypothesis import given, settings
@@ -24,11 +27,15 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from udptime import ntp, text
+from udptime import mmsg, ntp, text
 from udptime.clock import ClockSource, ClockState, Leap, ntp64ToUnix
-from udptime.fastport import ServerPort, kernelTimestampsAvailable
+from udptime.fastport import (
+    ServerPort,
+    batchingAvailable,
+    kernelTimestampsAvailable,
+)
 from udptime.policy import Policy
-from udptime.server import NTPServer, TextTimeServer, UDPServerProtocol
+from udptime.server import EchoServer, NTPServer, TextTimeServer, UDPServerProtocol
 from udptime.service import UDPListenService, bindUDPSocket
 
 FAKE_NOW = 1_795_000_000.654321
@@ -106,11 +113,25 @@ def waitUntil(
     return poll()
 
 
+BATCHINGS: Sequence[bool] = (False, True) if batchingAvailable() else (False,)
+"""Whether L{ServerPort} batches its system calls, each way it can."""
+
+PORTS: Sequence[tuple[bool, bool]] = ((False, False), (True, False)) + (
+    ((True, True),) if batchingAvailable() else ()
+)
+"""
+The ports compared, as C{(fast, batched)}: Twisted's generic port,
+L{ServerPort} one datagram at a time, and L{ServerPort} batching its system
+calls where the system can.
+"""
+
+
 def serve(
     protocol: UDPServerProtocol,
     fast: bool,
     kernelTimestamps: bool = False,
     interface: str = "127.0.0.1",
+    batched: bool | None = None,
 ) -> Any:
     """
     Serve C{protocol} on a fresh loopback socket, through L{ServerPort} or
@@ -120,7 +141,12 @@ def serve(
     try:
         if fast:
             return ServerPort.adopt(
-                reactor, sock, protocol, 65535, kernelTimestamps=kernelTimestamps
+                reactor,
+                sock,
+                protocol,
+                65535,
+                kernelTimestamps=kernelTimestamps,
+                batched=batched,
             )
         return reactor.adoptDatagramPort(
             sock.fileno(), sock.family, protocol, maxPacketSize=65535
@@ -148,16 +174,19 @@ class ServerPortTestCase(TestCase):
         port: Any,
         datagrams: Sequence[bytes],
         host: str = "127.0.0.1",
+        client: Collector | None = None,
     ) -> Any:
         """
         Send C{datagrams} from one client socket and return the replies,
         once the server has handled every datagram and every reply it sent
         has arrived.
         """
-        client = Collector()
-        family = "::1" if ":" in host else "127.0.0.1"
-        clientPort = reactor.listenUDP(0, client, interface=family)
-        self.addCleanup(clientPort.stopListening)
+        if client is None:
+            client = Collector()
+            family = "::1" if ":" in host else "127.0.0.1"
+            clientPort = reactor.listenUDP(0, client, interface=family)
+            self.addCleanup(clientPort.stopListening)
+        assert client.transport is not None
         start = protocol.counters.received
         for datagram in datagrams:
             client.transport.write(datagram, (host, port.getHost().port))
@@ -191,19 +220,36 @@ class SameAnswersTests(ServerPortTestCase):
 
     @inlineCallbacks
     def compare(
-        self, makeServer: Callable[[], UDPServerProtocol], datagrams: Sequence[bytes]
+        self,
+        makeServer: Callable[[], UDPServerProtocol],
+        datagrams: Sequence[bytes],
+        host: str = "127.0.0.1",
+        interface: str = "127.0.0.1",
+        ordered: bool = True,
     ) -> Any:
+        """
+        Send C{datagrams} to a fresh server on each of L{PORTS}; check that
+        every port gives the generic port's replies (in the same order,
+        unless not C{ordered}) and counters, and return the generic port's.
+        """
         results = []
-        for fast in (False, True):
+        for fast, batched in PORTS:
             protocol = makeServer()
-            port = self.startServer(protocol, fast)
+            port = self.startServer(
+                protocol, fast, batched=batched, interface=interface
+            )
+            if fast:
+                self.assertEqual(port.batched, batched)
             random.seed(868)  # the NTP codec fuzzes bits below the precision
-            replies = yield self.exchange(protocol, port, datagrams)
+            replies = yield self.exchange(protocol, port, datagrams, host=host)
             results.append((replies, protocol.counters.snapshot()))
-        (genericReplies, genericCounters), (fastReplies, fastCounters) = results
-        self.assertEqual(fastReplies, genericReplies)
-        self.assertEqual(fastCounters, genericCounters)
-        return results
+        for replies, counters in results[1:]:
+            if ordered:
+                self.assertEqual(replies, results[0][0])
+            else:
+                self.assertEqual(sorted(replies), sorted(results[0][0]))
+            self.assertEqual(counters, results[0][1])
+        return results[:2]
 
     @inlineCallbacks
     def test_text(self) -> Any:
@@ -257,17 +303,86 @@ class SameAnswersTests(ServerPortTestCase):
     def test_dualStack(self) -> Any:
         """
         On a dual-stack socket, IPv4 clients (reported as IPv4-mapped IPv6
-        addresses) and IPv6 clients are answered, on both ports alike.
+        addresses) and IPv6 clients are answered, on every port alike, and
+        the rate limit sees the same clients.
         """
         for host in ("127.0.0.1", "::1"):
-            got = []
-            for fast in (False, True):
-                protocol = textServer()
-                port = self.startServer(protocol, fast, interface="::")
-                replies = yield self.exchange(protocol, port, [b"unix"], host=host)
-                got.append(replies)
-            self.assertEqual(got[0], got[1])
-            self.assertEqual(got[1], [b"%.6f\n" % FAKE_NOW])
+            [(replies, counters), _] = yield self.compare(
+                lambda: textServer(Policy.forService("text", rate=1, burst=2)),
+                [b"unix"] * 3,
+                host=host,
+                interface="::",
+            )
+            self.assertEqual(replies, [b"%.6f\n" % FAKE_NOW] * 2)
+            self.assertEqual(counters["limited"], 1)
+
+    @inlineCallbacks
+    def test_ipv6(self) -> Any:
+        """
+        An IPv6-only socket answers the same on every port.
+        """
+        [(replies, _), _] = yield self.compare(
+            textServer, TEXT_REQUESTS, host="::1", interface="::1"
+        )
+        self.assertEqual(len(replies), len(TEXT_REQUESTS) - 1)
+
+    @inlineCallbacks
+    def test_oversized(self) -> Any:
+        """
+        Datagrams up to the largest UDP payload are read whole on every
+        port: echo answers those it echoes and drops the longer ones alike.
+        """
+        sizes = [0, 1, 1472, 1473, 2048, 9000, 65507, 5]
+        [(replies, counters), _] = yield self.compare(
+            lambda: EchoServer(clock=fixedClock, policy=Policy.forService("echo")),
+            [bytes([size % 251]) * size for size in sizes],
+        )
+        self.assertEqual([len(reply) for reply in replies], [0, 1, 1472, 5])
+        self.assertEqual(counters["dropped"], 4)
+
+    @inlineCallbacks
+    def test_loopGuard(self) -> Any:
+        """
+        A datagram from a port the loop guard refuses is dropped and counted
+        as looped on every port.
+        """
+        client = Collector()
+        clientPort = reactor.listenUDP(0, client, interface="127.0.0.1")
+        self.addCleanup(clientPort.stopListening)
+        number = clientPort.getHost().port
+        results = []
+        for fast, batched in PORTS:
+            protocol = textServer(Policy(loopPorts=[number]))
+            port = self.startServer(protocol, fast, batched=batched)
+            replies = yield self.exchange(protocol, port, [b"time"] * 3, client=client)
+            results.append((list(replies), protocol.counters.snapshot()))
+        for replies, counters in results:
+            self.assertEqual(replies, [])
+            self.assertEqual(counters["looped"], 3)
+
+    @inlineCallbacks
+    def test_queuedRepliesAndRefusals(self) -> Any:
+        """
+        A protocol whose replies may wait for a batch (an NTP server that
+        does not claim its transmit times) gets the same replies and
+        counters; its Kiss-o'-Death goes out at once, as every refusal does
+        (so ahead of the replies queued before it).
+        """
+
+        class BatchedNTPServer(NTPServer):
+            transmitTimestamps = False
+
+        [(replies, counters), _] = yield self.compare(
+            lambda: BatchedNTPServer(
+                clock=fixedClock,
+                policy=Policy.forService("ntp", rate=1, burst=3),
+                clockSource=ClockSource(10, precision=-20),
+            ),
+            [NTP_REQUEST, NTP_REQUESTS[1]] + [NTP_REQUEST] * 4,
+            ordered=False,
+        )
+        self.assertEqual(counters["kissed"], 1)
+        self.assertEqual(len(replies), counters["answered"] + 1)
 
 
 class KernelTimestampTests(ServerPortTestCase):
@@ -286,23 +401,29 @@ class KernelTimestampTests(ServerPortTestCase):
         A text reply shows the kernel's receive time (today), not the
         injected clock's.
         """
-        protocol = textServer()
-        port = self.startServer(protocol, fast=True, kernelTimestamps=True)
-        before = time.time()
-        [reply] = yield self.exchange(protocol, port, [b"unix"])
-        after = time.time()
-        self.assertLessEqual(before - 1e-6, float(reply))
-        self.assertLessEqual(float(reply), after)
+        for batched in BATCHINGS:
+            protocol = textServer()
+            port = self.startServer(
+                protocol, fast=True, kernelTimestamps=True, batched=batched
+            )
+            before = time.time()
+            [reply] = yield self.exchange(protocol, port, [b"unix"])
+            after = time.time()
+            self.assertLessEqual(before - 1e-6, float(reply))
+            self.assertLessEqual(float(reply), after)
 
     @inlineCallbacks
     def test_textWithoutKernelTime(self) -> Any:
         """
         With kernel timestamps off, the injected clock gives the time.
         """
-        protocol = textServer()
-        port = self.startServer(protocol, fast=True, kernelTimestamps=False)
-        [reply] = yield self.exchange(protocol, port, [b"unix"])
-        self.assertEqual(reply, b"%.6f\n" % FAKE_NOW)
+        for batched in BATCHINGS:
+            protocol = textServer()
+            port = self.startServer(
+                protocol, fast=True, kernelTimestamps=False, batched=batched
+            )
+            [reply] = yield self.exchange(protocol, port, [b"unix"])
+            self.assertEqual(reply, b"%.6f\n" % FAKE_NOW)
 
     @inlineCallbacks
     def test_ntpReceiveTimestamp(self) -> Any:
@@ -311,20 +432,24 @@ class KernelTimestampTests(ServerPortTestCase):
         timestamp the clock's when the reply was built (here a clock a day
         ahead, so that the transmit time stays after the receive time).
         """
-        protocol = NTPServer(
-            clock=lambda: time.time() + DAY,
-            clockSource=ClockSource(10, precision=-20),
-        )
-        port = self.startServer(protocol, fast=True, kernelTimestamps=True)
-        before = time.time()
-        [reply] = yield self.exchange(protocol, port, [NTP_REQUEST])
-        after = time.time()
-        receive = ntp64ToUnix(int.from_bytes(reply[32:40], "big"), before)
-        transmit = ntp64ToUnix(int.from_bytes(reply[40:48], "big"), before)
-        self.assertLessEqual(before - 1e-5, receive)
-        self.assertLessEqual(receive, after + 1e-5)
-        self.assertLessEqual(before + DAY - 1e-5, transmit)
-        self.assertLessEqual(transmit, after + DAY + 1e-5)
+        for batched in BATCHINGS:
+            protocol = NTPServer(
+                clock=lambda: time.time() + DAY,
+                clockSource=ClockSource(10, precision=-20),
+            )
+            port = self.startServer(
+                protocol, fast=True, kernelTimestamps=True, batched=batched
+            )
+            before = time.time()
+            replies = yield self.exchange(protocol, port, [NTP_REQUEST] * 3)
+            reply = replies[0]
+            after = time.time()
+            receive = ntp64ToUnix(int.from_bytes(reply[32:40], "big"), before)
+            transmit = ntp64ToUnix(int.from_bytes(reply[40:48], "big"), before)
+            self.assertLessEqual(before - 1e-5, receive)
+            self.assertLessEqual(receive, after + 1e-5)
+            self.assertLessEqual(before + DAY - 1e-5, transmit)
+            self.assertLessEqual(transmit, after + DAY + 1e-5)
 
     def test_optionSet(self) -> None:
         """
@@ -387,6 +512,305 @@ class ErrorTests(ServerPortTestCase):
         port.maxDatagramsPerRead = 3
         replies = yield self.exchange(protocol, port, [b"unix"] * 20)
         self.assertEqual(len(replies), 20)
+
+
+class Chatty(UDPServerProtocol):
+    """
+    A protocol that writes more than one reply per datagram: a note to
+    another address, then its answer (the datagram, or 3000 bytes for
+    C{b"big"}).
+    """
+
+    serviceName = "chatty"
+
+    def __init__(self, other: Any) -> None:
+        super().__init__(clock=fixedClock)
+        self.other = other
+
+    def respond(self, data: bytes, addr: Any, received: float) -> bytes | None:
+        assert self.transport is not None
+        self.transport.write(b"note " + data, self.other)
+        return b"y" * 3000 if data == b"big" else data
+
+
+def blockingClient(host: str = "127.0.0.1") -> socket.socket:
+    """
+    A client socket whose reads wait at most 5 seconds.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.bind((host, 0))
+    sock.settimeout(5.0)
+    return sock
+
+
+class BatchTests(SynchronousTestCase):
+    """
+    L{ServerPort} batching its system calls: replies queued and sent
+    together, failures contained and counted.  Each test queues datagrams
+    in the server's socket (on loopback a datagram is there when C{sendto}
+    returns), then calls C{doRead} itself.
+    """
+
+    def setUp(self) -> None:
+        if not batchingAvailable():
+            raise SkipTest("no recvmmsg/sendmmsg on this system")
+        self.client = blockingClient()
+        self.addCleanup(self.client.close)
+
+    def startServer(
+        self, protocol: UDPServerProtocol, interface: str = "127.0.0.1"
+    ) -> Any:
+        port = serve(protocol, True, interface=interface, batched=True)
+        self.addCleanup(port.stopListening)
+        self.assertTrue(port.batched)
+        return port
+
+    def send(self, port: Any, datagrams: Sequence[bytes]) -> None:
+        target = ("127.0.0.1", port.getHost().port)
+        for datagram in datagrams:
+            self.client.sendto(datagram, target)
+
+    def receive(self, count: int, sock: socket.socket | None = None) -> list[bytes]:
+        sock = self.client if sock is None else sock
+        return [sock.recv(65535) for _ in range(count)]
+
+    def assertNothingMore(self, sock: socket.socket | None = None) -> None:
+        sock = self.client if sock is None else sock
+        sock.setblocking(False)
+        self.assertRaises(BlockingIOError, sock.recv, 65535)
+        sock.settimeout(5.0)
+
+    def test_oneSendPerBatch(self) -> None:
+        """
+        The replies to one batch go out with one C{sendmmsg} call, in order.
+        """
+        protocol = textServer()
+        port = self.startServer(protocol)
+        calls = []
+        send = port._batch.send
+
+        def recordingSend(fd: int, start: int) -> int:
+            calls.append((start, port._batch.queued))
+            return send(fd, start)
+
+        port._batch.send = recordingSend
+        self.send(port, [b"unix", b"time", b"month 13", b"unix"])
+        port.doRead()
+        replies = self.receive(4)
+        self.assertEqual(calls, [(0, 4)])
+        self.assertEqual(replies[0], b"%.6f\n" % FAKE_NOW)
+        self.assertEqual(replies[3], b"%.6f\n" % FAKE_NOW)
+        self.assertTrue(replies[2].startswith(b"error"))
+        self.assertEqual(protocol.counters.answered, 4)
+
+    def test_sendFailures(self) -> None:
+        """
+        A partial send goes on from the first reply not sent; an interrupted
+        call is repeated; a reply the kernel refuses is lost and counted as
+        a failed send, and a full buffer loses the rest of the batch.
+        """
+        protocol = textServer()
+        port = self.startServer(protocol)
+        batch = port._batch
+        send = batch.send
+        results = iter([None, -EINTR, -EPERM, -ENOBUFS])
+
+        def failingSend(fd: int, start: int) -> int:
+            result = next(results)
+            if result is not None:
+                return result
+            queued = batch.queued
+            batch.queued = start + 1  # send one only
+            try:
+                return send(fd, start)
+            finally:
+                batch.queued = queued
+
+        batch.send = failingSend
+        self.send(port, [b"unix", b"time", b"time", b"time", b"time"])
+        port.doRead()
+        self.assertEqual(self.receive(1), [b"%.6f\n" % FAKE_NOW])
+        self.assertNothingMore()
+        counters = protocol.counters
+        self.assertEqual((counters.answered, counters.sendFailed), (1, 4))
+        self.assertEqual(batch.queued, 0)
+        # The next batch is sent as usual.
+        batch.send = send
+        self.send(port, [b"unix"])
+        port.doRead()
+        self.assertEqual(self.receive(1), [b"%.6f\n" % FAKE_NOW])
+        self.assertEqual((counters.answered, counters.sendFailed), (2, 4))
+
+    def test_leftoverRefusal(self) -> None:
+        """
+        C{ECONNREFUSED} (an ICMP error left from an earlier datagram) is
+        reported once: the same reply is sent again.
+        """
+        protocol = textServer()
+        port = self.startServer(protocol)
+        send = port._batch.send
+        results = iter([-ECONNREFUSED])
+        port._batch.send = lambda fd, start: next(results, None) or send(fd, start)
+        self.send(port, [b"unix"] * 2)
+        port.doRead()
+        self.assertEqual(self.receive(2), [b"%.6f\n" % FAKE_NOW] * 2)
+        self.assertEqual(protocol.counters.answered, 2)
+        self.assertEqual(protocol.counters.sendFailed, 0)
+
+    def test_receiveFailures(self) -> None:
+        """
+        An error the kernel reports for an earlier datagram is skipped and
+        the batch goes on; any other error ends the batch, logged.
+        """
+        protocol = textServer()
+        port = self.startServer(protocol)
+        receive = port._batch.receive
+        results = iter([-ECONNREFUSED, -EINTR, None, -EBADF])
+
+        def failingReceive(fd: int, count: int) -> int:
+            result = next(results, None)
+            return receive(fd, count) if result is None else result
+
+        port._batch.receive = failingReceive
+        port.maxDatagramsPerRead = 2
+        self.send(port, [b"unix"] * 3)
+        port.doRead()
+        self.assertEqual(protocol.counters.received, 2)
+        port._batch.receive = receive
+        port.doRead()
+        self.assertEqual(self.receive(3), [b"%.6f\n" % FAKE_NOW] * 3)
+        self.assertEqual(protocol.counters.received, 3)
+
+    def test_unreadableSource(self) -> None:
+        """
+        A datagram whose source address cannot be converted is dropped and
+        logged; the others are answered.
+        """
+        protocol = textServer()
+        port = self.startServer(protocol)
+        convert = port._batch.convert
+        failures = [OSError("unexpected address family 1")]
+
+        def failingConvert(raw: bytes) -> Any:
+            if failures:
+                raise failures.pop()
+            return convert(raw)
+
+        port._batch.convert = failingConvert
+        self.send(port, [b"unix"] * 2)
+        port.doRead()
+        self.assertEqual(self.receive(1), [b"%.6f\n" % FAKE_NOW])
+        self.assertNothingMore()
+        self.assertEqual(protocol.counters.received, 1)
+
+    def test_otherWrites(self) -> None:
+        """
+        A write to another address than the datagram's goes straight out; a
+        reply too long for a send slot, or one more than the slots, is sent
+        on its own; every reply arrives whole.
+        """
+        other = blockingClient()
+        self.addCleanup(other.close)
+        protocol = Chatty(other.getsockname())
+        port = self.startServer(protocol)
+        port.maxDatagramsPerRead = 300
+        datagrams = [b"%d" % i for i in range(200)] + [b"big"]
+        self.send(port, datagrams)
+        port.doRead()
+        replies = self.receive(len(datagrams))
+        self.assertEqual(sorted(replies), sorted([*datagrams[:-1], b"y" * 3000]))
+        self.assertEqual(
+            sorted(self.receive(len(datagrams), other)),
+            sorted(b"note " + datagram for datagram in datagrams),
+        )
+        self.assertEqual(protocol.counters.answered, len(datagrams))
+
+    def test_dualStackSources(self) -> None:
+        """
+        On a dual-stack socket the sources are IPv4-mapped IPv6 addresses,
+        as C{recvfrom} gives them, and the replies reach them.
+        """
+        seen = []
+        protocol = textServer()
+        port = self.startServer(protocol, interface="::")
+        handle = protocol.handleDatagram
+
+        def recording(data: bytes, addr: Any, received: float) -> None:
+            seen.append(addr)
+            handle(data, addr, received)
+
+        protocol.handleDatagram = recording  # type: ignore[method-assign]
+        self.send(port, [b"unix"])
+        client6 = blockingClient("::1")
+        self.addCleanup(client6.close)
+        client6.sendto(b"unix", ("::1", port.getHost().port))
+        port.doRead()
+        self.assertEqual(self.receive(1), [b"%.6f\n" % FAKE_NOW])
+        self.assertEqual(self.receive(1, client6), [b"%.6f\n" % FAKE_NOW])
+        self.assertEqual(
+            seen,
+            [
+                ("::ffff:127.0.0.1", self.client.getsockname()[1]),
+                ("::1", client6.getsockname()[1]),
+            ],
+        )
+
+
+class AddressTests(SynchronousTestCase):
+    """
+    L{mmsg.MessageBatch.convert} turns raw source addresses into the
+    tuples C{recvfrom} gives, through a bounded cache.
+    """
+
+    def setUp(self) -> None:
+        if not batchingAvailable():
+            raise SkipTest("no recvmmsg/sendmmsg on this system")
+
+    def test_forms(self) -> None:
+        """
+        IPv4, IPv6 and IPv4-mapped IPv6 sockaddrs convert as C{recvfrom}
+        shows them; anything else raises L{OSError}.
+        """
+        batch = mmsg.MessageBatch(2, 64, socket.AF_INET6, False)
+        v4 = (
+            socket.AF_INET.to_bytes(2, sys.byteorder)
+            + (4660).to_bytes(2, "big")
+            + socket.inet_aton("192.0.2.7")
+            + bytes(8)
+        )
+        self.assertEqual(batch.convert(v4), ("192.0.2.7", 4660))
+
+        def v6(host: str) -> bytes:
+            return (
+                socket.AF_INET6.to_bytes(2, sys.byteorder)
+                + (123).to_bytes(2, "big")
+                + bytes(4)
+                + socket.inet_pton(socket.AF_INET6, host)
+                + bytes(4)
+            )
+
+        self.assertEqual(batch.convert(v6("2001:db8::1")), ("2001:db8::1", 123))
+        self.assertEqual(
+            batch.convert(v6("::ffff:192.0.2.7")), ("::ffff:192.0.2.7", 123)
+        )
+        self.assertIn(v4, batch.addresses)
+        self.assertRaises(OSError, batch.convert, bytes(16))
+
+    def test_bounded(self) -> None:
+        """
+        The cache holds at most L{mmsg.ADDRESS_CACHE_SIZE} addresses.
+        """
+        batch = mmsg.MessageBatch(1, 64, socket.AF_INET, False)
+        for i in range(mmsg.ADDRESS_CACHE_SIZE + 10):
+            raw = (
+                socket.AF_INET.to_bytes(2, sys.byteorder)
+                + (i & 0xFFFF).to_bytes(2, "big")
+                + bytes([10, 0, (i >> 16) & 255, 1])
+                + bytes(8)
+            )
+            batch.convert(raw)
+            self.assertLessEqual(len(batch.addresses), mmsg.ADDRESS_CACHE_SIZE)
 
 
 class ServiceTests(TestCase):

@@ -14,7 +14,15 @@ any other, with a leaner read-answer-send path for servers:
     tuple the kernel gave) goes straight to C{sendto}: the generic port
     checks on every write that the address is an IP address literal, which
     a kernel-supplied address always is.  Any other write takes the generic,
-    checked path.
+    checked path;
+  - on Linux it batches its system calls (L{udptime.mmsg}): one C{recvmmsg}
+    reads up to L{MAX_DATAGRAMS_PER_READ} datagrams with their sources (and
+    kernel timestamps), and the replies to them are copied into a queue and
+    sent with one C{sendmmsg} once the batch is answered, each to the
+    C{sockaddr} the kernel gave for its request.  Replies that carry their
+    own send time (NTP's transmit timestamp, see
+    L{UDPServerProtocol.transmitTimestamps}) and refusals are not held back:
+    they go out as they are written.
 
 Replies and policy decisions are the protocol's, exactly as on the generic
 port; only the plumbing differs.  Errors never escape a read: a failing
@@ -24,17 +32,20 @@ is logged and counted, as C{udp.Port} does for C{datagramReceived}.
 
 from __future__ import annotations
 
+import os
 import platform
 import socket
 import struct
 import sys
-from errno import EINTR, EMSGSIZE
+from collections.abc import Callable
+from errno import EAGAIN, ECONNREFUSED, EINTR, EMSGSIZE, ENOBUFS, EWOULDBLOCK
 from typing import Any, Final
 
 from twisted.internet import error, udp
 from twisted.internet.interfaces import IReactorFDSet
 from twisted.logger import Logger
 
+from udptime import mmsg
 from udptime.server import Address, UDPServerProtocol
 
 
@@ -77,6 +88,21 @@ reactor's other work (other ports, timers, signals).
 """
 
 
+DEFAULT_BATCHED: Final = True
+"""
+Whether ports batch their system calls (C{recvmmsg}/C{sendmmsg}) unless
+told otherwise, where the system has them (see L{batchingAvailable}).
+"""
+
+
+def batchingAvailable() -> bool:
+    """
+    Whether this system can batch a port's system calls (Linux's
+    C{recvmmsg} and C{sendmmsg}, through C{ctypes}).
+    """
+    return mmsg.available()
+
+
 def kernelTimestampsAvailable() -> bool:
     """
     Whether this system can give receive timestamps with C{SO_TIMESTAMPNS}.
@@ -100,6 +126,9 @@ class ServerPort(udp.Port):
     kernelTimestamps = False
     maxDatagramsPerRead = MAX_DATAGRAMS_PER_READ
     _answering: Address | None = None
+    _batch: mmsg.MessageBatch | None = None
+    _batchIndex = -1
+    _queue: Callable[[bytes, int], bool] | None = None
 
     @classmethod
     def adopt(
@@ -109,12 +138,17 @@ class ServerPort(udp.Port):
         protocol: UDPServerProtocol,
         maxPacketSize: int,
         kernelTimestamps: bool = False,
+        batched: bool | None = None,
     ) -> ServerPort:
         """
         Serve C{protocol} on the bound, non-blocking UDP socket C{sock}, as
         C{reactor.adoptDatagramPort} does: the port works on a duplicate of
         the descriptor, and the caller still owns (and closes) C{sock}.
 
+        @param batched: read and answer datagrams in batches with
+            C{recvmmsg}/C{sendmmsg}; L{None} for L{DEFAULT_BATCHED} where
+            L{batchingAvailable}.  Where the system cannot batch, the port
+            reads and sends one datagram at a time.
         @raise error.UnsupportedAddressFamily: C{sock} is not IPv4 or IPv6.
         @raise ValueError: kernel timestamps were asked for where the
             system has none.
@@ -127,8 +161,31 @@ class ServerPort(udp.Port):
             reactor, sock.fileno(), sock.family, protocol, maxPacketSize
         )
         port.kernelTimestamps = kernelTimestamps
+        if batched is None:
+            batched = DEFAULT_BATCHED
+        if batched and mmsg.available():
+            try:
+                port._batch = mmsg.MessageBatch(
+                    MAX_DATAGRAMS_PER_READ, maxPacketSize, sock.family, kernelTimestamps
+                )
+                if not protocol.transmitTimestamps:
+                    port._queue = port._batch.queue
+            except (OSError, ValueError) as failure:
+                cls.log.warn(
+                    "{service}: no batched system calls, one datagram at a time: "
+                    "{error}",
+                    service=protocol.serviceName,
+                    error=failure,
+                )
         port.startListening()  # type: ignore[no-untyped-call]
         return port
+
+    @property
+    def batched(self) -> bool:
+        """
+        Whether this port reads and answers datagrams in batches.
+        """
+        return self._batch is not None
 
     def _bindSocket(self) -> None:
         super()._bindSocket()  # type: ignore[no-untyped-call]
@@ -142,6 +199,9 @@ class ServerPort(udp.Port):
         Answer the datagrams waiting on the socket, at most
         L{maxDatagramsPerRead} of them.
         """
+        if self._batch is not None:
+            self._readBatches(self._batch)
+            return
         if self.kernelTimestamps:
             self._readTimestamped()
             return
@@ -199,6 +259,123 @@ class ServerPort(udp.Port):
                 self._handlerFailed(data, addr)
         self._answering = None
 
+    def _readBatches(self, batch: mmsg.MessageBatch) -> None:
+        # doRead with recvmmsg and sendmmsg: a batch of datagrams per call,
+        # their replies queued (see write) and sent together.
+        fd = self.socket.fileno()
+        protocol = self.protocol
+        handle = protocol.handleDatagram
+        clock = protocol.clock
+        headers = batch.headers
+        names = memoryview(batch.names)
+        data = batch.data
+        controls = batch.controls
+        readHeader = batch.RECEIVED.unpack_from
+        readTimestamp = batch.TIMESTAMP_MESSAGE.unpack_from
+        addresses = batch.addresses
+        headerSize = batch.HEADER_SIZE
+        nameSize = batch.SOCKADDR_SIZE
+        controlSize = batch.CONTROL_SIZE
+        fullName = batch.nameLength
+        fullControl = batch.controlLength
+        stride = batch.stride
+        timestamps = self.kernelTimestamps and fullControl
+        level, kind = socket.SOL_SOCKET, SCM_TIMESTAMPNS
+        remaining = self.maxDatagramsPerRead
+        while remaining > 0:
+            wanted = min(remaining, batch.count)
+            got = batch.receive(fd, wanted)
+            if got <= 0:
+                if got < 0 and self._readFailed(_osError(-got)):
+                    continue
+                break
+            for index in range(got):
+                nameLength, controlLength, _flags, length = readHeader(
+                    headers, index * headerSize
+                )
+                start = index * stride
+                datagram = data[start : start + length].tobytes()
+                start = index * nameSize
+                raw = names[start : start + nameLength].tobytes()
+                addr = addresses.get(raw)
+                if timestamps:
+                    if controlLength >= controlSize:
+                        _, cmsgLevel, cmsgKind, seconds, nanoseconds = readTimestamp(
+                            controls, index * controlSize
+                        )
+                        if cmsgKind == kind and cmsgLevel == level:
+                            received = seconds + nanoseconds * 1e-9
+                        else:
+                            received = clock()
+                    else:
+                        received = clock()
+                else:
+                    received = clock()
+                if nameLength != fullName or controlLength != fullControl:
+                    batch.restore(index, nameLength, controlLength)
+                if addr is None:
+                    try:
+                        addr = batch.convert(raw)
+                    except OSError as failure:
+                        self._unknownSource(failure)
+                        continue
+                self._batchIndex = index
+                self._answering = addr
+                try:
+                    handle(datagram, addr, received)
+                except BaseException:
+                    self._handlerFailed(datagram, addr)
+            self._answering = None
+            self._batchIndex = -1
+            if batch.queued:
+                self._sendQueued(fd, batch)
+            if got < wanted:
+                break
+            remaining -= got
+
+    def _sendQueued(self, fd: int, batch: mmsg.MessageBatch) -> None:
+        """
+        Send the replies queued in C{batch}.  A reply the kernel refuses
+        (full buffer, or any other error) is lost, and counted as a failed
+        send instead of an answer, as the one-at-a-time path counts it: only
+        replies the protocol counted as answered are queued (see L{write}).
+        """
+        queued = batch.queued
+        sent = 0
+        retried = -1
+        lost = 0
+        while sent < queued:
+            result = batch.send(fd, sent)
+            if result > 0:
+                sent += result
+                continue
+            errno = -result
+            if errno == EINTR or (errno == ECONNREFUSED and retried != sent):
+                # An interrupted call, or an ICMP error left over from an
+                # earlier datagram (reported once): send that reply again.
+                retried = sent
+                continue
+            if errno in (EAGAIN, EWOULDBLOCK, ENOBUFS):
+                # The socket's buffer is full: so it is for the rest.
+                lost += queued - sent
+                break
+            # Any other error (EMSGSIZE, a firewall's EPERM, ...) loses that
+            # reply only; as on the generic path it is counted, not logged.
+            lost += 1
+            sent += 1
+        batch.queued = 0
+        if lost:
+            counters = self.protocol.counters
+            counters.answered -= lost
+            counters.sendFailed += lost
+
+    def _unknownSource(self, failure: OSError) -> None:
+        self.log.error(
+            "{service}: dropped a datagram from an unreadable address: {error}",
+            service=self.protocol.serviceName,
+            error=failure,
+        )
+
     def _readFailed(self, failure: OSError) -> bool:
         """
         A read failed: whether to go on reading in this wake-up.  Nothing is
@@ -229,12 +406,25 @@ class ServerPort(udp.Port):
     def write(self, datagram: bytes, addr: Any = None) -> None:
         """
         Send C{datagram} to C{addr}.  A reply to the datagram being answered
-        goes straight out; any other write is checked as on the generic
-        port.  Failures raise as on the generic port: L{OSError}, or
-        L{error.MessageLengthError} for a datagram too long to send.
+        joins the batch's queue when the port batches (unless it is a
+        refusal, the protocol's replies carry their send time, or it does
+        not fit a send slot), and otherwise goes straight out; any other
+        write is checked as on the generic port.  Failures of a write sent
+        at once raise as on the generic port: L{OSError}, or
+        L{error.MessageLengthError} for a datagram too long to send; a
+        queued reply's failure is counted when the queue is sent.
         """
         answering = self._answering
         if answering is not None and addr is answering:
+            index = self._batchIndex
+            queue = self._queue
+            if (
+                index >= 0
+                and queue is not None
+                and not self.protocol.sendingRefusal
+                and queue(datagram, index)
+            ):
+                return
             try:
                 self.socket.sendto(datagram, answering)
             except OSError as failure:
@@ -246,3 +436,10 @@ class ServerPort(udp.Port):
                     raise
         else:
             super().write(datagram, addr)
+
+
+def _osError(errno: int) -> OSError:
+    """
+    The L{OSError} (subclass) Python raises for C{errno}.
+    """
+    return OSError(errno, os.strerror(errno))

@@ -59,6 +59,13 @@ class UDPServerProtocol(DatagramProtocol):
 
     serviceName: ClassVar[str] = "udp"
     log = Logger()
+    sendingRefusal = False
+    """Whether the reply being written is a refusal (L{refused})."""
+    transmitTimestamps: ClassVar[bool] = False
+    """
+    Whether replies carry the time they are sent, read as they are built:
+    a port must then send each at once, never hold it back for a batch.
+    """
 
     def __init__(
         self,
@@ -195,8 +202,16 @@ class UDPServerProtocol(DatagramProtocol):
             except Exception:
                 self._failed(data, addr, received)
                 return
-            if reply is not None and self._write(reply, addr):
-                counters.kissed += 1
+            if reply is None:
+                return
+            # A batching port sends a refusal at once, so that every reply
+            # it queues is one counted as answered (see udptime.fastport).
+            self.sendingRefusal = True
+            try:
+                if self._write(reply, addr):
+                    counters.kissed += 1
+            finally:
+                self.sendingRefusal = False
         elif verdict == DENIED:
             counters.denied += 1
         else:
@@ -378,6 +393,7 @@ class NTPServer(UDPServerProtocol):
     """
 
     serviceName = "ntp"
+    transmitTimestamps = True
 
     def __init__(
         self,

@@ -1,0 +1,365 @@
+"""
+Batched UDP system calls for L{udptime.fastport}: C{recvmmsg} and C{sendmmsg}
+through C{ctypes}, on Linux.
+
+A L{MessageBatch} owns preallocated memory for one batch: a receive slot per
+datagram (the datagram, its source C{sockaddr} and, with kernel timestamps,
+room for one C{SCM_TIMESTAMPNS} control message), and a send slot per reply
+(a copy of the reply, and a header naming the source address of the datagram
+it answers, so that the kernel's own C{sockaddr} is reused as the
+destination).  The hot loop reads and writes that memory with precompiled
+L{struct.Struct}s; C{ctypes} is used only to call the two functions and to
+find the addresses of the buffers.
+
+L{available} says whether this system has both functions; everything else
+falls back to one C{recvfrom}/C{sendto} per datagram.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import socket
+import struct
+import sys
+from collections.abc import Callable
+from typing import Final
+
+Address = tuple[str, int]
+"""A datagram's source address as Twisted gives it: (host, port)."""
+
+ADDRESS_CACHE_SIZE: Final = 4096
+"""
+Source addresses whose (host, port) tuple is kept, keyed by the raw
+C{sockaddr}; the cache is emptied when full, so that a flood of new sources
+costs one conversion each and bounded memory.
+"""
+
+SEND_SLOT_SIZE: Final = 2048
+"""
+Longest reply copied into a batch; a longer one is sent on its own (no
+reply of udptime's services comes close).
+"""
+
+
+class _IOVec(ctypes.Structure):
+    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+
+class _MsgHdr(ctypes.Structure):
+    _fields_ = [
+        ("msg_name", ctypes.c_void_p),
+        ("msg_namelen", ctypes.c_uint32),
+        ("msg_iov", ctypes.c_void_p),
+        ("msg_iovlen", ctypes.c_size_t),
+        ("msg_control", ctypes.c_void_p),
+        ("msg_controllen", ctypes.c_size_t),
+        ("msg_flags", ctypes.c_int),
+    ]
+
+
+class _MMsgHdr(ctypes.Structure):
+    _fields_ = [("msg_hdr", _MsgHdr), ("msg_len", ctypes.c_uint)]
+
+
+_HEADER_SIZE: Final = ctypes.sizeof(_MMsgHdr)
+_IOVEC_SIZE: Final = ctypes.sizeof(_IOVec)
+_SOCKADDR_SIZE: Final = 28  # sizeof(struct sockaddr_in6) >= sockaddr_in's 16
+
+
+def _fieldOffset(name: str) -> int:
+    return int(getattr(_MsgHdr, name).offset)
+
+
+def _layout(*fields: tuple[int, str]) -> struct.Struct:
+    """
+    A L{struct.Struct} reading or writing the given C{(offset, code)}
+    fields (native sizes, in increasing offsets) and skipping the bytes in
+    between.
+    """
+    parts = []
+    position = 0
+    for offset, code in fields:
+        if offset > position:
+            parts.append(f"{offset - position}x")
+        parts.append(code)
+        position = offset + struct.calcsize("=" + code)
+    return struct.Struct("=" + "".join(parts))
+
+
+_SIZE_T: Final = {4: "I", 8: "Q"}[ctypes.sizeof(ctypes.c_size_t)]
+_POINTER: Final = {4: "I", 8: "Q"}[ctypes.sizeof(ctypes.c_void_p)]
+
+# What the hot loop reads of a received header: the source address length,
+# the control data length, the flags, the datagram length.
+_RECEIVED: Final = _layout(
+    (_fieldOffset("msg_namelen"), "I"),
+    (_fieldOffset("msg_controllen"), _SIZE_T),
+    (_fieldOffset("msg_flags"), "i"),
+    (int(_MMsgHdr.msg_len.offset), "I"),
+)
+# Single fields, written at their own offsets (pack_into writes padding too).
+_NAMELEN_AT: Final = _fieldOffset("msg_namelen")
+_NAMELEN: Final = struct.Struct("=I")
+_CONTROLLEN_AT: Final = _fieldOffset("msg_controllen")
+_IOV_LEN_AT: Final = int(_IOVec.iov_len.offset)
+_SIZE: Final = struct.Struct("=" + _SIZE_T)
+# A send header's destination: the address and length of a source sockaddr.
+_DESTINATION: Final = _layout(
+    (_fieldOffset("msg_name"), _POINTER), (_fieldOffset("msg_namelen"), "I")
+)
+# struct cmsghdr followed by a struct timespec.
+_TIMESTAMP_MESSAGE: Final = struct.Struct("@Niill")
+_CONTROL_SIZE: Final = socket.CMSG_SPACE(struct.calcsize("@ll"))
+
+_PORT: Final = struct.Struct("!H")
+
+
+def _loadFunctions() -> tuple[Callable[..., int], Callable[..., int]] | None:
+    """
+    C{recvmmsg} and C{sendmmsg} from the C library, or L{None} where it has
+    no such functions (or C{ctypes} cannot load it).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        recvmmsg = libc.recvmmsg
+        sendmmsg = libc.sendmmsg
+    except (OSError, AttributeError):
+        return None
+    recvmmsg.argtypes = [
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_uint,
+        ctypes.c_int,
+        ctypes.c_void_p,
+    ]
+    recvmmsg.restype = ctypes.c_int
+    sendmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
+    sendmmsg.restype = ctypes.c_int
+    return recvmmsg, sendmmsg
+
+
+_FUNCTIONS: Final = _loadFunctions()
+
+
+def available() -> bool:
+    """
+    Whether this system has C{recvmmsg} and C{sendmmsg} for L{MessageBatch}.
+    """
+    return _FUNCTIONS is not None
+
+
+def _address(buffer: bytearray | mmap.mmap) -> int:
+    """
+    The address of C{buffer}'s memory (it stays put: a C{ctypes} view keeps
+    a bytearray from being resized).
+    """
+    return ctypes.addressof(ctypes.c_char.from_buffer(buffer))
+
+
+class MessageBatch:
+    """
+    The memory and the calls for one port's batches: up to C{count}
+    datagrams of up to C{size} bytes received with one C{recvmmsg}, and up
+    to C{count} replies sent with one C{sendmmsg}.
+
+    After L{receive} returned C{n}, datagram C{i < n} is described by
+    L{RECEIVED}C{.unpack_from(headers, i * HEADER_SIZE)}; its bytes start
+    at C{i * stride} in L{data}, its source C{sockaddr} at C{i * SOCKADDR_SIZE}
+    in L{names}, its control message at C{i * CONTROL_SIZE} in
+    L{controls}.  L{queue} copies a reply for datagram C{i} into the next
+    send slot; L{send} sends the queued replies.
+
+    @ivar count: datagrams per batch.
+    @ivar size: the longest datagram received whole (longer ones are
+        truncated to it, as C{recvfrom(size)} truncates).
+    @ivar stride: the distance between two receive slots: C{size} rounded
+        up to a page and one cache line more, so that the datagrams at the
+        slots' starts do not all fall in the same cache sets.
+    @ivar family: the socket's address family.
+    @ivar timestamps: whether there is room for kernel timestamps.
+    @ivar queued: replies queued since the last L{send}.
+    """
+
+    HEADER_SIZE: Final = _HEADER_SIZE
+    SOCKADDR_SIZE: Final = _SOCKADDR_SIZE
+    CONTROL_SIZE: Final = _CONTROL_SIZE
+    RECEIVED: Final = _RECEIVED
+    TIMESTAMP_MESSAGE: Final = _TIMESTAMP_MESSAGE
+
+    def __init__(self, count: int, size: int, family: int, timestamps: bool) -> None:
+        """
+        @raise OSError: this system has no C{recvmmsg}/C{sendmmsg}.
+        """
+        if _FUNCTIONS is None:
+            raise OSError("recvmmsg and sendmmsg are not available")
+        self._recvmmsg, self._sendmmsg = _FUNCTIONS
+        self.count = count
+        self.size = size
+        self.stride = -(-size // mmap.PAGESIZE) * mmap.PAGESIZE + 64
+        self.family = family
+        self.timestamps = timestamps
+        self.queued = 0
+        self.nameLength = 28 if family == socket.AF_INET6 else 16
+        self.controlLength = _CONTROL_SIZE if timestamps else 0
+        # Received datagrams: pages the kernel never writes to are never
+        # allocated, so room for 64 KiB datagrams costs little.
+        self._dataMap = mmap.mmap(-1, count * self.stride)
+        self.data = memoryview(self._dataMap)
+        self.headers = bytearray(count * _HEADER_SIZE)
+        self._iovecs = bytearray(count * _IOVEC_SIZE)
+        self.names = bytearray(count * _SOCKADDR_SIZE)
+        self.controls = bytearray(count * _CONTROL_SIZE)
+        self.sendHeaders = bytearray(count * _HEADER_SIZE)
+        self._sendIovecs = bytearray(count * _IOVEC_SIZE)
+        self._sendData = bytearray(count * SEND_SLOT_SIZE)
+        self.sendData = memoryview(self._sendData)
+        self._keep = [
+            ctypes.c_char.from_buffer(buffer)
+            for buffer in (
+                self._dataMap,
+                self.headers,
+                self._iovecs,
+                self.names,
+                self.controls,
+                self.sendHeaders,
+                self._sendIovecs,
+                self._sendData,
+            )
+        ]
+        (
+            dataAt,
+            headersAt,
+            iovecsAt,
+            namesAt,
+            controlsAt,
+            sendAt,
+            sendIovAt,
+            sendDataAt,
+        ) = (ctypes.addressof(view) for view in self._keep)
+        self.headersAddress = headersAt
+        self.sendHeadersAddress = sendAt
+        self.nameAddresses = [namesAt + i * _SOCKADDR_SIZE for i in range(count)]
+        for i in range(count):
+            iovec = _IOVec.from_buffer(self._iovecs, i * _IOVEC_SIZE)
+            iovec.iov_base, iovec.iov_len = dataAt + i * self.stride, size
+            header = _MMsgHdr.from_buffer(self.headers, i * _HEADER_SIZE).msg_hdr
+            header.msg_name = self.nameAddresses[i]
+            header.msg_namelen = self.nameLength
+            header.msg_iov = iovecsAt + i * _IOVEC_SIZE
+            header.msg_iovlen = 1
+            if timestamps:
+                header.msg_control = controlsAt + i * _CONTROL_SIZE
+                header.msg_controllen = _CONTROL_SIZE
+            iovec = _IOVec.from_buffer(self._sendIovecs, i * _IOVEC_SIZE)
+            iovec.iov_base, iovec.iov_len = sendDataAt + i * SEND_SLOT_SIZE, 0
+            header = _MMsgHdr.from_buffer(self.sendHeaders, i * _HEADER_SIZE).msg_hdr
+            header.msg_name = self.nameAddresses[i]
+            header.msg_namelen = self.nameLength
+            header.msg_iov = sendIovAt + i * _IOVEC_SIZE
+            header.msg_iovlen = 1
+        self._redirected = [False] * count
+        self.addresses: dict[bytes, Address] = {}
+        self._destination = _DESTINATION.pack_into
+        self._size = _SIZE.pack_into
+
+    def receive(self, fd: int, count: int) -> int:
+        """
+        Receive up to C{count} datagrams without blocking: how many were
+        received, or C{-errno} when none was.
+        """
+        got: int = self._recvmmsg(
+            fd, self.headersAddress, count, socket.MSG_DONTWAIT, None
+        )
+        if got < 0:
+            return -ctypes.get_errno()
+        return got
+
+    def restore(self, index: int, nameLength: int, controlLength: int) -> None:
+        """
+        Give receive slot C{index} back its full address and control room,
+        after the kernel shrank them to what datagram C{index} used.
+        """
+        offset = index * _HEADER_SIZE
+        if nameLength != self.nameLength:
+            _NAMELEN.pack_into(self.headers, offset + _NAMELEN_AT, self.nameLength)
+        if controlLength != self.controlLength:
+            _SIZE.pack_into(self.headers, offset + _CONTROLLEN_AT, self.controlLength)
+
+    def convert(self, raw: bytes) -> Address:
+        """
+        The (host, port) of the source C{sockaddr} C{raw}, as C{recvfrom}
+        would give it, kept in L{addresses}.
+
+        @raise OSError: C{raw} is not an IPv4 or IPv6 address.
+        """
+        family = int.from_bytes(raw[:2], sys.byteorder)
+        (port,) = _PORT.unpack_from(raw, 2)
+        if family == socket.AF_INET6:
+            host = socket.inet_ntop(socket.AF_INET6, raw[8:24])
+            scope = int.from_bytes(raw[24:28], sys.byteorder)
+            if scope:
+                # As CPython's recvfrom shows it (getnameinfo adds the zone).
+                host = socket.getnameinfo(
+                    (host, port, 0, scope),
+                    socket.NI_NUMERICHOST | socket.NI_NUMERICSERV,
+                )[0]
+        elif family == socket.AF_INET:
+            host = socket.inet_ntop(socket.AF_INET, raw[4:8])
+        else:
+            raise OSError(f"unexpected address family {family}")
+        addresses = self.addresses
+        if len(addresses) >= ADDRESS_CACHE_SIZE:
+            addresses.clear()
+        addr = addresses[raw] = (host, port)
+        return addr
+
+    def queue(self, reply: bytes, index: int) -> bool:
+        """
+        Queue C{reply} to the source of datagram C{index}; whether it was
+        queued (L{False}: the reply is too long for a send slot, or every
+        slot is taken).
+        """
+        slot = self.queued
+        size = len(reply)
+        if size > SEND_SLOT_SIZE or slot >= self.count:
+            return False
+        start = slot * SEND_SLOT_SIZE
+        self.sendData[start : start + size] = reply
+        self._size(self._sendIovecs, slot * _IOVEC_SIZE + _IOV_LEN_AT, size)
+        if slot != index:
+            self._destination(
+                self.sendHeaders,
+                slot * _HEADER_SIZE,
+                self.nameAddresses[index],
+                self.nameLength,
+            )
+            self._redirected[slot] = True
+        elif self._redirected[slot]:
+            # The slot named another datagram's source in an earlier batch.
+            self._destination(
+                self.sendHeaders,
+                slot * _HEADER_SIZE,
+                self.nameAddresses[slot],
+                self.nameLength,
+            )
+            self._redirected[slot] = False
+        self.queued = slot + 1
+        return True
+
+    def send(self, fd: int, start: int) -> int:
+        """
+        Send the queued replies from slot C{start} on: how many were sent
+        (at least one), or C{-errno} when the first of them was not.
+        """
+        sent: int = self._sendmmsg(
+            fd,
+            self.sendHeadersAddress + start * _HEADER_SIZE,
+            self.queued - start,
+            0,
+        )
+        if sent < 0:
+            return -ctypes.get_errno()
+        return sent
