@@ -17,12 +17,41 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from twisted.trial.unittest import SkipTest
 
 LISTENING = "service listening on "
+
+T = TypeVar("T")
+
+
+def waitFor(check: Callable[[], T], what: str, timeout: float = 15.0) -> T:
+    """
+    Poll C{check()} until it returns a true value, for at most C{timeout}
+    seconds (for what only a log file or C{/proc} can tell); return it.
+
+    @raise AssertionError: C{what} did not happen in time.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)  # polling, bounded by the deadline
+
+
+def freePrivilegedPort() -> int:
+    """
+    A UDP port below 1024 that is free on both 127.0.0.1 and ::1.
+    """
+    for port in range(1023, 600, -1):
+        if _portFree(port):
+            return port
+    raise RuntimeError("no free UDP port below 1024")
 
 
 def requirePeer(command: str, why: str = "") -> str:

@@ -25,9 +25,11 @@ from tests.support import (
     LISTENING,
     TwistdServer,
     freePort,
+    freePrivilegedPort,
     twistdPath,
     udpQuery,
     udptimePath,
+    waitFor,
 )
 
 ISO = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}"
@@ -338,12 +340,12 @@ class LifecycleTests(SynchronousTestCase):
             timeout=20,
         )
         self.assertEqual(done.returncode, 0, done.stderr)
-        pid = _waitFor(lambda: _readPid(pidfile))
+        pid = waitFor(lambda: _readPid(pidfile), "the pid file")
         self.addCleanup(_killAndWait, pid, pidfile, directory)
-        _waitFor(lambda: LISTENING in _read(logfile))
+        waitFor(lambda: LISTENING in _read(logfile), "the server to listen")
         self.assertRegex(udpQuery(b"month 6", "::1", port), b"^June\n$")
         os.kill(pid, signal.SIGTERM)
-        _waitFor(lambda: not os.path.exists(pidfile))
+        waitFor(lambda: not os.path.exists(pidfile), "the pid file to go")
 
     def test_dropPrivileges(self) -> None:
         """
@@ -353,7 +355,7 @@ class LifecycleTests(SynchronousTestCase):
         if os.getuid() != 0:
             raise SkipTest("dropping privileges needs root")
         nobody = pwd.getpwnam("nobody")
-        port = _freePrivilegedPort()
+        port = freePrivilegedPort()
         server = TwistdServer(
             ["--port", str(port), "--interface", "127.0.0.1"],
             twistdArguments=[f"--uid={nobody.pw_uid}", f"--gid={nobody.pw_gid}"],
@@ -440,19 +442,6 @@ def _readPid(path: str) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def _waitFor(condition, timeout: float = 15.0):  # type: ignore[no-untyped-def]
-    """
-    Poll C{condition} until it is true (bounded); return its value.
-    """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)  # polling a file, bounded by the deadline
-    raise AssertionError(f"condition not met within {timeout} s")
-
-
 def _killAndWait(pid: int, pidfile: str, directory: str) -> None:
     try:
         os.kill(pid, signal.SIGTERM)
@@ -465,15 +454,3 @@ def _killAndWait(pid: int, pidfile: str, directory: str) -> None:
     for name in os.listdir(directory):
         os.remove(os.path.join(directory, name))
     os.rmdir(directory)
-
-
-def _freePrivilegedPort() -> int:
-    for port in range(1000, 600, -1):
-        try:
-            for fam, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
-                with socket.socket(fam, socket.SOCK_DGRAM) as probe:
-                    probe.bind((host, port))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free port below 1024")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.support import TwistdServer, freePort, missing, udpQuery
+from tests.support import TwistdServer, freePort, missing, udpQuery, waitFor
 from udptime import ntp, policy
 
 SERVICES = ("text", "ntp", "time", "daytime", "echo")
@@ -162,19 +162,6 @@ def summaryTotals(log: str, service: str) -> dict[str, int]:
     return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", lines[-1])}
 
 
-def waitFor(condition: str, check: object, timeout: float = 10.0) -> None:
-    """
-    Poll C{check} (a callable) until it returns true, for at most
-    C{timeout} seconds.
-    """
-    assert callable(check)
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {condition}")
-        time.sleep(0.05)  # polling, bounded by the deadline
-
-
 def documentedFactors() -> dict[str, float]:
     """
     The worst-case amplification factor of each service, as the README's
@@ -276,8 +263,10 @@ class FloodTests(SynchronousTestCase):
         for reply in answers + replies:
             self.assertRegex(reply, ISO)
         waitFor(
-            "a summary of the flood",
-            lambda: summaryTotals(self.server.log(), "text").get("limited", 0) >= 5_000,
+            what="a summary of the flood",
+            check=lambda: (
+                summaryTotals(self.server.log(), "text").get("limited", 0) >= 5_000
+            ),
         )
         log = self.server.log()
         self.assertNotIn("Traceback", log)
@@ -323,8 +312,10 @@ class FloodTests(SynchronousTestCase):
             else:
                 self.assertEqual((packet.leap, packet.mode), (0, 4))
         waitFor(
-            "the KoD counted",
-            lambda: summaryTotals(self.server.log(), "ntp").get("kissed") == len(kods),
+            what="the KoD counted",
+            check=lambda: (
+                summaryTotals(self.server.log(), "ntp").get("kissed") == len(kods)
+            ),
         )
 
     def test_amplification(self) -> None:
@@ -398,8 +389,8 @@ class FloodTests(SynchronousTestCase):
                 self.assertEqual(replies, [], (service, port))
             udpQuery(b"ok?", *destination, source=(f"127.0.14.{number + 1}", 0))
         waitFor(
-            "the loops counted",
-            lambda: all(
+            what="the loops counted",
+            check=lambda: all(
                 summaryTotals(self.server.log(), s).get("looped") == 2
                 for s in ["echo", "daytime", "time", "text"]
             ),
@@ -602,8 +593,8 @@ class EchoLoopTests(SynchronousTestCase):
         secondAddr = ("127.0.30.2", int(second.arguments[3]))
         forgeUDP(secondAddr, firstAddr, b"ping-pong?")
         waitFor(
-            "the loop to be caught",
-            lambda: summaryTotals(first.log(), "echo").get("looped") == 1,
+            what="the loop to be caught",
+            check=lambda: summaryTotals(first.log(), "echo").get("looped") == 1,
         )
         self.assertEqual(udpQuery(b"still there?", *firstAddr), b"still there?")
         self.assertEqual(first.stop(), 0)

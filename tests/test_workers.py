@@ -16,7 +16,13 @@ import time
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.support import TwistdServer, freePort, udpQuery
+from tests.support import (
+    TwistdServer,
+    freePort,
+    freePrivilegedPort,
+    udpQuery,
+    waitFor,
+)
 from udptime import workers
 from udptime.tap import Options
 
@@ -43,17 +49,6 @@ def alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state not in ("Z", "X")
-
-
-def waitFor(condition: object, what: str, timeout: float = 15.0) -> None:
-    """
-    Poll C{condition()} until it is true, for at most C{timeout} seconds.
-    """
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)  # polling processes and a log, bounded
 
 
 def queryFromManyPorts(port: int, count: int) -> list[bytes]:
@@ -207,7 +202,7 @@ class WorkerTests(SynchronousTestCase):
             nobody = pwd.getpwnam("nobody")
         except KeyError:
             self.skipTest("no user 'nobody'")
-        port = privilegedPort()
+        port = freePrivilegedPort()
         server = TwistdServer(
             ["--port", str(port), "--workers", "2"],
             twistdArguments=[f"--uid={nobody.pw_uid}", f"--gid={nobody.pw_gid}"],
@@ -220,24 +215,6 @@ class WorkerTests(SynchronousTestCase):
         for pid in workerPids(server).values():
             self.assertEqual(processUser(pid), nobody.pw_uid)
         self.assertEqual(server.stop(), 0)
-
-
-def privilegedPort() -> int:
-    """
-    A UDP port below 1024 free on 127.0.0.1 and ::1.
-    """
-    for port in range(1023, 600, -1):
-        try:
-            for family, host in (
-                (socket.AF_INET, "127.0.0.1"),
-                (socket.AF_INET6, "::1"),
-            ):
-                with socket.socket(family, socket.SOCK_DGRAM) as probe:
-                    probe.bind((host, port))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free port below 1024")
 
 
 def processUser(pid: int) -> int:
