@@ -27,7 +27,7 @@ import re
 from datetime import UTC, datetime
 from typing import Final
 
-from udptime.query import QueryResult, ReplyMismatch, estimateOffset
+from udptime.query import EmptyRequest, QueryResult, ReplyMismatch, estimateOffset
 
 DEFAULT_PORT: Final = 13
 """The Daytime Protocol's registered port."""
@@ -169,7 +169,7 @@ def _toUnix(
     return calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
 
 
-class DaytimeClientCodec:
+class DaytimeClientCodec(EmptyRequest):
     """
     The client side of RFC 867 over UDP (a L{udptime.query.ClientCodec}).
 
@@ -182,12 +182,6 @@ class DaytimeClientCodec:
 
     name = "daytime"
     defaultPort = DEFAULT_PORT
-
-    def buildRequest(self, sentAt: float) -> tuple[bytes, None]:
-        """
-        An empty datagram; no state is needed to recognise the reply.
-        """
-        return b"", None
 
     def parseReply(
         self,

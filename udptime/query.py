@@ -102,6 +102,20 @@ class ReplyMismatch(ValueError):
     """
 
 
+class EmptyRequest:
+    """
+    For client codecs of protocols whose request is an empty datagram
+    (RFC 868 Time, RFC 867 Daytime): any datagram from the server's address
+    is taken as the reply, so no state is kept.
+    """
+
+    def buildRequest(self, sentAt: float) -> tuple[bytes, None]:
+        """
+        An empty datagram; no state is needed to recognise the reply.
+        """
+        return b"", None
+
+
 class ClientCodec(Protocol):
     """
     One protocol's client side, with no I/O.

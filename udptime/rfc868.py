@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Final
 
 from udptime.clock import ntpSecondsToUnix, unixToNTPSeconds
-from udptime.query import QueryResult, ReplyMismatch, estimateOffset
+from udptime.query import EmptyRequest, QueryResult, ReplyMismatch, estimateOffset
 
 REPLY_SIZE: Final = 4
 """Length of every reply in bytes."""
@@ -55,7 +55,7 @@ def parseReply(data: bytes) -> int:
     return seconds
 
 
-class TimeClientCodec:
+class TimeClientCodec(EmptyRequest):
     """
     The client side of RFC 868 over UDP (a L{udptime.query.ClientCodec}).
 
@@ -68,12 +68,6 @@ class TimeClientCodec:
 
     name = "time"
     defaultPort = DEFAULT_PORT
-
-    def buildRequest(self, sentAt: float) -> tuple[bytes, None]:
-        """
-        An empty datagram; no state is needed to recognise the reply.
-        """
-        return b"", None
 
     def parseReply(
         self,
