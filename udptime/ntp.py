@@ -384,7 +384,9 @@ def buildReply(
     ).toBytes()
 
 
-_PLAIN_REPLY_END = struct.Struct("!24s8sIIII")
+_PLAIN_REPLY_END: Final = struct.Struct("!24s8sQQ")
+_NTP_UNIX_OFFSET_64: Final = NTP_UNIX_OFFSET << 32
+_MASK_64: Final = (1 << 64) - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -453,11 +455,12 @@ def prefixKey(data: bytes) -> int:
     return (data[0] & 0x38) | data[2] << 8
 
 
-_PLAIN_FIRST_BYTES: Final = frozenset(
+PLAIN_FIRST_BYTES: Final = frozenset(
     flags
     for flags in range(256)
     if flags & 7 == Mode.CLIENT and 1 <= (flags >> 3) & 7 <= 4
 )
+"""The first bytes of plain client requests: mode 3, version 1 to 4."""
 
 
 def isPlainRequest(data: bytes) -> bool:
@@ -465,7 +468,7 @@ def isPlainRequest(data: bytes) -> bool:
     Whether C{data} is a plain client request, as nearly every request is:
     48 bytes, mode 3, version 1 to 4 (L{parseRequest} accepts it as it is).
     """
-    return len(data) == HEADER_SIZE and data[0] in _PLAIN_FIRST_BYTES
+    return len(data) == HEADER_SIZE and data[0] in PLAIN_FIRST_BYTES
 
 
 def plainReply(
@@ -485,38 +488,24 @@ def plainReply(
     prefix = constants.prefixes.get((data[0] & 0x38) | data[2] << 8)
     if prefix is None:
         prefix = constants.addPrefix(data)
-    # The timestamps as 32-bit halves (seconds, fraction), which Python
-    # computes much faster than 64-bit numbers: unixToNTP64, inline, for the
-    # times after 1970 that it always gets.
     if received >= 0.0 and transmit >= 0.0:
-        whole = int(received)
-        receiveSeconds = (whole + NTP_UNIX_OFFSET) & 0xFFFFFFFF
-        receiveFraction = int((received - whole) * 4294967296.0)
-        whole = int(transmit)
-        transmitSeconds = (whole + NTP_UNIX_OFFSET) & 0xFFFFFFFF
-        transmitFraction = int((transmit - whole) * 4294967296.0)
+        # unixToNTP64, inline, for the times after 1970 that it always gets:
+        # scaling a float by 2^32 is exact, and int() then floors it.
+        receive = (int(received * 4294967296.0) + _NTP_UNIX_OFFSET_64) & _MASK_64
+        send = (int(transmit * 4294967296.0) + _NTP_UNIX_OFFSET_64) & _MASK_64
     else:
-        receiveSeconds, receiveFraction = divmod(unixToNTP64(received), 1 << 32)
-        transmitSeconds, transmitFraction = divmod(unixToNTP64(transmit), 1 << 32)
-    bits = constants.fuzzBits
-    if bits:
+        receive = unixToNTP64(received)
+        send = unixToNTP64(transmit)
+    mask = constants.fuzzMask
+    if mask:
         # At most 32 bits: the fractions only.
-        mask = constants.fuzzMask
-        receiveFraction = (receiveFraction | mask) ^ mask | (randomBits(bits) & mask)
-        transmitFraction = (transmitFraction | mask) ^ mask | (randomBits(bits) & mask)
-    # _signedDifference(transmit, receive) < 0, in halves (see buildReply).
-    if (
-        transmitSeconds - receiveSeconds - (transmitFraction < receiveFraction)
-    ) & 0x80000000:
-        transmitSeconds, transmitFraction = receiveSeconds, receiveFraction
-    return _PLAIN_REPLY_END.pack(
-        prefix,
-        data[40:48],
-        receiveSeconds,
-        receiveFraction,
-        transmitSeconds,
-        transmitFraction,
-    )
+        bits = constants.fuzzBits
+        receive = (receive | mask) ^ mask | (randomBits(bits) & mask)
+        send = (send | mask) ^ mask | (randomBits(bits) & mask)
+    # _signedDifference(send, receive) < 0 (see buildReply).
+    if (send - receive) & 0x8000000000000000:
+        send = receive
+    return _PLAIN_REPLY_END.pack(prefix, data[40:48], receive, send)
 
 
 def buildKissOfDeath(
