@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support import RecordingTransport
 from udptime import text
-from udptime.server import TextTimeServer
+from udptime.server import REPLY_BUILDERS, TextTimeServer
 
 # 2018-03-13 12:54:58.123456 UTC, a Tuesday.
 NOW = 1520945698.123456
@@ -264,6 +264,43 @@ class TextServerTests(SynchronousTestCase):
             [data for data, _ in transport.written],
             [b"1520945698.123456\n", ISO_UTC],
         )
+
+    def test_repeatedRequests(self) -> None:
+        """
+        A request asked again (its way of answering is kept) gets the same
+        reply as the first time, at its own time; a changed default zone or
+        format applies to requests asked before.
+        """
+        times = iter([NOW, NOW + 1.5, NOW, NOW])
+        server = TextTimeServer(clock=lambda: next(times), defaultZone=UTC)
+        transport = RecordingTransport()
+        server.makeConnection(transport)
+        server.datagramReceived(b"iso", CLIENT)
+        server.datagramReceived(b"iso", CLIENT)
+        server.defaultZone = ZoneInfo("Asia/Tokyo")
+        server.datagramReceived(b"iso", CLIENT)
+        server.defaultFormat = text.TimeFormat.UNIX
+        server.datagramReceived(b"Hello world", CLIENT)
+        self.assertEqual(
+            [data for data, _ in transport.written],
+            [
+                ISO_UTC,
+                b"2018-03-13T12:54:59.623456+00:00\n",
+                b"2018-03-13T21:54:58.123456+09:00\n",
+                b"1520945698.123456\n",
+            ],
+        )
+
+    def test_requestTableBounded(self) -> None:
+        """
+        The table of requests asked before holds at most
+        L{REPLY_BUILDERS} of them; each is still answered.
+        """
+        server, transport = makeServer()
+        for i in range(REPLY_BUILDERS * 2):
+            server.datagramReceived(b"iso UTC %d" % i, CLIENT)
+        self.assertLessEqual(len(server._builders), REPLY_BUILDERS)
+        self.assertEqual(server.counters.answered, REPLY_BUILDERS * 2)
 
     def test_clockReadPerDatagram(self) -> None:
         """

@@ -42,6 +42,12 @@ BAD_INPUT_LOG_RATE = 0.2
 BAD_INPUT_LOG_BURST = 10
 """Log lines about bad input a service may write back to back."""
 
+REPLY_BUILDERS = 256
+"""
+Distinct text requests whose way of answering a text service keeps (a
+request is at most 512 bytes); the table is emptied when full.
+"""
+
 
 class UDPServerProtocol(DatagramProtocol):
     """
@@ -278,19 +284,52 @@ class TextTimeServer(UDPServerProtocol):
         policy: Policy | None = None,
     ) -> None:
         super().__init__(clock=clock, verbose=verbose, policy=policy)
-        self.defaultZone = defaultZone
-        self.defaultFormat = defaultFormat
+        self._defaultZone = defaultZone
+        self._defaultFormat = defaultFormat
+        self._builders: dict[bytes, text.ReplyBuilder] = {}
+
+    @property
+    def defaultZone(self) -> tzinfo | None:
+        """
+        The zone for requests that name none (L{None}: the host's local zone).
+        """
+        return self._defaultZone
+
+    @defaultZone.setter
+    def defaultZone(self, zone: tzinfo | None) -> None:
+        self._defaultZone = zone
+        self._builders.clear()
+
+    @property
+    def defaultFormat(self) -> text.TimeFormat:
+        """
+        The format for requests that name none.
+        """
+        return self._defaultFormat
+
+    @defaultFormat.setter
+    def defaultFormat(self, fmt: text.TimeFormat) -> None:
+        self._defaultFormat = fmt
+        self._builders.clear()
 
     def respond(self, data: bytes, addr: Address, received: float) -> bytes | None:
-        try:
-            request = text.parseRequest(data)
-        except text.RequestTooLarge:
-            self.counters.dropped += 1
-            return None
-        except text.TextRequestError as error:
-            self.counters.malformed += 1
-            return text.errorReply(error)
-        return text.buildReply(request, received, self.defaultFormat, self.defaultZone)
+        build = self._builders.get(data)
+        if build is None:
+            try:
+                request = text.parseRequest(data)
+            except text.RequestTooLarge:
+                self.counters.dropped += 1
+                return None
+            except text.TextRequestError as error:
+                self.counters.malformed += 1
+                return text.errorReply(error)
+            # Clients send the same few requests again and again: how to
+            # answer each is kept, in a bounded table.
+            build = text.replyBuilder(request, self._defaultFormat, self._defaultZone)
+            if len(self._builders) >= REPLY_BUILDERS:
+                self._builders.clear()
+            self._builders[data] = build
+        return build(received)
 
 
 class TimeOfDayServer(UDPServerProtocol):

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from email.utils import format_datetime
 from enum import Enum
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
@@ -303,9 +304,50 @@ def buildReply(
     zone = defaultZone if request.zone is None else request.zone
     if fmt is TimeFormat.ISO:
         # The common reply, built from cached bytes: formatTime's ISO line.
+        return isoLine(zone, now)
+    return _formattedLine(fmt, zone, now)
+
+
+ReplyBuilder = Callable[[float], bytes]
+"""Builds the reply to one request at a given Unix time."""
+
+
+def isoLine(zone: tzinfo | None, now: float) -> bytes:
+    """
+    The reply line for an ISO 8601 time request in C{zone} (L{None}: the
+    host's local zone) at Unix time C{now}: L{buildReply}'s common reply,
+    from cached bytes.
+    """
+    # splitMicroseconds, inline.
+    fraction, whole = math.modf(now)
+    microsecond = round(fraction * 1e6)
+    second = int(whole)
+    if not 0 <= microsecond < 1_000_000:
         second, microsecond = splitMicroseconds(now)
-        head, tail = _isoLineParts(second, zone)
-        return b"%b%06d%b" % (head, microsecond, tail)
+    head, tail = _isoLineParts(second, zone)
+    return b"%b%06d%b" % (head, microsecond, tail)
+
+
+def replyBuilder(
+    request: TextRequest,
+    defaultFormat: TimeFormat = TimeFormat.ISO,
+    defaultZone: tzinfo | None = None,
+) -> ReplyBuilder:
+    """
+    What L{buildReply} does for C{request} with these defaults, as a
+    function of the time alone, to be kept for a request that comes again.
+    """
+    if isinstance(request, MonthRequest):
+        line = buildReply(request, 0.0)
+        return lambda now: line
+    fmt = defaultFormat if request.format is None else request.format
+    zone = defaultZone if request.zone is None else request.zone
+    if fmt is TimeFormat.ISO:
+        return partial(isoLine, zone)
+    return partial(_formattedLine, fmt, zone)
+
+
+def _formattedLine(fmt: TimeFormat, zone: tzinfo | None, now: float) -> bytes:
     return formatTime(now, fmt, zone).encode("ascii") + b"\n"
 
 
