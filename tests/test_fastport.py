@@ -31,6 +31,7 @@ from udptime import mmsg, ntp, text
 from udptime.clock import ClockSource, ClockState, Leap, ntp64ToUnix
 from udptime.fastport import (
     ServerPort,
+    _osError,
     batchingAvailable,
     kernelTimestampsAvailable,
 )
@@ -477,17 +478,17 @@ class ErrorTests(ServerPortTestCase):
         """
         protocol = textServer()
         port = self.startServer(protocol, fast=True)
-        original = protocol.handleDatagram
+        original = protocol.answer
         calls = []
 
-        def failOnce(data: bytes, addr: Any, received: float) -> None:
+        def failOnce(data: bytes, addr: Any, received: float) -> bytes | None:
             calls.append(data)
             if len(calls) == 1:
                 protocol.counters.received += 1
                 raise RuntimeError("a bug")
-            original(data, addr, received)
+            return original(data, addr, received)
 
-        protocol.handleDatagram = failOnce  # type: ignore[method-assign]
+        protocol.answer = failOnce  # type: ignore[method-assign]
         replies = yield self.exchange(protocol, port, [b"time", b"unix"])
         self.assertEqual(replies, [b"%.6f\n" % FAKE_NOW])
         self.assertEqual(protocol.counters.internalErrors, 1)
@@ -734,13 +735,13 @@ class BatchTests(SynchronousTestCase):
         seen = []
         protocol = textServer()
         port = self.startServer(protocol, interface="::")
-        handle = protocol.handleDatagram
+        answer = protocol.answer
 
-        def recording(data: bytes, addr: Any, received: float) -> None:
+        def recording(data: bytes, addr: Any, received: float) -> bytes | None:
             seen.append(addr)
-            handle(data, addr, received)
+            return answer(data, addr, received)
 
-        protocol.handleDatagram = recording  # type: ignore[method-assign]
+        protocol.answer = recording  # type: ignore[method-assign]
         self.send(port, [b"unix"])
         client6 = blockingClient("::1")
         self.addCleanup(client6.close)
@@ -755,6 +756,85 @@ class BatchTests(SynchronousTestCase):
                 ("::1", client6.getsockname()[1]),
             ],
         )
+
+
+class FailingSends:
+    """
+    A socket whose C{sendto} fails with the given errors, one per call,
+    before it sends again; everything else is the socket's.
+    """
+
+    def __init__(self, sock: socket.socket, errors: Sequence[int]) -> None:
+        self._sock = sock
+        self.errors = list(errors)
+        self.calls = 0
+
+    def sendto(self, data: bytes, addr: Any) -> int:
+        self.calls += 1
+        if self.errors:
+            raise _osError(self.errors.pop(0))
+        return self._sock.sendto(data, addr)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class AtOnceSendTests(SynchronousTestCase):
+    """
+    Replies the port sends at once (one datagram per call, or an NTP
+    server's, whose replies carry their send time) on every read path: an
+    interrupted call is repeated, an ICMP error left from an earlier
+    datagram does not lose the reply, and any other failure loses it,
+    counted as a failed send rather than an answer.
+    """
+
+    def check(self, protocol: UDPServerProtocol, **options: Any) -> None:
+        client = blockingClient()
+        self.addCleanup(client.close)
+        port = serve(protocol, True, **options)
+        self.addCleanup(port.stopListening)
+        self.assertIs(port.batched, bool(options.get("batched")))
+        sock = port.socket
+        failing = FailingSends(sock, [EINTR, ECONNREFUSED, EPERM])
+        port.socket = failing
+        self.addCleanup(setattr, port, "socket", sock)
+        request = NTP_REQUEST if isinstance(protocol, NTPServer) else b"unix"
+        for _ in range(3):
+            client.sendto(request, ("127.0.0.1", port.getHost().port))
+        port.doRead()
+        # The first reply's call is interrupted, and repeated; that call
+        # reports a leftover ICMP error, and is repeated; that one fails:
+        # the reply is lost.  The other two go out.
+        self.assertEqual(failing.calls, 5)
+        counters = protocol.counters
+        self.assertEqual((counters.answered, counters.sendFailed), (2, 1))
+        expected = protocol.answer(request, ("127.0.0.1", 9), FAKE_NOW)
+        assert expected is not None
+        self.assertEqual(
+            [len(client.recv(65535)), len(client.recv(65535))], [len(expected)] * 2
+        )
+        client.setblocking(False)
+        self.assertRaises(BlockingIOError, client.recv, 65535)
+
+    def test_oneAtATime(self) -> None:
+        """
+        Reading one datagram per call.
+        """
+        self.check(textServer(), batched=False)
+
+    def test_oneAtATimeTimestamped(self) -> None:
+        """
+        Reading one datagram per call, with its kernel receive timestamp.
+        """
+        self.check(ntpServer(), batched=False, kernelTimestamps=True)
+
+    def test_batchedNTP(self) -> None:
+        """
+        Reading batches: an NTP server's replies still go out one by one.
+        """
+        if not batchingAvailable():
+            raise SkipTest("no recvmmsg/sendmmsg on this system")
+        self.check(ntpServer(), batched=True, kernelTimestamps=True)
 
 
 class AddressTests(SynchronousTestCase):

@@ -4,17 +4,19 @@ A UDP port specialised for udptime's request/response services.
 L{ServerPort} is an ordinary Twisted L{udp.Port}, driven by the reactor like
 any other, with a leaner read-answer-send path for servers:
 
-  - it reads a bounded batch of datagrams per wake-up and hands each to
-    L{UDPServerProtocol.handleDatagram} with its receive time, skipping
-    C{datagramReceived} and a clock read in between;
+  - it reads a bounded batch of datagrams per wake-up and asks
+    L{UDPServerProtocol.answer} for the reply to each, with its receive
+    time, skipping C{datagramReceived} and a clock read in between; it
+    sends the reply itself, to the very address tuple the kernel gave, and
+    counts it as answered;
   - with kernel receive timestamps on (C{SO_TIMESTAMPNS}), the receive
     time is the moment the kernel queued the datagram, read with C{recvmsg},
     instead of the moment the event loop got round to it;
-  - a reply written to the address of the datagram being answered (the very
-    tuple the kernel gave) goes straight to C{sendto}: the generic port
+  - a write of the protocol's own (a refusal) to the address of the
+    datagram being answered goes straight to C{sendto}: the generic port
     checks on every write that the address is an IP address literal, which
-    a kernel-supplied address always is.  Any other write takes the generic,
-    checked path;
+    a kernel-supplied address always is.  Any other write takes the
+    generic, checked path;
   - on Linux it batches its system calls (L{udptime.mmsg}): one C{recvmmsg}
     reads up to L{MAX_DATAGRAMS_PER_READ} datagrams with their sources (and
     kernel timestamps), and the replies to them are copied into a queue and
@@ -22,7 +24,7 @@ any other, with a leaner read-answer-send path for servers:
     C{sockaddr} the kernel gave for its request.  Replies that carry their
     own send time (NTP's transmit timestamp, see
     L{UDPServerProtocol.transmitTimestamps}) and refusals are not held back:
-    they go out as they are written.
+    they go out at once.
 
 Replies and policy decisions are the protocol's, exactly as on the generic
 port; only the plumbing differs.  Errors never escape a read: a failing
@@ -37,8 +39,9 @@ import platform
 import socket
 import struct
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from errno import EAGAIN, ECONNREFUSED, EINTR, EMSGSIZE, ENOBUFS, EWOULDBLOCK
+from itertools import repeat
 from typing import Any, Final
 
 from twisted.internet import error, udp
@@ -127,7 +130,6 @@ class ServerPort(udp.Port):
     maxDatagramsPerRead = MAX_DATAGRAMS_PER_READ
     _answering: Address | None = None
     _batch: mmsg.MessageBatch | None = None
-    _batchIndex = -1
     _queue: Callable[[bytes, int], bool] | None = None
 
     @classmethod
@@ -206,11 +208,13 @@ class ServerPort(udp.Port):
             self._readTimestamped()
             return
         recvfrom = self.socket.recvfrom
+        sendto = self.socket.sendto
         size = self.maxPacketSize
         protocol = self.protocol
-        handle = protocol.handleDatagram
+        answer = protocol.answer
         clock = protocol.clock
         ipv6 = self.addressFamily == socket.AF_INET6
+        answered = 0
         for _ in range(self.maxDatagramsPerRead):
             try:
                 data, addr = recvfrom(size)
@@ -222,22 +226,33 @@ class ServerPort(udp.Port):
                 addr = addr[:2]
             self._answering = addr
             try:
-                handle(data, addr, clock())
+                reply = answer(data, addr, clock())
             except BaseException:
                 self._handlerFailed(data, addr)
+                continue
+            if reply is not None:
+                try:
+                    sendto(reply, addr)
+                except OSError as failure:
+                    answered += self._sendFailed(failure, reply, addr)
+                else:
+                    answered += 1
         self._answering = None
+        protocol.counters.answered += answered
 
     def _readTimestamped(self) -> None:
         # doRead's loop with recvmsg: kept as a loop of its own rather than a
         # test per datagram, as this is the path every request takes.
         recvmsg = self.socket.recvmsg
+        sendto = self.socket.sendto
         size = self.maxPacketSize
         protocol = self.protocol
-        handle = protocol.handleDatagram
+        answer = protocol.answer
         clock = protocol.clock
         unpack = _TIMESPEC.unpack
         level, kind = socket.SOL_SOCKET, SCM_TIMESTAMPNS
         ipv6 = self.addressFamily == socket.AF_INET6
+        answered = 0
         for _ in range(self.maxDatagramsPerRead):
             try:
                 data, ancillary, _flags, addr = recvmsg(size, _ANCILLARY_SIZE)
@@ -254,24 +269,40 @@ class ServerPort(udp.Port):
                 addr = addr[:2]
             self._answering = addr
             try:
-                handle(data, addr, received)
+                reply = answer(data, addr, received)
             except BaseException:
                 self._handlerFailed(data, addr)
+                continue
+            if reply is not None:
+                try:
+                    sendto(reply, addr)
+                except OSError as failure:
+                    answered += self._sendFailed(failure, reply, addr)
+                else:
+                    answered += 1
         self._answering = None
+        protocol.counters.answered += answered
 
     def _readBatches(self, batch: mmsg.MessageBatch) -> None:
         # doRead with recvmmsg and sendmmsg: a batch of datagrams per call,
-        # their replies queued (see write) and sent together.
+        # their replies queued and sent together (unless the protocol's
+        # replies carry their send time: then each goes out at once).
         fd = self.socket.fileno()
+        sendto = self.socket.sendto
         protocol = self.protocol
-        handle = protocol.handleDatagram
+        counters = protocol.counters
+        answer = protocol.answer
         clock = protocol.clock
-        headers = batch.headers
+        queue = self._queue
+        # The headers, sources and control messages of a batch are read all
+        # at once, with iter_unpack: one call each instead of one per datagram.
+        eachReceived = batch.EACH_RECEIVED.iter_unpack
+        eachName = batch.eachName.iter_unpack
+        eachTimestamp = batch.TIMESTAMP_MESSAGE.iter_unpack
+        headers = memoryview(batch.headers)
         names = memoryview(batch.names)
+        controls = memoryview(batch.controls)
         data = batch.data
-        controls = batch.controls
-        readHeader = batch.RECEIVED.unpack_from
-        readTimestamp = batch.TIMESTAMP_MESSAGE.unpack_from
         addresses = batch.addresses
         headerSize = batch.HEADER_SIZE
         nameSize = batch.SOCKADDR_SIZE
@@ -281,6 +312,7 @@ class ServerPort(udp.Port):
         stride = batch.stride
         timestamps = self.kernelTimestamps and fullControl
         level, kind = socket.SOL_SOCKET, SCM_TIMESTAMPNS
+        answered = 0
         remaining = self.maxDatagramsPerRead
         while remaining > 0:
             wanted = min(remaining, batch.count)
@@ -289,44 +321,63 @@ class ServerPort(udp.Port):
                 if got < 0 and self._readFailed(_osError(-got)):
                     continue
                 break
-            for index in range(got):
-                nameLength, controlLength, _flags, length = readHeader(
-                    headers, index * headerSize
-                )
+            stamps: Iterable[tuple[int, int, int, int, int] | None]
+            if timestamps:
+                stamps = eachTimestamp(controls[: got * controlSize])
+            else:
+                stamps = repeat(None, got)
+            for index, header, (raw,), stamp in zip(
+                range(got),
+                eachReceived(headers[: got * headerSize]),
+                eachName(names[: got * nameSize]),
+                stamps,
+                strict=True,
+            ):
+                nameLength, controlLength, _flags, length = header
                 start = index * stride
                 datagram = data[start : start + length].tobytes()
-                start = index * nameSize
-                raw = names[start : start + nameLength].tobytes()
-                addr = addresses.get(raw)
-                if timestamps:
-                    if controlLength >= controlSize:
-                        _, cmsgLevel, cmsgKind, seconds, nanoseconds = readTimestamp(
-                            controls, index * controlSize
-                        )
-                        if cmsgKind == kind and cmsgLevel == level:
-                            received = seconds + nanoseconds * 1e-9
-                        else:
-                            received = clock()
+                if stamp is None:
+                    received = clock()
+                else:
+                    _, cmsgLevel, cmsgKind, seconds, nanoseconds = stamp
+                    if (
+                        controlLength == fullControl
+                        and cmsgKind == kind
+                        and cmsgLevel == level
+                    ):
+                        received = seconds + nanoseconds * 1e-9
                     else:
                         received = clock()
-                else:
-                    received = clock()
                 if nameLength != fullName or controlLength != fullControl:
                     batch.restore(index, nameLength, controlLength)
+                    raw = raw[:nameLength]
+                addr = addresses.get(raw)
                 if addr is None:
                     try:
                         addr = batch.convert(raw)
                     except OSError as failure:
                         self._unknownSource(failure)
                         continue
-                self._batchIndex = index
                 self._answering = addr
                 try:
-                    handle(datagram, addr, received)
+                    reply = answer(datagram, addr, received)
                 except BaseException:
                     self._handlerFailed(datagram, addr)
+                    continue
+                if reply is None:
+                    continue
+                if queue is not None and queue(reply, index):
+                    answered += 1
+                    continue
+                try:
+                    sendto(reply, addr)
+                except OSError as failure:
+                    answered += self._sendFailed(failure, reply, addr)
+                else:
+                    answered += 1
             self._answering = None
-            self._batchIndex = -1
+            counters.answered += answered
+            answered = 0
             if batch.queued:
                 self._sendQueued(fd, batch)
             if got < wanted:
@@ -403,28 +454,40 @@ class ServerPort(udp.Port):
             addr=addr,
         )
 
+    def _sendFailed(self, failure: OSError, reply: bytes, addr: Address) -> int:
+        """
+        Sending C{reply} to C{addr} at once failed with C{failure}: whether
+        it went out in the end (1) or is lost (0, counted as a failed send).
+        An interrupted call is repeated; so is, once, a call that reported
+        an ICMP error left over from an earlier datagram (C{ECONNREFUSED}:
+        the kernel reports it once, on the next send, which it fails).  Any
+        other error loses the reply.
+        """
+        refusedBefore = False
+        while True:
+            if failure.errno == EINTR or (
+                isinstance(failure, ConnectionRefusedError) and not refusedBefore
+            ):
+                refusedBefore = refusedBefore or failure.errno != EINTR
+                try:
+                    self.socket.sendto(reply, addr)
+                except OSError as again:
+                    failure = again
+                    continue
+                return 1
+            self.protocol.counters.sendFailed += 1
+            return 0
+
     def write(self, datagram: bytes, addr: Any = None) -> None:
         """
-        Send C{datagram} to C{addr}.  A reply to the datagram being answered
-        joins the batch's queue when the port batches (unless it is a
-        refusal, the protocol's replies carry their send time, or it does
-        not fit a send slot), and otherwise goes straight out; any other
-        write is checked as on the generic port.  Failures of a write sent
-        at once raise as on the generic port: L{OSError}, or
-        L{error.MessageLengthError} for a datagram too long to send; a
-        queued reply's failure is counted when the queue is sent.
+        Send C{datagram} to C{addr}, at once.  A write to the address of the
+        datagram being answered (a refusal the protocol writes itself) goes
+        straight to C{sendto}; any other write is checked as on the generic
+        port.  Failures raise as on the generic port: L{OSError}, or
+        L{error.MessageLengthError} for a datagram too long to send.
         """
         answering = self._answering
         if answering is not None and addr is answering:
-            index = self._batchIndex
-            queue = self._queue
-            if (
-                index >= 0
-                and queue is not None
-                and not self.protocol.sendingRefusal
-                and queue(datagram, index)
-            ):
-                return
             try:
                 self.socket.sendto(datagram, answering)
             except OSError as failure:

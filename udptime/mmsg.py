@@ -98,6 +98,11 @@ _RECEIVED: Final = _layout(
     (_fieldOffset("msg_flags"), "i"),
     (int(_MMsgHdr.msg_len.offset), "I"),
 )
+# The same for each header of a batch at once (iter_unpack): padded to a
+# header's size.
+_EACH_RECEIVED: Final = struct.Struct(
+    _RECEIVED.format + f"{_HEADER_SIZE - _RECEIVED.size}x"
+)
 # Single fields, written at their own offsets (pack_into writes padding too).
 _NAMELEN_AT: Final = _fieldOffset("msg_namelen")
 _NAMELEN: Final = struct.Struct("=I")
@@ -111,6 +116,9 @@ _DESTINATION: Final = _layout(
 # struct cmsghdr followed by a struct timespec.
 _TIMESTAMP_MESSAGE: Final = struct.Struct("@Niill")
 _CONTROL_SIZE: Final = socket.CMSG_SPACE(struct.calcsize("@ll"))
+if _TIMESTAMP_MESSAGE.size != _CONTROL_SIZE:  # pragma: no cover
+    # Read one control slot after the other, each must be one message.
+    raise ImportError("unexpected struct cmsghdr layout")
 
 _PORT: Final = struct.Struct("!H")
 
@@ -166,11 +174,13 @@ class MessageBatch:
     to C{count} replies sent with one C{sendmmsg}.
 
     After L{receive} returned C{n}, datagram C{i < n} is described by
-    L{RECEIVED}C{.unpack_from(headers, i * HEADER_SIZE)}; its bytes start
-    at C{i * stride} in L{data}, its source C{sockaddr} at C{i * SOCKADDR_SIZE}
-    in L{names}, its control message at C{i * CONTROL_SIZE} in
-    L{controls}.  L{queue} copies a reply for datagram C{i} into the next
-    send slot; L{send} sends the queued replies.
+    L{RECEIVED}C{.unpack_from(headers, i * HEADER_SIZE)} (or the C{i}th
+    tuple of L{EACH_RECEIVED}C{.iter_unpack} over the first C{n} headers);
+    its bytes start at C{i * stride} in L{data}, its source C{sockaddr} at
+    C{i * SOCKADDR_SIZE} in L{names} (the C{i}th of L{eachName} over the
+    first C{n}), its control message at C{i * CONTROL_SIZE} in L{controls}
+    (L{TIMESTAMP_MESSAGE}, one per slot).  L{queue} copies a reply for
+    datagram C{i} into the next send slot; L{send} sends the queued replies.
 
     @ivar count: datagrams per batch.
     @ivar size: the longest datagram received whole (longer ones are
@@ -180,6 +190,9 @@ class MessageBatch:
         slots' starts do not all fall in the same cache sets.
     @ivar family: the socket's address family.
     @ivar timestamps: whether there is room for kernel timestamps.
+    @ivar nameLength: the length of a source C{sockaddr} of the family.
+    @ivar eachName: reads the source C{sockaddr} of each slot, C{nameLength}
+        bytes, with C{iter_unpack}.
     @ivar queued: replies queued since the last L{send}.
     """
 
@@ -187,6 +200,7 @@ class MessageBatch:
     SOCKADDR_SIZE: Final = _SOCKADDR_SIZE
     CONTROL_SIZE: Final = _CONTROL_SIZE
     RECEIVED: Final = _RECEIVED
+    EACH_RECEIVED: Final = _EACH_RECEIVED
     TIMESTAMP_MESSAGE: Final = _TIMESTAMP_MESSAGE
 
     def __init__(self, count: int, size: int, family: int, timestamps: bool) -> None:
@@ -203,6 +217,9 @@ class MessageBatch:
         self.timestamps = timestamps
         self.queued = 0
         self.nameLength = 28 if family == socket.AF_INET6 else 16
+        self.eachName = struct.Struct(
+            f"{self.nameLength}s{_SOCKADDR_SIZE - self.nameLength}x"
+        )
         self.controlLength = _CONTROL_SIZE if timestamps else 0
         # Received datagrams: pages the kernel never writes to are never
         # allocated, so room for 64 KiB datagrams costs little.

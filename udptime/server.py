@@ -65,8 +65,6 @@ class UDPServerProtocol(DatagramProtocol):
 
     serviceName: ClassVar[str] = "udp"
     log = Logger()
-    sendingRefusal = False
-    """Whether the reply being written is a refusal (L{refused})."""
     transmitTimestamps: ClassVar[bool] = False
     """
     Whether replies carry the time they are sent, read as they are built:
@@ -150,46 +148,59 @@ class UDPServerProtocol(DatagramProtocol):
     def handleDatagram(self, data: bytes, addr: Address, received: float) -> None:
         """
         Answer one datagram that arrived at Unix time C{received} (a port
-        that knows the kernel's receive timestamp calls this directly).
+        that knows the kernel's receive timestamp calls this directly): the
+        reply L{answer} gives, if any, is written back to C{addr} and counted
+        as answered once the kernel took it (L{sendReply}).
+        """
+        reply = self.answer(data, addr, received)
+        if reply is not None:
+            self.sendReply(reply, addr)
+
+    def answer(self, data: bytes, addr: Address, received: float) -> bytes | None:
+        """
+        The reply to send to C{addr} for the datagram C{data} that arrived
+        at Unix time C{received}, or L{None} to send nothing.  The caller
+        sends the reply and counts it as answered when it went out (as
+        L{handleDatagram} does; a port that sends replies itself calls this
+        directly).
 
         The L{policy} decides first, once per datagram (see
         L{udptime.policy}): a refused datagram is counted as limited, denied
         or looped and dropped, or answered with L{refused} when the policy
-        picks it for a Kiss-o'-Death.  Nothing raised here escapes: a
-        failure is a bug, counted and logged at a bounded rate, and the
-        service goes on.
+        picks it for a Kiss-o'-Death, which is written here, at once.
+        Nothing raised here escapes: a failure is a bug, counted and logged
+        at a bounded rate, and the service goes on.
         """
-        counters = self.counters
-        counters.received += 1
+        self.counters.received += 1
         policy = self.policy
         memory = None
         if policy is not None:
             verdict = policy.admit(addr, received)
             if verdict:
                 self._refuse(verdict, data, addr, received)
-                return
+                return None
             memory = policy.replyMemory
             if memory is not None and memory.isReturned(addr, data, received):
-                counters.looped += 1
-                return
+                self.counters.looped += 1
+                return None
         try:
             reply = self.respond(data, addr, received)
         except Exception:
             self._failed(data, addr, received)
-            return
-        if reply is None:
-            return
-        self.sendReply(reply, addr)
-        if memory is not None:
-            memory.remember(addr, reply, received)
-        if self.verbose:
-            self.log.info(
-                "{service}: {size}-byte request from {addr}, {replySize}-byte reply",
-                service=self.serviceName,
-                size=len(data),
-                addr=addr,
-                replySize=len(reply),
-            )
+            return None
+        if reply is not None:
+            if memory is not None:
+                memory.remember(addr, reply, received)
+            if self.verbose:
+                self.log.info(
+                    "{service}: {size}-byte request from {addr}, {replySize}-byte"
+                    " reply",
+                    service=self.serviceName,
+                    size=len(data),
+                    addr=addr,
+                    replySize=len(reply),
+                )
+        return reply
 
     def _refuse(
         self, verdict: int, data: bytes, addr: Address, received: float
@@ -210,14 +221,9 @@ class UDPServerProtocol(DatagramProtocol):
                 return
             if reply is None:
                 return
-            # A batching port sends a refusal at once, so that every reply
-            # it queues is one counted as answered (see udptime.fastport).
-            self.sendingRefusal = True
-            try:
-                if self._write(reply, addr):
-                    counters.kissed += 1
-            finally:
-                self.sendingRefusal = False
+            # Written at once, by any port: a refusal is never held back.
+            if self._write(reply, addr):
+                counters.kissed += 1
         elif verdict == DENIED:
             counters.denied += 1
         else:
