@@ -401,6 +401,8 @@ class ReplyConstants:
     @ivar minPoll: the server's minimum poll exponent.
     @ivar fuzzBits: how many low bits of a timestamp are below the clock's
         precision, and replaced by random bits.
+    @ivar unitsPerSecond: C{2 ** (32 - fuzzBits)}: a time scaled by it and
+        floored is the timestamp without those bits.
     @ivar prefixes: the start of the reply to a request, by the request's
         version bits and poll byte (see L{prefixKey}).
     """
@@ -408,7 +410,7 @@ class ReplyConstants:
     state: ClockState
     minPoll: int
     fuzzBits: int
-    fuzzMask: int
+    unitsPerSecond: float
     prefixes: dict[int, bytes] = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -418,7 +420,7 @@ class ReplyConstants:
         minimum poll exponent is C{minPoll}.
         """
         bits = min(max(32 + state.precision, 0), 32)
-        return cls(state, minPoll, bits, (1 << bits) - 1)
+        return cls(state, minPoll, bits, float(1 << (32 - bits)))
 
     def addPrefix(self, data: bytes) -> bytes:
         """
@@ -484,27 +486,44 @@ def plainReply(
     the state and minimum poll of C{constants} and the same random bits, but
     built from the cached start of the reply, the request's transmit
     timestamp and the two new timestamps.
+
+    @param randomBits: gives C{k} random bits for C{randomBits(k)}, as
+        L{random.getrandbits} does.
     """
     prefix = constants.prefixes.get((data[0] & 0x38) | data[2] << 8)
     if prefix is None:
         prefix = constants.addPrefix(data)
-    if received >= 0.0 and transmit >= 0.0:
-        # unixToNTP64, inline, for the times after 1970 that it always gets:
-        # scaling a float by 2^32 is exact, and int() then floors it.
-        receive = (int(received * 4294967296.0) + _NTP_UNIX_OFFSET_64) & _MASK_64
-        send = (int(transmit * 4294967296.0) + _NTP_UNIX_OFFSET_64) & _MASK_64
+    bits = constants.fuzzBits
+    if received >= 0.0 and transmit >= 0.0 and bits:
+        # unixToNTP64 and fuzzTimestamp, inline, for the times after 1970
+        # that they always get: a time scaled by a power of two is exact,
+        # and int() floors it to whole units of the clock's precision, to
+        # which the random bits below it are added.  Comparing the units
+        # and then the random bits is comparing the timestamps.
+        scale = constants.unitsPerSecond
+        receiveUnits = int(received * scale)
+        sendUnits = int(transmit * scale)
+        receiveFuzz = randomBits(bits)
+        sendFuzz = randomBits(bits)
+        if sendUnits < receiveUnits or (
+            sendUnits == receiveUnits and sendFuzz < receiveFuzz
+        ):
+            # Both fell in one step of the clock (or it went back): the
+            # fuzz must not reverse them (see buildReply).
+            sendUnits, sendFuzz = receiveUnits, receiveFuzz
+        receive = (
+            (receiveUnits << bits | receiveFuzz) + _NTP_UNIX_OFFSET_64
+        ) & _MASK_64
+        send = ((sendUnits << bits | sendFuzz) + _NTP_UNIX_OFFSET_64) & _MASK_64
     else:
-        receive = unixToNTP64(received)
-        send = unixToNTP64(transmit)
-    mask = constants.fuzzMask
-    if mask:
-        # At most 32 bits: the fractions only.
-        bits = constants.fuzzBits
-        receive = (receive | mask) ^ mask | (randomBits(bits) & mask)
-        send = (send | mask) ^ mask | (randomBits(bits) & mask)
-    # _signedDifference(send, receive) < 0 (see buildReply).
-    if (send - receive) & 0x8000000000000000:
-        send = receive
+        receive = fuzzTimestamp(
+            unixToNTP64(received), constants.state.precision, randomBits
+        )
+        send = fuzzTimestamp(
+            unixToNTP64(transmit), constants.state.precision, randomBits
+        )
+        if _signedDifference(send, receive) < 0:
+            send = receive
     return _PLAIN_REPLY_END.pack(prefix, data[40:48], receive, send)
 
 
