@@ -300,6 +300,7 @@ class TextServerTests(SynchronousTestCase):
         for i in range(REPLY_BUILDERS * 2):
             server.datagramReceived(b"iso UTC %d" % i, CLIENT)
         self.assertLessEqual(len(server._builders), REPLY_BUILDERS)
+        self.assertEqual(len(transport.written), REPLY_BUILDERS * 2)
         self.assertEqual(server.counters.answered, REPLY_BUILDERS * 2)
 
     def test_clockReadPerDatagram(self) -> None:
