@@ -23,6 +23,7 @@ from udptime.clock import NTP_UNIX_OFFSET
 from udptime.policy import (
     ADMIT,
     DENIED,
+    KEY_CACHE_SIZE,
     KISS,
     LIMITED,
     LOOPED,
@@ -162,6 +163,21 @@ class SourceLimiterTests(SynchronousTestCase):
         self.assertEqual(limiter.admit("::ffff:192.0.2.1", NOW), LIMITED)
         self.assertEqual(limiter.clientKey("::ffff:192.0.2.1"), "192.0.2.1")
         self.assertEqual(len(limiter), 1)
+
+    def test_keyCacheBounded(self) -> None:
+        """
+        The keys kept for IPv6 and IPv4-mapped sources are bounded: a flood
+        of new sources leaves at most L{KEY_CACHE_SIZE} of them, and every
+        source is still keyed by its prefix (or as IPv4).
+        """
+        limiter = SourceLimiter(rate=1.0, burst=1, maxClients=100_000)
+        for i in range(KEY_CACHE_SIZE * 3):
+            limiter.admit(f"2001:db8:{i >> 16:x}:{i & 0xFFFF:x}::1", NOW)
+            limiter.admit(f"::ffff:10.{i >> 16}.{i >> 8 & 255}.{i & 255}", NOW)
+            self.assertLessEqual(len(limiter._keys), KEY_CACHE_SIZE)
+        self.assertEqual(len(limiter), KEY_CACHE_SIZE * 6)
+        self.assertEqual(limiter.admit("2001:db8:0:1::2", NOW), LIMITED)
+        self.assertEqual(limiter.admit("10.0.0.1", NOW), LIMITED)
 
     def test_oddHosts(self) -> None:
         """

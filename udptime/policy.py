@@ -82,6 +82,12 @@ _SLACK: Final = 1e-3
 """Fraction of an interval by which an event may come early: times near
 2e9 s carry rounding errors of about 1e-7 s."""
 _KOD_TABLE_SIZE: Final = 4096
+KEY_CACHE_SIZE: Final = 4096
+"""
+IPv6 source addresses (among them IPv4-mapped ones, as a dual-stack socket
+reports IPv4 clients) whose table key a rate limiter keeps; emptied when
+full, so that a flood of new sources costs bounded memory.
+"""
 _CACHE_SIZE: Final = 65536
 _MAPPED_PREFIX: Final = "::ffff:"
 
@@ -156,6 +162,7 @@ class SourceLimiter:
     __slots__ = (
         "_arrivals",
         "_horizon",
+        "_keys",
         "_kodLimit",
         "_kodNext",
         "_order",
@@ -207,6 +214,7 @@ class SourceLimiter:
         self._horizon = self._tolerance + 2.0 * self.interval
         self._shift = 128 - ipv6Prefix
         self._arrivals: dict[ClientKey, float] = {}
+        self._keys: dict[str, ClientKey] = {}
         self._order: deque[ClientKey] = deque()
         self.evictions = 0
         self.kodInterval = kodInterval
@@ -240,7 +248,17 @@ class SourceLimiter:
         The verdict for a request from C{host} at time C{now}: L{ADMIT}
         (taking a token), L{LIMITED} or L{KISS}.
         """
-        key = host if ":" not in host else self.clientKey(host)
+        if ":" in host:
+            # An IPv6 address, or an IPv4 one as a dual-stack socket gives
+            # it (::ffff:192.0.2.1, the default): its key is kept.
+            keys = self._keys
+            key = keys.get(host)
+            if key is None:
+                if len(keys) >= KEY_CACHE_SIZE:
+                    keys.clear()
+                key = keys[host] = self.clientKey(host)
+        else:
+            key = host
         arrivals = self._arrivals
         tat = arrivals.get(key)
         if tat is None:
