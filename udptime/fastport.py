@@ -208,10 +208,9 @@ class ServerPort(udp.Port):
             self._readTimestamped()
             return
         recvfrom = self.socket.recvfrom
-        sendto = self.socket.sendto
         size = self.maxPacketSize
         protocol = self.protocol
-        answer = protocol.answer
+        answerOne = self._answerOne
         clock = protocol.clock
         ipv6 = self.addressFamily == socket.AF_INET6
         answered = 0
@@ -224,19 +223,7 @@ class ServerPort(udp.Port):
                 break
             if ipv6:
                 addr = addr[:2]
-            self._answering = addr
-            try:
-                reply = answer(data, addr, clock())
-            except BaseException:
-                self._handlerFailed(data, addr)
-                continue
-            if reply is not None:
-                try:
-                    sendto(reply, addr)
-                except OSError as failure:
-                    answered += self._sendFailed(failure, reply, addr)
-                else:
-                    answered += 1
+            answered += answerOne(data, addr, clock())
         self._answering = None
         protocol.counters.answered += answered
 
@@ -244,10 +231,9 @@ class ServerPort(udp.Port):
         # doRead's loop with recvmsg: kept as a loop of its own rather than a
         # test per datagram, as this is the path every request takes.
         recvmsg = self.socket.recvmsg
-        sendto = self.socket.sendto
         size = self.maxPacketSize
         protocol = self.protocol
-        answer = protocol.answer
+        answerOne = self._answerOne
         clock = protocol.clock
         unpack = _TIMESPEC.unpack
         level, kind = socket.SOL_SOCKET, SCM_TIMESTAMPNS
@@ -267,21 +253,28 @@ class ServerPort(udp.Port):
                 received = clock()
             if ipv6:
                 addr = addr[:2]
-            self._answering = addr
-            try:
-                reply = answer(data, addr, received)
-            except BaseException:
-                self._handlerFailed(data, addr)
-                continue
-            if reply is not None:
-                try:
-                    sendto(reply, addr)
-                except OSError as failure:
-                    answered += self._sendFailed(failure, reply, addr)
-                else:
-                    answered += 1
+            answered += answerOne(data, addr, received)
         self._answering = None
         protocol.counters.answered += answered
+
+    def _answerOne(self, data: bytes, addr: Address, received: float) -> int:
+        """
+        Answer one datagram read on its own, sending the reply at once:
+        whether a reply went out (1) or not (0).
+        """
+        self._answering = addr
+        try:
+            reply = self.protocol.answer(data, addr, received)
+        except BaseException:
+            self._handlerFailed(data, addr)
+            return 0
+        if reply is None:
+            return 0
+        try:
+            self.socket.sendto(reply, addr)
+        except OSError as failure:
+            return self._sendFailed(failure, reply, addr)
+        return 1
 
     def _readBatches(self, batch: mmsg.MessageBatch) -> None:
         # doRead with recvmmsg and sendmmsg: a batch of datagrams per call,
