@@ -1,0 +1,125 @@
+"""
+The user-space instructions one request costs each server path, counted by
+valgrind's callgrind: unlike times, the counts repeat exactly from run to
+run whatever else the machine is doing, so they show what a change to the
+hot path did even on a shared, noisy machine.  They leave out the kernel
+(the system calls' own work, about half of a request's time) and say
+nothing of caches or wake-ups: a complement to bench/hotpath.py and
+bench/run.py, not a replacement.
+
+    python bench/instructions.py [--requests 1000] [--passes 5]
+
+Each path (the same as bench/hotpath.py's: udptime's port, batched, and
+the blocking loop, for text and NTP) answers C{requests} queued requests
+once and then C{passes} more times, each run under callgrind; the
+difference between the two runs' totals, divided by the requests of the
+extra passes, is what one request costs, start-up and set-up cancelled
+out.  The client side of the exchange (sending the requests and reading
+the replies, in the same process) is counted too, alike for every path;
+the C{floor} rows, which answer with a constant reply and no policy, show
+how much of a count that and the plumbing are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path as FilePath
+
+HERE = FilePath(__file__).resolve().parent
+
+PATHS = {
+    "text: udptime, ServerPort, batched": ("udptime", "text"),
+    "text: blocking loop": ("blocking", "text"),
+    "NTP: udptime, ServerPort, batched, kernel ts": ("udptime", "ntp"),
+    "NTP: blocking loop": ("blocking", "ntp"),
+    "floor: blocking loop, constant reply": ("floor", "ntp"),
+}
+
+
+def child(kind: str, protocol: str, requests: int, passes: int) -> None:
+    """
+    Answer C{requests} queued requests C{passes} times on one path (run
+    under callgrind by L{count}).
+    """
+    sys.path.insert(0, str(HERE))
+    import hotpath  # here: the parent process needs no Twisted
+
+    if kind == "udptime":
+        path = hotpath.udptime(protocol, True, protocol == "ntp", requests, True)
+    else:
+        path = hotpath.blocking(protocol)
+        if kind == "floor":
+            reply = bytes(48)
+            sock = path.serverSock
+
+            def onePass() -> None:
+                recvfrom, sendto = sock.recvfrom, sock.sendto
+                while True:
+                    try:
+                        _, addr = recvfrom(2048)
+                    except BlockingIOError:
+                        return
+                    sendto(reply, addr)
+
+            path.onePass = onePass
+    socks = hotpath.clients(64)
+    for _ in range(passes):
+        hotpath.fill(path.serverSock, socks, path.payload, requests)
+        path.onePass()
+        answered = hotpath.drain(socks)
+        if answered != requests:
+            raise SystemExit(f"{answered} replies to {requests} requests")
+
+
+def count(kind: str, protocol: str, requests: int, passes: int) -> int:
+    """
+    The instructions callgrind counts for L{child}.
+    """
+    result = subprocess.run(
+        [
+            "valgrind",
+            "--tool=callgrind",
+            "--callgrind-out-file=/dev/null",
+            sys.executable,
+            __file__,
+            "--child",
+            kind,
+            protocol,
+            str(requests),
+            str(passes),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=True,
+    )
+    found = re.search(r"Collected : (\d+)", result.stderr)
+    if found is None:
+        raise RuntimeError(f"no count from callgrind: {result.stderr[-500:]}")
+    return int(found.group(1))
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--child"]:
+        kind, protocol, requests, passes = sys.argv[2:6]
+        child(kind, protocol, int(requests), int(passes))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--passes", type=int, default=5)
+    args = parser.parse_args()
+    if shutil.which("valgrind") is None:
+        raise SystemExit("instructions.py: valgrind is not installed")
+    for label, (kind, protocol) in PATHS.items():
+        once = count(kind, protocol, args.requests, 1)
+        more = count(kind, protocol, args.requests, 1 + args.passes)
+        perRequest = (more - once) / (args.passes * args.requests)
+        print(f"{label:<46} {perRequest:8.0f} instructions/request", flush=True)
+
+
+if __name__ == "__main__":
+    main()
