@@ -287,22 +287,26 @@ class ServerPort(udp.Port):
         answer = protocol.answer
         clock = protocol.clock
         queue = self._queue
-        # The headers, sources and control messages of a batch are read all
-        # at once, with iter_unpack: one call each instead of one per datagram.
-        eachReceived = batch.EACH_RECEIVED.iter_unpack
-        eachName = batch.eachName.iter_unpack
-        eachTimestamp = batch.TIMESTAMP_MESSAGE.iter_unpack
-        headers = memoryview(batch.headers)
-        names = memoryview(batch.names)
-        controls = memoryview(batch.controls)
-        data = batch.data
-        addresses = batch.addresses
-        headerSize = batch.HEADER_SIZE
-        nameSize = batch.SOCKADDR_SIZE
-        controlSize = batch.CONTROL_SIZE
-        fullName = batch.nameLength
-        fullControl = batch.controlLength
-        stride = batch.stride
+        # What the loop reads the batch with, prepared once (a wake-up may
+        # bring a single datagram): the headers, sources and control
+        # messages of a batch are unpacked all at once, with iter_unpack,
+        # one call each instead of one per datagram.
+        (
+            eachReceived,
+            eachName,
+            eachTimestamp,
+            headers,
+            names,
+            controls,
+            data,
+            addresses,
+            headerSize,
+            nameSize,
+            controlSize,
+            fullName,
+            fullControl,
+            stride,
+        ) = batch.readPlan
         timestamps = self.kernelTimestamps and fullControl
         level, kind = socket.SOL_SOCKET, SCM_TIMESTAMPNS
         answered = 0

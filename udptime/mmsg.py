@@ -136,15 +136,12 @@ def _loadFunctions() -> tuple[Callable[..., int], Callable[..., int]] | None:
         sendmmsg = libc.sendmmsg
     except (OSError, AttributeError):
         return None
-    recvmmsg.argtypes = [
-        ctypes.c_int,
-        ctypes.c_void_p,
-        ctypes.c_uint,
-        ctypes.c_int,
-        ctypes.c_void_p,
-    ]
+    # No argtypes: converting the arguments through them costs about a
+    # microsecond a call.  The callers pass what the C functions take as it
+    # is: Python ints for the int and unsigned int arguments (ctypes passes
+    # them as C ints), c_void_p objects made once for the pointers, None for
+    # NULL.
     recvmmsg.restype = ctypes.c_int
-    sendmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
     sendmmsg.restype = ctypes.c_int
     return recvmmsg, sendmmsg
 
@@ -258,6 +255,10 @@ class MessageBatch:
         ) = (ctypes.addressof(view) for view in self._keep)
         self.headersAddress = headersAt
         self.sendHeadersAddress = sendAt
+        self._headersPointer = ctypes.c_void_p(headersAt)
+        self._sendHeaderPointers = [
+            ctypes.c_void_p(sendAt + i * _HEADER_SIZE) for i in range(count)
+        ]
         self.nameAddresses = [namesAt + i * _SOCKADDR_SIZE for i in range(count)]
         for i in range(count):
             iovec = _IOVec.from_buffer(self._iovecs, i * _IOVEC_SIZE)
@@ -279,6 +280,30 @@ class MessageBatch:
             header.msg_iovlen = 1
         self._redirected = [False] * count
         self.addresses: dict[bytes, Address] = {}
+        self.readPlan: Final = (
+            _EACH_RECEIVED.iter_unpack,
+            self.eachName.iter_unpack,
+            _TIMESTAMP_MESSAGE.iter_unpack,
+            memoryview(self.headers),
+            memoryview(self.names),
+            memoryview(self.controls),
+            self.data,
+            self.addresses,
+            _HEADER_SIZE,
+            _SOCKADDR_SIZE,
+            _CONTROL_SIZE,
+            self.nameLength,
+            self.controlLength,
+            self.stride,
+        )
+        """
+        What a reader of this batch's datagrams needs, in one tuple (see
+        L{udptime.fastport.ServerPort}): the C{iter_unpack} of
+        L{EACH_RECEIVED}, L{eachName} and L{TIMESTAMP_MESSAGE}; views of
+        L{headers}, L{names} and L{controls}; L{data}; L{addresses}; the
+        header, C{sockaddr} and control slot sizes; L{nameLength},
+        L{controlLength} and L{stride}.
+        """
         self._destination = _DESTINATION.pack_into
         self._size = _SIZE.pack_into
 
@@ -288,7 +313,7 @@ class MessageBatch:
         received, or C{-errno} when none was.
         """
         got: int = self._recvmmsg(
-            fd, self.headersAddress, count, socket.MSG_DONTWAIT, None
+            fd, self._headersPointer, count, socket.MSG_DONTWAIT, None
         )
         if got < 0:
             return -ctypes.get_errno()
@@ -372,10 +397,7 @@ class MessageBatch:
         (at least one), or C{-errno} when the first of them was not.
         """
         sent: int = self._sendmmsg(
-            fd,
-            self.sendHeadersAddress + start * _HEADER_SIZE,
-            self.queued - start,
-            0,
+            fd, self._sendHeaderPointers[start], self.queued - start, 0
         )
         if sent < 0:
             return -ctypes.get_errno()
