@@ -1,7 +1,7 @@
 """
 The user-space instructions one request costs each server path, counted by
-valgrind's callgrind: unlike times, the counts repeat exactly from run to
-run whatever else the machine is doing, so they show what a change to the
+valgrind's callgrind: unlike times, the counts repeat to within about 1 %
+from run to run whatever else the machine is doing, so they show what a change to the
 hot path did even on a shared, noisy machine.  They leave out the kernel
 (the system calls' own work, about half of a request's time) and say
 nothing of caches or wake-ups: a complement to bench/hotpath.py and
