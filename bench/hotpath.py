@@ -125,12 +125,19 @@ def timeInterleaved(paths: list[Path], count: int, rounds: int) -> None:
             sock.close()
 
 
-def blocking(protocol: str) -> Path:
+def blocking(
+    protocol: str, reply: Callable[[bytes], bytes | None] | None = None
+) -> Path:
+    """
+    The blocking loop's work for C{protocol}'s requests, answering each
+    with C{reply} (by default the reference server's reply).
+    """
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
     sock.setblocking(False)
-    reply = REPLIES[protocol]
+    if reply is None:
+        reply = REPLIES[protocol]
 
     def onePass() -> None:
         recvfrom, sendto = sock.recvfrom, sock.sendto

@@ -50,22 +50,11 @@ def child(kind: str, protocol: str, requests: int, passes: int) -> None:
 
     if kind == "udptime":
         path = hotpath.udptime(protocol, True, protocol == "ntp", requests, True)
+    elif kind == "floor":
+        constant = bytes(48)
+        path = hotpath.blocking(protocol, lambda data: constant)
     else:
         path = hotpath.blocking(protocol)
-        if kind == "floor":
-            reply = bytes(48)
-            sock = path.serverSock
-
-            def onePass() -> None:
-                recvfrom, sendto = sock.recvfrom, sock.sendto
-                while True:
-                    try:
-                        _, addr = recvfrom(2048)
-                    except BlockingIOError:
-                        return
-                    sendto(reply, addr)
-
-            path.onePass = onePass
     socks = hotpath.clients(64)
     for _ in range(passes):
         hotpath.fill(path.serverSock, socks, path.payload, requests)
