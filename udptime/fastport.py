@@ -385,8 +385,8 @@ class ServerPort(udp.Port):
         """
         Send the replies queued in C{batch}.  A reply the kernel refuses
         (full buffer, or any other error) is lost, and counted as a failed
-        send instead of an answer, as the one-at-a-time path counts it: only
-        replies the protocol counted as answered are queued (see L{write}).
+        send instead of an answer, as the one-at-a-time path counts it: a
+        queued reply was counted as answered when it was queued.
         """
         queued = batch.queued
         sent = 0
