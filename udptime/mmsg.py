@@ -253,8 +253,6 @@ class MessageBatch:
             sendIovAt,
             sendDataAt,
         ) = (ctypes.addressof(view) for view in self._keep)
-        self.headersAddress = headersAt
-        self.sendHeadersAddress = sendAt
         self._headersPointer = ctypes.c_void_p(headersAt)
         self._sendHeaderPointers = [
             ctypes.c_void_p(sendAt + i * _HEADER_SIZE) for i in range(count)
