@@ -415,35 +415,27 @@ def measure(
     spin = ["--spin"] if server.pinned and args.spin else []
     result: dict[str, Any] = {"label": server.label, "protocol": server.protocol}
     with Running(server, pinServer) as running:
+
+        def closedLoop(seconds: float, *extra: str) -> dict[str, Any]:
+            return loadgen(
+                running.port,
+                server.protocol,
+                pinLoad,
+                [
+                    "--closed",
+                    str(args.inflight),
+                    "--duration",
+                    str(seconds),
+                    "--warmup",
+                    "0",
+                    *extra,
+                ],
+            )
+
         # warm up (caches, the interpreter's specialisation, the CPU clock)
-        loadgen(
-            running.port,
-            server.protocol,
-            pinLoad,
-            [
-                "--closed",
-                str(args.inflight),
-                "--duration",
-                str(args.warmup),
-                "--warmup",
-                "0",
-            ],
-        )
+        closedLoop(args.warmup)
         beforeCPU = treeCPU(running.pid)
-        closed = loadgen(
-            running.port,
-            server.protocol,
-            pinLoad,
-            [
-                "--closed",
-                str(args.inflight),
-                "--duration",
-                str(args.duration),
-                "--warmup",
-                "0",
-                *spin,
-            ],
-        )
+        closed = closedLoop(args.duration, *spin)
         usedCPU = treeCPU(running.pid) - beforeCPU
         result["closed"] = closed
         result["rps"] = closed["rps"]
