@@ -52,6 +52,8 @@ class FakePort:
     def write(self, datagram: bytes, addr: tuple[str, int]) -> None:
         if self.reactor.sendError is not None:
             raise self.reactor.sendError
+        if addr[0] in self.reactor.unreachable:
+            raise OSError(errno.ENETUNREACH, "Network is unreachable")
         self.written.append((datagram, addr))
 
     def stopListening(self) -> Deferred[None] | None:
@@ -107,6 +109,7 @@ class FakeReactor(Clock):
         self.ports: list[FakePort] = []
         self.nameResolver = FakeResolver()
         self.sendError: BaseException | None = None
+        self.unreachable: set[str] = set()
         self.closeLater = False
 
     def listenUDP(
@@ -412,6 +415,92 @@ class QueryTests(SynchronousTestCase):
         result = self.successResultOf(d)
         self.assertEqual((result.host, result.port), ("2001:db8::1", 123))
 
+    def test_addressesInTurn(self) -> None:
+        """
+        A name's addresses are asked in turn, one per try, each from a
+        socket of its family; only the current try's address is listened
+        to.
+        """
+        reactor, d = ask(self, "time.example", port=123, retries=3)
+        reactor.nameResolver.answer(
+            IPv6Address("UDP", "2001:db8::1", 123),
+            IPv4Address("UDP", "192.0.2.1", 123),
+            IPv4Address("UDP", "192.0.2.1", 123),
+        )
+        reactor.advance(1.0)
+        first, second = reactor.ports
+        self.assertTrue(first.closed)
+        self.assertEqual((first.interface, second.interface), ("::", "0.0.0.0"))
+        self.assertEqual(first.written, [(b"unix", ("2001:db8::1", 123))])
+        self.assertEqual(second.written, [(b"unix", ("192.0.2.1", 123))])
+        second.receive(b"1.5\n", ("2001:db8::1", 123))
+        self.assertNoResult(d)
+        second.receive(b"2.5\n", ("192.0.2.1", 123))
+        result = self.successResultOf(d)
+        self.assertEqual((result.host, result.serverTime), ("192.0.2.1", 2.5))
+        self.assertClean(reactor)
+
+    def test_addressesTimeout(self) -> None:
+        """
+        Tries go round a name's addresses; when all go unanswered the
+        failure names every address asked.
+        """
+        reactor, d = ask(self, "time.example", port=123, retries=3)
+        reactor.nameResolver.answer(
+            IPv6Address("UDP", "2001:db8::1", 123),
+            IPv4Address("UDP", "192.0.2.1", 123),
+        )
+        reactor.advance(1.0)
+        reactor.advance(1.0)
+        reactor.advance(1.0)
+        hosts = [port.written[0][1][0] for port in reactor.ports]
+        self.assertEqual(hosts, ["2001:db8::1", "192.0.2.1", "2001:db8::1"])
+        failure = self.failureResultOf(d, QueryTimeout)
+        self.assertEqual(
+            str(failure.value),
+            "no reply from [2001:db8::1]:123, 192.0.2.1:123 after 3 tries",
+        )
+        self.assertClean(reactor)
+
+    def test_unreachableAddressSkipped(self) -> None:
+        """
+        An address the request cannot be sent to (no route for its family)
+        is dropped at once, and its try goes to the next address; the
+        failed send does not use up a try.
+        """
+        reactor, d = ask(self, "time.example", port=123, retries=1)
+        reactor.unreachable.add("2001:db8::1")
+        reactor.nameResolver.answer(
+            IPv6Address("UDP", "2001:db8::1", 123),
+            IPv4Address("UDP", "192.0.2.1", 123),
+        )
+        first, second = reactor.ports
+        self.assertTrue(first.closed)
+        self.assertEqual(second.written, [(b"unix", ("192.0.2.1", 123))])
+        reactor.advance(1.0)
+        failure = self.failureResultOf(d, QueryTimeout)
+        self.assertEqual(str(failure.value), "no reply from 192.0.2.1:123 after 1 try")
+        self.assertClean(reactor)
+
+    def test_everyAddressUnreachable(self) -> None:
+        """
+        When no address can be sent to, the query fails with the last
+        address's reason, without waiting.
+        """
+        reactor, d = ask(self, "time.example", port=123)
+        reactor.unreachable.update({"2001:db8::1", "192.0.2.1"})
+        reactor.nameResolver.answer(
+            IPv6Address("UDP", "2001:db8::1", 123),
+            IPv4Address("UDP", "192.0.2.1", 123),
+        )
+        failure = self.failureResultOf(d, QueryError)
+        self.assertEqual(
+            str(failure.value),
+            "cannot send to 192.0.2.1:123: Network is unreachable",
+        )
+        self.assertEqual(len(reactor.ports), 2)
+        self.assertClean(reactor)
+
     def test_unresolvable(self) -> None:
         """
         A name with no address fails the query with L{QueryError}.
@@ -665,6 +754,31 @@ class RealSocketTests(TestCase):
         await self.check("::ffff:127.0.0.1", "::")
         result = await self.check("localhost", "::")
         self.assertIn(result.host, ("127.0.0.1", "::1"))
+
+    async def test_secondAddressAnswers(self) -> None:
+        """
+        A name whose first address has no server (as C{localhost} may give
+        C{::1} first to a server listening on 127.0.0.1 only) is answered
+        from its second address, on the next try.
+        """
+        port = self.listen("127.0.0.1")
+        resolving = FakeResolver()
+
+        class Resolving:
+            nameResolver = resolving
+
+            def listenUDP(self, *args: Any, **kwargs: Any) -> Any:
+                return globalReactor.listenUDP(*args, **kwargs)
+
+            def callLater(self, *args: Any, **kwargs: Any) -> Any:
+                return globalReactor.callLater(*args, **kwargs)
+
+        d = query(Resolving(), "localhost", TextClientCodec("unix"), port, timeout=0.2)
+        resolving.answer(
+            IPv6Address("UDP", "::1", port), IPv4Address("UDP", "127.0.0.1", port)
+        )
+        result = await d
+        self.assertEqual(result.host, "127.0.0.1")
 
     async def test_month(self) -> None:
         """

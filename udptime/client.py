@@ -128,14 +128,17 @@ def query(
 
     Each try sends the request from a new socket and waits C{timeout}
     seconds for the reply.  Datagrams from other addresses, and those the
-    codec rejects with L{ReplyMismatch}, are ignored.  The L{Deferred} fires
-    once the try's socket is closed; cancelling it stops the query and
-    closes the socket.
+    codec rejects with L{ReplyMismatch}, are ignored.  A host name's
+    addresses are asked in turn, one per try (so that a server listening on
+    only one of C{localhost}'s addresses still answers); an address the
+    request cannot be sent to is dropped and the next one asked at once.
+    The L{Deferred} fires once the try's socket is closed; cancelling it
+    stops the query and closes the socket.
 
     @param reactor: the reactor to run the query on.
     @param host: an IPv4 or IPv6 address, or a host name (resolved without
-        blocking, through C{reactor.nameResolver}; the first address it
-        gives is used).
+        blocking, through C{reactor.nameResolver}, to its IPv4 and IPv6
+        addresses, asked in the order the resolver gives them).
     @param codec: the protocol's L{ClientCodec<udptime.query.ClientCodec>}.
     @param port: the server's port (L{None}: C{codec.defaultPort}).
     @param timeout: seconds to wait for the reply to each try.
@@ -146,7 +149,7 @@ def query(
     @return: a L{Deferred} firing with a L{QueryResult}, or failing with
         L{QueryTimeout} (every try went unanswered), L{ServerRefused} (the
         server answered with a refusal) or L{QueryError} (the host name has
-        no address, or the request could not be sent).
+        no address, or the request could not be sent to any of them).
     @raise ValueError: C{timeout}, C{retries} or the port is out of range.
     """
     if not 0 < timeout < float("inf"):
@@ -158,7 +161,7 @@ def query(
         raise ValueError(f"port must be from 1 to 65535, not {portNumber!r}")
     pending = _Query(reactor, codec, portNumber, timeout, retries, clock)
     if _isAddress(host):
-        pending.start(host)
+        pending.start([host])
     else:
         pending.resolve(host)
     return pending.deferred
@@ -237,6 +240,9 @@ class _Query:
     One query in progress: its tries, its socket, its timer.
 
     @ivar deferred: fires with the outcome once the socket is closed.
+    @ivar addresses: the IP addresses to ask, in turn.
+    @ivar asked: every address a request was sent to, in order, once each.
+    @ivar host: the address of the current try.
     @ivar attempts: tries made so far.
     @ivar ignored: datagrams ignored (wrong source or L{ReplyMismatch}).
     """
@@ -260,6 +266,8 @@ class _Query:
         self.attempts = 0
         self.ignored = 0
         self.finished = False
+        self.addresses: list[str] = []
+        self.asked: list[str] = []
         self.host = ""
         self.port: _UDPPort | None = None
         self.timer: _DelayedCall | None = None
@@ -285,22 +293,24 @@ class _Query:
             if not addresses:
                 self._finish(QueryError(f"cannot resolve host {name!r}"))
             else:
-                self.start(addresses[0])
+                self.start(addresses)
 
         collector.done.addCallback(resolved).addErrback(self._finish)
 
-    def start(self, host: str) -> None:
+    def start(self, addresses: list[str]) -> None:
         """
-        Start the first try, to IP address C{host}.
+        Start the first try, to the first of the IP addresses C{addresses}
+        (at least one; duplicates are asked once).
         """
-        self.host = host
+        self.addresses = list(dict.fromkeys(addresses))
         self._try()
 
-    def _where(self) -> str:
-        return formatHostPort(self.host, self.portNumber)
+    def _where(self, hosts: list[str]) -> str:
+        return ", ".join(formatHostPort(host, self.portNumber) for host in hosts)
 
     def _try(self) -> None:
         self.attempts += 1
+        self.host = self.addresses[(self.attempts - 1) % len(self.addresses)]
         try:
             self.port = self.reactor.listenUDP(
                 0,
@@ -321,15 +331,34 @@ class _Query:
             self.port.write(datagram, (self.host, self.portNumber))
         except (OSError, error.MessageLengthError, error.InvalidAddressError) as e:
             reason = getattr(e, "strerror", None) or str(e)
-            self._finish(QueryError(f"cannot send to {self._where()}: {reason}"))
+            self._unreachable(f"cannot send to {self._where([self.host])}: {reason}")
             return
+        if self.host not in self.asked:
+            self.asked.append(self.host)
         self.timer = self.reactor.callLater(self.timeout, self._timedOut)
+
+    def _unreachable(self, reason: str) -> None:
+        """
+        The current address cannot be sent to: drop it and ask the next one
+        at once, in a try that takes this one's place; or, when it was the
+        last address, fail the query with C{reason}.
+        """
+        self.addresses.remove(self.host)
+        if not self.addresses:
+            self._finish(QueryError(reason))
+            return
+        # The next try picks the address that now holds the dropped one's
+        # place in the turn.
+        self.attempts -= 1
+        closing = self._closePort()
+        closing.addCallback(lambda _: None if self.finished else self._try())
+        closing.addErrback(self._finish)
 
     def _timedOut(self) -> None:
         self.timer = None
         if self.attempts >= self.retries:
             tries = "try" if self.attempts == 1 else "tries"
-            where = self._where()
+            where = self._where(self.asked)
             self._finish(
                 QueryTimeout(f"no reply from {where} after {self.attempts} {tries}")
             )
