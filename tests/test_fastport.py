@@ -1071,7 +1071,7 @@ class PlainReplyTests(SynchronousTestCase):
             data,
             constants,
             received,
-            transmit,
+            lambda: transmit,
             randomBits=random.Random(seed).getrandbits,
         )
         self.assertIn(ntp.prefixKey(data), constants.prefixes)
@@ -1079,11 +1079,39 @@ class PlainReplyTests(SynchronousTestCase):
             data,
             constants,
             received,
-            transmit,
+            lambda: transmit,
             randomBits=random.Random(seed).getrandbits,
         )
         self.assertEqual(again, expected)
         self.assertEqual(got, expected)
+
+    def test_transmitReadLast(self) -> None:
+        """
+        The transmit time is read once, after the receive timestamp is
+        made, and nothing but the transmit timestamp's own random bits
+        comes after it.
+        """
+        events: list[str] = []
+
+        def randomBits(k: int) -> int:
+            events.append("bits")
+            return 0
+
+        def transmitTime() -> float:
+            events.append("transmit")
+            return 1_700_000_000.5
+
+        state = ClockSource(10, b"LOCL").state(1_700_000_000.0)
+        constants = ntp.ReplyConstants.fromState(state, ntp.MIN_POLL)
+        for received in (1_700_000_000.25, -1.0):
+            del events[:]
+            reply = ntp.plainReply(
+                NTP_REQUESTS[0], constants, received, transmitTime, randomBits
+            )
+            self.assertEqual(events, ["bits", "transmit", "bits"])
+            self.assertEqual(
+                ntp64ToUnix(int.from_bytes(reply[40:48], "big"), 1.7e9), 1_700_000_000.5
+            )
 
     def test_notPlain(self) -> None:
         """

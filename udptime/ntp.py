@@ -477,54 +477,64 @@ def plainReply(
     data: bytes,
     constants: ReplyConstants,
     received: float,
-    transmit: float,
+    transmitTime: Callable[[], float],
     randomBits: Callable[[int], int] = random.getrandbits,
 ) -> bytes:
     """
     The reply to the plain client request C{data} (see L{isPlainRequest}):
     byte for byte what L{buildReply} gives for L{parseRequest}C{(data)} with
-    the state and minimum poll of C{constants} and the same random bits, but
-    built from the cached start of the reply, the request's transmit
-    timestamp and the two new timestamps.
+    the state and minimum poll of C{constants}, the transmit time
+    C{transmitTime()} and the same random bits, but built from the cached
+    start of the reply, the request's transmit timestamp and the two new
+    timestamps.
 
+    @param transmitTime: gives the transmit time (Unix seconds); it is
+        called once, when everything else of the reply is ready, so that
+        the transmit timestamp is read as close to the send as this function
+        can (a client's offset is off by half the time from that reading to
+        the send).
     @param randomBits: gives C{k} random bits for C{randomBits(k)}, as
         L{random.getrandbits} does.
     """
     prefix = constants.prefixes.get((data[0] & 0x38) | data[2] << 8)
     if prefix is None:
         prefix = constants.addPrefix(data)
+    origin = data[40:48]
     bits = constants.fuzzBits
-    if received >= 0.0 and transmit >= 0.0 and bits:
+    if received >= 0.0 and bits:
         # unixToNTP64 and fuzzTimestamp, inline, for the times after 1970
-        # that they always get: a time scaled by a power of two is exact,
-        # and int() floors it to whole units of the clock's precision, to
-        # which the random bits below it are added.  Comparing the units
-        # and then the random bits is comparing the timestamps.
+        # that they nearly always get: a time scaled by a power of two is
+        # exact, and int() floors it to whole units of the clock's
+        # precision, to which the random bits below it are added.  Comparing
+        # the units and then the random bits is comparing the timestamps.
         scale = constants.unitsPerSecond
         receiveUnits = int(received * scale)
-        sendUnits = int(transmit * scale)
         receiveFuzz = randomBits(bits)
-        sendFuzz = randomBits(bits)
-        if sendUnits < receiveUnits or (
-            sendUnits == receiveUnits and sendFuzz < receiveFuzz
-        ):
-            # Both fell in one step of the clock (or it went back): the
-            # fuzz must not reverse them (see buildReply).
-            sendUnits, sendFuzz = receiveUnits, receiveFuzz
         receive = (
             (receiveUnits << bits | receiveFuzz) + _NTP_UNIX_OFFSET_64
         ) & _MASK_64
-        send = ((sendUnits << bits | sendFuzz) + _NTP_UNIX_OFFSET_64) & _MASK_64
+        transmit = transmitTime()
+        if transmit >= 0.0:
+            sendUnits = int(transmit * scale)
+            sendFuzz = randomBits(bits)
+            if sendUnits < receiveUnits or (
+                sendUnits == receiveUnits and sendFuzz < receiveFuzz
+            ):
+                # Both fell in one step of the clock (or it went back): the
+                # fuzz must not reverse them (see buildReply).
+                send = receive
+            else:
+                send = ((sendUnits << bits | sendFuzz) + _NTP_UNIX_OFFSET_64) & _MASK_64
+            return _PLAIN_REPLY_END.pack(prefix, origin, receive, send)
     else:
         receive = fuzzTimestamp(
             unixToNTP64(received), constants.state.precision, randomBits
         )
-        send = fuzzTimestamp(
-            unixToNTP64(transmit), constants.state.precision, randomBits
-        )
-        if _signedDifference(send, receive) < 0:
-            send = receive
-    return _PLAIN_REPLY_END.pack(prefix, data[40:48], receive, send)
+        transmit = transmitTime()
+    send = fuzzTimestamp(unixToNTP64(transmit), constants.state.precision, randomBits)
+    if _signedDifference(send, receive) < 0:
+        send = receive
+    return _PLAIN_REPLY_END.pack(prefix, origin, receive, send)
 
 
 def buildKissOfDeath(

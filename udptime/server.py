@@ -474,7 +474,7 @@ class NTPServer(UDPServerProtocol):
             if constants is None or constants.state is not state:
                 constants = ntp.ReplyConstants.fromState(state, self.minPoll)
                 self._replyConstants = constants
-            return ntp.plainReply(data, constants, received, self.clock())
+            return ntp.plainReply(data, constants, received, self.clock)
         try:
             request = ntp.parseRequest(data, addr[1])
         except ntp.NTPCodecError as error:
