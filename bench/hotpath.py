@@ -27,7 +27,7 @@ from collections.abc import Callable
 from datetime import UTC
 from typing import Any
 
-from references import REPLIES
+from references import REPLIES, twistedServer
 from twisted.internet import reactor, udp
 
 from udptime.clock import ClockSource
@@ -154,6 +154,30 @@ def blocking(
     return Path(f"{protocol}: blocking loop", sock, payload, onePass, sock.close)
 
 
+def bareTwisted(protocol: str) -> Path:
+    """
+    The bare Twisted L{DatagramProtocol} of bench/references.py on
+    Twisted's generic port, answering C{protocol}'s requests.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+    sock.setblocking(False)
+    port = reactor.adoptDatagramPort(  # type: ignore[attr-defined]
+        sock.fileno(), sock.family, twistedServer(REPLIES[protocol])
+    )
+    port.maxThroughput = 1 << 30
+    sock.close()
+    payload = NTP_REQUEST if protocol == "ntp" else b"time"
+    return Path(
+        f"{protocol}: bare Twisted",
+        port.socket,
+        payload,
+        port.doRead,
+        port.stopListening,
+    )
+
+
 def udptimeServer(protocol: str) -> UDPServerProtocol:
     options = Options()
     options.parseOptions(POLICY)
@@ -203,7 +227,11 @@ def main() -> None:
         os.sched_setaffinity(0, {args.cpu})
     batchings = [False, True] if batchingAvailable() else [False]
     for protocol in ("text", "ntp"):
-        paths = [blocking(protocol), udptime(protocol, False, False, args.count)]
+        paths = [
+            blocking(protocol),
+            bareTwisted(protocol),
+            udptime(protocol, False, False, args.count),
+        ]
         for batched in batchings:
             paths.append(udptime(protocol, True, False, args.count, batched))
             if protocol == "ntp":

@@ -34,8 +34,10 @@ HERE = FilePath(__file__).resolve().parent
 PATHS = {
     "text: udptime, ServerPort, batched": ("udptime", "text"),
     "text: blocking loop": ("blocking", "text"),
+    "text: bare Twisted": ("twisted", "text"),
     "NTP: udptime, ServerPort, batched, kernel ts": ("udptime", "ntp"),
     "NTP: blocking loop": ("blocking", "ntp"),
+    "NTP: bare Twisted": ("twisted", "ntp"),
     "floor: blocking loop, constant reply": ("floor", "ntp"),
 }
 
@@ -50,6 +52,8 @@ def child(kind: str, protocol: str, requests: int, passes: int) -> None:
 
     if kind == "udptime":
         path = hotpath.udptime(protocol, True, protocol == "ntp", requests, True)
+    elif kind == "twisted":
+        path = hotpath.bareTwisted(protocol)
     elif kind == "floor":
         constant = bytes(48)
         path = hotpath.blocking(protocol, lambda data: constant)

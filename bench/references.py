@@ -88,8 +88,11 @@ def runBlocking(reply: Callable[[bytes], bytes | None], port: int) -> None:
             sock.sendto(answer, addr)
 
 
-def runTwisted(reply: Callable[[bytes], bytes | None], port: int) -> None:
-    from twisted.internet import reactor
+def twistedServer(reply: Callable[[bytes], bytes | None]) -> Any:
+    """
+    The bare Twisted L{DatagramProtocol} answering each datagram with
+    C{reply}.
+    """
     from twisted.internet.protocol import DatagramProtocol
 
     class Server(DatagramProtocol):
@@ -98,7 +101,13 @@ def runTwisted(reply: Callable[[bytes], bytes | None], port: int) -> None:
             if answer is not None:
                 self.transport.write(answer, addr)
 
-    reactor.listenUDP(port, Server(), interface="127.0.0.1")  # type: ignore[attr-defined]
+    return Server()
+
+
+def runTwisted(reply: Callable[[bytes], bytes | None], port: int) -> None:
+    from twisted.internet import reactor
+
+    reactor.listenUDP(port, twistedServer(reply), interface="127.0.0.1")  # type: ignore[attr-defined]
     reactor.callWhenRunning(ready)  # type: ignore[attr-defined]
     reactor.run()  # type: ignore[attr-defined]
 
