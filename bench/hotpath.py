@@ -12,8 +12,8 @@ Compares udptime's text and NTP services (every policy on, as in
 bench/run.py) through its specialised port, with and without kernel
 timestamps, one datagram per system call and batched (recvmmsg/sendmmsg,
 where the system has them), through Twisted's generic port, and the plain
-blocking loop's work (recvfrom, build a reply, sendto) for the same
-requests.
+blocking loop's work (recvfrom, build a reply, sendto) and the bare Twisted
+L{DatagramProtocol} of bench/references.py for the same requests.
 """
 
 from __future__ import annotations

@@ -9,15 +9,15 @@ bench/run.py, not a replacement.
 
     python bench/instructions.py [--requests 1000] [--passes 5]
 
-Each path (the same as bench/hotpath.py's: udptime's port, batched, and
-the blocking loop, for text and NTP) answers C{requests} queued requests
-once and then C{passes} more times, each run under callgrind; the
-difference between the two runs' totals, divided by the requests of the
-extra passes, is what one request costs, start-up and set-up cancelled
-out.  The client side of the exchange (sending the requests and reading
-the replies, in the same process) is counted too, alike for every path;
-the C{floor} rows, which answer with a constant reply and no policy, show
-how much of a count that and the plumbing are.
+Each path (the same as bench/hotpath.py's: udptime's port, batched, the
+blocking loop and the bare Twisted server, for text and NTP) answers
+C{requests} queued requests once and then C{passes} more times, each run
+under callgrind; the difference between the two runs' totals, divided by
+the requests of the extra passes, is what one request costs, start-up and
+set-up cancelled out.  The client side of the exchange (sending the
+requests and reading the replies, in the same process) is counted too,
+alike for every path; the C{floor} rows, which answer with a constant reply
+and no policy, show how much of a count that and the plumbing are.
 """
 
 from __future__ import annotations
