@@ -99,7 +99,7 @@ def twistedServer(reply: Callable[[bytes], bytes | None]) -> Any:
         def datagramReceived(self, data: bytes, addr: Any) -> None:
             answer = reply(data)
             if answer is not None:
-                self.transport.write(answer, addr)
+                self.transport.write(answer, addr)  # type: ignore[union-attr]
 
     return Server()
 
@@ -107,9 +107,11 @@ def twistedServer(reply: Callable[[bytes], bytes | None]) -> Any:
 def runTwisted(reply: Callable[[bytes], bytes | None], port: int) -> None:
     from twisted.internet import reactor
 
-    reactor.listenUDP(port, twistedServer(reply), interface="127.0.0.1")  # type: ignore[attr-defined]
-    reactor.callWhenRunning(ready)  # type: ignore[attr-defined]
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.listenUDP(  # type: ignore[attr-defined]
+        port, twistedServer(reply), interface="127.0.0.1"
+    )
+    reactor.callWhenRunning(ready)
+    reactor.run()
 
 
 def runAsyncio(

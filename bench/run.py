@@ -267,9 +267,9 @@ class Running:
                 preexec_fn=pin,
             )
         if not probe(self.port, self.server.protocol, 20.0):
-            output = self.output()
+            printed = self.output()
             self.stop()
-            raise RuntimeError(f"{self.server.label} did not answer:\n{output}")
+            raise RuntimeError(f"{self.server.label} did not answer:\n{printed}")
         if self.server.workers:
             self.waitForLog("service listening on", 1 + self.server.workers, 20.0)
         return self
@@ -486,6 +486,8 @@ NTP_UNIX_OFFSET = 2_208_988_800
 
 
 def ntpTime(data: bytes, offset: int) -> float:
+    seconds: int
+    fraction: int
     seconds, fraction = _NTP_TIMES.unpack_from(data, offset)
     return seconds - NTP_UNIX_OFFSET + fraction / 4294967296.0
 
