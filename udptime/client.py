@@ -350,6 +350,13 @@ class _Query:
         # The next try picks the address that now holds the dropped one's
         # place in the turn.
         self.attempts -= 1
+        self._tryAgain()
+
+    def _tryAgain(self) -> None:
+        """
+        Close the current try's socket, then start the next try (unless the
+        query ended meanwhile).
+        """
         closing = self._closePort()
         closing.addCallback(lambda _: None if self.finished else self._try())
         closing.addErrback(self._finish)
@@ -363,9 +370,7 @@ class _Query:
                 QueryTimeout(f"no reply from {where} after {self.attempts} {tries}")
             )
             return
-        closing = self._closePort()
-        closing.addCallback(lambda _: None if self.finished else self._try())
-        closing.addErrback(self._finish)
+        self._tryAgain()
 
     def datagramReceived(self, attempt: int, datagram: bytes, addr: Any) -> None:
         """
