@@ -518,6 +518,44 @@ class BuildReplyTests(SynchronousTestCase):
         packet = NTPPacket.fromBytes(data)
         self.assertEqual(packet.transmitTimestamp, packet.receiveTimestamp)
 
+    def test_transmitReadLast(self) -> None:
+        """
+        Given a callable for the transmit time, L{buildReply} calls it once,
+        after the receive timestamp is made, and nothing but the transmit
+        timestamp's own random bits comes after it; the reply is the one
+        the same time given as a number builds.
+        """
+        events: list[str] = []
+
+        def randomBits(bits: int) -> int:
+            events.append("bits")
+            return 5
+
+        def transmitTime() -> float:
+            events.append("transmit")
+            return 1_800_000_100.5
+
+        for data in header(), header(mode=1), header() + extensionField(28):
+            with self.subTest(data=data):
+                del events[:]
+                request = parseRequest(data)
+                read = buildReply(
+                    request,
+                    SYNCED,
+                    1_800_000_100.25,
+                    transmitTime,
+                    randomBits=randomBits,
+                )
+                self.assertEqual(events, ["bits", "transmit", "bits"])
+                given = buildReply(
+                    request,
+                    SYNCED,
+                    1_800_000_100.25,
+                    1_800_000_100.5,
+                    randomBits=lambda bits: 5,
+                )
+                self.assertEqual(read, given)
+
     def test_fuzzTimestamp(self) -> None:
         """
         L{ntp.fuzzTimestamp} replaces 32 + precision low bits, none when the

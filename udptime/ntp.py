@@ -340,7 +340,7 @@ def buildReply(
     request: NTPPacket,
     state: ClockState,
     received: float,
-    transmit: float,
+    transmit: float | Callable[[], float],
     *,
     minPoll: int = MIN_POLL,
     randomBits: Callable[[int], int] = random.getrandbits,
@@ -352,7 +352,10 @@ def buildReply(
     @param state: what the server claims about its clock; when it is not
         synchronised the reply carries LI 3 and stratum 0.
     @param received: Unix time the request arrived.
-    @param transmit: Unix time the reply leaves (read just before).
+    @param transmit: Unix time the reply leaves, or a callable giving it:
+        a callable is called once, when everything but the transmit
+        timestamp is ready (as L{plainReply} does), so that the transmit
+        time is read as close to the send as this function can.
     @param minPoll: the server's minimum poll exponent.
     @param randomBits: C{getrandbits}-like source of the random bits below
         the clock's precision in the receive and transmit timestamps.
@@ -363,11 +366,7 @@ def buildReply(
         leap, stratum = int(Leap.UNSYNCHRONISED), 0
     precision = state.precision
     receiveTimestamp = fuzzTimestamp(unixToNTP64(received), precision, randomBits)
-    transmitTimestamp = fuzzTimestamp(unixToNTP64(transmit), precision, randomBits)
-    if _signedDifference(transmitTimestamp, receiveTimestamp) < 0:
-        # Both fell in one step of the clock; the fuzz must not reverse them.
-        transmitTimestamp = receiveTimestamp
-    return NTPPacket(
+    start = NTPPacket(
         leap=leap,
         version=request.version,
         mode=replyMode(request),
@@ -380,10 +379,19 @@ def buildReply(
         referenceTimestamp=_ntpTimestamp(state.referenceTime),
         originTimestamp=request.transmitTimestamp,
         receiveTimestamp=receiveTimestamp,
-        transmitTimestamp=transmitTimestamp,
-    ).toBytes()
+        transmitTimestamp=0,
+    ).toBytes()[:_TRANSMIT_OFFSET]
+    if callable(transmit):
+        transmit = transmit()
+    transmitTimestamp = fuzzTimestamp(unixToNTP64(transmit), precision, randomBits)
+    if _signedDifference(transmitTimestamp, receiveTimestamp) < 0:
+        # Both fell in one step of the clock; the fuzz must not reverse them.
+        transmitTimestamp = receiveTimestamp
+    return start + _TIMESTAMP.pack(transmitTimestamp)
 
 
+_TRANSMIT_OFFSET: Final = 40
+_TIMESTAMP: Final = struct.Struct("!Q")
 _PLAIN_REPLY_END: Final = struct.Struct("!24s8sQQ")
 _NTP_UNIX_OFFSET_64: Final = NTP_UNIX_OFFSET << 32
 _MASK_64: Final = (1 << 64) - 1

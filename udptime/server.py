@@ -427,7 +427,8 @@ class NTPServer(UDPServerProtocol):
     requests), and logged at a bounded rate.
 
     The receive timestamp is the time the datagram arrived; the transmit
-    timestamp is read from the clock just before the reply is built.  What
+    timestamp is read from the clock last, when the rest of the reply is
+    built.  What
     the reply claims about the clock (leap warning, stratum, refid, root
     delay and dispersion, reference time, precision) comes from the
     L{ClockSource}.
@@ -492,7 +493,7 @@ class NTPServer(UDPServerProtocol):
             return None
         state = self.clockSource.state(received)
         return ntp.buildReply(
-            request, state, received, self.clock(), minPoll=self.minPoll
+            request, state, received, self.clock, minPoll=self.minPoll
         )
 
     def refused(self, data: bytes, addr: Address, received: float) -> bytes | None:
