@@ -332,7 +332,7 @@ class ServerPort(udp.Port):
             ):
                 nameLength, controlLength, _flags, length = header
                 start = index * stride
-                datagram = data[start : start + length].tobytes()
+                datagram = data[start : start + length]
                 if stamp is None:
                     received = clock()
                 else:

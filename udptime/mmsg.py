@@ -191,6 +191,8 @@ class MessageBatch:
     @ivar eachName: reads the source C{sockaddr} of each slot, C{nameLength}
         bytes, with C{iter_unpack}.
     @ivar queued: replies queued since the last L{send}.
+    @ivar data: the receive slots, an anonymous L{mmap.mmap}: a slice of it
+        is a L{bytes} copy, made in one step.
     """
 
     HEADER_SIZE: Final = _HEADER_SIZE
@@ -221,7 +223,7 @@ class MessageBatch:
         # Received datagrams: pages the kernel never writes to are never
         # allocated, so room for 64 KiB datagrams costs little.
         self._dataMap = mmap.mmap(-1, count * self.stride)
-        self.data = memoryview(self._dataMap)
+        self.data = self._dataMap
         self.headers = bytearray(count * _HEADER_SIZE)
         self._iovecs = bytearray(count * _IOVEC_SIZE)
         self.names = bytearray(count * _SOCKADDR_SIZE)
