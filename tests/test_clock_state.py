@@ -330,6 +330,22 @@ class ClockSourceTests(SynchronousTestCase):
         clockSource.state(990.0)
         self.assertEqual(reader.reads, 3)
 
+    def test_stateSpan(self) -> None:
+        """
+        L{ClockSource.stateSpan} gives the state with the span of times for
+        which the kernel reading behind it is kept: the same state object
+        anywhere in it, a new reading at its end.
+        """
+        clockSource, reader = source(SYNCED, cacheInterval=1.0)
+        state, start, end = clockSource.stateSpan(1000.25)
+        self.assertEqual((start, end), (1000.25, 1001.25))
+        self.assertIs(clockSource.stateSpan(1001.0)[0], state)
+        self.assertIs(clockSource.state(1001.2), state)
+        self.assertEqual(reader.reads, 1)
+        later, start, end = clockSource.stateSpan(1001.25)
+        self.assertIsNot(later, state)
+        self.assertEqual((start, end, reader.reads), (1001.25, 1002.25, 2))
+
     def test_followsKernel(self) -> None:
         """
         Once the cached reading expires, a change of the kernel's state is

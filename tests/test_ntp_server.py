@@ -194,6 +194,53 @@ class NTPServerTests(SynchronousTestCase):
         self.assertGreaterEqual(len(kisses), 1)
         self.assertEqual(protocol.counters.limited, 8)
 
+    def test_followsClockState(self) -> None:
+        """
+        Plain and other requests alike are answered with the clock state of
+        their receive time: the kernel is read once per cache interval of
+        receive times, and again when they go back, and a change of the
+        kernel's state shows in the next reply after the interval.
+        """
+        synced = KernelClock(
+            synchronised=True, leap=Leap.NONE, maxError=0.0, estError=0.0
+        )
+        kernel = [UNSYNCED]
+        reads: list[KernelClock] = []
+
+        def readKernel() -> KernelClock:
+            reads.append(kernel[0])
+            return kernel[0]
+
+        protocol = NTPServer(
+            clock=SteppingClock(1_800_000_000.0, 0.0),
+            clockSource=ClockSource(
+                kernel=readKernel, precision=-32, cacheInterval=1.0
+            ),
+        )
+        transport = RecordingTransport()
+        protocol.makeConnection(transport)  # type: ignore[arg-type]
+        self.assertEqual(len(reads), 1)
+
+        def stratum(data: bytes, received: float) -> int:
+            protocol.handleDatagram(data, CLIENT, received)
+            return NTPPacket.fromBytes(transport.written[-1][0]).stratum
+
+        plain, symmetric = request(), request(mode=1)
+        served = protocol.clockSource.kernelStratum
+        self.assertEqual(stratum(plain, 1_800_000_000.5), 0)
+        kernel[0] = synced
+        self.assertEqual(stratum(plain, 1_800_000_000.9), 0)
+        self.assertEqual(stratum(symmetric, 1_800_000_000.95), 0)
+        self.assertEqual(len(reads), 1)
+        self.assertEqual(stratum(plain, 1_800_000_001.0), served)
+        self.assertEqual(len(reads), 2)
+        kernel[0] = UNSYNCED
+        self.assertEqual(stratum(plain, 1_800_000_001.5), served)
+        self.assertEqual(stratum(plain, 1_799_999_999.0), 0)
+        self.assertEqual(len(reads), 3)
+        self.assertEqual(stratum(symmetric, 1_799_999_999.5), 0)
+        self.assertEqual(len(reads), 3)
+
     def test_defaultClockSource(self) -> None:
         """
         By default the server follows the kernel and claims nothing more.

@@ -426,6 +426,20 @@ class ClockSource:
             state = self._refresh(now)
         return state
 
+    def stateSpan(self, now: float) -> tuple[ClockState, float, float]:
+        """
+        L{state}C{(now)}, with the span of times C{start <= t < end} over
+        which the kernel reading it comes from stays fresh: a caller may
+        keep the state for any time in the span and ask again outside it,
+        as L{state} itself would read the kernel again only there.
+
+        @return: C{(state, start, end)}.
+        """
+        state = self.state(now)
+        readAt = self._readAt
+        assert readAt is not None, "state() always leaves a reading"
+        return state, readAt, readAt + self._cacheInterval
+
     def _refresh(self, now: float) -> ClockState:
         kernel = self._kernel()
         previous = self._last

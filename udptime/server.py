@@ -17,6 +17,7 @@ Any of them can be used from any Twisted program::
 
 from __future__ import annotations
 
+import math
 from datetime import tzinfo
 from typing import Any, ClassVar
 
@@ -458,6 +459,10 @@ class NTPServer(UDPServerProtocol):
         self.clockSource = ClockSource() if clockSource is None else clockSource
         self.minPoll = minPoll
         self._replyConstants: ntp.ReplyConstants | None = None
+        # The receive times for which the reply constants' clock state is
+        # fresh (see ClockSource.stateSpan): none yet.
+        self._constantsFrom = math.inf
+        self._constantsUntil = -math.inf
 
     def startProtocol(self) -> None:
         """
@@ -470,11 +475,12 @@ class NTPServer(UDPServerProtocol):
     def respond(self, data: bytes, addr: Address, received: float) -> bytes | None:
         if len(data) == ntp.HEADER_SIZE and data[0] in ntp.PLAIN_FIRST_BYTES:
             # ntp.isPlainRequest(data), inline: nearly every request.
-            state = self.clockSource.state(received)
             constants = self._replyConstants
-            if constants is None or constants.state is not state:
-                constants = ntp.ReplyConstants.fromState(state, self.minPoll)
-                self._replyConstants = constants
+            if (
+                constants is None
+                or not self._constantsFrom <= received < self._constantsUntil
+            ):
+                constants = self._freshConstants(received)
             return ntp.plainReply(data, constants, received, self.clock)
         try:
             request = ntp.parseRequest(data, addr[1])
@@ -495,6 +501,21 @@ class NTPServer(UDPServerProtocol):
         return ntp.buildReply(
             request, state, received, self.clock, minPoll=self.minPoll
         )
+
+    def _freshConstants(self, received: float) -> ntp.ReplyConstants:
+        """
+        The reply constants for the clock's state at C{received}, kept with
+        the span of receive times for which that state is fresh, so that
+        a request in the span costs no call to the clock source.
+        """
+        state, self._constantsFrom, self._constantsUntil = self.clockSource.stateSpan(
+            received
+        )
+        constants = self._replyConstants
+        if constants is None or constants.state is not state:
+            constants = ntp.ReplyConstants.fromState(state, self.minPoll)
+            self._replyConstants = constants
+        return constants
 
     def refused(self, data: bytes, addr: Address, received: float) -> bytes | None:
         """
