@@ -11,6 +11,7 @@ import re
 import select
 import signal
 import socket
+import sys
 import time
 
 from twisted.python import usage
@@ -214,7 +215,72 @@ class WorkerTests(SynchronousTestCase):
         self.assertEqual(len(queryFromManyPorts(port, 8)), 8)
         for pid in workerPids(server).values():
             self.assertEqual(processUser(pid), nobody.pw_uid)
+        # Whether nobody may run this interpreter depends on where it is
+        # installed: the supervisor warns exactly when it may not.
+        blocked = workers.cannotRunAs(
+            workers.Privileges(nobody.pw_uid, nobody.pw_gid, False),
+            [sys.executable, "-c", "import udptime.tap"],
+            {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
+        )
+        warned = "cannot run" in server.log()
+        self.assertEqual(warned, blocked is not None, server.log())
         self.assertEqual(server.stop(), 0)
+
+
+class CannotRunAsTests(SynchronousTestCase):
+    """
+    L{workers.cannotRunAs} runs a command as another user, to tell whether
+    that user could start a worker.
+    """
+
+    def setUp(self) -> None:
+        if os.geteuid() != 0:
+            self.skipTest("needs root to switch users")
+        try:
+            nobody = pwd.getpwnam("nobody")
+        except KeyError:
+            self.skipTest("no user 'nobody'")
+        self.privileges = workers.Privileges(nobody.pw_uid, nobody.pw_gid, False)
+        self.uid = nobody.pw_uid
+
+    def test_runs(self) -> None:
+        """
+        A command the user can run, run as that user: L{None}.
+        """
+        check = (
+            f'test "$(id -u)" = {self.uid} && test "$(id -g)" = {self.privileges.gid}'
+        )
+        self.assertIsNone(
+            workers.cannotRunAs(self.privileges, ["/bin/sh", "-c", check], {})
+        )
+
+    def test_fails(self) -> None:
+        """
+        A command that fails: the last line of its error output, or its exit
+        status when it wrote none.
+        """
+        command = ["/bin/sh", "-c", "echo first >&2; echo 'no module' >&2; exit 3"]
+        self.assertEqual(workers.cannotRunAs(self.privileges, command, {}), "no module")
+        self.assertEqual(
+            workers.cannotRunAs(self.privileges, ["/bin/sh", "-c", "exit 3"], {}),
+            "exit status 3",
+        )
+
+    def test_unreachable(self) -> None:
+        """
+        An interpreter in a directory only root may enter (a virtualenv under
+        C{/root}, say) cannot be run by the user: the reason says why.
+        """
+        directory = self.mktemp()
+        os.mkdir(directory, 0o700)
+        executable = os.path.join(directory, "python")
+        os.symlink("/bin/true", executable)
+        reason = workers.cannotRunAs(self.privileges, [executable], {})
+        assert reason is not None
+        self.assertIn("Permission denied", reason)
+        self.assertIsNone(
+            workers.cannotRunAs(workers.Privileges(0, 0, False), [executable], {})
+        )
 
 
 def processUser(pid: int) -> int:

@@ -15,7 +15,8 @@ core.  With C{--workers N} the twistd process becomes a supervisor:
     drops the supervisor's privileges, and drop them to the same user and
     group themselves before they serve anything (a worker started again
     later is started by the unprivileged supervisor, so the interpreter
-    must be one that user may run);
+    must be one that user may run: the supervisor checks as it starts, and
+    warns when the user cannot);
   - it relays the workers' log events into its own log, each marked with
     the worker's number;
   - it starts a worker that died again (after a short delay that grows while
@@ -49,6 +50,7 @@ import re
 import signal
 import socket
 import struct
+import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -260,6 +262,43 @@ def twistdPrivileges(options: Any) -> Privileges | None:
     return Privileges(uid, gid, bool(parent.get("euid")))
 
 
+def cannotRunAs(
+    privileges: Privileges, command: Sequence[str], environment: dict[str, str]
+) -> str | None:
+    """
+    Why a process switched to C{privileges} could not run C{command} (the
+    last line of its error output, or its exit status), or L{None} when it
+    can.  Run as root before privileges are dropped: it tells whether the
+    unprivileged supervisor will be able to start a worker again.
+    """
+    if privileges.uid is None:
+        user: int | None = None
+        groups: list[int] | None = None
+    else:
+        user = privileges.uid
+        gid = pwd.getpwuid(user).pw_gid if privileges.gid is None else privileges.gid
+        groups = os.getgrouplist(pwd.getpwuid(user).pw_name, gid)
+    try:
+        result = subprocess.run(
+            command,
+            env=environment,
+            user=user,
+            group=privileges.gid,
+            extra_groups=groups,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=60,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError) as failure:
+        return str(failure)
+    if result.returncode == 0:
+        return None
+    lines = result.stderr.decode("utf-8", "replace").strip().splitlines()
+    return lines[-1] if lines else f"exit status {result.returncode}"
+
+
 def currentWorker() -> WorkerSetting | None:
     """
     This process's worker setting, or L{None} when it is not a worker.
@@ -389,6 +428,31 @@ class WorkerSupervisor(Service):
         self._stopping = False
         for index in range(1, self.count + 1):
             self.startWorker(index)
+        self._checkRestarts()
+
+    def _checkRestarts(self) -> None:
+        """
+        The first workers are started as root; once twistd has dropped the
+        supervisor's privileges, a worker that ends is started again by the
+        unprivileged user.  Say so at once when that user cannot run the
+        worker's interpreter and import udptime (say, a virtualenv under
+        C{/root}), rather than when the first worker ends.
+        """
+        privileges = self.privileges
+        if privileges is None or privileges.uid in (None, 0) or os.geteuid() != 0:
+            # Root runs whatever it started.
+            return
+        command = [sys.executable, "-c", "import udptime.tap"]
+        reason = cannotRunAs(privileges, command, self.workerEnvironment())
+        if reason is not None:
+            self.log.warn(
+                "user {uid} cannot run {executable} ({reason}): a worker that "
+                "ends cannot be started again; install udptime where that "
+                "user can run it",
+                uid=privileges.uid,
+                executable=sys.executable,
+                reason=reason,
+            )
 
     def _steer(self, listener: UDPListenService, sock: socket.socket) -> None:
         """
@@ -423,6 +487,15 @@ class WorkerSupervisor(Service):
             command += ["--reactor", name]
         return [*command, "udptime", *self.arguments]
 
+    def workerEnvironment(self) -> dict[str, str]:
+        """
+        The environment of a worker, less its L{WORKER_ENVIRONMENT}
+        setting: this process's, with its module search path.
+        """
+        environment = dict(os.environ)
+        environment["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        return environment
+
     def startWorker(self, index: int) -> None:
         """
         Start worker C{index} on its sockets.
@@ -435,9 +508,8 @@ class WorkerSupervisor(Service):
             childFDs[_FIRST_FD + offset] = sock.fileno()
             descriptors[name] = _FIRST_FD + offset
         setting = WorkerSetting(index, os.getpid(), descriptors, self.privileges)
-        environment = dict(os.environ)
+        environment = self.workerEnvironment()
         environment[WORKER_ENVIRONMENT] = setting.toJSON()
-        environment["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         worker = WorkerProcess(self, index)
         try:
             self.reactor.spawnProcess(
