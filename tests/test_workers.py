@@ -197,12 +197,7 @@ class WorkerTests(SynchronousTestCase):
         With --uid/--gid the supervisor binds a privileged port first; the
         workers run as the unprivileged user and serve it.
         """
-        if os.geteuid() != 0:
-            self.skipTest("needs root to bind a port below 1024")
-        try:
-            nobody = pwd.getpwnam("nobody")
-        except KeyError:
-            self.skipTest("no user 'nobody'")
+        nobody = rootAndNobody(self, "needs root to bind a port below 1024")
         port = freePrivilegedPort()
         server = TwistdServer(
             ["--port", str(port), "--workers", "2"],
@@ -234,12 +229,7 @@ class CannotRunAsTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        if os.geteuid() != 0:
-            self.skipTest("needs root to switch users")
-        try:
-            nobody = pwd.getpwnam("nobody")
-        except KeyError:
-            self.skipTest("no user 'nobody'")
+        nobody = rootAndNobody(self, "needs root to switch users")
         self.privileges = workers.Privileges(nobody.pw_uid, nobody.pw_gid, False)
         self.uid = nobody.pw_uid
 
@@ -281,6 +271,20 @@ class CannotRunAsTests(SynchronousTestCase):
         self.assertIsNone(
             workers.cannotRunAs(workers.Privileges(0, 0, False), [executable], {})
         )
+
+
+def rootAndNobody(case: SynchronousTestCase, why: str) -> pwd.struct_passwd:
+    """
+    The user C{nobody}, for a test that switches to it; skips C{case}
+    (saying C{why}) unless run as root, or when there is no such user.
+    """
+    if os.geteuid() != 0:
+        case.skipTest(why)
+    try:
+        return pwd.getpwnam("nobody")
+    except KeyError:
+        case.skipTest("no user 'nobody'")
+        raise
 
 
 def processUser(pid: int) -> int:
