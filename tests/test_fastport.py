@@ -1085,6 +1085,39 @@ class PlainReplyTests(SynchronousTestCase):
         self.assertEqual(again, expected)
         self.assertEqual(got, expected)
 
+    def test_eraBoundary(self) -> None:
+        """
+        Around the start of NTP era 1 (2036), and with a transmit time
+        before 1970 after a receive time in era 1, the plain path still
+        gives the general path's replies: timestamps wrap modulo 2^64.
+        """
+        era1 = datetime(2036, 2, 7, 6, 28, 16, tzinfo=UTC).timestamp()
+        state = ClockSource(10, b"LOCL").state(1_700_000_000.0)
+        constants = ntp.ReplyConstants.fromState(state, ntp.MIN_POLL)
+        for received, transmit in [
+            (era1 - 1e-6, era1 + 1e-6),
+            (era1 - 1e-6, era1 - 1e-6),
+            (era1, era1),
+            (era1 + 1e-6, era1 - 1e-6),
+            (era1 + 5.5, -1.0),
+            (era1 - 5.5, -1.0),
+        ]:
+            expected = ntp.buildReply(
+                ntp.parseRequest(NTP_REQUESTS[0]),
+                state,
+                received,
+                transmit,
+                randomBits=random.Random(7).getrandbits,
+            )
+            got = ntp.plainReply(
+                NTP_REQUESTS[0],
+                constants,
+                received,
+                lambda transmit=transmit: transmit,
+                randomBits=random.Random(7).getrandbits,
+            )
+            self.assertEqual(got, expected, (received, transmit))
+
     def test_transmitReadLast(self) -> None:
         """
         The transmit time is read once, after the receive timestamp is

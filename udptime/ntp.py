@@ -393,7 +393,6 @@ def buildReply(
 _TRANSMIT_OFFSET: Final = 40
 _TIMESTAMP: Final = struct.Struct("!Q")
 _PLAIN_REPLY_END: Final = struct.Struct("!24s8sQQ")
-_NTP_UNIX_OFFSET_64: Final = NTP_UNIX_OFFSET << 32
 _MASK_64: Final = (1 << 64) - 1
 
 
@@ -409,8 +408,11 @@ class ReplyConstants:
     @ivar minPoll: the server's minimum poll exponent.
     @ivar fuzzBits: how many low bits of a timestamp are below the clock's
         precision, and replaced by random bits.
-    @ivar unitsPerSecond: C{2 ** (32 - fuzzBits)}: a time scaled by it and
-        floored is the timestamp without those bits.
+    @ivar unitsPerSecond: C{2 ** (32 - fuzzBits)}: a Unix time scaled by it
+        and floored is the time in whole steps of the clock's precision.
+    @ivar offsetUnits: the steps from the NTP epoch (1900) to the Unix one
+        (1970): added to a Unix time's steps, and shifted left by
+        C{fuzzBits}, they make its NTP timestamp (before era wrapping).
     @ivar prefixes: the start of the reply to a request, by the request's
         version bits and poll byte (see L{prefixKey}).
     """
@@ -419,6 +421,7 @@ class ReplyConstants:
     minPoll: int
     fuzzBits: int
     unitsPerSecond: float
+    offsetUnits: int
     prefixes: dict[int, bytes] = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -428,7 +431,13 @@ class ReplyConstants:
         minimum poll exponent is C{minPoll}.
         """
         bits = min(max(32 + state.precision, 0), 32)
-        return cls(state, minPoll, bits, float(1 << (32 - bits)))
+        return cls(
+            state,
+            minPoll,
+            bits,
+            float(1 << (32 - bits)),
+            NTP_UNIX_OFFSET << (32 - bits),
+        )
 
     def addPrefix(self, data: bytes) -> bytes:
         """
@@ -512,18 +521,18 @@ def plainReply(
     if received >= 0.0 and bits:
         # unixToNTP64 and fuzzTimestamp, inline, for the times after 1970
         # that they nearly always get: a time scaled by a power of two is
-        # exact, and int() floors it to whole units of the clock's
-        # precision, to which the random bits below it are added.  Comparing
-        # the units and then the random bits is comparing the timestamps.
+        # exact, and truncating it (float.__trunc__, which is int() without
+        # int's generic argument handling, at half the cost) floors it to
+        # whole steps of the clock's precision, to which the random bits
+        # below them are added.  Comparing the steps and then the random
+        # bits is comparing the timestamps.
         scale = constants.unitsPerSecond
-        receiveUnits = int(received * scale)
+        receiveUnits = (received * scale).__trunc__() + constants.offsetUnits
         receiveFuzz = randomBits(bits)
-        receive = (
-            (receiveUnits << bits | receiveFuzz) + _NTP_UNIX_OFFSET_64
-        ) & _MASK_64
+        receive = receiveUnits << bits | receiveFuzz
         transmit = transmitTime()
         if transmit >= 0.0:
-            sendUnits = int(transmit * scale)
+            sendUnits = (transmit * scale).__trunc__() + constants.offsetUnits
             sendFuzz = randomBits(bits)
             if sendUnits < receiveUnits or (
                 sendUnits == receiveUnits and sendFuzz < receiveFuzz
@@ -532,13 +541,19 @@ def plainReply(
                 # fuzz must not reverse them (see buildReply).
                 send = receive
             else:
-                send = ((sendUnits << bits | sendFuzz) + _NTP_UNIX_OFFSET_64) & _MASK_64
+                send = sendUnits << bits | sendFuzz
+            if send > _MASK_64:
+                # From 2036 on, in NTP era 1 (send >= receive: one test
+                # covers both).
+                receive &= _MASK_64
+                send &= _MASK_64
             return _PLAIN_REPLY_END.pack(prefix, origin, receive, send)
     else:
         receive = fuzzTimestamp(
             unixToNTP64(received), constants.state.precision, randomBits
         )
         transmit = transmitTime()
+    receive &= _MASK_64
     send = fuzzTimestamp(unixToNTP64(transmit), constants.state.precision, randomBits)
     if _signedDifference(send, receive) < 0:
         send = receive
