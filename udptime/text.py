@@ -318,10 +318,12 @@ def isoLine(zone: tzinfo | None, now: float) -> bytes:
     host's local zone) at Unix time C{now}: L{buildReply}'s common reply,
     from cached bytes.
     """
-    # splitMicroseconds, inline.
-    fraction, whole = math.modf(now)
-    microsecond = round(fraction * 1e6)
-    second = int(whole)
+    # splitMicroseconds, inline, at a third of the cost: truncating is
+    # modf's whole part, the difference (exact) its fraction, and the
+    # dunder methods are int() and round() without the builtins' generic
+    # argument handling.
+    second = now.__trunc__()
+    microsecond = ((now - second) * 1e6).__round__()
     if not 0 <= microsecond < 1_000_000:
         second, microsecond = splitMicroseconds(now)
     head, tail = _isoLineParts(second, zone)
