@@ -9,9 +9,11 @@ import os
 import pwd
 import re
 import select
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 
 from twisted.python import usage
@@ -261,8 +263,8 @@ class CannotRunAsTests(SynchronousTestCase):
         An interpreter in a directory only root may enter (a virtualenv under
         C{/root}, say) cannot be run by the user: the reason says why.
         """
-        directory = self.mktemp()
-        os.mkdir(directory, 0o700)
+        directory = tempfile.mkdtemp()  # mode 0700, owned by root
+        self.addCleanup(shutil.rmtree, directory)
         executable = os.path.join(directory, "python")
         os.symlink("/bin/true", executable)
         reason = workers.cannotRunAs(self.privileges, [executable], {})
