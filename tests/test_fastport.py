@@ -27,6 +27,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from tests.test_ntp import ERA_1
 from udptime import mmsg, ntp, text
 from udptime.clock import ClockSource, ClockState, Leap, ntp64ToUnix
 from udptime.fastport import (
@@ -1091,16 +1092,15 @@ class PlainReplyTests(SynchronousTestCase):
         before 1970 after a receive time in era 1, the plain path still
         gives the general path's replies: timestamps wrap modulo 2^64.
         """
-        era1 = datetime(2036, 2, 7, 6, 28, 16, tzinfo=UTC).timestamp()
         state = ClockSource(10, b"LOCL").state(1_700_000_000.0)
         constants = ntp.ReplyConstants.fromState(state, ntp.MIN_POLL)
         for received, transmit in [
-            (era1 - 1e-6, era1 + 1e-6),
-            (era1 - 1e-6, era1 - 1e-6),
-            (era1, era1),
-            (era1 + 1e-6, era1 - 1e-6),
-            (era1 + 5.5, -1.0),
-            (era1 - 5.5, -1.0),
+            (ERA_1 - 1e-6, ERA_1 + 1e-6),
+            (ERA_1 - 1e-6, ERA_1 - 1e-6),
+            (ERA_1, ERA_1),
+            (ERA_1 + 1e-6, ERA_1 - 1e-6),
+            (ERA_1 + 5.5, -1.0),
+            (ERA_1 - 5.5, -1.0),
         ]:
             expected = ntp.buildReply(
                 ntp.parseRequest(NTP_REQUESTS[0]),
