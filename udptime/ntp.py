@@ -553,6 +553,8 @@ def plainReply(
             unixToNTP64(received), constants.state.precision, randomBits
         )
         transmit = transmitTime()
+    # Wrapped here for the one way into this from the branch above (a
+    # transmit time before 1970): that branch leaves receive unwrapped.
     receive &= _MASK_64
     send = fuzzTimestamp(unixToNTP64(transmit), constants.state.precision, randomBits)
     if _signedDifference(send, receive) < 0:
