@@ -606,6 +606,48 @@ class BatchTests(SynchronousTestCase):
         self.assertTrue(replies[2].startswith(b"error"))
         self.assertEqual(protocol.counters.answered, 4)
 
+    def test_loneDatagram(self) -> None:
+        """
+        The reply to a datagram read alone goes out at once with C{sendto},
+        not queued for C{sendmmsg}; a failed send loses it, counted as a
+        failed send; a batch of two is queued again.
+        """
+        protocol = textServer()
+        port = self.startServer(protocol)
+        batch = port._batch
+        send = batch.send
+        calls = []
+
+        def recordingSend(fd: int, start: int) -> int:
+            calls.append(batch.queued - start)
+            return send(fd, start)
+
+        batch.send = recordingSend
+        sock = port.socket
+        failing = FailingSends(sock, [EPERM])
+        port.socket = failing
+        self.addCleanup(setattr, port, "socket", sock)
+        counters = protocol.counters
+        self.send(port, [b"unix"])
+        port.doRead()
+        self.assertEqual(
+            (failing.calls, counters.answered, counters.sendFailed), (1, 0, 1)
+        )
+        self.send(port, [b"unix"])
+        port.doRead()
+        self.assertEqual(self.receive(1), [b"%.6f\n" % FAKE_NOW])
+        self.assertEqual(
+            (failing.calls, counters.answered, counters.sendFailed), (2, 1, 1)
+        )
+        self.assertEqual(calls, [])
+        self.send(port, [b"unix", b"time"])
+        port.doRead()
+        self.assertEqual(self.receive(1), [b"%.6f\n" % FAKE_NOW])
+        self.assertTrue(self.receive(1)[0].endswith(b"\n"))
+        self.assertEqual((failing.calls, counters.answered), (2, 3))
+        self.assertEqual(calls, [2])
+        self.assertNothingMore()
+
     def test_sendFailures(self) -> None:
         """
         A partial send goes on from the first reply not sent; an interrupted

@@ -78,6 +78,18 @@ SCM_TIMESTAMPNS: Final = SO_TIMESTAMPNS
 _TIMESPEC: Final = struct.Struct("@ll")
 _ANCILLARY_SIZE: Final = socket.CMSG_SPACE(_TIMESPEC.size)
 
+_Header = tuple[int, int, int, int]
+"""
+A receive slot's source address length, control length, flags and datagram
+length, as the readers of L{mmsg.MessageBatch.readPlan} give them.
+"""
+
+_Timestamp = tuple[int, int, int, int, int]
+"""
+A receive slot's control message: its length, level, type, seconds and
+nanoseconds.
+"""
+
 DEFAULT_KERNEL_TIMESTAMPS: Final = True
 """
 Whether services take receive times from the kernel unless told otherwise
@@ -295,6 +307,9 @@ class ServerPort(udp.Port):
             eachReceived,
             eachName,
             eachTimestamp,
+            firstReceived,
+            firstName,
+            firstTimestamp,
             headers,
             names,
             controls,
@@ -318,18 +333,30 @@ class ServerPort(udp.Port):
                 if got < 0 and self._readFailed(_osError(-got)):
                     continue
                 break
-            stamps: Iterable[tuple[int, int, int, int, int] | None]
-            if timestamps:
-                stamps = eachTimestamp(controls[: got * controlSize])
+            rows: Iterable[tuple[int, _Header, tuple[bytes], _Timestamp | None]]
+            batchQueue = queue
+            if got == 1:
+                # A lone datagram, as most wake-ups of a server that is not
+                # flooded bring: its slot is read directly, which costs less
+                # than making the iterators below, and its reply goes out at
+                # once, as a sendmmsg of one reply costs more than a sendto.
+                stamp = firstTimestamp(controls) if timestamps else None
+                rows = ((0, firstReceived(headers), firstName(names), stamp),)
+                batchQueue = None
             else:
-                stamps = repeat(None, got)
-            for index, header, (raw,), stamp in zip(
-                range(got),
-                eachReceived(headers[: got * headerSize]),
-                eachName(names[: got * nameSize]),
-                stamps,
-                strict=True,
-            ):
+                stamps: Iterable[_Timestamp | None]
+                if timestamps:
+                    stamps = eachTimestamp(controls[: got * controlSize])
+                else:
+                    stamps = repeat(None, got)
+                rows = zip(
+                    range(got),
+                    eachReceived(headers[: got * headerSize]),
+                    eachName(names[: got * nameSize]),
+                    stamps,
+                    strict=True,
+                )
+            for index, header, (raw,), stamp in rows:
                 nameLength, controlLength, _flags, length = header
                 start = index * stride
                 datagram = data[start : start + length]
@@ -363,7 +390,7 @@ class ServerPort(udp.Port):
                     continue
                 if reply is None:
                     continue
-                if queue is not None and queue(reply, index):
+                if batchQueue is not None and batchQueue(reply, index):
                     answered += 1
                     continue
                 try:

@@ -284,6 +284,9 @@ class MessageBatch:
             _EACH_RECEIVED.iter_unpack,
             self.eachName.iter_unpack,
             _TIMESTAMP_MESSAGE.iter_unpack,
+            _RECEIVED.unpack_from,
+            self.eachName.unpack_from,
+            _TIMESTAMP_MESSAGE.unpack_from,
             memoryview(self.headers),
             memoryview(self.names),
             memoryview(self.controls),
@@ -299,7 +302,9 @@ class MessageBatch:
         """
         What a reader of this batch's datagrams needs, in one tuple (see
         L{udptime.fastport.ServerPort}): the C{iter_unpack} of
-        L{EACH_RECEIVED}, L{eachName} and L{TIMESTAMP_MESSAGE}; views of
+        L{EACH_RECEIVED}, L{eachName} and L{TIMESTAMP_MESSAGE}; the
+        C{unpack_from} of L{RECEIVED}, L{eachName} and L{TIMESTAMP_MESSAGE}
+        (for the first slot of each); views of
         L{headers}, L{names} and L{controls}; L{data}; L{addresses}; the
         header, C{sockaddr} and control slot sizes; L{nameLength},
         L{controlLength} and L{stride}.
