@@ -623,10 +623,7 @@ class BatchTests(SynchronousTestCase):
             return send(fd, start)
 
         batch.send = recordingSend
-        sock = port.socket
-        failing = FailingSends(sock, [EPERM])
-        port.socket = failing
-        self.addCleanup(setattr, port, "socket", sock)
+        failing = FailingSends.onPort(self, port, [EPERM])
         counters = protocol.counters
         self.send(port, [b"unix"])
         port.doRead()
@@ -812,6 +809,19 @@ class FailingSends:
         self.errors = list(errors)
         self.calls = 0
 
+    @classmethod
+    def onPort(
+        cls, case: SynchronousTestCase, port: Any, errors: Sequence[int]
+    ) -> FailingSends:
+        """
+        Put one on C{port}'s socket for the rest of the test C{case}.
+        """
+        sock = port.socket
+        failing = cls(sock, errors)
+        port.socket = failing
+        case.addCleanup(setattr, port, "socket", sock)
+        return failing
+
     def sendto(self, data: bytes, addr: Any) -> int:
         self.calls += 1
         if self.errors:
@@ -837,10 +847,7 @@ class AtOnceSendTests(SynchronousTestCase):
         port = serve(protocol, True, **options)
         self.addCleanup(port.stopListening)
         self.assertIs(port.batched, bool(options.get("batched")))
-        sock = port.socket
-        failing = FailingSends(sock, [EINTR, ECONNREFUSED, EPERM])
-        port.socket = failing
-        self.addCleanup(setattr, port, "socket", sock)
+        failing = FailingSends.onPort(self, port, [EINTR, ECONNREFUSED, EPERM])
         request = NTP_REQUEST if isinstance(protocol, NTPServer) else b"unix"
         for _ in range(3):
             client.sendto(request, ("127.0.0.1", port.getHost().port))
