@@ -14,7 +14,8 @@ for each server in turn, in the same run:
     generator gets another);
   - drives it closed-loop with C{--inflight} requests outstanding (64) for
     C{--duration} seconds (throughput, and server CPU per request read from
-    C{/proc/PID/task/*/schedstat}); on its own core the load generator
+    C{/proc/PID/task/*/schedstat}, split between user space and the kernel
+    by C{/proc/PID/stat}); on its own core the load generator
     polls for replies rather than sleeping (C{--no-spin}: it sleeps);
   - drives it open-loop at each of C{--rates} requests per second (latency
     percentiles from send to the kernel's receive timestamp of the reply,
@@ -137,6 +138,25 @@ def cpuNanoseconds(pid: int) -> int:
 
 def treeCPU(pid: int) -> int:
     return sum(cpuNanoseconds(p) for p in processTree(pid))
+
+
+def userAndKernel(pid: int) -> tuple[float, float]:
+    """
+    The user and kernel CPU time (seconds) used so far by C{pid} and its
+    descendants, from the C{utime} and C{stime} of C{/proc/PID/stat}
+    (counted in clock ticks, so coarser than L{treeCPU}).
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    user = kernel = 0
+    for each in processTree(pid):
+        try:
+            with open(f"/proc/{each}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        user += int(fields[11])
+        kernel += int(fields[12])
+    return user / tick, kernel / tick
 
 
 def freePort() -> int:
@@ -435,11 +455,16 @@ def measure(
         # warm up (caches, the interpreter's specialisation, the CPU clock)
         closedLoop(args.warmup)
         beforeCPU = treeCPU(running.pid)
+        beforeUser, beforeKernel = userAndKernel(running.pid)
         closed = closedLoop(args.duration, *spin)
         usedCPU = treeCPU(running.pid) - beforeCPU
+        afterUser, afterKernel = userAndKernel(running.pid)
+        answered = max(closed["received"], 1)
         result["closed"] = closed
         result["rps"] = closed["rps"]
-        result["cpu_us"] = usedCPU / 1000 / max(closed["received"], 1)
+        result["cpu_us"] = usedCPU / 1000 / answered
+        result["user_us"] = (afterUser - beforeUser) * 1e6 / answered
+        result["kernel_us"] = (afterKernel - beforeKernel) * 1e6 / answered
         result["server_cpu"] = usedCPU / 1e9 / closed["seconds"]
         result["loadgen_cpu"] = closed["busy"]
         for rate in args.rates:
@@ -656,6 +681,8 @@ def summarise(
             "rps": median([r["rps"] for r in results]),
             "rps_all": [round(r["rps"]) for r in results],
             "cpu_us": median([r["cpu_us"] for r in results]),
+            "user_us": median([r["user_us"] for r in results]),
+            "kernel_us": median([r["kernel_us"] for r in results]),
             "server_cpu": median([r["server_cpu"] for r in results]),
             "loadgen_cpu": median([r["loadgen_cpu"] for r in results]),
         }
@@ -689,7 +716,14 @@ def formatTable(rows: list[dict[str, Any]], rates: Sequence[int]) -> str:
         for r in rows
         if r["label"] == f"udptime {r['protocol']}"
     }
-    header = ["server", "req/s", "udptime ÷ it", "CPU µs/req", "load CPU"]
+    header = [
+        "server",
+        "req/s",
+        "udptime ÷ it",
+        "CPU µs/req",
+        "user/kernel",
+        "load CPU",
+    ]
     for rate in rates:
         header += [f"p50/p99/p99.9 µs @{rate}/s", f"loss @{rate}/s"]
     lines = [header]
@@ -701,6 +735,7 @@ def formatTable(rows: list[dict[str, Any]], rates: Sequence[int]) -> str:
             f"{row['rps']:,.0f}",
             ratio,
             f"{row['cpu_us']:.2f}",
+            f"{_fmt(row['user_us'])}/{_fmt(row['kernel_us'])}",
             f"{row['loadgen_cpu']:.0%}",
         ]
         for rate in rates:
