@@ -101,16 +101,26 @@ def cpus() -> list[int]:
     return sorted(os.sched_getaffinity(0))
 
 
+def statFields(path: str) -> list[str] | None:
+    """
+    The fields of the C{/proc/PID/stat} file at C{path} from the third
+    (the state) on, or L{None} when the process is gone.
+    """
+    try:
+        with open(path) as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
 def processTree(pid: int) -> list[int]:
     """
     C{pid} and its descendants.
     """
     parents: dict[int, list[int]] = {}
     for stat in glob.glob("/proc/[0-9]*/stat"):
-        try:
-            with open(stat) as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
+        fields = statFields(stat)
+        if fields is None:
             continue
         child = int(stat.split("/")[2])
         parents.setdefault(int(fields[1]), []).append(child)
@@ -149,10 +159,8 @@ def userAndKernel(pid: int) -> tuple[float, float]:
     tick = os.sysconf("SC_CLK_TCK")
     user = kernel = 0
     for each in processTree(pid):
-        try:
-            with open(f"/proc/{each}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
+        fields = statFields(f"/proc/{each}/stat")
+        if fields is None:
             continue
         user += int(fields[11])
         kernel += int(fields[12])
