@@ -190,24 +190,49 @@ def udptimeServer(protocol: str) -> UDPServerProtocol:
     return server
 
 
+def loopbackSocket() -> socket.socket:
+    """
+    A server socket on a free loopback port, with room for a pass's requests.
+    """
+    sock = bindUDPSocket("127.0.0.1", 0)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+    return sock
+
+
+def serverPort(
+    server: UDPServerProtocol,
+    kernel: bool,
+    batched: bool,
+    count: int,
+    portType: type[ServerPort] = ServerPort,
+) -> ServerPort:
+    """
+    udptime's port (or C{portType}) serving C{server} on a loopback socket,
+    reading up to C{count} datagrams per pass.
+    """
+    sock = loopbackSocket()
+    port = portType.adopt(
+        reactor, sock, server, 65535, kernelTimestamps=kernel, batched=batched
+    )
+    sock.close()
+    port.maxDatagramsPerRead = count
+    return port
+
+
 def udptime(
     protocol: str, fast: bool, kernel: bool, count: int, batched: bool = False
 ) -> Path:
-    sock = bindUDPSocket("127.0.0.1", 0)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
     server = udptimeServer(protocol)
     port: Any
     if fast:
-        port = ServerPort.adopt(
-            reactor, sock, server, 65535, kernelTimestamps=kernel, batched=batched
-        )
-        port.maxDatagramsPerRead = count
+        port = serverPort(server, kernel, batched, count)
     else:
+        sock = loopbackSocket()
         port = reactor.adoptDatagramPort(  # type: ignore[attr-defined]
             sock.fileno(), sock.family, server, maxPacketSize=65535
         )
         port.maxThroughput = 1 << 30
-    sock.close()
+        sock.close()
     assert isinstance(port, udp.Port)
     name = f"{protocol}: udptime {'ServerPort' if fast else 'udp.Port'}"
     if fast:

@@ -38,16 +38,13 @@ import socket
 import struct
 import time
 
-from hotpath import udptimeServer
-from twisted.internet import reactor
+from hotpath import NTP_REQUEST, serverPort, udptimeServer
 
 from udptime import mmsg
 from udptime.clock import ntp64ToUnix, unixToNTP64
 from udptime.fastport import SO_TIMESTAMPNS, ServerPort
 from udptime.server import UDPServerProtocol
-from udptime.service import bindUDPSocket
 
-NTP_REQUEST = bytes([0x23]) + bytes(47)
 TRANSMIT_AT = 40
 _NTP64 = struct.Struct("!Q")
 _TIMESPEC = struct.Struct("@ll")
@@ -94,26 +91,10 @@ class Way:
         self.gaps: list[float] = []
 
 
-def udptimePort(server: UDPServerProtocol, count: int) -> ServerPort:
-    sock = bindUDPSocket("127.0.0.1", 0)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
-    port = ServerPort.adopt(
-        reactor, sock, server, 65535, kernelTimestamps=True, batched=True
-    )
-    sock.close()
-    port.maxDatagramsPerRead = count
-    return port
-
-
 def groupingPort(
     server: UDPServerProtocol, count: int, group: int, spread: bool
 ) -> ServerPort:
-    sock = bindUDPSocket("127.0.0.1", 0)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
-    port = GroupStampingPort.adopt(
-        reactor, sock, server, 65535, kernelTimestamps=True, batched=True
-    )
-    sock.close()
+    port = serverPort(server, True, True, count, GroupStampingPort)
     assert isinstance(port, GroupStampingPort)
     # A batch of the group's size, whose replies are queued as text
     # replies are (udptime does not queue NTP replies).
@@ -121,7 +102,6 @@ def groupingPort(
     port._batch = batch
     port._queue = batch.queue
     port.spread = spread
-    port.maxDatagramsPerRead = count
     return port
 
 
@@ -171,7 +151,7 @@ def main() -> None:
     ways = [
         Way(
             "udptime: one sendto per reply",
-            udptimePort(udptimeServer("ntp"), args.count),
+            serverPort(udptimeServer("ntp"), True, True, args.count),
         )
     ]
     for group in args.groups:
