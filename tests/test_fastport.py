@@ -583,20 +583,29 @@ class BatchTests(SynchronousTestCase):
         self.assertRaises(BlockingIOError, sock.recv, 65535)
         sock.settimeout(5.0)
 
+    def recordSends(self, port: Any) -> list[tuple[int, int]]:
+        """
+        Record each C{sendmmsg} of C{port}'s batch as the slot it starts
+        from and the replies queued, and still make it.
+        """
+        batch = port._batch
+        send = batch.send
+        calls: list[tuple[int, int]] = []
+
+        def recordingSend(fd: int, start: int) -> int:
+            calls.append((start, batch.queued))
+            return send(fd, start)
+
+        batch.send = recordingSend
+        return calls
+
     def test_oneSendPerBatch(self) -> None:
         """
         The replies to one batch go out with one C{sendmmsg} call, in order.
         """
         protocol = textServer()
         port = self.startServer(protocol)
-        calls = []
-        send = port._batch.send
-
-        def recordingSend(fd: int, start: int) -> int:
-            calls.append((start, port._batch.queued))
-            return send(fd, start)
-
-        port._batch.send = recordingSend
+        calls = self.recordSends(port)
         self.send(port, [b"unix", b"time", b"month 13", b"unix"])
         port.doRead()
         replies = self.receive(4)
@@ -614,15 +623,7 @@ class BatchTests(SynchronousTestCase):
         """
         protocol = textServer()
         port = self.startServer(protocol)
-        batch = port._batch
-        send = batch.send
-        calls = []
-
-        def recordingSend(fd: int, start: int) -> int:
-            calls.append(batch.queued - start)
-            return send(fd, start)
-
-        batch.send = recordingSend
+        calls = self.recordSends(port)
         failing = FailingSends.onPort(self, port, [EPERM])
         counters = protocol.counters
         self.send(port, [b"unix"])
@@ -642,7 +643,7 @@ class BatchTests(SynchronousTestCase):
         self.assertEqual(self.receive(1), [b"%.6f\n" % FAKE_NOW])
         self.assertTrue(self.receive(1)[0].endswith(b"\n"))
         self.assertEqual((failing.calls, counters.answered), (2, 3))
-        self.assertEqual(calls, [2])
+        self.assertEqual(calls, [(0, 2)])
         self.assertNothingMore()
 
     def test_sendFailures(self) -> None:
