@@ -125,6 +125,15 @@ def timeInterleaved(paths: list[Path], count: int, rounds: int) -> None:
             sock.close()
 
 
+def loopbackSocket() -> socket.socket:
+    """
+    A server socket on a free loopback port, with room for a pass's requests.
+    """
+    sock = bindUDPSocket("127.0.0.1", 0)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+    return sock
+
+
 def blocking(
     protocol: str, reply: Callable[[bytes], bytes | None] | None = None
 ) -> Path:
@@ -132,10 +141,7 @@ def blocking(
     The blocking loop's work for C{protocol}'s requests, answering each
     with C{reply} (by default the reference server's reply).
     """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
-    sock.setblocking(False)
+    sock = loopbackSocket()
     if reply is None:
         reply = REPLIES[protocol]
 
@@ -159,10 +165,7 @@ def bareTwisted(protocol: str) -> Path:
     The bare Twisted L{DatagramProtocol} of bench/references.py on
     Twisted's generic port, answering C{protocol}'s requests.
     """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
-    sock.setblocking(False)
+    sock = loopbackSocket()
     port = reactor.adoptDatagramPort(  # type: ignore[attr-defined]
         sock.fileno(), sock.family, twistedServer(REPLIES[protocol])
     )
@@ -188,15 +191,6 @@ def udptimeServer(protocol: str) -> UDPServerProtocol:
         server = TextTimeServer(defaultZone=UTC)
     server.policy = options.servicePolicy(protocol, limit)
     return server
-
-
-def loopbackSocket() -> socket.socket:
-    """
-    A server socket on a free loopback port, with room for a pass's requests.
-    """
-    sock = bindUDPSocket("127.0.0.1", 0)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
-    return sock
 
 
 def serverPort(
