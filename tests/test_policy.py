@@ -404,6 +404,19 @@ class PolicyTests(SynchronousTestCase):
             guard.guardPort(5000)
             self.assertEqual(guard.admit(("192.0.2.1", 5000), NOW), LOOPED)
 
+    def test_serverPorts(self) -> None:
+        """
+        Every service but NTP refuses datagrams from the ports of the
+        server's services: its own and the others'.
+        """
+        for service in ["text", "time", "daytime", "echo"]:
+            guard = Policy.forService(service, serverPorts=[5000, 5007, 5123])
+            for port in [5000, 5007, 5123]:
+                self.assertEqual(guard.admit(("192.0.2.1", port), NOW), LOOPED)
+            self.assertEqual(guard.admit(("192.0.2.1", 5001), NOW), ADMIT)
+        ntp = Policy.forService("ntp", serverPorts=[5000, 5007, 5123])
+        self.assertEqual(ntp.admit(("192.0.2.1", 5000), NOW), ADMIT)
+
     def test_ntpServesPort123(self) -> None:
         guard = Policy.forService("ntp")
         self.assertEqual(guard.admit(("192.0.2.1", 123), NOW), ADMIT)

@@ -604,3 +604,50 @@ class EchoLoopTests(SynchronousTestCase):
         report("echo loop", first=firstTotals, second=secondTotals)
         self.assertEqual((firstTotals["received"], firstTotals["answered"]), (3, 2))
         self.assertEqual((secondTotals["received"], secondTotals["answered"]), (1, 1))
+
+    def test_servicesOfOneServer(self) -> None:
+        """
+        A datagram forged to one of a server's services from the port of
+        another, on ports that are not the well-known ones, is dropped as a
+        loop: a server's services never answer each other.  Per-client
+        limits are off, so nothing else would stop such a loop.
+        """
+        if os.geteuid() != 0:
+            missing("forging a source address needs a raw socket (root)")
+        host = "127.0.30.3"
+        numbers: set[int] = set()
+        while len(numbers) < 3:
+            numbers.add(freePort())
+        ports = dict(zip(["text", "daytime", "echo"], sorted(numbers), strict=True))
+        server = TwistdServer(
+            ["--port", str(ports["text"]), "--daytime-port", str(ports["daytime"]),
+             "--echo-port", str(ports["echo"]), "--interface", host, "--rate", "0",
+             "--summary-interval", "1"]
+        )  # fmt: skip
+        self.addCleanup(server.cleanup)
+        server.start(listeners=3)
+        for source, target in [
+            ("text", "echo"),
+            ("echo", "daytime"),
+            ("daytime", "text"),
+        ]:
+            forgeUDP((host, ports[source]), (host, ports[target]), b"loop?")
+        waitFor(
+            what="the three loops to be caught",
+            check=lambda: all(
+                summaryTotals(server.log(), name).get("looped") == 1 for name in ports
+            ),
+        )
+        self.assertEqual(
+            udpQuery(b"still there?", host, ports["echo"]), b"still there?"
+        )
+        self.assertEqual(server.stop(), 0)
+        for name in ports:
+            totals = summaryTotals(server.log(), name)
+            report(f"{name} loop", **totals)
+            answered = 1 if name == "echo" else 0
+            self.assertEqual(
+                tuple(totals.get(k, 0) for k in ["received", "looped", "answered"]),
+                (1 + answered, 1, answered),
+                name,
+            )

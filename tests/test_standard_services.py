@@ -29,6 +29,7 @@ from tests.support import (
 from udptime import daytime, echo, rfc868
 from udptime.client import query
 from udptime.clock import ntpSecondsToUnix
+from udptime.policy import ADMIT, LOOPED
 from udptime.query import QueryResult
 from udptime.server import DaytimeServer, EchoServer, TimeServer
 from udptime.tap import Options, makeService
@@ -138,6 +139,30 @@ class OptionsTests(SynchronousTestCase):
                     (child.portNumber, child.interface), (port, "127.0.0.1")
                 )
         self.assertRaises(KeyError, top.getServiceNamed, "text")  # type: ignore[attr-defined]
+
+    def test_servicesRefuseEachOther(self) -> None:
+        """
+        The services L{makeService} builds refuse datagrams from one
+        another's ports (NTP excepted), so that they cannot answer each
+        other in a loop.
+        """
+        top = makeService(
+            parseOptions(
+                "--port=11000",
+                "--time-port=11037",
+                "--echo-port=11007",
+                "--ntp-port=11123",
+            )
+        )
+        ports = [11000, 11037, 11007, 11123]
+        for name in ("text", "time", "echo", "ntp"):
+            policy = top.getServiceNamed(name).protocol.policy  # type: ignore[attr-defined]
+            verdicts = [policy.admit(("192.0.2.1", port), 0.0) for port in ports]
+            with self.subTest(name=name):
+                if name == "ntp":
+                    self.assertEqual(verdicts, [ADMIT] * 4)
+                else:
+                    self.assertEqual(verdicts, [LOOPED] * 4)
 
 
 class TwistdTests(TestCase):

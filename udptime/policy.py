@@ -523,6 +523,7 @@ class Policy:
         ipv6Prefix: int = DEFAULT_IPV6_PREFIX,
         rules: Sequence[AccessRule] = (),
         globalLimit: RateLimiter | None = None,
+        serverPorts: Iterable[int] = (),
     ) -> Policy:
         """
         The policy udptime's twistd plugin gives the service called
@@ -531,14 +532,18 @@ class Policy:
           - NTP: limited requests may get a Kiss-o'-Death; no loop guard
             beyond port 0 (symmetric NTP legitimately comes from port 123,
             and NTP never answers a reply);
-          - every other service: the loop guard (L{SERVICE_PORTS} and its own
-            port), silent drops when limited;
+          - every other service: the loop guard (L{SERVICE_PORTS}, its own
+            port and C{serverPorts}), silent drops when limited;
           - echo: also L{ReplyMemory}.
 
         @param rate: per-source requests per second; 0 turns per-source
             limits off.
         @param rules: allow/deny rules; those naming another service are
             ignored.
+        @param serverPorts: the ports of all the services of the server
+            this one is part of: no service but NTP answers datagrams from
+            them, so that no two of the server's services can answer each
+            other.
         """
         isNTP = service == "ntp"
         limiter = None
@@ -555,7 +560,7 @@ class Policy:
             limiter=limiter,
             globalLimit=globalLimit,
             access=AccessList(mine) if mine else None,
-            loopPorts=() if isNTP else SERVICE_PORTS,
+            loopPorts=() if isNTP else SERVICE_PORTS.union(serverPorts),
             guardOwnPort=not isNTP,
             replyMemory=ReplyMemory() if service == "echo" else None,
         )

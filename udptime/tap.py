@@ -372,7 +372,8 @@ class Options(usage.Options):
     ) -> policy.Policy:
         """
         The admission policy of the service called C{service}, sharing the
-        reply cap C{globalLimit}.
+        reply cap C{globalLimit}, and refusing datagrams from the ports of
+        the other services (see L{policy.Policy.forService}).
         """
         return policy.Policy.forService(
             service,
@@ -382,6 +383,7 @@ class Options(usage.Options):
             ipv6Prefix=self["ipv6-prefix"],
             rules=self["access"],
             globalLimit=globalLimit,
+            serverPorts=self.enabledPorts().values(),
         )
 
 
