@@ -129,22 +129,27 @@ def lookupZone(name: str) -> tzinfo:
         raise TextRequestError(f"unknown time zone {_quote(name)}")
     if name.upper() == "UTC":
         return UTC
-    for candidate in (name, _zoneNamesByFold().get(name.casefold())):
-        if candidate is None:
-            continue
+    # Only the database's zones: it also holds files that are not (its
+    # rules, copies under posix/ and right/, whose times count leap
+    # seconds), which ZoneInfo would open as well.
+    candidate = _zoneNamesByFold().get(name.casefold())
+    if candidate is not None:
         try:
             return ZoneInfo(candidate)
         except (ZoneInfoNotFoundError, ValueError, OSError):
-            continue
+            pass  # listed, but unreadable now: as unknown
     raise TextRequestError(f"unknown time zone {_quote(name)}")
 
 
 @lru_cache(maxsize=1)
 def _zoneNamesByFold() -> dict[str, str]:
     """
-    The host's IANA zone names, keyed by their case-folded form (read once).
+    The host's IANA zone names, keyed by their case-folded form (read once);
+    not C{localtime}, a host's link to its own zone that some systems list.
     """
-    return {zone.casefold(): zone for zone in available_timezones()}
+    return {
+        zone.casefold(): zone for zone in available_timezones() if zone != "localtime"
+    }
 
 
 def _quote(word: str) -> str:
