@@ -299,6 +299,27 @@ class QueryTests(SynchronousTestCase):
         self.assertFalse(sameAddress(("127.0.0.1", 1), ("::1", 1)))
         self.assertFalse(sameAddress(("localhost", 1), ("localhost", 1)))
 
+    def test_mismatchReported(self) -> None:
+        """
+        When every try times out but the server sent datagrams the codec
+        rejected, the failure says how many and why: the wrong port or
+        protocol is likelier than lost replies.  Datagrams from elsewhere
+        are not counted.
+        """
+        reactor, d = ask(self, timeout=1.0, retries=2)
+        reactor.ports[0].receive(b"\x00\x00\x00\x01")
+        reactor.ports[0].receive(b"stray\n", ("127.0.0.1", 9))
+        reactor.advance(1.0)
+        reactor.ports[1].receive(b"no newline")
+        reactor.advance(1.0)
+        failure = self.failureResultOf(d, QueryTimeout)
+        self.assertEqual(
+            str(failure.value),
+            "no reply from 127.0.0.1:5000 after 2 tries (2 datagrams from it not"
+            " text replies: the reply does not end with a line feed; wrong port"
+            " or protocol?)",
+        )
+
     def test_mismatchIgnored(self) -> None:
         """
         Datagrams the codec rejects with L{ReplyMismatch} are ignored and
@@ -675,6 +696,13 @@ class TextClientCodecTests(SynchronousTestCase):
             str(exc), "error from 127.0.0.1:5000: unknown time zone 'Mars'"
         )
 
+    def test_errorWithoutMessage(self) -> None:
+        """
+        An C{error:} line with nothing after it says that it gave no reason.
+        """
+        exc = self.assertRaises(ServerRefused, self.parse, b"error:  \n")
+        self.assertEqual(str(exc), "error from 127.0.0.1:5000: (no reason given)")
+
     def test_mismatch(self) -> None:
         """
         Anything but one line of UTF-8 text is not a reply.
@@ -700,6 +728,23 @@ class TextClientCodecTests(SynchronousTestCase):
         self.assertEqual(readTime("Thu, 01 Jan 1970 00:00:10 -0000")[0], None)
         self.assertEqual(readTime("Thu Jan  1 00:00:10 1970", UTC)[0], 10.0)
         self.assertEqual(readTime("hello"), (None, {"format": "unknown"}))
+
+    def test_readTimeOutOfRange(self) -> None:
+        """
+        Unix seconds outside the years 1 to 9999 (so never infinite) are no
+        time: a broken server's reply gives no offset, and valid JSON.
+        """
+        for line in [
+            "9" * 400,
+            "-" + "9" * 400,
+            "1e999",
+            "253402300800",
+            "-62135596801",
+        ]:
+            with self.subTest(line=line[:20]):
+                self.assertEqual(readTime(line), (None, {"format": "unknown"}))
+        self.assertEqual(readTime("253402300799")[0], 253402300799.0)
+        self.assertEqual(readTime("-62135596800")[0], -62135596800.0)
 
 
 class RealSocketTests(TestCase):

@@ -31,7 +31,7 @@ from udptime.ntp import (
     buildReply,
     parseRequest,
 )
-from udptime.query import QueryResult, ReplyMismatch, ServerRefused
+from udptime.query import BadReply, QueryResult, ReplyMismatch, ServerRefused
 
 TRANSMIT = bytes.fromhex("0123456789abcdef")
 """A request's transmit timestamp: a random cookie, as chronyd sends."""
@@ -850,6 +850,75 @@ class ClientCodecTests(SynchronousTestCase):
         self.assertEqual(
             result.text,
             datetime.fromtimestamp(t3, UTC).isoformat(timespec="microseconds"),
+        )
+
+    def forged(
+        self, received: float, transmit: float, precision: int = -20
+    ) -> NTPPacket:
+        """
+        A server reply to L{codec}'s request with the given receive and
+        transmit times, whatever their order.
+        """
+        return NTPPacket(
+            leap=0,
+            version=4,
+            mode=Mode.SERVER,
+            stratum=2,
+            precision=precision,
+            refid=b"\x7f\0\0\1",
+            originTimestamp=int.from_bytes(TRANSMIT),
+            receiveTimestamp=unixToNTP64(received),
+            transmitTimestamp=unixToNTP64(transmit),
+        )
+
+    def parseForged(
+        self, packet: NTPPacket, sentAt: float, receivedAt: float
+    ) -> QueryResult:
+        codec = self.codec()
+        _, cookie = codec.buildRequest(sentAt)
+        return codec.parseReply(
+            packet.toBytes(), cookie, sentAt, receivedAt, "192.0.2.9", 123
+        )
+
+    def test_bogusTimestamps(self) -> None:
+        """
+        A reply whose server held the request longer than the round trip
+        took, or transmitted it before receiving it, fails the query with
+        L{BadReply}, saying so: such timestamps give no offset worth
+        showing.
+        """
+        t = 1_800_000_000.0
+        cases = [
+            # Held 5 s, in a round trip of 0.3 s.
+            (self.forged(t - 5.0, t), t, t + 0.3, "held the request 4.700000 s longer"),
+            # Transmitted 2 s before it was received.
+            (self.forged(t + 2.0, t), t, t + 0.3, "2.000000 s before its receive"),
+        ]
+        for packet, sentAt, receivedAt, message in cases:
+            with self.subTest(message=message):
+                error = self.assertRaises(
+                    BadReply, self.parseForged, packet, sentAt, receivedAt
+                )
+                self.assertIn("192.0.2.9:123 sent a bogus reply", str(error))
+                self.assertIn(message, str(error))
+
+    def test_delayWithinPrecision(self) -> None:
+        """
+        Timestamps off by less than the server's precision (which it may
+        fuzz) are taken, the delay never below 0.
+        """
+        t = 1_800_000_000.0
+        # Held 1 ms longer than a 100 µs round trip: beyond 2^-20 s, within
+        # the 2^-6 s (16 ms) a server of that precision claims.
+        packet = self.forged(t + 0.0001, t + 0.0012, precision=-6)
+        result = self.parseForged(packet, t, t + 0.0001)
+        self.assertEqual(result.delay, 0.0)
+        self.assertRaises(
+            BadReply,
+            self.parseForged,
+            self.forged(t + 0.0001, t + 0.0012, precision=-20),
+            t,
+            t + 0.0001,
         )
 
     def test_details(self) -> None:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Final, Protocol
 
@@ -245,6 +245,9 @@ class _Query:
     @ivar host: the address of the current try.
     @ivar attempts: tries made so far.
     @ivar ignored: datagrams ignored (wrong source or L{ReplyMismatch}).
+    @ivar mismatched: of those, datagrams from the server that the codec
+        rejected with L{ReplyMismatch}, over all tries.
+    @ivar mismatch: why the codec rejected the last of them.
     """
 
     def __init__(
@@ -265,6 +268,8 @@ class _Query:
         self.deferred: Deferred[QueryResult] = Deferred(self._cancel)
         self.attempts = 0
         self.ignored = 0
+        self.mismatched = 0
+        self.mismatch = ""
         self.finished = False
         self.addresses: list[str] = []
         self.asked: list[str] = []
@@ -366,9 +371,16 @@ class _Query:
         if self.attempts >= self.retries:
             tries = "try" if self.attempts == 1 else "tries"
             where = self._where(self.asked)
-            self._finish(
-                QueryTimeout(f"no reply from {where} after {self.attempts} {tries}")
-            )
+            message = f"no reply from {where} after {self.attempts} {tries}"
+            if self.mismatched:
+                # The server answered, but not in the protocol asked for: the
+                # wrong port or protocol, more likely than a lost reply.
+                datagrams = "datagram" if self.mismatched == 1 else "datagrams"
+                message += (
+                    f" ({self.mismatched} {datagrams} from it not {self.codec.name}"
+                    f" replies: {self.mismatch}; wrong port or protocol?)"
+                )
+            self._finish(QueryTimeout(message))
             return
         self._tryAgain()
 
@@ -391,8 +403,10 @@ class _Query:
                 self.host,
                 self.portNumber,
             )
-        except ReplyMismatch:
+        except ReplyMismatch as mismatch:
             self.ignored += 1
+            self.mismatched += 1
+            self.mismatch = str(mismatch)
             return
         except Exception as e:
             # ServerRefused, or a bug in the codec: either way the query is
@@ -493,7 +507,7 @@ class TextClientCodec:
         """
         line = _replyLine(data)
         if line.startswith("error:"):
-            message = line[len("error:") :].strip()
+            message = line[len("error:") :].strip() or "(no reason given)"
             raise ServerRefused(f"error from {formatHostPort(host, port)}: {message}")
         serverTime, details = readTime(line, self._requestZone())
         resolution = details.get("resolution", 0.0)
@@ -540,6 +554,8 @@ def _replyLine(data: bytes) -> str:
 
 _UNIX_TIME: Final = re.compile(r"-?[0-9]+(\.([0-9]+))?\Z")
 _CTIME_FORMAT: Final = "%a %b %d %H:%M:%S %Y"
+_EARLIEST: Final = datetime(1, 1, 1, tzinfo=UTC).timestamp()
+_END: Final = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp() + 1.0
 
 
 def readTime(line: str, zone: Any = None) -> tuple[float | None, dict[str, Any]]:
@@ -557,8 +573,12 @@ def readTime(line: str, zone: Any = None) -> tuple[float | None, dict[str, Any]]
     """
     unix = _UNIX_TIME.match(line)
     if unix is not None:
+        seconds = float(line)
+        if not _EARLIEST <= seconds < _END:
+            # No time of years 1 to 9999 (nor a finite number, maybe).
+            return None, {"format": "unknown"}
         digits = len(unix.group(2) or "")
-        return float(line), {"format": "unix", "resolution": 10.0**-digits}
+        return seconds, {"format": "unix", "resolution": 10.0**-digits}
     if line in text.MONTHS:
         return None, {"format": "month"}
     moment = _parseISO(line)

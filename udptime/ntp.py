@@ -46,7 +46,13 @@ from udptime.clock import (
     toNTPShort,
     unixToNTP64,
 )
-from udptime.query import QueryResult, ReplyMismatch, ServerRefused, formatHostPort
+from udptime.query import (
+    BadReply,
+    QueryResult,
+    ReplyMismatch,
+    ServerRefused,
+    formatHostPort,
+)
 
 NTP_PORT: Final = 123
 """The registered NTP port."""
@@ -662,7 +668,8 @@ class NTPClientCodec:
     only in the mode that answers the request's, with the right origin and
     non-zero receive and transmit timestamps; anything else is
     L{ReplyMismatch} and is ignored.  A Kiss-o'-Death (C{RATE}, C{DENY},
-    C{RSTR}) fails the query with L{ServerRefused}.  A reply from an
+    C{RSTR}) fails the query with L{ServerRefused}, and a reply whose
+    timestamps are impossible with L{BadReply}.  A reply from an
     unsynchronised server (LI 3, or stratum 0 or 16 and up) is a result,
     reported as such in C{details["synchronised"]}.
 
@@ -724,6 +731,9 @@ class NTPClientCodec:
 
         @raise ReplyMismatch: C{data} is not the reply to the request.
         @raise ServerRefused: the server sent a Kiss-o'-Death.
+        @raise BadReply: the reply's timestamps are impossible: the server
+            held the request for a negative time, or longer than the round
+            trip took.
         """
         try:
             reply = NTPPacket.fromBytes(data)
@@ -750,7 +760,25 @@ class NTPClientCodec:
         t3 = reply.transmitTimestamp
         t4 = unixToNTP64(receivedAt)
         offset = (timestampDifference(t2, t1) + timestampDifference(t3, t4)) / 2
-        delay = timestampDifference(t4, t1) - timestampDifference(t3, t2)
+        held = timestampDifference(t3, t2)
+        delay = timestampDifference(t4, t1) - held
+        # What the server's timestamps and ours may be off by: the
+        # precision the server claims (it may fuzz the bits below it) and
+        # a microsecond of our clock's.  Beyond that, a negative interval
+        # at the server, or one longer than the round trip, is bogus; within
+        # it, the delay is at least 0 (as chrony takes it).
+        slack = 2.0 ** min(reply.precision, 0) + 1e-6
+        if held < -slack:
+            raise BadReply(
+                f"{where} sent a bogus reply: its transmit timestamp is"
+                f" {-held:.6f} s before its receive timestamp"
+            )
+        if delay < -slack:
+            raise BadReply(
+                f"{where} sent a bogus reply: it claims to have held the request"
+                f" {-delay:.6f} s longer than the round trip took"
+            )
+        delay = max(delay, 0.0)
         serverTime = ntp64ToUnix(t3, receivedAt)
 
         synchronised = reply.leap != Leap.UNSYNCHRONISED and (

@@ -95,6 +95,14 @@ class ServerRefused(QueryError):
     """
 
 
+class BadReply(QueryError):
+    """
+    The server's reply answers the request but cannot be right (an NTP
+    reply whose server-side interval is negative, or longer than the whole
+    round trip): a broken server, which asking again would not mend.
+    """
+
+
 class ReplyMismatch(ValueError):
     """
     A datagram that is not the reply to our request (wrong cookie, wrong
@@ -147,4 +155,5 @@ class ClientCodec(Protocol):
 
         @raise ReplyMismatch: C{data} is not the reply to this request.
         @raise ServerRefused: the server refused to answer.
+        @raise BadReply: the reply answers the request, and cannot be right.
         """
