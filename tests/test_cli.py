@@ -105,6 +105,11 @@ class ArgumentTests(SynchronousTestCase):
             (["h", "--format", "iso", "unix"], "not both"),
             (["h", "-i", "month", "3"], "--interactive reads the requests"),
             (["h", "-i", "--count", "2"], "--count does not go with --interactive"),
+            (
+                ["h", "-i", "-P", "ntp"],
+                "--interactive sends the lines read, and the ntp protocol's request"
+                " takes no words",
+            ),
             (["h", "--bogus"], "unrecognized arguments: --bogus"),
             (["[]"], "the host is empty"),
             (["h", "x" * 513], "servers answer at most 512"),
@@ -141,7 +146,21 @@ class ArgumentTests(SynchronousTestCase):
         """
         factory = cli.withoutWords(TextClientCodec)
         self.assertIsInstance(factory(""), TextClientCodec)
+        self.assertIsInstance(factory(" \t"), TextClientCodec)
         self.assertRaises(ValueError, factory, "month 3")
+
+    def test_mainStdinClosed(self) -> None:
+        """
+        C{--interactive} with standard input closed: one line, status 1.
+        """
+        stderr = io.StringIO()
+        self.patch(sys, "stderr", stderr)
+        self.patch(sys, "stdin", None)
+        exc = self.assertRaises(SystemExit, cli.main, ["h", "-i"])
+        self.assertEqual(exc.code, 1)
+        self.assertEqual(
+            stderr.getvalue(), "udptime: cannot read standard input: it is closed\n"
+        )
 
 
 class OutputTests(SynchronousTestCase):
@@ -178,6 +197,18 @@ class OutputTests(SynchronousTestCase):
         """
         line = cli.formatResult(result(offset=-0.25, details={"resolution": 1.0}))
         self.assertTrue(line.endswith("offset -250.000 ms (1 s resolution)"), line)
+
+    def test_shown(self) -> None:
+        """
+        What a server sent is shown with its unprintable characters
+        escaped, so that a reply cannot drive the terminal.
+        """
+        self.assertEqual(cli.shown("Straße 12:00"), "Straße 12:00")
+        self.assertEqual(cli.shown("\x1b[2Ja\x07\tb\x00"), "\\x1b[2Ja\\x07\\tb\\x00")
+        line = cli.formatResult(
+            result(text="\x1b]0;owned\x07", serverTime=None, offset=None)
+        )
+        self.assertEqual(line, "127.0.0.1:5000  \\x1b]0;owned\\x07  delay 0.213 ms")
 
     def test_json(self) -> None:
         """
@@ -267,6 +298,78 @@ class ClientTests(SynchronousTestCase):
             "udptime: error from 127.0.0.1:5000: month must be a number from 1 to 12\n",
         )
 
+    def test_unprintable(self) -> None:
+        """
+        Unprintable characters of a server's reply or error line are
+        escaped, in interactive mode and on standard error too.
+        """
+        reactor, d, stdout, stderr = self.start(["127.0.0.1", "-c", "2"])
+        reactor.ports[0].receive(b"error: \x1b[31mred\n")
+        reactor.ports[1].receive(b"\x1b[2J\n")
+        self.assertEqual(self.successResultOf(d), 1)
+        self.assertEqual(
+            stderr.getvalue(), "udptime: error from 127.0.0.1:5000: \\x1b[31mred\n"
+        )
+        self.assertIn("  \\x1b[2J  ", stdout.getvalue())
+        reader = FakeReaderReactor()
+        reactor = FakeReactor()
+        reactor.addReader = reader.addReader  # type: ignore[attr-defined]
+        reactor.removeReader = reader.removeReader  # type: ignore[attr-defined]
+        stdout = io.StringIO()
+        options = parseArguments(["127.0.0.1", "-i"])
+        client = Client(reactor, options, stdout, io.StringIO(), SteppingClock())
+        readEnd, writeEnd = os.pipe()
+        self.addCleanup(os.close, readEnd)
+        os.write(writeEnd, b"time\n")
+        os.close(writeEnd)
+        done = Deferred.fromCoroutine(client.run(readEnd))
+        reader.readers[0].doRead()
+        reactor.ports[-1].receive(b"\x07bell\n")
+        reader.readers[0].doRead()
+        self.assertEqual(self.successResultOf(done), 0)
+        self.assertEqual(stdout.getvalue(), "\\x07bell\n")
+
+    def test_stdinUnreadable(self) -> None:
+        """
+        Standard input the reactor cannot watch: one line, status 1.
+        """
+        reactor = FakeReactor()
+
+        def refuse(reader: object) -> None:
+            raise OSError(22, "Invalid argument")
+
+        reactor.addReader = refuse  # type: ignore[attr-defined]
+        stdout, stderr = io.StringIO(), io.StringIO()
+        client = Client(reactor, parseArguments(["h", "-i"]), stdout, stderr)
+        d = Deferred.fromCoroutine(client.run(0))
+        self.assertEqual(self.successResultOf(d), 1)
+        self.assertEqual(
+            stderr.getvalue(), "udptime: cannot read standard input: Invalid argument\n"
+        )
+        self.assertEqual(reactor.ports, [])
+
+    def test_outputFails(self) -> None:
+        """
+        Standard output that cannot be written stops the queries: a closed
+        pipe silently, any other failure with one line; status 1 either way.
+        """
+        for error, message in [
+            (BrokenPipeError(32, "Broken pipe"), ""),
+            (OSError(28, "No space left on device"),
+             "udptime: cannot write the output: No space left on device\n"),
+        ]:  # fmt: skip
+            with self.subTest(error=error):
+                reactor = FakeReactor()
+                reactor.addSystemEventTrigger = lambda *a: None
+                stderr = io.StringIO()
+                self.patch(sys, "stdout", FailingOutput(error))
+                self.patch(sys, "stderr", stderr)
+                d = cli._react(reactor, parseArguments(["127.0.0.1", "-c", "3"]))
+                reactor.ports[0].receive(b"1.000000\n")
+                self.assertEqual(self.failureResultOf(d, SystemExit).value.code, 1)
+                self.assertEqual(len(reactor.ports), 1)
+                self.assertEqual(stderr.getvalue(), message)
+
     def test_interrupted(self) -> None:
         """
         A run stopped with the reactor (Ctrl-C) closes its socket, prints
@@ -311,6 +414,19 @@ class ClientTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(d), 0)
         objects = [json.loads(line) for line in stdout.getvalue().splitlines()]
         self.assertEqual([o["serverTime"] for o in objects], [1000.0, 1001.0])
+
+
+class FailingOutput(io.StringIO):
+    """
+    A stream every write to which fails with C{error}.
+    """
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__()
+        self.error = error
+
+    def write(self, text: str) -> int:
+        raise self.error
 
 
 class FakeReaderReactor:

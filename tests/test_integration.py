@@ -251,6 +251,45 @@ class RunningServerTests(SynchronousTestCase):
             "unknown time zone 'Nowhere/Land'\n",
         )
 
+    def test_cliOutputGone(self) -> None:
+        """
+        Output to a pipe whose reader has gone ends the client quietly with
+        status 1; output to a full disk with one line saying so.  Neither
+        gives a traceback.
+        """
+        argv = [udptimePath(), "127.0.0.1", "-p", str(self.port), "-c", "3"]
+        with subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        ) as process:
+            assert process.stdout is not None
+            process.stdout.close()  # before the client can print anything
+            _, stderr = process.communicate(timeout=20)
+        self.assertEqual((process.returncode, stderr), (1, ""))
+        if not os.path.exists("/dev/full"):
+            return
+        with open("/dev/full", "w") as full:
+            done = subprocess.run(
+                argv, stdout=full, stderr=subprocess.PIPE, text=True, timeout=20
+            )
+        self.assertEqual(
+            (done.returncode, done.stderr),
+            (1, "udptime: cannot write the output: No space left on device\n"),
+        )
+
+    def test_cliInteractiveStdinClosed(self) -> None:
+        """
+        C{--interactive} with standard input closed: one line, status 1.
+        """
+        done = subprocess.run(
+            ["sh", "-c", 'exec "$0" 127.0.0.1 -p "$1" -i 0<&-', udptimePath(),
+             str(self.port)],
+            capture_output=True, text=True, timeout=20,
+        )  # fmt: skip
+        self.assertEqual(
+            (done.returncode, done.stdout, done.stderr),
+            (1, "", "udptime: cannot read standard input: it is closed\n"),
+        )
+
     def test_cliInteractive(self) -> None:
         """
         C{--interactive} sends each line of its input and prints each

@@ -48,7 +48,7 @@ def withoutWords(factory: Callable[[], ClientCodec]) -> CodecFactory:
     """
 
     def make(words: str) -> ClientCodec:
-        if words:
+        if words.strip():
             raise ValueError("this protocol's request takes no words")
         return factory()
 
@@ -223,6 +223,11 @@ def parseArguments(argv: Sequence[str]) -> argparse.Namespace:
         raise UsageError("--interactive reads the requests from standard input")
     if options.interactive and options.count != 1:
         raise UsageError("--count does not go with --interactive")
+    if options.interactive and not _takesWords(CODECS[options.protocol]):
+        raise UsageError(
+            f"--interactive sends the lines read, and the {options.protocol}"
+            " protocol's request takes no words"
+        )
     host = options.host
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
@@ -241,9 +246,35 @@ def parseArguments(argv: Sequence[str]) -> argparse.Namespace:
     return options
 
 
+def _takesWords(factory: CodecFactory) -> bool:
+    """
+    Whether the protocol of codec factory C{factory} sends request words.
+    """
+    try:
+        factory("time")
+    except ValueError:
+        return False
+    return True
+
+
+def shown(text: str) -> str:
+    """
+    C{text} fit to write to a terminal: what a server sent is shown, but
+    characters that are not printable (control characters, terminal
+    escapes) are written as Python escapes, C{\\x1b} for ESC.
+    """
+    if text.isprintable():
+        return text
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+        for c in text
+    )
+
+
 def formatResult(result: QueryResult) -> str:
     """
-    One line for people: server, answer, delay and offset in milliseconds.
+    One line for people: server, answer, delay and offset in milliseconds,
+    with what the server sent L{shown} safely.
     """
     parts = [
         formatHostPort(result.host, result.port),
@@ -262,7 +293,7 @@ def formatResult(result: QueryResult) -> str:
             f"stratum {details.get('stratum')}  leap {details.get('leapText')}"
             f"  refid {details.get('refid')}"
         )
-    return "  ".join(parts)
+    return shown("  ".join(parts))
 
 
 def resultJSON(result: QueryResult) -> str:
@@ -283,6 +314,19 @@ def resultJSON(result: QueryResult) -> str:
         default=str,
         sort_keys=True,
     )
+
+
+class OutputFailed(Exception):
+    """
+    Standard output could not be written: whoever read it went away (a
+    closed pipe), or its disk is full.
+
+    @ivar error: the L{OSError} the write raised.
+    """
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(error)
+        self.error = error
 
 
 class Client:
@@ -325,13 +369,21 @@ class Client:
         return d.addCallbacks(self._printResult, self._printFailure)
 
     def _printResult(self, result: QueryResult) -> None:
+        """
+        Print C{result}.
+
+        @raise OutputFailed: standard output cannot be written.
+        """
         if self.options.json:
             line = resultJSON(result)
         elif self.options.interactive:
-            line = result.text
+            line = shown(result.text)
         else:
             line = formatResult(result)
-        print(line, file=self.stdout, flush=True)
+        try:
+            print(line, file=self.stdout, flush=True)
+        except OSError as e:
+            raise OutputFailed(e) from e
 
     def _printFailure(self, failure: Failure) -> Failure | None:
         if isinstance(failure.value, CancelledError):
@@ -341,7 +393,7 @@ class Client:
             message = str(failure.value)
         else:
             message = f"unexpected error: {failure.value!r}"
-        print(f"udptime: {message}", file=self.stderr, flush=True)
+        print(f"udptime: {shown(message)}", file=self.stderr, flush=True)
         return None
 
     async def run(self, stdin: int = 0) -> int:
@@ -350,10 +402,20 @@ class Client:
         (a file descriptor) with C{--interactive}.
 
         @return: the exit status.
+        @raise OutputFailed: standard output cannot be written; the queries
+            stop at the first reply that could not be printed.
         """
         if self.options.interactive:
             lines = LineReader(self.reactor, stdin)
-            lines.start()
+            try:
+                lines.start()
+            except OSError as e:
+                print(
+                    f"udptime: cannot read standard input: {e.strerror or e}",
+                    file=self.stderr,
+                    flush=True,
+                )
+                return EXIT_FAILED
             while (line := await lines.next()) is not None:
                 request = line.strip()
                 if request.lower() == "quit":
@@ -500,12 +562,40 @@ def _react(reactor: Any, options: argparse.Namespace) -> Deferred[None]:
         if isinstance(status, Failure):
             if isinstance(status.value, CancelledError):
                 raise SystemExit(EXIT_INTERRUPTED)
+            if isinstance(status.value, OutputFailed):
+                error = status.value.error
+                if not isinstance(error, BrokenPipeError):
+                    # A closed pipe needs no word: its reader chose to stop.
+                    print(
+                        f"udptime: cannot write the output: {error.strerror or error}",
+                        file=sys.stderr,
+                    )
+                _discardOutput(sys.stdout)
+                raise SystemExit(EXIT_FAILED)
             status.raiseException()
         if status:
             raise SystemExit(status)
 
     reactor.addSystemEventTrigger("before", "shutdown", interrupted)
     return running.addBoth(finished)
+
+
+def _discardOutput(stream: IO[str]) -> None:
+    """
+    Point C{stream}'s file descriptor at C{/dev/null}, so that the output it
+    still holds, which could not be written, does not fail again when the
+    interpreter flushes it on exit (see "Note on SIGPIPE" in the Python
+    documentation of L{signal}).
+    """
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # not a stream over a descriptor: the interpreter ignores it
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
@@ -517,4 +607,8 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except UsageError as e:
         print(f"udptime: error: {e}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
+    if options.interactive and sys.stdin is None:
+        # Python found no descriptor 0 at start-up: it was closed.
+        print("udptime: cannot read standard input: it is closed", file=sys.stderr)
+        sys.exit(EXIT_FAILED)
     task.react(_react, (options,))
