@@ -152,6 +152,28 @@ class WorkerTests(SynchronousTestCase):
             self.assertEqual(len(answeringWorkers(server, client)), 1, client)
         self.assertEqual(server.stop(), 0)
 
+    def test_workingDirectoryNotImported(self) -> None:
+        """
+        Workers import the modules their supervisor imported, not those of
+        the directory twistd runs in (which may be a shared one, and
+        twistd root).
+        """
+        port = freePort()
+        server = TwistdServer(["--port", str(port), "--workers", "1"])
+        self.addCleanup(server.cleanup)
+        planted = os.path.join(server.directory, "udptime")
+        os.mkdir(planted)
+        with open(os.path.join(planted, "__init__.py"), "w") as module:
+            module.write("raise SystemExit('planted udptime imported')\n")
+        server.start()
+        waitFor(
+            lambda: server.log().count("service listening on") >= 2,
+            "the worker to listen",
+        )
+        self.assertEqual(len(queryFromManyPorts(port, 4)), 4)
+        self.assertEqual(server.stop(), 0)
+        self.assertNotIn("planted", server.log() + server.stderr())
+
     def test_killedWorkerComesBack(self) -> None:
         """
         A worker that dies is started again, and the service goes on.

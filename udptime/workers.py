@@ -481,7 +481,10 @@ class WorkerSupervisor(Service):
         """
         The command line of a worker.
         """
-        command = [sys.executable, "-m", "twisted", "--log-format", "json"]
+        # -P: the working directory (twistd's, often a shared one such as
+        # /tmp, and the process may be root) is not put on the module
+        # search path: a worker imports what this process imported.
+        command = [sys.executable, "-P", "-m", "twisted", "--log-format", "json"]
         name = reactorName(self.reactor)
         if name is not None:
             command += ["--reactor", name]
