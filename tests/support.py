@@ -190,8 +190,14 @@ class TwistdServer:
         twistdArguments: Sequence[str] = (),
         env: dict[str, str] | None = None,
         preexec: Sequence[str] = (),
+        newSession: bool = False,
     ) -> None:
+        """
+        @param newSession: start twistd in a session and process group of
+            its own, which L{stop} can then signal as a whole.
+        """
         self.arguments = list(arguments)
+        self.newSession = newSession
         self.twistdArguments = list(twistdArguments)
         self.env = env
         self.preexec = list(preexec)
@@ -227,6 +233,7 @@ class TwistdServer:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
+                start_new_session=self.newSession,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -258,15 +265,28 @@ class TwistdServer:
         assert self.process is not None
         return self.process.pid
 
-    def stop(self, timeout: float = 10.0) -> int:
+    def stop(
+        self,
+        timeout: float = 10.0,
+        number: int = signal.SIGTERM,
+        wholeGroup: bool = False,
+    ) -> int:
         """
-        Send SIGTERM and wait for the exit; return the exit status.
+        Send SIGTERM (or signal C{number}) and wait for the exit; return the
+        exit status.
+
+        @param wholeGroup: send the signal to twistd's process group (which
+            needs C{newSession}), as a terminal's Ctrl-C does.
         """
         process = self.process
         if process is None:
             return 0
         if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
+            if wholeGroup:
+                assert self.newSession, "only a server in its own group"
+                os.killpg(process.pid, number)
+            else:
+                process.send_signal(number)
             try:
                 process.wait(timeout)
             except subprocess.TimeoutExpired:

@@ -342,6 +342,23 @@ class LifecycleTests(SynchronousTestCase):
         self.assertEqual(server.stop(), 0)
         self.assertIn("Received SIGTERM", server.log())
 
+    def test_sigint(self) -> None:
+        """
+        Ctrl-C (SIGINT) stops the server cleanly too, and so does a second
+        signal during the shutdown: exit status 0, nothing critical logged.
+        """
+        port = freePort()
+        server = TwistdServer(["--port", str(port)], newSession=True).start()
+        self.addCleanup(server.cleanup)
+        self.assertRegex(udpQuery(b"time", "127.0.0.1", port), rb"^\d{4}-")
+        assert server.process is not None
+        server.process.send_signal(signal.SIGINT)
+        self.assertEqual(server.stop(), 0)
+        log = server.log()
+        self.assertIn("Received SIGINT", log)
+        self.assertNotIn("critical", log)
+        self.assertNotIn("Traceback", log)
+
     def test_pidfile(self) -> None:
         """
         C{--pidfile} writes the server's pid, and the file goes at exit.

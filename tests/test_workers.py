@@ -205,6 +205,22 @@ class WorkerTests(SynchronousTestCase):
         self.assertIn("worker 1: Received SIGTERM", server.log())
         self.assertIn("worker 2: Received SIGTERM", server.log())
 
+    def test_ctrlC(self) -> None:
+        """
+        Ctrl-C at a terminal signals the supervisor and its workers alike;
+        then the supervisor stops the workers with SIGTERM, which they take
+        in their stride: all exit, status 0, nothing critical logged.
+        """
+        server = self.startServer(2, newSession=True)
+        pids = workerPids(server).values()
+        self.assertEqual(server.stop(number=signal.SIGINT, wholeGroup=True), 0)
+        for pid in pids:
+            self.assertFalse(alive(pid))
+        log = server.log()
+        self.assertIn("worker 1: Received SIGINT", log)
+        self.assertNotIn("critical", log)
+        self.assertNotIn("Traceback", log)
+
     def test_noOrphans(self) -> None:
         """
         Workers whose supervisor is killed outright exit too.

@@ -16,6 +16,7 @@ from types import FrameType
 from typing import Any, TypeVar
 
 from twisted.application.service import IService, MultiService
+from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -391,9 +392,12 @@ class UDPTimeService(MultiService):
     """
     The top of the service tree: one child per listening socket.
 
-    Once the reactor runs it takes over SIGTERM so that a stop by SIGTERM is
-    a clean shutdown with exit status 0 (twistd otherwise re-raises the
-    signal, and the process ends "killed by SIGTERM").
+    Once the reactor runs it takes over SIGTERM and SIGINT (Ctrl-C) so that a
+    stop by either is a clean shutdown with exit status 0 (twistd otherwise
+    re-raises the signal, and the process ends "killed by SIGTERM"), and
+    so that a second signal during the shutdown (Ctrl-C reaches a
+    supervisor and its workers alike, and the supervisor then stops its
+    workers with SIGTERM) changes nothing.
     """
 
     log = Logger()
@@ -408,11 +412,21 @@ class UDPTimeService(MultiService):
         super().startService()
 
     def _installTermHandler(self) -> None:
-        signal.signal(signal.SIGTERM, self._terminate)
+        for number in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(number, self._terminate)
 
     def _terminate(self, number: int, frame: FrameType | None) -> None:
-        self.log.info("Received SIGTERM, shutting down.")
-        self.reactor.callFromThread(self.reactor.stop)
+        self.log.info(
+            "Received {signal}, shutting down.", signal=signal.Signals(number).name
+        )
+        self.reactor.callFromThread(self._stop)
+
+    def _stop(self) -> None:
+        try:
+            self.reactor.stop()
+        except ReactorNotRunning:
+            # Already stopping: an earlier signal, or the reactor itself.
+            self.log.debug("The reactor is already stopping.")
 
 
 def makeService(options: Options) -> IService:
