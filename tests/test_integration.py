@@ -359,6 +359,39 @@ class LifecycleTests(SynchronousTestCase):
         self.assertNotIn("critical", log)
         self.assertNotIn("Traceback", log)
 
+    def test_sighup(self) -> None:
+        """
+        SIGHUP (a closed terminal, or kill -HUP) stops the server cleanly
+        too, instead of killing it on the spot: status 0, logged.
+        """
+        port = freePort()
+        server = TwistdServer(["--port", str(port)]).start()
+        self.addCleanup(server.cleanup)
+        self.assertEqual(server.stop(number=signal.SIGHUP), 0)
+        self.assertIn("Received SIGHUP", server.log())
+        self.assertIn("Server Shut Down.", server.log())
+
+    def test_portInUse(self) -> None:
+        """
+        A port that cannot be bound stops twistd with status 1, after a
+        log line naming the service and the address.
+        """
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+            taken.bind(("127.0.0.1", 0))
+            port = taken.getsockname()[1]
+            server = TwistdServer(
+                ["--port", "0", "--ntp-port", str(port), "--interface", "127.0.0.1"]
+            )
+            self.addCleanup(server.cleanup)
+            self.assertRaises(RuntimeError, server.start)
+        assert server.process is not None
+        self.assertEqual(server.process.returncode, 1)
+        self.assertIn(
+            f"udptime ntp service cannot listen on 127.0.0.1:{port} (UDP):"
+            " Address already in use",
+            server.log(),
+        )
+
     def test_pidfile(self) -> None:
         """
         C{--pidfile} writes the server's pid, and the file goes at exit.

@@ -87,6 +87,40 @@ class CoreOptionsTests(SynchronousTestCase):
                 )
                 self.assertIn("is not an IPv4 or IPv6 address", str(error))
 
+    def test_scopedInterface(self) -> None:
+        """
+        Scoped IPv6 addresses are refused, saying so.
+        """
+        error = self.assertRaises(usage.UsageError, parse, "--interface", "fe80::1%lo")
+        self.assertIn("scoped IPv6 addresses (with %) are not supported", str(error))
+
+    def test_summaryInterval(self) -> None:
+        """
+        Summaries are off (0) or at least a second apart: a tiny interval
+        would keep a CPU busy logging.
+        """
+        self.assertEqual(parse("--summary-interval", "0")["summary-interval"], 0.0)
+        self.assertEqual(parse("--summary-interval", "1")["summary-interval"], 1.0)
+        for value in ("1e-9", "0.5", "-1", "x", "nan"):
+            with self.subTest(value=value):
+                error = self.assertRaises(
+                    usage.UsageError, parse, "--summary-interval", value
+                )
+                self.assertIn("is not 0, or a number of seconds >= 1", str(error))
+
+    def test_kernelTimestampsNeedNTP(self) -> None:
+        """
+        The kernel timestamp flags are for NTP: without its port they are
+        refused, as --local-stratum is.
+        """
+        for flag in ("--kernel-timestamps", "--no-kernel-timestamps"):
+            with self.subTest(flag=flag):
+                error = self.assertRaises(usage.UsageError, parse, flag)
+                self.assertIn("kernel timestamps are for NTP", str(error))
+        self.assertFalse(
+            parse("--ntp-port", "1123", "--no-kernel-timestamps").kernelTimestamps()
+        )
+
     def test_badTimezone(self) -> None:
         """
         An unknown or malformed zone name is a usage error.

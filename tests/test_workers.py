@@ -174,6 +174,28 @@ class WorkerTests(SynchronousTestCase):
         self.assertEqual(server.stop(), 0)
         self.assertNotIn("planted", server.log() + server.stderr())
 
+    def test_portInUse(self) -> None:
+        """
+        A second supervisor on a port whose workers already serve it fails
+        to start, naming the service and the address, as a server without
+        workers does: sockets with SO_REUSEPORT would otherwise have shared
+        the port in silence.
+        """
+        first = self.startServer(1)
+        second = TwistdServer(["--port", str(self.port), "--workers", "2"])
+        self.addCleanup(second.cleanup)
+        self.assertRaises(RuntimeError, second.start)
+        assert second.process is not None
+        self.assertEqual(second.process.returncode, 1)
+        self.assertIn(
+            f"udptime text service cannot listen on [::]:{self.port} (UDP):"
+            " Address already in use",
+            second.log(),
+        )
+        self.assertEqual(len(queryFromManyPorts(self.port, 4)), 4)
+        self.assertIn(f"listening on [::]:{self.port} (UDP), 1 worker\n", first.log())
+        self.assertEqual(first.stop(), 0)
+
     def test_killedWorkerComesBack(self) -> None:
         """
         A worker that dies is started again, and the service goes on.
@@ -362,10 +384,12 @@ class OptionTests(SynchronousTestCase):
         self.assertEqual(options["workers"], 0)
 
     def test_invalid(self) -> None:
-        for value in ("-1", "many"):
-            self.assertRaises(
-                usage.UsageError, Options().parseOptions, ["--workers", value]
-            )
+        for value in ("-1", "many", "1.5", "", "257", "100000"):
+            with self.subTest(value=value):
+                error = self.assertRaises(
+                    usage.UsageError, Options().parseOptions, ["--workers", value]
+                )
+                self.assertIn("--workers must be a number from 0 to 256", str(error))
 
     def test_argumentsKept(self) -> None:
         """

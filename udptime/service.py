@@ -23,6 +23,7 @@ import socket
 from typing import Any, cast
 
 from twisted.application.service import Service
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IReactorFDSet, IReactorSocket
 from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.protocol import DatagramProtocol
@@ -68,6 +69,40 @@ def bindUDPSocket(interface: str, port: int, reusePort: bool = False) -> socket.
         sock.close()
         raise
     return sock
+
+
+def listeningSocket(
+    service: str,
+    interface: str,
+    port: int,
+    reusePort: bool = False,
+    mustBeFree: bool = False,
+) -> socket.socket:
+    """
+    L{bindUDPSocket} for the service called C{service}: a failure is logged,
+    naming the service and the address, and raised as the
+    L{CannotListenError} Twisted's own ports raise.
+
+    @param mustBeFree: with C{reusePort}, check first that no other socket
+        holds the port: sockets of another process with C{SO_REUSEPORT}
+        (another udptime with workers, started twice) would otherwise share
+        it without a word, and take part of its datagrams.
+    """
+    try:
+        if mustBeFree and port:
+            bindUDPSocket(interface, port).close()
+        return bindUDPSocket(interface, port, reusePort)
+    except OSError as failure:
+        _log.critical(
+            "udptime {service} service cannot listen on {where} (UDP): {reason}",
+            service=service,
+            where=formatAddress(interface, port),
+            reason=failure.strerror or failure,
+        )
+        raise CannotListenError(interface, port, failure) from failure
+
+
+_log = Logger()
 
 
 def _hasIPv6() -> bool:
@@ -117,7 +152,9 @@ class UDPListenService(Service):
     def privilegedStartService(self) -> None:
         sock, self.inheritedSocket = self.inheritedSocket, None
         if sock is None:
-            sock = bindUDPSocket(self.interface, self.portNumber, self.reusePort)
+            sock = listeningSocket(
+                str(self.name), self.interface, self.portNumber, self.reusePort
+            )
         try:
             self.port = self._adopt(sock)
         finally:

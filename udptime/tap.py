@@ -41,6 +41,8 @@ _Number = TypeVar("_Number", int, float)
 
 
 def _interface(value: str) -> str:
+    if "%" in value:
+        raise ValueError(f"{value!r}: scoped IPv6 addresses (with %) are not supported")
     try:
         address = ipaddress.ip_address(value)
     except ValueError:
@@ -111,7 +113,22 @@ def _bounded(
 _rate = _bounded(float, 0.0, sys.float_info.max, "a number of requests per second >= 0")
 _count = _bounded(int, 1, sys.maxsize, "a whole number >= 1")
 _prefixLength = _bounded(int, 1, 128, "an IPv6 prefix length from 1 to 128")
-_seconds = _bounded(float, 0.0, sys.float_info.max, "a number of seconds >= 0")
+
+MIN_SUMMARY_INTERVAL = 1.0
+"""The shortest C{--summary-interval} but 0: the summaries are for people."""
+
+_SUMMARY_INTERVAL = "0, or a number of seconds >= 1"
+_seconds = _bounded(float, 0.0, sys.float_info.max, _SUMMARY_INTERVAL)
+
+
+def _summaryInterval(value: str) -> float:
+    seconds = _seconds(value)
+    if 0.0 < seconds < MIN_SUMMARY_INTERVAL:
+        raise ValueError(f"{value!r} is not {_SUMMARY_INTERVAL}")
+    return seconds
+
+
+_summaryInterval.coerceDoc = _seconds.coerceDoc  # type: ignore[attr-defined]
 
 
 def _helpText(method: _Method) -> _Method:
@@ -176,14 +193,16 @@ class Options(usage.Options):
             None,
             "NTP: claim synchronisation at this stratum (1-15) even when the "
             "kernel says the clock is unsynchronised, as chrony's 'local "
-            "stratum N' (default: follow the kernel).",
+            "stratum N' (default: follow the kernel)",
             _stratum,
         ],
         [
             "refid",
             None,
-            LOCAL_REFID,
-            "NTP: reference identifier sent with --local-stratum.",
+            None,
+            "NTP: reference identifier sent with --local-stratum (default: "
+            + LOCAL_REFID.decode("ascii")
+            + ")",
             _refid,
         ],
         [
@@ -243,7 +262,7 @@ class Options(usage.Options):
             None,
             DEFAULT_INTERVAL,
             "Seconds between log lines summarising each service's counters (0: none).",
-            _seconds,
+            _summaryInterval,
         ],
         [
             "workers",
@@ -317,8 +336,14 @@ class Options(usage.Options):
             raise usage.UsageError("this system has no kernel receive timestamps")
         if not self["ntp-port"] and self["local-stratum"] is not None:
             raise usage.UsageError("--local-stratum is for NTP: give --ntp-port")
-        if self["local-stratum"] is None and self["refid"] != LOCAL_REFID:
+        if not self["ntp-port"] and (
+            self["kernel-timestamps"] or self["no-kernel-timestamps"]
+        ):
+            raise usage.UsageError("kernel timestamps are for NTP: give --ntp-port")
+        if self["local-stratum"] is None and self["refid"] is not None:
             raise usage.UsageError("--refid is sent with --local-stratum: give both")
+        if self["refid"] is None:
+            self["refid"] = LOCAL_REFID
         ports = self.enabledPorts()
         if not ports:
             raise usage.UsageError("every service is off: give at least one port")
@@ -392,9 +417,11 @@ class UDPTimeService(MultiService):
     """
     The top of the service tree: one child per listening socket.
 
-    Once the reactor runs it takes over SIGTERM and SIGINT (Ctrl-C) so that a
-    stop by either is a clean shutdown with exit status 0 (twistd otherwise
-    re-raises the signal, and the process ends "killed by SIGTERM"), and
+    Once the reactor runs it takes over SIGTERM, SIGINT (Ctrl-C) and SIGHUP
+    (a closed terminal, or a C{kill -HUP}, which would otherwise end the
+    process on the spot, its pid file left behind) so that a stop by any of
+    them is a clean shutdown with exit status 0 (twistd otherwise re-raises
+    SIGTERM and SIGINT, and the process ends "killed by SIGTERM"), and
     so that a second signal during the shutdown (Ctrl-C reaches a
     supervisor and its workers alike, and the supervisor then stops its
     workers with SIGTERM) changes nothing.
@@ -412,7 +439,7 @@ class UDPTimeService(MultiService):
         super().startService()
 
     def _installTermHandler(self) -> None:
-        for number in (signal.SIGTERM, signal.SIGINT):
+        for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(number, self._terminate)
 
     def _terminate(self, number: int, frame: FrameType | None) -> None:

@@ -66,7 +66,7 @@ from twisted.logger import Logger, eventFromJSON, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.python.util import switchUID
 
-from udptime.service import UDPListenService, bindUDPSocket, formatAddress
+from udptime.service import UDPListenService, formatAddress, listeningSocket
 
 WORKER_ENVIRONMENT = "UDPTIME_WORKER"
 """
@@ -74,6 +74,9 @@ The environment variable that makes a udptime process a worker: JSON with
 the worker's number, its supervisor's process id and, by service name, the
 descriptor of the socket it serves.
 """
+
+MAX_WORKERS = 256
+"""The most worker processes C{--workers} starts (each is a Python process)."""
 
 STOP_TIMEOUT = 10.0
 """Seconds a worker has to exit after SIGTERM before it is killed."""
@@ -186,13 +189,19 @@ def workerCount(value: str) -> int:
             if hasattr(os, "sched_getaffinity")
             else (os.cpu_count() or 1)
         )
-    count = int(value)
-    if count < 0:
-        raise ValueError(f"--workers must be 0 or more, or auto, not {value!r}")
+    try:
+        count = int(value)
+    except ValueError:
+        count = -1
+    if not 0 <= count <= MAX_WORKERS:
+        raise ValueError(
+            f"--workers must be a number from 0 to {MAX_WORKERS}, or auto,"
+            f" not {value!r}"
+        )
     return count
 
 
-workerCount.coerceDoc = "A number, or auto: one per CPU."  # type: ignore[attr-defined]
+workerCount.coerceDoc = f"A number up to {MAX_WORKERS}, or auto: one per CPU."  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -414,15 +423,23 @@ class WorkerSupervisor(Service):
         for listener in self.listeners:
             port = listener.portNumber
             for index in range(1, self.count + 1):
-                sock = bindUDPSocket(listener.interface, port, reusePort=True)
+                sock = listeningSocket(
+                    str(listener.name),
+                    listener.interface,
+                    port,
+                    reusePort=True,
+                    # The group is ours alone: no other process's socket may
+                    # be on the port when its first socket is bound.
+                    mustBeFree=index == 1,
+                )
                 port = sock.getsockname()[1]  # port 0: the others follow
                 self.sockets.setdefault(index, {})[str(listener.name)] = sock
             self._steer(listener, sock)
             self.log.info(
-                "udptime {service} service listening on {where} (UDP), {count} workers",
+                "udptime {service} service listening on {where} (UDP), {workers}",
                 service=listener.name,
                 where=formatAddress(*sock.getsockname()[:2]),
-                count=self.count,
+                workers="1 worker" if self.count == 1 else f"{self.count} workers",
             )
         Service.privilegedStartService(self)
         self._stopping = False

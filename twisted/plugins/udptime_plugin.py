@@ -10,6 +10,7 @@ from twisted.application.service import ServiceMaker
 udptime = ServiceMaker(
     "udptime",
     "udptime.tap",
-    "UDP time service: text time, SNTP/NTP, RFC 868 Time, RFC 867 Daytime",
+    "UDP time service: text time, SNTP/NTP, RFC 868 Time, RFC 867 Daytime, "
+    "RFC 862 Echo",
     "udptime",
 )
