@@ -38,6 +38,8 @@ ALL_INTERFACES = "::"
 MAX_DATAGRAM = 65535
 """Receive buffer size: larger than any UDP payload, so nothing is truncated."""
 
+_log = Logger()
+
 
 def bindUDPSocket(interface: str, port: int, reusePort: bool = False) -> socket.socket:
     """
@@ -100,9 +102,6 @@ def listeningSocket(
             reason=failure.strerror or failure,
         )
         raise CannotListenError(interface, port, failure) from failure
-
-
-_log = Logger()
 
 
 def _hasIPv6() -> bool:
