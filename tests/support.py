@@ -249,6 +249,18 @@ class TwistdServer:
         self.stop()
         raise RuntimeError("twistd did not start listening in time:\n" + self.log())
 
+    def startOrCleanUp(self, listeners: int = 1) -> TwistdServer:
+        """
+        L{start}, for a caller that cannot register L{cleanup} first (a
+        helper that returns the server): when it fails, the server is
+        cleaned up before the error goes on.
+        """
+        try:
+            return self.start(listeners)
+        except BaseException:
+            self.cleanup()
+            raise
+
     def log(self) -> str:
         try:
             with open(self.logPath, encoding="utf-8", errors="replace") as f:

@@ -33,6 +33,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from tests.support import (
     TwistdServer,
     freePort,
+    missing,
     requirePeer,
     twistdPath,
     udpQuery,
@@ -64,7 +65,7 @@ def startServer(*arguments: str) -> tuple[TwistdServer, int]:
     """
     port = freePort()
     server = TwistdServer(["--port", "0", "--ntp-port", str(port), *arguments])
-    server.start()
+    server.startOrCleanUp()
     return server, port
 
 
@@ -365,7 +366,7 @@ class NtpdigTests(SynchronousTestCase):
             [self.unshare, "-n", "true"], capture_output=True, text=True, timeout=10
         )
         if probe.returncode != 0:
-            raise SkipTest(
+            missing(
                 "unshare -n is not permitted here (needs root or user "
                 f"namespaces): {probe.stderr.strip()}"
             )
@@ -471,7 +472,10 @@ class ReferenceServer:
                 raise RuntimeError(f"chronyd exited: {self.stderr()}")
             try:
                 udpQuery(ntpRequest(), "127.0.0.1", self.port, timeout=0.2)
-            except (TimeoutError, ConnectionRefusedError):
+            except TimeoutError:
+                continue
+            except ConnectionRefusedError:
+                time.sleep(0.02)  # polling, bounded by the deadline
                 continue
             return
         raise RuntimeError(f"chronyd did not answer in time: {self.stderr()}")

@@ -14,9 +14,9 @@ import struct
 import subprocess
 import sys
 
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase
 
-from tests.support import TwistdServer, requirePeer
+from tests.support import TwistdServer, missing, requirePeer
 
 QUERY = r"""
 import socket, struct, sys
@@ -40,13 +40,13 @@ class PrivilegeTests(SynchronousTestCase):
         nobody, and answers on all three.
         """
         if os.geteuid() != 0:
-            raise SkipTest("binding ports below 1024 and unshare need root")
+            missing("binding ports below 1024 and unshare need root")
         unshare = requirePeer("unshare", "util-linux, for a private network namespace")
         nsenter = requirePeer("nsenter", "util-linux, to query inside the namespace")
         ip = requirePeer("ip", "iproute2, to bring the namespace's loopback up")
         probe = subprocess.run([unshare, "-n", "true"], capture_output=True)
         if probe.returncode:
-            raise SkipTest(f"unshare -n is not permitted here: {probe.stderr!r}")
+            missing(f"unshare -n is not permitted here: {probe.stderr!r}")
         nobody = pwd.getpwnam("nobody")
         nogroup = grp.getgrgid(nobody.pw_gid)
         server = TwistdServer(

@@ -89,7 +89,7 @@ def startServer(
     if "ntp" in ports:
         arguments += ["--local-stratum", "2"]
     server = TwistdServer([*arguments, *extra])
-    server.start(listeners=len(ports))
+    server.startOrCleanUp(listeners=len(ports))
     return server, ports
 
 
@@ -415,10 +415,13 @@ class ForgedFloodTests(SynchronousTestCase):
         udpQuery(b"", *destination, source=("127.0.0.1", 0))
         before = residentMemory(server.pid)
         total = 100_000
-        answered = 0
+        answered = lost = 0
         batch = 200
         start = time.monotonic()
+        deadline = start + 300.0
         for first in range(0, total, batch):
+            if time.monotonic() > deadline:
+                self.fail(f"the flood took over 300 s; {first} of {total} sent")
             last = None
             for i in range(first, first + batch):
                 address = 0x7F_40_00_00 + i
@@ -436,7 +439,7 @@ class ForgedFloodTests(SynchronousTestCase):
                 last.recvfrom(16)
                 answered += 1
             except TimeoutError:
-                pass
+                lost += 1  # at most 10 % of the batches may go unanswered
             last.close()
         elapsed = time.monotonic() - start
         after = residentMemory(server.pid)
@@ -452,6 +455,7 @@ class ForgedFloodTests(SynchronousTestCase):
             rssBeforeKiB=before // 1024,
             rssGrowthKiB=(after - before) // 1024,
             seconds=round(elapsed, 2),
+            batchesUnanswered=lost,
         )
         self.assertEqual(totals["clients"], 20_000)
         self.assertEqual(totals["evicted"], totals["received"] - 20_000)

@@ -23,6 +23,7 @@ from tests.support import (
     TwistdServer,
     freePort,
     freePrivilegedPort,
+    missing,
     udpQuery,
     waitFor,
 )
@@ -93,8 +94,8 @@ class WorkerTests(SynchronousTestCase):
         server = TwistdServer(
             ["--port", str(self.port), "--workers", str(count), *extra], **kwargs
         )
-        server.start()
         self.addCleanup(server.cleanup)
+        server.start()
         waitFor(lambda: len(workerPids(server)) == count, "the workers to start")
         waitFor(
             lambda: server.log().count("service listening on") >= 1 + count,
@@ -266,8 +267,8 @@ class WorkerTests(SynchronousTestCase):
             twistdArguments=[f"--uid={nobody.pw_uid}", f"--gid={nobody.pw_gid}"],
         )
         os.chmod(server.directory, 0o755)
-        server.start()
         self.addCleanup(server.cleanup)
+        server.start()
         waitFor(lambda: len(workerPids(server)) == 2, "the workers to start")
         self.assertEqual(len(queryFromManyPorts(port, 8)), 8)
         for pid in workerPids(server).values():
@@ -341,11 +342,11 @@ def rootAndNobody(case: SynchronousTestCase, why: str) -> pwd.struct_passwd:
     (saying C{why}) unless run as root, or when there is no such user.
     """
     if os.geteuid() != 0:
-        case.skipTest(why)
+        missing(why)
     try:
         return pwd.getpwnam("nobody")
     except KeyError:
-        case.skipTest("no user 'nobody'")
+        missing("no user 'nobody'")
         raise
 
 
