@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -140,6 +141,7 @@ class InstallTests(SynchronousTestCase):
         self.pip("install", "-q", ".")
         files = self.installedFiles()
         self.assertIn("twisted/plugins/udptime_plugin.py", files)
+        self.assertIn("udptime/py.typed", files)
         self.assertNotIn("twisted/plugins/__init__.py", files)
         self.assertNotIn("twisted/__init__.py", files)
         self.assertFalse([f for f in files if f.startswith("tests/")], files)
@@ -169,6 +171,52 @@ class InstallTests(SynchronousTestCase):
         )
         self.assertEqual(
             where.stdout.strip(), os.path.join(self.source, "udptime", "tap.py")
+        )
+
+
+class SourceDistributionTests(SynchronousTestCase):
+    """
+    The sdist, built from a copy of the checkout with C{python -m build}.
+    """
+
+    def test_contents(self) -> None:
+        """
+        The sdist holds what running the tests and the benchmarks from the
+        unpacked tarball needs (the README's test command included), and the
+        licence, but no build artefact.
+        """
+        work = tempfile.mkdtemp(prefix="udptime-sdist-")
+        self.addCleanup(shutil.rmtree, work, True)
+        source = os.path.join(work, "udptime")
+        shutil.copytree(ROOT, source, ignore=IGNORED, symlinks=True)
+        os.makedirs(os.path.join(source, "bench", "build"))
+        open(os.path.join(source, "bench", "build", "loadgen"), "w").close()
+        done = subprocess.run(
+            [sys.executable, "-m", "build", "--sdist", "--outdir", work, source],
+            capture_output=True,
+            text=True,
+            timeout=PIP_TIMEOUT,
+        )
+        self.assertEqual(done.returncode, 0, done.stdout + done.stderr)
+        [archive] = [name for name in os.listdir(work) if name.endswith(".tar.gz")]
+        with tarfile.open(os.path.join(work, archive)) as sdist:
+            names = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
+        for needed in [
+            "LICENSE",
+            "README.rst",
+            "udptime/py.typed",
+            "twisted/plugins/udptime_plugin.py",
+            "tests/__init__.py",
+            "tests/support.py",
+            "tests/install-peers.sh",
+            "bench/run.py",
+            "bench/loadgen.c",
+        ]:
+            self.assertIn(needed, names)
+        self.assertNotIn("twisted/plugins/__init__.py", names)
+        self.assertFalse(
+            [n for n in names if n.startswith("bench/build") or "__pycache__" in n],
+            sorted(names),
         )
 
 
