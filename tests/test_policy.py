@@ -417,6 +417,17 @@ class PolicyTests(SynchronousTestCase):
         ntp = Policy.forService("ntp", serverPorts=[5000, 5007, 5123])
         self.assertEqual(ntp.admit(("192.0.2.1", 5000), NOW), ADMIT)
 
+    def test_unknownService(self) -> None:
+        """
+        A service udptime does not serve has no policy: a misspelt name is
+        an error, not a service without NTP's rules.
+        """
+        error = self.assertRaises(ValueError, Policy.forService, "txt")
+        self.assertEqual(
+            str(error),
+            "unknown service 'txt' (choose from text, ntp, time, daytime, echo)",
+        )
+
     def test_ntpServesPort123(self) -> None:
         guard = Policy.forService("ntp")
         self.assertEqual(guard.admit(("192.0.2.1", 123), NOW), ADMIT)

@@ -74,6 +74,9 @@ DEFAULT_ECHO_WINDOW: Final = 1.0
 """Seconds during which an echo service treats its own reply coming back
 from the same address as a loop."""
 
+SERVICES: Final = ("text", "ntp", "time", "daytime", "echo")
+"""The services udptime serves, by name: what L{Policy.forService} takes."""
+
 SERVICE_PORTS: Final = frozenset({7, 13, 19, 37, 123})
 """Echo, Daytime, Chargen, Time and NTP: the small services a datagram from
 which may be a reply in a ping-pong loop (BSD inetd drops these too)."""
@@ -544,7 +547,12 @@ class Policy:
             this one is part of: no service but NTP answers datagrams from
             them, so that no two of the server's services can answer each
             other.
+        @raise ValueError: C{service} is none of L{SERVICES}.
         """
+        if service not in SERVICES:
+            raise ValueError(
+                f"unknown service {service!r} (choose from {', '.join(SERVICES)})"
+            )
         isNTP = service == "ntp"
         limiter = None
         if rate:
