@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from twisted.trial.unittest import SkipTest
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 LISTENING = "service listening on "
 
@@ -80,6 +80,25 @@ def missing(reason: str) -> None:
     if os.environ.get("UDPTIME_REQUIRE_PEERS") == "1":
         raise AssertionError(f"required test peer missing: {reason}")
     raise SkipTest(reason)
+
+
+def assertCannotListen(
+    case: SynchronousTestCase, server: TwistdServer, service: str, where: str
+) -> None:
+    """
+    Start C{server}, which must fail: its port is taken.  It exits with
+    status 1, after logging that its service C{service} cannot listen on
+    C{where}.
+    """
+    case.addCleanup(server.cleanup)
+    case.assertRaises(RuntimeError, server.start)
+    assert server.process is not None
+    case.assertEqual(server.process.returncode, 1)
+    case.assertIn(
+        f"udptime {service} service cannot listen on {where} (UDP):"
+        " Address already in use",
+        server.log(),
+    )
 
 
 def freePort(family: int = socket.AF_INET, kind: int = socket.SOCK_DGRAM) -> int:

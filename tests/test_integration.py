@@ -27,6 +27,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.support import (
     LISTENING,
     TwistdServer,
+    assertCannotListen,
     freePort,
     freePrivilegedPort,
     missing,
@@ -391,15 +392,7 @@ class LifecycleTests(SynchronousTestCase):
             server = TwistdServer(
                 ["--port", "0", "--ntp-port", str(port), "--interface", "127.0.0.1"]
             )
-            self.addCleanup(server.cleanup)
-            self.assertRaises(RuntimeError, server.start)
-        assert server.process is not None
-        self.assertEqual(server.process.returncode, 1)
-        self.assertIn(
-            f"udptime ntp service cannot listen on 127.0.0.1:{port} (UDP):"
-            " Address already in use",
-            server.log(),
-        )
+            assertCannotListen(self, server, "ntp", f"127.0.0.1:{port}")
 
     def test_pidfile(self) -> None:
         """

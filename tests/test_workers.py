@@ -21,6 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support import (
     TwistdServer,
+    assertCannotListen,
     freePort,
     freePrivilegedPort,
     missing,
@@ -184,15 +185,7 @@ class WorkerTests(SynchronousTestCase):
         """
         first = self.startServer(1)
         second = TwistdServer(["--port", str(self.port), "--workers", "2"])
-        self.addCleanup(second.cleanup)
-        self.assertRaises(RuntimeError, second.start)
-        assert second.process is not None
-        self.assertEqual(second.process.returncode, 1)
-        self.assertIn(
-            f"udptime text service cannot listen on [::]:{self.port} (UDP):"
-            " Address already in use",
-            second.log(),
-        )
+        assertCannotListen(self, second, "text", f"[::]:{self.port}")
         self.assertEqual(len(queryFromManyPorts(self.port, 4)), 4)
         self.assertIn(f"listening on [::]:{self.port} (UDP), 1 worker\n", first.log())
         self.assertEqual(first.stop(), 0)
