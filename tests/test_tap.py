@@ -76,16 +76,25 @@ class CoreOptionsTests(SynchronousTestCase):
         error = self.assertRaises(usage.UsageError, parse, "--port", "0")
         self.assertIn("every service is off", str(error))
 
+    def assertRefused(self, option: str, values: list[str], message: str) -> None:
+        """
+        Each of C{values} given to C{option} is a usage error that says
+        C{message}.
+        """
+        for value in values:
+            with self.subTest(value=value):
+                error = self.assertRaises(usage.UsageError, parse, option, value)
+                self.assertIn(message, str(error))
+
     def test_badInterface(self) -> None:
         """
         An interface must be an IP address, not a name.
         """
-        for interface in ("localhost", "1.2.3.4.5", "", "::1::", "256.0.0.1"):
-            with self.subTest(interface=interface):
-                error = self.assertRaises(
-                    usage.UsageError, parse, "--interface", interface
-                )
-                self.assertIn("is not an IPv4 or IPv6 address", str(error))
+        self.assertRefused(
+            "--interface",
+            ["localhost", "1.2.3.4.5", "", "::1::", "256.0.0.1"],
+            "is not an IPv4 or IPv6 address",
+        )
 
     def test_scopedInterface(self) -> None:
         """
@@ -101,12 +110,11 @@ class CoreOptionsTests(SynchronousTestCase):
         """
         self.assertEqual(parse("--summary-interval", "0")["summary-interval"], 0.0)
         self.assertEqual(parse("--summary-interval", "1")["summary-interval"], 1.0)
-        for value in ("1e-9", "0.5", "-1", "x", "nan"):
-            with self.subTest(value=value):
-                error = self.assertRaises(
-                    usage.UsageError, parse, "--summary-interval", value
-                )
-                self.assertIn("is not 0, or a number of seconds >= 1", str(error))
+        self.assertRefused(
+            "--summary-interval",
+            ["1e-9", "0.5", "-1", "x", "nan"],
+            "is not 0, or a number of seconds >= 1",
+        )
 
     def test_kernelTimestampsNeedNTP(self) -> None:
         """
@@ -125,10 +133,11 @@ class CoreOptionsTests(SynchronousTestCase):
         """
         An unknown or malformed zone name is a usage error.
         """
-        for zone in ("Mars/Olympus", "../../etc/passwd", "/etc/passwd", "", "Europe"):
-            with self.subTest(zone=zone):
-                error = self.assertRaises(usage.UsageError, parse, "--timezone", zone)
-                self.assertIn("unknown time zone", str(error))
+        self.assertRefused(
+            "--timezone",
+            ["Mars/Olympus", "../../etc/passwd", "/etc/passwd", "", "Europe"],
+            "unknown time zone",
+        )
 
     def test_unknownOption(self) -> None:
         """
