@@ -103,7 +103,8 @@ def assertCannotListen(
 
 def freePort(family: int = socket.AF_INET, kind: int = socket.SOCK_DGRAM) -> int:
     """
-    A UDP port number that is free on both 127.0.0.1 and ::1 right now.
+    A UDP port number that is free on every address right now, so that a
+    server may bind it on 127.0.0.1, ::1 or all of them (the default).
     """
     for _ in range(50):
         with socket.socket(family, kind) as probe:
@@ -115,12 +116,17 @@ def freePort(family: int = socket.AF_INET, kind: int = socket.SOCK_DGRAM) -> int
 
 
 def _portFree(port: int) -> bool:
-    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
-        try:
-            with socket.socket(family, socket.SOCK_DGRAM) as probe:
-                probe.bind((host, port))
-        except OSError:
-            return False
+    """
+    Whether UDP port C{port} can be bound on every IPv4 and IPv6 address:
+    a dual-stack socket on C{::} conflicts with a socket bound to any
+    address, loopback or not, on that port.
+    """
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            probe.bind(("::", port))
+    except OSError:
+        return False
     return True
 
 
