@@ -737,7 +737,6 @@ class TextClientCodecTests(SynchronousTestCase):
         for line in [
             "9" * 400,
             "-" + "9" * 400,
-            "1e999",
             "253402300800",
             "-62135596801",
         ]:

@@ -882,43 +882,54 @@ class ClientCodecTests(SynchronousTestCase):
 
     def test_bogusTimestamps(self) -> None:
         """
-        A reply whose server held the request longer than the round trip
-        took, or transmitted it before receiving it, fails the query with
-        L{BadReply}, saying so: such timestamps give no offset worth
-        showing.
+        A reply whose server, by its own timestamps, transmitted it before
+        it received the request, or held the request for more than
+        L{ntp.MAX_SERVER_INTERVAL}, fails the query with L{BadReply},
+        saying so.
         """
         t = 1_800_000_000.0
         cases = [
-            # Held 5 s, in a round trip of 0.3 s.
-            (self.forged(t - 5.0, t), t, t + 0.3, "held the request 4.700000 s longer"),
-            # Transmitted 2 s before it was received.
-            (self.forged(t + 2.0, t), t, t + 0.3, "2.000000 s before its receive"),
+            (self.forged(t - 5.0, t), "claims to have held the request for 5.000 s"),
+            (self.forged(t + 2.0, t), "2.000000 s before its receive timestamp"),
         ]
-        for packet, sentAt, receivedAt, message in cases:
+        for packet, message in cases:
             with self.subTest(message=message):
                 error = self.assertRaises(
-                    BadReply, self.parseForged, packet, sentAt, receivedAt
+                    BadReply, self.parseForged, packet, t, t + 0.3
                 )
                 self.assertIn("192.0.2.9:123 sent a bogus reply", str(error))
                 self.assertIn(message, str(error))
+        self.assertEqual(
+            self.parseForged(self.forged(t, t + 4.0), t, t + 4.1).serverTime, t + 4.0
+        )
 
-    def test_delayWithinPrecision(self) -> None:
+    def test_ourClockMoved(self) -> None:
         """
-        Timestamps off by less than the server's precision (which it may
-        fuzz) are taken, the delay never below 0.
+        A delay that comes out negative says more about our clock (stepped,
+        or running at another rate during the exchange) than about the
+        server: as chrony does, its size is taken, and the reply stands.
         """
         t = 1_800_000_000.0
-        # Held 1 ms longer than a 100 µs round trip: beyond 2^-20 s, within
-        # the 2^-6 s (16 ms) a server of that precision claims.
-        packet = self.forged(t + 0.0001, t + 0.0012, precision=-6)
-        result = self.parseForged(packet, t, t + 0.0001)
-        self.assertEqual(result.delay, 0.0)
+        # The server held the request 1 ms, in a round trip of 100 µs by our
+        # clock.
+        result = self.parseForged(self.forged(t, t + 0.001), t, t + 0.0001)
+        assertClose(self, result.delay, 0.0009)
+
+    def test_transmitWithinPrecision(self) -> None:
+        """
+        A transmit timestamp before the receive timestamp by less than the
+        precision the server claims (it may fuzz the bits below it) is
+        taken; by more, it is not.
+        """
+        t = 1_800_000_000.0
+        fuzzed = self.forged(t + 0.001, t, precision=-6)  # 2^-6 s: 16 ms
+        assertClose(self, self.parseForged(fuzzed, t, t + 0.01).delay, 0.011)
         self.assertRaises(
             BadReply,
             self.parseForged,
-            self.forged(t + 0.0001, t + 0.0012, precision=-20),
+            self.forged(t + 0.001, t, precision=-20),
             t,
-            t + 0.0001,
+            t + 0.01,
         )
 
     def test_details(self) -> None:

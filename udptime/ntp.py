@@ -57,6 +57,10 @@ from udptime.query import (
 NTP_PORT: Final = 123
 """The registered NTP port."""
 
+MAX_SERVER_INTERVAL: Final = 4.0
+"""Seconds a server may take to answer a request, at most, by its own
+timestamps (chrony's limit): a reply that claims more is bogus."""
+
 HEADER_SIZE: Final = 48
 """Length of the NTP header, and of every reply this codec builds."""
 
@@ -731,9 +735,9 @@ class NTPClientCodec:
 
         @raise ReplyMismatch: C{data} is not the reply to the request.
         @raise ServerRefused: the server sent a Kiss-o'-Death.
-        @raise BadReply: the reply's timestamps are impossible: the server
-            held the request for a negative time, or longer than the round
-            trip took.
+        @raise BadReply: the server's timestamps are impossible: it sent
+            the reply before it received the request, or held the request
+            for more than L{MAX_SERVER_INTERVAL}.
         """
         try:
             reply = NTPPacket.fromBytes(data)
@@ -761,24 +765,23 @@ class NTPClientCodec:
         t4 = unixToNTP64(receivedAt)
         offset = (timestampDifference(t2, t1) + timestampDifference(t3, t4)) / 2
         held = timestampDifference(t3, t2)
-        delay = timestampDifference(t4, t1) - held
-        # What the server's timestamps and ours may be off by: the
-        # precision the server claims (it may fuzz the bits below it) and
-        # a microsecond of our clock's.  Beyond that, a negative interval
-        # at the server, or one longer than the round trip, is bogus; within
-        # it, the delay is at least 0 (as chrony takes it).
-        slack = 2.0 ** min(reply.precision, 0) + 1e-6
-        if held < -slack:
+        # The server's own timestamps must be in order, to within the
+        # precision it claims (it may fuzz the bits below it), and it may
+        # not have held the request for longer than chrony allows
+        # (MAX_SERVER_INTERVAL).  The delay also depends on our clock,
+        # which may have been stepped or run at another rate during the
+        # exchange: as chrony does, its size is taken.
+        if held < -(2.0 ** min(reply.precision, 0)):
             raise BadReply(
                 f"{where} sent a bogus reply: its transmit timestamp is"
                 f" {-held:.6f} s before its receive timestamp"
             )
-        if delay < -slack:
+        if held > MAX_SERVER_INTERVAL:
             raise BadReply(
                 f"{where} sent a bogus reply: it claims to have held the request"
-                f" {-delay:.6f} s longer than the round trip took"
+                f" for {held:.3f} s"
             )
-        delay = max(delay, 0.0)
+        delay = abs(timestampDifference(t4, t1) - held)
         serverTime = ntp64ToUnix(t3, receivedAt)
 
         synchronised = reply.leap != Leap.UNSYNCHRONISED and (

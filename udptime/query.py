@@ -98,8 +98,8 @@ class ServerRefused(QueryError):
 class BadReply(QueryError):
     """
     The server's reply answers the request but cannot be right (an NTP
-    reply whose server-side interval is negative, or longer than the whole
-    round trip): a broken server, which asking again would not mend.
+    reply sent before the request was received, by the server's own
+    timestamps): a broken server, which asking again would not mend.
     """
 
 
