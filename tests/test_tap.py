@@ -6,15 +6,18 @@ L{udptime.tap.makeService} builds from them.
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Callable
 from datetime import UTC
 
 from twisted.application.service import IServiceCollection
+from twisted.internet.task import Clock
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from udptime.server import TextTimeServer
 from udptime.service import UDPListenService
-from udptime.tap import DEFAULT_PORT, Options, makeService
+from udptime.tap import DEFAULT_PORT, Options, UDPTimeService, makeService
 
 
 def parse(*arguments: str) -> Options:
@@ -144,6 +147,41 @@ class CoreOptionsTests(SynchronousTestCase):
         An unknown option is a usage error.
         """
         self.assertRaises(usage.UsageError, parse, "--no-such-option")
+
+
+class StopSignalTests(SynchronousTestCase):
+    """
+    L{UDPTimeService}'s handling of the signals that stop it.
+    """
+
+    def test_ignoredOnceStopped(self) -> None:
+        """
+        Once the reactor runs, SIGTERM, SIGINT and SIGHUP stop it cleanly;
+        once it has stopped they are ignored, so that a late one cannot kill
+        the process as it exits.
+        """
+        numbers = UDPTimeService.stopSignals
+        self.assertEqual(set(numbers), {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+        for number in numbers:
+            self.addCleanup(signal.signal, number, signal.getsignal(number))
+        reactor = Clock()
+        running: list[Callable[[], object]] = []
+        triggers: list[tuple[str, str, Callable[[], object]]] = []
+        reactor.callWhenRunning = running.append  # type: ignore[attr-defined]
+        reactor.addSystemEventTrigger = (  # type: ignore[attr-defined]
+            lambda phase, event, f: triggers.append((phase, event, f))
+        )
+        service = UDPTimeService(reactor)
+        service.startService()
+        for f in running:
+            f()
+        for number in numbers:
+            self.assertEqual(signal.getsignal(number), service._terminate)
+        [(phase, event, ignore)] = triggers
+        self.assertEqual((phase, event), ("after", "shutdown"))
+        ignore()
+        for number in numbers:
+            self.assertEqual(signal.getsignal(number), signal.SIG_IGN)
 
 
 class MakeServiceTests(SynchronousTestCase):

@@ -424,10 +424,13 @@ class UDPTimeService(MultiService):
     SIGTERM and SIGINT, and the process ends "killed by SIGTERM"), and
     so that a second signal during the shutdown (Ctrl-C reaches a
     supervisor and its workers alike, and the supervisor then stops its
-    workers with SIGTERM) changes nothing.
+    workers with SIGTERM) changes nothing.  Once the reactor has stopped
+    they are ignored: on its way out Python puts back their default action,
+    which would kill the process, exit status and all.
     """
 
     log = Logger()
+    stopSignals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
     def __init__(self, reactor: Any) -> None:
         super().__init__()
@@ -439,8 +442,13 @@ class UDPTimeService(MultiService):
         super().startService()
 
     def _installTermHandler(self) -> None:
-        for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for number in self.stopSignals:
             signal.signal(number, self._terminate)
+        self.reactor.addSystemEventTrigger("after", "shutdown", self._ignoreSignals)
+
+    def _ignoreSignals(self) -> None:
+        for number in self.stopSignals:
+            signal.signal(number, signal.SIG_IGN)
 
     def _terminate(self, number: int, frame: FrameType | None) -> None:
         self.log.info(
