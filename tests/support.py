@@ -101,14 +101,14 @@ def assertCannotListen(
     )
 
 
-def freePort(family: int = socket.AF_INET, kind: int = socket.SOCK_DGRAM) -> int:
+def freePort() -> int:
     """
     A UDP port number that is free on every address right now, so that a
     server may bind it on 127.0.0.1, ::1 or all of them (the default).
     """
     for _ in range(50):
-        with socket.socket(family, kind) as probe:
-            probe.bind(("127.0.0.1" if family == socket.AF_INET else "::1", 0))
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind(("127.0.0.1", 0))
             port: int = probe.getsockname()[1]
         if _portFree(port):
             return port

@@ -356,7 +356,7 @@ class LifecycleTests(SynchronousTestCase):
         signal during the shutdown: exit status 0, nothing critical logged.
         """
         port = freePort()
-        server = TwistdServer(["--port", str(port)], newSession=True)
+        server = TwistdServer(["--port", str(port)])
         self.addCleanup(server.cleanup)
         server.start()
         self.assertRegex(udpQuery(b"time", "127.0.0.1", port), rb"^\d{4}-")

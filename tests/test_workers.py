@@ -369,6 +369,14 @@ class OptionTests(SynchronousTestCase):
         options.parseOptions(["--workers", "auto"])
         self.assertEqual(options["workers"], len(os.sched_getaffinity(0)))
 
+    def test_autoBounded(self) -> None:
+        """
+        C{auto} starts no more than L{workers.MAX_WORKERS}, however many
+        CPUs there are.
+        """
+        self.patch(os, "sched_getaffinity", lambda pid: set(range(1000)))
+        self.assertEqual(workers.workerCount("auto"), workers.MAX_WORKERS)
+
     def test_default(self) -> None:
         """
         By default the server runs in one process, without workers.

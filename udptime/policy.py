@@ -10,8 +10,8 @@ integer verdict:
 
   - L{ADMIT} (0, false): answer it;
   - L{LOOPED}: its source port is 0, a well-known small service port, or the
-    service's own port (the loop guard), or it is an echo of the reply just
-    sent to the same address (L{ReplyMemory});
+    port of one of the server's services (the loop guard), or it is an echo
+    of the reply just sent to the same address (L{ReplyMemory});
   - L{DENIED}: an allow/deny list (L{AccessList}) refuses its source;
   - L{LIMITED}: its source, or the whole service, is over its rate;
   - L{KISS}: limited, and this one deserves an NTP Kiss-o'-Death.

@@ -332,14 +332,14 @@ class Options(usage.Options):
             raise usage.UsageError(
                 "give --kernel-timestamps or --no-kernel-timestamps, not both"
             )
-        if self["kernel-timestamps"] and not kernelTimestampsAvailable():
-            raise usage.UsageError("this system has no kernel receive timestamps")
-        if not self["ntp-port"] and self["local-stratum"] is not None:
-            raise usage.UsageError("--local-stratum is for NTP: give --ntp-port")
         if not self["ntp-port"] and (
             self["kernel-timestamps"] or self["no-kernel-timestamps"]
         ):
             raise usage.UsageError("kernel timestamps are for NTP: give --ntp-port")
+        if self["kernel-timestamps"] and not kernelTimestampsAvailable():
+            raise usage.UsageError("this system has no kernel receive timestamps")
+        if not self["ntp-port"] and self["local-stratum"] is not None:
+            raise usage.UsageError("--local-stratum is for NTP: give --ntp-port")
         if self["local-stratum"] is None and self["refid"] is not None:
             raise usage.UsageError("--refid is sent with --local-stratum: give both")
         if self["refid"] is None:

@@ -141,6 +141,14 @@ def lookupZone(name: str) -> tzinfo:
     raise TextRequestError(f"unknown time zone {_quote(name)}")
 
 
+def loadZoneNames() -> None:
+    """
+    Read the names of the zone database now (it takes tens of
+    milliseconds), rather than when the first request names a zone.
+    """
+    _zoneNamesByFold()
+
+
 @lru_cache(maxsize=1)
 def _zoneNamesByFold() -> dict[str, str]:
     """

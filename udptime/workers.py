@@ -181,14 +181,16 @@ _TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} ")
 def workerCount(value: str) -> int:
     """
     The C{--workers} option: a number of processes (0: serve in this
-    process), or C{auto} for one per CPU this process may run on.
+    process), or C{auto} for one per CPU this process may run on, up to
+    L{MAX_WORKERS}.
     """
     if value.strip().lower() == "auto":
-        return (
+        cpus = (
             len(os.sched_getaffinity(0))
             if hasattr(os, "sched_getaffinity")
             else (os.cpu_count() or 1)
         )
+        return min(cpus, MAX_WORKERS)
     try:
         count = int(value)
     except ValueError:
