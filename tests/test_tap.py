@@ -15,6 +15,7 @@ from twisted.internet.task import Clock
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
+from udptime import text
 from udptime.server import TextTimeServer
 from udptime.service import UDPListenService
 from udptime.tap import DEFAULT_PORT, Options, UDPTimeService, makeService
@@ -147,6 +148,23 @@ class CoreOptionsTests(SynchronousTestCase):
         An unknown option is a usage error.
         """
         self.assertRaises(usage.UsageError, parse, "--no-such-option")
+
+
+class ZoneNamesTests(SynchronousTestCase):
+    """
+    When the zone database's names are read.
+    """
+
+    def test_readWhenBuilt(self) -> None:
+        """
+        L{makeService} reads them for a text service, before twistd (or a
+        worker) gives up its user: not when the first request names a zone.
+        """
+        text._zoneNamesByFold.cache_clear()
+        makeService(parse("--port", "0", "--time-port", "1037"))
+        self.assertEqual(text._zoneNamesByFold.cache_info().currsize, 0)
+        makeService(parse())
+        self.assertEqual(text._zoneNamesByFold.cache_info().currsize, 1)
 
 
 class StopSignalTests(SynchronousTestCase):

@@ -180,16 +180,6 @@ class TextServerTests(SynchronousTestCase):
             with self.subTest(request=request):
                 self.assertEqual(self.ask(request), [(reply, CLIENT)])
 
-    def test_zoneNamesReadAtStart(self) -> None:
-        """
-        The zone database's names are read as the service starts, not when
-        the first request names a zone.
-        """
-        text._zoneNamesByFold.cache_clear()
-        self.assertEqual(text._zoneNamesByFold.cache_info().currsize, 0)
-        makeServer()
-        self.assertEqual(text._zoneNamesByFold.cache_info().currsize, 1)
-
     def test_maliciousZones(self) -> None:
         """
         Zone names that are paths, or files of the zone database that are

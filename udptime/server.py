@@ -319,14 +319,6 @@ class TextTimeServer(UDPServerProtocol):
         self._defaultFormat = fmt
         self._builders.clear()
 
-    def startProtocol(self) -> None:
-        """
-        Read the zone database's names as the service starts, so that the
-        first request naming a zone does not hold up the others.
-        """
-        super().startProtocol()
-        text.loadZoneNames()
-
     def respond(self, data: bytes, addr: Address, received: float) -> bytes | None:
         build = self._builders.get(data)
         if build is None:

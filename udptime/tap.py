@@ -487,6 +487,11 @@ def makeService(options: Options) -> IService:
             verbose=verbose,
             clockSource=ClockSource(options["local-stratum"], options["refid"]),
         )
+    if "text" in protocols:
+        # Now, as twistd (or a worker) still runs as the user who started
+        # it: the first request naming a zone then does not hold up the
+        # others, and the database is read whoever the service runs as.
+        text.loadZoneNames()
     globalLimit = options.globalLimit()
     for name, protocol in protocols.items():
         protocol.policy = options.servicePolicy(name, globalLimit)
