@@ -350,6 +350,45 @@ class LifecycleTests(SynchronousTestCase):
         self.assertEqual(server.stop(), 0)
         self.assertIn("Received SIGTERM", server.log())
 
+    def test_badCommandLine(self) -> None:
+        """
+        A bad option stops twistd before anything starts: one line on
+        standard error naming the option, nothing on standard output (not
+        twistd's usage text), status 1.
+        """
+        port = freePort()
+        with tempfile.TemporaryDirectory() as directory:
+            for arguments, reason in [
+                (
+                    ["--port", "x"],
+                    "--port: 'x' is not a port number from 0 to 65535",
+                ),
+                (
+                    ["--port", str(port), "--rate", "-1"],
+                    "--rate: '-1' is not a number of requests per second >= 0",
+                ),
+                (["--port", "0"], "every service is off: give at least one port"),
+                (["now"], "unexpected argument 'now': udptime takes options only"),
+            ]:
+                with self.subTest(arguments=arguments):
+                    done = subprocess.run(
+                        [twistdPath(), "-n", "--pidfile=", "udptime", *arguments],
+                        cwd=directory,
+                        capture_output=True,
+                        text=True,
+                        timeout=30,
+                    )
+                    self.assertEqual(
+                        (done.returncode, done.stdout, done.stderr),
+                        (
+                            1,
+                            "",
+                            f"twistd udptime: {reason} "
+                            "(twistd udptime --help lists the options)\n",
+                        ),
+                    )
+            self.assertEqual(os.listdir(directory), [])
+
     def test_sigint(self) -> None:
         """
         Ctrl-C (SIGINT) stops the server cleanly too, and so does a second

@@ -13,6 +13,7 @@ from datetime import UTC
 from twisted.application.service import IServiceCollection
 from twisted.internet.task import Clock
 from twisted.python import usage
+from twisted.scripts.twistd import ServerOptions
 from twisted.trial.unittest import SynchronousTestCase
 
 from udptime import text
@@ -76,7 +77,10 @@ class CoreOptionsTests(SynchronousTestCase):
         """
         for port in ("x", "-1", "65536", "5000.5", ""):
             with self.subTest(port=port):
-                self.assertRaises(usage.UsageError, parse, "--port", port)
+                error = self.assertRaises(usage.UsageError, parse, "--port", port)
+                self.assertEqual(
+                    str(error), f"--port: {port!r} is not a port number from 0 to 65535"
+                )
         error = self.assertRaises(usage.UsageError, parse, "--port", "0")
         self.assertIn("every service is off", str(error))
 
@@ -148,6 +152,34 @@ class CoreOptionsTests(SynchronousTestCase):
         An unknown option is a usage error.
         """
         self.assertRaises(usage.UsageError, parse, "--no-such-option")
+
+    def test_arguments(self) -> None:
+        """
+        udptime takes options only: an argument is a usage error naming it.
+        """
+        error = self.assertRaises(usage.UsageError, parse, "now")
+        self.assertEqual(
+            str(error), "unexpected argument 'now': udptime takes options only"
+        )
+
+    def test_underTwistd(self) -> None:
+        """
+        Run by twistd (as its subcommand), a usage error exits with one line
+        for standard error, instead of reaching twistd, which would print
+        its whole usage text on standard output before the reason.
+        """
+        config = ServerOptions()
+        error = self.assertRaises(
+            SystemExit, config.parseOptions, ["udptime", "--burst", "0"]
+        )
+        self.assertEqual(
+            error.code,
+            "twistd udptime: --burst: '0' is not a whole number >= 1"
+            " (twistd udptime --help lists the options)",
+        )
+        config = ServerOptions()
+        config.parseOptions(["udptime", "--burst", "2"])
+        self.assertEqual(config.subOptions["burst"], 2)
 
 
 class ZoneNamesTests(SynchronousTestCase):

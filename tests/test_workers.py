@@ -391,7 +391,10 @@ class OptionTests(SynchronousTestCase):
                 error = self.assertRaises(
                     usage.UsageError, Options().parseOptions, ["--workers", value]
                 )
-                self.assertIn("--workers must be a number from 0 to 256", str(error))
+                self.assertEqual(
+                    str(error),
+                    f"--workers: {value!r} is not a number from 0 to 256, or auto",
+                )
 
     def test_argumentsKept(self) -> None:
         """

@@ -110,6 +110,7 @@ def _bounded(
     return coerce
 
 
+_port = _bounded(int, 0, 65535, "a port number from 0 to 65535")
 _rate = _bounded(float, 0.0, sys.float_info.max, "a number of requests per second >= 0")
 _count = _bounded(int, 1, sys.maxsize, "a whole number >= 1")
 _prefixLength = _bounded(int, 1, 128, "an IPv6 prefix length from 1 to 128")
@@ -129,6 +130,28 @@ def _summaryInterval(value: str) -> float:
 
 
 _summaryInterval.coerceDoc = _seconds.coerceDoc  # type: ignore[attr-defined]
+
+
+def _namingOptions(parameters: list[list[Any]]) -> list[list[Any]]:
+    """
+    C{optParameters} whose coercers name their option in their errors, as
+    C{--port: 'x' is not a port number from 0 to 65535}.
+    """
+    return [
+        [name, short, default, doc, _naming(name, coerce)]
+        for name, short, default, doc, coerce in parameters
+    ]
+
+
+def _naming(name: str, coerce: Callable[[str], Any]) -> Callable[[str], Any]:
+    def named(value: str) -> Any:
+        try:
+            return coerce(value)
+        except ValueError as error:
+            raise ValueError(f"--{name}: {error}") from None
+
+    named.coerceDoc = getattr(coerce, "coerceDoc", "")  # type: ignore[attr-defined]
+    return named
 
 
 def _helpText(method: _Method) -> _Method:
@@ -151,128 +174,131 @@ class Options(usage.Options):
         "and RFC 862 Echo services, and SNTP/NTP, are off unless given a port."
     )
 
-    optParameters = [
+    optParameters = _namingOptions(
         [
-            "port",
-            "p",
-            DEFAULT_PORT,
-            "UDP port of the text time service (0: off).",
-            usage.portCoerce,
-        ],
-        [
-            "time-port",
-            None,
-            0,
-            "UDP port of the RFC 868 Time service (37 is standard; 0: off).",
-            usage.portCoerce,
-        ],
-        [
-            "daytime-port",
-            None,
-            0,
-            "UDP port of the RFC 867 Daytime service (13 is standard; 0: off).",
-            usage.portCoerce,
-        ],
-        [
-            "echo-port",
-            None,
-            0,
-            "UDP port of the RFC 862 Echo service (7 is standard; 0: off).",
-            usage.portCoerce,
-        ],
-        [
-            "ntp-port",
-            None,
-            0,
-            "UDP port of the SNTP/NTP service (123 is standard; 0: off).",
-            usage.portCoerce,
-        ],
-        [
-            "local-stratum",
-            None,
-            None,
-            "NTP: claim synchronisation at this stratum (1-15) even when the "
-            "kernel says the clock is unsynchronised, as chrony's 'local "
-            "stratum N' (default: follow the kernel)",
-            _stratum,
-        ],
-        [
-            "refid",
-            None,
-            None,
-            "NTP: reference identifier sent with --local-stratum (default: "
-            + LOCAL_REFID.decode("ascii")
-            + ")",
-            _refid,
-        ],
-        [
-            "interface",
-            "i",
-            ALL_INTERFACES,
-            "Address to listen on (default: all IPv4 and IPv6 addresses).",
-            _interface,
-        ],
-        [
-            "timezone",
-            None,
-            None,
-            "Time zone of text replies that name none (default: the host's)",
-            _zone,
-        ],
-        [
-            "rate",
-            None,
-            policy.DEFAULT_RATE,
-            "Requests per second each service answers for one client (an IPv4 "
-            "address or an IPv6 prefix), sustained (0: no per-client limit).",
-            _rate,
-        ],
-        [
-            "burst",
-            None,
-            policy.DEFAULT_BURST,
-            "Requests one client may send back to back before --rate applies.",
-            _count,
-        ],
-        [
-            "ipv6-prefix",
-            None,
-            policy.DEFAULT_IPV6_PREFIX,
-            "IPv6 clients in one network of this prefix length count as one.",
-            _prefixLength,
-        ],
-        [
-            "max-clients",
-            None,
-            policy.DEFAULT_MAX_CLIENTS,
-            "Clients each service tracks for --rate; beyond it the oldest are "
-            "forgotten (this bounds memory).",
-            _count,
-        ],
-        [
-            "global-rate",
-            None,
-            0.0,
-            "Requests per second all services together answer, whatever their "
-            "source (0: no cap).",
-            _rate,
-        ],
-        [
-            "summary-interval",
-            None,
-            DEFAULT_INTERVAL,
-            "Seconds between log lines summarising each service's counters (0: none).",
-            _summaryInterval,
-        ],
-        [
-            "workers",
-            None,
-            0,
-            "Serve from this many worker processes sharing the ports "
-            "(SO_REUSEPORT), supervised by this one (0: serve in this process).",
-            workers.workerCount,
-        ],
-    ]
+            [
+                "port",
+                "p",
+                DEFAULT_PORT,
+                "UDP port of the text time service (0: off).",
+                _port,
+            ],
+            [
+                "time-port",
+                None,
+                0,
+                "UDP port of the RFC 868 Time service (37 is standard; 0: off).",
+                _port,
+            ],
+            [
+                "daytime-port",
+                None,
+                0,
+                "UDP port of the RFC 867 Daytime service (13 is standard; 0: off).",
+                _port,
+            ],
+            [
+                "echo-port",
+                None,
+                0,
+                "UDP port of the RFC 862 Echo service (7 is standard; 0: off).",
+                _port,
+            ],
+            [
+                "ntp-port",
+                None,
+                0,
+                "UDP port of the SNTP/NTP service (123 is standard; 0: off).",
+                _port,
+            ],
+            [
+                "local-stratum",
+                None,
+                None,
+                "NTP: claim synchronisation at this stratum (1-15) even when the "
+                "kernel says the clock is unsynchronised, as chrony's 'local "
+                "stratum N' (default: follow the kernel)",
+                _stratum,
+            ],
+            [
+                "refid",
+                None,
+                None,
+                "NTP: reference identifier sent with --local-stratum (default: "
+                + LOCAL_REFID.decode("ascii")
+                + ")",
+                _refid,
+            ],
+            [
+                "interface",
+                "i",
+                ALL_INTERFACES,
+                "Address to listen on (default: all IPv4 and IPv6 addresses).",
+                _interface,
+            ],
+            [
+                "timezone",
+                None,
+                None,
+                "Time zone of text replies that name none (default: the host's)",
+                _zone,
+            ],
+            [
+                "rate",
+                None,
+                policy.DEFAULT_RATE,
+                "Requests per second each service answers for one client (an IPv4 "
+                "address or an IPv6 prefix), sustained (0: no per-client limit).",
+                _rate,
+            ],
+            [
+                "burst",
+                None,
+                policy.DEFAULT_BURST,
+                "Requests one client may send back to back before --rate applies.",
+                _count,
+            ],
+            [
+                "ipv6-prefix",
+                None,
+                policy.DEFAULT_IPV6_PREFIX,
+                "IPv6 clients in one network of this prefix length count as one.",
+                _prefixLength,
+            ],
+            [
+                "max-clients",
+                None,
+                policy.DEFAULT_MAX_CLIENTS,
+                "Clients each service tracks for --rate; beyond it the oldest are "
+                "forgotten (this bounds memory).",
+                _count,
+            ],
+            [
+                "global-rate",
+                None,
+                0.0,
+                "Requests per second all services together answer, whatever their "
+                "source (0: no cap).",
+                _rate,
+            ],
+            [
+                "summary-interval",
+                None,
+                DEFAULT_INTERVAL,
+                "Seconds between log lines summarising each service's counters "
+                "(0: none).",
+                _summaryInterval,
+            ],
+            [
+                "workers",
+                None,
+                0,
+                "Serve from this many worker processes sharing the ports "
+                "(SO_REUSEPORT), supervised by this one (0: serve in this process).",
+                workers.workerCount,
+            ],
+        ]
+    )
 
     optFlags = [
         ["verbose", "v", "Log one line per request."],
@@ -298,9 +324,36 @@ class Options(usage.Options):
         self.arguments: list[str] = []
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        """
+        Parse C{options} (by default, the command line's).
+
+        @raise usage.UsageError: they are wrong, saying why in one line.
+        @raise SystemExit: they are wrong, run by twistd: twistd would print
+            its whole usage text on standard output, the reason last; the
+            reason alone goes to standard error instead, and twistd exits
+            with status 1, as for any usage error.
+        """
         # Kept for the worker processes, which run with the same options.
         self.arguments = list(sys.argv[1:] if options is None else options)
-        super().parseOptions(options)
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as error:
+            # Twisted says this before the coercer's own reason.
+            reason = str(error).removeprefix("Parameter type enforcement failed: ")
+            if self.parent is None:
+                raise usage.UsageError(reason) from None
+            raise SystemExit(
+                f"twistd udptime: {reason} (twistd udptime --help lists the options)"
+            ) from None
+
+    def parseArgs(self, *arguments: str) -> None:
+        """
+        udptime takes options only.
+        """
+        if arguments:
+            raise usage.UsageError(
+                f"unexpected argument {arguments[0]!r}: udptime takes options only"
+            )
 
     @_helpText
     def opt_allow(self, rule: str) -> None:

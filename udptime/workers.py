@@ -196,10 +196,7 @@ def workerCount(value: str) -> int:
     except ValueError:
         count = -1
     if not 0 <= count <= MAX_WORKERS:
-        raise ValueError(
-            f"--workers must be a number from 0 to {MAX_WORKERS}, or auto,"
-            f" not {value!r}"
-        )
+        raise ValueError(f"{value!r} is not a number from 0 to {MAX_WORKERS}, or auto")
     return count
 
 
