@@ -6,7 +6,7 @@ the load of a shared machine weighs on all alike).  No scheduling, no
 wake-ups, no load generator: only the code of the path under test and its
 system calls.
 
-    python bench/hotpath.py [--count 2000] [--rounds 30]
+    python bench/hotpath.py [--count 2000] [--rounds 30] [--parts]
 
 Compares udptime's text and NTP services (every policy on, as in
 bench/run.py) through its specialised port, with and without kernel
@@ -14,6 +14,11 @@ timestamps, one datagram per system call and batched (recvmmsg/sendmmsg,
 where the system has them), through Twisted's generic port, and the plain
 blocking loop's work (recvfrom, build a reply, sendto) and the bare Twisted
 L{DatagramProtocol} of bench/references.py for the same requests.
+
+With C{--parts} it takes udptime's default path for each service apart
+instead, adding one piece at a time: the port and its system calls with a
+constant reply (beside the blocking loop with a constant reply), kernel
+timestamps (NTP), the service's codec, and the policy.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from udptime.service import bindUDPSocket
 from udptime.tap import Options
 
 NTP_REQUEST = bytes([0x23]) + bytes(39) + b"\x12\x34\x56\x78\x9a\xbc\xde\xf0"
+PAYLOADS = {"ntp": NTP_REQUEST, "text": b"time"}
 POLICY = ["--rate", "1000000", "--burst", "100000", "--global-rate", "1e8"]
 
 
@@ -156,8 +162,9 @@ def blocking(
             if answer is not None:
                 sendto(answer, addr)
 
-    payload = NTP_REQUEST if protocol == "ntp" else b"time"
-    return Path(f"{protocol}: blocking loop", sock, payload, onePass, sock.close)
+    return Path(
+        f"{protocol}: blocking loop", sock, PAYLOADS[protocol], onePass, sock.close
+    )
 
 
 def bareTwisted(protocol: str) -> Path:
@@ -171,11 +178,10 @@ def bareTwisted(protocol: str) -> Path:
     )
     port.maxThroughput = 1 << 30
     sock.close()
-    payload = NTP_REQUEST if protocol == "ntp" else b"time"
     return Path(
         f"{protocol}: bare Twisted",
         port.socket,
-        payload,
+        PAYLOADS[protocol],
         port.doRead,
         port.stopListening,
     )
@@ -191,6 +197,22 @@ def udptimeServer(protocol: str) -> UDPServerProtocol:
         server = TextTimeServer(defaultZone=UTC)
     server.policy = options.servicePolicy(protocol, limit)
     return server
+
+
+class ConstantServer(UDPServerProtocol):
+    """
+    A service that answers every datagram with one reply, sent as the
+    replies of C{like} are (at once, or held for a batch): what udptime's
+    port and the generic bookkeeping of a service cost, without a codec.
+    """
+
+    def __init__(self, reply: bytes, like: UDPServerProtocol) -> None:
+        super().__init__()
+        self.reply = reply
+        self.transmitTimestamps = like.transmitTimestamps  # type: ignore[misc]
+
+    def respond(self, data: bytes, addr: Any, received: float) -> bytes | None:
+        return self.reply
 
 
 def serverPort(
@@ -217,23 +239,71 @@ def udptime(
     protocol: str, fast: bool, kernel: bool, count: int, batched: bool = False
 ) -> Path:
     server = udptimeServer(protocol)
-    port: Any
     if fast:
-        port = serverPort(server, kernel, batched, count)
-    else:
-        sock = loopbackSocket()
-        port = reactor.adoptDatagramPort(  # type: ignore[attr-defined]
-            sock.fileno(), sock.family, server, maxPacketSize=65535
-        )
-        port.maxThroughput = 1 << 30
-        sock.close()
+        kind = "ServerPort, batched" if batched else "ServerPort"
+        return served(protocol, server, kernel, batched, count, kind)
+    sock = loopbackSocket()
+    port = reactor.adoptDatagramPort(  # type: ignore[attr-defined]
+        sock.fileno(), sock.family, server, maxPacketSize=65535
+    )
+    port.maxThroughput = 1 << 30
+    sock.close()
     assert isinstance(port, udp.Port)
-    name = f"{protocol}: udptime {'ServerPort' if fast else 'udp.Port'}"
-    if fast:
-        name += ", batched" if batched else ""
-        name += ", kernel ts" if kernel else ", no kernel ts"
-    payload = NTP_REQUEST if protocol == "ntp" else b"time"
-    return Path(name, port.socket, payload, port.doRead, port.stopListening)
+    return Path(
+        f"{protocol}: udptime udp.Port",
+        port.socket,
+        PAYLOADS[protocol],
+        port.doRead,
+        port.stopListening,
+    )
+
+
+def parts(protocol: str, count: int) -> list[Path]:
+    """
+    udptime's default path for C{protocol}, a piece at a time (see the
+    module's C{--parts}), after the blocking loop, with its reply and with
+    a constant one of the same size.
+    """
+    reference = blocking(protocol)
+    size = len(REPLIES[protocol](PAYLOADS[protocol]) or b"")
+    constant = b"x" * size
+    floor = blocking(protocol, lambda data: constant)
+    floor.name += ", constant reply"
+    batched = batchingAvailable()
+    kind = "ServerPort, batched" if batched else "ServerPort"
+    withKernel = [False, True] if protocol == "ntp" else [False]
+    paths = [reference, floor]
+    for kernel in withKernel:
+        fixed = ConstantServer(constant, udptimeServer(protocol))
+        paths.append(
+            served(protocol, fixed, kernel, batched, count, f"{kind}, constant reply")
+        )
+    kernel = withKernel[-1]
+    unlimited = udptimeServer(protocol)
+    unlimited.policy = None
+    paths.append(
+        served(protocol, unlimited, kernel, batched, count, f"{kind}, no policy")
+    )
+    paths.append(udptime(protocol, True, kernel, count, batched))
+    return paths
+
+
+def served(
+    protocol: str,
+    server: UDPServerProtocol,
+    kernel: bool,
+    batched: bool,
+    count: int,
+    what: str,
+) -> Path:
+    """
+    C{server} on udptime's port, answering C{protocol}'s requests, as a
+    path called after C{what}.
+    """
+    port = serverPort(server, kernel, batched, count)
+    name = f"{protocol}: udptime {what}"
+    name += ", kernel ts" if kernel else ", no kernel ts"
+    return Path(name, port.socket, PAYLOADS[protocol], port.doRead, port.stopListening)
 
 
 def main() -> None:
@@ -241,30 +311,37 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--cpu", type=int, default=None, help="pin to this CPU")
+    parser.add_argument(
+        "--parts", action="store_true", help="take udptime's default path apart"
+    )
     args = parser.parse_args()
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
     batchings = [False, True] if batchingAvailable() else [False]
     for protocol in ("text", "ntp"):
-        paths = [
-            blocking(protocol),
-            bareTwisted(protocol),
-            udptime(protocol, False, False, args.count),
-        ]
-        for batched in batchings:
-            paths.append(udptime(protocol, True, False, args.count, batched))
-            if protocol == "ntp":
-                paths.append(udptime(protocol, True, True, args.count, batched))
+        if args.parts:
+            paths = parts(protocol, args.count)
+        else:
+            paths = [
+                blocking(protocol),
+                bareTwisted(protocol),
+                udptime(protocol, False, False, args.count),
+            ]
+            for batched in batchings:
+                paths.append(udptime(protocol, True, False, args.count, batched))
+                if protocol == "ntp":
+                    paths.append(udptime(protocol, True, True, args.count, batched))
         try:
             timeInterleaved(paths, args.count, args.rounds)
         finally:
             for path in paths:
                 path.close()
         reference = paths[0].median()
+        width = max(len(path.name) for path in paths)
         for path in paths:
             median = path.median()
             print(
-                f"{path.name:<48} {median:6.2f} µs/request"
+                f"{path.name:<{width}}  {median:6.2f} µs/request"
                 f" (best {min(path.times):.2f}), {median / reference:.2f}"
                 " x the blocking loop"
             )

@@ -57,6 +57,31 @@ class HotPathTests(SynchronousTestCase):
         self.assertEqual(names, expected)
         self.assertEqual(output.count("µs/request"), len(expected))
 
+    def test_parts(self) -> None:
+        """
+        With C{--parts} it adds the pieces of udptime's default path one at
+        a time, after the blocking loop with its reply and a constant one.
+        """
+        output = runBenchScript(
+            self, "hotpath.py", "--count", "20", "--rounds", "1", "--parts"
+        )
+        names = [line.split("  ")[0] for line in output.splitlines()]
+        kind = "ServerPort, batched" if batchingAvailable() else "ServerPort"
+        expected = []
+        for protocol, kernel in (("text", "no kernel ts"), ("ntp", "kernel ts")):
+            expected += [
+                f"{protocol}: blocking loop",
+                f"{protocol}: blocking loop, constant reply",
+                f"{protocol}: udptime {kind}, constant reply, no kernel ts",
+            ]
+            if protocol == "ntp":
+                expected.append(f"ntp: udptime {kind}, constant reply, kernel ts")
+            expected += [
+                f"{protocol}: udptime {kind}, no policy, {kernel}",
+                f"{protocol}: udptime {kind}, {kernel}",
+            ]
+        self.assertEqual(names, expected)
+
 
 class TransmitStampTests(SynchronousTestCase):
     """
