@@ -1035,6 +1035,41 @@ class ClientCodecTests(SynchronousTestCase):
                 self.assertIn("192.0.2.9:123", str(error))
                 self.assertIn("Kiss-o'-Death", str(error))
 
+    def test_otherKissCodes(self) -> None:
+        """
+        Every stratum 0 reply whose refid is a kiss code carries no time,
+        whatever the code: known or not, it fails the query with
+        L{ServerRefused} saying what the code means, if known.
+        """
+        codec = self.codec()
+        request, cookie = codec.buildRequest(0.0)
+        for code, meaning in [
+            (b"INIT", "the server has not synchronised yet"),
+            (b"NTSN", "NTS negative acknowledgement"),
+            (b"STEP", "stepped its clock"),
+            (b"XQZW", "a code this client does not know"),
+        ]:
+            with self.subTest(code=code):
+                kiss = buildKissOfDeath(request, code, sourcePort=40000)
+                assert kiss is not None
+                error = self.assertRaises(
+                    ServerRefused,
+                    codec.parseReply,
+                    kiss,
+                    cookie,
+                    0.0,
+                    0.1,
+                    "192.0.2.9",
+                    123,
+                )
+                self.assertIn(f"Kiss-o'-Death {code.decode()}: ", str(error))
+                self.assertIn(meaning, str(error))
+        # Not a code: zeros (an unsynchronised server's), or not capitals.
+        for refid in bytes(4), b"r4t\x01", b"\x7f\0\0\x01":
+            with self.subTest(refid=refid):
+                self.assertFalse(ntp.isKissCode(refid))
+        self.assertTrue(ntp.isKissCode(b"AB1\0"))
+
     def test_mismatch(self) -> None:
         """
         Replies that are not ours are L{ReplyMismatch}: wrong origin (a

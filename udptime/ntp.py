@@ -90,6 +90,25 @@ REFUSAL_CODES: Final = {
 """The Kiss-o'-Death codes with which a server refuses a client (RFC 5905
 section 7.4), and what they mean."""
 
+KISS_CODES: Final = {
+    **REFUSAL_CODES,
+    b"ACST": "the association belongs to a unicast server",
+    b"AUTH": "server authentication failed",
+    b"AUTO": "Autokey sequence failed",
+    b"BCST": "the association belongs to a broadcast server",
+    b"CRYP": "cryptographic authentication or identification failed",
+    b"DROP": "lost peer in symmetric mode",
+    b"INIT": "the server has not synchronised yet",
+    b"MCST": "the association belongs to a manycast server",
+    b"NKEY": "no key found",
+    b"NTSN": "NTS negative acknowledgement",
+    b"RMOT": "association altered by a remote host",
+    b"STEP": "the server stepped its clock and has not synchronised since",
+}
+"""Every Kiss-o'-Death code in RFC 5905 section 7.4 and RFC 8915, and what
+it means.  A reply at stratum 0 whose reference identifier is a code (these
+or another of capital letters and digits) carries no time."""
+
 
 class Mode(IntEnum):
     """
@@ -639,6 +658,19 @@ def timestampDifference(a: int, b: int) -> float:
     return _signedDifference(a, b) / 4294967296.0
 
 
+def isKissCode(refid: bytes) -> bool:
+    """
+    Whether the reference identifier C{refid} of a stratum 0 reply is a
+    Kiss-o'-Death code: capital ASCII letters and digits, padded with NULs
+    (an unsynchronised server that sends no code sends zeros).
+    """
+    code = refid.rstrip(b"\0")
+    return bool(code) and all(c in _KISS_CODE_BYTES for c in code)
+
+
+_KISS_CODE_BYTES: Final = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+
+
 def refidText(stratum: int, refid: bytes) -> str:
     """
     A reference identifier for people: the kiss code or reference clock
@@ -749,10 +781,11 @@ class NTPClientCodec:
         if reply.originTimestamp != state:
             raise ReplyMismatch("reply's origin timestamp is not our request's")
         where = formatHostPort(host, port)
-        if reply.stratum == 0 and reply.refid in REFUSAL_CODES:
-            code = reply.refid.decode("ascii")
+        if reply.stratum == 0 and isKissCode(reply.refid):
+            code = reply.refid.rstrip(b"\0")
+            meaning = KISS_CODES.get(code, "a code this client does not know")
             raise ServerRefused(
-                f"{where} sent a Kiss-o'-Death {code}: {REFUSAL_CODES[reply.refid]}"
+                f"{where} sent a Kiss-o'-Death {code.decode('ascii')}: {meaning}"
             )
         if not reply.receiveTimestamp or not reply.transmitTimestamp:
             raise ReplyMismatch("reply has a zero receive or transmit timestamp")
