@@ -21,6 +21,7 @@ from tests.test_client import FakeReactor, SteppingClock
 from udptime import cli
 from udptime.cli import CODECS, Client, LineReader, UsageError, parseArguments
 from udptime.client import TextClientCodec
+from udptime.ntp import buildKissOfDeath
 from udptime.query import QueryResult
 from udptime.server import TextTimeServer
 
@@ -286,6 +287,24 @@ class ClientTests(SynchronousTestCase):
             stderr.getvalue(), "udptime: no reply from [::1]:7 after 1 try\n"
         )
 
+    def test_countStopsWhenRefused(self) -> None:
+        """
+        A refusal (an NTP Kiss-o'-Death, an error line) ends C{--count}:
+        asking again at once would not help, and a server that says
+        C{RATE} asks for fewer requests, not more.
+        """
+        reactor, d, stdout, stderr = self.start(
+            ["127.0.0.1", "-P", "ntp", "-p", "123", "-c", "5"]
+        )
+        request = reactor.ports[0].written[-1][0]
+        kiss = buildKissOfDeath(request, b"RATE", sourcePort=40000)
+        assert kiss is not None
+        reactor.ports[0].receive(kiss, ("127.0.0.1", 123))
+        self.assertEqual(self.successResultOf(d), 1)
+        self.assertEqual(len(reactor.ports), 1)
+        self.assertEqual(stdout.getvalue(), "")
+        self.assertIn("sent a Kiss-o'-Death RATE", stderr.getvalue())
+
     def test_refused(self) -> None:
         """
         The server's error line is shown on standard error.
@@ -304,8 +323,8 @@ class ClientTests(SynchronousTestCase):
         escaped, in interactive mode and on standard error too.
         """
         reactor, d, stdout, stderr = self.start(["127.0.0.1", "-c", "2"])
-        reactor.ports[0].receive(b"error: \x1b[31mred\n")
-        reactor.ports[1].receive(b"\x1b[2J\n")
+        reactor.ports[0].receive(b"\x1b[2J\n")
+        reactor.ports[1].receive(b"error: \x1b[31mred\n")
         self.assertEqual(self.successResultOf(d), 1)
         self.assertEqual(
             stderr.getvalue(), "udptime: error from 127.0.0.1:5000: \\x1b[31mred\n"

@@ -32,7 +32,13 @@ from udptime.clock import WallClock, systemClock
 from udptime.daytime import DaytimeClientCodec
 from udptime.echo import EchoClientCodec
 from udptime.ntp import NTPClientCodec
-from udptime.query import ClientCodec, QueryError, QueryResult, formatHostPort
+from udptime.query import (
+    ClientCodec,
+    QueryError,
+    QueryResult,
+    ServerRefused,
+    formatHostPort,
+)
 from udptime.rfc868 import TimeClientCodec
 
 CodecFactory = Callable[[str], ClientCodec]
@@ -345,6 +351,7 @@ class Client:
         self.stdout = stdout
         self.stderr = stderr
         self.failures = 0
+        self.refused = False
 
     def ask(self, codec: ClientCodec) -> Deferred[None]:
         """
@@ -383,6 +390,8 @@ class Client:
         if isinstance(failure.value, CancelledError):
             return failure  # interrupted: not a failed query
         self.failures += 1
+        if isinstance(failure.value, ServerRefused):
+            self.refused = True
         if isinstance(failure.value, QueryError):
             message = str(failure.value)
         else:
@@ -427,6 +436,10 @@ class Client:
         else:
             await self.ask(self.options.codec)
             for _ in range(self.options.count - 1):
+                if self.refused:
+                    # Asking again at once would not help; after a
+                    # Kiss-o'-Death it is what the server asked us not to do.
+                    break
                 await self.ask(CODECS[self.options.protocol](self.options.request))
         return EXIT_FAILED if self.failures else 0
 
