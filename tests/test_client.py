@@ -11,6 +11,7 @@ import socket
 from datetime import UTC
 from typing import Any
 
+from twisted.internet import error
 from twisted.internet import reactor as globalReactor
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
@@ -110,6 +111,7 @@ class FakeReactor(Clock):
         self.nameResolver = FakeResolver()
         self.sendError: BaseException | None = None
         self.unreachable: set[str] = set()
+        self.noSockets: set[str] = set()
         self.closeLater = False
 
     def listenUDP(
@@ -121,6 +123,12 @@ class FakeReactor(Clock):
     ) -> FakePort:
         assert port == 0
         assert maxPacketSize >= 65507
+        if interface in self.noSockets:
+            raise error.CannotListenError(
+                interface,
+                port,
+                OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol"),
+            )
         fake = FakePort(self, protocol, interface)
         self.ports.append(fake)
         protocol.makeConnection(fake)  # type: ignore[arg-type]
@@ -521,6 +529,36 @@ class QueryTests(SynchronousTestCase):
         )
         self.assertEqual(len(reactor.ports), 2)
         self.assertClean(reactor)
+
+    def test_noSocketOfAFamily(self) -> None:
+        """
+        An address whose family has no socket here (IPv6 turned off) is
+        dropped as an unreachable one is: its try goes to the next address;
+        with none left, the query fails saying why.
+        """
+        reactor, d = ask(self, "time.example", port=123, retries=1)
+        reactor.noSockets.add("::")
+        reactor.nameResolver.answer(
+            IPv6Address("UDP", "2001:db8::1", 123),
+            IPv4Address("UDP", "192.0.2.1", 123),
+        )
+        [only] = reactor.ports
+        self.assertEqual(only.written, [(b"unix", ("192.0.2.1", 123))])
+        only.receive(b"1.5\n", ("192.0.2.1", 123))
+        self.assertEqual(self.successResultOf(d).text, "1.5")
+        self.assertClean(reactor)
+        reactor = FakeReactor()
+        reactor.noSockets.add("::")
+        d = query(
+            reactor, "::1", TextClientCodec("unix"), port=123, clock=SteppingClock()
+        )
+        failure = self.failureResultOf(d, QueryError)
+        self.assertEqual(
+            str(failure.value),
+            "cannot open a UDP socket to ask [::1]:123:"
+            " Address family not supported by protocol",
+        )
+        self.assertEqual(reactor.ports, [])
 
     def test_unresolvable(self) -> None:
         """

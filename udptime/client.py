@@ -324,7 +324,12 @@ class _Query:
                 maxPacketSize=MAX_REPLY,
             )
         except error.CannotListenError as e:
-            self._finish(QueryError(f"cannot open a UDP socket: {e}"))
+            # No socket of this address's family (IPv6 turned off, say):
+            # the other addresses may still be asked.
+            reason = getattr(e.socketError, "strerror", None) or str(e)
+            self._unreachable(
+                f"cannot open a UDP socket to ask {self._where([self.host])}: {reason}"
+            )
             return
         self.sentAt = self.clock()
         try:
