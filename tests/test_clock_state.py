@@ -50,7 +50,8 @@ class KernelClockTests(SynchronousTestCase):
         """
         Synchronisation comes from C{STA_UNSYNC}, C{STA_CLOCKERR} and
         C{TIME_ERROR}; the leap warning from C{STA_INS}/C{STA_DEL} and
-        C{TIME_INS}/C{TIME_DEL}/C{TIME_OOP}.
+        C{TIME_INS}/C{TIME_DEL}/C{TIME_OOP}, and none once the leap has
+        passed (C{TIME_WAIT}), even before the daemon clears the flags.
         """
         cases = [
             # result, status, synchronised, leap
@@ -59,6 +60,8 @@ class KernelClockTests(SynchronousTestCase):
             ("TIME_DEL", 2, 0x0021, True, Leap.DELETE),
             ("TIME_OOP", 3, 0x0011, True, Leap.INSERT),
             ("TIME_WAIT", 4, 0x0001, True, Leap.NONE),
+            ("TIME_WAIT, STA_INS not cleared yet", 4, 0x0011, True, Leap.NONE),
+            ("TIME_WAIT, STA_DEL not cleared yet", 4, 0x0021, True, Leap.NONE),
             ("TIME_ERROR unsync", 5, 0x0040, False, Leap.NONE),
             ("TIME_ERROR unsync with STA_INS", 5, 0x0050, False, Leap.INSERT),
             ("TIME_ERROR unsync with STA_DEL", 5, 0x0060, False, Leap.DELETE),

@@ -160,6 +160,7 @@ DEFAULT_CACHE_INTERVAL: Final = 1.0
 TIME_INS: Final = 1
 TIME_DEL: Final = 2
 TIME_OOP: Final = 3
+TIME_WAIT: Final = 4
 TIME_ERROR: Final = 5
 STA_INS: Final = 0x0010
 STA_DEL: Final = 0x0020
@@ -202,7 +203,11 @@ def kernelClockFromTimex(
     its C{struct timex} (errors in microseconds).
     """
     synchronised = result != TIME_ERROR and not status & (STA_UNSYNC | STA_CLOCKERR)
-    if status & STA_DEL or result == TIME_DEL:
+    if result == TIME_WAIT:
+        # The leap second has passed; the kernel waits for the daemon to
+        # clear STA_INS or STA_DEL, which announce no further leap.
+        leap = Leap.NONE
+    elif status & STA_DEL or result == TIME_DEL:
         leap = Leap.DELETE
     elif status & STA_INS or result in (TIME_INS, TIME_OOP):
         leap = Leap.INSERT
