@@ -398,7 +398,7 @@ class PolicyTests(SynchronousTestCase):
     def test_loopGuard(self) -> None:
         for service in ["text", "time", "daytime", "echo"]:
             guard = Policy.forService(service)
-            for port in [0, 7, 13, 19, 37, 123]:
+            for port in [0, 7, 13, 17, 19, 37, 123]:
                 self.assertEqual(guard.admit(("192.0.2.1", port), NOW), LOOPED)
             self.assertEqual(guard.admit(("192.0.2.1", 40000), NOW), ADMIT)
             guard.guardPort(5000)
@@ -536,13 +536,13 @@ class ProtocolPolicyTests(SynchronousTestCase):
         rules = AccessRule.parse(False, "198.51.100.0/24")
         server = DaytimeServer(policy=Policy.forService("daytime", rules=rules))
         transport = started(server, 1313)
-        for port in [7, 13, 19, 37, 123, 0, 1313]:
+        for port in [7, 13, 17, 19, 37, 123, 0, 1313]:
             server.handleDatagram(b"x", ("192.0.2.1", port), NOW)
         server.handleDatagram(b"x", ("198.51.100.1", 4000), NOW)
         server.handleDatagram(b"x", ("192.0.2.1", 4000), NOW)
         self.assertEqual(len(transport.written), 1)
         counters = server.counters.snapshot()
-        self.assertEqual((counters["looped"], counters["denied"]), (7, 1))
+        self.assertEqual((counters["looped"], counters["denied"]), (8, 1))
 
     def test_kiss(self) -> None:
         server = Refusing(policy=Policy.forService("ntp", burst=2))

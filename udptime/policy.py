@@ -77,9 +77,10 @@ from the same address as a loop."""
 SERVICES: Final = ("text", "ntp", "time", "daytime", "echo")
 """The services udptime serves, by name: what L{Policy.forService} takes."""
 
-SERVICE_PORTS: Final = frozenset({7, 13, 19, 37, 123})
-"""Echo, Daytime, Chargen, Time and NTP: the small services a datagram from
-which may be a reply in a ping-pong loop (BSD inetd drops these too)."""
+SERVICE_PORTS: Final = frozenset({7, 13, 17, 19, 37, 123})
+"""Echo, Daytime, Quote of the Day, Chargen, Time and NTP: the small services
+a datagram from which may be a reply in a ping-pong loop (BSD inetd drops
+these too, but for Quote of the Day, which answers any datagram as well)."""
 
 _SLACK: Final = 1e-3
 """Fraction of an interval by which an event may come early: times near
