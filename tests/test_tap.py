@@ -11,6 +11,7 @@ from collections.abc import Callable
 from datetime import UTC
 
 from twisted.application.service import IServiceCollection
+from twisted.application.twist._options import TwistOptions
 from twisted.internet.task import Clock
 from twisted.python import usage
 from twisted.scripts.twistd import ServerOptions
@@ -180,6 +181,14 @@ class CoreOptionsTests(SynchronousTestCase):
         config = ServerOptions()
         config.parseOptions(["udptime", "--burst", "2"])
         self.assertEqual(config.subOptions["burst"], 2)
+        error = self.assertRaises(
+            SystemExit, TwistOptions().parseOptions, ["udptime", "--burst", "0"]
+        )
+        self.assertEqual(
+            error.code,
+            "twist udptime: --burst: '0' is not a whole number >= 1"
+            " (twist udptime --help lists the options)",
+        )
 
 
 class ZoneNamesTests(SynchronousTestCase):

@@ -342,8 +342,13 @@ class Options(usage.Options):
             reason = str(error).removeprefix("Parameter type enforcement failed: ")
             if self.parent is None:
                 raise usage.UsageError(reason) from None
+            # twistd's options, or those of twist (also python -m twisted).
+            runner = (
+                "twist" if type(self.parent).__name__ == "TwistOptions" else "twistd"
+            )
+            command = f"{runner} udptime"
             raise SystemExit(
-                f"twistd udptime: {reason} (twistd udptime --help lists the options)"
+                f"{command}: {reason} ({command} --help lists the options)"
             ) from None
 
     def parseArgs(self, *arguments: str) -> None:
