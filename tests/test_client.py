@@ -560,6 +560,23 @@ class QueryTests(SynchronousTestCase):
         )
         self.assertEqual(reactor.ports, [])
 
+    def test_lookupTimesOut(self) -> None:
+        """
+        A name lookup that does not finish fails the query once every try
+        would have gone unanswered; its late answer is ignored.
+        """
+        reactor, d = ask(self, "time.example", timeout=0.5, retries=2)
+        reactor.advance(0.99)
+        self.assertNoResult(d)
+        reactor.advance(0.01)
+        failure = self.failureResultOf(d, QueryTimeout)
+        self.assertEqual(
+            str(failure.value), "cannot resolve host 'time.example': no answer in 1 s"
+        )
+        reactor.nameResolver.answer(IPv4Address("UDP", "192.0.2.1", 5000))
+        self.assertEqual(reactor.ports, [])
+        self.assertClean(reactor)
+
     def test_unresolvable(self) -> None:
         """
         A name with no address fails the query with L{QueryError}.

@@ -18,13 +18,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from typing import IO, Any, NoReturn
 
 from twisted.internet import task
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import (
+    IAddress,
+    IHostnameResolver,
+    IHostResolution,
+    IReactorPluggableNameResolver,
+    IResolutionReceiver,
+)
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from udptime import __version__
 from udptime.client import QueryReactor, TextClientCodec, query
@@ -552,11 +563,82 @@ class LineReader:
         self.ended = True
 
 
+@implementer(IHostResolution)
+class _Resolution:
+    """
+    One lookup of L{DaemonThreadResolver}'s, which cannot be cancelled.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def cancel(self) -> None:
+        raise NotImplementedError("a lookup cannot be cancelled")
+
+
+@implementer(IHostnameResolver)
+class DaemonThreadResolver:
+    """
+    Host name lookups with C{getaddrinfo}, each in a daemon thread of its
+    own.  The reactor's resolver uses its thread pool, which the reactor
+    waits for as it stops: a lookup that hangs (a name server that does not
+    answer) would hold the command up after its query gave up, or after
+    Ctrl-C.  A daemon thread is left behind instead.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        getaddrinfo: Callable[..., list[Any]] = socket.getaddrinfo,
+    ) -> None:
+        self.reactor = reactor
+        self.getaddrinfo = getaddrinfo
+
+    def resolveHostName(
+        self,
+        resolutionReceiver: IResolutionReceiver,
+        hostName: str,
+        portNumber: int = 0,
+        addressTypes: Sequence[type[IAddress]] | None = None,
+        transportSemantics: str = "TCP",
+    ) -> IHostResolution:
+        """
+        Look C{hostName} up in a new daemon thread; give the receiver the
+        IPv4 and IPv6 addresses found, or none, in the reactor's thread.
+        """
+        resolution = _Resolution(hostName)
+        resolutionReceiver.resolutionBegan(resolution)
+        kind = socket.SOCK_DGRAM if transportSemantics == "UDP" else socket.SOCK_STREAM
+
+        def lookUp() -> None:
+            try:
+                found = self.getaddrinfo(hostName, portNumber, 0, kind)
+            except OSError:
+                found = []
+            self.reactor.callFromThread(deliver, found)
+
+        def deliver(found: list[Any]) -> None:
+            for family, _, _, _, sockaddr in found:
+                if family == socket.AF_INET and IPv4Address in (addressTypes or ()):
+                    address: IAddress = IPv4Address("UDP", *sockaddr[:2])
+                elif family == socket.AF_INET6 and IPv6Address in (addressTypes or ()):
+                    address = IPv6Address("UDP", *sockaddr[:2])
+                else:
+                    continue
+                resolutionReceiver.addressResolved(address)
+            resolutionReceiver.resolutionComplete()
+
+        threading.Thread(target=lookUp, name="udptime-resolver", daemon=True).start()
+        return resolution
+
+
 def _react(reactor: Any, options: argparse.Namespace) -> Deferred[None]:
     """
     Run the queries; exit with their status, or L{EXIT_INTERRUPTED} when
     the reactor stops first (Ctrl-C).
     """
+    if IReactorPluggableNameResolver.providedBy(reactor):
+        reactor.installNameResolver(DaemonThreadResolver(reactor))
     running = Deferred.fromCoroutine(
         Client(reactor, options, sys.stdout, sys.stderr).run()
     )

@@ -284,6 +284,16 @@ class _Query:
         Resolve host C{name}, then start the first try.
         """
         collector = _AddressCollector()
+        # The lookup counts against the time the query may take: a name
+        # server that does not answer fails it no later than every try
+        # going unanswered would.
+        limit = self.timeout * self.retries
+        self.timer = self.reactor.callLater(
+            limit,
+            lambda: self._finish(
+                QueryTimeout(f"cannot resolve host {name!r}: no answer in {limit:g} s")
+            ),
+        )
         self.reactor.nameResolver.resolveHostName(
             collector,
             name,
@@ -295,6 +305,7 @@ class _Query:
         def resolved(addresses: list[str]) -> None:
             if self.finished:
                 return
+            self._stopTimer()
             if not addresses:
                 self._finish(QueryError(f"cannot resolve host {name!r}"))
             else:
