@@ -18,7 +18,9 @@ L{DatagramProtocol} of bench/references.py for the same requests.
 With C{--parts} it takes udptime's default path for each service apart
 instead, adding one piece at a time: the port and its system calls with a
 constant reply (beside the blocking loop with a constant reply), kernel
-timestamps (NTP), the service's codec, and the policy.
+timestamps (NTP), the service's codec, and the policy; then the same bound
+to the wildcard address, where each reply is sent from the address its
+request reached.
 """
 
 from __future__ import annotations
@@ -63,7 +65,8 @@ def clients(count: int) -> list[socket.socket]:
 def fill(
     server: socket.socket, socks: list[socket.socket], payload: bytes, count: int
 ) -> None:
-    target = server.getsockname()[:2]
+    host, port = server.getsockname()[:2]
+    target = ("127.0.0.1" if host in ("0.0.0.0", "::") else host, port)
     for sock in itertools.islice(itertools.cycle(socks), count):
         sock.sendto(payload, target)
 
@@ -131,11 +134,12 @@ def timeInterleaved(paths: list[Path], count: int, rounds: int) -> None:
             sock.close()
 
 
-def loopbackSocket() -> socket.socket:
+def loopbackSocket(interface: str = "127.0.0.1") -> socket.socket:
     """
-    A server socket on a free loopback port, with room for a pass's requests.
+    A server socket on a free port of C{interface} (loopback by default),
+    with room for a pass's requests.
     """
-    sock = bindUDPSocket("127.0.0.1", 0)
+    sock = bindUDPSocket(interface, 0)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
     return sock
 
@@ -221,12 +225,13 @@ def serverPort(
     batched: bool,
     count: int,
     portType: type[ServerPort] = ServerPort,
+    interface: str = "127.0.0.1",
 ) -> ServerPort:
     """
-    udptime's port (or C{portType}) serving C{server} on a loopback socket,
-    reading up to C{count} datagrams per pass.
+    udptime's port (or C{portType}) serving C{server} on a socket bound to
+    C{interface}, reading up to C{count} datagrams per pass.
     """
-    sock = loopbackSocket()
+    sock = loopbackSocket(interface)
     port = portType.adopt(
         reactor, sock, server, 65535, kernelTimestamps=kernel, batched=batched
     )
@@ -285,6 +290,17 @@ def parts(protocol: str, count: int) -> list[Path]:
         served(protocol, unlimited, kernel, batched, count, f"{kind}, no policy")
     )
     paths.append(udptime(protocol, True, kernel, count, batched))
+    wildcard = served(
+        protocol,
+        udptimeServer(protocol),
+        kernel,
+        batched,
+        count,
+        kind,
+        "0.0.0.0",
+    )
+    wildcard.name = wildcard.name.replace(kind, f"{kind}, bound to 0.0.0.0")
+    paths.append(wildcard)
     return paths
 
 
@@ -295,12 +311,13 @@ def served(
     batched: bool,
     count: int,
     what: str,
+    interface: str = "127.0.0.1",
 ) -> Path:
     """
-    C{server} on udptime's port, answering C{protocol}'s requests, as a
-    path called after C{what}.
+    C{server} on udptime's port, bound to C{interface}, answering
+    C{protocol}'s requests, as a path called after C{what}.
     """
-    port = serverPort(server, kernel, batched, count)
+    port = serverPort(server, kernel, batched, count, interface=interface)
     name = f"{protocol}: udptime {what}"
     name += ", kernel ts" if kernel else ", no kernel ts"
     return Path(name, port.socket, PAYLOADS[protocol], port.doRead, port.stopListening)

@@ -60,7 +60,8 @@ class HotPathTests(SynchronousTestCase):
     def test_parts(self) -> None:
         """
         With C{--parts} it adds the pieces of udptime's default path one at
-        a time, after the blocking loop with its reply and a constant one.
+        a time, after the blocking loop with its reply and a constant one,
+        then binds it to the wildcard address.
         """
         output = runBenchScript(
             self, "hotpath.py", "--count", "20", "--rounds", "1", "--parts"
@@ -79,6 +80,7 @@ class HotPathTests(SynchronousTestCase):
             expected += [
                 f"{protocol}: udptime {kind}, no policy, {kernel}",
                 f"{protocol}: udptime {kind}, {kernel}",
+                f"{protocol}: udptime {kind}, bound to 0.0.0.0, {kernel}",
             ]
         self.assertEqual(names, expected)
 

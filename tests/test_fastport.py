@@ -91,9 +91,11 @@ class Collector(DatagramProtocol):
 
     def __init__(self) -> None:
         self.replies: list[bytes] = []
+        self.sources: list[Any] = []
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:
         self.replies.append(data)
+        self.sources.append(addr)
 
 
 def waitUntil(
@@ -134,6 +136,7 @@ def serve(
     kernelTimestamps: bool = False,
     interface: str = "127.0.0.1",
     batched: bool | None = None,
+    replyFromDestination: bool | None = None,
 ) -> Any:
     """
     Serve C{protocol} on a fresh loopback socket, through L{ServerPort} or
@@ -149,6 +152,7 @@ def serve(
                 65535,
                 kernelTimestamps=kernelTimestamps,
                 batched=batched,
+                replyFromDestination=replyFromDestination,
             )
         return reactor.adoptDatagramPort(
             sock.fileno(), sock.family, protocol, maxPacketSize=65535
@@ -464,6 +468,108 @@ class KernelTimestampTests(ServerPortTestCase):
             port = self.startServer(textServer(), fast=True, kernelTimestamps=wanted)
             value = port.socket.getsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS)
             self.assertEqual(bool(value), wanted)
+
+
+class ReplySourceTests(ServerPortTestCase):
+    """
+    On a socket bound to a wildcard address, each reply leaves from the
+    address its request reached, not from the one the kernel would pick:
+    a client that asked 127.0.0.2 hears from 127.0.0.2 (every 127/8
+    address is this host's, and the kernel picks 127.0.0.1 to reach one).
+    """
+
+    @inlineCallbacks
+    def replySources(
+        self,
+        makeServer: Callable[[], UDPServerProtocol],
+        datagrams: Sequence[bytes],
+        host: str,
+        **kwargs: Any,
+    ) -> Any:
+        """
+        The sources of the replies to C{datagrams} sent to C{host}, from a
+        client on the loopback address of C{host}'s family.
+        """
+        protocol = makeServer()
+        port = self.startServer(protocol, True, **kwargs)
+        client = Collector()
+        clientPort = reactor.listenUDP(
+            0, client, interface="::1" if ":" in host else "127.0.0.1"
+        )
+        self.addCleanup(clientPort.stopListening)
+        replies = yield self.exchange(protocol, port, datagrams, host, client)
+        self.assertEqual(len(replies), len(datagrams))
+        return {source[0] for source in client.sources}
+
+    @inlineCallbacks
+    def test_fromTheAddressAsked(self) -> Any:
+        """
+        Text replies (sent in batches where the port batches), NTP replies
+        (each sent at once) and Kiss-o'-Death refusals (written by the
+        protocol) leave from the address asked, on IPv4 and dual-stack
+        sockets, read one at a time or in batches, with kernel timestamps
+        or without.
+        """
+        cases = [
+            (textServer, [b"unix"] * 3),
+            (ntpServer, [NTP_REQUEST] * 3),
+            (
+                lambda: ntpServer(Policy.forService("ntp", rate=1, burst=1)),
+                [NTP_REQUEST] * 2,
+            ),
+        ]
+        for interface in ("0.0.0.0", "::"):
+            for batched in BATCHINGS:
+                for timestamps in (False, True):
+                    for makeServer, datagrams in cases:
+                        sources = yield self.replySources(
+                            makeServer,
+                            datagrams,
+                            "127.0.0.2",
+                            interface=interface,
+                            batched=batched,
+                            kernelTimestamps=timestamps,
+                        )
+                        where = (interface, batched, timestamps, datagrams)
+                        self.assertEqual(sources, {"127.0.0.2"}, where)
+        sources = yield self.replySources(textServer, [b"unix"], "::1", interface="::")
+        self.assertEqual(sources, {"::1"})
+
+    @inlineCallbacks
+    def test_kernelsChoiceOtherwise(self) -> Any:
+        """
+        Without it (or bound to one address) the kernel picks the source, a
+        different address here: what the test above would see if the port
+        did not send replies from the address asked.
+        """
+        for batched in BATCHINGS:
+            sources = yield self.replySources(
+                textServer,
+                [b"unix"],
+                "127.0.0.2",
+                interface="0.0.0.0",
+                batched=batched,
+                replyFromDestination=False,
+            )
+            self.assertEqual(sources, {"127.0.0.1"})
+
+    def test_whenWildcard(self) -> None:
+        """
+        By default a port sends replies from the address asked when it is
+        bound to a wildcard address, where the system can, and only then.
+        """
+        for interface, expected in [
+            ("0.0.0.0", True),
+            ("::", True),
+            ("127.0.0.1", False),
+            ("::1", False),
+        ]:
+            with self.subTest(interface=interface):
+                port = self.startServer(textServer(), True, interface=interface)
+                self.assertEqual(
+                    port.replyFromDestination,
+                    expected and sys.platform == "linux",
+                )
 
 
 class ErrorTests(ServerPortTestCase):

@@ -91,6 +91,19 @@ class RunningServerTests(SynchronousTestCase):
             data, addr = sock.recvfrom(65535)
         return data, (addr[0], addr[1])
 
+    def test_replyFromAddressAsked(self) -> None:
+        """
+        A reply leaves from the address the request reached, not from the
+        one the kernel would pick to reach the client (127.0.0.1 for every
+        loopback client): the client, which ignores datagrams from any
+        other address, hears it.
+        """
+        _, source = self.exchange(b"unix", "127.0.0.2", "127.0.0.1")
+        self.assertEqual(source, ("127.0.0.2", self.port))
+        done = runClient("127.0.0.2", "-p", str(self.port), "-t", "2", "unix")
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertTrue(done.stdout.startswith(f"127.0.0.2:{self.port}  "))
+
     def test_helloWorld(self) -> None:
         """
         A plain socket saying C{Hello world} gets the time, over IPv4 and

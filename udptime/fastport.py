@@ -39,7 +39,7 @@ import platform
 import socket
 import struct
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from errno import EAGAIN, ECONNREFUSED, EINTR, EMSGSIZE, ENOBUFS, EWOULDBLOCK
 from itertools import repeat
 from typing import Any, Final
@@ -77,6 +77,30 @@ SCM_TIMESTAMPNS: Final = SO_TIMESTAMPNS
 
 _TIMESPEC: Final = struct.Struct("@ll")
 _ANCILLARY_SIZE: Final = socket.CMSG_SPACE(_TIMESPEC.size)
+
+_IP_PKTINFO: Final = getattr(socket, "IP_PKTINFO", 8)  # Linux's, unnamed before 3.14
+
+
+def destinationReports(family: int) -> tuple[int, int, int, int] | None:
+    """
+    How a socket of C{family} reports the address each datagram reached:
+    the level and the option that turn the reports on, the type of their
+    control message and the size of its data; L{None} where this system has
+    none that udptime knows.  Sent back with a reply (C{IP_PKTINFO}'s
+    C{struct in_pktinfo}, C{IPV6_PKTINFO}'s C{struct in6_pktinfo}, which on
+    a dual-stack socket covers IPv4 too), the message makes the reply leave
+    from that address, as chronyd's do.
+    """
+    if sys.platform != "linux":
+        return None
+    if family == socket.AF_INET:
+        return (socket.IPPROTO_IP, _IP_PKTINFO, _IP_PKTINFO, 12)
+    if family == socket.AF_INET6:
+        return (socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, socket.IPV6_PKTINFO, 20)
+    return None
+
+
+_WILDCARDS: Final = frozenset({"0.0.0.0", "::"})
 
 _Header = tuple[int, int, int, int]
 """
@@ -140,7 +164,10 @@ class ServerPort(udp.Port):
     protocol: UDPServerProtocol
     kernelTimestamps = False
     maxDatagramsPerRead = MAX_DATAGRAMS_PER_READ
+    _destinations: tuple[int, int, int, int] | None = None
     _answering: Address | None = None
+    _answeringAncillary: Sequence[tuple[int, int, Any]] | None = None
+    _answeringIndex: int | None = None
     _batch: mmsg.MessageBatch | None = None
     _queue: Callable[[bytes, int], bool] | None = None
 
@@ -153,11 +180,19 @@ class ServerPort(udp.Port):
         maxPacketSize: int,
         kernelTimestamps: bool = False,
         batched: bool | None = None,
+        replyFromDestination: bool | None = None,
     ) -> ServerPort:
         """
         Serve C{protocol} on the bound, non-blocking UDP socket C{sock}, as
         C{reactor.adoptDatagramPort} does: the port works on a duplicate of
         the descriptor, and the caller still owns (and closes) C{sock}.
+
+        @param replyFromDestination: send each reply from the address its
+            request reached (see L{destinationReports}); L{None} to do so
+            when C{sock} is bound to a wildcard address (C{0.0.0.0}, C{::}),
+            where the kernel would otherwise pick the reply's source by its
+            routes, which on a host with several addresses of a family need
+            not be the one the client asked, and where this system can.
 
         @param batched: read and answer datagrams in batches with
             C{recvmmsg}/C{sendmmsg}; L{None} for L{DEFAULT_BATCHED} where
@@ -175,12 +210,21 @@ class ServerPort(udp.Port):
             reactor, sock.fileno(), sock.family, protocol, maxPacketSize
         )
         port.kernelTimestamps = kernelTimestamps
+        if replyFromDestination is None:
+            replyFromDestination = sock.getsockname()[0] in _WILDCARDS
+        if replyFromDestination:
+            port._destinations = destinationReports(sock.family)
         if batched is None:
             batched = DEFAULT_BATCHED
         if batched and mmsg.available():
+            destinations = port._destinations
             try:
                 port._batch = mmsg.MessageBatch(
-                    MAX_DATAGRAMS_PER_READ, maxPacketSize, sock.family, kernelTimestamps
+                    MAX_DATAGRAMS_PER_READ,
+                    maxPacketSize,
+                    sock.family,
+                    kernelTimestamps,
+                    destinations[3] if destinations else 0,
                 )
                 if not protocol.transmitTimestamps:
                     port._queue = port._batch.queue
@@ -201,12 +245,22 @@ class ServerPort(udp.Port):
         """
         return self._batch is not None
 
+    @property
+    def replyFromDestination(self) -> bool:
+        """
+        Whether each reply leaves from the address its request reached.
+        """
+        return self._destinations is not None
+
     def _bindSocket(self) -> None:
         super()._bindSocket()  # type: ignore[no-untyped-call]
         if SO_TIMESTAMPNS is not None:
             self.socket.setsockopt(
                 socket.SOL_SOCKET, SO_TIMESTAMPNS, int(self.kernelTimestamps)
             )
+        if self._destinations is not None:
+            level, option, _, _ = self._destinations
+            self.socket.setsockopt(level, option, 1)
 
     def doRead(self) -> None:
         """
@@ -215,6 +269,9 @@ class ServerPort(udp.Port):
         """
         if self._batch is not None:
             self._readBatches(self._batch)
+            return
+        if self._destinations is not None:
+            self._readWithDestinations(self._destinations)
             return
         if self.kernelTimestamps:
             self._readTimestamped()
@@ -269,12 +326,64 @@ class ServerPort(udp.Port):
         self._answering = None
         protocol.counters.answered += answered
 
-    def _answerOne(self, data: bytes, addr: Address, received: float) -> int:
+    def _readWithDestinations(self, destinations: tuple[int, int, int, int]) -> None:
+        # doRead's loop with recvmsg, for a socket that reports the address
+        # each datagram reached, which its reply is sent back with (and
+        # kernel timestamps, if on).
+        recvmsg = self.socket.recvmsg
+        size = self.maxPacketSize
+        protocol = self.protocol
+        answerOne = self._answerOne
+        clock = protocol.clock
+        unpack = _TIMESPEC.unpack
+        level, _, kind, dataSize = destinations
+        room = socket.CMSG_SPACE(dataSize)
+        timestamps = self.kernelTimestamps
+        if timestamps:
+            room += _ANCILLARY_SIZE
+        ipv6 = self.addressFamily == socket.AF_INET6
+        answered = 0
+        for _ in range(self.maxDatagramsPerRead):
+            try:
+                data, ancillary, _flags, addr = recvmsg(size, room)
+            except OSError as failure:
+                if self._readFailed(failure):
+                    continue
+                break
+            received = None
+            reached = None
+            for message in ancillary:
+                if message[1] == kind and message[0] == level:
+                    reached = [message]
+                elif (
+                    timestamps
+                    and message[1] == SCM_TIMESTAMPNS
+                    and message[0] == socket.SOL_SOCKET
+                ):
+                    seconds, nanoseconds = unpack(message[2])
+                    received = seconds + nanoseconds * 1e-9
+            if received is None:
+                received = clock()
+            if ipv6:
+                addr = addr[:2]
+            answered += answerOne(data, addr, received, reached)
+        self._answering = self._answeringAncillary = None
+        protocol.counters.answered += answered
+
+    def _answerOne(
+        self,
+        data: bytes,
+        addr: Address,
+        received: float,
+        ancillary: Sequence[tuple[int, int, Any]] | None = None,
+    ) -> int:
         """
-        Answer one datagram read on its own, sending the reply at once:
-        whether a reply went out (1) or not (0).
+        Answer one datagram read on its own, sending the reply at once (with
+        C{ancillary}, the control message of the address it reached, if
+        any): whether a reply went out (1) or not (0).
         """
         self._answering = addr
+        self._answeringAncillary = ancillary
         try:
             reply = self.protocol.answer(data, addr, received)
         except BaseException:
@@ -283,9 +392,12 @@ class ServerPort(udp.Port):
         if reply is None:
             return 0
         try:
-            self.socket.sendto(reply, addr)
+            if ancillary is None:
+                self.socket.sendto(reply, addr)
+            else:
+                self.socket.sendmsg((reply,), ancillary, 0, addr)
         except OSError as failure:
-            return self._sendFailed(failure, reply, addr)
+            return self._sendFailed(failure, reply, addr, ancillary)
         return 1
 
     def _readBatches(self, batch: mmsg.MessageBatch) -> None:
@@ -294,6 +406,7 @@ class ServerPort(udp.Port):
         # replies carry their send time: then each goes out at once).
         fd = self.socket.fileno()
         sendto = self.socket.sendto
+        sendmsg = self.socket.sendmsg
         protocol = self.protocol
         counters = protocol.counters
         answer = protocol.answer
@@ -324,6 +437,10 @@ class ServerPort(udp.Port):
         ) = batch.readPlan
         timestamps = self.kernelTimestamps and fullControl
         level, kind = socket.SOL_SOCKET, SCM_TIMESTAMPNS
+        destinations = self._destinations
+        if destinations is not None:
+            reachedLevel, _, reachedKind, reachedSize = destinations
+            reachedAt = batch.timestampSpace + socket.CMSG_LEN(0)
         answered = 0
         remaining = self.maxDatagramsPerRead
         while remaining > 0:
@@ -358,6 +475,7 @@ class ServerPort(udp.Port):
                 )
             for index, header, (raw,), stamp in rows:
                 nameLength, controlLength, _flags, length = header
+                rowQueue = batchQueue
                 start = index * stride
                 datagram = data[start : start + length]
                 if stamp is None:
@@ -375,6 +493,11 @@ class ServerPort(udp.Port):
                 if nameLength != fullName or controlLength != fullControl:
                     batch.restore(index, nameLength, controlLength)
                     raw = raw[:nameLength]
+                    if controlLength != fullControl:
+                        # Not the control messages asked for (no room for
+                        # them?): the reply goes out on its own, from the
+                        # address the kernel picks.
+                        rowQueue = None
                 addr = addresses.get(raw)
                 if addr is None:
                     try:
@@ -383,6 +506,7 @@ class ServerPort(udp.Port):
                         self._unknownSource(failure)
                         continue
                 self._answering = addr
+                self._answeringIndex = index
                 try:
                     reply = answer(datagram, addr, received)
                 except BaseException:
@@ -390,16 +514,30 @@ class ServerPort(udp.Port):
                     continue
                 if reply is None:
                     continue
-                if batchQueue is not None and batchQueue(reply, index):
+                if rowQueue is not None and rowQueue(reply, index):
                     answered += 1
                     continue
+                ancillary = None
                 try:
-                    sendto(reply, addr)
+                    if destinations is not None and controlLength == fullControl:
+                        # The destination's control message as received,
+                        # sent back without a copy.
+                        start = index * controlSize + reachedAt
+                        ancillary = (
+                            (
+                                reachedLevel,
+                                reachedKind,
+                                controls[start : start + reachedSize],
+                            ),
+                        )
+                        sendmsg((reply,), ancillary, 0, addr)
+                    else:
+                        sendto(reply, addr)
                 except OSError as failure:
-                    answered += self._sendFailed(failure, reply, addr)
+                    answered += self._sendFailed(failure, reply, addr, ancillary)
                 else:
                     answered += 1
-            self._answering = None
+            self._answering = self._answeringIndex = None
             counters.answered += answered
             answered = 0
             if batch.queued:
@@ -478,14 +616,21 @@ class ServerPort(udp.Port):
             addr=addr,
         )
 
-    def _sendFailed(self, failure: OSError, reply: bytes, addr: Address) -> int:
+    def _sendFailed(
+        self,
+        failure: OSError,
+        reply: bytes,
+        addr: Address,
+        ancillary: Sequence[tuple[int, int, Any]] | None = None,
+    ) -> int:
         """
-        Sending C{reply} to C{addr} at once failed with C{failure}: whether
-        it went out in the end (1) or is lost (0, counted as a failed send).
-        An interrupted call is repeated; so is, once, a call that reported
-        an ICMP error left over from an earlier datagram (C{ECONNREFUSED}:
-        the kernel reports it once, on the next send, which it fails).  Any
-        other error loses the reply.
+        Sending C{reply} to C{addr} (with C{ancillary}, if any) at once
+        failed with C{failure}: whether it went out in the end (1) or is
+        lost (0, counted as a failed send).  An interrupted call is
+        repeated; so is, once, a call that reported an ICMP error left over
+        from an earlier datagram (C{ECONNREFUSED}: the kernel reports it
+        once, on the next send, which it fails).  Any other error loses the
+        reply.
         """
         refusedBefore = False
         while True:
@@ -494,7 +639,7 @@ class ServerPort(udp.Port):
             ):
                 refusedBefore = refusedBefore or failure.errno != EINTR
                 try:
-                    self.socket.sendto(reply, addr)
+                    self._send(reply, addr, ancillary)
                 except OSError as again:
                     failure = again
                     continue
@@ -513,7 +658,7 @@ class ServerPort(udp.Port):
         answering = self._answering
         if answering is not None and addr is answering:
             try:
-                self.socket.sendto(datagram, answering)
+                self._send(datagram, answering, self._answeredAncillary())
             except OSError as failure:
                 if failure.errno == EINTR:
                     self.write(datagram, answering)
@@ -523,6 +668,32 @@ class ServerPort(udp.Port):
                     raise
         else:
             super().write(datagram, addr)
+
+    def _send(
+        self,
+        datagram: bytes,
+        addr: Address,
+        ancillary: Sequence[tuple[int, int, Any]] | None,
+    ) -> None:
+        if ancillary is None:
+            self.socket.sendto(datagram, addr)
+        else:
+            self.socket.sendmsg((datagram,), ancillary, 0, addr)
+
+    def _answeredAncillary(self) -> Sequence[tuple[int, int, Any]] | None:
+        """
+        The control message that makes a datagram leave from the address
+        the datagram being answered reached, or L{None}.
+        """
+        batch, destinations = self._batch, self._destinations
+        if batch is None or destinations is None:
+            return self._answeringAncillary
+        index = self._answeringIndex
+        reached = None if index is None else batch.destination(index)
+        if reached is None:
+            return None
+        level, _, kind, _ = destinations
+        return [(level, kind, reached)]
 
 
 def _osError(errno: int) -> OSError:

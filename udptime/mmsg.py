@@ -113,6 +113,12 @@ _SIZE: Final = struct.Struct("=" + _SIZE_T)
 _DESTINATION: Final = _layout(
     (_fieldOffset("msg_name"), _POINTER), (_fieldOffset("msg_namelen"), "I")
 )
+# The same, with the address of the control message to send with it.
+_DESTINATION_AND_CONTROL: Final = _layout(
+    (_fieldOffset("msg_name"), _POINTER),
+    (_fieldOffset("msg_namelen"), "I"),
+    (_fieldOffset("msg_control"), _POINTER),
+)
 # struct cmsghdr followed by a struct timespec.
 _TIMESTAMP_MESSAGE: Final = struct.Struct("@Niill")
 _CONTROL_SIZE: Final = socket.CMSG_SPACE(struct.calcsize("@ll"))
@@ -202,8 +208,21 @@ class MessageBatch:
     EACH_RECEIVED: Final = _EACH_RECEIVED
     TIMESTAMP_MESSAGE: Final = _TIMESTAMP_MESSAGE
 
-    def __init__(self, count: int, size: int, family: int, timestamps: bool) -> None:
+    def __init__(
+        self,
+        count: int,
+        size: int,
+        family: int,
+        timestamps: bool,
+        destinationSize: int = 0,
+    ) -> None:
         """
+        @param destinationSize: the size of the data of the control message
+            that says which address a datagram reached (C{IP_PKTINFO}'s
+            C{struct in_pktinfo}, C{IPV6_PKTINFO}'s C{struct in6_pktinfo}),
+            when the socket reports it; 0 when it does not.  Each reply is
+            then sent with its request's message, so that it leaves from the
+            address the request reached.
         @raise OSError: this system has no C{recvmmsg}/C{sendmmsg}.
         """
         if _FUNCTIONS is None:
@@ -219,7 +238,18 @@ class MessageBatch:
         self.eachName = struct.Struct(
             f"{self.nameLength}s{_SOCKADDR_SIZE - self.nameLength}x"
         )
-        self.controlLength = _CONTROL_SIZE if timestamps else 0
+        # A receive slot's control room: the timestamp's message first, as
+        # the kernel writes them, then the destination's.
+        self.timestampSpace = _CONTROL_SIZE if timestamps else 0
+        self.destinationSize = destinationSize
+        self.destinationSpace = (
+            socket.CMSG_SPACE(destinationSize) if destinationSize else 0
+        )
+        self.controlSize = self.timestampSpace + self.destinationSpace
+        self.controlLength = self.controlSize
+        self.eachTimestamp = struct.Struct(
+            _TIMESTAMP_MESSAGE.format + f"{self.destinationSpace}x"
+        )
         # Received datagrams: pages the kernel never writes to are never
         # allocated, so room for 64 KiB datagrams costs little.
         self._dataMap = mmap.mmap(-1, count * self.stride)
@@ -227,7 +257,7 @@ class MessageBatch:
         self.headers = bytearray(count * _HEADER_SIZE)
         self._iovecs = bytearray(count * _IOVEC_SIZE)
         self.names = bytearray(count * _SOCKADDR_SIZE)
-        self.controls = bytearray(count * _CONTROL_SIZE)
+        self.controls = bytearray(count * max(self.controlSize, _CONTROL_SIZE))
         self.sendHeaders = bytearray(count * _HEADER_SIZE)
         self._sendIovecs = bytearray(count * _IOVEC_SIZE)
         self._sendData = bytearray(count * SEND_SLOT_SIZE)
@@ -260,6 +290,10 @@ class MessageBatch:
             ctypes.c_void_p(sendAt + i * _HEADER_SIZE) for i in range(count)
         ]
         self.nameAddresses = [namesAt + i * _SOCKADDR_SIZE for i in range(count)]
+        self.destinationAddresses = [
+            controlsAt + i * self.controlSize + self.timestampSpace
+            for i in range(count)
+        ]
         for i in range(count):
             iovec = _IOVec.from_buffer(self._iovecs, i * _IOVEC_SIZE)
             iovec.iov_base, iovec.iov_len = dataAt + i * self.stride, size
@@ -268,9 +302,9 @@ class MessageBatch:
             header.msg_namelen = self.nameLength
             header.msg_iov = iovecsAt + i * _IOVEC_SIZE
             header.msg_iovlen = 1
-            if timestamps:
-                header.msg_control = controlsAt + i * _CONTROL_SIZE
-                header.msg_controllen = _CONTROL_SIZE
+            if self.controlSize:
+                header.msg_control = controlsAt + i * self.controlSize
+                header.msg_controllen = self.controlSize
             iovec = _IOVec.from_buffer(self._sendIovecs, i * _IOVEC_SIZE)
             iovec.iov_base, iovec.iov_len = sendDataAt + i * SEND_SLOT_SIZE, 0
             header = _MMsgHdr.from_buffer(self.sendHeaders, i * _HEADER_SIZE).msg_hdr
@@ -278,15 +312,18 @@ class MessageBatch:
             header.msg_namelen = self.nameLength
             header.msg_iov = sendIovAt + i * _IOVEC_SIZE
             header.msg_iovlen = 1
+            if self.destinationSpace:
+                header.msg_control = self.destinationAddresses[i]
+                header.msg_controllen = self.destinationSpace
         self._redirected = [False] * count
         self.addresses: dict[bytes, Address] = {}
         self.readPlan: Final = (
             _EACH_RECEIVED.iter_unpack,
             self.eachName.iter_unpack,
-            _TIMESTAMP_MESSAGE.iter_unpack,
+            self.eachTimestamp.iter_unpack,
             _RECEIVED.unpack_from,
             self.eachName.unpack_from,
-            _TIMESTAMP_MESSAGE.unpack_from,
+            self.eachTimestamp.unpack_from,
             memoryview(self.headers),
             memoryview(self.names),
             memoryview(self.controls),
@@ -294,7 +331,7 @@ class MessageBatch:
             self.addresses,
             _HEADER_SIZE,
             _SOCKADDR_SIZE,
-            _CONTROL_SIZE,
+            self.controlSize,
             self.nameLength,
             self.controlLength,
             self.stride,
@@ -302,14 +339,15 @@ class MessageBatch:
         """
         What a reader of this batch's datagrams needs, in one tuple (see
         L{udptime.fastport.ServerPort}): the C{iter_unpack} of
-        L{EACH_RECEIVED}, L{eachName} and L{TIMESTAMP_MESSAGE}; the
-        C{unpack_from} of L{RECEIVED}, L{eachName} and L{TIMESTAMP_MESSAGE}
+        L{EACH_RECEIVED}, L{eachName} and L{eachTimestamp}; the
+        C{unpack_from} of L{RECEIVED}, L{eachName} and L{eachTimestamp}
         (for the first slot of each); views of
         L{headers}, L{names} and L{controls}; L{data}; L{addresses}; the
         header, C{sockaddr} and control slot sizes; L{nameLength},
         L{controlLength} and L{stride}.
         """
         self._destination = _DESTINATION.pack_into
+        self._destinationAndControl = _DESTINATION_AND_CONTROL.pack_into
         self._size = _SIZE.pack_into
 
     def receive(self, fd: int, count: int) -> int:
@@ -334,6 +372,11 @@ class MessageBatch:
             _NAMELEN.pack_into(self.headers, offset + _NAMELEN_AT, self.nameLength)
         if controlLength != self.controlLength:
             _SIZE.pack_into(self.headers, offset + _CONTROLLEN_AT, self.controlLength)
+            if self.destinationSpace:
+                # The slot's destination message, if any, is an earlier
+                # datagram's: not this one's (see destination).
+                start = index * self.controlSize + self.timestampSpace
+                _SIZE.pack_into(self.controls, start, 0)
 
     def convert(self, raw: bytes) -> Address:
         """
@@ -377,24 +420,48 @@ class MessageBatch:
         self.sendData[start : start + size] = reply
         self._size(self._sendIovecs, slot * _IOVEC_SIZE + _IOV_LEN_AT, size)
         if slot != index:
+            self._point(slot, index)
+            self._redirected[slot] = True
+        elif self._redirected[slot]:
+            # The slot named another datagram's source in an earlier batch.
+            self._point(slot, slot)
+            self._redirected[slot] = False
+        self.queued = slot + 1
+        return True
+
+    def _point(self, slot: int, index: int) -> None:
+        """
+        Make send slot C{slot} send to the source of datagram C{index} (and
+        with its destination's control message, when there is one).
+        """
+        if self.destinationSpace:
+            self._destinationAndControl(
+                self.sendHeaders,
+                slot * _HEADER_SIZE,
+                self.nameAddresses[index],
+                self.nameLength,
+                self.destinationAddresses[index],
+            )
+        else:
             self._destination(
                 self.sendHeaders,
                 slot * _HEADER_SIZE,
                 self.nameAddresses[index],
                 self.nameLength,
             )
-            self._redirected[slot] = True
-        elif self._redirected[slot]:
-            # The slot named another datagram's source in an earlier batch.
-            self._destination(
-                self.sendHeaders,
-                slot * _HEADER_SIZE,
-                self.nameAddresses[slot],
-                self.nameLength,
-            )
-            self._redirected[slot] = False
-        self.queued = slot + 1
-        return True
+
+    def destination(self, index: int) -> bytes | None:
+        """
+        The data of datagram C{index}'s destination control message (see
+        C{destinationSize}), as it was received; L{None} when the kernel
+        gave none for it.
+        """
+        start = index * self.controlSize + self.timestampSpace
+        length = _SIZE.unpack_from(self.controls, start)[0]
+        if length != socket.CMSG_LEN(self.destinationSize):
+            return None
+        data = start + socket.CMSG_LEN(0)
+        return bytes(self.controls[data : data + self.destinationSize])
 
     def send(self, fd: int, start: int) -> int:
         """
