@@ -181,9 +181,12 @@ class MessageBatch:
     tuple of L{EACH_RECEIVED}C{.iter_unpack} over the first C{n} headers);
     its bytes start at C{i * stride} in L{data}, its source C{sockaddr} at
     C{i * SOCKADDR_SIZE} in L{names} (the C{i}th of L{eachName} over the
-    first C{n}), its control message at C{i * CONTROL_SIZE} in L{controls}
-    (L{TIMESTAMP_MESSAGE}, one per slot).  L{queue} copies a reply for
-    datagram C{i} into the next send slot; L{send} sends the queued replies.
+    first C{n}), its control messages at C{i * controlSize} in L{controls}
+    (the kernel timestamp first, read with L{eachTimestamp}, then the report
+    of the address it reached, read with L{destination}: each when asked
+    for).  L{queue} copies a reply for datagram C{i} into the next send
+    slot, which sends it to the datagram's source (with its destination
+    report, if any); L{send} sends the queued replies.
 
     @ivar count: datagrams per batch.
     @ivar size: the longest datagram received whole (longer ones are
@@ -193,6 +196,12 @@ class MessageBatch:
         slots' starts do not all fall in the same cache sets.
     @ivar family: the socket's address family.
     @ivar timestamps: whether there is room for kernel timestamps.
+    @ivar timestampSpace: the room for a kernel timestamp (0: none).
+    @ivar destinationSize: the size of a destination report's data.
+    @ivar destinationSpace: the room for a destination report (0: none).
+    @ivar controlSize: the control room of each slot.
+    @ivar eachTimestamp: reads the timestamp message of each slot, with
+        C{iter_unpack} over the slots.
     @ivar nameLength: the length of a source C{sockaddr} of the family.
     @ivar eachName: reads the source C{sockaddr} of each slot, C{nameLength}
         bytes, with C{iter_unpack}.
