@@ -5,6 +5,7 @@ C{SO_REUSEPORT}, supervised by the twistd process.
 
 from __future__ import annotations
 
+import io
 import os
 import pwd
 import re
@@ -15,7 +16,12 @@ import socket
 import sys
 import tempfile
 import time
+from datetime import UTC
+from types import SimpleNamespace
+from typing import Any
 
+from twisted.internet.task import Clock
+from twisted.logger import Logger, formatEvent, globalLogPublisher, jsonFileLogObserver
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -29,6 +35,7 @@ from tests.support import (
     waitFor,
 )
 from udptime import workers
+from udptime.server import TextTimeServer
 from udptime.tap import Options
 
 STARTED = re.compile(r"worker (\d+) started \(pid (\d+)\)")
@@ -411,3 +418,45 @@ class OptionTests(SynchronousTestCase):
         """
         setting = workers.WorkerSetting(2, 1234, {"text": 3, "ntp": 4})
         self.assertEqual(workers.WorkerSetting.fromJSON(setting.toJSON()), setting)
+
+
+class FailingServer(TextTimeServer):
+    """
+    A text service with a bug.
+    """
+
+    def respond(self, data: bytes, addr: Any, received: float) -> bytes | None:
+        raise RuntimeError("a bug")
+
+
+class RelayTests(SynchronousTestCase):
+    """
+    L{workers.WorkerProcess.relay} puts a worker's log lines in the
+    supervisor's log.
+    """
+
+    def test_failureSaysWhat(self) -> None:
+        """
+        A failure logged in a worker still says what went wrong once its
+        event has gone through JSON (which keeps the traceback's frames,
+        not the exception) and the supervisor's log.
+        """
+        output = io.StringIO()
+        server = FailingServer(defaultZone=UTC)
+        server.log = Logger(observer=jsonFileLogObserver(output))
+        server.handleDatagram(b"time", ("192.0.2.1", 4000), 1_800_000_000.0)
+        self.assertEqual(server.counters.internalErrors, 1)
+        relayed: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(relayed.append)
+        self.addCleanup(globalLogPublisher.removeObserver, relayed.append)
+        supervisor: Any = SimpleNamespace(reactor=Clock())
+        worker = workers.WorkerProcess(supervisor, 2)
+        for line in output.getvalue().splitlines():
+            worker.relay(line.encode("utf-8"))
+        [event] = relayed
+        self.assertEqual(
+            formatEvent(event),
+            "worker 2: text failed on a 4-byte datagram from ('192.0.2.1', 4000):"
+            " RuntimeError('a bug') (0 similar lines left out)",
+        )
+        self.flushLoggedErrors()

@@ -49,7 +49,7 @@ from twisted.internet.interfaces import IReactorFDSet
 from twisted.logger import Logger
 
 from udptime import mmsg
-from udptime.server import Address, UDPServerProtocol
+from udptime.server import Address, UDPServerProtocol, exceptionText
 
 
 def _timestampOption() -> int | None:
@@ -610,10 +610,11 @@ class ServerPort(udp.Port):
     def _handlerFailed(self, data: bytes, addr: Address) -> None:
         self.protocol.counters.internalErrors += 1
         self.log.failure(
-            "{service} failed on a {size}-byte datagram from {addr}",
+            "{service} failed on a {size}-byte datagram from {addr}: {error}",
             service=self.protocol.serviceName,
             size=len(data),
             addr=addr,
+            error=exceptionText(),
         )
 
     def _sendFailed(

@@ -18,6 +18,7 @@ Any of them can be used from any Twisted program::
 from __future__ import annotations
 
 import math
+import sys
 from datetime import tzinfo
 from typing import Any, ClassVar
 
@@ -48,6 +49,14 @@ REPLY_BUILDERS = 256
 Distinct text requests whose way of answering a text service keeps (a
 request is at most 512 bytes); the table is emptied when full.
 """
+
+
+def exceptionText() -> str:
+    """
+    The exception being handled, as one line (its C{repr}): logged beside
+    the traceback, which a worker's log relayed as JSON keeps without it.
+    """
+    return repr(sys.exc_info()[1])
 
 
 class UDPServerProtocol(DatagramProtocol):
@@ -238,11 +247,12 @@ class UDPServerProtocol(DatagramProtocol):
         suppressed = self._mayLog(received)
         if suppressed is not None:
             self.log.failure(
-                "{service} failed on a {size}-byte datagram from {addr}"
+                "{service} failed on a {size}-byte datagram from {addr}: {error}"
                 " ({suppressed} similar lines left out)",
                 service=self.serviceName,
                 size=len(data),
                 addr=addr,
+                error=exceptionText(),
                 suppressed=suppressed,
             )
 
