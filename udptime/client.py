@@ -133,7 +133,9 @@ def query(
     only one of C{localhost}'s addresses still answers); an address the
     request cannot be sent to is dropped and the next one asked at once.
     The L{Deferred} fires once the try's socket is closed; cancelling it
-    stops the query and closes the socket.
+    stops the query and starts closing the socket, and fails it with
+    C{CancelledError} at once, as cancelling a L{Deferred} does (the
+    socket is closed by the reactor's next turn).
 
     @param reactor: the reactor to run the query on.
     @param host: an IPv4 or IPv6 address, or a host name (resolved without
