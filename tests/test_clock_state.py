@@ -235,7 +235,7 @@ class ClockSourceTests(SynchronousTestCase):
         With a local stratum an unsynchronised (or unknown) kernel is
         overridden: synchronised at that stratum, refid LOCL, no root delay
         or dispersion, and the time the local reference took over as
-        reference time.
+        reference time, kept within a minute of the time as chronyd's is.
         """
         for kernel in UNSYNCED, None:
             with self.subTest(kernel=kernel):
@@ -253,7 +253,9 @@ class ClockSourceTests(SynchronousTestCase):
                         precision=-22,
                     ),
                 )
-                self.assertEqual(clockSource.state(5000.0).referenceTime, 1000.0)
+                self.assertEqual(clockSource.state(1064.0).referenceTime, 1000.0)
+                self.assertEqual(clockSource.state(1065.0).referenceTime, 1065.0)
+                self.assertEqual(clockSource.state(5000.0).referenceTime, 5000.0)
 
     def test_localRefid(self) -> None:
         """
@@ -389,7 +391,7 @@ class ClockSourceTests(SynchronousTestCase):
         reader.state = UNSYNCED
         state = clockSource.state(2000.0)
         self.assertEqual((state.referenceTime, state.rootDispersion), (2000.0, 0.0))
-        self.assertEqual(clockSource.state(3000.0).referenceTime, 2000.0)
+        self.assertEqual(clockSource.state(2030.0).referenceTime, 2000.0)
         self.assertEqual(clockSource.state(1500.0).referenceTime, 1500.0)
 
     def test_measuredPrecision(self) -> None:

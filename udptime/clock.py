@@ -149,6 +149,13 @@ Linux kernel ever reports as its maximum error."""
 LOCAL_REFID: Final = b"LOCL"
 """Default reference identifier of a clock that serves as its own reference."""
 
+LOCAL_REFERENCE_INTERVAL: Final = 64.0
+"""
+Seconds after which a local reference (C{localStratum}) gives the time as
+its reference time again, as chronyd's local reference does: the clock is
+its own reference, never long out of date.
+"""
+
 DEFAULT_KERNEL_STRATUM: Final = 3
 """Stratum claimed when an NTP daemon keeps the kernel's clock synchronised
 and no local stratum is configured (the daemon's own stratum is not known)."""
@@ -478,8 +485,10 @@ class ClockSource:
                 (previous is not None and previous.synchronised)
                 or self._referenceTime is None
                 or self._referenceTime > now
+                or now - self._referenceTime > LOCAL_REFERENCE_INTERVAL
             ):
-                # The local reference takes over now.
+                # The local reference takes over now, or is kept recent, as
+                # chronyd keeps its local reference time.
                 self._referenceTime = now
             state = ClockState(
                 leap=Leap.NONE if kernel is None else kernel.leap,

@@ -477,7 +477,8 @@ class NTPServer(UDPServerProtocol):
     def startProtocol(self) -> None:
         """
         Read the clock's state once as the service starts: with a local
-        stratum, the reference time is then the time the server started.
+        stratum, the first reference time is then the time the server
+        started.
         """
         super().startProtocol()
         self.clockSource.state(self.clock())
