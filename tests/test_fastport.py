@@ -323,6 +323,25 @@ class SameAnswersTests(ServerPortTestCase):
             self.assertEqual(counters["limited"], 1)
 
     @inlineCallbacks
+    def test_wildcard(self) -> Any:
+        """
+        On wildcard sockets, where replies carry the address they leave
+        from, every port gives the same replies, also when some requests
+        of a batch get none (the later replies then fill earlier send
+        slots).
+        """
+        for interface, host in ("0.0.0.0", "127.0.0.1"), ("::", "::1"):
+            yield self.compare(
+                textServer, TEXT_REQUESTS, host=host, interface=interface
+            )
+            yield self.compare(
+                lambda: ntpServer(Policy.forService("ntp", rate=1, burst=2)),
+                [NTP_REQUEST] * 4,
+                host=host,
+                interface=interface,
+            )
+
+    @inlineCallbacks
     def test_ipv6(self) -> Any:
         """
         An IPv6-only socket answers the same on every port.

@@ -113,12 +113,10 @@ _SIZE: Final = struct.Struct("=" + _SIZE_T)
 _DESTINATION: Final = _layout(
     (_fieldOffset("msg_name"), _POINTER), (_fieldOffset("msg_namelen"), "I")
 )
-# The same, with the address of the control message to send with it.
-_DESTINATION_AND_CONTROL: Final = _layout(
-    (_fieldOffset("msg_name"), _POINTER),
-    (_fieldOffset("msg_namelen"), "I"),
-    (_fieldOffset("msg_control"), _POINTER),
-)
+# A send header's control message address, written on its own: a layout
+# spanning other fields would write zeros over those in between.
+_CONTROL_AT: Final = _fieldOffset("msg_control")
+_CONTROL: Final = struct.Struct("=" + _POINTER)
 # struct cmsghdr followed by a struct timespec.
 _TIMESTAMP_MESSAGE: Final = struct.Struct("@Niill")
 _CONTROL_SIZE: Final = socket.CMSG_SPACE(struct.calcsize("@ll"))
@@ -356,7 +354,6 @@ class MessageBatch:
         L{controlLength} and L{stride}.
         """
         self._destination = _DESTINATION.pack_into
-        self._destinationAndControl = _DESTINATION_AND_CONTROL.pack_into
         self._size = _SIZE.pack_into
 
     def receive(self, fd: int, count: int) -> int:
@@ -443,20 +440,15 @@ class MessageBatch:
         Make send slot C{slot} send to the source of datagram C{index} (and
         with its destination's control message, when there is one).
         """
+        offset = slot * _HEADER_SIZE
+        self._destination(
+            self.sendHeaders, offset, self.nameAddresses[index], self.nameLength
+        )
         if self.destinationSpace:
-            self._destinationAndControl(
+            _CONTROL.pack_into(
                 self.sendHeaders,
-                slot * _HEADER_SIZE,
-                self.nameAddresses[index],
-                self.nameLength,
+                offset + _CONTROL_AT,
                 self.destinationAddresses[index],
-            )
-        else:
-            self._destination(
-                self.sendHeaders,
-                slot * _HEADER_SIZE,
-                self.nameAddresses[index],
-                self.nameLength,
             )
 
     def destination(self, index: int) -> bytes | None:
