@@ -12,6 +12,10 @@ any other, with a leaner read-answer-send path for servers:
   - with kernel receive timestamps on (C{SO_TIMESTAMPNS}), the receive
     time is the moment the kernel queued the datagram, read with C{recvmsg},
     instead of the moment the event loop got round to it;
+  - on a socket bound to a wildcard address, each reply leaves from the
+    address its request reached: the kernel reports that address with each
+    datagram (C{IP_PKTINFO}, C{IPV6_PKTINFO}), and the reply is sent with
+    the report (see L{destinationReports});
   - a write of the protocol's own (a refusal) to the address of the
     datagram being answered goes straight to C{sendto}: the generic port
     checks on every write that the address is an IP address literal, which
@@ -187,17 +191,16 @@ class ServerPort(udp.Port):
         C{reactor.adoptDatagramPort} does: the port works on a duplicate of
         the descriptor, and the caller still owns (and closes) C{sock}.
 
+        @param batched: read and answer datagrams in batches with
+            C{recvmmsg}/C{sendmmsg}; L{None} for L{DEFAULT_BATCHED} where
+            L{batchingAvailable}.  Where the system cannot batch, the port
+            reads and sends one datagram at a time.
         @param replyFromDestination: send each reply from the address its
             request reached (see L{destinationReports}); L{None} to do so
             when C{sock} is bound to a wildcard address (C{0.0.0.0}, C{::}),
             where the kernel would otherwise pick the reply's source by its
             routes, which on a host with several addresses of a family need
             not be the one the client asked, and where this system can.
-
-        @param batched: read and answer datagrams in batches with
-            C{recvmmsg}/C{sendmmsg}; L{None} for L{DEFAULT_BATCHED} where
-            L{batchingAvailable}.  Where the system cannot batch, the port
-            reads and sends one datagram at a time.
         @raise error.UnsupportedAddressFamily: C{sock} is not IPv4 or IPv6.
         @raise ValueError: kernel timestamps were asked for where the
             system has none.
