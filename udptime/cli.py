@@ -609,6 +609,7 @@ class DaemonThreadResolver:
         resolution = _Resolution(hostName)
         resolutionReceiver.resolutionBegan(resolution)
         kind = socket.SOCK_DGRAM if transportSemantics == "UDP" else socket.SOCK_STREAM
+        transport: Any = "UDP" if kind == socket.SOCK_DGRAM else "TCP"
 
         def lookUp() -> None:
             try:
@@ -620,9 +621,9 @@ class DaemonThreadResolver:
         def deliver(found: list[Any]) -> None:
             for family, _, _, _, sockaddr in found:
                 if family == socket.AF_INET and IPv4Address in (addressTypes or ()):
-                    address: IAddress = IPv4Address("UDP", *sockaddr[:2])
+                    address: IAddress = IPv4Address(transport, *sockaddr[:2])
                 elif family == socket.AF_INET6 and IPv6Address in (addressTypes or ()):
-                    address = IPv6Address("UDP", *sockaddr[:2])
+                    address = IPv6Address(transport, *sockaddr[:2])
                 else:
                     continue
                 resolutionReceiver.addressResolved(address)
