@@ -1010,27 +1010,27 @@ class ClientCodecTests(SynchronousTestCase):
         self.assertEqual(result.details["stratum"], 0)
         self.assertIn("unsynchronised", result.text)
 
+    def refusal(self, code: bytes) -> ServerRefused:
+        """
+        The error a Kiss-o'-Death with C{code} answering our request, from
+        192.0.2.9 port 123, fails the query with.
+        """
+        codec = self.codec()
+        request, cookie = codec.buildRequest(0.0)
+        kiss = buildKissOfDeath(request, code, sourcePort=40000)
+        assert kiss is not None
+        return self.assertRaises(
+            ServerRefused, codec.parseReply, kiss, cookie, 0.0, 0.1, "192.0.2.9", 123
+        )
+
     def test_kissOfDeath(self) -> None:
         """
         A KoD with our origin fails the query with L{ServerRefused} naming
         the code.
         """
-        codec = self.codec()
-        request, cookie = codec.buildRequest(0.0)
         for code in b"RATE", b"DENY", b"RSTR":
             with self.subTest(code=code):
-                kiss = buildKissOfDeath(request, code, sourcePort=40000)
-                assert kiss is not None
-                error = self.assertRaises(
-                    ServerRefused,
-                    codec.parseReply,
-                    kiss,
-                    cookie,
-                    0.0,
-                    0.1,
-                    "192.0.2.9",
-                    123,
-                )
+                error = self.refusal(code)
                 self.assertIn(code.decode(), str(error))
                 self.assertIn("192.0.2.9:123", str(error))
                 self.assertIn("Kiss-o'-Death", str(error))
@@ -1041,8 +1041,6 @@ class ClientCodecTests(SynchronousTestCase):
         whatever the code: known or not, it fails the query with
         L{ServerRefused} saying what the code means, if known.
         """
-        codec = self.codec()
-        request, cookie = codec.buildRequest(0.0)
         for code, meaning in [
             (b"INIT", "the server has not synchronised yet"),
             (b"NTSN", "NTS negative acknowledgement"),
@@ -1050,18 +1048,7 @@ class ClientCodecTests(SynchronousTestCase):
             (b"XQZW", "a code this client does not know"),
         ]:
             with self.subTest(code=code):
-                kiss = buildKissOfDeath(request, code, sourcePort=40000)
-                assert kiss is not None
-                error = self.assertRaises(
-                    ServerRefused,
-                    codec.parseReply,
-                    kiss,
-                    cookie,
-                    0.0,
-                    0.1,
-                    "192.0.2.9",
-                    123,
-                )
+                error = self.refusal(code)
                 self.assertIn(f"Kiss-o'-Death {code.decode()}: ", str(error))
                 self.assertIn(meaning, str(error))
         # Not a code: zeros (an unsynchronised server's), or not capitals.

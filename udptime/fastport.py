@@ -273,11 +273,8 @@ class ServerPort(udp.Port):
         if self._batch is not None:
             self._readBatches(self._batch)
             return
-        if self._destinations is not None:
-            self._readWithDestinations(self._destinations)
-            return
-        if self.kernelTimestamps:
-            self._readTimestamped()
+        if self._destinations is not None or self.kernelTimestamps:
+            self._readWithControl(self._destinations)
             return
         recvfrom = self.socket.recvfrom
         size = self.maxPacketSize
@@ -299,48 +296,20 @@ class ServerPort(udp.Port):
         self._answering = None
         protocol.counters.answered += answered
 
-    def _readTimestamped(self) -> None:
-        # doRead's loop with recvmsg: kept as a loop of its own rather than a
-        # test per datagram, as this is the path every request takes.
+    def _readWithControl(self, destinations: tuple[int, int, int, int] | None) -> None:
+        # doRead's loop with recvmsg, for a socket that gives each datagram's
+        # kernel timestamp, or reports the address it reached (which its
+        # reply is sent back with), or both.
         recvmsg = self.socket.recvmsg
         size = self.maxPacketSize
         protocol = self.protocol
         answerOne = self._answerOne
         clock = protocol.clock
         unpack = _TIMESPEC.unpack
-        level, kind = socket.SOL_SOCKET, SCM_TIMESTAMPNS
-        ipv6 = self.addressFamily == socket.AF_INET6
-        answered = 0
-        for _ in range(self.maxDatagramsPerRead):
-            try:
-                data, ancillary, _flags, addr = recvmsg(size, _ANCILLARY_SIZE)
-            except OSError as failure:
-                if self._readFailed(failure):
-                    continue
-                break
-            if ancillary and ancillary[0][1] == kind and ancillary[0][0] == level:
-                seconds, nanoseconds = unpack(ancillary[0][2])
-                received = seconds + nanoseconds * 1e-9
-            else:
-                received = clock()
-            if ipv6:
-                addr = addr[:2]
-            answered += answerOne(data, addr, received)
-        self._answering = None
-        protocol.counters.answered += answered
-
-    def _readWithDestinations(self, destinations: tuple[int, int, int, int]) -> None:
-        # doRead's loop with recvmsg, for a socket that reports the address
-        # each datagram reached, which its reply is sent back with (and
-        # kernel timestamps, if on).
-        recvmsg = self.socket.recvmsg
-        size = self.maxPacketSize
-        protocol = self.protocol
-        answerOne = self._answerOne
-        clock = protocol.clock
-        unpack = _TIMESPEC.unpack
-        level, _, kind, dataSize = destinations
-        room = socket.CMSG_SPACE(dataSize)
+        level, kind, room = -1, -1, 0
+        if destinations is not None:
+            level, _, kind, dataSize = destinations
+            room = socket.CMSG_SPACE(dataSize)
         timestamps = self.kernelTimestamps
         if timestamps:
             room += _ANCILLARY_SIZE
