@@ -290,17 +290,17 @@ def parts(protocol: str, count: int) -> list[Path]:
         served(protocol, unlimited, kernel, batched, count, f"{kind}, no policy")
     )
     paths.append(udptime(protocol, True, kernel, count, batched))
-    wildcard = served(
-        protocol,
-        udptimeServer(protocol),
-        kernel,
-        batched,
-        count,
-        kind,
-        "0.0.0.0",
+    paths.append(
+        served(
+            protocol,
+            udptimeServer(protocol),
+            kernel,
+            batched,
+            count,
+            f"{kind}, bound to 0.0.0.0",
+            "0.0.0.0",
+        )
     )
-    wildcard.name = wildcard.name.replace(kind, f"{kind}, bound to 0.0.0.0")
-    paths.append(wildcard)
     return paths
 
 

@@ -404,15 +404,14 @@ class ServerPort(udp.Port):
             nameSize,
             controlSize,
             fullName,
-            fullControl,
             stride,
         ) = batch.readPlan
-        timestamps = self.kernelTimestamps and fullControl
+        timestamps = self.kernelTimestamps and controlSize
         level, kind = socket.SOL_SOCKET, SCM_TIMESTAMPNS
         destinations = self._destinations
         if destinations is not None:
             reachedLevel, _, reachedKind, reachedSize = destinations
-            reachedAt = batch.timestampSpace + socket.CMSG_LEN(0)
+            reachedAt = batch.destinationAt
         answered = 0
         remaining = self.maxDatagramsPerRead
         while remaining > 0:
@@ -455,17 +454,17 @@ class ServerPort(udp.Port):
                 else:
                     _, cmsgLevel, cmsgKind, seconds, nanoseconds = stamp
                     if (
-                        controlLength == fullControl
+                        controlLength == controlSize
                         and cmsgKind == kind
                         and cmsgLevel == level
                     ):
                         received = seconds + nanoseconds * 1e-9
                     else:
                         received = clock()
-                if nameLength != fullName or controlLength != fullControl:
+                if nameLength != fullName or controlLength != controlSize:
                     batch.restore(index, nameLength, controlLength)
                     raw = raw[:nameLength]
-                    if controlLength != fullControl:
+                    if controlLength != controlSize:
                         # Not the control messages asked for (no room for
                         # them?): the reply goes out on its own, from the
                         # address the kernel picks.
@@ -491,7 +490,7 @@ class ServerPort(udp.Port):
                     continue
                 ancillary = None
                 try:
-                    if destinations is not None and controlLength == fullControl:
+                    if destinations is not None and controlLength == controlSize:
                         # The destination's control message as received,
                         # sent back without a copy.
                         start = index * controlSize + reachedAt

@@ -198,6 +198,8 @@ class MessageBatch:
     @ivar destinationSize: the size of a destination report's data.
     @ivar destinationSpace: the room for a destination report (0: none).
     @ivar controlSize: the control room of each slot.
+    @ivar destinationAt: where in a slot the data of its destination
+        message starts.
     @ivar eachTimestamp: reads the timestamp message of each slot, with
         C{iter_unpack} over the slots.
     @ivar nameLength: the length of a source C{sockaddr} of the family.
@@ -253,7 +255,8 @@ class MessageBatch:
             socket.CMSG_SPACE(destinationSize) if destinationSize else 0
         )
         self.controlSize = self.timestampSpace + self.destinationSpace
-        self.controlLength = self.controlSize
+        # Where the destination message's data starts in a slot.
+        self.destinationAt = self.timestampSpace + socket.CMSG_LEN(0)
         self.eachTimestamp = struct.Struct(
             _TIMESTAMP_MESSAGE.format + f"{self.destinationSpace}x"
         )
@@ -340,7 +343,6 @@ class MessageBatch:
             _SOCKADDR_SIZE,
             self.controlSize,
             self.nameLength,
-            self.controlLength,
             self.stride,
         )
         """
@@ -350,8 +352,9 @@ class MessageBatch:
         C{unpack_from} of L{RECEIVED}, L{eachName} and L{eachTimestamp}
         (for the first slot of each); views of
         L{headers}, L{names} and L{controls}; L{data}; L{addresses}; the
-        header, C{sockaddr} and control slot sizes; L{nameLength},
-        L{controlLength} and L{stride}.
+        header, C{sockaddr} and control slot sizes (a slot's control room is
+        what a datagram with every control message asked for uses);
+        L{nameLength} and L{stride}.
         """
         self._destination = _DESTINATION.pack_into
         self._size = _SIZE.pack_into
@@ -376,8 +379,8 @@ class MessageBatch:
         offset = index * _HEADER_SIZE
         if nameLength != self.nameLength:
             _NAMELEN.pack_into(self.headers, offset + _NAMELEN_AT, self.nameLength)
-        if controlLength != self.controlLength:
-            _SIZE.pack_into(self.headers, offset + _CONTROLLEN_AT, self.controlLength)
+        if controlLength != self.controlSize:
+            _SIZE.pack_into(self.headers, offset + _CONTROLLEN_AT, self.controlSize)
             if self.destinationSpace:
                 # The slot's destination message, if any, is an earlier
                 # datagram's: not this one's (see destination).
@@ -461,7 +464,7 @@ class MessageBatch:
         length = _SIZE.unpack_from(self.controls, start)[0]
         if length != socket.CMSG_LEN(self.destinationSize):
             return None
-        data = start + socket.CMSG_LEN(0)
+        data = index * self.controlSize + self.destinationAt
         return bytes(self.controls[data : data + self.destinationSize])
 
     def send(self, fd: int, start: int) -> int:
