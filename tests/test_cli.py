@@ -29,7 +29,7 @@ from udptime import cli
 from udptime.cli import CODECS, Client, LineReader, UsageError, parseArguments
 from udptime.client import TextClientCodec
 from udptime.ntp import buildKissOfDeath
-from udptime.query import QueryResult
+from udptime.reading import QueryResult
 from udptime.server import TextTimeServer
 
 

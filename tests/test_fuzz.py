@@ -33,9 +33,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support import RecordingTransport, TwistdServer, freePort, udpQuery
 from udptime import daytime, echo, ntp, rfc868, text
-from udptime.client import TextClientCodec
 from udptime.policy import Policy
-from udptime.query import QueryError, ReplyMismatch
+from udptime.reading import QueryError, ReplyMismatch
 from udptime.server import (
     DaytimeServer,
     EchoServer,
@@ -44,6 +43,7 @@ from udptime.server import (
     TimeServer,
     UDPServerProtocol,
 )
+from udptime.text import TextClientCodec
 
 EXAMPLES = int(os.environ.get("UDPTIME_FUZZ_EXAMPLES", "150"))
 MUTATIONS = 20 * EXAMPLES
@@ -367,7 +367,7 @@ class CodecFuzzTests(SynchronousTestCase):
                 if isinstance(codec, ntp.NTPClientCodec):
                     state = origin
                 with contextlib.suppress(ReplyMismatch, QueryError):
-                    codec.parseReply(data, state, NOW, NOW + 0.01, "192.0.2.1", 123)
+                    codec.parseReply(data, state, NOW, NOW + 0.01)
 
 
 class RunningServerFuzzTests(SynchronousTestCase):

@@ -43,7 +43,7 @@ from udptime.clock import WallClock, systemClock
 from udptime.daytime import DaytimeClientCodec
 from udptime.echo import EchoClientCodec
 from udptime.ntp import NTPClientCodec
-from udptime.query import (
+from udptime.reading import (
     ClientCodec,
     QueryError,
     QueryResult,

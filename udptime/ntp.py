@@ -18,7 +18,7 @@ and OpenNTPD answer clients:
     reveals nothing of the server's clock.
 
 The client side, L{NTPClientCodec}, is udptime's SNTP client for
-L{udptime.client.query}.
+L{udptime.client.query}; a Kiss-o'-Death fails a query with L{KissOfDeath}.
 
 Every function takes the time as values; nothing here reads a clock or
 touches a socket.
@@ -46,13 +46,7 @@ from udptime.clock import (
     toNTPShort,
     unixToNTP64,
 )
-from udptime.query import (
-    BadReply,
-    QueryResult,
-    ReplyMismatch,
-    ServerRefused,
-    formatHostPort,
-)
+from udptime.reading import BadReply, Reading, ReplyMismatch, ServerRefused
 
 NTP_PORT: Final = 123
 """The registered NTP port."""
@@ -694,9 +688,25 @@ def refidText(stratum: int, refid: bytes) -> str:
     return address
 
 
+class KissOfDeath(ServerRefused):
+    """
+    The server answered with a Kiss-o'-Death (RFC 5905 section 7.4).
+
+    @ivar code: the kiss code, e.g. C{"RATE"}.
+    @ivar meaning: what the code means (L{KISS_CODES}), or that it is
+        unknown.
+    """
+
+    def __init__(self, code: str, meaning: str, server: str = "the server") -> None:
+        super().__init__(f"sent a Kiss-o'-Death {code}: {meaning}", server)
+        self.args = (code, meaning)  # as made, for copies and pickles
+        self.code = code
+        self.meaning = meaning
+
+
 class NTPClientCodec:
     """
-    udptime's SNTP client (a L{udptime.query.ClientCodec}).
+    udptime's SNTP client (a L{udptime.reading.ClientCodec}).
 
     As chrony does, the request carries no time at all: its transmit
     timestamp is 64 random bits, a cookie that the reply's origin timestamp
@@ -704,7 +714,7 @@ class NTPClientCodec:
     only in the mode that answers the request's, with the right origin and
     non-zero receive and transmit timestamps; anything else is
     L{ReplyMismatch} and is ignored.  A Kiss-o'-Death (C{RATE}, C{DENY},
-    C{RSTR}) fails the query with L{ServerRefused}, and a reply whose
+    C{RSTR}) fails the query with L{KissOfDeath}, and a reply whose
     timestamps are impossible with L{BadReply}.  A reply from an
     unsynchronised server (LI 3, or stratum 0 or 16 and up) is a result,
     reported as such in C{details["synchronised"]}.
@@ -754,19 +764,13 @@ class NTPClientCodec:
         return request.toBytes(), cookie
 
     def parseReply(
-        self,
-        data: bytes,
-        state: int,
-        sentAt: float,
-        receivedAt: float,
-        host: str,
-        port: int,
-    ) -> QueryResult:
+        self, data: bytes, state: int, sentAt: float, receivedAt: float
+    ) -> Reading:
         """
         Read the reply to the request whose cookie is C{state}.
 
         @raise ReplyMismatch: C{data} is not the reply to the request.
-        @raise ServerRefused: the server sent a Kiss-o'-Death.
+        @raise KissOfDeath: the server sent a Kiss-o'-Death.
         @raise BadReply: the server's timestamps are impossible: it sent
             the reply before it received the request, or held the request
             for more than L{MAX_SERVER_INTERVAL}.
@@ -780,13 +784,10 @@ class NTPClientCodec:
             raise ReplyMismatch(f"reply has mode {reply.mode}, not {int(expected)}")
         if reply.originTimestamp != state:
             raise ReplyMismatch("reply's origin timestamp is not our request's")
-        where = formatHostPort(host, port)
         if reply.stratum == 0 and isKissCode(reply.refid):
             code = reply.refid.rstrip(b"\0")
             meaning = KISS_CODES.get(code, "a code this client does not know")
-            raise ServerRefused(
-                f"{where} sent a Kiss-o'-Death {code.decode('ascii')}: {meaning}"
-            )
+            raise KissOfDeath(code.decode("ascii"), meaning)
         if not reply.receiveTimestamp or not reply.transmitTimestamp:
             raise ReplyMismatch("reply has a zero receive or transmit timestamp")
         if reply.version == 0:
@@ -806,12 +807,12 @@ class NTPClientCodec:
         # exchange: as chrony does, its size is taken.
         if held < -(2.0 ** min(reply.precision, 0)):
             raise BadReply(
-                f"{where} sent a bogus reply: its transmit timestamp is"
+                "sent a bogus reply: its transmit timestamp is"
                 f" {-held:.6f} s before its receive timestamp"
             )
         if held > MAX_SERVER_INTERVAL:
             raise BadReply(
-                f"{where} sent a bogus reply: it claims to have held the request"
+                "sent a bogus reply: it claims to have held the request"
                 f" for {held:.3f} s"
             )
         delay = abs(timestampDifference(t4, t1) - held)
@@ -843,15 +844,11 @@ class NTPClientCodec:
         )
         if not synchronised:
             text += " (server unsynchronised)"
-        return QueryResult(
-            protocol=self.name,
-            host=host,
-            port=port,
-            reply=data,
+        return Reading(
             text=text,
             serverTime=serverTime,
-            delay=delay,
             offset=offset,
+            delay=delay,
             details=details,
         )
 
