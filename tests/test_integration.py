@@ -599,6 +599,64 @@ class DownServerTests(SynchronousTestCase):
             done.stderr, f"udptime: no reply from 127.0.0.1:{port} after 3 tries\n"
         )
 
+    def test_silentServerJSON(self) -> None:
+        """
+        With C{--json}, the failure is a JSON object on standard output, and
+        the status is still 1.
+        """
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+            silent.bind(("127.0.0.1", 0))
+            port = silent.getsockname()[1]
+            done = runClient(
+                *("127.0.0.1", "-p", str(port), "-t", "0.2", "-r", "1", "--json"),
+                timeout=0.2 + 15,
+            )
+        self.assertEqual((done.returncode, done.stderr), (1, ""))
+        self.assertEqual(
+            json.loads(done.stdout),
+            {
+                "error": "timeout",
+                "message": f"no reply from 127.0.0.1:{port} after 1 try",
+                "protocol": "text",
+                "server": "127.0.0.1",
+                "port": port,
+            },
+        )
+
+
+class RateLimitedServerTests(SynchronousTestCase):
+    """
+    The client against a server whose rate limit it runs into.
+    """
+
+    def test_countPastTheBurst(self) -> None:
+        """
+        C{--count} past a server's burst: the queries it answered are
+        printed, and the first it does not answer says that the server
+        answered before and may be limiting the rate.
+        """
+        port = freePort()
+        server = TwistdServer(
+            [
+                *("--port", str(port), "--interface", "127.0.0.1"),
+                *("--rate", "0.01", "--burst", "2"),
+            ]
+        )
+        self.addCleanup(server.cleanup)
+        server.start()
+        done = runClient(
+            *("127.0.0.1", "-p", str(port), "-c", "3", "--interval", "0"),
+            *("-t", "0.3", "-r", "1", "unix"),
+        )
+        self.assertEqual(done.returncode, 1, done.stderr)
+        self.assertEqual(len(done.stdout.splitlines()), 2, done.stdout)
+        self.assertEqual(
+            done.stderr,
+            f"udptime: no reply from 127.0.0.1:{port} after 1 try; the server"
+            " answered 2 earlier queries of this run, so it may be limiting the"
+            " rate of requests it answers (a longer --interval asks less often)\n",
+        )
+
     def test_badCommandLine(self) -> None:
         """
         A bad command line: exactly one line on standard error, status 2.
