@@ -41,8 +41,9 @@ import time
 from hotpath import NTP_REQUEST, serverPort, udptimeServer
 
 from udptime import mmsg
+from udptime.ancillary import SO_TIMESTAMPNS
 from udptime.clock import ntp64ToUnix, unixToNTP64
-from udptime.fastport import SO_TIMESTAMPNS, ServerPort
+from udptime.fastport import ServerPort
 from udptime.server import UDPServerProtocol
 
 TRANSMIT_AT = 40

@@ -29,13 +29,9 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.test_ntp import ERA_1
 from udptime import mmsg, ntp, text
+from udptime.ancillary import kernelTimestampsAvailable
 from udptime.clock import ClockSource, ClockState, Leap, ntp64ToUnix
-from udptime.fastport import (
-    ServerPort,
-    _osError,
-    batchingAvailable,
-    kernelTimestampsAvailable,
-)
+from udptime.fastport import ServerPort, _osError, batchingAvailable
 from udptime.policy import Policy
 from udptime.server import EchoServer, NTPServer, TextTimeServer, UDPServerProtocol
 from udptime.service import UDPListenService, bindUDPSocket
@@ -480,7 +476,7 @@ class KernelTimestampTests(ServerPortTestCase):
         """
         The port sets C{SO_TIMESTAMPNS} on its socket exactly when asked.
         """
-        from udptime.fastport import SO_TIMESTAMPNS
+        from udptime.ancillary import SO_TIMESTAMPNS
 
         assert SO_TIMESTAMPNS is not None
         for wanted in (True, False):

@@ -20,7 +20,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from udptime import text
 from udptime.server import TextTimeServer
 from udptime.service import UDPListenService
-from udptime.tap import DEFAULT_PORT, Options, UDPTimeService, makeService
+from udptime.tap import Options, UDPTimeService, makeService
+from udptime.text import DEFAULT_PORT
 
 
 def parse(*arguments: str) -> Options:

@@ -39,10 +39,7 @@ is logged and counted, as C{udp.Port} does for C{datagramReceived}.
 from __future__ import annotations
 
 import os
-import platform
 import socket
-import struct
-import sys
 from collections.abc import Callable, Iterable, Sequence
 from errno import EAGAIN, ECONNREFUSED, EINTR, EMSGSIZE, ENOBUFS, EWOULDBLOCK
 from itertools import repeat
@@ -53,56 +50,16 @@ from twisted.internet.interfaces import IReactorFDSet
 from twisted.logger import Logger
 
 from udptime import mmsg
-from udptime.server import Address, UDPServerProtocol, exceptionText
-
-
-def _timestampOption() -> int | None:
-    """
-    The value of C{SO_TIMESTAMPNS} on this system, or L{None} when it has
-    none (Python only names the constant from 3.14 on).
-    """
-    option: int | None = getattr(socket, "SO_TIMESTAMPNS", None)
-    if option is not None:
-        return option
-    if sys.platform != "linux":
-        return None
-    # asm-generic/socket.h: SO_TIMESTAMPNS_OLD, whose message carries a
-    # native struct timespec; only a few architectures number it otherwise.
-    if platform.machine().startswith(("sparc", "parisc", "alpha", "mips")):
-        return None
-    return 35
-
-
-SO_TIMESTAMPNS: Final = _timestampOption()
-"""The socket option for nanosecond receive timestamps (L{None}: none)."""
-
-SCM_TIMESTAMPNS: Final = SO_TIMESTAMPNS
-"""The control message that carries them (Linux numbers both alike)."""
-
-_TIMESPEC: Final = struct.Struct("@ll")
-_ANCILLARY_SIZE: Final = socket.CMSG_SPACE(_TIMESPEC.size)
-
-_IP_PKTINFO: Final = getattr(socket, "IP_PKTINFO", 8)  # Linux's, unnamed before 3.14
-
-
-def destinationReports(family: int) -> tuple[int, int, int, int] | None:
-    """
-    How a socket of C{family} reports the address each datagram reached:
-    the level and the option that turn the reports on, the type of their
-    control message and the size of its data; L{None} where this system has
-    none that udptime knows.  Sent back with a reply (C{IP_PKTINFO}'s
-    C{struct in_pktinfo}, C{IPV6_PKTINFO}'s C{struct in6_pktinfo}, which on
-    a dual-stack socket covers IPv4 too), the message makes the reply leave
-    from that address, as chronyd's do.
-    """
-    if sys.platform != "linux":
-        return None
-    if family == socket.AF_INET:
-        return (socket.IPPROTO_IP, _IP_PKTINFO, _IP_PKTINFO, 12)
-    if family == socket.AF_INET6:
-        return (socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, socket.IPV6_PKTINFO, 20)
-    return None
-
+from udptime.address import Address
+from udptime.ancillary import (
+    SCM_TIMESTAMPNS,
+    SO_TIMESTAMPNS,
+    TIMESPEC,
+    TIMESTAMP_SPACE,
+    DestinationReports,
+    destinationReports,
+)
+from udptime.server import UDPServerProtocol, exceptionText
 
 _WILDCARDS: Final = frozenset({"0.0.0.0", "::"})
 
@@ -131,26 +88,12 @@ reactor's other work (other ports, timers, signals).
 """
 
 
-DEFAULT_BATCHED: Final = True
-"""
-Whether ports batch their system calls (C{recvmmsg}/C{sendmmsg}) unless
-told otherwise, where the system has them (see L{batchingAvailable}).
-"""
-
-
 def batchingAvailable() -> bool:
     """
     Whether this system can batch a port's system calls (Linux's
     C{recvmmsg} and C{sendmmsg}, through C{ctypes}).
     """
     return mmsg.available()
-
-
-def kernelTimestampsAvailable() -> bool:
-    """
-    Whether this system can give receive timestamps with C{SO_TIMESTAMPNS}.
-    """
-    return SO_TIMESTAMPNS is not None
 
 
 class ServerPort(udp.Port):
@@ -168,7 +111,7 @@ class ServerPort(udp.Port):
     protocol: UDPServerProtocol
     kernelTimestamps = False
     maxDatagramsPerRead = MAX_DATAGRAMS_PER_READ
-    _destinations: tuple[int, int, int, int] | None = None
+    _destinations: DestinationReports | None = None
     _answering: Address | None = None
     _answeringAncillary: Sequence[tuple[int, int, Any]] | None = None
     _answeringIndex: int | None = None
@@ -192,7 +135,7 @@ class ServerPort(udp.Port):
         the descriptor, and the caller still owns (and closes) C{sock}.
 
         @param batched: read and answer datagrams in batches with
-            C{recvmmsg}/C{sendmmsg}; L{None} for L{DEFAULT_BATCHED} where
+            C{recvmmsg}/C{sendmmsg}; L{None} to do so where
             L{batchingAvailable}.  Where the system cannot batch, the port
             reads and sends one datagram at a time.
         @param replyFromDestination: send each reply from the address its
@@ -217,9 +160,7 @@ class ServerPort(udp.Port):
             replyFromDestination = sock.getsockname()[0] in _WILDCARDS
         if replyFromDestination:
             port._destinations = destinationReports(sock.family)
-        if batched is None:
-            batched = DEFAULT_BATCHED
-        if batched and mmsg.available():
+        if batched is not False and mmsg.available():
             destinations = port._destinations
             try:
                 port._batch = mmsg.MessageBatch(
@@ -227,7 +168,7 @@ class ServerPort(udp.Port):
                     maxPacketSize,
                     sock.family,
                     kernelTimestamps,
-                    destinations[3] if destinations else 0,
+                    destinations.size if destinations else 0,
                 )
                 if not protocol.transmitTimestamps:
                     port._queue = port._batch.queue
@@ -262,8 +203,8 @@ class ServerPort(udp.Port):
                 socket.SOL_SOCKET, SO_TIMESTAMPNS, int(self.kernelTimestamps)
             )
         if self._destinations is not None:
-            level, option, _, _ = self._destinations
-            self.socket.setsockopt(level, option, 1)
+            reports = self._destinations
+            self.socket.setsockopt(reports.level, reports.option, 1)
 
     def doRead(self) -> None:
         """
@@ -296,7 +237,7 @@ class ServerPort(udp.Port):
         self._answering = None
         protocol.counters.answered += answered
 
-    def _readWithControl(self, destinations: tuple[int, int, int, int] | None) -> None:
+    def _readWithControl(self, destinations: DestinationReports | None) -> None:
         # doRead's loop with recvmsg, for a socket that gives each datagram's
         # kernel timestamp, or reports the address it reached (which its
         # reply is sent back with), or both.
@@ -305,14 +246,14 @@ class ServerPort(udp.Port):
         protocol = self.protocol
         answerOne = self._answerOne
         clock = protocol.clock
-        unpack = _TIMESPEC.unpack
+        unpack = TIMESPEC.unpack
         level, kind, room = -1, -1, 0
         if destinations is not None:
-            level, _, kind, dataSize = destinations
-            room = socket.CMSG_SPACE(dataSize)
+            level, kind = destinations.level, destinations.kind
+            room = destinations.space
         timestamps = self.kernelTimestamps
         if timestamps:
-            room += _ANCILLARY_SIZE
+            room += TIMESTAMP_SPACE
         ipv6 = self.addressFamily == socket.AF_INET6
         answered = 0
         for _ in range(self.maxDatagramsPerRead):
@@ -388,30 +329,24 @@ class ServerPort(udp.Port):
         # bring a single datagram): the headers, sources and control
         # messages of a batch are unpacked all at once, with iter_unpack,
         # one call each instead of one per datagram.
-        (
-            eachReceived,
-            eachName,
-            eachTimestamp,
-            firstReceived,
-            firstName,
-            firstTimestamp,
-            headers,
-            names,
-            controls,
-            data,
-            addresses,
-            headerSize,
-            nameSize,
-            controlSize,
-            fullName,
-            stride,
-        ) = batch.readPlan
+        plan = batch.readPlan
+        eachReceived, firstReceived = plan.eachHeader, plan.firstHeader
+        eachName, firstName = plan.eachName, plan.firstName
+        eachTimestamp, firstTimestamp = plan.eachTimestamp, plan.firstTimestamp
+        headers, names, controls = plan.headers, plan.names, plan.controls
+        data, addresses, stride = plan.data, plan.addresses, plan.stride
+        headerSize, nameSize, controlSize = (
+            plan.headerSize,
+            plan.nameSize,
+            plan.controlSize,
+        )
+        fullName = plan.nameLength
         timestamps = self.kernelTimestamps and controlSize
         level, kind = socket.SOL_SOCKET, SCM_TIMESTAMPNS
         destinations = self._destinations
         if destinations is not None:
-            reachedLevel, _, reachedKind, reachedSize = destinations
-            reachedAt = batch.destinationAt
+            reachedLevel, reachedKind = destinations.level, destinations.kind
+            reachedSize, reachedAt = destinations.size, batch.destinationAt
         answered = 0
         remaining = self.maxDatagramsPerRead
         while remaining > 0:
@@ -664,8 +599,7 @@ class ServerPort(udp.Port):
         reached = None if index is None else batch.destination(index)
         if reached is None:
             return None
-        level, _, kind, _ = destinations
-        return [(level, kind, reached)]
+        return [(destinations.level, destinations.kind, reached)]
 
 
 def _osError(errno: int) -> OSError:

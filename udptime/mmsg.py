@@ -22,11 +22,11 @@ import mmap
 import socket
 import struct
 import sys
-from collections.abc import Callable
-from typing import Final
+from collections.abc import Callable, Iterator
+from typing import Final, NamedTuple
 
-Address = tuple[str, int]
-"""A datagram's source address as Twisted gives it: (host, port)."""
+from udptime.address import Address
+from udptime.ancillary import TIMESTAMP_SPACE
 
 ADDRESS_CACHE_SIZE: Final = 4096
 """
@@ -119,8 +119,7 @@ _CONTROL_AT: Final = _fieldOffset("msg_control")
 _CONTROL: Final = struct.Struct("=" + _POINTER)
 # struct cmsghdr followed by a struct timespec.
 _TIMESTAMP_MESSAGE: Final = struct.Struct("@Niill")
-_CONTROL_SIZE: Final = socket.CMSG_SPACE(struct.calcsize("@ll"))
-if _TIMESTAMP_MESSAGE.size != _CONTROL_SIZE:  # pragma: no cover
+if _TIMESTAMP_MESSAGE.size != TIMESTAMP_SPACE:  # pragma: no cover
     # Read one control slot after the other, each must be one message.
     raise ImportError("unexpected struct cmsghdr layout")
 
@@ -160,12 +159,55 @@ def available() -> bool:
     return _FUNCTIONS is not None
 
 
-def _address(buffer: bytearray | mmap.mmap) -> int:
+class ReadPlan(NamedTuple):
     """
-    The address of C{buffer}'s memory (it stays put: a C{ctypes} view keeps
-    a bytearray from being resized).
+    What a reader of a L{MessageBatch}'s datagrams needs, gathered once so
+    that a read loop can take it into local variables: after
+    L{MessageBatch.receive} returned C{n}, the first C{n} receive slots hold
+    datagrams.  Each slot's header, source C{sockaddr} and control messages
+    are read for all C{n} slots at once with the C{each*} readers
+    (C{iter_unpack} over the first C{n * size} bytes of their buffer), or
+    for the first slot alone with the C{first*} ones (C{unpack_from}).
+
+    @ivar eachHeader: each slot's source address length, control length,
+        flags and datagram length, over L{headers}.
+    @ivar eachName: each slot's source C{sockaddr} (a 1-tuple of
+        C{nameLength} bytes), over L{names}.
+    @ivar eachTimestamp: each slot's timestamp message (its length, level,
+        type, seconds and nanoseconds), over L{controls}.
+    @ivar firstHeader: L{eachHeader}'s reading of the first slot.
+    @ivar firstName: L{eachName}'s reading of the first slot.
+    @ivar firstTimestamp: L{eachTimestamp}'s reading of the first slot.
+    @ivar headers: the receive headers.
+    @ivar names: the source addresses.
+    @ivar controls: the control messages.
+    @ivar data: the datagrams, slot C{i} at C{i * stride}.
+    @ivar addresses: the cache of source addresses (see
+        L{MessageBatch.convert}).
+    @ivar headerSize: the size of a slot's header.
+    @ivar nameSize: the size of a slot's source address room.
+    @ivar controlSize: the size of a slot's control room: what a datagram
+        with every control message asked for uses.
+    @ivar nameLength: the length of a full source C{sockaddr} of the family.
+    @ivar stride: the distance between two datagrams in L{data}.
     """
-    return ctypes.addressof(ctypes.c_char.from_buffer(buffer))
+
+    eachHeader: Callable[[memoryview], Iterator[tuple[int, int, int, int]]]
+    eachName: Callable[[memoryview], Iterator[tuple[bytes]]]
+    eachTimestamp: Callable[[memoryview], Iterator[tuple[int, int, int, int, int]]]
+    firstHeader: Callable[[memoryview], tuple[int, int, int, int]]
+    firstName: Callable[[memoryview], tuple[bytes]]
+    firstTimestamp: Callable[[memoryview], tuple[int, int, int, int, int]]
+    headers: memoryview
+    names: memoryview
+    controls: memoryview
+    data: mmap.mmap
+    addresses: dict[bytes, Address]
+    headerSize: int
+    nameSize: int
+    controlSize: int
+    nameLength: int
+    stride: int
 
 
 class MessageBatch:
@@ -174,17 +216,15 @@ class MessageBatch:
     datagrams of up to C{size} bytes received with one C{recvmmsg}, and up
     to C{count} replies sent with one C{sendmmsg}.
 
-    After L{receive} returned C{n}, datagram C{i < n} is described by
-    L{RECEIVED}C{.unpack_from(headers, i * HEADER_SIZE)} (or the C{i}th
-    tuple of L{EACH_RECEIVED}C{.iter_unpack} over the first C{n} headers);
-    its bytes start at C{i * stride} in L{data}, its source C{sockaddr} at
-    C{i * SOCKADDR_SIZE} in L{names} (the C{i}th of L{eachName} over the
-    first C{n}), its control messages at C{i * controlSize} in L{controls}
-    (the kernel timestamp first, read with L{eachTimestamp}, then the report
-    of the address it reached, read with L{destination}: each when asked
-    for).  L{queue} copies a reply for datagram C{i} into the next send
-    slot, which sends it to the datagram's source (with its destination
-    report, if any); L{send} sends the queued replies.
+    After L{receive} returned C{n}, datagram C{i < n} is described by its
+    receive slot, which L{readPlan} says how to read (see L{ReadPlan}): its
+    header, its bytes at C{i * stride} in L{data}, its source C{sockaddr},
+    and its control messages at C{i * controlSize} in L{controls} (the
+    kernel timestamp first, then the report of the address it reached,
+    read with L{destination}: each when asked for).  L{queue} copies a
+    reply for datagram C{i} into the next send slot, which sends it to the
+    datagram's source (with its destination report, if any); L{send} sends
+    the queued replies.
 
     @ivar count: datagrams per batch.
     @ivar size: the longest datagram received whole (longer ones are
@@ -209,13 +249,6 @@ class MessageBatch:
     @ivar data: the receive slots, an anonymous L{mmap.mmap}: a slice of it
         is a L{bytes} copy, made in one step.
     """
-
-    HEADER_SIZE: Final = _HEADER_SIZE
-    SOCKADDR_SIZE: Final = _SOCKADDR_SIZE
-    CONTROL_SIZE: Final = _CONTROL_SIZE
-    RECEIVED: Final = _RECEIVED
-    EACH_RECEIVED: Final = _EACH_RECEIVED
-    TIMESTAMP_MESSAGE: Final = _TIMESTAMP_MESSAGE
 
     def __init__(
         self,
@@ -249,7 +282,7 @@ class MessageBatch:
         )
         # A receive slot's control room: the timestamp's message first, as
         # the kernel writes them, then the destination's.
-        self.timestampSpace = _CONTROL_SIZE if timestamps else 0
+        self.timestampSpace = TIMESTAMP_SPACE if timestamps else 0
         self.destinationSize = destinationSize
         self.destinationSpace = (
             socket.CMSG_SPACE(destinationSize) if destinationSize else 0
@@ -267,7 +300,7 @@ class MessageBatch:
         self.headers = bytearray(count * _HEADER_SIZE)
         self._iovecs = bytearray(count * _IOVEC_SIZE)
         self.names = bytearray(count * _SOCKADDR_SIZE)
-        self.controls = bytearray(count * max(self.controlSize, _CONTROL_SIZE))
+        self.controls = bytearray(count * max(self.controlSize, TIMESTAMP_SPACE))
         self.sendHeaders = bytearray(count * _HEADER_SIZE)
         self._sendIovecs = bytearray(count * _IOVEC_SIZE)
         self._sendData = bytearray(count * SEND_SLOT_SIZE)
@@ -327,35 +360,25 @@ class MessageBatch:
                 header.msg_controllen = self.destinationSpace
         self._redirected = [False] * count
         self.addresses: dict[bytes, Address] = {}
-        self.readPlan: Final = (
-            _EACH_RECEIVED.iter_unpack,
-            self.eachName.iter_unpack,
-            self.eachTimestamp.iter_unpack,
-            _RECEIVED.unpack_from,
-            self.eachName.unpack_from,
-            self.eachTimestamp.unpack_from,
-            memoryview(self.headers),
-            memoryview(self.names),
-            memoryview(self.controls),
-            self.data,
-            self.addresses,
-            _HEADER_SIZE,
-            _SOCKADDR_SIZE,
-            self.controlSize,
-            self.nameLength,
-            self.stride,
+        self.readPlan: Final = ReadPlan(
+            eachHeader=_EACH_RECEIVED.iter_unpack,
+            eachName=self.eachName.iter_unpack,
+            eachTimestamp=self.eachTimestamp.iter_unpack,
+            firstHeader=_RECEIVED.unpack_from,
+            firstName=self.eachName.unpack_from,
+            firstTimestamp=self.eachTimestamp.unpack_from,
+            headers=memoryview(self.headers),
+            names=memoryview(self.names),
+            controls=memoryview(self.controls),
+            data=self.data,
+            addresses=self.addresses,
+            headerSize=_HEADER_SIZE,
+            nameSize=_SOCKADDR_SIZE,
+            controlSize=self.controlSize,
+            nameLength=self.nameLength,
+            stride=self.stride,
         )
-        """
-        What a reader of this batch's datagrams needs, in one tuple (see
-        L{udptime.fastport.ServerPort}): the C{iter_unpack} of
-        L{EACH_RECEIVED}, L{eachName} and L{eachTimestamp}; the
-        C{unpack_from} of L{RECEIVED}, L{eachName} and L{eachTimestamp}
-        (for the first slot of each); views of
-        L{headers}, L{names} and L{controls}; L{data}; L{addresses}; the
-        header, C{sockaddr} and control slot sizes (a slot's control room is
-        what a datagram with every control message asked for uses);
-        L{nameLength} and L{stride}.
-        """
+        """What a reader of this batch's datagrams needs (see L{ReadPlan})."""
         self._destination = _DESTINATION.pack_into
         self._size = _SIZE.pack_into
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from udptime.address import formatAddress
+
 
 @dataclass(frozen=True)
 class QueryResult:
@@ -45,13 +47,8 @@ class QueryResult:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def formatHostPort(host: str, port: int) -> str:
-    """
-    An address for messages: C{127.0.0.1:5000}, C{[::1]:5000}.
-    """
-    if ":" in host:
-        return f"[{host}]:{port}"
-    return f"{host}:{port}"
+formatHostPort = formatAddress
+"""An address for messages: C{127.0.0.1:5000}, C{[::1]:5000}."""
 
 
 def estimateOffset(

@@ -26,6 +26,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from udptime import daytime, echo, ntp, rfc868, text
+from udptime.address import Address
 from udptime.clock import (
     ClockSource,
     TimeKnown,
@@ -35,9 +36,6 @@ from udptime.clock import (
 )
 from udptime.counters import ServiceCounters
 from udptime.policy import DENIED, KISS, LIMITED, Policy, RateLimiter
-
-Address = tuple[str, int]
-"""A datagram's source address as Twisted gives it: (host, port)."""
 
 BAD_INPUT_LOG_RATE = 0.2
 """Log lines per second about bad input, sustained, per service."""

@@ -29,6 +29,7 @@ from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
+from udptime.address import formatAddress
 from udptime.fastport import ServerPort
 from udptime.server import UDPServerProtocol
 
@@ -206,12 +207,3 @@ class UDPListenService(Service):
         if port is not None:
             return port.stopListening()
         return None
-
-
-def formatAddress(host: str, port: int) -> str:
-    """
-    C{host:port}, with an IPv6 host in brackets.
-    """
-    if ":" in host:
-        return f"[{host}]:{port}"
-    return f"{host}:{port}"

@@ -21,8 +21,9 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from udptime import policy, text, workers
+from udptime.ancillary import kernelTimestampsAvailable
 from udptime.clock import LOCAL_REFID, ClockSource
-from udptime.fastport import DEFAULT_KERNEL_TIMESTAMPS, kernelTimestampsAvailable
+from udptime.fastport import DEFAULT_KERNEL_TIMESTAMPS
 from udptime.server import (
     DaytimeServer,
     EchoServer,
@@ -33,8 +34,6 @@ from udptime.server import (
 )
 from udptime.service import ALL_INTERFACES, UDPListenService
 from udptime.summary import DEFAULT_INTERVAL, CounterSummary
-
-DEFAULT_PORT = 5000
 
 _Method = TypeVar("_Method", bound=Callable[..., None])
 _Number = TypeVar("_Number", int, float)
@@ -179,7 +178,7 @@ class Options(usage.Options):
             [
                 "port",
                 "p",
-                DEFAULT_PORT,
+                text.DEFAULT_PORT,
                 "UDP port of the text time service (0: off).",
                 _port,
             ],

@@ -66,7 +66,8 @@ from twisted.logger import Logger, eventFromJSON, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.python.util import switchUID
 
-from udptime.service import UDPListenService, formatAddress, listeningSocket
+from udptime.address import formatAddress
+from udptime.service import UDPListenService, listeningSocket
 
 WORKER_ENVIRONMENT = "UDPTIME_WORKER"
 """
