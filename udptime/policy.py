@@ -18,11 +18,12 @@ integer verdict:
 
 The pieces:
 
-  - L{SourceLimiter}: a token bucket per client (IPv4 address, IPv6 prefix)
+  - L{TokenBuckets}: a token bucket per client (IPv4 address, IPv6 prefix)
     in a table with a hard entry bound and O(1) eviction of the oldest
     entry, so that a flood from millions of forged addresses costs a constant
-    amount of memory and time per datagram;
-  - L{RateLimiter}: one token bucket (the optional global reply cap, the
+    amount of memory and time per datagram; L{SourceLimiter} adds the
+    verdicts (and picks the requests that get a Kiss-o'-Death), and
+    L{RateLimiter} is one bucket for all (the optional global reply cap, the
     global Kiss-o'-Death cap, bounded logging);
   - L{AccessList}: chrony-style allow/deny rules, most specific network wins;
   - L{ReplyMemory}: the echo service's guard against answering another echo
@@ -102,50 +103,14 @@ integer."""
 Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-class RateLimiter:
+class TokenBuckets:
     """
-    One token bucket: C{burst} events back to back, C{rate} per second
-    sustained.
-
-    @ivar interval: seconds between events at the sustained rate.
-    @ivar refused: events refused so far.
-    """
-
-    __slots__ = ("_horizon", "_tat", "_tolerance", "interval", "refused")
-
-    def __init__(self, rate: float, burst: int) -> None:
-        """
-        @param rate: sustained events per second (positive).
-        @param burst: events allowed back to back (at least 1).
-        @raise ValueError: a parameter is out of range.
-        """
-        _checkRate(rate, burst)
-        self.interval = 1.0 / rate
-        self._tolerance = (burst - 1 + _SLACK) * self.interval
-        self._horizon = self._tolerance + 2.0 * self.interval
-        self._tat = float("-inf")
-        self.refused = 0
-
-    def admit(self, now: float) -> bool:
-        """
-        Whether an event at time C{now} is within the rate; an admitted event
-        takes a token.
-        """
-        ahead = self._tat - now
-        if ahead <= 0.0 or ahead > self._horizon:
-            # Idle (the bucket is full), or the clock stepped back.
-            self._tat = now + self.interval
-            return True
-        if ahead <= self._tolerance:
-            self._tat += self.interval
-            return True
-        self.refused += 1
-        return False
-
-
-class SourceLimiter:
-    """
-    A token bucket per client, in a table of at most C{maxClients} entries.
+    A token bucket per client, in a table of at most C{maxClients} entries:
+    each client may send C{burst} requests back to back and C{rate} per
+    second after that.  The one implementation of udptime's buckets: the
+    per-client limits (L{SourceLimiter}) and the single buckets of
+    L{RateLimiter} (the global reply cap, the Kiss-o'-Death cap, bounded
+    logging) are tables of these.
 
     IPv4 clients are keyed by address; IPv6 clients by their first
     C{ipv6Prefix} bits (a site's /64 is one client, so that an attacker
@@ -156,19 +121,19 @@ class SourceLimiter:
     evicted client starts again with a full bucket, so resetting one address
     costs an attacker C{maxClients} packets from other addresses.
 
-    Optionally, some limited requests are marked L{KISS}: at most one per
-    client per C{kodInterval} seconds and C{kodRate} per second overall.
-
+    @ivar rate: sustained requests per second for one client.
+    @ivar burst: requests one client may send back to back.
+    @ivar interval: seconds between requests at the sustained rate.
     @ivar maxClients: the table's bound.
+    @ivar ipv6Prefix: the prefix length grouping IPv6 clients.
     @ivar evictions: entries evicted so far.
+    @ivar refused: requests refused so far.
     """
 
     __slots__ = (
         "_arrivals",
         "_horizon",
         "_keys",
-        "_kodLimit",
-        "_kodNext",
         "_order",
         "_shift",
         "_tolerance",
@@ -176,9 +141,9 @@ class SourceLimiter:
         "evictions",
         "interval",
         "ipv6Prefix",
-        "kodInterval",
         "maxClients",
         "rate",
+        "refused",
     )
 
     def __init__(
@@ -187,26 +152,22 @@ class SourceLimiter:
         burst: int = DEFAULT_BURST,
         maxClients: int = DEFAULT_MAX_CLIENTS,
         ipv6Prefix: int = DEFAULT_IPV6_PREFIX,
-        kodInterval: float = 0.0,
-        kodRate: float = DEFAULT_KOD_RATE,
     ) -> None:
         """
-        @param rate: sustained requests per second for one client.
-        @param burst: requests one client may send back to back.
+        @param rate: sustained requests per second for one client (positive).
+        @param burst: requests one client may send back to back (at least 1).
         @param maxClients: the table's bound (at least 1).
         @param ipv6Prefix: prefix length grouping IPv6 clients (1-128).
-        @param kodInterval: seconds between two L{KISS} verdicts for one
-            client; 0 for none at all.
-        @param kodRate: L{KISS} verdicts per second over all clients.
         @raise ValueError: a parameter is out of range.
         """
-        _checkRate(rate, burst)
+        if not rate > 0.0 or rate == float("inf"):
+            raise ValueError(f"rate must be a positive number, not {rate}")
+        if burst < 1:
+            raise ValueError(f"burst must be at least 1, not {burst}")
         if maxClients < 1:
             raise ValueError(f"maxClients must be at least 1, not {maxClients}")
         if not 1 <= ipv6Prefix <= 128:
             raise ValueError(f"ipv6Prefix must be 1-128, not {ipv6Prefix}")
-        if kodInterval < 0:
-            raise ValueError(f"kodInterval must not be negative, not {kodInterval}")
         self.rate = rate
         self.burst = burst
         self.maxClients = maxClients
@@ -221,11 +182,7 @@ class SourceLimiter:
         self._keys: dict[str, ClientKey] = {}
         self._order: deque[ClientKey] = deque()
         self.evictions = 0
-        self.kodInterval = kodInterval
-        self._kodNext: dict[ClientKey, float] = {}
-        self._kodLimit = (
-            RateLimiter(kodRate, max(1, int(kodRate))) if kodInterval else None
-        )
+        self.refused = 0
 
     def __len__(self) -> int:
         """
@@ -247,20 +204,32 @@ class SourceLimiter:
             return host
         return int.from_bytes(packed, "big") >> self._shift
 
-    def admit(self, host: str, now: float) -> int:
+    def _keyOf(self, host: str) -> ClientKey:
         """
-        The verdict for a request from C{host} at time C{now}: L{ADMIT}
-        (taking a token), L{LIMITED} or L{KISS}.
+        L{clientKey} for C{host}, kept in a bounded cache when it is an
+        IPv6 address (or an IPv4 one as a dual-stack socket gives it,
+        C{::ffff:192.0.2.1}), whose key costs a conversion.
         """
+        keys = self._keys
+        key = keys.get(host)
+        if key is None:
+            if len(keys) >= KEY_CACHE_SIZE:
+                keys.clear()
+            key = keys[host] = self.clientKey(host)
+        return key
+
+    def take(self, host: str, now: float) -> bool:
+        """
+        Whether a request from C{host} at time C{now} is within its client's
+        rate: if so it takes a token, if not it is counted in L{refused}.
+        """
+        # An IPv4 address is its own key; any other is looked up (_keyOf,
+        # with its cache lookup inline).
+        key: ClientKey | None
         if ":" in host:
-            # An IPv6 address, or an IPv4 one as a dual-stack socket gives
-            # it (::ffff:192.0.2.1, the default): its key is kept.
-            keys = self._keys
-            key = keys.get(host)
+            key = self._keys.get(host)
             if key is None:
-                if len(keys) >= KEY_CACHE_SIZE:
-                    keys.clear()
-                key = keys[host] = self.clientKey(host)
+                key = self._keyOf(host)
         else:
             key = host
         arrivals = self._arrivals
@@ -271,26 +240,112 @@ class SourceLimiter:
                 self.evictions += 1
             arrivals[key] = now + self.interval
             self._order.append(key)
-            return ADMIT
+            return True
         ahead = tat - now
         if ahead <= self._tolerance:
+            # Within the burst; a bucket idle since (ahead <= 0) is full.
             arrivals[key] = (tat if ahead > 0.0 else now) + self.interval
-            return ADMIT
+            return True
         if ahead > self._horizon:
-            # Only a clock stepped backwards puts an arrival this far ahead.
+            # Only a clock stepped backwards puts an arrival this far ahead:
+            # the client is not locked out for the size of the step.
             arrivals[key] = now + self.interval
-            return ADMIT
-        if self._kodLimit is None:
-            return LIMITED
-        return self._kissOrLimit(key, now)
+            return True
+        self.refused += 1
+        return False
 
-    def _kissOrLimit(self, key: ClientKey, now: float) -> int:
+
+EVERYONE: Final = ""
+"""The key of the bucket that every client of a L{RateLimiter} shares."""
+
+
+class RateLimiter(TokenBuckets):
+    """
+    One token bucket, shared by every client: C{burst} events back to back,
+    C{rate} per second sustained (L{TokenBuckets} with one client,
+    L{EVERYONE}).
+    """
+
+    __slots__ = ()
+
+    def __init__(self, rate: float, burst: int) -> None:
+        """
+        @param rate: sustained events per second (positive).
+        @param burst: events allowed back to back (at least 1).
+        @raise ValueError: a parameter is out of range.
+        """
+        super().__init__(rate, burst, maxClients=1)
+
+    def admit(self, now: float) -> bool:
+        """
+        Whether an event at time C{now} is within the rate; an admitted event
+        takes a token.
+        """
+        return self.take(EVERYONE, now)
+
+
+class SourceLimiter(TokenBuckets):
+    """
+    The per-client rate limits of a service: L{TokenBuckets}, with verdicts.
+
+    Optionally, some limited requests are marked L{KISS}: at most one per
+    client per C{kodInterval} seconds and C{kodRate} per second overall.
+    """
+
+    __slots__ = ("_kodLimit", "_kodNext", "kodInterval")
+
+    def __init__(
+        self,
+        rate: float = DEFAULT_RATE,
+        burst: int = DEFAULT_BURST,
+        maxClients: int = DEFAULT_MAX_CLIENTS,
+        ipv6Prefix: int = DEFAULT_IPV6_PREFIX,
+        kodInterval: float = 0.0,
+        kodRate: float = DEFAULT_KOD_RATE,
+    ) -> None:
+        """
+        @param rate: sustained requests per second for one client.
+        @param burst: requests one client may send back to back.
+        @param maxClients: the table's bound (at least 1).
+        @param ipv6Prefix: prefix length grouping IPv6 clients (1-128).
+        @param kodInterval: seconds between two L{KISS} verdicts for one
+            client; 0 for none at all.
+        @param kodRate: L{KISS} verdicts per second over all clients.
+        @raise ValueError: a parameter is out of range.
+        """
+        super().__init__(rate, burst, maxClients, ipv6Prefix)
+        if kodInterval < 0:
+            raise ValueError(f"kodInterval must not be negative, not {kodInterval}")
+        self.kodInterval = kodInterval
+        self._kodNext: dict[ClientKey, float] = {}
+        self._kodLimit = (
+            RateLimiter(kodRate, max(1, int(kodRate))) if kodInterval else None
+        )
+
+    def admit(self, host: str, now: float) -> int:
+        """
+        The verdict for a request from C{host} at time C{now}: L{ADMIT}
+        (taking a token), L{LIMITED} or L{KISS}.
+        """
+        if self.take(host, now):
+            return ADMIT
+        return self.refusal(host, now)
+
+    def refusal(self, host: str, now: float) -> int:
+        """
+        The verdict for a request from C{host} at time C{now} that
+        L{take} refused: L{KISS} for one now and then (see
+        C{kodInterval}), L{LIMITED} for the others.
+        """
+        kodLimit = self._kodLimit
+        if kodLimit is None:
+            return LIMITED
+        key = self._keyOf(host)
         kodNext = self._kodNext
         due = kodNext.get(key)
         if due is not None and 0.0 < due - now <= self.kodInterval:
             return LIMITED
-        assert self._kodLimit is not None
-        if not self._kodLimit.admit(now):
+        if not kodLimit.admit(now):
             return LIMITED
         if len(kodNext) >= _KOD_TABLE_SIZE:
             kodNext.clear()
@@ -594,12 +649,10 @@ class Policy:
         if access is not None and not access.allows(host):
             return DENIED
         limiter = self.limiter
-        if limiter is not None:
-            verdict = limiter.admit(host, now)
-            if verdict:
-                return verdict
+        if limiter is not None and not limiter.take(host, now):
+            return limiter.refusal(host, now)
         limit = self.globalLimit
-        if limit is not None and not limit.admit(now):
+        if limit is not None and not limit.take(EVERYONE, now):
             return LIMITED
         return ADMIT
 
@@ -613,9 +666,3 @@ class Policy:
             return {"clients": 0, "evicted": 0}
         return {"clients": len(limiter), "evicted": limiter.evictions}
 
-
-def _checkRate(rate: float, burst: int) -> None:
-    if not rate > 0.0 or rate == float("inf"):
-        raise ValueError(f"rate must be a positive number, not {rate}")
-    if burst < 1:
-        raise ValueError(f"burst must be at least 1, not {burst}")
