@@ -368,3 +368,17 @@ class RecordingTransport:
         from twisted.internet.address import IPv4Address
 
         return IPv4Address("UDP", "127.0.0.1", self.port)
+
+
+def deliver(protocol: Any, data: bytes, addr: Any, received: float) -> None:
+    """
+    Hand C{protocol} (connected to a transport, such as a
+    L{RecordingTransport}) the datagram C{data} from C{addr} as a port does
+    that took its receive time from the kernel: C{received}, not the
+    protocol's clock.  Otherwise it goes the way C{datagramReceived} sends
+    it: decided, sent through the transport and counted by the protocol's
+    reply path.
+    """
+    replies = protocol.replies
+    assert replies is not None, "connect the protocol to a transport first"
+    replies.tally(1, replies.handle(data, addr, received))

@@ -15,7 +15,7 @@ import sys
 from twisted.trial.unittest import SynchronousTestCase
 
 from udptime.ancillary import kernelTimestampsAvailable
-from udptime.fastport import batchingAvailable
+from udptime.port import batchingAvailable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -17,9 +17,10 @@ from twisted.logger import Logger, LogLevel
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.support import RecordingTransport
+from tests.support import RecordingTransport, deliver
 from udptime import ntp, policy
 from udptime.clock import NTP_UNIX_OFFSET
+from udptime.decision import Decision
 from udptime.policy import (
     ADMIT,
     DENIED,
@@ -174,7 +175,7 @@ class SourceLimiterTests(SynchronousTestCase):
         for i in range(KEY_CACHE_SIZE * 3):
             limiter.admit(f"2001:db8:{i >> 16:x}:{i & 0xFFFF:x}::1", NOW)
             limiter.admit(f"::ffff:10.{i >> 16}.{i >> 8 & 255}.{i & 255}", NOW)
-            self.assertLessEqual(len(limiter._keys), KEY_CACHE_SIZE)
+            self.assertLessEqual(len(limiter.buckets._keys), KEY_CACHE_SIZE)
         self.assertEqual(len(limiter), KEY_CACHE_SIZE * 6)
         self.assertEqual(limiter.admit("2001:db8:0:1::2", NOW), LIMITED)
         self.assertEqual(limiter.admit("10.0.0.1", NOW), LIMITED)
@@ -495,7 +496,7 @@ class Refusing(UDPServerProtocol):
     serviceName = "test"
     failRefusal = False
 
-    def respond(self, data: bytes, addr: tuple[str, int], received: float) -> bytes:
+    def respond(self, data: bytes, addr: tuple[str, int], received: float) -> Decision:
         return b"ok"
 
     def refused(self, data: bytes, addr: tuple[str, int], received: float) -> bytes:
@@ -523,8 +524,8 @@ class ProtocolPolicyTests(SynchronousTestCase):
         server = TextTimeServer(policy=Policy.forService("text", burst=10))
         transport = started(server)
         for _ in range(1000):
-            server.handleDatagram(b"", ("192.0.2.1", 40000), NOW)
-        server.handleDatagram(b"", ("192.0.2.2", 40000), NOW)
+            deliver(server, b"", ("192.0.2.1", 40000), NOW)
+        deliver(server, b"", ("192.0.2.2", 40000), NOW)
         self.assertEqual(len(transport.written), 11)
         self.assertEqual(transport.written[-1][1], ("192.0.2.2", 40000))
         counters = server.counters.snapshot()
@@ -537,9 +538,9 @@ class ProtocolPolicyTests(SynchronousTestCase):
         server = DaytimeServer(policy=Policy.forService("daytime", rules=rules))
         transport = started(server, 1313)
         for port in [7, 13, 17, 19, 37, 123, 0, 1313]:
-            server.handleDatagram(b"x", ("192.0.2.1", port), NOW)
-        server.handleDatagram(b"x", ("198.51.100.1", 4000), NOW)
-        server.handleDatagram(b"x", ("192.0.2.1", 4000), NOW)
+            deliver(server, b"x", ("192.0.2.1", port), NOW)
+        deliver(server, b"x", ("198.51.100.1", 4000), NOW)
+        deliver(server, b"x", ("192.0.2.1", 4000), NOW)
         self.assertEqual(len(transport.written), 1)
         counters = server.counters.snapshot()
         self.assertEqual((counters["looped"], counters["denied"]), (8, 1))
@@ -548,7 +549,7 @@ class ProtocolPolicyTests(SynchronousTestCase):
         server = Refusing(policy=Policy.forService("ntp", burst=2))
         transport = started(server)
         for _ in range(10):
-            server.handleDatagram(b"q", ("192.0.2.1", 123), NOW)
+            deliver(server, b"q", ("192.0.2.1", 123), NOW)
         self.assertEqual([data for data, _ in transport.written], [b"ok", b"ok", b"no"])
         counters = server.counters.snapshot()
         self.assertEqual(
@@ -559,7 +560,7 @@ class ProtocolPolicyTests(SynchronousTestCase):
         server = Refusing(policy=Policy.forService("text", burst=2))
         transport = started(server)
         for _ in range(10):
-            server.handleDatagram(b"q", ("192.0.2.1", 4000), NOW)
+            deliver(server, b"q", ("192.0.2.1", 4000), NOW)
         self.assertEqual(len(transport.written), 2)
         self.assertEqual(server.counters.kissed, 0)
 
@@ -574,8 +575,8 @@ class ProtocolPolicyTests(SynchronousTestCase):
         server.failRefusal = True
         started(server)
         for i in range(200):
-            server.handleDatagram(b"q", (f"192.0.2.{i}", 123), NOW)
-            server.handleDatagram(b"q", (f"192.0.2.{i}", 123), NOW)
+            deliver(server, b"q", (f"192.0.2.{i}", 123), NOW)
+            deliver(server, b"q", (f"192.0.2.{i}", 123), NOW)
         self.assertEqual(server.counters.internalErrors, policy.DEFAULT_KOD_RATE)
         self.assertLessEqual(len(events), 10)
 
@@ -585,12 +586,10 @@ class ProtocolPolicyTests(SynchronousTestCase):
         server.log = Logger(observer=events.append)
         started(server, 123)
         for i in range(5000):
-            server.handleDatagram(
-                b"\x00" * (i % 60), ("192.0.2.1", 40000), NOW + i * 0.001
-            )
+            deliver(server, b"\x00" * (i % 60), ("192.0.2.1", 40000), NOW + i * 0.001)
         self.assertEqual(server.counters.received, 5000)
         self.assertLessEqual(len(events), 12)
-        server.handleDatagram(b"", ("192.0.2.1", 40000), NOW + 100)
+        deliver(server, b"", ("192.0.2.1", 40000), NOW + 100)
         self.assertRegex(str(events[-1]["log_format"]), "similar lines left out")
         # Every bad datagram is either logged or counted in a later line.
         suppressed = sum(e["suppressed"] for e in events)  # type: ignore[misc]
@@ -606,7 +605,7 @@ class ProtocolPolicyTests(SynchronousTestCase):
         transport = started(server, 123)
         transmit = 0xDEADBEEF01234567
         for _ in range(100):
-            server.handleDatagram(ntpRequest(transmit), ("192.0.2.1", 40000), NOW)
+            deliver(server, ntpRequest(transmit), ("192.0.2.1", 40000), NOW)
         self.assertEqual(len(transport.written), 5)
         kod = transport.written[-1][0]
         self.assertEqual(len(kod), 48)
@@ -625,7 +624,7 @@ class ProtocolPolicyTests(SynchronousTestCase):
         server = NTPServer(policy=Policy.forService("ntp", burst=1))
         transport = started(server, 123)
         for _ in range(10):
-            server.handleDatagram(b"\x17" + bytes(47), ("192.0.2.1", 40000), NOW)
+            deliver(server, b"\x17" + bytes(47), ("192.0.2.1", 40000), NOW)
         self.assertEqual(transport.written, [])
         self.assertEqual(server.counters.kissed, 0)
 
@@ -651,11 +650,11 @@ class ProtocolPolicyTests(SynchronousTestCase):
 
         for server, addr in [(first, firstAddr), (second, secondAddr)]:
             server.makeConnection(Wire(addr))  # type: ignore[arg-type]
-        first.handleDatagram(b"forged", secondAddr, NOW)
+        deliver(first, b"forged", secondAddr, NOW)
         hops = 0
         while queue and hops < 100:
             target, data, source = queue.pop(0)
-            target.handleDatagram(data, source, NOW + hops * 0.001)
+            deliver(target, data, source, NOW + hops * 0.001)
             hops += 1
         self.assertLessEqual(hops, 2)
         self.assertEqual(first.counters.looped + second.counters.looped, 1)
@@ -663,15 +662,15 @@ class ProtocolPolicyTests(SynchronousTestCase):
     def test_echoRepeatedLater(self) -> None:
         server = EchoServer(policy=Policy.forService("echo"))
         transport = started(server, 7)
-        server.handleDatagram(b"ping", ("192.0.2.1", 40000), NOW)
-        server.handleDatagram(b"ping", ("192.0.2.1", 40000), NOW + 2)
+        deliver(server, b"ping", ("192.0.2.1", 40000), NOW)
+        deliver(server, b"ping", ("192.0.2.1", 40000), NOW + 2)
         self.assertEqual(len(transport.written), 2)
 
     def test_noPolicy(self) -> None:
         server = TimeServer()
         transport = started(server, 37)
         for _ in range(100):
-            server.handleDatagram(b"", ("192.0.2.1", 7), NOW)
+            deliver(server, b"", ("192.0.2.1", 7), NOW)
         self.assertEqual(len(transport.written), 100)
 
 
@@ -692,7 +691,7 @@ class CounterSummaryTests(SynchronousTestCase):
         self.assertEqual(self.events, [])
         started(self.text)
         for _ in range(5000):
-            self.text.handleDatagram(b"", ("192.0.2.1", 4000), NOW)
+            deliver(self.text, b"", ("192.0.2.1", 4000), NOW)
         self.clock.advance(10)
         self.assertEqual(len(self.events), 1)
         event = self.events[0]
@@ -708,7 +707,7 @@ class CounterSummaryTests(SynchronousTestCase):
     def test_finalReportOnStop(self) -> None:
         self.summary.startService()
         started(self.echo, 7)
-        self.echo.handleDatagram(b"x", ("192.0.2.1", 4000), NOW)
+        deliver(self.echo, b"x", ("192.0.2.1", 4000), NOW)
         self.summary.stopService()
         self.assertEqual([e["service"] for e in self.events], ["echo"])
         self.assertEqual(self.events[0]["log_level"], LogLevel.info)

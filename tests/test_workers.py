@@ -26,8 +26,10 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support import (
+    RecordingTransport,
     TwistdServer,
     assertCannotListen,
+    deliver,
     freePort,
     freePrivilegedPort,
     missing,
@@ -35,6 +37,7 @@ from tests.support import (
     waitFor,
 )
 from udptime import workers
+from udptime.decision import Decision
 from udptime.server import TextTimeServer
 from udptime.tap import Options
 
@@ -425,7 +428,7 @@ class FailingServer(TextTimeServer):
     A text service with a bug.
     """
 
-    def respond(self, data: bytes, addr: Any, received: float) -> bytes | None:
+    def respond(self, data: bytes, addr: Any, received: float) -> Decision:
         raise RuntimeError("a bug")
 
 
@@ -444,7 +447,8 @@ class RelayTests(SynchronousTestCase):
         output = io.StringIO()
         server = FailingServer(defaultZone=UTC)
         server.log = Logger(observer=jsonFileLogObserver(output))
-        server.handleDatagram(b"time", ("192.0.2.1", 4000), 1_800_000_000.0)
+        server.makeConnection(RecordingTransport())
+        deliver(server, b"time", ("192.0.2.1", 4000), 1_800_000_000.0)
         self.assertEqual(server.counters.internalErrors, 1)
         relayed: list[dict[str, Any]] = []
         globalLogPublisher.addObserver(relayed.append)

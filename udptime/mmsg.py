@@ -1,5 +1,5 @@
 """
-Batched UDP system calls for L{udptime.fastport}: C{recvmmsg} and C{sendmmsg}
+Batched UDP system calls for L{udptime.port}: C{recvmmsg} and C{sendmmsg}
 through C{ctypes}, on Linux.
 
 A L{MessageBatch} owns preallocated memory for one batch: a receive slot per
@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from typing import Final, NamedTuple
 
 from udptime.address import Address
-from udptime.ancillary import TIMESTAMP_SPACE
+from udptime.ancillary import TIMESTAMP_SPACE, DestinationReports
 
 ADDRESS_CACHE_SIZE: Final = 4096
 """
@@ -235,6 +235,8 @@ class MessageBatch:
     @ivar family: the socket's address family.
     @ivar timestamps: whether there is room for kernel timestamps.
     @ivar timestampSpace: the room for a kernel timestamp (0: none).
+    @ivar destinations: how the socket reports the address each datagram
+        reached, or L{None}.
     @ivar destinationSize: the size of a destination report's data.
     @ivar destinationSpace: the room for a destination report (0: none).
     @ivar controlSize: the control room of each slot.
@@ -256,15 +258,14 @@ class MessageBatch:
         size: int,
         family: int,
         timestamps: bool,
-        destinationSize: int = 0,
+        destinations: DestinationReports | None = None,
     ) -> None:
         """
-        @param destinationSize: the size of the data of the control message
-            that says which address a datagram reached (C{IP_PKTINFO}'s
-            C{struct in_pktinfo}, C{IPV6_PKTINFO}'s C{struct in6_pktinfo}),
-            when the socket reports it; 0 when it does not.  Each reply is
-            then sent with its request's message, so that it leaves from the
-            address the request reached.
+        @param destinations: how the socket reports the address each
+            datagram reached (C{IP_PKTINFO}, C{IPV6_PKTINFO}), when it does;
+            L{None} when it does not.  Each reply is then sent with its
+            request's report, so that it leaves from the address the
+            request reached.
         @raise OSError: this system has no C{recvmmsg}/C{sendmmsg}.
         """
         if _FUNCTIONS is None:
@@ -283,10 +284,9 @@ class MessageBatch:
         # A receive slot's control room: the timestamp's message first, as
         # the kernel writes them, then the destination's.
         self.timestampSpace = TIMESTAMP_SPACE if timestamps else 0
-        self.destinationSize = destinationSize
-        self.destinationSpace = (
-            socket.CMSG_SPACE(destinationSize) if destinationSize else 0
-        )
+        self.destinations = destinations
+        self.destinationSize = 0 if destinations is None else destinations.size
+        self.destinationSpace = 0 if destinations is None else destinations.space
         self.controlSize = self.timestampSpace + self.destinationSpace
         # Where the destination message's data starts in a slot.
         self.destinationAt = self.timestampSpace + socket.CMSG_LEN(0)
@@ -489,6 +489,18 @@ class MessageBatch:
             return None
         data = index * self.controlSize + self.destinationAt
         return bytes(self.controls[data : data + self.destinationSize])
+
+    def ancillary(self, index: int) -> list[tuple[int, int, bytes]] | None:
+        """
+        The control messages that make a reply to datagram C{index}, sent on
+        its own, leave from the address the datagram reached (its
+        L{destination} report), or L{None} when there is none.
+        """
+        reports = self.destinations
+        reached = None if reports is None else self.destination(index)
+        if reports is None or reached is None:
+            return None
+        return [(reports.level, reports.kind, reached)]
 
     def send(self, fd: int, start: int) -> int:
         """

@@ -11,7 +11,7 @@ calling C{listenUDP} so that:
   - C{SO_REUSEPORT} can be set for several worker processes on one port.
 
 On the reactors of L{twisted.internet.posixbase} (epoll, poll, select) the
-socket is served by L{udptime.fastport.ServerPort}, a L{udp.Port} with a
+socket is served by L{udptime.port.ServerPort}, a L{udp.Port} with a
 lean path for request/response services and optional kernel receive
 timestamps; elsewhere it is handed to the reactor with C{adoptDatagramPort}.
 """
@@ -30,7 +30,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from udptime.address import formatAddress
-from udptime.fastport import ServerPort
+from udptime.port import ServerPort
 from udptime.server import UDPServerProtocol
 
 ALL_INTERFACES = "::"
@@ -122,7 +122,7 @@ class UDPListenService(Service):
 
     @ivar port: the listening port once started (L{None} before).
     @ivar kernelTimestamps: take receive times from the kernel
-        (C{SO_TIMESTAMPNS}; see L{udptime.fastport}).
+        (C{SO_TIMESTAMPNS}; see L{udptime.port}).
     @ivar inheritedSocket: a socket bound by another process (a worker's
         supervisor) to serve instead of binding one; L{None} to bind.
     """

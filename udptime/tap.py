@@ -23,7 +23,7 @@ from twisted.python import usage
 from udptime import policy, text, workers
 from udptime.ancillary import kernelTimestampsAvailable
 from udptime.clock import LOCAL_REFID, ClockSource
-from udptime.fastport import DEFAULT_KERNEL_TIMESTAMPS
+from udptime.port import DEFAULT_KERNEL_TIMESTAMPS
 from udptime.server import (
     DaytimeServer,
     EchoServer,

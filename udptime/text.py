@@ -281,14 +281,24 @@ def _isoParts(second: int, zone: tzinfo | None) -> tuple[str, str]:
     return text[:19], text[19:]
 
 
-@lru_cache(maxsize=64)
-def _isoLineParts(second: int, zone: tzinfo | None) -> tuple[bytes, bytes]:
+def _isoLineParts(second: int, zone: tzinfo | None) -> tuple[int, bytes, bytes]:
     """
-    L{_isoParts} as the bytes of a reply line: C{(b"2026-11-21T20:53:39.",
-    b"+00:00\\n")}.
+    L{_isoParts} as the bytes of a reply line, after C{second}:
+    C{(second, b"2026-11-21T20:53:39.", b"+00:00\\n")}, kept as the latest
+    of C{zone} (see L{isoLine}).
     """
     head, offset = _isoParts(second, zone)
-    return head.encode("ascii") + b".", offset.encode("ascii") + b"\n"
+    parts = _latestIsoLines[zone] = (
+        second,
+        head.encode("ascii") + b".",
+        offset.encode("ascii") + b"\n",
+    )
+    return parts
+
+
+_latestIsoLines: dict[tzinfo | None, tuple[int, bytes, bytes]] = {}
+"""The reply line parts of the latest second rendered, by zone: the second
+of a server's replies changes once a second."""
 
 
 @lru_cache(maxsize=64)
@@ -354,8 +364,10 @@ def isoLine(zone: tzinfo | None, now: float) -> bytes:
     microsecond = ((now - second) * 1e6).__round__()
     if not 0 <= microsecond < 1_000_000:
         second, microsecond = splitMicroseconds(now)
-    head, tail = _isoLineParts(second, zone)
-    return b"%b%06d%b" % (head, microsecond, tail)
+    parts = _latestIsoLines.get(zone)
+    if parts is None or parts[0] != second:
+        parts = _isoLineParts(second, zone)
+    return b"%b%06d%b" % (parts[1], microsecond, parts[2])
 
 
 def _formattedLine(fmt: TimeFormat, zone: tzinfo | None, now: float) -> bytes:
