@@ -19,9 +19,10 @@ import argparse
 import time
 from collections.abc import Callable
 
-from udptime.policy import AccessRule, Policy
+from udptime.policy import AccessRule
 from udptime.replies import ReplyPath
 from udptime.server import TimeServer
+from udptime.services import SERVICES
 
 NOW = 1_800_000_000.0
 
@@ -51,14 +52,14 @@ def main() -> None:
     ipv6 = [f"2001:db8:{i >> 16:x}:{i & 0xFFFF:x}::1" for i in range(count)]
 
     def known(n: int) -> None:
-        policy = Policy.forService("time", rate=1e9, burst=10**9)
+        policy = SERVICES["time"].policy(rate=1e9, burst=10**9)
         admit = policy.admit
         addr = ("192.0.2.1", 40000)
         for i in range(n):
             admit(addr, NOW + i * 1e-6)
 
     def flooding(n: int) -> None:
-        policy = Policy.forService("time")
+        policy = SERVICES["time"].policy()
         admit = policy.admit
         addr = ("192.0.2.1", 40000)
         for i in range(n):
@@ -66,7 +67,7 @@ def main() -> None:
 
     def fresh(names: list[str], maxClients: int) -> Callable[[int], None]:
         def loop(n: int) -> None:
-            policy = Policy.forService("time", maxClients=maxClients)
+            policy = SERVICES["time"].policy(maxClients=maxClients)
             admit = policy.admit
             for i in range(n):
                 admit((names[i], 40000), NOW)
@@ -74,10 +75,12 @@ def main() -> None:
         return loop
 
     def withRules(n: int) -> None:
-        rules = AccessRule.parse(False, "192.0.2.0/24") + AccessRule.parse(
-            True, "10.0.0.0/8"
-        )
-        policy = Policy.forService("time", rate=1e9, burst=10**9, rules=rules)
+        rules = [
+            (rule.allow, rule.network)
+            for rule in AccessRule.parse(False, "192.0.2.0/24")
+            + AccessRule.parse(True, "10.0.0.0/8")
+        ]
+        policy = SERVICES["time"].policy(rate=1e9, burst=10**9, rules=rules)
         admit = policy.admit
         addr = ("10.1.2.3", 40000)
         for i in range(n):
@@ -86,7 +89,7 @@ def main() -> None:
     def protocol(withPolicy: bool) -> Callable[[int], None]:
         def loop(n: int) -> None:
             server = TimeServer(
-                policy=Policy.forService("time", rate=1e9, burst=10**9)
+                policy=SERVICES["time"].policy(rate=1e9, burst=10**9)
                 if withPolicy
                 else None
             )

@@ -40,7 +40,6 @@ from tests.support import (
 )
 from udptime import daytime, echo, ntp, rfc868, text
 from udptime.client import TextClientCodec
-from udptime.policy import Policy
 from udptime.query import QueryError, ReplyMismatch
 from udptime.server import (
     DaytimeServer,
@@ -50,6 +49,7 @@ from udptime.server import (
     TimeServer,
     UDPServerProtocol,
 )
+from udptime.services import SERVICES
 
 EXAMPLES = int(os.environ.get("UDPTIME_FUZZ_EXAMPLES", "150"))
 MUTATIONS = 20 * EXAMPLES
@@ -211,7 +211,7 @@ def running(
     off unless given), started on a recording transport.
     """
     server = SERVERS[service]()
-    server.policy = Policy.forService(service, **{"rate": 0, **limits})  # type: ignore[arg-type]
+    server.policy = SERVICES[service].policy(**{"rate": 0, **limits})  # type: ignore[arg-type]
     server.clock = lambda: NOW
     transport = RecordingTransport(port=5000)
     server.makeConnection(transport)  # type: ignore[arg-type]

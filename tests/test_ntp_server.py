@@ -18,6 +18,7 @@ from udptime.clock import ClockSource, KernelClock, Leap, unixToNTP64
 from udptime.ntp import NTPPacket
 from udptime.policy import Policy
 from udptime.server import NTPServer
+from udptime.services import SERVICES
 
 TRANSMIT = bytes.fromhex("8877665544332211")
 CLIENT = ("192.0.2.7", 40123)
@@ -182,7 +183,7 @@ class NTPServerTests(SynchronousTestCase):
         KoD (at a bounded rate: one, as the clock stands still) instead of a
         reply; its other refused requests get nothing.
         """
-        policy = Policy.forService("ntp", rate=1.0, burst=2)
+        policy = SERVICES["ntp"].policy(rate=1.0, burst=2)
         protocol, transport = server(
             clock=SteppingClock(1_800_000_000.0, 0.0), policy=policy
         )

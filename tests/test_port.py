@@ -39,6 +39,7 @@ from udptime.policy import AccessList, Policy, SourceLimiter
 from udptime.port import ServerPort, _osError, batchingAvailable
 from udptime.server import EchoServer, NTPServer, TextTimeServer, UDPServerProtocol
 from udptime.service import UDPListenService, bindUDPSocket
+from udptime.services import SERVICES
 
 FAKE_NOW = 1_795_000_000.654321
 """An injected clock reading far from the real time (2026-11-18)."""
@@ -287,7 +288,7 @@ class SameAnswersTests(ServerPortTestCase):
         The per-client limits refuse the same requests on both ports.
         """
         [(replies, counters), _] = yield self.compare(
-            lambda: textServer(Policy.forService("text", rate=1, burst=3)),
+            lambda: textServer(SERVICES["text"].policy(rate=1, burst=3)),
             [b"time"] * 8,
         )
         self.assertEqual(len(replies), 3)
@@ -299,7 +300,7 @@ class SameAnswersTests(ServerPortTestCase):
         The NTP rate limit answers the same Kiss-o'-Death on both ports.
         """
         [(replies, counters), _] = yield self.compare(
-            lambda: ntpServer(Policy.forService("ntp", rate=1, burst=2)),
+            lambda: ntpServer(SERVICES["ntp"].policy(rate=1, burst=2)),
             [NTP_REQUEST] * 5,
         )
         self.assertEqual(counters["kissed"], 1)
@@ -314,7 +315,7 @@ class SameAnswersTests(ServerPortTestCase):
         """
         for host in ("127.0.0.1", "::1"):
             [(replies, counters), _] = yield self.compare(
-                lambda: textServer(Policy.forService("text", rate=1, burst=2)),
+                lambda: textServer(SERVICES["text"].policy(rate=1, burst=2)),
                 [b"unix"] * 3,
                 host=host,
                 interface="::",
@@ -335,7 +336,7 @@ class SameAnswersTests(ServerPortTestCase):
                 textServer, TEXT_REQUESTS, host=host, interface=interface
             )
             yield self.compare(
-                lambda: ntpServer(Policy.forService("ntp", rate=1, burst=2)),
+                lambda: ntpServer(SERVICES["ntp"].policy(rate=1, burst=2)),
                 [NTP_REQUEST] * 4,
                 host=host,
                 interface=interface,
@@ -359,7 +360,7 @@ class SameAnswersTests(ServerPortTestCase):
         """
         sizes = [0, 1, 1472, 1473, 2048, 9000, 65507, 5]
         [(replies, counters), _] = yield self.compare(
-            lambda: EchoServer(clock=fixedClock, policy=Policy.forService("echo")),
+            lambda: EchoServer(clock=fixedClock, policy=SERVICES["echo"].policy()),
             [bytes([size % 251]) * size for size in sizes],
         )
         self.assertEqual([len(reply) for reply in replies], [0, 1, 1472, 5])
@@ -400,7 +401,7 @@ class SameAnswersTests(ServerPortTestCase):
         [(replies, counters), _] = yield self.compare(
             lambda: BatchedNTPServer(
                 clock=fixedClock,
-                policy=Policy.forService("ntp", rate=1, burst=3),
+                policy=SERVICES["ntp"].policy(rate=1, burst=3),
                 clockSource=ClockSource(10, precision=-20),
             ),
             [NTP_REQUEST, NTP_REQUESTS[1]] + [NTP_REQUEST] * 4,
@@ -533,7 +534,7 @@ class ReplySourceTests(ServerPortTestCase):
             (textServer, [b"unix"] * 3),
             (ntpServer, [NTP_REQUEST] * 3),
             (
-                lambda: ntpServer(Policy.forService("ntp", rate=1, burst=1)),
+                lambda: ntpServer(SERVICES["ntp"].policy(rate=1, burst=1)),
                 [NTP_REQUEST] * 2,
             ),
         ]

@@ -95,9 +95,6 @@ DEFAULT_ECHO_WINDOW: Final = 1.0
 """Seconds during which an echo service treats its own reply coming back
 from the same address as a loop."""
 
-SERVICES: Final = ("text", "ntp", "time", "daytime", "echo")
-"""The services udptime serves, by name: what L{Policy.forService} takes."""
-
 SERVICE_PORTS: Final = frozenset({7, 13, 17, 19, 37, 123})
 """Echo, Daytime, Quote of the Day, Chargen, Time and NTP: the small services
 a datagram from which may be a reply in a ping-pong loop (BSD inetd drops
@@ -602,6 +599,29 @@ class ReplyMemory:
         sent[addr] = (hash(reply), now)
 
 
+@dataclass(frozen=True)
+class PolicyProfile:
+    """
+    What a protocol declares about the admission policy it needs (see
+    L{Policy.fromProfile}).
+
+    @ivar kissOfDeath: requests refused by the rate limits may get a
+        refusal reply now and then (an NTP Kiss-o'-Death; see L{KISS}).
+    @ivar loopGuard: refuse datagrams from the small services' ports
+        (L{SERVICE_PORTS}), from the service's own port and from the
+        server's other services' ports: a service that answers any datagram
+        must never answer another such service.  Not for NTP, whose
+        symmetric peers legitimately send from port 123, and which never
+        answers a reply.
+    @ivar replyMemory: remember the reply just sent to each address, to
+        refuse it coming back (an echo service's L{ReplyMemory}).
+    """
+
+    kissOfDeath: bool = False
+    loopGuard: bool = True
+    replyMemory: bool = False
+
+
 class Policy:
     """
     What one service admits: the loop guard, an allow/deny list, per-source
@@ -668,44 +688,32 @@ class Policy:
         return self._globalLimit
 
     @classmethod
-    def forService(
+    def fromProfile(
         cls,
-        service: str,
+        profile: PolicyProfile,
         *,
         rate: float = DEFAULT_RATE,
         burst: int = DEFAULT_BURST,
         maxClients: int = DEFAULT_MAX_CLIENTS,
         ipv6Prefix: int = DEFAULT_IPV6_PREFIX,
-        rules: Sequence[AccessRule] = (),
+        rules: Sequence[tuple[bool, Network]] = (),
         globalLimit: RateLimiter | None = None,
         serverPorts: Iterable[int] = (),
     ) -> Policy:
         """
-        The policy udptime's twistd plugin gives the service called
-        C{service} (C{"text"}, C{"ntp"}, C{"time"}, C{"daytime"}, C{"echo"}):
-
-          - NTP: limited requests may get a Kiss-o'-Death; no loop guard
-            beyond port 0 (symmetric NTP legitimately comes from port 123,
-            and NTP never answers a reply);
-          - every other service: the loop guard (L{SERVICE_PORTS}, its own
-            port and C{serverPorts}), silent drops when limited;
-          - echo: also L{ReplyMemory}.
+        The policy udptime's twistd plugin gives a service whose protocol
+        declares C{profile} (see L{PolicyProfile} and
+        L{udptime.services}).
 
         @param rate: per-source requests per second; 0 turns per-source
             limits off.
-        @param rules: allow/deny rules; those naming another service are
-            ignored.
+        @param rules: the service's allow/deny rules, C{(allow, network)}
+            in the order given.
         @param serverPorts: the ports of all the services of the server
-            this one is part of: no service but NTP answers datagrams from
-            them, so that no two of the server's services can answer each
-            other.
-        @raise ValueError: C{service} is none of L{SERVICES}.
+            this one is part of: a service with the loop guard answers no
+            datagram from them, so that no two of the server's services can
+            answer each other.
         """
-        if service not in SERVICES:
-            raise ValueError(
-                f"unknown service {service!r} (choose from {', '.join(SERVICES)})"
-            )
-        isNTP = service == "ntp"
         limiter = None
         if rate:
             limiter = SourceLimiter(
@@ -713,16 +721,15 @@ class Policy:
                 burst,
                 maxClients,
                 ipv6Prefix,
-                kodInterval=DEFAULT_KOD_INTERVAL if isNTP else 0.0,
+                kodInterval=DEFAULT_KOD_INTERVAL if profile.kissOfDeath else 0.0,
             )
-        mine = [(r.allow, r.network) for r in rules if r.service in (None, service)]
         return cls(
             limiter=limiter,
             globalLimit=globalLimit,
-            access=AccessList(mine) if mine else None,
-            loopPorts=() if isNTP else SERVICE_PORTS.union(serverPorts),
-            guardOwnPort=not isNTP,
-            replyMemory=ReplyMemory() if service == "echo" else None,
+            access=AccessList(rules) if rules else None,
+            loopPorts=SERVICE_PORTS.union(serverPorts) if profile.loopGuard else (),
+            guardOwnPort=profile.loopGuard,
+            replyMemory=ReplyMemory() if profile.replyMemory else None,
         )
 
     def guardPort(self, port: int) -> None:

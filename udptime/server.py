@@ -100,6 +100,11 @@ class UDPServerProtocol(DatagramProtocol):
     Whether replies carry the time they are sent, read as they are built:
     a port must then send each at once, never hold it back for a batch.
     """
+    receiveTimestamps: ClassVar[bool] = False
+    """
+    Whether replies carry the time the request arrived: a port then takes
+    it from the kernel (C{SO_TIMESTAMPNS}) where it can and is allowed to.
+    """
 
     def __init__(
         self,
@@ -412,6 +417,7 @@ class NTPServer(UDPServerProtocol):
 
     serviceName = "ntp"
     transmitTimestamps = True
+    receiveTimestamps = True
 
     def __init__(
         self,

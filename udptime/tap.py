@@ -22,17 +22,11 @@ from twisted.python import usage
 
 from udptime import policy, text, workers
 from udptime.ancillary import kernelTimestampsAvailable
-from udptime.clock import LOCAL_REFID, ClockSource
+from udptime.clock import LOCAL_REFID
 from udptime.port import DEFAULT_KERNEL_TIMESTAMPS
-from udptime.server import (
-    DaytimeServer,
-    EchoServer,
-    NTPServer,
-    TextTimeServer,
-    TimeServer,
-    UDPServerProtocol,
-)
+from udptime.server import UDPServerProtocol
 from udptime.service import ALL_INTERFACES, UDPListenService
+from udptime.services import SERVICES
 from udptime.summary import DEFAULT_INTERVAL, CounterSummary
 
 _Method = TypeVar("_Method", bound=Callable[..., None])
@@ -161,55 +155,49 @@ def _helpText(method: _Method) -> _Method:
     return method
 
 
+def _serviceSummary() -> str:
+    """
+    What C{twistd udptime --help} says of the services, from L{SERVICES}.
+    """
+    on = [service for service in SERVICES.values() if service.defaultPort]
+    off = [service for service in SERVICES.values() if not service.defaultPort]
+    lines = ["Serve the time over UDP."]
+    for service in on:
+        lines.append(
+            f"The {service.description} service answers on --{service.portOption} "
+            f"({service.defaultPort} by default; 0 turns it off)."
+        )
+    if off:
+        names = [f"{s.description} (--{s.portOption})" for s in off]
+        lines.append(
+            f"{', '.join(names[:-1])} and {names[-1]} are off unless given a port."
+            if len(names) > 1
+            else f"{names[0]} is off unless given a port."
+        )
+    return "  ".join(lines)
+
+
 class Options(usage.Options):
     """
     Command-line options of C{twistd udptime}.
     """
 
     synopsis = "[options]"
-    longdesc = (
-        "Serve the time over UDP.  udptime's text protocol answers on --port "
-        "(5000 by default; 0 turns it off).  The RFC 868 Time, RFC 867 Daytime "
-        "and RFC 862 Echo services, and SNTP/NTP, are off unless given a port."
-    )
+    longdesc = _serviceSummary()
 
     optParameters = _namingOptions(
         [
             [
-                "port",
-                "p",
-                text.DEFAULT_PORT,
-                "UDP port of the text time service (0: off).",
+                service.portOption,
+                service.shortOption,
+                service.defaultPort,
+                f"UDP port of the {service.description} service "
+                f"({service.standardPort} is standard; 0: off).",
                 _port,
-            ],
-            [
-                "time-port",
-                None,
-                0,
-                "UDP port of the RFC 868 Time service (37 is standard; 0: off).",
-                _port,
-            ],
-            [
-                "daytime-port",
-                None,
-                0,
-                "UDP port of the RFC 867 Daytime service (13 is standard; 0: off).",
-                _port,
-            ],
-            [
-                "echo-port",
-                None,
-                0,
-                "UDP port of the RFC 862 Echo service (7 is standard; 0: off).",
-                _port,
-            ],
-            [
-                "ntp-port",
-                None,
-                0,
-                "UDP port of the SNTP/NTP service (123 is standard; 0: off).",
-                _port,
-            ],
+            ]
+            for service in SERVICES.values()
+        ]
+        + [
             [
                 "local-stratum",
                 None,
@@ -363,8 +351,8 @@ class Options(usage.Options):
     def opt_allow(self, rule: str) -> None:
         """
         Serve clients in a network: [SERVICE=]NETWORK, NETWORK an address, a
-        CIDR network or "all"; SERVICE one service's name (default: every
-        service).  Repeatable.  Once any network is allowed, the others are
+        CIDR network or "all"; SERVICE one service's name (text, ntp, time,
+        daytime or echo; default: every service).  Repeatable.  Once any network is allowed, the others are
         denied; the most specific --allow or --deny for a client decides.
         """
         self._addRule(True, rule)
@@ -430,16 +418,14 @@ class Options(usage.Options):
 
     def enabledPorts(self) -> dict[str, int]:
         """
-        The services to run, by name, with their port numbers.
+        The services to run, by name (in the order of L{SERVICES}), with
+        their port numbers.
         """
-        ports = {
-            "text": self["port"],
-            "time": self["time-port"],
-            "daytime": self["daytime-port"],
-            "echo": self["echo-port"],
-            "ntp": self["ntp-port"],
+        return {
+            name: self[service.portOption]
+            for name, service in SERVICES.items()
+            if self[service.portOption]
         }
-        return {name: port for name, port in ports.items() if port}
 
     def globalLimit(self) -> policy.RateLimiter | None:
         """
@@ -454,17 +440,22 @@ class Options(usage.Options):
         self, service: str, globalLimit: policy.RateLimiter | None
     ) -> policy.Policy:
         """
-        The admission policy of the service called C{service}, sharing the
-        reply cap C{globalLimit}, and refusing datagrams from the ports of
-        the other services (see L{policy.Policy.forService}).
+        The admission policy of the service called C{service}, from its
+        protocol's profile (see L{SERVICES}), with the limits and the rules
+        given for it, sharing the reply cap C{globalLimit}, and refusing
+        datagrams from the ports of the other services when it has the loop
+        guard (see L{policy.Policy.fromProfile}).
         """
-        return policy.Policy.forService(
-            service,
+        return SERVICES[service].policy(
             rate=self["rate"],
             burst=self["burst"],
             maxClients=self["max-clients"],
             ipv6Prefix=self["ipv6-prefix"],
-            rules=self["access"],
+            rules=[
+                (rule.allow, rule.network)
+                for rule in self["access"]
+                if rule.service in (None, service)
+            ],
             globalLimit=globalLimit,
             serverPorts=self.enabledPorts().values(),
         )
@@ -529,26 +520,9 @@ def makeService(options: Options) -> IService:
 
     top = UDPTimeService(reactor)
     ports = options.enabledPorts()
-    verbose = options["verbose"]
-    protocols: dict[str, UDPServerProtocol] = {}
-    if "text" in ports:
-        protocols["text"] = TextTimeServer(
-            verbose=verbose, defaultZone=options["timezone"]
-        )
-    standard = {"time": TimeServer, "daytime": DaytimeServer, "echo": EchoServer}
-    for name, factory in standard.items():
-        if name in ports:
-            protocols[name] = factory(verbose=verbose)
-    if "ntp" in ports:
-        protocols["ntp"] = NTPServer(
-            verbose=verbose,
-            clockSource=ClockSource(options["local-stratum"], options["refid"]),
-        )
-    if "text" in protocols:
-        # Now, as twistd (or a worker) still runs as the user who started
-        # it: the first request naming a zone then does not hold up the
-        # others, and the database is read whoever the service runs as.
-        text.loadZoneNames()
+    protocols: dict[str, UDPServerProtocol] = {
+        name: SERVICES[name].makeServer(options) for name in ports
+    }
     globalLimit = options.globalLimit()
     for name, protocol in protocols.items():
         protocol.policy = options.servicePolicy(name, globalLimit)
@@ -558,7 +532,7 @@ def makeService(options: Options) -> IService:
             ports[name],
             options["interface"],
             serviceName=name,
-            kernelTimestamps=name == "ntp" and options.kernelTimestamps(),
+            kernelTimestamps=protocol.receiveTimestamps and options.kernelTimestamps(),
         ).setServiceParent(top)
     if options["summary-interval"]:
         summary = CounterSummary(reactor, protocols, options["summary-interval"])
