@@ -284,8 +284,20 @@ class Options(usage.Options):
                 "(SO_REUSEPORT), supervised by this one (0: serve in this process).",
                 workers.workerCount,
             ],
+            [
+                "worker",
+                None,
+                None,
+                "For the supervisor's use (--workers): serve as the worker "
+                "INDEX:SUPERVISOR:NAME=FD,...[:UID:GID:EUID] (see "
+                "udptime.workers.WorkerSetting); not listed by --help.",
+                workers.workerSetting,
+            ],
         ]
     )
+
+    hidden = frozenset({"worker"})
+    """Options C{--help} does not list: they are for udptime's own use."""
 
     optFlags = [
         ["verbose", "v", "Log one line per request."],
@@ -338,6 +350,19 @@ class Options(usage.Options):
                 f"{command}: {reason} ({command} --help lists the options)"
             ) from None
 
+    def getUsage(self, width: int | None = None) -> str:
+        """
+        The help text, without the L{hidden} options.
+        """
+        longOpt = self.longOpt
+        self.longOpt = [
+            option for option in longOpt if option.rstrip("=") not in self.hidden
+        ]
+        try:
+            return super().getUsage(width)
+        finally:
+            self.longOpt = longOpt
+
     def parseArgs(self, *arguments: str) -> None:
         """
         udptime takes options only.
@@ -352,8 +377,9 @@ class Options(usage.Options):
         """
         Serve clients in a network: [SERVICE=]NETWORK, NETWORK an address, a
         CIDR network or "all"; SERVICE one service's name (text, ntp, time,
-        daytime or echo; default: every service).  Repeatable.  Once any network is allowed, the others are
-        denied; the most specific --allow or --deny for a client decides.
+        daytime or echo; default: every service).  Repeatable.  Once any
+        network is allowed, the others are denied; the most specific
+        --allow or --deny for a client decides.
         """
         self._addRule(True, rule)
 
@@ -514,27 +540,53 @@ class UDPTimeService(MultiService):
 
 def makeService(options: Options) -> IService:
     """
-    Build the udptime service tree from parsed C{options}.
+    Build the udptime service tree from parsed C{options}, for this
+    process's role, decided first:
+
+      - a supervisor of worker processes (C{--workers N}) builds only its
+        L{workers.WorkerSupervisor}, which binds the sockets and runs the
+        workers: no protocols, no clock measurement, no time zones;
+      - a worker (C{--worker}, given by its supervisor) builds the
+        protocols and serves the sockets it inherited, as the user it is
+        told to switch to;
+      - a single process builds the protocols and binds its sockets.
     """
     from twisted.internet import reactor
 
     top = UDPTimeService(reactor)
     ports = options.enabledPorts()
+    setting = options["worker"]
+    if setting is None and options["workers"]:
+        workers.WorkerSupervisor(
+            reactor,
+            ports,
+            options["interface"],
+            options["workers"],
+            options.arguments,
+            workers.twistdPrivileges(options),
+            options["ipv6-prefix"],
+        ).setServiceParent(top)
+        return top
     protocols: dict[str, UDPServerProtocol] = {
         name: SERVICES[name].makeServer(options) for name in ports
     }
     globalLimit = options.globalLimit()
+    listeners = []
     for name, protocol in protocols.items():
         protocol.policy = options.servicePolicy(name, globalLimit)
-        UDPListenService(
+        listener = UDPListenService(
             reactor,  # type: ignore[arg-type]
             protocol,
             ports[name],
             options["interface"],
             serviceName=name,
             kernelTimestamps=protocol.receiveTimestamps and options.kernelTimestamps(),
-        ).setServiceParent(top)
+        )
+        listener.setServiceParent(top)
+        listeners.append(listener)
     if options["summary-interval"]:
         summary = CounterSummary(reactor, protocols, options["summary-interval"])
         summary.setServiceParent(top)
-    return workers.configure(top, options, reactor)
+    if setting is not None:
+        workers.becomeWorker(setting, listeners)
+    return top
