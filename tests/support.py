@@ -87,18 +87,19 @@ def assertCannotListen(
 ) -> None:
     """
     Start C{server}, which must fail: its port is taken.  It exits with
-    status 1, after logging that its service C{service} cannot listen on
-    C{where}.
+    status 1, after one line on standard error that names its service
+    C{service} and the address C{where}, and no traceback.
     """
     case.addCleanup(server.cleanup)
     case.assertRaises(RuntimeError, server.start)
     assert server.process is not None
     case.assertEqual(server.process.returncode, 1)
-    case.assertIn(
-        f"udptime {service} service cannot listen on {where} (UDP):"
-        " Address already in use",
-        server.log(),
+    case.assertEqual(
+        server.stderr(),
+        f"twistd udptime: {service} service cannot listen on {where} (UDP):"
+        " Address already in use\n",
     )
+    case.assertNotIn("Traceback", server.log())
 
 
 def freePort() -> int:

@@ -1324,19 +1324,19 @@ class ServiceTests(TestCase):
         service.privilegedStartService()
         self.assertEqual(len(memory.adoptedPorts), 1)
 
-    def test_inheritedSocket(self) -> None:
+    def test_boundSocket(self) -> None:
         """
         A socket handed down (by a worker's supervisor) is served instead
         of a new one.
         """
         sock = bindUDPSocket("127.0.0.1", 0, reusePort=True)
         service = UDPListenService(reactor, textServer(), 1, "127.0.0.1")
-        service.inheritedSocket = sock
+        service.boundSocket = sock
         bound = sock.getsockname()[1]
         service.privilegedStartService()
         self.addCleanup(service.stopService)
         self.assertEqual(service.port.getHost().port, bound)
-        self.assertIsNone(service.inheritedSocket)
+        self.assertIsNone(service.boundSocket)
 
 
 def renderedDirectly(now: float, fmt: text.TimeFormat, zone: Any) -> str:

@@ -513,8 +513,8 @@ class RoleTests(SynchronousTestCase):
         top = makeService(self.parse("--workers", "2", "--worker", setting.toOption()))
         listener = top.getServiceNamed("text")  # type: ignore[attr-defined]
         self.assertIsInstance(listener.protocol, TextTimeServer)
-        self.assertEqual(listener.inheritedSocket.fileno(), sock.fileno())
-        listener.inheritedSocket.detach()
+        self.assertEqual(listener.boundSocket.fileno(), sock.fileno())
+        listener.boundSocket.detach()
 
 
 class FailingServer(TextTimeServer):

@@ -20,12 +20,12 @@ from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 from twisted.python import usage
 
-from udptime import policy, text, workers
+from udptime import __version__, policy, text, workers
 from udptime.ancillary import kernelTimestampsAvailable
 from udptime.clock import LOCAL_REFID
 from udptime.port import DEFAULT_KERNEL_TIMESTAMPS
 from udptime.server import UDPServerProtocol
-from udptime.service import ALL_INTERFACES, UDPListenService
+from udptime.service import ALL_INTERFACES, ServiceCannotListen, UDPListenService
 from udptime.services import SERVICES
 from udptime.summary import DEFAULT_INTERVAL, CounterSummary
 
@@ -300,20 +300,24 @@ class Options(usage.Options):
     """Options C{--help} does not list: they are for udptime's own use."""
 
     optFlags = [
-        ["verbose", "v", "Log one line per request."],
+        [
+            "verbose",
+            "v",
+            "Log one line per request: what was decided (its reply, or why it "
+            "was refused).",
+        ],
         [
             "kernel-timestamps",
             None,
-            "NTP: take each request's receive timestamp from the kernel "
-            "(SO_TIMESTAMPNS), not from the clock when the event loop reads it"
-            + (" (the default)." if DEFAULT_KERNEL_TIMESTAMPS else "."),
+            "The default, where the system has them: NTP takes each request's "
+            "receive time from the kernel (SO_TIMESTAMPNS), not from the clock "
+            "when the event loop reads the request.  Only NTP uses them.",
         ],
         [
             "no-kernel-timestamps",
             None,
-            "NTP: read receive timestamps from the clock when the event loop "
-            "reads the request"
-            + ("." if DEFAULT_KERNEL_TIMESTAMPS else " (the default)."),
+            "NTP: read receive times from the clock when the event loop reads "
+            "each request, not from the kernel.",
         ],
     ]
 
@@ -341,14 +345,25 @@ class Options(usage.Options):
             reason = str(error).removeprefix("Parameter type enforcement failed: ")
             if self.parent is None:
                 raise usage.UsageError(reason) from None
-            # twistd's options, or those of twist (also python -m twisted).
-            runner = (
-                "twist" if type(self.parent).__name__ == "TwistOptions" else "twistd"
-            )
-            command = f"{runner} udptime"
+            command = self.command()
             raise SystemExit(
                 f"{command}: {reason} ({command} --help lists the options)"
             ) from None
+
+    def command(self) -> str:
+        """
+        How the user ran udptime: C{twistd udptime}, or C{twist udptime}
+        (also C{python -m twisted udptime}).
+        """
+        runner = "twist" if type(self.parent).__name__ == "TwistOptions" else "twistd"
+        return f"{runner} udptime"
+
+    def opt_version(self) -> None:
+        """
+        Print udptime's version and exit.
+        """
+        sys.stdout.write(f"udptime {__version__}\n")
+        raise SystemExit(0)
 
     def getUsage(self, width: int | None = None) -> str:
         """
@@ -403,10 +418,6 @@ class Options(usage.Options):
             raise usage.UsageError(
                 "give --kernel-timestamps or --no-kernel-timestamps, not both"
             )
-        if not self["ntp-port"] and (
-            self["kernel-timestamps"] or self["no-kernel-timestamps"]
-        ):
-            raise usage.UsageError("kernel timestamps are for NTP: give --ntp-port")
         if self["kernel-timestamps"] and not kernelTimestampsAvailable():
             raise usage.UsageError("this system has no kernel receive timestamps")
         if not self["ntp-port"] and self["local-stratum"] is not None:
@@ -435,11 +446,13 @@ class Options(usage.Options):
 
     def kernelTimestamps(self) -> bool:
         """
-        Whether the NTP service takes receive timestamps from the kernel.
-        (The other services send a single time, read as the request is handled.)
+        Whether services whose replies carry receive times (NTP) take them
+        from the kernel: the default, where the system has them, unless
+        C{--no-kernel-timestamps}.  (The other services send a single time,
+        read as the request is handled, and ignore the setting.)
         """
-        if self["kernel-timestamps"] or self["no-kernel-timestamps"]:
-            return bool(self["kernel-timestamps"])
+        if self["no-kernel-timestamps"]:
+            return False
         return DEFAULT_KERNEL_TIMESTAMPS and kernelTimestampsAvailable()
 
     def enabledPorts(self) -> dict[str, int]:
@@ -557,7 +570,7 @@ def makeService(options: Options) -> IService:
     ports = options.enabledPorts()
     setting = options["worker"]
     if setting is None and options["workers"]:
-        workers.WorkerSupervisor(
+        supervisor = workers.WorkerSupervisor(
             reactor,
             ports,
             options["interface"],
@@ -565,7 +578,9 @@ def makeService(options: Options) -> IService:
             options.arguments,
             workers.twistdPrivileges(options),
             options["ipv6-prefix"],
-        ).setServiceParent(top)
+        )
+        supervisor.setServiceParent(top)
+        _bindUnderTwistd(options, [supervisor])
         return top
     protocols: dict[str, UDPServerProtocol] = {
         name: SERVICES[name].makeServer(options) for name in ports
@@ -589,4 +604,30 @@ def makeService(options: Options) -> IService:
         summary.setServiceParent(top)
     if setting is not None:
         workers.becomeWorker(setting, listeners)
+    else:
+        _bindUnderTwistd(options, listeners)
     return top
+
+
+def _bindUnderTwistd(
+    options: Options, services: Sequence[UDPListenService | workers.WorkerSupervisor]
+) -> None:
+    """
+    Run by twistd (or twist), bind the sockets of C{services} now, before
+    twistd runs the service (and, as a daemon, before it leaves the
+    terminal): a port that cannot be bound is then one line on standard
+    error, and exit status 1, rather than a traceback, or as a daemon a
+    truncated exception from twistd's status pipe.  (Built otherwise, the
+    services bind their sockets as they start.)
+
+    @raise SystemExit: a socket cannot be bound.
+    """
+    if options.parent is None:
+        return
+    try:
+        for service in services:
+            service.bind()
+    except ServiceCannotListen as failure:
+        for service in services:
+            service.unbind()
+        raise SystemExit(f"{options.command()}: {failure}") from None

@@ -67,7 +67,12 @@ from twisted.python.failure import Failure
 from twisted.python.util import switchUID
 
 from udptime.address import formatAddress
-from udptime.service import UDPListenService, listeningSocket
+from udptime.service import (
+    ServiceCannotListen,
+    UDPListenService,
+    listeningSocket,
+    logCannotListen,
+)
 
 MAX_WORKERS = 256
 """The most worker processes C{--workers} starts (each is a Python process)."""
@@ -350,7 +355,7 @@ def becomeWorker(setting: WorkerSetting, listeners: Sequence[UDPListenService]) 
     """
     for listener in listeners:
         fd = setting.descriptors[str(listener.name)]
-        listener.inheritedSocket = socket.socket(fileno=fd)
+        listener.boundSocket = socket.socket(fileno=fd)
     if setting.privileges is not None:
         switchUID(*setting.privileges)
     dieWithParent(setting.supervisor)
@@ -429,11 +434,28 @@ class WorkerSupervisor(Service):
         self._delays: dict[int, float] = {}
         self._stopping = False
 
-    def privilegedStartService(self) -> None:
+    def bind(self) -> None:
         """
-        Bind every socket and start the workers (before twistd drops
-        privileges).
+        Bind every socket now, if they are not bound yet.
+
+        @raise ServiceCannotListen: a socket cannot be bound (those bound
+            already are closed).
         """
+        if self.sockets:
+            return
+        try:
+            self._bindAll()
+        except ServiceCannotListen:
+            self._closeSockets(None)
+            raise
+
+    def unbind(self) -> None:
+        """
+        Close the sockets L{bind} bound, if the service has not started.
+        """
+        self._closeSockets(None)
+
+    def _bindAll(self) -> None:
         for name, port in self.ports.items():
             for index in range(1, self.count + 1):
                 sock = listeningSocket(
@@ -448,6 +470,18 @@ class WorkerSupervisor(Service):
                 port = sock.getsockname()[1]  # port 0: the others follow
                 self.sockets.setdefault(index, {})[name] = sock
             self._steer(name, sock)
+
+    def privilegedStartService(self) -> None:
+        """
+        Bind every socket (unless L{bind} did) and start the workers
+        (before twistd drops privileges).
+        """
+        try:
+            self.bind()
+        except ServiceCannotListen as failure:
+            logCannotListen(failure)
+            raise
+        for name, sock in self.sockets[1].items():
             self.log.info(
                 "udptime {service} service listening on {where} (UDP), {workers}",
                 service=name,
