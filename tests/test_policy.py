@@ -13,7 +13,7 @@ import tracemalloc
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
-from twisted.logger import Logger, LogLevel
+from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -681,6 +681,40 @@ class ProtocolPolicyTests(SynchronousTestCase):
         for _ in range(100):
             deliver(server, b"", ("192.0.2.1", 7), NOW)
         self.assertEqual(len(transport.written), 100)
+
+
+class VerboseTests(SynchronousTestCase):
+    """
+    In verbose mode the reply path logs every decision, answered or
+    refused, from where it counts them.
+    """
+
+    def test_everyDecision(self) -> None:
+        events: list[dict[str, object]] = []
+        server = TextTimeServer(
+            verbose=True, policy=SERVICES["text"].policy(burst=3), clock=lambda: NOW
+        )
+        server.log = Logger(observer=events.append)
+        started(server)
+        for data, port in [
+            (b"month 3", 4000),
+            (b"month 13", 4000),
+            (b"x" * 600, 4000),
+            (b"month 4", 4000),
+            (b"month 5", 7),
+        ]:
+            deliver(server, data, ("192.0.2.1", port), NOW)
+        self.assertEqual(
+            [formatEvent(event) for event in events],
+            [
+                "text: 7-byte request from ('192.0.2.1', 4000), 6-byte reply",
+                "text: 8-byte request from ('192.0.2.1', 4000), malformed,"
+                " 53-byte reply",
+                "text: 600-byte request from ('192.0.2.1', 4000), dropped",
+                "text: 7-byte request from ('192.0.2.1', 4000), limited",
+                "text: 7-byte request from ('192.0.2.1', 7), looped",
+            ],
+        )
 
 
 class CounterSummaryTests(SynchronousTestCase):

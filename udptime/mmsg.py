@@ -159,6 +159,35 @@ def available() -> bool:
     return _FUNCTIONS is not None
 
 
+def _setHeader(
+    headers: bytearray,
+    iovecs: bytearray,
+    iovecsAt: int,
+    index: int,
+    data: tuple[int, int],
+    name: tuple[int, int],
+    control: tuple[int, int],
+) -> None:
+    """
+    Point message header C{index} of C{headers} at one buffer, described
+    by iovec C{index} of C{iovecs} (whose memory is at C{iovecsAt}), and at
+    a C{sockaddr} and control messages.
+
+    @param data: the buffer's address and length.
+    @param name: the C{sockaddr}'s address and length.
+    @param control: the control messages' address and length (a length of
+        0: none).
+    """
+    iovec = _IOVec.from_buffer(iovecs, index * _IOVEC_SIZE)
+    iovec.iov_base, iovec.iov_len = data
+    header = _MMsgHdr.from_buffer(headers, index * _HEADER_SIZE).msg_hdr
+    header.msg_name, header.msg_namelen = name
+    header.msg_iov = iovecsAt + index * _IOVEC_SIZE
+    header.msg_iovlen = 1
+    if control[1]:
+        header.msg_control, header.msg_controllen = control
+
+
 class ReadPlan(NamedTuple):
     """
     What a reader of a L{MessageBatch}'s datagrams needs, gathered once so
@@ -338,26 +367,28 @@ class MessageBatch:
             for i in range(count)
         ]
         for i in range(count):
-            iovec = _IOVec.from_buffer(self._iovecs, i * _IOVEC_SIZE)
-            iovec.iov_base, iovec.iov_len = dataAt + i * self.stride, size
-            header = _MMsgHdr.from_buffer(self.headers, i * _HEADER_SIZE).msg_hdr
-            header.msg_name = self.nameAddresses[i]
-            header.msg_namelen = self.nameLength
-            header.msg_iov = iovecsAt + i * _IOVEC_SIZE
-            header.msg_iovlen = 1
-            if self.controlSize:
-                header.msg_control = controlsAt + i * self.controlSize
-                header.msg_controllen = self.controlSize
-            iovec = _IOVec.from_buffer(self._sendIovecs, i * _IOVEC_SIZE)
-            iovec.iov_base, iovec.iov_len = sendDataAt + i * SEND_SLOT_SIZE, 0
-            header = _MMsgHdr.from_buffer(self.sendHeaders, i * _HEADER_SIZE).msg_hdr
-            header.msg_name = self.nameAddresses[i]
-            header.msg_namelen = self.nameLength
-            header.msg_iov = sendIovAt + i * _IOVEC_SIZE
-            header.msg_iovlen = 1
-            if self.destinationSpace:
-                header.msg_control = self.destinationAddresses[i]
-                header.msg_controllen = self.destinationSpace
+            # A receive slot: room for a datagram, its source and its
+            # control messages.
+            _setHeader(
+                self.headers,
+                self._iovecs,
+                iovecsAt,
+                i,
+                (dataAt + i * self.stride, size),
+                (self.nameAddresses[i], self.nameLength),
+                (controlsAt + i * self.controlSize, self.controlSize),
+            )
+            # A send slot: a reply, to the source of receive slot i (until
+            # queue points it elsewhere), with its destination report.
+            _setHeader(
+                self.sendHeaders,
+                self._sendIovecs,
+                sendIovAt,
+                i,
+                (sendDataAt + i * SEND_SLOT_SIZE, 0),
+                (self.nameAddresses[i], self.nameLength),
+                (self.destinationAddresses[i], self.destinationSpace),
+            )
         self._redirected = [False] * count
         self.addresses: dict[bytes, Address] = {}
         self.readPlan: Final = ReadPlan(
