@@ -23,7 +23,7 @@ from zope.interface import implementer
 from tests.test_client import FakeReactor, SteppingClock
 from tests.test_interactive import FakeReaderReactor
 from udptime import cli
-from udptime.cli import PROTOCOLS, Client, UsageError, makeCodec, parseArguments
+from udptime.cli import Client, UsageError, parseArguments
 from udptime.ntp import buildKissOfDeath
 from udptime.reading import (
     BadReply,
@@ -35,6 +35,7 @@ from udptime.reading import (
 )
 from udptime.resolver import DaemonThreadResolver
 from udptime.server import TextTimeServer
+from udptime.services import SERVICES
 from udptime.text import TextClientCodec
 
 
@@ -148,35 +149,31 @@ class ArgumentTests(SynchronousTestCase):
 
     def test_protocols(self) -> None:
         """
-        Every protocol of L{PROTOCOLS} is there under its codec's name, with
-        its codec's default port; the text protocol is the default, on port
-        5000.
+        C{--protocol} speaks every service of the table, asking its standard
+        port; the text protocol is the default, on port 5000.
         """
-        self.assertEqual(set(PROTOCOLS), {"text", "ntp", "time", "daytime", "echo"})
-        for name, protocol in PROTOCOLS.items():
+        self.assertEqual(set(SERVICES), {"text", "ntp", "time", "daytime", "echo"})
+        for name, service in SERVICES.items():
             with self.subTest(name=name):
-                codec = makeCodec(protocol, "")
-                self.assertEqual((protocol.name, codec.name), (name, name))
-                self.assertEqual(protocol.defaultPort, codec.defaultPort)
-        self.assertIs(PROTOCOLS["text"].codecFactory, TextClientCodec)
-        self.assertEqual(PROTOCOLS[cli.DEFAULT_PROTOCOL].defaultPort, 5000)
-        self.assertEqual(
-            {name for name, protocol in PROTOCOLS.items() if protocol.takesWords},
-            {"text", "echo"},
-        )
+                options = parseArguments(["h", "--protocol", name])
+                self.assertEqual(options.codec.name, name)
+                client = Client(None, options, io.StringIO(), io.StringIO())  # type: ignore[arg-type]
+                self.assertEqual(client.port, service.standardPort)
+        self.assertEqual(SERVICES[cli.DEFAULT_PROTOCOL].standardPort, 5000)
 
-    def test_makeCodec(self) -> None:
+    def test_requestWords(self) -> None:
         """
-        L{makeCodec} gives a protocol that takes words its codec for them,
-        and refuses words to one that takes none.
+        The request words become the request of a protocol that takes words,
+        and are refused, as a usage error, by one that takes none.
         """
-        codec = makeCodec(PROTOCOLS["text"], "month 3")
-        self.assertEqual(codec.buildRequest(0.0)[0], b"month 3")
-        codec = makeCodec(PROTOCOLS["echo"], "hello")
-        self.assertEqual(codec.buildRequest(0.0)[0], b"hello")
-        self.assertEqual(makeCodec(PROTOCOLS["time"], " \t").name, "time")
-        error = self.assertRaises(ValueError, makeCodec, PROTOCOLS["ntp"], "x")
-        self.assertEqual(str(error), "the ntp protocol's request takes no words")
+        options = parseArguments(["h", "month", "3"])
+        self.assertEqual(options.codec.buildRequest(0.0)[0], b"month 3")
+        options = parseArguments(["h", "--protocol", "echo", "hello"])
+        self.assertEqual(options.codec.buildRequest(0.0)[0], b"hello")
+        error = self.assertRaises(
+            UsageError, parseArguments, ["h", "--protocol", "ntp", "x"]
+        )
+        self.assertIn("the ntp protocol's request takes no words", str(error))
 
     def test_intervalErrors(self) -> None:
         """
@@ -208,8 +205,8 @@ class ArgumentTests(SynchronousTestCase):
             with self.subTest(action=action.dest):
                 self.assertTrue(action.help, action.dest)
         text = parser.format_help()
-        for name, protocol in PROTOCOLS.items():
-            self.assertIn(f"{name} {protocol.defaultPort}", " ".join(text.split()))
+        for name, service in SERVICES.items():
+            self.assertIn(f"{name} {service.standardPort}", " ".join(text.split()))
         for option in ("--interval", "--json", "--count", "--interactive"):
             self.assertIn(option, text)
 

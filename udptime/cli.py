@@ -12,7 +12,8 @@ standard error (with C{--json}, one JSON object with an C{error} key on
 standard output instead) and the exit status is 1; a bad command line
 prints one line on standard error and exits with 2; Ctrl-C exits with 130.
 
-The protocols the client speaks are the entries of L{PROTOCOLS}.
+The protocols the client speaks are the services of
+L{udptime.services.SERVICES}.
 """
 
 from __future__ import annotations
@@ -21,8 +22,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import IO, Any, Final, NoReturn
 
 from twisted.internet import task
@@ -30,7 +30,8 @@ from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IReactorPluggableNameResolver
 from twisted.python.failure import Failure
 
-from udptime import __version__, daytime, echo, ntp, rfc868, text
+from udptime import __version__
+from udptime.address import formatAddress
 from udptime.client import QueryReactor, query
 from udptime.clock import WallClock, systemClock
 from udptime.interactive import LineReader, askEachLine
@@ -43,64 +44,11 @@ from udptime.reading import (
     QueryTimeout,
     ServerRefused,
     ServerReplyError,
-    formatHostPort,
 )
 from udptime.resolver import DaemonThreadResolver
-
-
-@dataclass(frozen=True)
-class ClientProtocol:
-    """
-    A protocol C{udptime --protocol} speaks.
-
-    @ivar name: its name on the command line.
-    @ivar codecFactory: makes its client codec: called with the request
-        words (C{""} when the user gave none) when L{takesWords}, with no
-        argument otherwise; raises L{ValueError} for words the protocol
-        cannot send.
-    @ivar takesWords: whether its request carries words (the words of the
-        command line, the lines of C{--interactive}).
-    @ivar defaultPort: the port asked when none is given.
-    """
-
-    name: str
-    codecFactory: Callable[..., ClientCodec]
-    takesWords: bool
-    defaultPort: int
-
-
-PROTOCOLS: Final[dict[str, ClientProtocol]] = {
-    protocol.name: protocol
-    for protocol in (
-        ClientProtocol("text", text.TextClientCodec, True, text.DEFAULT_PORT),
-        ClientProtocol("ntp", ntp.NTPClientCodec, False, ntp.NTP_PORT),
-        ClientProtocol("time", rfc868.TimeClientCodec, False, rfc868.DEFAULT_PORT),
-        ClientProtocol(
-            "daytime", daytime.DaytimeClientCodec, False, daytime.DEFAULT_PORT
-        ),
-        ClientProtocol("echo", echo.EchoClientCodec.fromWords, True, echo.DEFAULT_PORT),
-    )
-}
-"""
-The protocols C{udptime --protocol} speaks, by name: the one place the
-command line learns what they are.
-"""
+from udptime.services import SERVICES
 
 DEFAULT_PROTOCOL = "text"
-
-
-def makeCodec(protocol: ClientProtocol, words: str) -> ClientCodec:
-    """
-    C{protocol}'s client codec for the request C{words}.
-
-    @raise ValueError: the protocol cannot send these words (its request
-        takes none, or they are too long).
-    """
-    if not protocol.takesWords:
-        if words.strip():
-            raise ValueError(f"the {protocol.name} protocol's request takes no words")
-        return protocol.codecFactory()
-    return protocol.codecFactory(words)
 
 
 EXIT_FAILED = 1
@@ -177,9 +125,9 @@ def buildParser() -> argparse.ArgumentParser:
     """
     The parser of C{udptime}'s command line.
     """
-    protocolNames = ", ".join(sorted(PROTOCOLS))
+    protocolNames = ", ".join(sorted(SERVICES))
     ports = ", ".join(
-        f"{name} {PROTOCOLS[name].defaultPort}" for name in sorted(PROTOCOLS)
+        f"{name} {SERVICES[name].standardPort}" for name in sorted(SERVICES)
     )
     parser = _ArgumentParser(
         prog="udptime",
@@ -294,11 +242,11 @@ def parseArguments(argv: Sequence[str]) -> argparse.Namespace:
     @raise UsageError: the command line is wrong.
     """
     options = buildParser().parse_intermixed_args(list(argv))
-    protocol = PROTOCOLS.get(options.protocol)
+    protocol = SERVICES.get(options.protocol)
     if protocol is None:
         raise UsageError(
             f"unknown protocol {options.protocol!r} "
-            f"(choose from {', '.join(sorted(PROTOCOLS))})"
+            f"(choose from {', '.join(sorted(SERVICES))})"
         )
     if options.format is not None and options.words:
         raise UsageError("give the request with --format or as words, not both")
@@ -327,7 +275,7 @@ def parseArguments(argv: Sequence[str]) -> argparse.Namespace:
     # Build one codec now, so that words the protocol cannot send are a
     # usage error before anything is sent.
     try:
-        options.codec = makeCodec(protocol, options.request)
+        options.codec = protocol.clientCodec(options.request)
     except ValueError as e:
         raise UsageError(str(e)) from None
     return options
@@ -353,7 +301,7 @@ def formatResult(result: QueryResult) -> str:
     with what the server sent L{shown} safely.
     """
     parts = [
-        formatHostPort(result.host, result.port),
+        formatAddress(result.host, result.port),
         result.text,
         f"delay {result.delay * 1000:.3f} ms",
     ]
@@ -472,9 +420,9 @@ class Client:
         self.options = options
         self.stdout = stdout
         self.stderr = stderr
-        self.protocol = PROTOCOLS[options.protocol]
+        self.protocol = SERVICES[options.protocol]
         self.port: int = (
-            self.protocol.defaultPort if options.port is None else options.port
+            self.protocol.standardPort if options.port is None else options.port
         )
         self.failures = 0
         self.answered = 0
@@ -623,7 +571,7 @@ class Client:
                     # is what the server asked us not to do.
                     break
                 await self._pause(self.options.interval)
-                await self.ask(makeCodec(self.protocol, self.options.request))
+                await self.ask(self.protocol.clientCodec(self.options.request))
         return EXIT_FAILED if self.failures else 0
 
     async def _askWords(self, words: str) -> None:
@@ -632,7 +580,7 @@ class Client:
         outcome; words the protocol cannot send are a failed request.
         """
         try:
-            codec = makeCodec(self.protocol, words)
+            codec = self.protocol.clientCodec(words)
         except ValueError as e:
             self._printError(failureKind(e), str(e))
             return

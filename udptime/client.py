@@ -41,6 +41,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import DatagramProtocol
 from twisted.python.failure import Failure
 
+from udptime.address import formatAddress
 from udptime.clock import WallClock, systemClock
 from udptime.reading import (
     ClientCodec,
@@ -50,7 +51,6 @@ from udptime.reading import (
     QueryTimeout,
     ReplyMismatch,
     ServerReplyError,
-    formatHostPort,
 )
 from udptime.text import TextClientCodec
 
@@ -334,7 +334,7 @@ class _Query:
         self._try()
 
     def _where(self, hosts: list[str]) -> str:
-        return ", ".join(formatHostPort(host, self.portNumber) for host in hosts)
+        return ", ".join(formatAddress(host, self.portNumber) for host in hosts)
 
     def _try(self) -> None:
         self.attempts += 1
@@ -434,7 +434,7 @@ class _Query:
         except ServerReplyError as e:
             # A refusal, or a reply that cannot be right: the query is over,
             # and its message names the server.
-            e.server = formatHostPort(self.host, self.portNumber)
+            e.server = formatAddress(self.host, self.portNumber)
             self._finish(e)
             return
         except Exception as e:

@@ -340,6 +340,30 @@ def replyPoll(request: NTPPacket, minPoll: int = MIN_POLL) -> int:
     return min(max(request.poll, minPoll), MAX_POLL)
 
 
+def replyStart(state: ClockState, version: int, mode: int, poll: int) -> bytes:
+    """
+    The first 24 bytes of a reply (up to the origin timestamp): what it says
+    about the server's clock in C{state}, with the given version, mode and
+    poll exponent.  When the clock is not synchronised the reply carries
+    LI 3 and stratum 0.  L{buildReply} and the cached starts of
+    L{ReplyConstants} are both built here.
+    """
+    if state.synchronised:
+        leap, stratum = int(state.leap), state.stratum
+    else:
+        leap, stratum = int(Leap.UNSYNCHRONISED), 0
+    return _REPLY_START.pack(
+        (leap << 6) | (version << 3) | mode,
+        stratum,
+        poll,
+        state.precision,
+        toNTPShort(state.rootDelay),
+        toNTPShort(state.rootDispersion),
+        state.refid,
+        _ntpTimestamp(state.referenceTime),
+    )
+
+
 def fuzzTimestamp(
     timestamp: int, precision: int, randomBits: Callable[[int], int]
 ) -> int:
@@ -383,38 +407,27 @@ def buildReply(
     @param randomBits: C{getrandbits}-like source of the random bits below
         the clock's precision in the receive and transmit timestamps.
     """
-    if state.synchronised:
-        leap, stratum = int(state.leap), state.stratum
-    else:
-        leap, stratum = int(Leap.UNSYNCHRONISED), 0
     precision = state.precision
+    start = replyStart(
+        state, request.version, replyMode(request), replyPoll(request, minPoll)
+    )
     receiveTimestamp = fuzzTimestamp(unixToNTP64(received), precision, randomBits)
-    start = NTPPacket(
-        leap=leap,
-        version=request.version,
-        mode=replyMode(request),
-        stratum=stratum,
-        poll=replyPoll(request, minPoll),
-        precision=precision,
-        rootDelay=toNTPShort(state.rootDelay),
-        rootDispersion=toNTPShort(state.rootDispersion),
-        refid=state.refid,
-        referenceTimestamp=_ntpTimestamp(state.referenceTime),
-        originTimestamp=request.transmitTimestamp,
-        receiveTimestamp=receiveTimestamp,
-        transmitTimestamp=0,
-    ).toBytes()[:_TRANSMIT_OFFSET]
     if callable(transmit):
         transmit = transmit()
     transmitTimestamp = fuzzTimestamp(unixToNTP64(transmit), precision, randomBits)
     if _signedDifference(transmitTimestamp, receiveTimestamp) < 0:
         # Both fell in one step of the clock; the fuzz must not reverse them.
         transmitTimestamp = receiveTimestamp
-    return start + _TIMESTAMP.pack(transmitTimestamp)
+    return _REPLY_END.pack(
+        start, request.transmitTimestamp, receiveTimestamp, transmitTimestamp
+    )
 
 
-_TRANSMIT_OFFSET: Final = 40
-_TIMESTAMP: Final = struct.Struct("!Q")
+# The start of a reply (see replyStart), and the whole reply from its start
+# and its origin, receive and transmit timestamps (as a number, or as the
+# request's 8 bytes).
+_REPLY_START: Final = struct.Struct("!BBbbII4sQ")
+_REPLY_END: Final = struct.Struct("!24sQQQ")
 _PLAIN_REPLY_END: Final = struct.Struct("!24s8sQQ")
 _MASK_64: Final = (1 << 64) - 1
 
@@ -467,25 +480,13 @@ class ReplyConstants:
         Build and keep the first 24 bytes (up to the origin timestamp) of
         the reply to the plain request C{data}.
         """
-        state = self.state
-        if state.synchronised:
-            leap, stratum = int(state.leap), state.stratum
-        else:
-            leap, stratum = int(Leap.UNSYNCHRONISED), 0
         poll = data[2] - 256 if data[2] > 127 else data[2]
-        reply = NTPPacket(
-            leap=leap,
-            version=(data[0] >> 3) & 7,
-            mode=Mode.SERVER,
-            stratum=stratum,
-            poll=min(max(poll, self.minPoll), MAX_POLL),
-            precision=state.precision,
-            rootDelay=toNTPShort(state.rootDelay),
-            rootDispersion=toNTPShort(state.rootDispersion),
-            refid=state.refid,
-            referenceTimestamp=_ntpTimestamp(state.referenceTime),
+        prefix = self.prefixes[prefixKey(data)] = replyStart(
+            self.state,
+            (data[0] >> 3) & 7,
+            Mode.SERVER,
+            min(max(poll, self.minPoll), MAX_POLL),
         )
-        prefix = self.prefixes[prefixKey(data)] = reply.toBytes()[:24]
         return prefix
 
 

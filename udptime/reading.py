@@ -72,15 +72,6 @@ class QueryResult:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def formatHostPort(host: str, port: int) -> str:
-    """
-    An address for messages: C{127.0.0.1:5000}, C{[::1]:5000}.
-    """
-    if ":" in host:
-        return f"[{host}]:{port}"
-    return f"{host}:{port}"
-
-
 def estimateOffset(
     serverTime: float | None,
     sentAt: float,
@@ -132,7 +123,7 @@ class ServerReplyError(QueryError):
     @cvar template: the message, from C{{server}} and C{{reason}}.
     @ivar reason: what the reply showed, e.g. C{"sent a bogus reply: ..."}.
     @ivar server: the server's address for messages (see
-        L{formatHostPort}); C{"the server"} until the query sets it.
+        L{udptime.address.formatAddress}); C{"the server"} until the query sets it.
     """
 
     template: ClassVar[str] = "{server} {reason}"

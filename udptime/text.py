@@ -286,14 +286,24 @@ def _isoParts(second: int, zone: tzinfo | None) -> tuple[str, str]:
     return text[:19], text[19:]
 
 
-@lru_cache(maxsize=64)
-def _isoLineParts(second: int, zone: tzinfo | None) -> tuple[bytes, bytes]:
+def _isoLineParts(second: int, zone: tzinfo | None) -> tuple[int, bytes, bytes]:
     """
-    L{_isoParts} as the bytes of a reply line: C{(b"2026-11-21T20:53:39.",
-    b"+00:00\\n")}.
+    L{_isoParts} as the bytes of a reply line, after C{second}:
+    C{(second, b"2026-11-21T20:53:39.", b"+00:00\\n")}, kept as the latest
+    of C{zone} (see L{isoLine}).
     """
     head, offset = _isoParts(second, zone)
-    return head.encode("ascii") + b".", offset.encode("ascii") + b"\n"
+    parts = _latestIsoLines[zone] = (
+        second,
+        head.encode("ascii") + b".",
+        offset.encode("ascii") + b"\n",
+    )
+    return parts
+
+
+_latestIsoLines: dict[tzinfo | None, tuple[int, bytes, bytes]] = {}
+"""The reply line parts of the latest second rendered, by zone: the second
+of a server's replies changes once a second."""
 
 
 @lru_cache(maxsize=64)
@@ -307,6 +317,10 @@ def _wholeSecondText(second: int, fmt: TimeFormat, zone: tzinfo | None) -> str:
     return format_datetime(moment)
 
 
+ReplyBuilder = Callable[[float], bytes]
+"""Builds the reply to one request at a given Unix time."""
+
+
 def buildReply(
     request: TextRequest,
     now: float,
@@ -314,27 +328,38 @@ def buildReply(
     defaultZone: tzinfo | None = None,
 ) -> bytes:
     """
-    The reply line for C{request} at Unix time C{now}.
+    The reply line for C{request} at Unix time C{now}: what
+    L{replyBuilder} gives for it, at C{now}.
+    """
+    return replyBuilder(request, defaultFormat, defaultZone)(now)
+
+
+def replyBuilder(
+    request: TextRequest,
+    defaultFormat: TimeFormat = TimeFormat.ISO,
+    defaultZone: tzinfo | None = None,
+) -> ReplyBuilder:
+    """
+    How to answer C{request} with these defaults (the server's format and
+    zone for a request that names none), as a function of the time alone,
+    to be kept for a request that comes again.
     """
     if isinstance(request, MonthRequest):
-        return MONTHS[request.number - 1].encode("ascii") + b"\n"
+        line = MONTHS[request.number - 1].encode("ascii") + b"\n"
+        return lambda now: line
     fmt = defaultFormat if request.format is None else request.format
     zone = defaultZone if request.zone is None else request.zone
     if fmt is TimeFormat.ISO:
         # The common reply, built from cached bytes: formatTime's ISO line.
-        return isoLine(zone, now)
-    return _formattedLine(fmt, zone, now)
-
-
-ReplyBuilder = Callable[[float], bytes]
-"""Builds the reply to one request at a given Unix time."""
+        return partial(isoLine, zone)
+    return partial(_formattedLine, fmt, zone)
 
 
 def isoLine(zone: tzinfo | None, now: float) -> bytes:
     """
     The reply line for an ISO 8601 time request in C{zone} (L{None}: the
-    host's local zone) at Unix time C{now}: L{buildReply}'s common reply,
-    from cached bytes.
+    host's local zone) at Unix time C{now}: the common reply, from cached
+    bytes.
     """
     # splitMicroseconds, inline, at a third of the cost: truncating is
     # modf's whole part, the difference (exact) its fraction, and the
@@ -344,27 +369,10 @@ def isoLine(zone: tzinfo | None, now: float) -> bytes:
     microsecond = ((now - second) * 1e6).__round__()
     if not 0 <= microsecond < 1_000_000:
         second, microsecond = splitMicroseconds(now)
-    head, tail = _isoLineParts(second, zone)
-    return b"%b%06d%b" % (head, microsecond, tail)
-
-
-def replyBuilder(
-    request: TextRequest,
-    defaultFormat: TimeFormat = TimeFormat.ISO,
-    defaultZone: tzinfo | None = None,
-) -> ReplyBuilder:
-    """
-    What L{buildReply} does for C{request} with these defaults, as a
-    function of the time alone, to be kept for a request that comes again.
-    """
-    if isinstance(request, MonthRequest):
-        line = buildReply(request, 0.0)
-        return lambda now: line
-    fmt = defaultFormat if request.format is None else request.format
-    zone = defaultZone if request.zone is None else request.zone
-    if fmt is TimeFormat.ISO:
-        return partial(isoLine, zone)
-    return partial(_formattedLine, fmt, zone)
+    parts = _latestIsoLines.get(zone)
+    if parts is None or parts[0] != second:
+        parts = _isoLineParts(second, zone)
+    return b"%b%06d%b" % (parts[1], microsecond, parts[2])
 
 
 def _formattedLine(fmt: TimeFormat, zone: tzinfo | None, now: float) -> bytes:
