@@ -791,3 +791,19 @@ class VerifyResponseTests(SynchronousTestCase):
         altered[position] = value
         with contextlib.suppress(rt.RoughtimeVerificationError):
             rt.verifyResponse(req, bytes(altered), PUBLIC)
+
+
+class BenchScriptTests(SynchronousTestCase):
+    """
+    C{bench/roughtime.py} runs to the end on a tiny load and reports every
+    row; its numbers are not checked.
+    """
+
+    def test_runs(self) -> None:
+        from tests.test_bench import runBenchScript
+
+        output = runBenchScript(self, "roughtime.py", "--count", "3")
+        for size in (1, 16, 64, 128):
+            self.assertIn(f"respondBatch, batch of {size} ", output)
+        self.assertIn("Ed25519 sign", output)
+        self.assertIn("client: verifyResponse", output)
