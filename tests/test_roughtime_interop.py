@@ -35,7 +35,8 @@ from tests.roughtimesupport import (
 )
 from tests.test_roughtimeclient import startServer
 from udptime import roughtime as rt
-from udptime.roughtimeclient import RoughtimeTimeout, roughtimeQuery
+from udptime.query import QueryTimeout
+from udptime.roughtimeclient import roughtimeQuery
 from udptime.roughtimekeys import OnlineKey
 from udptime.roughtimeserver import RoughtimeResponder, RoughtimeServer
 
@@ -281,7 +282,7 @@ class OurClientTests(TestCase):
         d = roughtimeQuery(
             reactor, "127.0.0.1", server.port, PUBLIC, timeout=0.3, tries=2
         )
-        yield self.assertFailure(d, RoughtimeTimeout)
+        yield self.assertFailure(d, QueryTimeout)
 
     @defer.inlineCallbacks
     def test_defaultGrease(self) -> Any:

@@ -14,8 +14,8 @@ import sys
 import tempfile
 from typing import Any
 
-from twisted.internet import defer, reactor, task
-from twisted.internet.protocol import DatagramProtocol
+from twisted.internet import defer, reactor
+from twisted.internet.address import IPv4Address
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -27,14 +27,15 @@ from tests.roughtimesupport import (
     seededKey,
     synchronised,
 )
+from tests.test_client import SERVER, FakeReactor
 from udptime import roughtime as rt
-from udptime.roughtimechain import ServerEntry, chainNonce, verifyReport
+from udptime.query import QueryError, QueryTimeout
+from udptime.roughtimechain import ServerEntry, chainNonce, reportFor, verifyReport
 from udptime.roughtimeclient import (
     Chain,
     ChainError,
-    RoughtimeQueryError,
+    RoughtimeClientCodec,
     RoughtimeResult,
-    RoughtimeTimeout,
     chainQuery,
     roughtimeQuery,
 )
@@ -43,59 +44,6 @@ from udptime.roughtimeserver import RoughtimeResponder, RoughtimeServer
 
 LONG_TERM = seededKey(1)
 PUBLIC = publicBytes(LONG_TERM)
-SERVER = ("192.0.2.10", 2002)
-
-
-class FakePort:
-    def __init__(self, protocol: DatagramProtocol, interface: str) -> None:
-        self.protocol = protocol
-        self.interface = interface
-        self.written: list[tuple[bytes, tuple[str, int]]] = []
-        self.stopped = False
-
-    def write(self, datagram: bytes, addr: tuple[str, int]) -> None:
-        self.written.append((datagram, addr))
-
-    def stopListening(self) -> None:
-        self.stopped = True
-
-
-class FakeReactor(task.Clock):
-    """
-    UDP ports that record what is sent, timers, and a name lookup.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ports: list[FakePort] = []
-        self.names: dict[str, str] = {}
-
-    def listenUDP(
-        self,
-        port: int,
-        protocol: DatagramProtocol,
-        interface: str = "",
-        maxPacketSize: int = 8192,
-    ) -> FakePort:
-        fake = FakePort(protocol, interface)
-        self.ports.append(fake)
-        return fake
-
-    def resolve(self, name: str, timeout: Any = None) -> defer.Deferred[str]:
-        if name in self.names:
-            return defer.succeed(self.names[name])
-        return defer.fail(OSError(f"no such host {name}"))
-
-    def lastRequest(self) -> bytes:
-        ((datagram, addr),) = self.ports[-1].written
-        self.assertServer(addr)
-        return datagram
-
-    def assertServer(self, addr: tuple[str, int]) -> None:
-        assert addr == SERVER, addr
-
-    def answer(self, response: bytes, source: tuple[str, int] = SERVER) -> None:
-        self.ports[-1].protocol.datagramReceived(response, source)
 
 
 def respond(packet: bytes, now: float = NOW) -> bytes:
@@ -105,6 +53,11 @@ def respond(packet: bytes, now: float = NOW) -> bytes:
 
 
 class QueryTests(SynchronousTestCase):
+    """
+    L{roughtimeQuery} on the fake reactor of L{udptime.client.query}'s
+    tests.
+    """
+
     def setUp(self) -> None:
         self.reactor = FakeReactor()
         self.reactor.advance(NOW)
@@ -120,19 +73,31 @@ class QueryTests(SynchronousTestCase):
             **options,
         )
 
+    def lastRequest(self) -> bytes:
+        ((datagram, addr),) = self.reactor.ports[-1].written
+        self.assertEqual(addr, SERVER)
+        return datagram
+
+    def answer(self, response: bytes, source: tuple[str, int] = SERVER) -> None:
+        self.reactor.ports[-1].receive(response, source)
+
     def test_answered(self) -> None:
         d = self.query()
-        request = self.reactor.lastRequest()
+        request = self.lastRequest()
         self.reactor.advance(0.25)
-        self.reactor.answer(respond(request))
+        self.answer(respond(request))
         result = self.successResultOf(d)
         self.assertEqual(result.request.packet, request)
+        self.assertEqual(
+            rt.verifyResponse(result.request, result.response, PUBLIC), result.verified
+        )
         self.assertEqual(result.verified.midpoint, round(NOW))
         self.assertEqual(result.delay, 0.25)
         self.assertEqual(result.offset, round(NOW) - (NOW + 0.125))
-        self.assertEqual(result.publicKey, PUBLIC)
-        self.assertTrue(self.reactor.ports[0].stopped)
-        self.assertEqual(self.reactor.ports[0].interface, "0.0.0.0")
+        self.assertEqual(
+            (result.host, result.port, result.publicKey), (*SERVER, PUBLIC)
+        )
+        self.assertTrue(self.reactor.ports[0].closed)
 
     def test_backOff(self) -> None:
         """
@@ -144,16 +109,19 @@ class QueryTests(SynchronousTestCase):
             self.reactor.advance(wait - 0.001)
             self.assertNoResult(d)
             self.reactor.advance(0.001)
-        self.reactor.advance(4.5)
-        failure = self.failureResultOf(d, RoughtimeTimeout)
+        self.reactor.advance(4.499)
+        self.assertNoResult(d)
+        self.reactor.advance(0.001)
+        failure = self.failureResultOf(d, QueryTimeout)
         self.assertEqual(
-            str(failure.value), "no response from 192.0.2.10:2002 after 3 tries"
+            str(failure.value), "no response from 127.0.0.1:5000 after 3 tries"
         )
         nonces = {
             rt.readClientRequest(p.written[0][0]).nonce for p in self.reactor.ports
         }
         self.assertEqual(len(nonces), 3)
-        self.assertTrue(all(p.stopped for p in self.reactor.ports))
+        self.assertTrue(all(p.closed for p in self.reactor.ports))
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
 
     def test_rejectedThenValid(self) -> None:
         """
@@ -161,9 +129,9 @@ class QueryTests(SynchronousTestCase):
         request goes out without waiting for the timeout.
         """
         d = self.query()
-        self.reactor.answer(flipped(respond(self.reactor.lastRequest()), (rt.SIG,)))
+        self.answer(flipped(respond(self.lastRequest()), (rt.SIG,)))
         self.assertEqual(len(self.reactor.ports), 2)
-        self.reactor.answer(respond(self.reactor.lastRequest()))
+        self.answer(respond(self.lastRequest()))
         self.successResultOf(d)
 
     def test_everyResponseRejected(self) -> None:
@@ -172,13 +140,19 @@ class QueryTests(SynchronousTestCase):
         the last verification error, not with a timeout.
         """
         d = self.query(tries=2)
-        self.reactor.answer(flipped(respond(self.reactor.lastRequest()), (rt.PATH,)))
-        self.reactor.answer(flipped(respond(self.reactor.lastRequest()), (rt.SIG,)))
+        self.answer(flipped(respond(self.lastRequest()), (rt.SREP, rt.ROOT)))
+        self.answer(flipped(respond(self.lastRequest()), (rt.SIG,)))
         self.failureResultOf(d, rt.BadSignature)
+
+    def test_rejectedThenSilent(self) -> None:
+        d = self.query(tries=2)
+        self.answer(b"ROUGHTIM junk")
+        self.reactor.advance(1.5)
+        self.failureResultOf(d, rt.MalformedResponse)
 
     def test_otherServerKey(self) -> None:
         d = self.query(tries=1)
-        request = self.reactor.lastRequest()
+        request = self.lastRequest()
         other = rt.makeDelegation(
             seededKey(9), seededKey(2), int(NOW) - 9, int(NOW) + 9
         )
@@ -189,7 +163,7 @@ class QueryTests(SynchronousTestCase):
             [rt.framePacket(rt.encodeMessage(fields))], NOW, 3, other
         )
         assert response is not None
-        self.reactor.answer(response)
+        self.answer(response)
         self.failureResultOf(d, rt.WrongKey)
 
     def test_ignored(self) -> None:
@@ -198,13 +172,13 @@ class QueryTests(SynchronousTestCase):
         ignored: the try goes on.
         """
         d = self.query()
-        request = self.reactor.lastRequest()
-        self.reactor.answer(respond(request), ("192.0.2.11", 2002))
-        self.reactor.answer(respond(request), (SERVER[0], 2003))
-        self.reactor.answer(respond(rt.buildRequest(PUBLIC).packet))
+        request = self.lastRequest()
+        self.answer(respond(request), ("127.0.0.2", SERVER[1]))
+        self.answer(respond(request), (SERVER[0], SERVER[1] + 1))
+        self.answer(respond(rt.buildRequest(PUBLIC).packet))
         self.assertNoResult(d)
         self.assertEqual(len(self.reactor.ports), 1)
-        self.reactor.answer(respond(request), ("::ffff:192.0.2.10", 2002))
+        self.answer(respond(request), ("::ffff:127.0.0.1", SERVER[1]))
         self.successResultOf(d)
 
     def test_chained(self) -> None:
@@ -215,8 +189,8 @@ class QueryTests(SynchronousTestCase):
         previous = respond(rt.buildRequest(PUBLIC).packet)
         d = self.query(previous=previous)
         self.reactor.advance(1.0)
-        request = rt.readClientRequest(self.reactor.lastRequest())
-        self.reactor.answer(respond(request.packet))
+        request = rt.readClientRequest(self.lastRequest())
+        self.answer(respond(request.packet))
         result = self.successResultOf(d)
         blind = result.request.blind
         assert blind is not None
@@ -226,45 +200,27 @@ class QueryTests(SynchronousTestCase):
 
     def test_versions(self) -> None:
         d = self.query(versions=(0x8000000B,))
-        request = rt.readClientRequest(self.reactor.lastRequest())
+        request = rt.readClientRequest(self.lastRequest())
         self.assertEqual(request.versions, (0x8000000B,))
-        self.reactor.answer(respond(request.packet))
+        self.answer(respond(request.packet))
         self.assertEqual(self.successResultOf(d).verified.version, 0x8000000B)
 
     def test_hostName(self) -> None:
-        self.reactor.names["time.example"] = SERVER[0]
         d = self.query(host="time.example")
-        self.reactor.answer(respond(self.reactor.lastRequest()))
+        self.reactor.nameResolver.answer(IPv4Address("UDP", SERVER[0], 0))
+        self.answer(respond(self.lastRequest()))
         self.successResultOf(d)
-        failed = self.query(host="nowhere.example")
-        self.failureResultOf(failed, OSError)
-
-    def test_ipv6(self) -> None:
-        d = roughtimeQuery(
-            self.reactor,  # type: ignore[arg-type]
-            "2001:db8::1",
-            2002,
-            PUBLIC,
-            clock=self.reactor.seconds,
-        )
-        self.assertEqual(self.reactor.ports[0].interface, "::")
-        self.assertEqual(self.reactor.ports[0].written[0][1], ("2001:db8::1", 2002))
-        d.cancel()
-        self.failureResultOf(d, defer.CancelledError)
 
     def test_cancel(self) -> None:
         d = self.query()
         d.cancel()
         self.failureResultOf(d, defer.CancelledError)
-        self.assertTrue(self.reactor.ports[0].stopped)
+        self.assertTrue(self.reactor.ports[0].closed)
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
     def test_cannotSend(self) -> None:
-        def broken(*args: Any, **kwargs: Any) -> None:
-            raise OSError("no sockets left")
-
-        self.reactor.listenUDP = broken  # type: ignore[method-assign,assignment]
-        self.failureResultOf(self.query(), RoughtimeQueryError)
+        self.reactor.sendError = OSError("no route")
+        self.failureResultOf(self.query(), QueryError)
 
     def test_badArguments(self) -> None:
         for options in ({"timeout": 0}, {"tries": 0}, {"versions": (7,)}):
@@ -272,6 +228,38 @@ class QueryTests(SynchronousTestCase):
         self.assertRaises(
             ValueError, roughtimeQuery, self.reactor, "192.0.2.1", 0, PUBLIC
         )
+
+
+class CodecTests(SynchronousTestCase):
+    def test_result(self) -> None:
+        """
+        The codec's result, for L{udptime.client.query}: the time read, the
+        round trip, and the request and verified response in C{details}.
+        """
+        codec = RoughtimeClientCodec(PUBLIC)
+        self.assertEqual((codec.name, codec.defaultPort), ("roughtime", 5319))
+        packet, state = codec.buildRequest(NOW)
+        result = codec.parseReply(respond(packet), state, NOW - 1, NOW + 1, *SERVER)
+        self.assertEqual(result.serverTime, round(NOW))
+        self.assertEqual(result.delay, 2.0)
+        self.assertEqual(result.offset, round(NOW) - NOW)
+        self.assertEqual(result.details["request"], state)
+        self.assertEqual(result.details["verified"].radius, 3)
+        self.assertIn("UTC ± 3 s", result.text)
+        self.assertIn("RFC 10049", result.text)
+
+    def test_otherNonceIsNotOurs(self) -> None:
+        from udptime.query import ReplyMismatch
+
+        codec = RoughtimeClientCodec(PUBLIC)
+        _, state = codec.buildRequest(NOW)
+        other = respond(rt.buildRequest(PUBLIC).packet)
+        self.assertRaises(
+            ReplyMismatch, codec.parseReply, other, state, NOW, NOW, *SERVER
+        )
+
+    def test_refusesUnknownVersion(self) -> None:
+        self.assertRaises(ValueError, RoughtimeClientCodec, PUBLIC, (7,))
 
 
 def startServer(
@@ -332,7 +320,7 @@ class NetworkTests(TestCase):
         """
         server, port = startServer(self, seededKey(8))
         d = roughtimeQuery(reactor, "127.0.0.1", port, PUBLIC, timeout=0.2, tries=2)
-        yield self.assertFailure(d, RoughtimeTimeout)
+        yield self.assertFailure(d, QueryTimeout)
         self.assertEqual(server.responder.dropped[rt.DropReason.SERVER], 2)
 
     @defer.inlineCallbacks
@@ -351,8 +339,6 @@ class NetworkTests(TestCase):
         chain: Chain = yield chainQuery(reactor, servers)
         self.assertEqual([link.name for link in chain.links], ["honest", "ahead"] * 2)
         self.assertEqual(chain.violations, [(1, 2)])
-        from udptime.roughtimechain import reportFor
-
         verdict = verifyReport(json.dumps(reportFor(chain.links)))
         self.assertEqual(verdict.violations, ((1, 2),))
 
@@ -366,7 +352,7 @@ class NetworkTests(TestCase):
         d = chainQuery(reactor, servers, timeout=0.2, tries=1)
         error = yield self.assertFailure(d, ChainError)
         self.assertEqual((error.server, error.position), ("silent", 1))
-        self.assertIsInstance(error.reason, RoughtimeTimeout)
+        self.assertIsInstance(error.reason, QueryTimeout)
 
     def test_chainArguments(self) -> None:
         self.assertRaises(ValueError, chainQuery, reactor, [])

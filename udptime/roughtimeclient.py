@@ -1,7 +1,8 @@
 """
 Asking Roughtime servers, with Twisted: L{roughtimeQuery} for one server,
 L{chainQuery} for several in a chain.  The checking is L{udptime.roughtime}'s
-and L{udptime.roughtimechain}'s; this module sends, waits and retries::
+and L{udptime.roughtimechain}'s, the I/O L{udptime.client.query}'s, through
+L{RoughtimeClientCodec}::
 
     from twisted.internet import task
     from udptime.roughtimeclient import roughtimeQuery
@@ -13,35 +14,44 @@ and L{udptime.roughtimechain}'s; this module sends, waits and retries::
     task.react(main)
 
 Each try sends a new request (a new nonce, or a new C{rand} for a chained
-one) from a new unconnected socket, and waits longer than the last: the
-tries back off by a factor of 1.5, as RFC 10049 §5 asks.  A datagram from
-another address, or answering another nonce, is ignored; a response that
-fails verification ends its try at once, and when no try gets a valid
-response the query fails with the last verification error, so a server that
-always sends a bad signature is reported as such rather than as silent.
+one) and waits longer than the last: the tries back off by a factor of 1.5,
+as RFC 10049 §5 asks.  A datagram from another address, or answering
+another nonce, is ignored; a response that fails verification ends its try
+at once, and when no try gets a valid response the query fails with the
+last verification error, so that a server that always sends a bad signature
+is reported as such rather than as silent.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from datetime import UTC, datetime
+from typing import Final
 
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.protocol import DatagramProtocol
-from twisted.python.failure import Failure
+from twisted.internet.defer import Deferred
 
+from udptime.client import QueryReactor, query
 from udptime.clock import WallClock, systemClock
+from udptime.query import (
+    QueryError,
+    QueryResult,
+    QueryTimeout,
+    ReplyMismatch,
+    estimateOffset,
+    formatHostPort,
+)
 from udptime.roughtime import (
     DEFAULT_CLIENT_VERSIONS,
+    ROUGHTIME_PORT,
     ClientRequest,
     NonceMismatch,
     RoughtimeVerificationError,
     Verified,
     buildRequest,
     verifyResponse,
+    versionName,
 )
 from udptime.roughtimechain import (
     BLIND_SIZE,
@@ -54,54 +64,94 @@ from udptime.roughtimechain import (
 BACKOFF: Final = 1.5
 """Each try waits this many times longer than the one before."""
 
-MAX_RESPONSE: Final = 65535
-"""Receive buffer of the client's sockets."""
 
-
-class RoughtimeQueryError(Exception):
+def describe(verified: Verified) -> str:
     """
-    Base of the errors a query fails with other than verification errors
-    (L{udptime.roughtime.RoughtimeVerificationError}).
+    A response's time for people: the UTC time and radius, MIDP, version.
     """
+    when = datetime.fromtimestamp(verified.midpoint, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    legacy = ", draft 19's signature strings" if verified.legacyContexts else ""
+    return (
+        f"{when} UTC ± {verified.radius} s (MIDP {verified.midpoint},"
+        f" {versionName(verified.version)}{legacy})"
+    )
 
 
-class RoughtimeTimeout(RoughtimeQueryError):
+class RoughtimeClientCodec:
     """
-    No try got a response.
-    """
+    Roughtime's client side for L{udptime.client.query}: a request naming
+    the server's long-term key, and its response verified with that key.
 
+    The state of a request is its L{ClientRequest}.  A response to another
+    nonce is not ours (L{ReplyMismatch}); any other failure ends the query
+    with its L{RoughtimeVerificationError}.  A result's C{details} hold the
+    C{request} and what the response says (C{verified}).
 
-class _Port(Protocol):
-    def write(self, datagram: bytes, addr: tuple[str, int]) -> None: ...
-
-    def stopListening(self) -> Deferred[None] | None: ...
-
-
-class _Timer(Protocol):
-    def active(self) -> bool: ...
-
-    def cancel(self) -> None: ...
-
-
-class RoughtimeReactor(Protocol):
-    """
-    What the queries use of a reactor: UDP ports, timers and the host name
-    lookup of C{IReactorCore.resolve}.
+    @ivar publicKey: the server's long-term public key.
+    @ivar versions: the versions offered.
+    @ivar previous: for chained requests, the previous response packet:
+        each request's nonce is then derived from it and a new C{rand}.
     """
 
-    def listenUDP(
+    name = "roughtime"
+    defaultPort = ROUGHTIME_PORT
+
+    def __init__(
         self,
+        publicKey: bytes,
+        versions: Sequence[int] = DEFAULT_CLIENT_VERSIONS,
+        previous: bytes | None = None,
+    ) -> None:
+        """
+        @raise ValueError: a version not spoken here.
+        """
+        buildRequest(publicKey, versions)
+        self.publicKey = publicKey
+        self.versions = tuple(versions)
+        self.previous = previous
+
+    def buildRequest(self, sentAt: float) -> tuple[bytes, ClientRequest]:
+        """
+        A new request, and itself as the state to check its response with.
+        """
+        if self.previous is None:
+            request = buildRequest(self.publicKey, self.versions)
+        else:
+            blind = os.urandom(BLIND_SIZE)
+            nonce = chainNonce(self.previous, blind)
+            request = buildRequest(self.publicKey, self.versions, nonce, blind)
+        return request.packet, request
+
+    def parseReply(
+        self,
+        data: bytes,
+        state: ClientRequest,
+        sentAt: float,
+        receivedAt: float,
+        host: str,
         port: int,
-        protocol: DatagramProtocol,
-        interface: str = "",
-        maxPacketSize: int = 8192,
-    ) -> _Port: ...
+    ) -> QueryResult:
+        """
+        Verify the response to the request C{state}.
 
-    def callLater(
-        self, delay: float, callable: Callable[..., object], *args: object
-    ) -> _Timer: ...
-
-    def resolve(self, name: str, timeout: Sequence[int] = ...) -> Deferred[str]: ...
+        @raise ReplyMismatch: it answers another nonce.
+        @raise RoughtimeVerificationError: it is not valid.
+        """
+        try:
+            verified = verifyResponse(state, data, self.publicKey)
+        except NonceMismatch as e:
+            raise ReplyMismatch(str(e)) from None
+        return QueryResult(
+            protocol=self.name,
+            host=host,
+            port=port,
+            reply=data,
+            text=describe(verified),
+            serverTime=float(verified.midpoint),
+            delay=receivedAt - sentAt,
+            offset=estimateOffset(verified.midpoint, sentAt, receivedAt),
+            details={"request": state, "verified": verified},
+        )
 
 
 @dataclass(frozen=True)
@@ -109,14 +159,15 @@ class RoughtimeResult:
     """
     A valid response and what it tells.
 
-    @ivar host: the address asked.
+    @ivar host: the address it came from.
     @ivar port: the port asked.
     @ivar publicKey: the long-term key it was verified with.
     @ivar request: the request sent.
     @ivar response: the response packet.
     @ivar verified: what the response says.
-    @ivar sentAt: our clock when the request was sent.
-    @ivar receivedAt: our clock when the response arrived.
+    @ivar delay: the round trip, in seconds.
+    @ivar offset: the server's time minus ours at the middle of the round
+        trip, in seconds.
     """
 
     host: str
@@ -125,195 +176,51 @@ class RoughtimeResult:
     request: ClientRequest
     response: bytes
     verified: Verified
-    sentAt: float
-    receivedAt: float
-
-    @property
-    def delay(self) -> float:
-        """
-        The round trip, in seconds.
-        """
-        return self.receivedAt - self.sentAt
-
-    @property
-    def offset(self) -> float:
-        """
-        The server's time minus ours at the middle of the round trip.
-        """
-        return self.verified.midpoint - (self.sentAt + self.receivedAt) / 2
+    delay: float
+    offset: float
 
 
-class _Receiver(DatagramProtocol):
-    noisy = False
-
-    def __init__(self, exchange: _Exchange, attempt: int) -> None:
-        self.exchange = exchange
-        self.attempt = attempt
-
-    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
-        self.exchange.received(self.attempt, datagram, addr)
-
-
-def _sameAddress(a: tuple[str, int], b: tuple[str, int]) -> bool:
-    if a[1] != b[1]:
-        return False
-    try:
-        first, second = ipaddress.ip_address(a[0]), ipaddress.ip_address(b[0])
-    except ValueError:
-        return False
-    if isinstance(first, ipaddress.IPv6Address) and first.ipv4_mapped:
-        first = first.ipv4_mapped
-    return first == second
-
-
-class _Exchange:
-    """
-    One query in progress.
-    """
-
-    def __init__(
-        self,
-        reactor: RoughtimeReactor,
-        port: int,
-        publicKey: bytes,
-        makeRequest: Callable[[], ClientRequest],
-        timeout: float,
-        tries: int,
-        clock: WallClock,
-    ) -> None:
-        self.reactor = reactor
-        self.portNumber = port
-        self.publicKey = publicKey
-        self.makeRequest = makeRequest
-        self.timeout = timeout
-        self.tries = tries
-        self.clock = clock
-        self.deferred: Deferred[RoughtimeResult] = Deferred(self._cancel)
-        self.host = ""
-        self.attempts = 0
-        self.finished = False
-        self.port: _Port | None = None
-        self.timer: _Timer | None = None
-        self.request: ClientRequest | None = None
-        self.sentAt = 0.0
-        self.rejection: RoughtimeVerificationError | None = None
-
-    def start(self, host: str) -> None:
+async def _tries(
+    reactor: QueryReactor,
+    host: str,
+    port: int,
+    codec: RoughtimeClientCodec,
+    timeout: float,
+    tries: int,
+    clock: WallClock,
+) -> RoughtimeResult:
+    rejection: RoughtimeVerificationError | None = None
+    for attempt in range(tries):
+        wait = timeout * BACKOFF**attempt
         try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            resolving = self.reactor.resolve(host)
-            resolving.addCallbacks(self._resolved, self._finish)
-            return
-        self._resolved(host)
-
-    def _resolved(self, host: str) -> None:
-        if self.finished:
-            return
-        self.host = host
-        self._try()
-
-    def _try(self) -> None:
-        self.attempts += 1
-        try:
-            self.request = self.makeRequest()
-            self.port = self.reactor.listenUDP(
-                0,
-                _Receiver(self, self.attempts),
-                interface="::" if ":" in self.host else "0.0.0.0",
-                maxPacketSize=MAX_RESPONSE,
-            )
-            self.sentAt = self.clock()
-            self.port.write(self.request.packet, (self.host, self.portNumber))
-        except Exception as e:
-            self._finish(RoughtimeQueryError(f"cannot send the request: {e}"))
-            return
-        wait = self.timeout * BACKOFF ** (self.attempts - 1)
-        self.timer = self.reactor.callLater(wait, self._endTry)
-
-    def received(self, attempt: int, datagram: bytes, addr: Any) -> None:
-        if self.finished or attempt != self.attempts or self.request is None:
-            return
-        receivedAt = self.clock()
-        if not _sameAddress(addr, (self.host, self.portNumber)):
-            return
-        try:
-            verified = verifyResponse(self.request, datagram, self.publicKey)
-        except NonceMismatch:
-            return
+            result = await query(reactor, host, codec, port, wait, 1, clock)
+        except QueryTimeout:
+            continue
         except RoughtimeVerificationError as e:
-            self.rejection = e
-            self._stopTimer()
-            self._endTry()
-            return
-        self._finish(
-            RoughtimeResult(
-                host=self.host,
-                port=self.portNumber,
-                publicKey=self.publicKey,
-                request=self.request,
-                response=datagram,
-                verified=verified,
-                sentAt=self.sentAt,
-                receivedAt=receivedAt,
-            )
+            rejection = e
+            continue
+        request = result.details["request"]
+        verified = result.details["verified"]
+        assert isinstance(request, ClientRequest) and isinstance(verified, Verified)
+        return RoughtimeResult(
+            host=result.host,
+            port=result.port,
+            publicKey=codec.publicKey,
+            request=request,
+            response=result.reply,
+            verified=verified,
+            delay=result.delay,
+            offset=float(result.offset or 0.0),
         )
-
-    def _endTry(self) -> None:
-        self.timer = None
-        if self.attempts < self.tries:
-            closing = self._closePort()
-            closing.addCallback(lambda _: None if self.finished else self._try())
-            closing.addErrback(self._finish)
-            return
-        if self.rejection is not None:
-            self._finish(self.rejection)
-            return
-        tries = "try" if self.attempts == 1 else "tries"
-        where = f"[{self.host}]" if ":" in self.host else self.host
-        self._finish(
-            RoughtimeTimeout(
-                f"no response from {where}:{self.portNumber} after"
-                f" {self.attempts} {tries}"
-            )
-        )
-
-    def _closePort(self) -> Deferred[None]:
-        port, self.port = self.port, None
-        if port is None:
-            return succeed(None)
-        stopping = port.stopListening()
-        return succeed(None) if stopping is None else stopping
-
-    def _stopTimer(self) -> None:
-        timer, self.timer = self.timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
-
-    def _finish(self, outcome: RoughtimeResult | BaseException | Failure) -> None:
-        if self.finished:
-            return
-        self.finished = True
-        self._stopTimer()
-
-        def deliver(_: object) -> None:
-            if self.deferred.called:
-                return
-            if isinstance(outcome, RoughtimeResult):
-                self.deferred.callback(outcome)
-            else:
-                self.deferred.errback(outcome)
-
-        self._closePort().addBoth(deliver)
-
-    def _cancel(self, deferred: Deferred[RoughtimeResult]) -> None:
-        self.finished = True
-        self._stopTimer()
-        self._closePort()
+    if rejection is not None:
+        raise rejection
+    trySays = "try" if tries == 1 else "tries"
+    where = formatHostPort(host, port)
+    raise QueryTimeout(f"no response from {where} after {tries} {trySays}")
 
 
 def roughtimeQuery(
-    reactor: RoughtimeReactor,
+    reactor: QueryReactor,
     host: str,
     port: int,
     publicKey: bytes,
@@ -328,8 +235,7 @@ def roughtimeQuery(
     Ask the Roughtime server at C{host} and C{port} for the time, and
     verify its response with its long-term C{publicKey}.
 
-    @param host: an IPv4 or IPv6 address, or a host name (looked up with
-        C{reactor.resolve}, which gives IPv4 addresses).
+    @param host: an IPv4 or IPv6 address, or a host name.
     @param versions: the versions to offer.
     @param previous: for a chained request, the previous response packet:
         the nonce is then derived from it and a new random C{rand} per try.
@@ -338,9 +244,9 @@ def roughtimeQuery(
     @param tries: how many requests to send at most.
     @param clock: our wall clock, which times the round trip.
     @return: a L{Deferred} firing with a L{RoughtimeResult}, or failing
-        with L{RoughtimeTimeout}, with the verification error
+        with the verification error
         (L{udptime.roughtime.RoughtimeVerificationError}) of the last
-        response rejected, or with L{RoughtimeQueryError}.
+        response rejected, with L{QueryTimeout}, or with L{QueryError}.
     @raise ValueError: C{timeout}, C{tries}, C{port} or C{versions} are out
         of range.
     """
@@ -350,20 +256,13 @@ def roughtimeQuery(
         raise ValueError(f"tries must be at least 1, not {tries!r}")
     if not 0 < port < 65536:
         raise ValueError(f"port must be from 1 to 65535, not {port!r}")
-    buildRequest(publicKey, versions)  # check the versions before any I/O
-
-    def makeRequest() -> ClientRequest:
-        if previous is None:
-            return buildRequest(publicKey, versions)
-        blind = os.urandom(BLIND_SIZE)
-        return buildRequest(publicKey, versions, chainNonce(previous, blind), blind)
-
-    exchange = _Exchange(reactor, port, publicKey, makeRequest, timeout, tries, clock)
-    exchange.start(host)
-    return exchange.deferred
+    codec = RoughtimeClientCodec(publicKey, versions, previous)
+    return Deferred.fromCoroutine(
+        _tries(reactor, host, port, codec, timeout, tries, clock)
+    )
 
 
-class ChainError(RoughtimeQueryError):
+class ChainError(QueryError):
     """
     A server of the chain gave no valid response: the measurement fails.
 
@@ -400,7 +299,7 @@ class Chain:
 
 
 async def _chain(
-    reactor: RoughtimeReactor,
+    reactor: QueryReactor,
     servers: Sequence[ServerEntry],
     rounds: int,
     timeout: float,
@@ -425,7 +324,7 @@ async def _chain(
                     tries=tries,
                     clock=clock,
                 )
-            except (RoughtimeQueryError, RoughtimeVerificationError) as e:
+            except (QueryError, RoughtimeVerificationError) as e:
                 raise ChainError(server.name, len(links), e) from e
             previous = result.response
             results.append(result)
@@ -442,7 +341,7 @@ async def _chain(
 
 
 def chainQuery(
-    reactor: RoughtimeReactor,
+    reactor: QueryReactor,
     servers: Sequence[ServerEntry],
     *,
     rounds: int = 2,

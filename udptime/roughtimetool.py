@@ -20,15 +20,20 @@ import binascii
 import json
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any, NoReturn
 
+from twisted.internet import task
+
+# The udptime command's checks of numbers, for the same messages.
+from udptime.cli import _atLeastOne as atLeastOne
+from udptime.cli import _port as portNumber
+from udptime.cli import _positive as positiveNumber
+from udptime.query import QueryError
 from udptime.roughtime import (
     DEFAULT_CLIENT_VERSIONS,
     ROUGHTIME_PORT,
     VERSIONS,
     RoughtimeVerificationError,
-    Verified,
     versionName,
 )
 from udptime.roughtimechain import (
@@ -39,6 +44,7 @@ from udptime.roughtimechain import (
     reportFor,
     verifyReport,
 )
+from udptime.roughtimeclient import ChainError, chainQuery, describe, roughtimeQuery
 from udptime.roughtimekeys import (
     KeyFileError,
     loadLongTermKey,
@@ -88,45 +94,6 @@ def _versions(text: str) -> tuple[int, ...]:
     return tuple(numbers)
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
-    return value
-
-
-def _port(text: str) -> int:
-    value = _count(text)
-    if value > 65535:
-        raise argparse.ArgumentTypeError(f"not a port: {text!r}")
-    return value
-
-
-def describe(verified: Verified) -> str:
-    """
-    A response's time for people: the UTC time and radius, MIDP, version.
-    """
-    when = datetime.fromtimestamp(verified.midpoint, UTC).strftime("%Y-%m-%d %H:%M:%S")
-    legacy = ", draft 19's signature strings" if verified.legacyContexts else ""
-    return (
-        f"{when} UTC ± {verified.radius} s (MIDP {verified.midpoint},"
-        f" {versionName(verified.version)}{legacy})"
-    )
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="udptime-roughtime",
@@ -143,18 +110,18 @@ def _parser() -> argparse.ArgumentParser:
     def timing(command: argparse.ArgumentParser) -> None:
         command.add_argument(
             "--timeout",
-            type=_positive,
+            type=positiveNumber,
             default=1.0,
             help="seconds to wait for the first try; later tries wait 1.5 times"
             " longer than the one before (default: 1)",
         )
         command.add_argument(
-            "--tries", type=_count, default=3, help="requests to send (default: 3)"
+            "--tries", type=atLeastOne, default=3, help="requests to send (default: 3)"
         )
 
     query = commands.add_parser("query", help="ask one server")
     query.add_argument("host")
-    query.add_argument("port", nargs="?", type=_port, default=ROUGHTIME_PORT)
+    query.add_argument("port", nargs="?", type=portNumber, default=ROUGHTIME_PORT)
     query.add_argument(
         "--public-key", type=_publicKey, required=True, help="its long-term key"
     )
@@ -176,7 +143,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="ask this server (repeat, in order; default: every server listed)",
     )
-    chain.add_argument("--rounds", type=_count, default=2, help="default: 2")
+    chain.add_argument("--rounds", type=atLeastOne, default=2, help="default: 2")
     chain.add_argument(
         "--report",
         default=DEFAULT_REPORT,
@@ -232,7 +199,6 @@ def _react(function: Any, *arguments: Any) -> NoReturn:
     Run C{function(reactor, *arguments)} on the reactor and exit with the
     status it returns.
     """
-    from twisted.internet import task
 
     async def main(reactor: Any) -> None:
         raise SystemExit(await function(reactor, *arguments))
@@ -241,8 +207,6 @@ def _react(function: Any, *arguments: Any) -> NoReturn:
 
 
 async def _query(reactor: Any, options: argparse.Namespace) -> int:
-    from udptime.roughtimeclient import RoughtimeQueryError, roughtimeQuery
-
     try:
         result = await roughtimeQuery(
             reactor,
@@ -256,7 +220,7 @@ async def _query(reactor: Any, options: argparse.Namespace) -> int:
     except RoughtimeVerificationError as e:
         print(f"udptime-roughtime: rejected: {e.reason}: {e}", file=sys.stderr)
         return EXIT_FAILED
-    except RoughtimeQueryError as e:
+    except QueryError as e:
         print(f"udptime-roughtime: {e}", file=sys.stderr)
         return EXIT_FAILED
     print(
@@ -290,8 +254,6 @@ def _chainServers(path: str, names: list[str] | None) -> list[ServerEntry]:
 async def _chain(
     reactor: Any, options: argparse.Namespace, servers: list[ServerEntry]
 ) -> int:
-    from udptime.roughtimeclient import ChainError, chainQuery
-
     try:
         chain = await chainQuery(
             reactor,
