@@ -323,19 +323,28 @@ class GreaseTests(SynchronousTestCase):
             except rt.RoughtimeVerificationError as e:
                 outcomes[type(e).__name__] += 1
                 continue
+            # Grease that only adds undefined tags (or adds one and takes it
+            # away again) leaves a valid response, with the right time.
             outcomes["accepted"] += 1
-            # Only an added undefined tag leaves a response valid.
-            self.assertTrue(verified.unknownTags, "a greased response accepted")
+            if verified.unknownTags:
+                outcomes["accepted with undefined tags"] += 1
             self.assertLessEqual(
                 abs(verified.midpoint - time.time()), verified.radius + 1
             )
-        self.assertEqual(sum(outcomes.values()), self.QUERIES)
-        self.assertGreater(outcomes["accepted"], 0, outcomes)
+        accepted = outcomes["accepted with undefined tags"]
+        self.assertEqual(sum(outcomes.values()) - accepted, self.QUERIES)
+        self.assertGreater(accepted, 0, outcomes)
         self.assertGreater(outcomes["BadSignature"], 0, outcomes)
         self.assertGreater(outcomes["UnofferedVersion"], 0, outcomes)
         self.assertGreater(outcomes["MalformedResponse"], 0, outcomes)
         self.assertLessEqual(
             set(outcomes),
-            {"accepted", "BadSignature", "UnofferedVersion", "MalformedResponse"},
+            {
+                "accepted",
+                "accepted with undefined tags",
+                "BadSignature",
+                "UnofferedVersion",
+                "MalformedResponse",
+            },
             outcomes,
         )

@@ -846,13 +846,7 @@ def _respondTree(
     """
     Answer the requests of one Merkle tree, writing into C{responses}.
     """
-    sha512 = hashlib.sha512
-    leaves = [
-        sha512(b"\x00" + (r.packet if r.version.leafFromRequest else r.nonce)).digest()[
-            :HASH_SIZE
-        ]
-        for _, r in accepted
-    ]
+    leaves = [r.version.leaf(r.packet, r.nonce) for _, r in accepted]
     levels = merkleLevels(leaves)
     root = levels[-1][0]
     height = len(levels) - 1
@@ -866,7 +860,7 @@ def _respondTree(
                 version, radius, midpoint, root, height * HASH_SIZE, delegation
             )
             layouts[version.number] = layout
-        path = b"".join([levels[h][(index >> h) ^ 1] for h in range(height)])
+        path = merklePath(levels, index)
         response = b"".join(
             (layout.head, request.nonce, layout.middle, path, layout.tail, pack(index))
         )
