@@ -695,7 +695,7 @@ def merklePath(levels: Sequence[Sequence[bytes]], index: int) -> bytes:
     The PATH of leaf C{index}: its sibling on each level below the root.
     """
     return b"".join(
-        levels[height][(index >> height) ^ 1] for height in range(len(levels) - 1)
+        [levels[height][(index >> height) ^ 1] for height in range(len(levels) - 1)]
     )
 
 
