@@ -787,6 +787,33 @@ def respondBatch(
 ) -> list[bytes | None]:
     """
     Answer a batch of request datagrams received together, with one
+    signature per version among them (usually one for the whole batch), as
+    L{answerBatch} does, counting the datagrams dropped by reason.
+
+    @param dropped: counts the datagrams dropped, by L{DropReason}.
+    @return: the response to each datagram, or L{None} for those dropped.
+    @raise ValueError: as L{answerBatch}.
+    """
+    answers = answerBatch(requests, now, radius, delegation)
+    responses: list[bytes | None] = []
+    for answer in answers:
+        if isinstance(answer, DropReason):
+            if dropped is not None:
+                dropped[answer] += 1
+            responses.append(None)
+        else:
+            responses.append(answer)
+    return responses
+
+
+def answerBatch(
+    requests: Sequence[bytes],
+    now: float,
+    radius: int,
+    delegation: Delegation,
+) -> list[bytes | DropReason]:
+    """
+    Answer a batch of request datagrams received together, with one
     signature per version among them (usually one for the whole batch).
 
     The requests answered become the leaves of one Merkle tree (several for
@@ -800,8 +827,7 @@ def respondBatch(
     @param now: the time of processing, Unix seconds.
     @param radius: RADI in seconds (see L{radiusFor}).
     @param delegation: the online key and its certificates, valid for MIDP.
-    @param dropped: counts the datagrams dropped, by L{DropReason}.
-    @return: the response to each datagram, or L{None} for those dropped.
+    @return: the response to each datagram, or why it is dropped.
     @raise ValueError: C{radius} is not from 1 to 2^32 - 1, or the
         delegation does not cover MIDP.
     """
@@ -813,15 +839,14 @@ def respondBatch(
             f"MIDP {midpoint} is outside the delegation"
             f" {delegation.minTime}..{delegation.maxTime}"
         )
-    responses: list[bytes | None] = [None] * len(requests)
+    answers: list[bytes | DropReason] = []
     accepted: list[tuple[int, Request]] = []
     srv = delegation.srv
     for position, packet in enumerate(requests):
         parsed = parseRequest(packet, srv)
+        answers.append(parsed if isinstance(parsed, DropReason) else b"")
         if isinstance(parsed, Request):
             accepted.append((position, parsed))
-        elif dropped is not None:
-            dropped[parsed] += 1
     treeSize = 1 << MAX_TREE_HEIGHT
     for first in range(0, len(accepted), treeSize):
         _respondTree(
@@ -829,10 +854,9 @@ def respondBatch(
             midpoint,
             radius,
             delegation,
-            responses,
-            dropped,
+            answers,
         )
-    return responses
+    return answers
 
 
 def _respondTree(
@@ -840,11 +864,10 @@ def _respondTree(
     midpoint: int,
     radius: int,
     delegation: Delegation,
-    responses: list[bytes | None],
-    dropped: Counter[DropReason] | None,
+    answers: list[bytes | DropReason],
 ) -> None:
     """
-    Answer the requests of one Merkle tree, writing into C{responses}.
+    Answer the requests of one Merkle tree, writing into C{answers}.
     """
     leaves = [r.version.leaf(r.packet, r.nonce) for _, r in accepted]
     levels = merkleLevels(leaves)
@@ -865,10 +888,9 @@ def _respondTree(
             (layout.head, request.nonce, layout.middle, path, layout.tail, pack(index))
         )
         if len(response) > len(request.packet):
-            if dropped is not None:
-                dropped[DropReason.OVERSIZE] += 1
-            continue
-        responses[position] = response
+            answers[position] = DropReason.OVERSIZE
+        else:
+            answers[position] = response
 
 
 # The client side.
