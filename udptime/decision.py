@@ -72,6 +72,15 @@ protocol, the time not known)."""
 MALFORMED: Final = Refusal(counters.MALFORMED)
 """No reply to a request the codec rejected."""
 
+HELD: Final = Refusal(counters.RECEIVED)
+"""
+Not decided yet: the datagram is held until the port has read its whole
+receive batch, then decided with the others held
+(L{UDPServerProtocol.decideBatch<udptime.server.UDPServerProtocol.decideBatch>}:
+Roughtime signs a batch of requests at once).  Nothing is counted under
+it; the decision made for the batch is.
+"""
+
 
 def errorReply(reply: bytes) -> Refusal:
     """

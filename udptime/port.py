@@ -466,6 +466,10 @@ class Batched(Reader):
                     )
                 else:
                     answered += handle(datagram, addr, received)
+            if replies.held:
+                # Decided now, while the batch's receive slots still hold
+                # their sources (the next receive reuses them).
+                answered += replies.decideHeld()
             if batch.queued:
                 replies.sendQueued(fd)
             if got < wanted:

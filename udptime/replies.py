@@ -28,6 +28,13 @@ What is counted, and when:
     datagram, which the kernel reports once, on the next send);
   - C{internalErrors}: an exception out of C{decide}, which is a bug: caught
     here, and logged through the protocol's bounded-rate log.
+
+A protocol that decides about a batch of requests at once (Roughtime, which
+signs them together) answers C{decide} with L{HELD<udptime.decision.HELD>}:
+the path keeps the datagram, and once the port has read its receive batch
+(L{decideHeld}, called by L{tally}, or by the batched reader before it sends
+its queue) asks the protocol's C{decideBatch} about all the datagrams held,
+then carries out each decision as C{handle} does, counted the same way.
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ from twisted.internet.error import MessageLengthError
 
 from udptime import counters
 from udptime.address import Address
-from udptime.decision import Decision, Refusal
+from udptime.decision import HELD, Decision, Refusal
 
 if TYPE_CHECKING:
     from udptime.mmsg import MessageBatch
@@ -54,6 +61,9 @@ _SEND_ERRORS: Final = (OSError, MessageLengthError)
 turns C{EMSGSIZE} into L{MessageLengthError})."""
 
 _ANSWERED: Final = counters.ANSWERED
+
+_Held: TypeAlias = tuple[bytes, Address, float, "Ancillary | None", "int | None"]
+"""A held datagram: the arguments it was handled with."""
 
 
 def _notQueued(reply: bytes, slot: int) -> bool:
@@ -85,6 +95,8 @@ class ReplyPath:
         <udptime.server.UDPServerProtocol.transmitTimestamps>}).
     @ivar queue: queues a reply to the source of a batch slot: whether it
         was queued (it never is when not L{queueing}).
+    @ivar held: the datagrams the protocol decided to decide about with the
+        rest of their receive batch (L{HELD}), until L{decideHeld}.
     """
 
     def __init__(
@@ -108,6 +120,7 @@ class ReplyPath:
         self.queue: Callable[[bytes, int], bool] = _notQueued
         if batch is not None and self.queueing:
             self.queue = batch.queue
+        self.held: list[_Held] = []
 
     def handle(
         self,
@@ -138,6 +151,9 @@ class ReplyPath:
             self.failed(data, addr, received)
             return 0
         if decision.__class__ is not bytes:
+            if decision is HELD:
+                self.held.append((data, addr, received, ancillary, slot))
+                return 0
             # A Refusal (which mypy does not infer from the class; isinstance
             # would cost three times as much, on every datagram).
             reply = self.refused(decision, addr, ancillary, slot)  # type: ignore[arg-type]
@@ -280,11 +296,51 @@ class ReplyPath:
         if lost:
             counts[counters.SEND_FAILED] += lost
 
+    def decideHeld(self) -> int:
+        """
+        Ask the protocol about the datagrams it held (L{HELD}) all at once
+        (C{decideBatch}, with the latest of their receive times), then carry
+        out and count each decision as L{handle} does.  An exception out of
+        C{decideBatch} (a bug) counts each of them as an internal error.
+
+        @return: the answers sent at once, as L{handle}'s.
+        """
+        held, self.held = self.held, []
+        protocol = self.protocol
+        latest = max(received for _, _, received, _, _ in held)
+        try:
+            decisions = protocol.decideBatch([data for data, *_ in held], latest)
+            if len(decisions) != len(held):
+                raise ValueError(
+                    f"{len(decisions)} decisions for {len(held)} datagrams"
+                )
+        except Exception:
+            for data, addr, received, _, _ in held:
+                self.failed(data, addr, received)
+            return 0
+        each = iter(decisions)
+
+        def decided(data: bytes, addr: Address, received: float) -> Decision:
+            decision = next(each)
+            if self.verbose:
+                self.logDecision(data, addr, decision)
+            return decision
+
+        # handle() once more for each, with its decision already made.
+        decide, self.decide = self.decide, decided
+        try:
+            return sum(self.handle(*arguments) for arguments in held)
+        finally:
+            self.decide = decide
+
     def tally(self, received: int, answered: int) -> None:
         """
         Count the C{received} datagrams of a read, and the C{answered} of
-        them whose answers L{handle} sent at once.
+        them whose answers L{handle} sent at once; first decide about the
+        datagrams of the read that were held (L{decideHeld}).
         """
+        if self.held:
+            answered += self.decideHeld()
         counts = self.counts
         counts[counters.RECEIVED] += received
         counts[_ANSWERED] += answered
@@ -303,7 +359,8 @@ class ReplyPath:
         mode).
         """
         decision = self.protocol.decide(data, addr, received)
-        self.logDecision(data, addr, decision)
+        if decision is not HELD:
+            self.logDecision(data, addr, decision)
         return decision
 
     def logDecision(self, data: bytes, addr: Address, decision: Decision) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Sequence
 from datetime import tzinfo
 from typing import Any, ClassVar, Final
 
@@ -184,6 +185,18 @@ class UDPServerProtocol(DatagramProtocol):
         @param received: Unix time at which the datagram was received.
         """
         raise NotImplementedError(type(self).__name__ + ".respond")
+
+    def decideBatch(
+        self, datagrams: Sequence[bytes], received: float
+    ) -> list[Decision]:
+        """
+        The decisions about C{datagrams}, which L{respond} held
+        (L{HELD<udptime.decision.HELD>}) until the port had read their
+        receive batch, in the same order; C{received} is the latest of
+        their receive times.  Only a protocol whose L{respond} holds
+        datagrams implements it (Roughtime: one signature per batch).
+        """
+        raise NotImplementedError(type(self).__name__ + ".decideBatch")
 
     def refused(self, data: bytes, addr: Address, received: float) -> bytes | None:
         """
