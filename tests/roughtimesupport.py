@@ -7,16 +7,21 @@ that alters responses in flight.
 
 from __future__ import annotations
 
+import os
+import shutil
 import struct
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from twisted.internet.protocol import DatagramProtocol
+from twisted.trial.unittest import SynchronousTestCase
 
 from udptime import roughtime as rt
 from udptime.clock import ClockState, Leap
+from udptime.roughtimekeys import writeNewKey
 
 NOW = 1_800_000_000.25
 """A fixed time of processing for unit tests."""
@@ -201,3 +206,14 @@ class TamperingProxy(DatagramProtocol):
         else:
             self.client = addr
             self.transport.write(datagram, self.server)
+
+
+def newKeyFile(test: SynchronousTestCase) -> tuple[str, Ed25519PrivateKey]:
+    """
+    A new long-term key file in a directory removed when C{test} ends: its
+    path and key.
+    """
+    directory = tempfile.mkdtemp(prefix="udptime-roughtime-")
+    test.addCleanup(shutil.rmtree, directory, ignore_errors=True)
+    path = os.path.join(directory, "roughtime.key")
+    return path, writeNewKey(path)

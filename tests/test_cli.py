@@ -38,6 +38,9 @@ from udptime.server import TextTimeServer
 from udptime.services import SERVICES
 from udptime.text import TextClientCodec
 
+KEY = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
+"""A Roughtime public key for C{--public-key} (the bytes 0 to 31)."""
+
 
 def result(**changes: Any) -> QueryResult:
     fields: dict[str, Any] = {
@@ -152,14 +155,40 @@ class ArgumentTests(SynchronousTestCase):
         C{--protocol} speaks every service of the table, asking its standard
         port; the text protocol is the default, on port 5000.
         """
-        self.assertEqual(set(SERVICES), {"text", "ntp", "time", "daytime", "echo"})
+        self.assertEqual(
+            set(SERVICES), {"text", "ntp", "time", "daytime", "echo", "roughtime"}
+        )
         for name, service in SERVICES.items():
             with self.subTest(name=name):
-                options = parseArguments(["h", "--protocol", name])
+                key = [] if service.makeKeyedCodec is None else ["--public-key", KEY]
+                options = parseArguments(["h", "--protocol", name, *key])
                 self.assertEqual(options.codec.name, name)
                 client = Client(None, options, io.StringIO(), io.StringIO())  # type: ignore[arg-type]
                 self.assertEqual(client.port, service.standardPort)
         self.assertEqual(SERVICES[cli.DEFAULT_PROTOCOL].standardPort, 5000)
+
+    def test_publicKey(self) -> None:
+        """
+        C{--public-key} gives the Roughtime codec the server's key; the
+        protocol needs it, the others refuse it, and a key that is not 32
+        bytes of base64 is a usage error.
+        """
+        options = parseArguments(["h", "-P", "roughtime", "--public-key", KEY])
+        self.assertEqual(options.codec.publicKey, bytes(range(32)))
+        cases = [
+            (["h", "-P", "roughtime"], "needs the server's public key"),
+            (["h", "-P", "ntp", "--public-key", KEY], "takes no public key"),
+            (["h", "-P", "roughtime", "--public-key", "AAAA"], "is 32 bytes"),
+            (["h", "-P", "roughtime", "--public-key", "!"], "is not base64"),
+            (
+                ["h", "-P", "roughtime", "--public-key", KEY, "x"],
+                "request takes no words",
+            ),
+        ]
+        for argv, message in cases:
+            with self.subTest(argv=argv):
+                error = self.assertRaises(UsageError, parseArguments, argv)
+                self.assertIn(message, str(error))
 
     def test_requestWords(self) -> None:
         """

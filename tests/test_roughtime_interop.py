@@ -35,7 +35,7 @@ from tests.roughtimesupport import (
 )
 from tests.test_roughtimeclient import startServer
 from udptime import roughtime as rt
-from udptime.query import QueryTimeout
+from udptime.reading import QueryTimeout
 from udptime.roughtimeclient import roughtimeQuery
 from udptime.roughtimekeys import OnlineKey
 from udptime.roughtimeserver import RoughtimeResponder, RoughtimeServer

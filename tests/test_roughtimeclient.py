@@ -29,7 +29,7 @@ from tests.roughtimesupport import (
 )
 from tests.test_client import SERVER, FakeReactor
 from udptime import roughtime as rt
-from udptime.query import QueryError, QueryTimeout
+from udptime.reading import QueryError, QueryTimeout
 from udptime.roughtimechain import ServerEntry, chainNonce, reportFor, verifyReport
 from udptime.roughtimeclient import (
     Chain,
@@ -233,30 +233,33 @@ class QueryTests(SynchronousTestCase):
 class CodecTests(SynchronousTestCase):
     def test_result(self) -> None:
         """
-        The codec's result, for L{udptime.client.query}: the time read, the
-        round trip, and the request and verified response in C{details}.
+        The codec's reading, for L{udptime.client.query}: the time read
+        (the round trip is the query's), and what the response says in
+        C{details}; the codec keeps the request and the verified response.
         """
         codec = RoughtimeClientCodec(PUBLIC)
         self.assertEqual((codec.name, codec.defaultPort), ("roughtime", 5319))
         packet, state = codec.buildRequest(NOW)
-        result = codec.parseReply(respond(packet), state, NOW - 1, NOW + 1, *SERVER)
+        result = codec.parseReply(respond(packet), state, NOW - 1, NOW + 1)
         self.assertEqual(result.serverTime, round(NOW))
-        self.assertEqual(result.delay, 2.0)
+        self.assertIsNone(result.delay)
         self.assertEqual(result.offset, round(NOW) - NOW)
-        self.assertEqual(result.details["request"], state)
-        self.assertEqual(result.details["verified"].radius, 3)
+        self.assertEqual(result.details["radius"], 3)
+        self.assertEqual(result.details["version"], "RFC 10049")
+        self.assertEqual(result.details["pathLength"], 0)
+        assert codec.accepted is not None
+        self.assertEqual(codec.accepted[0], state)
+        self.assertEqual(codec.accepted[1].radius, 3)
         self.assertIn("UTC ± 3 s", result.text)
         self.assertIn("RFC 10049", result.text)
 
     def test_otherNonceIsNotOurs(self) -> None:
-        from udptime.query import ReplyMismatch
+        from udptime.reading import ReplyMismatch
 
         codec = RoughtimeClientCodec(PUBLIC)
         _, state = codec.buildRequest(NOW)
         other = respond(rt.buildRequest(PUBLIC).packet)
-        self.assertRaises(
-            ReplyMismatch, codec.parseReply, other, state, NOW, NOW, *SERVER
-        )
+        self.assertRaises(ReplyMismatch, codec.parseReply, other, state, NOW, NOW)
 
     def test_refusesUnknownVersion(self) -> None:
         self.assertRaises(ValueError, RoughtimeClientCodec, PUBLIC, (7,))

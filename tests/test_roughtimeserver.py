@@ -1,12 +1,18 @@
 """
-Tests for L{udptime.roughtimeserver}: the responder's decisions and the
-standalone datagram protocol.
+Tests for L{udptime.roughtimeserver}: the responder's decisions, and the
+service's protocol on both ports, with batch signing.
 """
 
 from __future__ import annotations
 
+import socket
 from collections import Counter
+from collections.abc import Callable
+from typing import Any
+from unittest import SkipTest
 
+from twisted.internet import reactor
+from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.roughtimesupport import (
@@ -19,8 +25,12 @@ from tests.roughtimesupport import (
 from tests.support import RecordingTransport
 from udptime import roughtime as rt
 from udptime.clock import ClockState
+from udptime.policy import AccessRule, Policy
+from udptime.port import ServerPort, batchingAvailable
 from udptime.roughtimekeys import OnlineKey
 from udptime.roughtimeserver import RoughtimeResponder, RoughtimeServer
+from udptime.service import bindUDPSocket
+from udptime.services import SERVICES
 
 LONG_TERM = seededKey(1)
 PUBLIC = publicBytes(LONG_TERM)
@@ -88,12 +98,23 @@ class ResponderTests(SynchronousTestCase):
         )
 
 
+def server(
+    state: Callable[[float], ClockState] = lambda now: synchronised(),
+    policy: Policy | None = None,
+    verbose: bool = False,
+) -> RoughtimeServer:
+    responder = RoughtimeResponder(OnlineKey(LONG_TERM), state)
+    return RoughtimeServer(responder, clock=lambda: NOW, policy=policy, verbose=verbose)
+
+
 class ServerTests(SynchronousTestCase):
+    """
+    The protocol on Twisted's generic port: each datagram a batch of one,
+    decided, sent and counted by the reply path.
+    """
+
     def setUp(self) -> None:
-        self.responder = RoughtimeResponder(
-            OnlineKey(LONG_TERM), lambda now: synchronised()
-        )
-        self.server = RoughtimeServer(self.responder, clock=lambda: NOW)
+        self.server = server()
         self.transport = RecordingTransport()
         self.server.makeConnection(self.transport)
 
@@ -105,23 +126,196 @@ class ServerTests(SynchronousTestCase):
         self.assertEqual(
             rt.verifyResponse(request, response, PUBLIC).midpoint, round(NOW)
         )
+        counters = self.server.counters
+        self.assertEqual((counters.received, counters.answered), (1, 1))
+        self.assertEqual(self.server.responder.batches, 1)
 
     def test_drops(self) -> None:
-        for datagram in (b"", b"x" * 2000, rt.buildRequest(PUBLIC).packet[:1000]):
+        """
+        Short datagrams are dropped before the batch, requests that are not
+        Roughtime counted as malformed, others dropped: none answered.
+        """
+        other = rt.buildRequest(publicBytes(seededKey(3))).packet
+        for datagram in (
+            b"",
+            rt.buildRequest(PUBLIC).packet[:1000],
+            b"x" * 2000,
+            other,
+        ):
             self.server.datagramReceived(datagram, ("192.0.2.1", 40000))
         self.assertEqual(self.transport.written, [])
-        self.assertEqual(sum(self.responder.dropped.values()), 3)
+        counters = self.server.counters
+        self.assertEqual(
+            (counters.received, counters.dropped, counters.malformed), (4, 3, 1)
+        )
+        self.assertEqual(
+            self.server.responder.dropped,
+            Counter(
+                {
+                    rt.DropReason.SHORT: 2,
+                    rt.DropReason.MALFORMED: 1,
+                    rt.DropReason.SERVER: 1,
+                }
+            ),
+        )
+
+    def test_unsynchronised(self) -> None:
+        """
+        While the clock is not synchronised every request is dropped.
+        """
+        quiet = server(lambda now: unsynchronised())
+        transport = RecordingTransport()
+        quiet.makeConnection(transport)
+        quiet.datagramReceived(rt.buildRequest(PUBLIC).packet, ("192.0.2.1", 1))
+        self.assertEqual(transport.written, [])
+        self.assertEqual(quiet.counters.dropped, 1)
+        self.assertEqual(quiet.responder.unsynchronised, 1)
+
+    def test_policy(self) -> None:
+        """
+        The admission policy decides before the batch: a denied source is
+        counted as denied, a source past its burst as limited.
+        """
+        policy = SERVICES["roughtime"].policy(
+            rate=1.0,
+            burst=2,
+            rules=[(r.allow, r.network) for r in AccessRule.parse(False, "192.0.2.66")],
+        )
+        limited = server(policy=policy)
+        transport = RecordingTransport()
+        limited.makeConnection(transport)
+        for source in ("192.0.2.66", "192.0.2.1", "192.0.2.1", "192.0.2.1"):
+            limited.datagramReceived(rt.buildRequest(PUBLIC).packet, (source, 1))
+        counters = limited.counters
+        self.assertEqual(
+            (counters.denied, counters.limited, counters.answered), (1, 1, 2)
+        )
+        self.assertEqual(len(transport.written), 2)
 
     def test_failureContained(self) -> None:
         """
-        A failure while answering is counted and logged, never raised.
+        A failure while answering is counted as an internal error and
+        logged, never raised.
         """
 
         def broken(now: float) -> ClockState:
             raise ZeroDivisionError()
 
-        self.responder.clockState = broken
+        self.server.responder.clockState = broken
         self.server.datagramReceived(rt.buildRequest(PUBLIC).packet, ("192.0.2.1", 1))
-        self.assertEqual(self.server.failures, 1)
+        self.assertEqual(self.server.counters.internalErrors, 1)
         self.assertEqual(self.transport.written, [])
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    def test_verbose(self) -> None:
+        """
+        In verbose mode a held request is logged once, with its decision.
+        """
+        events: list[dict[str, Any]] = []
+        loud = server(verbose=True)
+        loud.log = Logger(observer=events.append)
+        loud.makeConnection(RecordingTransport())
+        loud.datagramReceived(rt.buildRequest(PUBLIC).packet, ("192.0.2.1", 1))
+        (event,) = [e for e in events if "size" in e]
+        self.assertEqual(event["size"], 1036)
+        self.assertLess(event["replySize"], 1036)
+
+
+class BatchSigningTests(SynchronousTestCase):
+    """
+    On udptime's port, the requests read in one receive batch are answered
+    with one Merkle tree and one signature, whichever way the port reads.
+    Each test queues datagrams in the server's socket (on loopback a
+    datagram is there when C{sendto} returns), then calls C{doRead} itself.
+    """
+
+    def setUp(self) -> None:
+        self.client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.client.bind(("127.0.0.1", 0))
+        self.client.settimeout(5.0)
+        self.addCleanup(self.client.close)
+
+    def serve(self, protocol: RoughtimeServer, **settings: Any) -> ServerPort:
+        sock = bindUDPSocket("127.0.0.1", 0)
+        try:
+            port = ServerPort.adopt(reactor, sock, protocol, 65535, **settings)
+        finally:
+            sock.close()
+        self.addCleanup(port.stopListening)
+        return port
+
+    def exchange(self, port: ServerPort, packets: list[bytes]) -> list[bytes]:
+        target = ("127.0.0.1", port.getHost().port)
+        for packet in packets:
+            self.client.sendto(packet, target)
+        port.doRead()
+        return [self.client.recv(65535) for _ in packets]
+
+    def assertOneTree(self, **settings: Any) -> None:
+        protocol = server()
+        port = self.serve(protocol, **settings)
+        requests = [rt.buildRequest(PUBLIC) for _ in range(20)]
+        responses = self.exchange(port, [r.packet for r in requests])
+        byNonce = {r.nonce: r for r in requests}
+        roots = set()
+        for response in responses:
+            nonce = rt.decodeMessage(rt.unframePacket(response))[rt.NONC]
+            verified = rt.verifyResponse(byNonce.pop(nonce), response, PUBLIC)
+            self.assertEqual(verified.pathLength, 5)
+            roots.add(rt.decodeMessage(rt.unframePacket(response))[rt.SIG])
+        self.assertEqual(len(roots), 1)
+        self.assertEqual(protocol.responder.batches, 1)
+        counters = protocol.counters
+        self.assertEqual((counters.received, counters.answered), (20, 20))
+
+    def test_batched(self) -> None:
+        """
+        C{recvmmsg}: the batch read by one call, its responses sent
+        together.
+        """
+        if not batchingAvailable():
+            raise SkipTest("no recvmmsg/sendmmsg on this system")
+        self.assertOneTree(batched=True)
+
+    def test_oneAtATime(self) -> None:
+        """
+        C{recvfrom}: the datagrams read in one wake-up.
+        """
+        self.assertOneTree(batched=False)
+
+    def test_withControl(self) -> None:
+        """
+        C{recvmsg} with control messages: the datagrams read in one
+        wake-up.
+        """
+        self.assertOneTree(batched=False, replyFromDestination=True)
+
+    def test_mixedBatch(self) -> None:
+        """
+        In a batch, short datagrams and refused requests are counted and
+        left unanswered; the others share one signature.
+        """
+        if not batchingAvailable():
+            raise SkipTest("no recvmmsg/sendmmsg on this system")
+        protocol = server()
+        port = self.serve(protocol, batched=True)
+        good = [rt.buildRequest(PUBLIC) for _ in range(3)]
+        target = ("127.0.0.1", port.getHost().port)
+        for packet in (good[0].packet, b"short", good[1].packet, b"x" * 1100):
+            self.client.sendto(packet, target)
+        self.client.sendto(good[2].packet, target)
+        port.doRead()
+        responses = [self.client.recv(65535) for _ in good]
+        for request, response in zip(good, responses, strict=True):
+            self.assertEqual(rt.verifyResponse(request, response, PUBLIC).pathLength, 2)
+        counters = protocol.counters
+        self.assertEqual(
+            (
+                counters.received,
+                counters.answered,
+                counters.dropped,
+                counters.malformed,
+            ),
+            (5, 3, 1, 1),
+        )
+        self.assertEqual(protocol.responder.batches, 1)

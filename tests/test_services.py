@@ -12,6 +12,7 @@ import sys
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.roughtimesupport import newKeyFile
 from tests.test_security import documentedFactors
 from udptime.policy import LOOPED, ReplyMemory
 from udptime.server import UDPServerProtocol
@@ -27,6 +28,13 @@ def parse(*arguments: str) -> Options:
     return options
 
 
+def roughtimeKeyFile(test: SynchronousTestCase) -> str:
+    """
+    A new Roughtime long-term key file, for C{--roughtime-key}.
+    """
+    return newKeyFile(test)[0]
+
+
 class TableTests(SynchronousTestCase):
     """
     Each entry of L{SERVICES} is complete and consistent.
@@ -34,9 +42,11 @@ class TableTests(SynchronousTestCase):
 
     def test_names(self) -> None:
         """
-        The table holds udptime's five services, each under its name.
+        The table holds udptime's six services, each under its name.
         """
-        self.assertEqual(list(SERVICES), ["text", "ntp", "time", "daytime", "echo"])
+        self.assertEqual(
+            list(SERVICES), ["text", "ntp", "time", "daytime", "echo", "roughtime"]
+        )
         for name, service in SERVICES.items():
             self.assertEqual(service.name, name)
 
@@ -45,21 +55,36 @@ class TableTests(SynchronousTestCase):
         Each entry makes its service's protocol, which logs and counts
         under the service's name.
         """
-        options = parse()
+        options = parse(*self.roughtimeKey())
         for name, service in SERVICES.items():
             with self.subTest(name=name):
                 protocol = service.makeServer(options)
                 self.assertIsInstance(protocol, UDPServerProtocol)
                 self.assertEqual(protocol.serviceName, name)
 
+    def roughtimeKey(self) -> list[str]:
+        """
+        The options that run Roughtime on port 2002 with a new key file.
+        """
+        return ["--roughtime-port=2002", f"--roughtime-key={roughtimeKeyFile(self)}"]
+
     def test_codecs(self) -> None:
         """
         Each entry makes its protocol's client codec, which asks the
         standard port; words are refused by a protocol whose request takes
-        none.
+        none; a public key is needed by a protocol whose codec takes one,
+        and refused by the others.
         """
+        key = bytes(32)
         for name, service in SERVICES.items():
             with self.subTest(name=name):
+                if service.makeKeyedCodec is not None:
+                    self.assertRaises(ValueError, service.clientCodec)
+                    codec = service.clientCodec("", key)
+                    self.assertEqual(codec.name, name)
+                    self.assertRaises(ValueError, service.clientCodec, "x", key)
+                    continue
+                self.assertRaises(ValueError, service.clientCodec, "", key)
                 codec = service.clientCodec()
                 self.assertEqual(codec.name, name)
                 self.assertEqual(codec.defaultPort, service.standardPort)
@@ -114,7 +139,8 @@ class DerivedTests(SynchronousTestCase):
             self.assertEqual(options[service.portOption], service.defaultPort)
         self.assertEqual(options.enabledPorts(), {"text": 5000})
         options = parse(
-            *(f"--{s.portOption}=1{i}00" for i, s in enumerate(SERVICES.values()))
+            *(f"--{s.portOption}=1{i}00" for i, s in enumerate(SERVICES.values())),
+            f"--roughtime-key={roughtimeKeyFile(self)}",
         )
         self.assertEqual(
             options.enabledPorts(),
@@ -127,7 +153,7 @@ class DerivedTests(SynchronousTestCase):
         protocol its entry makes, with the policy of its profile.
         """
         ports = [f"--{s.portOption}=1{i}00" for i, s in enumerate(SERVICES.values())]
-        top = makeService(parse(*ports))
+        top = makeService(parse(*ports, f"--roughtime-key={roughtimeKeyFile(self)}"))
         for name in SERVICES:
             with self.subTest(name=name):
                 protocol = top.getServiceNamed(name).protocol  # type: ignore[attr-defined]

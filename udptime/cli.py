@@ -46,6 +46,7 @@ from udptime.reading import (
     ServerReplyError,
 )
 from udptime.resolver import DaemonThreadResolver
+from udptime.roughtimekeys import parsePublicKey
 from udptime.services import SERVICES
 
 DEFAULT_PROTOCOL = "text"
@@ -119,6 +120,13 @@ def _port(value: str) -> int:
 
 DEFAULT_INTERVAL: Final = 1.0
 """Seconds between the queries of C{--count}, unless C{--interval} says."""
+
+
+def _publicKey(value: str) -> bytes:
+    try:
+        return parsePublicKey(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{e}: {value!r}") from None
 
 
 def buildParser() -> argparse.ArgumentParser:
@@ -227,6 +235,13 @@ def buildParser() -> argparse.ArgumentParser:
         help=f"the protocol to speak: {protocolNames} (default: {DEFAULT_PROTOCOL})",
     )
     parser.add_argument(
+        "--public-key",
+        type=_publicKey,
+        metavar="KEY",
+        help="roughtime: the server's long-term public key (base64), with "
+        "which its signed answers are checked",
+    )
+    parser.add_argument(
         "--version",
         action="version",
         version=__version__,
@@ -275,7 +290,7 @@ def parseArguments(argv: Sequence[str]) -> argparse.Namespace:
     # Build one codec now, so that words the protocol cannot send are a
     # usage error before anything is sent.
     try:
-        options.codec = protocol.clientCodec(options.request)
+        options.codec = protocol.clientCodec(options.request, options.public_key)
     except ValueError as e:
         raise UsageError(str(e)) from None
     return options
@@ -571,7 +586,11 @@ class Client:
                     # is what the server asked us not to do.
                     break
                 await self._pause(self.options.interval)
-                await self.ask(self.protocol.clientCodec(self.options.request))
+                await self.ask(
+                    self.protocol.clientCodec(
+                        self.options.request, self.options.public_key
+                    )
+                )
         return EXIT_FAILED if self.failures else 0
 
     async def _askWords(self, words: str) -> None:
@@ -580,7 +599,7 @@ class Client:
         outcome; words the protocol cannot send are a failed request.
         """
         try:
-            codec = self.protocol.clientCodec(words)
+            codec = self.protocol.clientCodec(words, self.options.public_key)
         except ValueError as e:
             self._printError(failureKind(e), str(e))
             return

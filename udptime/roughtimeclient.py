@@ -24,6 +24,7 @@ is reported as such rather than as silent.
 
 from __future__ import annotations
 
+import base64
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,15 +33,16 @@ from typing import Final
 
 from twisted.internet.defer import Deferred
 
+from udptime.address import formatAddress
 from udptime.client import QueryReactor, query
 from udptime.clock import WallClock, systemClock
-from udptime.query import (
+from udptime.reading import (
+    BadReply,
     QueryError,
-    QueryResult,
     QueryTimeout,
+    Reading,
     ReplyMismatch,
     estimateOffset,
-    formatHostPort,
 )
 from udptime.roughtime import (
     DEFAULT_CLIENT_VERSIONS,
@@ -77,6 +79,23 @@ def describe(verified: Verified) -> str:
     )
 
 
+class RoughtimeRejected(BadReply):
+    """
+    The server's response fails verification: a query with
+    L{udptime.client.query} ends with this error, whose message names the
+    server and the check that failed.
+
+    @ivar error: the verification error.
+    """
+
+    def __init__(self, error: RoughtimeVerificationError) -> None:
+        super().__init__(
+            f"sent a Roughtime response that fails verification ({error.reason}):"
+            f" {error}"
+        )
+        self.error = error
+
+
 class RoughtimeClientCodec:
     """
     Roughtime's client side for L{udptime.client.query}: a request naming
@@ -84,13 +103,17 @@ class RoughtimeClientCodec:
 
     The state of a request is its L{ClientRequest}.  A response to another
     nonce is not ours (L{ReplyMismatch}); any other failure ends the query
-    with its L{RoughtimeVerificationError}.  A result's C{details} hold the
-    C{request} and what the response says (C{verified}).
+    with L{RoughtimeRejected}, which carries the
+    L{RoughtimeVerificationError}.  A reading's C{details} say what the
+    response says: C{radius}, C{version}, C{midpoint}, C{minTime} and
+    C{maxTime} (the delegation), C{onlineKey}, C{pathLength}.
 
     @ivar publicKey: the server's long-term public key.
     @ivar versions: the versions offered.
     @ivar previous: for chained requests, the previous response packet:
         each request's nonce is then derived from it and a new C{rand}.
+    @ivar accepted: the request and what the response says, of the last
+        response accepted; L{None} before one is.
     """
 
     name = "roughtime"
@@ -109,6 +132,7 @@ class RoughtimeClientCodec:
         self.publicKey = publicKey
         self.versions = tuple(versions)
         self.previous = previous
+        self.accepted: tuple[ClientRequest, Verified] | None = None
 
     def buildRequest(self, sentAt: float) -> tuple[bytes, ClientRequest]:
         """
@@ -128,29 +152,34 @@ class RoughtimeClientCodec:
         state: ClientRequest,
         sentAt: float,
         receivedAt: float,
-        host: str,
-        port: int,
-    ) -> QueryResult:
+    ) -> Reading:
         """
         Verify the response to the request C{state}.
 
         @raise ReplyMismatch: it answers another nonce.
-        @raise RoughtimeVerificationError: it is not valid.
+        @raise RoughtimeRejected: it is not valid.
         """
         try:
             verified = verifyResponse(state, data, self.publicKey)
         except NonceMismatch as e:
             raise ReplyMismatch(str(e)) from None
-        return QueryResult(
-            protocol=self.name,
-            host=host,
-            port=port,
-            reply=data,
+        except RoughtimeVerificationError as e:
+            raise RoughtimeRejected(e) from None
+        self.accepted = (state, verified)
+        return Reading(
             text=describe(verified),
             serverTime=float(verified.midpoint),
-            delay=receivedAt - sentAt,
             offset=estimateOffset(verified.midpoint, sentAt, receivedAt),
-            details={"request": state, "verified": verified},
+            details={
+                "radius": verified.radius,
+                "resolution": 1,
+                "version": versionName(verified.version),
+                "midpoint": verified.midpoint,
+                "minTime": verified.minTime,
+                "maxTime": verified.maxTime,
+                "onlineKey": base64.b64encode(verified.onlineKey).decode("ascii"),
+                "pathLength": verified.pathLength,
+            },
         )
 
 
@@ -196,12 +225,11 @@ async def _tries(
             result = await query(reactor, host, codec, port, wait, 1, clock)
         except QueryTimeout:
             continue
-        except RoughtimeVerificationError as e:
-            rejection = e
+        except RoughtimeRejected as e:
+            rejection = e.error
             continue
-        request = result.details["request"]
-        verified = result.details["verified"]
-        assert isinstance(request, ClientRequest) and isinstance(verified, Verified)
+        assert codec.accepted is not None
+        request, verified = codec.accepted
         return RoughtimeResult(
             host=result.host,
             port=result.port,
@@ -215,7 +243,7 @@ async def _tries(
     if rejection is not None:
         raise rejection
     trySays = "try" if tries == 1 else "tries"
-    where = formatHostPort(host, port)
+    where = formatAddress(host, port)
     raise QueryTimeout(f"no response from {where} after {tries} {trySays}")
 
 

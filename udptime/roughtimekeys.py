@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from twisted.python import usage
 
 from udptime.roughtime import Delegation, makeDelegation, midpointFor
 
@@ -104,6 +105,53 @@ def loadLongTermKey(path: str) -> Ed25519PrivateKey:
         return parseLongTermKey(data)
     except KeyFileError as e:
         raise KeyFileError(f"{path}: {e}") from None
+
+
+def parsePublicKey(text: str) -> bytes:
+    """
+    A server's long-term public key from its base64 text, as server lists
+    and C{udptime-roughtime keygen} give it.
+
+    @raise ValueError: not base64, or not 32 bytes.
+    """
+    try:
+        key = base64.b64decode(text, validate=True)
+    except binascii.Error:
+        raise ValueError("the public key is not base64") from None
+    if len(key) != 32:
+        raise ValueError("an Ed25519 public key is 32 bytes")
+    return key
+
+
+def roughtimeKeyOption(port: int, path: str | None) -> Ed25519PrivateKey | None:
+    """
+    The long-term key C{twistd udptime} serves Roughtime with, from its
+    C{--roughtime-port} and C{--roughtime-key} options: read from C{path}
+    when the service runs (C{port} not 0), L{None} when it does not.
+
+    @raise usage.UsageError: the service runs without a key file, a key
+        file is given for a service that does not run, or the file cannot
+        be read or holds no key read here.
+    """
+    if not port:
+        if path is not None:
+            raise usage.UsageError(
+                "--roughtime-key is for Roughtime: give --roughtime-port"
+            )
+        return None
+    if path is None:
+        raise usage.UsageError(
+            "--roughtime-port needs --roughtime-key FILE "
+            "('udptime-roughtime keygen FILE' makes one)"
+        )
+    try:
+        return loadLongTermKey(path)
+    except KeyFileError as e:
+        raise usage.UsageError(f"--roughtime-key: {e}") from None
+    except OSError as e:
+        raise usage.UsageError(
+            f"--roughtime-key: cannot read {path}: {e.strerror or e}"
+        ) from None
 
 
 def publicKeyText(key: Ed25519PrivateKey) -> str:

@@ -1,8 +1,10 @@
 """
 Serving Roughtime: L{RoughtimeResponder} decides the responses to a batch of
-datagrams (a whole receive batch of a port, or one datagram), and
-L{RoughtimeServer} is a plain L{DatagramProtocol} that answers each datagram
-as a batch of one::
+datagrams, and L{RoughtimeServer} is the service's protocol: it holds each
+admitted request until the port has read its whole receive batch, then has
+the batch answered at once, with one Merkle tree and one signature (see
+L{udptime.replies} for how a port holds and decides them).  On Twisted's
+own port (C{listenUDP}) each datagram is a batch of one::
 
     from twisted.internet import reactor
     from udptime.clock import ClockSource
@@ -11,8 +13,12 @@ as a batch of one::
 
     online = OnlineKey(loadLongTermKey("/etc/udptime/roughtime.key"))
     responder = RoughtimeResponder(online, ClockSource().state)
-    reactor.listenUDP(2002, RoughtimeServer(responder))
+    reactor.listenUDP(5319, RoughtimeServer(responder))
     reactor.run()
+
+Under C{twistd udptime --roughtime-port N --roughtime-key FILE} it is one of
+the services of L{udptime.services.SERVICES}, behind the same admission
+policy and counters as the others.
 
 The responder answers only while the clock state is synchronised (see
 L{udptime.roughtime.radiusFor}): a Roughtime response is a signed promise.
@@ -22,25 +28,21 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Final
 
-from twisted.internet.protocol import DatagramProtocol
-from twisted.logger import Logger
-
+from udptime.address import Address, formatAddress
 from udptime.clock import ClockState, WallClock, systemClock
-from udptime.policy import RateLimiter
+from udptime.decision import DROPPED, HELD, MALFORMED, Decision
+from udptime.policy import Policy
 from udptime.roughtime import (
     DEFAULT_RADIUS_FLOOR,
+    MIN_REQUEST_SIZE,
     DropReason,
+    answerBatch,
     radiusFor,
-    respondBatch,
 )
-from udptime.roughtimekeys import OnlineKey
-
-LOG_RATE = 0.2
-"""Log lines per second about dropped datagrams, sustained."""
-LOG_BURST = 10
-"""Log lines about dropped datagrams written back to back."""
+from udptime.roughtimekeys import OnlineKey, publicKeyText
+from udptime.server import UDPServerProtocol
 
 
 class RoughtimeResponder:
@@ -84,67 +86,128 @@ class RoughtimeResponder:
         processed at Unix time C{now}, or L{None} for those dropped: all of
         them while the clock is not synchronised.
         """
+        return [
+            answer if isinstance(answer, bytes) else None
+            for answer in self.answer(datagrams, now)
+        ]
+
+    def answer(
+        self, datagrams: Sequence[bytes], now: float
+    ) -> list[bytes | DropReason] | list[Unsynchronised]:
+        """
+        The response to each of C{datagrams}, received together and
+        processed at Unix time C{now}, or why it is dropped: the
+        L{DropReason}, or for all of them L{UNSYNCHRONISED} while the clock
+        is not synchronised.  Each is counted.
+        """
         radius = radiusFor(self.clockState(now), self.radiusFloor)
         if radius is None:
             self.unsynchronised += len(datagrams)
-            return [None] * len(datagrams)
+            return [UNSYNCHRONISED] * len(datagrams)
         delegation = self.onlineKey.current(now)
-        responses = respondBatch(datagrams, now, radius, delegation, self.dropped)
-        answered = len(responses) - responses.count(None)
+        answers = answerBatch(datagrams, now, radius, delegation)
+        answered = 0
+        dropped = self.dropped
+        for answer in answers:
+            if isinstance(answer, DropReason):
+                dropped[answer] += 1
+            else:
+                answered += 1
         self.answered += answered
         if answered:
             self.batches += 1
-        return responses
+        return answers
 
 
-class RoughtimeServer(DatagramProtocol):
+class Unsynchronised:
     """
-    A Roughtime server on a Twisted UDP port: each datagram is answered, or
-    dropped, as a batch of one.
+    The type of L{UNSYNCHRONISED}.
+    """
+
+    def __repr__(self) -> str:
+        return "UNSYNCHRONISED"
+
+
+UNSYNCHRONISED: Final = Unsynchronised()
+"""Why every datagram of a batch is dropped while the clock is not
+synchronised."""
+
+
+class RoughtimeServer(UDPServerProtocol):
+    """
+    Roughtime (RFC 10049): requests of at least
+    L{MIN_REQUEST_SIZE<udptime.roughtime.MIN_REQUEST_SIZE>} bytes admitted
+    by the policy are held (L{HELD}) until their receive batch is read, then
+    answered together (L{decideBatch}); shorter datagrams are dropped at
+    once.  A datagram that is not a request this server answers is counted
+    as malformed (not a Roughtime request) or dropped (a version not spoken,
+    another server's key, a response that would outgrow its request, the
+    clock not synchronised), and logged at a bounded rate.
 
     @ivar responder: decides the responses.
-    @ivar clock: the wall clock.
-    @ivar failures: datagrams on which the responder failed (bugs).
     """
 
-    log = Logger()
+    serviceName = "roughtime"
 
     def __init__(
-        self, responder: RoughtimeResponder, clock: WallClock = systemClock
+        self,
+        responder: RoughtimeResponder,
+        *,
+        clock: WallClock = systemClock,
+        verbose: bool = False,
+        policy: Policy | None = None,
     ) -> None:
+        super().__init__(clock=clock, verbose=verbose, policy=policy)
         self.responder = responder
-        self.clock = clock
-        self.failures = 0
-        self._logLimit = RateLimiter(LOG_RATE, LOG_BURST)
 
-    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+    def startProtocol(self) -> None:
         """
-        Answer C{datagram}, to the address it came from.
+        Log the long-term public key clients need, as the service starts.
         """
-        now = self.clock()
-        responder = self.responder
-        before = sum(responder.dropped.values()) + responder.unsynchronised
-        try:
-            (response,) = responder.respond([datagram], now)
-        except Exception:
-            self.failures += 1
-            if self._logLimit.admit(now):
-                self.log.failure(
-                    "Roughtime: failed to answer a datagram from {addr}", addr=addr
-                )
-            return
-        if response is None:
-            if self._logLimit.admit(now):
-                reasons = {str(k): v for k, v in responder.dropped.items()}
-                reasons["unsynchronised"] = responder.unsynchronised
-                self.log.info(
-                    "Roughtime: dropped a datagram of {size} bytes from {addr}"
-                    " ({total} dropped so far: {reasons})",
-                    size=len(datagram),
-                    addr=addr,
-                    total=before + 1,
-                    reasons=", ".join(f"{k} {v}" for k, v in sorted(reasons.items())),
-                )
-            return
-        assert self.transport is not None
-        self.transport.write(response, addr)
+        super().startProtocol()
+        self.log.info(
+            "{service}: long-term public key {publicKey}",
+            service=self.serviceName,
+            publicKey=publicKeyText(self.responder.onlineKey.longTermKey),
+        )
+
+    def respond(self, data: bytes, addr: Address, received: float) -> Decision:
+        if len(data) < MIN_REQUEST_SIZE:
+            self.responder.dropped[DropReason.SHORT] += 1
+            self.logDrop(received, len(data), addr, DropReason.SHORT)
+            return DROPPED
+        return HELD
+
+    def decideBatch(
+        self, datagrams: Sequence[bytes], received: float
+    ) -> list[Decision]:
+        """
+        Answer the held C{datagrams} together, at the latest of their
+        receive times: one Merkle tree and one signature for the batch.
+        """
+        decisions: list[Decision] = []
+        for data, answer in zip(
+            datagrams, self.responder.answer(datagrams, received), strict=True
+        ):
+            if isinstance(answer, bytes):
+                decisions.append(answer)
+                continue
+            decisions.append(MALFORMED if answer is DropReason.MALFORMED else DROPPED)
+            reason = "clock not synchronised" if answer is UNSYNCHRONISED else answer
+            self.logDrop(received, len(data), None, reason)
+        return decisions
+
+    def logDrop(
+        self, received: float, size: int, addr: Address | None, reason: object
+    ) -> None:
+        """
+        Log, at a bounded rate, a datagram of C{size} bytes dropped for
+        C{reason}.
+        """
+        self.logBadInput(
+            received,
+            "{service}: dropped {size} bytes{source}: {reason}",
+            size=size,
+            source="" if addr is None else f" from {formatAddress(*addr[:2])}",
+            reason=reason,
+        )

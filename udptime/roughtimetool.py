@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import binascii
 import json
 import sys
 from collections.abc import Sequence
@@ -28,7 +27,7 @@ from twisted.internet import task
 from udptime.cli import _atLeastOne as atLeastOne
 from udptime.cli import _port as portNumber
 from udptime.cli import _positive as positiveNumber
-from udptime.query import QueryError
+from udptime.reading import QueryError
 from udptime.roughtime import (
     DEFAULT_CLIENT_VERSIONS,
     ROUGHTIME_PORT,
@@ -48,6 +47,7 @@ from udptime.roughtimeclient import ChainError, chainQuery, describe, roughtimeQ
 from udptime.roughtimekeys import (
     KeyFileError,
     loadLongTermKey,
+    parsePublicKey,
     publicKeyText,
     writeNewKey,
 )
@@ -70,12 +70,9 @@ class _Failed(Exception):
 
 def _publicKey(text: str) -> bytes:
     try:
-        key = base64.b64decode(text, validate=True)
-    except binascii.Error:
-        raise argparse.ArgumentTypeError("the public key is not base64") from None
-    if len(key) != 32:
-        raise argparse.ArgumentTypeError("an Ed25519 public key is 32 bytes")
-    return key
+        return parsePublicKey(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _versions(text: str) -> tuple[int, ...]:

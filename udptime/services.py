@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from udptime import daytime, echo, ntp, rfc868, text
+from udptime import daytime, echo, ntp, rfc868, roughtime, text
 from udptime.clock import ClockSource
 from udptime.daytime import DaytimeClientCodec
 from udptime.echo import EchoClientCodec
@@ -23,6 +23,9 @@ from udptime.ntp import NTPClientCodec
 from udptime.policy import Policy, PolicyProfile
 from udptime.reading import ClientCodec
 from udptime.rfc868 import TimeClientCodec
+from udptime.roughtimeclient import RoughtimeClientCodec
+from udptime.roughtimekeys import OnlineKey
+from udptime.roughtimeserver import RoughtimeResponder, RoughtimeServer
 from udptime.server import (
     DaytimeServer,
     EchoServer,
@@ -41,6 +44,10 @@ Makes a service's server protocol from the twistd plugin's parsed options
 
 ClientCodecFactory = Callable[[str], ClientCodec]
 """Makes a protocol's client codec from the request words (C{""}: none)."""
+
+KeyedCodecFactory = Callable[[bytes], ClientCodec]
+"""Makes the client codec of a protocol whose requests name the server's
+public key (Roughtime), from that key."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,9 @@ class Service:
     @ivar amplification: the worst reply for a request, in bytes on the
         wire, for the documentation (the README's security section measures
         it).
+    @ivar makeKeyedCodec: for a protocol whose client must know the
+        server's public key (Roughtime), makes its client codec from that
+        key; L{None} for the others.
     """
 
     name: str
@@ -78,17 +88,29 @@ class Service:
     takesWords: bool
     profile: PolicyProfile
     amplification: str
+    makeKeyedCodec: KeyedCodecFactory | None = None
 
-    def clientCodec(self, words: str = "") -> ClientCodec:
+    def clientCodec(
+        self, words: str = "", publicKey: bytes | None = None
+    ) -> ClientCodec:
         """
-        The client codec for a request of C{words}.
+        The client codec for a request of C{words}, to a server whose public
+        key is C{publicKey} (for a protocol that needs it).
 
         @raise ValueError: the protocol's request takes no words, and some
-            were given, or the codec refuses them.
+            were given, or the codec refuses them; the protocol needs the
+            server's public key and none was given, or takes none and one
+            was.
         """
         if words.strip() and not self.takesWords:
             raise ValueError(f"the {self.name} protocol's request takes no words")
-        return self.makeCodec(words)
+        if self.makeKeyedCodec is None:
+            if publicKey is not None:
+                raise ValueError(f"the {self.name} protocol takes no public key")
+            return self.makeCodec(words)
+        if publicKey is None:
+            raise ValueError(f"the {self.name} protocol needs the server's public key")
+        return self.makeKeyedCodec(publicKey)
 
     def policy(self, **settings: Any) -> Policy:
         """
@@ -124,6 +146,18 @@ def _daytimeServer(options: Mapping[str, Any]) -> UDPServerProtocol:
 
 def _echoServer(options: Mapping[str, Any]) -> UDPServerProtocol:
     return EchoServer(verbose=options["verbose"])
+
+
+def _roughtimeServer(options: Mapping[str, Any]) -> UDPServerProtocol:
+    clockSource = ClockSource(options["local-stratum"], options["refid"])
+    responder = RoughtimeResponder(
+        OnlineKey(options["roughtime-long-term-key"]), clockSource.state
+    )
+    return RoughtimeServer(responder, verbose=options["verbose"])
+
+
+def _keyNeeded(words: str) -> ClientCodec:
+    raise ValueError("the roughtime protocol needs the server's public key")
 
 
 def _ntpCodec(words: str) -> ClientCodec:
@@ -207,6 +241,21 @@ SERVICES: Final[Mapping[str, Service]] = {
             takesWords=True,
             profile=PolicyProfile(loopGuard=True, replyMemory=True),
             amplification="n -> n bytes, at most 1472 (factor 1.00)",
+        ),
+        Service(
+            name="roughtime",
+            portOption="roughtime-port",
+            shortOption=None,
+            defaultPort=0,
+            standardPort=roughtime.ROUGHTIME_PORT,
+            description="Roughtime",
+            makeServer=_roughtimeServer,
+            makeCodec=_keyNeeded,
+            takesWords=False,
+            profile=PolicyProfile(loopGuard=False),
+            amplification="1024 -> at most 1024 bytes, never more than the "
+            "request (factor 1.00)",
+            makeKeyedCodec=RoughtimeClientCodec,
         ),
     )
 }

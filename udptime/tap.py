@@ -24,6 +24,7 @@ from udptime import __version__, policy, text, workers
 from udptime.ancillary import kernelTimestampsAvailable
 from udptime.clock import LOCAL_REFID
 from udptime.port import DEFAULT_KERNEL_TIMESTAMPS
+from udptime.roughtimekeys import roughtimeKeyOption
 from udptime.server import UDPServerProtocol
 from udptime.service import ALL_INTERFACES, ServiceCannotListen, UDPListenService
 from udptime.services import SERVICES
@@ -215,6 +216,15 @@ class Options(usage.Options):
                 + LOCAL_REFID.decode("ascii")
                 + ")",
                 _refid,
+            ],
+            [
+                "roughtime-key",
+                None,
+                None,
+                "Roughtime: the file holding the server's long-term Ed25519 "
+                "private key (base64 seed as 'udptime-roughtime keygen' or "
+                "'roughly server keygen' write, or PEM).",
+                str,
             ],
             [
                 "interface",
@@ -420,8 +430,18 @@ class Options(usage.Options):
             )
         if self["kernel-timestamps"] and not kernelTimestampsAvailable():
             raise usage.UsageError("this system has no kernel receive timestamps")
-        if not self["ntp-port"] and self["local-stratum"] is not None:
-            raise usage.UsageError("--local-stratum is for NTP: give --ntp-port")
+        if (
+            not self["ntp-port"]
+            and not self["roughtime-port"]
+            and self["local-stratum"] is not None
+        ):
+            raise usage.UsageError(
+                "--local-stratum is for NTP and Roughtime: give --ntp-port or "
+                "--roughtime-port"
+            )
+        self["roughtime-long-term-key"] = roughtimeKeyOption(
+            self["roughtime-port"], self["roughtime-key"]
+        )
         if self["local-stratum"] is None and self["refid"] is not None:
             raise usage.UsageError("--refid is sent with --local-stratum: give both")
         if self["refid"] is None:

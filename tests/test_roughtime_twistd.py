@@ -1,0 +1,277 @@
+"""
+Roughtime end to end: C{twistd udptime --roughtime-port N --roughtime-key
+FILE} asked by roughly's client and by C{udptime -P roughtime}, and
+C{udptime -P roughtime} asking roughly's server; the service's options and
+its admission policy.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import subprocess
+import time
+from typing import Any
+
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.roughlypeer import RoughlyServer, blockingQuery, roughlyPath
+from tests.roughtimesupport import newKeyFile
+from tests.support import TwistdServer, freePort, udptimePath
+from tests.test_security import summaryTotals
+from udptime import roughtime as rt
+from udptime.roughtimekeys import parsePublicKey, publicKeyText
+from udptime.tap import Options
+
+
+def startTwistd(
+    test: SynchronousTestCase, *extra: str
+) -> tuple[TwistdServer, int, str]:
+    """
+    C{twistd udptime} serving Roughtime alone on a free port of 127.0.0.1,
+    with a new key and a local stratum (the kernel here says its clock is
+    not synchronised); stopped when the test ends.
+
+    @return: the server, its port and its public key in base64.
+    """
+    path, key = newKeyFile(test)
+    port = freePort()
+    server = TwistdServer(
+        [
+            "--port=0",
+            f"--roughtime-port={port}",
+            f"--roughtime-key={path}",
+            "--local-stratum=2",
+            "--interface=127.0.0.1",
+            *extra,
+        ]
+    )
+    test.addCleanup(server.cleanup)
+    server.start()
+    return server, port, publicKeyText(key)
+
+
+def udptime(*arguments: str) -> subprocess.CompletedProcess[str]:
+    """
+    Run the C{udptime} command (bounded in time).
+    """
+    return subprocess.run(
+        [udptimePath(), *arguments],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+class TwistdTests(SynchronousTestCase):
+    """
+    A real C{twistd udptime} serving Roughtime.
+    """
+
+    def test_roughlyAccepts(self) -> None:
+        """
+        roughly's client accepts udptime's answers (it exits 0 either way:
+        its output says), and the server logs its public key.
+        """
+        server, port, publicKey = startTwistd(self)
+        done = subprocess.run(
+            [
+                roughlyPath(),
+                "query",
+                "--timeout",
+                "2",
+                "127.0.0.1",
+                str(port),
+                publicKey,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        self.assertIn("Current time: ", done.stdout, done.stdout + done.stderr)
+        said = done.stdout.split("Current time: ")[1].split()
+        midpoint, radius = int(said[0]), int(said[2])
+        self.assertLessEqual(abs(midpoint - time.time()), radius + 5)
+        self.assertIn(f"roughtime: long-term public key {publicKey}", server.log())
+        server.stop()
+        totals = summaryTotals(server.log(), "roughtime")
+        self.assertEqual((totals["received"], totals["answered"]), (1, 1))
+
+    def test_udptimeClient(self) -> None:
+        """
+        C{udptime -P roughtime --public-key KEY} verifies the server's
+        answer; a request naming another server's key (SRV) is dropped, so
+        the query fails for want of an answer.
+        """
+        server, port, publicKey = startTwistd(self)
+        done = udptime(
+            "-P", "roughtime", "--public-key", publicKey, "-p", str(port), "127.0.0.1"
+        )
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertIn(f"127.0.0.1:{port}  ", done.stdout)
+        self.assertIn("UTC ± 3 s", done.stdout)
+        self.assertIn("RFC 10049", done.stdout)
+        other = publicKeyText(newKeyFile(self)[1])
+        done = udptime(
+            "-P", "roughtime", "--public-key", other, "-p", str(port), "127.0.0.1"
+        )
+        self.assertEqual(done.returncode, 1)
+        self.assertIn("no reply from", done.stderr)
+        self.assertEqual(done.stderr.count("\n"), 1, done.stderr)
+        server.stop()
+        totals = summaryTotals(server.log(), "roughtime")
+        self.assertEqual((totals["answered"], totals["dropped"]), (1, 3))
+
+    def test_json(self) -> None:
+        """
+        With C{--json}, a result's details say what the response says, as
+        JSON values.
+        """
+        _, port, publicKey = startTwistd(self)
+        done = udptime(
+            "-P",
+            "roughtime",
+            "--public-key",
+            publicKey,
+            "-p",
+            str(port),
+            "--json",
+            "127.0.0.1",
+        )
+        self.assertEqual(done.returncode, 0, done.stderr)
+        result = json.loads(done.stdout)
+        details = result["details"]
+        self.assertEqual((result["protocol"], details["radius"]), ("roughtime", 3))
+        self.assertEqual(details["version"], "RFC 10049")
+        self.assertLessEqual(details["minTime"], details["midpoint"])
+        self.assertLessEqual(details["midpoint"], details["maxTime"])
+        self.assertEqual(result["serverTime"], details["midpoint"])
+
+    def test_policy(self) -> None:
+        """
+        The service's admission policy applies: a denied source gets no
+        answer, counted as denied; a request too short is dropped, counted.
+        """
+        server, port, publicKey = startTwistd(self, "--deny=roughtime=127.0.0.1")
+        key = parsePublicKey(publicKey)
+        self.assertRaises(TimeoutError, blockingQuery, port, key, timeout=0.5)
+        server.stop()
+        totals = summaryTotals(server.log(), "roughtime")
+        self.assertEqual(totals["denied"], 1)
+        self.assertEqual(totals.get("answered", 0), 0)
+
+    def test_shortDropped(self) -> None:
+        """
+        A request shorter than 1024 bytes is dropped, and counted.
+        """
+        server, port, publicKey = startTwistd(self)
+        request = rt.buildRequest(parsePublicKey(publicKey)).packet
+        self.assertRaises(TimeoutError, send, port, request[:1000])
+        server.stop()
+        self.assertEqual(summaryTotals(server.log(), "roughtime")["dropped"], 1)
+
+
+def send(port: int, datagram: bytes, timeout: float = 0.5) -> bytes:
+    """
+    Send C{datagram} to 127.0.0.1:C{port}; the first reply.
+
+    @raise TimeoutError: none in C{timeout} seconds.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        sock.sendto(datagram, ("127.0.0.1", port))
+        return sock.recv(65535)
+
+
+class RoughlyServerTests(SynchronousTestCase):
+    """
+    C{udptime -P roughtime} against C{roughly server run}.
+    """
+
+    def startRoughly(self) -> RoughlyServer:
+        roughlyPath()
+        server = RoughlyServer().start()
+        self.addCleanup(server.stop)
+        return server
+
+    def test_query(self) -> None:
+        """
+        udptime's client verifies roughly's answer.
+        """
+        server = self.startRoughly()
+        key = base64.b64encode(server.publicKey).decode("ascii")
+        done = udptime(
+            "-P", "roughtime", "--public-key", key, "-p", str(server.port), "127.0.0.1"
+        )
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertIn("UTC ±", done.stdout)
+
+    def test_wrongKey(self) -> None:
+        """
+        Asked with another key, roughly drops the request (its SRV names
+        another server): the query fails for want of an answer.
+        """
+        server = self.startRoughly()
+        other = publicKeyText(newKeyFile(self)[1])
+        done = udptime(
+            "-P",
+            "roughtime",
+            "--public-key",
+            other,
+            "-p",
+            str(server.port),
+            "127.0.0.1",
+        )
+        self.assertEqual(done.returncode, 1)
+        self.assertIn("no reply from", done.stderr)
+
+
+class OptionTests(SynchronousTestCase):
+    """
+    C{--roughtime-port} and C{--roughtime-key}: a bad command line is one
+    clear usage error.
+    """
+
+    def parse(self, *arguments: str) -> Options:
+        options = Options()
+        options.parseOptions(list(arguments))
+        return options
+
+    def assertUsage(self, message: str, *arguments: str) -> None:
+        error = self.assertRaises(usage.UsageError, self.parse, *arguments)
+        self.assertIn(message, str(error))
+
+    def test_errors(self) -> None:
+        path, _ = newKeyFile(self)
+        missing = path + ".missing"
+        garbage = path + ".garbage"
+        with open(garbage, "w") as f:
+            f.write("not a key\n")
+        self.assertUsage("--roughtime-port needs --roughtime-key", "--roughtime-port=1")
+        self.assertUsage(
+            "--roughtime-key is for Roughtime", f"--roughtime-key={garbage}"
+        )
+        self.assertUsage(
+            f"--roughtime-key: cannot read {missing}: No such file",
+            "--roughtime-port=1",
+            f"--roughtime-key={missing}",
+        )
+        self.assertUsage(
+            "--roughtime-key: " + garbage,
+            "--roughtime-port=1",
+            f"--roughtime-key={garbage}",
+        )
+
+    def test_keyRead(self) -> None:
+        """
+        The key file is read as the options are parsed; C{--local-stratum}
+        goes with Roughtime as with NTP.
+        """
+        path, key = newKeyFile(self)
+        options = self.parse(
+            "--roughtime-port=1", f"--roughtime-key={path}", "--local-stratum=3"
+        )
+        read: Any = options["roughtime-long-term-key"]
+        self.assertEqual(publicKeyText(read), publicKeyText(key))
