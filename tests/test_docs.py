@@ -23,7 +23,7 @@ from types import ModuleType
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.support import TwistdServer, freePort, twistdPath
+from tests.support import TwistdServer, freePort
 from udptime import cli, tap
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -305,7 +305,7 @@ class TacExampleTests(SynchronousTestCase):
         with open(tacPath, "w", encoding="utf-8") as f:
             f.write(tac)
 
-        server = TacServer(tacPath)
+        server = TwistdServer([], twistdArguments=["-y", tacPath], plugin=None)
         self.addCleanup(server.cleanup)
         server.start(listeners=2)
         done = subprocess.run(
@@ -330,24 +330,3 @@ class TacExampleTests(SynchronousTestCase):
         # once it has shut down (twistd udptime's top service exits 0).
         self.assertEqual(server.stop(), -signal.SIGTERM, server.log())
         self.assertIn("Server Shut Down.", server.log())
-
-
-class TacServer(TwistdServer):
-    """
-    A real C{twistd -n -y FILE} process, started and stopped as
-    L{TwistdServer} does.
-    """
-
-    def __init__(self, tacPath: str) -> None:
-        super().__init__([])
-        self.tacPath = tacPath
-
-    def command(self) -> list[str]:
-        return [
-            twistdPath(),
-            "-n",
-            "--pidfile=",
-            f"--logfile={self.logPath}",
-            "-y",
-            self.tacPath,
-        ]

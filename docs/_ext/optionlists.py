@@ -91,7 +91,7 @@ def usageOptions(optionsClass: type[Any]) -> list[Option]:
     ):
         name = registered.rstrip("=")
         takesValue = registered.endswith("=")
-        names = (f"-{short[name]}",) if name in short else ()
+        names: tuple[str, ...] = (f"-{short[name]}",) if name in short else ()
         names += (f"--{name}",)
         text = " ".join(str(options.docs.get(name) or "").split())
         extra = coerceDocs.get(name, "")
