@@ -14,7 +14,8 @@ import sys
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from udptime.fastport import batchingAvailable, kernelTimestampsAvailable
+from udptime.ancillary import kernelTimestampsAvailable
+from udptime.port import batchingAvailable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -18,10 +18,11 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from types import ModuleType
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.support import TwistdServer, freePort
 from udptime import cli, tap
@@ -330,3 +331,56 @@ class TacExampleTests(SynchronousTestCase):
         # once it has shut down (twistd udptime's top service exits 0).
         self.assertEqual(server.stop(), -signal.SIGTERM, server.log())
         self.assertIn("Server Shut Down.", server.log())
+
+
+class NewProtocolExampleTests(TestCase):
+    """
+    The development page's smallest new protocol, C{docs/examples/unixtime.py},
+    is a working service entry: its server answers over a real socket, with
+    the policy its profile gives, and its client codec reads the answer.
+    """
+
+    def setUp(self) -> None:
+        path = DOCS / "examples" / "unixtime.py"
+        spec = importlib.util.spec_from_file_location("udptime_docs_unixtime", path)
+        assert spec is not None and spec.loader is not None
+        self.example = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(self.example)
+
+    def test_developmentPageShowsIt(self) -> None:
+        """
+        The page includes the file this test runs.
+        """
+        page = (DOCS / "development.rst").read_text(encoding="utf-8")
+        self.assertIn(".. literalinclude:: examples/unixtime.py", page)
+
+    async def test_answers(self) -> None:
+        """
+        A server made by the entry answers an empty datagram with the Unix
+        time, which the entry's client codec reads; the entry's policy is
+        a loop-guarded one, as for any service that answers any datagram.
+        """
+        from twisted.internet import reactor
+
+        from udptime.client import query
+
+        service = self.example.SERVICE
+        server = service.makeServer({"verbose": False})
+        server.policy = service.policy()
+        port = reactor.listenUDP(0, server, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        before = int(time.time())
+        result = await query(
+            reactor,
+            "127.0.0.1",
+            service.clientCodec(),
+            port=port.getHost().port,
+            timeout=5.0,
+        )
+        self.assertEqual(result.protocol, "unixtime")
+        self.assertRegex(result.reply, rb"^\d+\n$")
+        assert result.serverTime is not None
+        self.assertGreaterEqual(result.serverTime, before)
+        self.assertLessEqual(result.serverTime, int(time.time()))
+        self.assertIn(7, server.policy.loopPorts)
+        self.assertEqual(server.counters.answered, 1)

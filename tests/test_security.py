@@ -26,15 +26,11 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support import TwistdServer, freePort, missing, udpQuery, waitFor
-from udptime import ntp, policy
+from udptime import ntp, policy, services
 
-SERVICES = ("text", "ntp", "time", "daytime", "echo")
+SERVICES = tuple(services.SERVICES)
 PORT_OPTIONS = {
-    "text": "--port",
-    "ntp": "--ntp-port",
-    "time": "--time-port",
-    "daytime": "--daytime-port",
-    "echo": "--echo-port",
+    name: f"--{service.portOption}" for name, service in services.SERVICES.items()
 }
 HEADERS = 28
 """Bytes of IPv4 and UDP headers around every datagram."""

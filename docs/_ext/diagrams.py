@@ -30,15 +30,16 @@ _LAYERS = [
         "#eef2f6",
     ),
     (
-        "Port: udptime.fastport.ServerPort",
+        "Port: udptime.port.ServerPort",
         "reads up to 128 datagrams per wake-up (recvmmsg), asks the protocol,\n"
-        "sends each reply (sendto, or sendmmsg for a batch) from the address asked",
+        "sends each reply (sendto, or sendmmsg for a batch) and counts what it did",
         "#e3edf7",
     ),
     (
         "Protocol: udptime.server",
         "TextTimeServer, NTPServer, TimeServer, DaytimeServer, EchoServer:\n"
-        "answer(datagram, address, receive time) returns the reply, or nothing",
+        "decide(datagram, address, receive time) returns a decision:\n"
+        "the reply's bytes, or a refusal (counted, maybe with a KoD or error line)",
         "#e4f1ea",
     ),
     (

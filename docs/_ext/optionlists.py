@@ -72,9 +72,12 @@ def usageOptions(optionsClass: type[Any]) -> list[Option]:
     The options of a L{twisted.python.usage.Options} subclass, in the order
     of its C{--help}: the long names it registered (flags, parameters and
     C{opt_*} methods, with their one-letter synonyms), their documentation
-    (the coercer's C{coerceDoc} added, as C{--help} adds it) and defaults.
+    (the coercer's C{coerceDoc} added, as C{--help} adds it) and defaults;
+    not those its C{hidden} attribute names, which C{--help} leaves out
+    too.
     """
     options = optionsClass()
+    hidden = frozenset(getattr(options, "hidden", ()))
     short: dict[str, str] = {}
     for name, longName in options.synonyms.items():
         if name != longName and len(name) == 1:
@@ -90,6 +93,8 @@ def usageOptions(optionsClass: type[Any]) -> list[Option]:
         options.longOpt, key=lambda name: _declared(name, parameters, flags)
     ):
         name = registered.rstrip("=")
+        if name in hidden:
+            continue
         takesValue = registered.endswith("=")
         names: tuple[str, ...] = (f"-{short[name]}",) if name in short else ()
         names += (f"--{name}",)

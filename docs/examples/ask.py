@@ -14,7 +14,7 @@ from twisted.internet import task
 
 from udptime.client import TextClientCodec, query
 from udptime.ntp import NTPClientCodec
-from udptime.query import QueryError
+from udptime.reading import QueryError
 
 
 async def main(reactor, host="127.0.0.1", textPort="5001", ntpPort="11123"):

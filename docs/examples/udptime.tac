@@ -14,10 +14,10 @@ from twisted.application import service
 from twisted.internet import reactor
 
 from udptime.clock import ClockSource
-from udptime.fastport import kernelTimestampsAvailable
-from udptime.policy import Policy
+from udptime.ancillary import kernelTimestampsAvailable
 from udptime.server import NTPServer, TextTimeServer
 from udptime.service import UDPListenService
+from udptime.services import SERVICES
 
 INTERFACE = "127.0.0.1"
 TEXT_PORT = 5001
@@ -29,14 +29,14 @@ PORTS = [TEXT_PORT, NTP_PORT]
 application = service.Application("udptime")
 services = service.IServiceCollection(application)
 
-text = TextTimeServer(policy=Policy.forService("text", serverPorts=PORTS))
+text = TextTimeServer(policy=SERVICES["text"].policy(serverPorts=PORTS))
 UDPListenService(
     reactor, text, TEXT_PORT, INTERFACE, serviceName="text"
 ).setServiceParent(services)
 
 ntp = NTPServer(
     clockSource=ClockSource(localStratum=10, refid=b"LOCL"),
-    policy=Policy.forService("ntp", serverPorts=PORTS),
+    policy=SERVICES["ntp"].policy(serverPorts=PORTS),
 )
 UDPListenService(
     reactor,
