@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from typing import Any
 
@@ -98,6 +101,7 @@ class TwistdTests(SynchronousTestCase):
         server.stop()
         totals = summaryTotals(server.log(), "roughtime")
         self.assertEqual((totals["received"], totals["answered"]), (1, 1))
+        self.assertIn("roughtime: 1 responses signed in 1 batches", server.log())
 
     def test_udptimeClient(self) -> None:
         """
@@ -183,6 +187,107 @@ def send(port: int, datagram: bytes, timeout: float = 0.5) -> bytes:
         sock.settimeout(timeout)
         sock.sendto(datagram, ("127.0.0.1", port))
         return sock.recv(65535)
+
+
+LIAR_TAC = """
+import time
+
+from twisted.application import service
+from twisted.internet import reactor
+
+from udptime.clock import ClockSource
+from udptime.roughtimekeys import OnlineKey, loadLongTermKey
+from udptime.roughtimeserver import RoughtimeResponder, RoughtimeServer
+from udptime.service import UDPListenService
+
+application = service.Application("liar")
+responder = RoughtimeResponder(
+    OnlineKey(loadLongTermKey({key!r})), ClockSource(localStratum=2).state
+)
+server = RoughtimeServer(responder, clock=lambda: time.time() + 3600)
+UDPListenService(
+    reactor, server, {port}, "127.0.0.1", serviceName="roughtime"
+).setServiceParent(application)
+"""
+"""A Roughtime server whose clock is an hour ahead, for C{twistd -y}."""
+
+
+def roughtimeTool(*arguments: str, cwd: str) -> subprocess.CompletedProcess[str]:
+    """
+    Run C{udptime-roughtime} in C{cwd} (bounded in time).
+    """
+    tool = os.path.join(os.path.dirname(udptimePath()), "udptime-roughtime")
+    return subprocess.run(
+        [tool, *arguments], capture_output=True, text=True, timeout=120, cwd=cwd
+    )
+
+
+def serverList(path: str, servers: list[tuple[str, str, int]]) -> None:
+    """
+    Write a server list of C{(name, public key, port)} on 127.0.0.1.
+    """
+    entries = [
+        {
+            "name": name,
+            "version": 1,
+            "publicKeyType": "ed25519",
+            "publicKey": key,
+            "addresses": [{"protocol": "udp", "address": f"127.0.0.1:{port}"}],
+        }
+        for name, key, port in servers
+    ]
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({"servers": entries}, f)
+
+
+class ChainTests(SynchronousTestCase):
+    """
+    C{udptime-roughtime chain} across real servers: twistd udptime and
+    roughly's server agree; a server an hour ahead is caught, and the
+    malfeasance report written verifies.
+    """
+
+    def setUp(self) -> None:
+        self.work = tempfile.mkdtemp(prefix="udptime-chain-")
+        self.addCleanup(shutil.rmtree, self.work, True)
+
+    def test_consistent(self) -> None:
+        _, port, key = startTwistd(self)
+        roughlyPath()
+        roughly = RoughlyServer().start()
+        self.addCleanup(roughly.stop)
+        roughlyKey = base64.b64encode(roughly.publicKey).decode("ascii")
+        path = os.path.join(self.work, "servers.json")
+        serverList(
+            path, [("udptime", key, port), ("roughly", roughlyKey, roughly.port)]
+        )
+        done = roughtimeTool("chain", path, cwd=self.work)
+        self.assertEqual(done.returncode, 0, done.stdout + done.stderr)
+        self.assertIn("The responses are consistent.", done.stdout)
+        self.assertEqual(done.stdout.count("udptime: "), 2)
+        self.assertEqual(done.stdout.count("roughly: "), 2)
+
+    def test_liarCaught(self) -> None:
+        _, port, key = startTwistd(self)
+        liarKeyPath, liarKey = newKeyFile(self)
+        liarPort = freePort()
+        tac = os.path.join(self.work, "liar.tac")
+        with open(tac, "w", encoding="utf-8") as f:
+            f.write(LIAR_TAC.format(key=liarKeyPath, port=liarPort))
+        liar = TwistdServer([], twistdArguments=["-y", tac], plugin=None)
+        self.addCleanup(liar.cleanup)
+        liar.start()
+        path = os.path.join(self.work, "servers.json")
+        serverList(
+            path,
+            [("honest", key, port), ("liar", publicKeyText(liarKey), liarPort)],
+        )
+        done = roughtimeTool("chain", path, cwd=self.work)
+        self.assertEqual(done.returncode, 3, done.stdout + done.stderr)
+        self.assertIn("Inconsistent: liar", done.stdout)
+        report = os.path.join(self.work, "roughtime-malfeasance.json")
+        verified = roughtimeTool("verify-report", report, cwd=self.work)
+        self.assertEqual(verified.returncode, 0, verified.stdout + verified.stderr)
 
 
 class RoughlyServerTests(SynchronousTestCase):

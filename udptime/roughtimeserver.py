@@ -171,6 +171,20 @@ class RoughtimeServer(UDPServerProtocol):
             publicKey=publicKeyText(self.responder.onlineKey.longTermKey),
         )
 
+    def stopProtocol(self) -> None:
+        """
+        Log how many responses were signed, in how many batches (one
+        signature each).
+        """
+        super().stopProtocol()  # type: ignore[no-untyped-call]
+        responder = self.responder
+        self.log.info(
+            "{service}: {answered} responses signed in {batches} batches",
+            service=self.serviceName,
+            answered=responder.answered,
+            batches=responder.batches,
+        )
+
     def respond(self, data: bytes, addr: Address, received: float) -> Decision:
         if len(data) < MIN_REQUEST_SIZE:
             self.responder.dropped[DropReason.SHORT] += 1
