@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
 from itertools import pairwise
-from typing import Final
+from typing import Final, NamedTuple
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -499,10 +499,10 @@ class DropReason(StrEnum):
     """The response would be larger than the request."""
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
+class Request(NamedTuple):
     """
-    A request a server will answer.
+    A request a server will answer (a named tuple: one is made for every
+    request, and a frozen dataclass costs several times as much to make).
 
     @ivar packet: the request datagram, unchanged.
     @ivar nonce: its 32-byte nonce.
@@ -512,6 +512,35 @@ class Request:
     packet: bytes
     nonce: bytes
     version: Version
+
+
+@lru_cache(maxsize=256)
+def _requestFields(header: bytes, end: int) -> Mapping[int, tuple[int, int]]:
+    """
+    L{_fields} of a request packet of C{end} bytes whose frame and message
+    header are C{header}, kept for the next request of the same layout.
+
+    @raise MessageFormatError: as L{_fields}.
+    """
+    return _fields(header, FRAME_SIZE, end)
+
+
+@lru_cache(maxsize=64)
+def _offeredVersion(value: bytes) -> Version | DropReason:
+    """
+    The version a server answers a request whose VER is C{value} in, or why
+    the request is dropped; kept for the next request offering the same.
+    """
+    try:
+        offered = unpackVersions(value)
+    except MessageFormatError:
+        return DropReason.MALFORMED
+    version = chooseVersion(offered)
+    if version is None:
+        return DropReason.VERSION
+    if version.sortedVersions and not _isAscending(offered):
+        return DropReason.MALFORMED
+    return version
 
 
 def parseRequest(packet: bytes, srv: bytes) -> Request | DropReason:
@@ -530,22 +559,19 @@ def parseRequest(packet: bytes, srv: bytes) -> Request | DropReason:
         return DropReason.SHORT
     try:
         start, end = _messageBounds(packet)
-        fields = _fields(packet, start, end)
+        (count,) = _U32.unpack_from(packet, start)
+        # Clients of one kind send requests of one layout: the header
+        # (count, offsets, tags) is read once per layout and length.
+        fields = _requestFields(packet[: start + 8 * count], end)
     except MessageFormatError:
         return DropReason.MALFORMED
     versionBounds = fields.get(VER)
     nonceBounds = fields.get(NONC)
     if versionBounds is None or nonceBounds is None:
         return DropReason.MALFORMED
-    try:
-        offered = unpackVersions(packet[versionBounds[0] : versionBounds[1]])
-    except MessageFormatError:
-        return DropReason.MALFORMED
-    version = chooseVersion(offered)
-    if version is None:
-        return DropReason.VERSION
-    if version.sortedVersions and not _isAscending(offered):
-        return DropReason.MALFORMED
+    version = _offeredVersion(packet[versionBounds[0] : versionBounds[1]])
+    if isinstance(version, DropReason):
+        return version
     nonce = packet[nonceBounds[0] : nonceBounds[1]]
     if len(nonce) != NONCE_SIZE:
         return DropReason.MALFORMED
