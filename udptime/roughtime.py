@@ -562,7 +562,7 @@ def parseRequest(packet: bytes, srv: bytes) -> Request | DropReason:
         (count,) = _U32.unpack_from(packet, start)
         # Clients of one kind send requests of one layout: the header
         # (count, offsets, tags) is read once per layout and length.
-        fields = _requestFields(packet[: start + 8 * count], end)
+        fields = _requestFields(packet[: start + max(8 * count, 4)], end)
     except MessageFormatError:
         return DropReason.MALFORMED
     versionBounds = fields.get(VER)
