@@ -26,7 +26,8 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support import TwistdServer, freePort, missing, udpQuery, waitFor
-from udptime import ntp, policy, services
+from udptime import ntp, policy, roughtime, services
+from udptime.roughtimekeys import writeNewKey
 
 SERVICES = tuple(services.SERVICES)
 PORT_OPTIONS = {
@@ -82,9 +83,13 @@ def startServer(
         arguments += [PORT_OPTIONS[service], str(port)]
     if "text" not in ports:
         arguments += ["--port", "0"]
-    if "ntp" in ports:
+    if "ntp" in ports or "roughtime" in ports:
         arguments += ["--local-stratum", "2"]
     server = TwistdServer([*arguments, *extra])
+    if "roughtime" in ports:
+        key = os.path.join(server.directory, "roughtime.key")
+        writeNewKey(key)
+        server.arguments += ["--roughtime-key", key]
     server.startOrCleanUp(listeners=len(ports))
     return server, ports
 
@@ -193,6 +198,8 @@ WORST_REQUESTS: dict[str, list[bytes]] = {
     "time": [b"", b"x"],
     "daytime": [b"", b"x"],
     "echo": [b"", b"x", b"x" * 1472],
+    # The smallest request answered: 1036 bytes, naming no server.
+    "roughtime": [roughtime.buildRequest(None).packet],
 }
 
 
