@@ -20,7 +20,7 @@ from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 from twisted.python import usage
 
-from udptime import __version__, policy, text, workers
+from udptime import __version__, logrelay, policy, text, workers
 from udptime.ancillary import kernelTimestampsAvailable
 from udptime.clock import LOCAL_REFID
 from udptime.port import DEFAULT_KERNEL_TIMESTAMPS
@@ -604,6 +604,9 @@ def makeService(options: Options) -> IService:
         summary.setServiceParent(top)
     if setting is not None:
         workers.becomeWorker(setting, listeners)
+        relay = logrelay.relayToSupervisor(options.parent)
+        if relay is not None:
+            logrelay.flushingService(relay).setServiceParent(top)
     else:
         _bindUnderTwistd(options, listeners)
     return top
