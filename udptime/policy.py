@@ -13,8 +13,9 @@ can pass for it):
 
   - L{ADMIT}: answer it;
   - L{LOOPED}: its source port is 0, a well-known small service port, or the
-    port of one of the server's services (the loop guard), or it is an echo
-    of the reply just sent to the same address (L{ReplyMemory});
+    port of one of the server's services (the loop guard), or it comes from
+    a peer the service just answered and is that reply coming back or has
+    the shape of a reply (L{ReplyMemory}, asked by the protocol);
   - L{DENIED}: an allow/deny list (L{AccessList}) refuses its source;
   - L{LIMITED}: its source, or the whole service, is over its rate;
   - L{KISS}: limited, and this one deserves an NTP Kiss-o'-Death (counted
@@ -30,8 +31,8 @@ The pieces:
     logging); L{SourceLimiter} adds the verdicts of the per-client limits
     (and picks the requests that get a Kiss-o'-Death);
   - L{AccessList}: chrony-style allow/deny rules, most specific network wins;
-  - L{ReplyMemory}: the echo service's guard against answering another echo
-    service.
+  - L{ReplyMemory}: the guard of the services that answer any datagram
+    against answering each other (or a copy of themselves elsewhere).
 
 The buckets are "generic cell rate" buckets (GCRA): each stores one number,
 the theoretical arrival time of the next request at the sustained rate.  A
@@ -45,14 +46,15 @@ they are reset when seen, so a stepped clock never locks a client out.
 from __future__ import annotations
 
 import ipaddress
+import math
 import socket
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Final, Literal, TypeAlias
 
-from udptime import counters
+from udptime import counters, replyshapes
 from udptime.decision import Refusal
 
 
@@ -91,9 +93,11 @@ DEFAULT_KOD_INTERVAL: Final = 8.0
 """At most one Kiss-o'-Death per client in this many seconds."""
 DEFAULT_KOD_RATE: Final = 10.0
 """At most this many Kiss-o'-Death packets per second per service."""
-DEFAULT_ECHO_WINDOW: Final = 1.0
-"""Seconds during which an echo service treats its own reply coming back
-from the same address as a loop."""
+DEFAULT_LOOP_WINDOW: Final = 2.0
+"""Seconds a service that answers any datagram remembers each reply it sent,
+to see it (or another service's reply) come back (L{ReplyMemory})."""
+DEFAULT_LOOP_MEMORY: Final = 16384
+"""Replies such a service remembers at most (L{ReplyMemory})."""
 
 SERVICE_PORTS: Final = frozenset({7, 13, 17, 19, 37, 123})
 """Echo, Daytime, Quote of the Day, Chargen, Time and NTP: the small services
@@ -557,46 +561,140 @@ class AccessRule:
 
 class ReplyMemory:
     """
-    Remembers the last reply sent to each address for a moment, to see an
-    echo service send it back: a datagram from an address that equals what
-    was just sent there is a loop, not a request.
+    What a service sent to each peer lately: the loop guard of a service
+    that answers any datagram (text, Time, Daytime, Echo).
 
-    Bounded: the memory is emptied when it holds C{size} addresses (a loop
-    is then caught one round trip later).
+    Two such services answer each other for ever once a forged datagram
+    starts them, one loop per datagram injected, and with no rate limit
+    (C{--rate 0}) as fast as they can.  The memory holds, for every reply
+    sent in the last C{window} seconds, its peer (address and port) and a
+    digest of its bytes; a datagram from a peer answered within the window
+    is a loop (L{isLoop}) when it is one of those replies coming back (an
+    echo service sent it back) or has the shape of a reply
+    (C{looksLikeReply}, by default L{udptime.replyshapes.looksLikeReply}:
+    another udptime answered).  So a loop dies within two or three
+    datagrams, however many are injected.
+
+    Bounded in time and in count: the replies are kept in two generations
+    of at most C{size / 2} replies and one window each; the older is
+    forgotten as a whole when the newer is full or a window old.  So a reply
+    is remembered for at least one window, unless the service sends more
+    than C{size / 2} replies in a window: then for the time of at least
+    C{size / 2} replies.
+
+    A client that sends, within the window, the very bytes it was just
+    sent, or a datagram shaped like a reply, is refused as a loop; clients
+    of these protocols send neither (a request word, an empty datagram, a
+    random token).
+
+    @ivar window: seconds a reply is remembered.
+    @ivar size: the most replies remembered.
+    @ivar looksLikeReply: whether a datagram, received at a time, has the
+        shape of a reply.
     """
 
-    def __init__(self, window: float = DEFAULT_ECHO_WINDOW, size: int = 4096) -> None:
+    __slots__ = (
+        "_half",
+        "_oldPeers",
+        "_oldSent",
+        "_peers",
+        "_rotateAt",
+        "_sent",
+        "looksLikeReply",
+        "size",
+        "window",
+    )
+
+    def __init__(
+        self,
+        window: float = DEFAULT_LOOP_WINDOW,
+        size: int = DEFAULT_LOOP_MEMORY,
+        looksLikeReply: Callable[[bytes, float], bool] | None = None,
+    ) -> None:
         """
-        @param window: seconds during which a reply coming back is a loop.
-        @param size: the most addresses remembered.
+        @param window: seconds a reply is remembered (positive).
+        @param size: the most replies remembered (at least 2).
+        @param looksLikeReply: L{None} for
+            L{udptime.replyshapes.looksLikeReply}.
+        @raise ValueError: a parameter is out of range.
         """
+        if not window > 0.0:
+            raise ValueError(f"window must be positive, not {window}")
+        if size < 2:
+            raise ValueError(f"size must be at least 2, not {size}")
+        if looksLikeReply is None:
+            looksLikeReply = replyshapes.looksLikeReply
         self.window = window
         self.size = size
-        self._sent: dict[tuple[str, int], tuple[int, float]] = {}
+        self.looksLikeReply = looksLikeReply
+        # Two generations, each of at most half the size and spanning at
+        # most a window: the current one, and the one before, forgotten as
+        # a whole when the current one is full or a window old.  Each entry
+        # holds the time it was sent, which decides.
+        self._half = size // 2
+        self._sent: dict[tuple[tuple[str, int], int], float] = {}
+        self._peers: dict[tuple[str, int], float] = {}
+        self._oldSent: dict[tuple[tuple[str, int], int], float] = {}
+        self._oldPeers: dict[tuple[str, int], float] = {}
+        self._rotateAt = -math.inf
+
+    def __len__(self) -> int:
+        """
+        The number of replies remembered.
+        """
+        return len(self._sent) + len(self._oldSent)
+
+    def isLoop(self, addr: tuple[str, int], data: bytes, now: float) -> bool:
+        """
+        Whether C{data} from C{addr}, received at time C{now}, is a loop: a
+        reply sent to C{addr} within the window coming back, or a datagram
+        shaped like a reply from a peer answered within the window.
+        """
+        last = self._peers.get(addr)
+        if last is None:
+            last = self._oldPeers.get(addr)
+            if last is None:
+                # Not answered lately: nearly every request.
+                return False
+        if not 0.0 <= now - last <= self.window:
+            return False
+        return self.isReturned(addr, data, now) or self.looksLikeReply(data, now)
 
     def isReturned(self, addr: tuple[str, int], data: bytes, now: float) -> bool:
         """
-        Whether C{data} from C{addr} is the reply sent to C{addr} within the
-        window (forgotten once caught, so the loop is cut, not the address).
+        Whether C{data} from C{addr} is a reply sent to C{addr} within the
+        window, coming back.
         """
-        last = self._sent.get(addr)
-        if (
-            last is None
-            or last[0] != hash(data)
-            or not 0.0 <= now - last[1] <= self.window
-        ):
-            return False
-        del self._sent[addr]
-        return True
+        key = (addr, hash(data))
+        sent = self._sent.get(key)
+        if sent is None:
+            sent = self._oldSent.get(key)
+            if sent is None:
+                return False
+        return 0.0 <= now - sent <= self.window
 
     def remember(self, addr: tuple[str, int], reply: bytes, now: float) -> None:
         """
         Note that C{reply} was sent to C{addr} at time C{now}.
         """
         sent = self._sent
-        if len(sent) >= self.size and addr not in sent:
-            sent.clear()
-        sent[addr] = (hash(reply), now)
+        if now >= self._rotateAt or len(sent) >= self._half:
+            self._rotate(now)
+            sent = self._sent
+        elif now < self._rotateAt - self.window:
+            # The clock went back: start afresh from now.
+            self._rotate(now)
+            sent = self._sent
+        sent[(addr, hash(reply))] = now
+        self._peers[addr] = now
+
+    def _rotate(self, now: float) -> None:
+        """
+        Forget the older generation; the current one becomes it.
+        """
+        self._oldSent, self._oldPeers = self._sent, self._peers
+        self._sent, self._peers = {}, {}
+        self._rotateAt = now + self.window
 
 
 @dataclass(frozen=True)
@@ -613,8 +711,9 @@ class PolicyProfile:
         must never answer another such service.  Not for NTP, whose
         symmetric peers legitimately send from port 123, and which never
         answers a reply.
-    @ivar replyMemory: remember the reply just sent to each address, to
-        refuse it coming back (an echo service's L{ReplyMemory}).
+    @ivar replyMemory: remember the replies sent to each peer lately, to
+        refuse them, or other replies, coming back (L{ReplyMemory}): for a
+        service that answers any datagram.
     """
 
     kissOfDeath: bool = False
@@ -629,7 +728,8 @@ class Policy:
 
     @ivar loopPorts: source ports refused outright.
     @ivar access: the allow/deny list, or L{None} to allow every source.
-    @ivar replyMemory: an echo service's L{ReplyMemory}, or L{None}.
+    @ivar replyMemory: the L{ReplyMemory} of a service that answers any
+        datagram, or L{None}.
     @ivar guardOwnPort: whether L{guardPort} adds the service's own port to
         L{loopPorts}.
     """

@@ -138,7 +138,7 @@ def _daytimeCodec(words: str) -> ClientCodec:
     return DaytimeClientCodec()
 
 
-_ANSWERS_ANY_DATAGRAM: Final = PolicyProfile(loopGuard=True)
+_ANSWERS_ANY_DATAGRAM: Final = PolicyProfile(loopGuard=True, replyMemory=True)
 
 SERVICES: Final[Mapping[str, Service]] = {
     service.name: service
@@ -205,7 +205,7 @@ SERVICES: Final[Mapping[str, Service]] = {
             makeServer=_echoServer,
             makeCodec=EchoClientCodec.fromWords,
             takesWords=True,
-            profile=PolicyProfile(loopGuard=True, replyMemory=True),
+            profile=_ANSWERS_ANY_DATAGRAM,
             amplification="n -> n bytes, at most 1472 (factor 1.00)",
         ),
     )
