@@ -18,6 +18,7 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support import RecordingTransport, deliver
+from tests.test_security import report
 from udptime import ntp, policy
 from udptime.clock import NTP_UNIX_OFFSET
 from udptime.decision import Decision
@@ -636,7 +637,7 @@ class ProtocolPolicyTests(SynchronousTestCase):
         self.assertEqual((counters["looped"], counters["denied"]), (8, 1))
 
     def test_kiss(self) -> None:
-        server = Refusing(policy=SERVICES["ntp"].policy(burst=2))
+        server = Refusing(policy=SERVICES["ntp"].policy(burst=2, leak=0.0))
         transport = started(server)
         for _ in range(10):
             deliver(server, b"q", ("192.0.2.1", 123), NOW)
@@ -691,7 +692,7 @@ class ProtocolPolicyTests(SynchronousTestCase):
         A flood of NTP requests from one source gets C{burst} replies and
         one Kiss-o'-Death RATE that reveals no server time.
         """
-        server = NTPServer(policy=SERVICES["ntp"].policy(burst=4))
+        server = NTPServer(policy=SERVICES["ntp"].policy(burst=4, leak=0.0))
         transport = started(server, 123)
         transmit = 0xDEADBEEF01234567
         for _ in range(100):
@@ -988,3 +989,131 @@ class OptionsTests(SynchronousTestCase):
         summaries = [c for c in children.values() if isinstance(c, CounterSummary)]
         self.assertEqual(len(summaries), 1)
         self.assertEqual(summaries[0].interval, 5)
+
+
+class LeakTests(SynchronousTestCase):
+    """
+    A fraction of the requests over a client's limit is answered anyway
+    (chrony's C{ratelimit leak}), picked by an injected random source.
+    """
+
+    def test_leaksWhenRandomIsBelow(self) -> None:
+        """
+        A limited request is admitted when the random number is below the
+        leak, and counted; the others are refused as before.
+        """
+        numbers = iter([0.1, 0.9, 0.24, 0.25, 0.5])
+        limiter = SourceLimiter(
+            rate=1.0, burst=1, leak=0.25, random=lambda: next(numbers)
+        )
+        self.assertIs(limiter.admit("192.0.2.1", NOW), ADMIT)
+        verdicts = [limiter.admit("192.0.2.1", NOW) for _ in range(5)]
+        self.assertEqual(verdicts, [ADMIT, LIMITED, ADMIT, LIMITED, LIMITED])
+        self.assertEqual(limiter.leaked, 2)
+
+    def test_noLeak(self) -> None:
+        """
+        Without a leak, the random source is never asked.
+        """
+
+        def random() -> float:
+            raise AssertionError("asked")
+
+        limiter = SourceLimiter(rate=1.0, burst=1, random=random)
+        limiter.admit("192.0.2.1", NOW)
+        self.assertIs(limiter.admit("192.0.2.1", NOW), LIMITED)
+        self.assertEqual(limiter.leaked, 0)
+
+    def test_fraction(self) -> None:
+        """
+        Over many limited requests, about the fraction asked for leaks.
+        """
+        import random
+
+        limiter = SourceLimiter(
+            rate=1.0, burst=1, leak=0.25, random=random.Random(20).random
+        )
+        limiter.admit("192.0.2.1", NOW)
+        admitted = sum(limiter.admit("192.0.2.1", NOW) is ADMIT for _ in range(10_000))
+        self.assertEqual(admitted, limiter.leaked)
+        self.assertTrue(2_300 <= admitted <= 2_700, admitted)
+
+    def test_withinGlobalCap(self) -> None:
+        """
+        A request that leaks still takes a token of the shared cap, and is
+        refused when there is none.
+        """
+        cap = RateLimiter(rate=1.0, burst=2)
+        policy = Policy(
+            limiter=SourceLimiter(rate=1.0, burst=1, leak=0.5, random=lambda: 0.0),
+            globalLimit=cap,
+        )
+        verdicts = [policy.admit(("192.0.2.1", 40000), NOW) for _ in range(4)]
+        self.assertEqual(verdicts, [ADMIT, ADMIT, LIMITED, LIMITED])
+
+    def test_invalid(self) -> None:
+        self.assertRaises(ValueError, SourceLimiter, leak=-0.1)
+        self.assertRaises(ValueError, SourceLimiter, leak=0.6)
+
+    def test_ntpOnly(self) -> None:
+        """
+        The plugin's NTP policy leaks a quarter by default; the services
+        whose replies may be larger than their requests never leak.
+        """
+        for name in SERVICES:
+            limiter = SERVICES[name].policy(leak=0.5).limiter
+            assert limiter is not None
+            self.assertEqual(limiter.leak, 0.5 if name == "ntp" else 0.0, name)
+        limiter = SERVICES["ntp"].policy().limiter
+        assert limiter is not None
+        self.assertEqual(limiter.leak, policy.DEFAULT_LEAK)
+        self.assertEqual(policy.DEFAULT_LEAK, 0.25)
+        stats = SERVICES["ntp"].policy().stats()
+        self.assertEqual(stats["leaked"], 0)
+
+    def test_option(self) -> None:
+        """
+        C{--leak} sets the NTP service's leak; out of range, it is refused.
+        """
+        options = Options()
+        options.parseOptions(["--ntp-port", "1123", "--leak", "0.125"])
+        limiter = options.servicePolicy("ntp", None).limiter
+        assert limiter is not None
+        self.assertEqual(limiter.leak, 0.125)
+        options = Options()
+        options.parseOptions([])
+        self.assertEqual(options["leak"], 0.25)
+        for bad in ["0.75", "-1", "x", "nan"]:
+            self.assertRaises(usage.UsageError, Options().parseOptions, ["--leak", bad])
+
+    def test_victimNotCutOff(self) -> None:
+        """
+        Requests forged in a victim's name at 20 a second leave the NTP
+        victim, asking every 8 seconds, with about a quarter of its answers
+        (none without the leak).
+        """
+        import random
+
+        for leak, low, high in [(0.25, 5, 16), (0.0, 0, 0)]:
+            server = NTPServer(
+                policy=SERVICES["ntp"].policy(leak=leak, random=random.Random(7).random)
+            )
+            transport = started(server, 123)
+            victim = ("192.0.2.50", 40123)
+            now = NOW
+            answered = 0
+            for _ in range(40):
+                for _ in range(160):  # 8 s of forged requests
+                    deliver(server, ntpRequest(), ("192.0.2.50", 1), now)
+                    now += 0.05
+                # The forger's request just before the victim's takes the
+                # token the victim would have had.
+                deliver(server, ntpRequest(), ("192.0.2.50", 1), now)
+                before = len(transport.written)
+                deliver(server, ntpRequest(), victim, now)
+                answered += any(
+                    addr == victim and data[12:16] != b"RATE"
+                    for data, addr in transport.written[before:]
+                )
+            report("leak victim", leak=leak, answered=answered, of=40)
+            self.assertTrue(low <= answered <= high, (leak, answered))

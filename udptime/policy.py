@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import random
 import socket
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -89,6 +90,12 @@ DEFAULT_MAX_CLIENTS: Final = 100_000
 """Entries in a service's per-source table."""
 DEFAULT_IPV6_PREFIX: Final = 64
 """IPv6 clients are grouped by this prefix length (one /64 is one client)."""
+DEFAULT_LEAK: Final = 0.25
+"""The fraction of the requests over a client's limit that a service whose
+replies never outgrow its requests (NTP) answers anyway, at random: chrony's
+default C{ratelimit leak 2}, one in four."""
+MAX_LEAK: Final = 0.5
+"""The largest leak (chrony's C{leak 1}): more would let a flood through."""
 DEFAULT_KOD_INTERVAL: Final = 8.0
 """At most one Kiss-o'-Death per client in this many seconds."""
 DEFAULT_KOD_RATE: Final = 10.0
@@ -312,13 +319,30 @@ class SourceLimiter:
     The per-client rate limits of a service: a L{RateLimiter}'s buckets by
     client, with verdicts.
 
-    Optionally, some limited requests are marked L{KISS}: at most one per
-    client per C{kodInterval} seconds and C{kodRate} per second overall.
+    Optionally, a fraction C{leak} of the requests over a client's limit
+    are answered anyway, picked at random, as chrony's C{ratelimit leak}:
+    requests forged in a client's name then cannot cut it off, whatever
+    their rate (a forger draws one answer in C{1 / leak} to the victim; for
+    a protocol whose replies are no larger than its requests, as NTP's).
+    And some limited requests are marked L{KISS}: at most one per client per
+    C{kodInterval} seconds and C{kodRate} per second overall.
 
     @ivar buckets: the clients' buckets.
+    @ivar leak: the fraction of limited requests answered anyway.
+    @ivar leaked: requests answered so far because of L{leak}.
+    @ivar random: gives a number in [0, 1) per limited request, which
+        decides whether it leaks.
     """
 
-    __slots__ = ("_kodLimit", "_kodNext", "buckets", "kodInterval")
+    __slots__ = (
+        "_kodLimit",
+        "_kodNext",
+        "buckets",
+        "kodInterval",
+        "leak",
+        "leaked",
+        "random",
+    )
 
     def __init__(
         self,
@@ -328,6 +352,8 @@ class SourceLimiter:
         ipv6Prefix: int = DEFAULT_IPV6_PREFIX,
         kodInterval: float = 0.0,
         kodRate: float = DEFAULT_KOD_RATE,
+        leak: float = 0.0,
+        random: Callable[[], float] = random.random,
     ) -> None:
         """
         @param rate: sustained requests per second for one client.
@@ -337,8 +363,16 @@ class SourceLimiter:
         @param kodInterval: seconds between two L{KISS} verdicts for one
             client; 0 for none at all.
         @param kodRate: L{KISS} verdicts per second over all clients.
+        @param leak: the fraction of limited requests answered anyway, from
+            0 to L{MAX_LEAK}.
+        @param random: the source of the leak's random numbers.
         @raise ValueError: a parameter is out of range.
         """
+        if not 0.0 <= leak <= MAX_LEAK:
+            raise ValueError(f"leak must be from 0 to {MAX_LEAK}, not {leak}")
+        self.leak = leak
+        self.leaked = 0
+        self.random = random
         self.buckets = RateLimiter(rate, burst, maxClients, ipv6Prefix)
         if kodInterval < 0:
             raise ValueError(f"kodInterval must not be negative, not {kodInterval}")
@@ -405,12 +439,21 @@ class SourceLimiter:
             return ADMIT
         return self.refusal(host, now) if refuser is self.buckets else LIMITED
 
-    def refusal(self, host: str, now: float) -> Refusal:
+    def refusal(self, host: str, now: float) -> Verdict:
         """
         The verdict for a request from C{host} at time C{now} that its
-        bucket refused: L{KISS} for one now and then (see C{kodInterval}),
-        L{LIMITED} for the others.
+        bucket refused: L{ADMIT} for a fraction L{leak} of them, picked at
+        random (within the shared cap the buckets are chained to, if any),
+        L{KISS} for one now and then (see C{kodInterval}), L{LIMITED} for
+        the others.
         """
+        leak = self.leak
+        if leak and self.random() < leak:
+            then = self.buckets.then
+            if then is None or then.take(EVERYONE, now) is None:
+                self.leaked += 1
+                return ADMIT
+            return LIMITED
         kodLimit = self._kodLimit
         if kodLimit is None:
             return LIMITED
@@ -711,6 +754,10 @@ class PolicyProfile:
         must never answer another such service.  Not for NTP, whose
         symmetric peers legitimately send from port 123, and which never
         answers a reply.
+    @ivar leak: the protocol's replies are never larger than its requests,
+        so that a fraction of the requests over a client's limit may be
+        answered anyway (see L{SourceLimiter}): forged requests in a
+        client's name then cannot cut it off.
     @ivar replyMemory: remember the replies sent to each peer lately, to
         refuse them, or other replies, coming back (L{ReplyMemory}): for a
         service that answers any datagram.
@@ -719,6 +766,7 @@ class PolicyProfile:
     kissOfDeath: bool = False
     loopGuard: bool = True
     replyMemory: bool = False
+    leak: bool = False
 
 
 class Policy:
@@ -799,6 +847,8 @@ class Policy:
         rules: Sequence[tuple[bool, Network]] = (),
         globalLimit: RateLimiter | None = None,
         serverPorts: Iterable[int] = (),
+        leak: float = DEFAULT_LEAK,
+        random: Callable[[], float] = random.random,
     ) -> Policy:
         """
         The policy udptime's twistd plugin gives a service whose protocol
@@ -813,6 +863,10 @@ class Policy:
             this one is part of: a service with the loop guard answers no
             datagram from them, so that no two of the server's services can
             answer each other.
+        @param leak: the fraction of the requests over a client's limit
+            answered anyway, for a profile that allows it (see
+            L{PolicyProfile.leak}); ignored for the others.
+        @param random: the source of the leak's random numbers.
         """
         limiter = None
         if rate:
@@ -822,6 +876,8 @@ class Policy:
                 maxClients,
                 ipv6Prefix,
                 kodInterval=DEFAULT_KOD_INTERVAL if profile.kissOfDeath else 0.0,
+                leak=leak if profile.leak else 0.0,
+                random=random,
             )
         return cls(
             limiter=limiter,
@@ -869,10 +925,14 @@ class Policy:
 
     def stats(self) -> dict[str, int]:
         """
-        Gauges for reports: clients in the per-source table, and entries
-        evicted from it so far.
+        Gauges for reports: clients in the per-source table, entries
+        evicted from it so far, and, for a service that leaks (see
+        L{SourceLimiter}), the requests over the limits answered anyway.
         """
         limiter = self._limiter
         if limiter is None:
             return {"clients": 0, "evicted": 0}
-        return {"clients": len(limiter), "evicted": limiter.evictions}
+        stats = {"clients": len(limiter), "evicted": limiter.evictions}
+        if limiter.leak:
+            stats["leaked"] = limiter.leaked
+        return stats

@@ -166,7 +166,7 @@ SERVICES: Final[Mapping[str, Service]] = {
             makeServer=_ntpServer,
             makeCodec=_ntpCodec,
             takesWords=False,
-            profile=PolicyProfile(kissOfDeath=True, loopGuard=False),
+            profile=PolicyProfile(kissOfDeath=True, loopGuard=False, leak=True),
             amplification="48 -> 48 bytes, never more than the request (factor 1.00)",
         ),
         Service(

@@ -105,6 +105,7 @@ def _bounded(
 
 _port = _bounded(int, 0, 65535, "a port number from 0 to 65535")
 _rate = _bounded(float, 0.0, sys.float_info.max, "a number of requests per second >= 0")
+_leak = _bounded(float, 0.0, policy.MAX_LEAK, f"a fraction from 0 to {policy.MAX_LEAK}")
 _count = _bounded(int, 1, sys.maxsize, "a whole number >= 1")
 _prefixLength = _bounded(int, 1, 128, "an IPv6 prefix length from 1 to 128")
 
@@ -244,6 +245,15 @@ class Options(usage.Options):
                 policy.DEFAULT_BURST,
                 "Requests one client may send back to back before --rate applies.",
                 _count,
+            ],
+            [
+                "leak",
+                None,
+                policy.DEFAULT_LEAK,
+                "NTP: the fraction of a client's requests over --rate answered "
+                "anyway, picked at random, as chrony's 'ratelimit leak', so that "
+                "requests forged in its name cannot cut it off (0: none).",
+                _leak,
             ],
             [
                 "ipv6-prefix",
@@ -497,6 +507,7 @@ class Options(usage.Options):
             ],
             globalLimit=globalLimit,
             serverPorts=self.enabledPorts().values(),
+            leak=self["leak"],
         )
 
 
