@@ -37,7 +37,8 @@ def looksLikeReply(data: bytes, now: float) -> bool:
     of a service that answers any datagram: an RFC 868 reply (4 bytes whose
     time is within L{TIME_REPLY_SPAN} of C{now}), or one line ending with a
     line feed that is a text protocol reply (a time in one of its formats, a
-    month name, an C{error:} line) or a Daytime line.
+    month name, an C{error:} line), with or without the token of its
+    request, or a Daytime line.
     """
     if len(data) == _TIME_REPLY_SIZE:
         # How far the time it shows is from now, modulo the 2^32-second era.
@@ -46,6 +47,7 @@ def looksLikeReply(data: bytes, now: float) -> bool:
         return ahead <= TIME_REPLY_SPAN or ERA_SECONDS - ahead <= TIME_REPLY_SPAN
     if len(data) < _SHORTEST_LINE or data[-1] != 0x0A or len(data) > text.MAX_REQUEST:
         return False
+    data = text.splitToken(data)[0]
     try:
         line = data.decode("utf-8").strip()
     except UnicodeDecodeError:

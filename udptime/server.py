@@ -256,7 +256,8 @@ class UDPServerProtocol(DatagramProtocol):
 class TextTimeServer(UDPServerProtocol):
     """
     udptime's text time protocol (see L{udptime.text}): any datagram gets one
-    line with the current time.
+    line with the current time; a request that ends with a token gets it
+    back at the end of its reply.
 
     @ivar defaultZone: zone for requests that name none (L{None}: the host's
         local zone).
@@ -304,6 +305,26 @@ class TextTimeServer(UDPServerProtocol):
         self._builders.clear()
 
     def respond(self, data: bytes, addr: Address, received: float) -> Decision:
+        build = self._builders.get(data)
+        if build is not None:
+            return build(received)
+        if b"@" in data and len(data) <= text.MAX_REQUEST:
+            # A request with a token (text.splitToken): answered as the
+            # request without it, the token repeated at the end of the line.
+            request, token = text.splitToken(data)
+            if token is not None:
+                decision = self._answer(request, received)
+                if isinstance(decision, bytes):
+                    return text.withToken(decision, token)
+                if decision.reply is not None:
+                    return errorReply(text.withToken(decision.reply, token))
+                return decision
+        return self._answer(data, received)
+
+    def _answer(self, data: bytes, received: float) -> Decision:
+        """
+        The decision about the request C{data} (without a token).
+        """
         build = self._builders.get(data)
         if build is None:
             try:
