@@ -590,6 +590,12 @@ def makeService(options: Options) -> IService:
             workers.twistdPrivileges(options),
             options["ipv6-prefix"],
         )
+        if options.parent is not None:
+            # Under twistd: a worker that could not be started again would
+            # leave its share of the clients unanswered for good.
+            problem = supervisor.restartProblem()
+            if problem is not None:
+                raise SystemExit(f"{options.command()}: {problem}")
         supervisor.setServiceParent(top)
         _bindUnderTwistd(options, [supervisor])
         return top
