@@ -172,7 +172,7 @@ def parseMeasurements(text: str) -> list[Measurement]:
     return found
 
 
-def clientConfiguration(port: int, mode: str, minpoll: int, directory: str) -> str:
+def clientConfiguration(port: str, mode: str, minpoll: int, directory: str) -> str:
     """
     The configuration of a C{chronyd -Q} measuring the server on
     C{127.0.0.1:port}: no server port, no command sockets, its pid file
@@ -205,31 +205,51 @@ class Query:
     reported: float | None
 
 
+def chronyUser() -> pwd.struct_passwd | None:
+    """
+    The user chronyd drops to, when the benchmark runs as root and that
+    user exists; otherwise L{None} (chronyd -Q then keeps its user).
+    """
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam(CHRONY_USER)
+    except KeyError:
+        return None
+
+
+def clientCommand(settings: AccuracySettings, conf: str) -> list[str]:
+    """
+    The command line of C{chronyd -Q} with the configuration file C{conf}.
+    """
+    user = ["-u", CHRONY_USER] if chronyUser() else []
+    return ["chronyd", "-Q", "-t", str(settings.timeout), *user, "-f", conf]
+
+
 def chronydQuery(
     port: int, mode: str, settings: AccuracySettings, cpuSet: set[int] | None
 ) -> Query:
     """
-    Run C{chronyd -Q} once against the server on C{127.0.0.1:port}.
+    Run C{chronyd -Q} once against the server on C{127.0.0.1:port}, in a
+    directory of its own that its user may write.
     """
     chronyd = chronydPath()
     assert chronyd is not None
     directory = tempfile.mkdtemp(prefix="udptime-accuracy-")
     try:
-        user: list[str] = []
-        if os.geteuid() == 0:
-            try:
-                entry = pwd.getpwnam(CHRONY_USER)
-            except KeyError:
-                os.chmod(directory, 0o777)
-            else:
-                os.chown(directory, entry.pw_uid, entry.pw_gid)
-                user = ["-u", CHRONY_USER]
+        user = chronyUser()
+        if user is not None:
+            os.chown(directory, user.pw_uid, user.pw_gid)
+        elif os.geteuid() == 0:
+            # chronyd drops to a user of its own choosing
+            os.chmod(directory, 0o777)
         conf = os.path.join(directory, "chrony.conf")
         with open(conf, "w") as f:
-            f.write(clientConfiguration(port, mode, settings.minpoll, directory))
+            f.write(clientConfiguration(str(port), mode, settings.minpoll, directory))
+        command = clientCommand(settings, conf)
         try:
             done = subprocess.run(
-                [chronyd, "-Q", "-t", str(settings.timeout), *user, "-f", conf],
+                [chronyd, *command[1:]],
                 capture_output=True,
                 text=True,
                 timeout=settings.timeout + 10,

@@ -12,6 +12,8 @@ from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import StrMethodFormatter
+from report import micro
 
 # One colour per part of a chart, the same in every chart.
 UDPTIME = "#1f77b4"
@@ -48,6 +50,7 @@ def throughputChart(results: dict[str, Any]) -> Figure:
     axes.bar_label(bars, labels=[f"{v:,.0f}" for v in values], padding=3, fontsize=8)
     axes.set_yticks(positions, [row["key"] for row in rows], fontsize=8)
     axes.set_xlabel("requests per second (closed loop, median of the rounds)")
+    axes.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
     axes.set_xlim(0, max(values, default=1) * 1.18 or 1)
     axes.set_title("Throughput")
     axes.grid(axis="x", alpha=0.3)
@@ -80,7 +83,7 @@ def cpuChart(results: dict[str, Any]) -> Figure:
     axes.set_yticks(positions, [row["key"] for row in rows], fontsize=8)
     axes.set_xlabel("server CPU µs per request (closed loop)")
     axes.set_title("CPU time per request")
-    axes.legend(loc="lower right", fontsize=8)
+    figure.legend(loc="outside lower center", ncol=3, fontsize=8)
     axes.grid(axis="x", alpha=0.3)
     return figure
 
@@ -112,6 +115,8 @@ def latencyChart(results: dict[str, Any]) -> Figure:
                 )
         axes.set_yscale("log")
         axes.set_xlabel("offered requests per second")
+        axes.set_xticks(results["settings"]["rates"])
+        axes.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
         axes.set_ylabel("latency µs (solid p50, dashed p99)")
         axes.set_title(protocol)
         axes.grid(alpha=0.3, which="both")
@@ -119,51 +124,82 @@ def latencyChart(results: dict[str, Any]) -> Figure:
     return figure
 
 
+def accuracyGroups(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """
+    The bars of the accuracy chart: for each server and client mode, its
+    name (with how many samples chronyd used as interleaved, idle and
+    loaded) and its figures (C{offset}, C{delay}) by load; then, where
+    chronyd used any reply as interleaved, the same for those replies
+    alone.
+    """
+    figures: dict[tuple[str, str], dict[str, dict[str, float | None]]] = {}
+    used: dict[tuple[str, str], list[str]] = {}
+    for row in results["rows"]:
+        group = (row["label"], row["mode"])
+        figures.setdefault(group, {})[row["load"]] = {
+            "offset": row["median_abs_offset_us"],
+            "delay": row["median_delay_us"],
+        }
+        used.setdefault(group, []).append(
+            f"{row['load']} {row['interleaved']}/{row['accepted']}"
+        )
+        if row["interleaved"]:
+            only = (row["label"], f"{row['mode']}, interleaved replies only")
+            figures.setdefault(only, {})[row["load"]] = {
+                "offset": row["interleaved_median_abs_offset_us"],
+                "delay": row["interleaved_median_delay_us"],
+            }
+    groups = []
+    for (label, mode), loads in figures.items():
+        name = f"{label}\n{mode}"
+        if mode == "xleave" and (label, mode) in used:
+            name += "\ninterleaved: " + ", ".join(used[label, mode])
+        groups.append((name, loads))
+    return groups
+
+
 def accuracyChart(results: dict[str, Any]) -> Figure:
     """
     Median |offset| and median delay per server and client mode, idle and
-    loaded, with how many of the samples chronyd used as interleaved.
+    loaded, with how many of the samples chronyd used as interleaved, and
+    the interleaved replies alone where there were any.
     """
-    rows = results["rows"]
-    groups = list(dict.fromkeys((row["label"], row["mode"]) for row in rows))
-    byKey = {(row["label"], row["mode"], row["load"]): row for row in rows}
-    figure = _figure(width=9.0, height=6.5)
-    panels = figure.subplots(2, 1, sharex=True)
-    width = 0.38
+    groups = accuracyGroups(results)
+    figure = _figure(width=10.0, height=_barHeight(2 * len(groups)))
+    panels = figure.subplots(1, 2, sharey=True)
+    height = 0.38
+    positions = list(range(len(groups)))[::-1]
     for axes, key, name in (
-        (panels[0], "median_abs_offset_us", "median |offset| µs"),
-        (panels[1], "median_delay_us", "median delay µs"),
+        (panels[0], "offset", "median |offset| µs"),
+        (panels[1], "delay", "median delay µs"),
     ):
         for shift, load, colour in (
-            (-width / 2, "idle", IDLE),
-            (width / 2, "loaded", LOADED),
+            (height / 2, "idle", IDLE),
+            (-height / 2, "loaded", LOADED),
         ):
-            found = [byKey.get((label, mode, load)) for label, mode in groups]
-            values = [(row or {}).get(key) or 0 for row in found]
-            bars = axes.bar(
-                [n + shift for n in range(len(groups))],
-                values,
-                width,
+            values = [loads.get(load, {}).get(key) for _, loads in groups]
+            bars = axes.barh(
+                [n + shift for n in positions],
+                [v or 0.0 for v in values],
+                height,
                 color=colour,
                 label=load,
             )
-            axes.bar_label(bars, labels=[f"{v:.1f}" for v in values], fontsize=7)
-        axes.set_ylabel(name)
-        axes.grid(axis="y", alpha=0.3)
-        axes.margins(y=0.15)
-    panels[0].legend(fontsize=8)
-    panels[0].set_title("chronyd -Q against each server")
-    labels = []
-    for label, mode in groups:
-        used = [
-            byKey[(label, mode, load)]
-            for load in ("idle", "loaded")
-            if (label, mode, load) in byKey
-        ]
-        interleaved = sum(row["interleaved"] for row in used)
-        accepted = sum(row["accepted"] for row in used)
-        labels.append(f"{label}\n{mode}, {interleaved}/{accepted} interleaved")
-    panels[1].set_xticks(range(len(labels)), labels, fontsize=7)
+            axes.bar_label(
+                bars, labels=[micro(v) for v in values], padding=2, fontsize=7
+            )
+        axes.set_xscale("symlog", linthresh=1.0)
+        axes.set_xlabel(f"{name} (logarithmic above 1)")
+        axes.grid(axis="x", alpha=0.3)
+        axes.margins(x=0.25)
+    panels[0].set_yticks(positions, [name for name, _ in groups], fontsize=8)
+    figure.legend(
+        *panels[0].get_legend_handles_labels(),
+        loc="outside lower center",
+        ncol=2,
+        fontsize=8,
+    )
+    figure.suptitle("chronyd -Q against each server")
     return figure
 
 

@@ -22,24 +22,32 @@ class Table:
 
     @ivar header: the columns' names.
     @ivar rows: the rows, each as many cells as the header.
+    @ivar code: the columns whose cells are code (command lines,
+        configurations), to be shown as they are.
     """
 
     header: tuple[str, ...]
     rows: tuple[tuple[str, ...], ...]
+    code: frozenset[int] = frozenset()
 
     def text(self) -> str:
         """
-        The table as aligned columns: the first to the left, numbers to
-        the right.
+        The table as aligned columns: numbers to the right, text to the
+        left.
         """
         lines = [self.header, *self.rows]
-        widths = [max(len(line[i]) for line in lines) for i in range(len(self.header))]
+        columns = range(len(self.header))
+        widths = [max(len(line[i]) for line in lines) for i in columns]
+        numeric = [
+            i > 0 and all(row[i][:1] in "0123456789-(" for row in self.rows)
+            for i in columns
+        ]
         out = []
         for n, line in enumerate(lines):
             out.append(
                 "  ".join(
-                    cell.ljust(w) if i == 0 else cell.rjust(w)
-                    for i, (cell, w) in enumerate(zip(line, widths, strict=True))
+                    cell.rjust(w) if right else cell.ljust(w)
+                    for cell, w, right in zip(line, widths, numeric, strict=True)
                 ).rstrip()
             )
             if n == 0:
@@ -52,6 +60,17 @@ def number(value: float | None, form: str = "{:,.0f}") -> str:
     C{value} formatted with C{form}, or C{-} when there is none.
     """
     return "-" if value is None else form.format(value)
+
+
+def micro(value: float | None) -> str:
+    """
+    A time in µs, to two significant decimals below 10 µs.
+    """
+    if value is None:
+        return "-"
+    if abs(value) < 1:
+        return f"{value:.2f}"
+    return f"{value:.1f}" if abs(value) < 100 else f"{value:,.0f}"
 
 
 def spread(median: float | None, low: float | None, high: float | None) -> str:
@@ -159,14 +178,14 @@ def workersTable(results: dict[str, Any]) -> Table:
 def accuracyTable(results: dict[str, Any]) -> Table:
     """
     For each NTP server, client mode and load: the samples chronyd took
-    and used, how many of those it used as interleaved, the median
-    |offset| (with each round's median) and delay, the offsets C{chronyd
-    -Q} printed, and what the background load got answered.
+    and used, and in interleaved mode how many of those it used as
+    interleaved; the median |offset| (with the lowest and highest of the
+    rounds' medians) and delay of the samples used, and of the
+    interleaved ones alone; the offsets C{chronyd -Q} printed; and what
+    the background load got answered.
     """
     rows = []
     for row in results["rows"]:
-        rounds = row["round_medians_abs_offset_us"]
-        reported = row["reported_offset_us"]
         if row["load"] == "loaded":
             load = (
                 f"{number(row.get('load_rps'))}/s, "
@@ -174,17 +193,29 @@ def accuracyTable(results: dict[str, Any]) -> Table:
             )
         else:
             load = "-"
+        used = f"{row['accepted']} of {row['samples']}"
+        if row["mode"] == "xleave":
+            used += f", {row['interleaved']} interleaved"
+        interleaved = "-"
+        if row["interleaved"]:
+            interleaved = (
+                f"{micro(row['interleaved_median_abs_offset_us'])} / "
+                f"{micro(row['interleaved_median_delay_us'])}"
+            )
+        offset = micro(row["median_abs_offset_us"])
+        rounds = row["round_medians_abs_offset_us"]
+        if len(rounds) > 1:
+            offset += f" ({micro(min(rounds))} to {micro(max(rounds))})"
         rows.append(
             (
                 row["label"],
                 row["mode"],
                 row["load"],
-                f"{row['accepted']} of {row['samples']}",
-                f"{row['interleaved']} of {row['accepted']}",
-                number(row["median_abs_offset_us"], "{:.1f}"),
-                " / ".join(number(v, "{:.1f}") for v in rounds) or "-",
-                number(row["median_delay_us"], "{:.1f}"),
-                _range(reported),
+                used,
+                offset,
+                micro(row["median_delay_us"]),
+                interleaved,
+                _range(row["reported_offset_us"]),
                 load,
             )
         )
@@ -193,11 +224,10 @@ def accuracyTable(results: dict[str, Any]) -> Table:
         "client mode",
         "load",
         "samples used",
-        "used as interleaved",
-        "median |offset| µs",
-        "each round's, µs",
+        "median |offset| µs (rounds)",
         "median delay µs",
-        "chronyd -Q printed, µs",
+        "interleaved only: |offset| / delay µs",
+        "chronyd -Q printed µs",
         "background load answered",
     )
     return Table(header, tuple(rows))
@@ -212,6 +242,23 @@ def _range(values: Sequence[float]) -> str:
         return "-"
     low, high = round(min(values)), round(max(values))
     return f"{low}" if low == high else f"{low} to {high}"
+
+
+def serversTable(results: dict[str, Any]) -> Table:
+    """
+    How each server was run, with C{PORT} for its port and C{DIR} for its
+    directory.
+    """
+    servers = results["settings"]["servers"]
+    configured = any("configuration" in s for s in servers)
+    rows = []
+    for server in servers:
+        cells = [server["key"], server["command"]]
+        if configured:
+            cells.append(server.get("configuration", "-"))
+        rows.append(tuple(cells))
+    header = ("server", "command", "configuration")
+    return Table(header[: 3 if configured else 2], tuple(rows), frozenset({1, 2}))
 
 
 # --- conditions ------------------------------------------------------------------
@@ -250,7 +297,7 @@ def conditions(results: dict[str, Any]) -> list[tuple[str, str]]:
         software.append(machine["cc"])
     fields.append(("Software", ", ".join(software)))
     fields.append(("Command", results["command"]))
-    fields.append(("Settings", SETTINGS[results["kind"]](results["settings"])))
+    fields += SETTINGS[results["kind"]](results["settings"])
     state = results.get("conditions")
     if state:
         fields.append(
@@ -269,26 +316,29 @@ def conditions(results: dict[str, Any]) -> list[tuple[str, str]]:
     return fields
 
 
-def throughputSettings(settings: dict[str, Any]) -> str:
+def throughputSettings(settings: dict[str, Any]) -> list[tuple[str, str]]:
     """
     A throughput run's settings, in words.
     """
     rates = ", ".join(f"{r:,}" for r in settings["rates"])
     spin = "polling for replies" if settings["spin"] else "sleeping between replies"
-    return (
-        f"{settings['runs']} round(s) over every server; closed loop of "
-        f"{settings['inflight']} requests in flight for {settings['duration']:g} s "
-        f"after {settings['warmup']:g} s of warm-up; open loops at {rates} "
-        f"requests/s for {settings['duration']:g} s each; server pinned to CPU "
-        f"{_cpus(settings['server_cpus'])}, load generator to CPU "
-        f"{_cpus(settings['load_cpus'])} ({spin}), except for the runs with "
-        "workers"
-    )
+    return [
+        (
+            "Settings",
+            f"{settings['runs']} round(s) over every server; closed loop of "
+            f"{settings['inflight']} requests in flight for {settings['duration']:g} s "
+            f"after {settings['warmup']:g} s of warm-up; open loops at {rates} "
+            f"requests/s for {settings['duration']:g} s each; server pinned to CPU "
+            f"{_cpus(settings['server_cpus'])}, load generator to CPU "
+            f"{_cpus(settings['load_cpus'])} ({spin}), except for the runs with "
+            "workers",
+        )
+    ]
 
 
-def accuracySettings(settings: dict[str, Any]) -> str:
+def accuracySettings(settings: dict[str, Any]) -> list[tuple[str, str]]:
     """
-    An accuracy run's settings, in words.
+    An accuracy run's settings, in words, and its client.
     """
     measured = settings.get("capacity_rps")
     if settings.get("load_rate_given"):
@@ -299,20 +349,28 @@ def accuracySettings(settings: dict[str, Any]) -> str:
             f"({settings['load_fraction']:.0%} of the {measured:,.0f} requests/s "
             f"udptime answered in a closed loop, {settings['capacity_source']})"
         )
-    return (
-        f"{settings['runs']} round(s), in each every server idle and loaded, "
-        f"each time at least {settings['samples']} accepted samples per client "
-        f"mode; chronyd -Q polling every 2^{settings['minpoll']} s; background "
-        f"load {load}; servers pinned to CPU {_cpus(settings['server_cpus'])}, "
-        f"clients and load generator to CPU {_cpus(settings['load_cpus'])}"
-    )
+    return [
+        (
+            "Settings",
+            f"{settings['runs']} round(s), in each every server idle and loaded, "
+            f"each time at least {settings['samples']} accepted samples per client "
+            f"mode; chronyd -Q polling every 2^{settings['minpoll']} s; background "
+            f"load {load}; servers pinned to CPU {_cpus(settings['server_cpus'])}, "
+            f"clients and load generator to CPU {_cpus(settings['load_cpus'])}",
+        ),
+        ("Client command", settings["client_command"]),
+        ("Client configuration", settings["client_configuration"]),
+    ]
 
 
 def _cpus(values: Sequence[int]) -> str:
     return ", ".join(str(v) for v in values)
 
 
-SETTINGS: dict[str, Callable[[dict[str, Any]], str]] = {
+# The fields of L{conditions} whose values are code.
+CODE_FIELDS = frozenset({"Command", "Client command", "Client configuration"})
+
+SETTINGS: dict[str, Callable[[dict[str, Any]], list[tuple[str, str]]]] = {
     "throughput": throughputSettings,
     "accuracy": accuracySettings,
 }
@@ -323,6 +381,8 @@ TABLES: dict[str, tuple[str, Callable[[dict[str, Any]], Table]]] = {
     "latency": ("throughput", latencyTable),
     "workers": ("throughput", workersTable),
     "accuracy": ("accuracy", accuracyTable),
+    "throughput-servers": ("throughput", serversTable),
+    "accuracy-servers": ("accuracy", serversTable),
 }
 
 

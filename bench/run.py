@@ -41,6 +41,7 @@ from servers import (
     ACCURACY_SERVERS,
     accuracyServers,
     chronydPath,
+    describe,
     throughputServers,
 )
 
@@ -295,6 +296,7 @@ def runThroughput(args: argparse.Namespace, command: str) -> dict[str, Any]:
             "spin": settings.spin,
             "server_cpus": sorted(serverCPUs),
             "load_cpus": sorted(loadCPUs),
+            "servers": [{"key": s.key, **describe(s)} for s in servers],
         },
         args.note,
     )
@@ -353,7 +355,15 @@ def runAccuracy(
             "samples": settings.samples,
             "minpoll": settings.minpoll,
             "timeout": settings.timeout,
-            "client": accuracy.clientConfiguration(0, "MODE", settings.minpoll, "DIR"),
+            "client_command": shlex.join(
+                accuracy.clientCommand(settings, "DIR/chrony.conf")
+            ),
+            "client_configuration": "; ".join(
+                accuracy.clientConfiguration(
+                    "PORT", "basic", settings.minpoll, "DIR"
+                ).splitlines()
+            ),
+            "servers": [{"key": s.key, **describe(s)} for s in servers],
             "load_rps": loadRate,
             "load_rate_given": settings.loadRate is not None,
             "load_fraction": settings.loadFraction,

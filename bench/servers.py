@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -133,16 +134,16 @@ def hasUvloop() -> bool:
 # --- how each kind of server is started -------------------------------------
 
 
-def udptimeCommand(server: Server, port: int, directory: str) -> list[str]:
+def udptimeCommand(server: Server, port: str, directory: str) -> list[str]:
     """
     C{twistd -n udptime} serving C{server}'s protocol on C{127.0.0.1:port},
     every policy on, logging into C{directory}.
     """
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
     portArguments = (
-        ["--port", str(port)]
+        ["--port", port]
         if server.protocol == "text"
-        else ["--port", "0", "--ntp-port", str(port), "--local-stratum", "1"]
+        else ["--port", "0", "--ntp-port", port, "--local-stratum", "1"]
     )
     workers = ["--workers", str(server.workers)] if server.workers else []
     return [
@@ -162,45 +163,52 @@ def udptimeCommand(server: Server, port: int, directory: str) -> list[str]:
     ]
 
 
-def referenceCommand(server: Server, port: int, directory: str) -> list[str]:
+def referenceCommand(server: Server, port: str, directory: str) -> list[str]:
     """
     One of the Python servers of C{bench/references.py}.
     """
     script = str(BENCH / "references.py")
-    return [sys.executable, script, *server.arguments, server.protocol, str(port)]
+    return [sys.executable, script, *server.arguments, server.protocol, port]
 
 
-def cServerCommand(server: Server, port: int, directory: str) -> list[str]:
+def cServerCommand(server: Server, port: str, directory: str) -> list[str]:
     """
     The C server, C{bench/cserver.c}.
     """
-    return [str(BUILD / "cserver"), server.protocol, str(port)]
+    return [str(BUILD / "cserver"), server.protocol, port]
 
 
-def chronydCommand(server: Server, port: int, directory: str) -> list[str]:
+def chronydConfiguration(port: str, directory: str) -> str:
     """
-    chronyd serving NTP on C{127.0.0.1:port} with a configuration of its
-    own in C{directory}: its own pid file, no command sockets, C{local
-    stratum 1}, in the foreground (C{-d}) and never touching the clock
-    (C{-x}).  It answers the whole of 127.0.0.0/8, where the load
-    generator's many clients are.
+    The configuration of chronyd serving NTP on C{127.0.0.1:port}: its own
+    pid file in C{directory}, no command sockets, C{local stratum 1}.  It
+    answers the whole of 127.0.0.0/8, where the load generator's many
+    clients are.
+    """
+    return (
+        f"port {port}\n"
+        "bindaddress 127.0.0.1\n"
+        "allow 127.0.0.0/8\n"
+        "local stratum 1\n"
+        "cmdport 0\n"
+        "bindcmdaddress /\n"
+        f"pidfile {directory}/chronyd.pid\n"
+    )
+
+
+def chronydCommand(server: Server, port: str, directory: str) -> list[str]:
+    """
+    chronyd with L{chronydConfiguration} written into C{directory}, in the
+    foreground (C{-d}) and never touching the clock (C{-x}).
     """
     os.chmod(directory, 0o755)
     conf = os.path.join(directory, "chrony.conf")
     with open(conf, "w") as f:
-        f.write(
-            f"port {port}\n"
-            "bindaddress 127.0.0.1\n"
-            "allow 127.0.0.0/8\n"
-            "local stratum 1\n"
-            "cmdport 0\n"
-            "bindcmdaddress /\n"
-            f"pidfile {directory}/chronyd.pid\n"
-        )
+        f.write(chronydConfiguration(port, directory))
     return [chronydPath() or "chronyd", "-d", "-x", "-f", conf]
 
 
-KINDS: dict[str, Callable[[Server, int, str], list[str]]] = {
+KINDS: dict[str, Callable[[Server, str, str], list[str]]] = {
     "udptime": udptimeCommand,
     "python": referenceCommand,
     "c": cServerCommand,
@@ -228,7 +236,7 @@ class Running:
 
         @raise RuntimeError: when it does not answer within 20 seconds.
         """
-        command = KINDS[self.server.kind](self.server, self.port, self.directory)
+        command = KINDS[self.server.kind](self.server, str(self.port), self.directory)
         with open(os.path.join(self.directory, "stdout"), "wb") as output:
             self.process = subprocess.Popen(
                 command,
@@ -302,6 +310,33 @@ class Running:
         traceback: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def describe(server: Server) -> dict[str, str]:
+    """
+    How C{server} is run, for the results: its command line (and for
+    chronyd its configuration, one line per directive joined with C{; }),
+    with C{PORT} for its port and C{DIR} for its directory.
+    """
+    if server.kind == "chronyd":
+        return {
+            "command": "chronyd -d -x -f DIR/chrony.conf",
+            "configuration": "; ".join(
+                chronydConfiguration("PORT", "DIR").splitlines()
+            ),
+        }
+    command = KINDS[server.kind](server, "PORT", "DIR")
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    shown = []
+    for argument in command:
+        if argument == sys.executable:
+            argument = "python"
+        elif argument == twistd:
+            argument = "twistd"
+        elif argument.startswith(str(BENCH)):
+            argument = "bench" + argument[len(str(BENCH)) :]
+        shown.append(argument)
+    return {"command": shlex.join(shown)}
 
 
 # --- the lists ----------------------------------------------------------------
