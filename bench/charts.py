@@ -22,7 +22,18 @@ USER = "#1f77b4"
 KERNEL = "#ff7f0e"
 IDLE = "#2ca02c"
 LOADED = "#d62728"
-LINES = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2")
+LINES = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
 
 
 def _figure(width: float = 8.0, height: float = 4.0) -> Figure:
@@ -95,7 +106,7 @@ def latencyChart(results: dict[str, Any]) -> Figure:
     """
     rows = [row for row in results["rows"] if not row.get("workers")]
     protocols = list(dict.fromkeys(row["protocol"] for row in rows))
-    figure = _figure(width=9.0, height=4.5)
+    figure = _figure(width=9.0, height=6.0)
     panels = figure.subplots(1, max(len(protocols), 1), squeeze=False)[0]
     for axes, protocol in zip(panels, protocols, strict=False):
         mine = [row for row in rows if row["protocol"] == protocol]
@@ -120,7 +131,7 @@ def latencyChart(results: dict[str, Any]) -> Figure:
         axes.set_ylabel("latency µs (solid p50, dashed p99)")
         axes.set_title(protocol)
         axes.grid(alpha=0.3, which="both")
-        axes.legend(fontsize=7)
+        axes.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)
     return figure
 
 

@@ -27,7 +27,7 @@ import argparse
 import re
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -241,11 +241,30 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
         argv.insert(0, "all")
     args = parser().parse_args(argv)
+    for name, valid, what in LIMITS:
+        value = getattr(args, name, None)
+        if value is not None and not valid(value):
+            raise SystemExit(f"bench/run.py: --{name.replace('_', '-')} must be {what}")
     if getattr(args, "quick", False):
         args.runs, args.duration, args.warmup = 1, 0.5, 0.3
-    if getattr(args, "runs", 1) < 1:
-        parser().error("--runs must be at least 1")
     return args
+
+
+# Each option's valid values: its name, a check, and what it must be.
+LIMITS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("runs", lambda v: v >= 1, "at least 1"),
+    ("duration", lambda v: v > 0, "above 0"),
+    ("warmup", lambda v: v >= 0, "at least 0"),
+    ("inflight", lambda v: 1 <= v <= 65000, "from 1 to 65000"),
+    ("rates", lambda v: all(r > 0 for r in v), "above 0"),
+    ("workers", lambda v: all(w >= 1 for w in v), "at least 1"),
+    ("accuracy_samples", lambda v: v >= 1, "at least 1"),
+    ("accuracy_minpoll", lambda v: -7 <= v <= 24, "from -7 to 24"),
+    ("accuracy_timeout", lambda v: v >= 1, "at least 1"),
+    ("accuracy_load", lambda v: v > 0, "above 0"),
+    ("accuracy_rate", lambda v: v > 0, "above 0"),
+    ("accuracy_inflight", lambda v: 1 <= v <= 65000, "from 1 to 65000"),
+)
 
 
 def pinning() -> tuple[set[int], set[int]]:

@@ -27,17 +27,24 @@ from udptime.fastport import batchingAvailable, kernelTimestampsAvailable
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def runBenchScript(case: SynchronousTestCase, script: str, *arguments: str) -> str:
+def runBench(script: str, *arguments: str) -> subprocess.CompletedProcess[str]:
     """
-    Run C{bench/script} with C{arguments}: its standard output, once it
-    exited with status 0.
+    Run C{bench/script} with C{arguments}, to its end.
     """
-    done = subprocess.run(
+    return subprocess.run(
         [sys.executable, os.path.join(ROOT, "bench", script), *arguments],
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def runBenchScript(case: SynchronousTestCase, script: str, *arguments: str) -> str:
+    """
+    Run C{bench/script} with C{arguments}: its standard output, once it
+    exited with status 0.
+    """
+    done = runBench(script, *arguments)
     case.assertEqual(done.returncode, 0, done.stderr)
     return done.stdout
 
@@ -382,15 +389,20 @@ class ReportCommandTests(SynchronousTestCase):
         path = os.path.join(self.directory, "other.json")
         with open(path, "w") as f:
             json.dump({"schema": "something else"}, f)
-        done = subprocess.run(
-            [sys.executable, os.path.join(ROOT, "bench", "run.py"), "report", path],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = runBench("run.py", "report", path)
         self.assertNotEqual(done.returncode, 0)
         self.assertEqual(len(done.stderr.strip().splitlines()), 1, done.stderr)
         self.assertIn("not a results file", done.stderr)
+
+    def test_badOption(self) -> None:
+        """
+        An option out of its range is refused with one line, before
+        anything is measured.
+        """
+        done = runBench("run.py", "--runs", "0")
+        self.assertNotEqual(done.returncode, 0)
+        self.assertEqual(done.stderr, "bench/run.py: --runs must be at least 1\n")
+        self.assertEqual(done.stdout, "")
 
     def test_help(self) -> None:
         """
@@ -554,24 +566,24 @@ class DocumentationTests(SynchronousTestCase):
             if importlib.util.find_spec(module) is None:
                 missing(f"{module} is not installed (the test extra)")
 
-    def build(self, source: str, output: str) -> None:
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "sphinx",
-                "-W",
-                "-n",
-                "-q",
-                "-b",
-                "html",
-                source,
-                output,
-            ],
+    def build(self, source: str, output: str) -> subprocess.CompletedProcess[str]:
+        """
+        Build the HTML pages of C{source} into C{output}, warnings as
+        errors.
+        """
+        sphinx = [sys.executable, "-m", "sphinx", "-W", "-n", "-q", "-b", "html"]
+        return subprocess.run(
+            [*sphinx, source, output],
             capture_output=True,
             text=True,
             timeout=300,
         )
+
+    def assertBuilds(self, source: str, output: str) -> None:
+        """
+        Build the HTML pages of C{source} into C{output}, without a warning.
+        """
+        done = self.build(source, output)
         self.assertEqual(done.returncode, 0, done.stderr + done.stdout)
 
     def test_pages(self) -> None:
@@ -609,7 +621,7 @@ class DocumentationTests(SynchronousTestCase):
             for name in charts:
                 f.write(f".. bench-chart:: {name}\n\n")
         output = os.path.join(temporaryDirectory(self), "html")
-        self.build(source, output)
+        self.assertBuilds(source, output)
         with open(os.path.join(output, "index.html")) as f:
             page = f.read()
         for expected in (
@@ -634,7 +646,7 @@ class DocumentationTests(SynchronousTestCase):
             self.assertNotIn(b"Software", drawn[name])
         again = os.path.join(temporaryDirectory(self), "html")
         shutil.rmtree(os.path.join(source, "_generated"))
-        self.build(source, again)
+        self.assertBuilds(source, again)
         for name in charts:
             with open(os.path.join(again, "_images", f"{name}.png"), "rb") as f:
                 self.assertEqual(f.read(), drawn[name], name)
@@ -653,22 +665,7 @@ class DocumentationTests(SynchronousTestCase):
             )
         with open(os.path.join(source, "index.rst"), "w") as f:
             f.write("Results\n=======\n\n.. bench-table:: speed\n")
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "sphinx",
-                "-W",
-                "-q",
-                "-b",
-                "html",
-                source,
-                os.path.join(source, "_build"),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        done = self.build(source, os.path.join(source, "_build"))
         self.assertNotEqual(done.returncode, 0)
         self.assertIn("no benchmark table 'speed'", done.stderr)
         self.assertIn("throughput, latency", done.stderr)
