@@ -22,7 +22,8 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support import missing, requirePeer
-from udptime.fastport import batchingAvailable, kernelTimestampsAvailable
+from udptime.ancillary import kernelTimestampsAvailable
+from udptime.port import batchingAvailable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
