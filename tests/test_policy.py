@@ -661,7 +661,7 @@ class ProtocolPolicyTests(SynchronousTestCase):
         bounded rate.
         """
         events: list[dict[str, object]] = []
-        server = Refusing(policy=SERVICES["ntp"].policy(burst=1))
+        server = Refusing(policy=SERVICES["ntp"].policy(burst=1, leak=0.0))
         server.log = Logger(observer=events.append)
         server.failRefusal = True
         started(server)
