@@ -17,8 +17,7 @@ import time
 from collections.abc import Sequence
 
 from twisted.internet import reactor, threads
-from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
@@ -537,15 +536,13 @@ class HealthzProbeTests(TestCase):
     """
 
     @inlineCallbacks
-    def test_statuses(self) -> Deferred[None]:
+    def test_statuses(self):  # type: ignore[no-untyped-def]
         health = _Health()
         root = Resource()
         root.putChild(b"healthz", health)
-        port: IListeningPort = reactor.listenTCP(  # type: ignore[attr-defined]
-            0, Site(root), interface="127.0.0.1"
-        )
+        port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
-        number = port.getHost().port  # type: ignore[attr-defined]
+        number = port.getHost().port
         self.assertTrue(
             (yield threads.deferToThread(healthzProbe, "127.0.0.1", number, 5.0))
         )
