@@ -204,7 +204,7 @@ class EntryPointTests(SynchronousTestCase):
 
     def test_badFlagAndQuoting(self) -> None:
         self.assertRefused(
-            "UDPTIME_VERBOSE='MAYBE': give 1 or 0", UDPTIME_VERBOSE="maybe"
+            "UDPTIME_VERBOSE='MAYBE': give 1 or 0", UDPTIME_VERBOSE="MAYBE"
         )
         self.assertRefused("UDPTIME_ARGS: No closing quotation", UDPTIME_ARGS="'x")
 
