@@ -211,6 +211,8 @@ class SourceDistributionTests(SynchronousTestCase):
             "tests/install-peers.sh",
             "bench/run.py",
             "bench/loadgen.c",
+            "deploy/container.py",
+            "deploy/kubernetes/deployment.yaml",
         ]:
             self.assertIn(needed, names)
         self.assertNotIn("twisted/plugins/__init__.py", names)
