@@ -13,7 +13,6 @@ each one directly and rebuilds the rule with the live ones.
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
 import threading
@@ -22,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from tests.netns import NetworkNamespace, run
+from tests.support import containerScript
 from udptime.ntp import NTPClientCodec
 from udptime.query import QueryError
 
@@ -145,19 +145,11 @@ def ntpProbe(address: str, port: int, timeout: float) -> bool:
             return False
 
 
-def healthzProbe(address: str, port: int, timeout: float) -> bool:
-    """
-    Whether C{http://address:port/healthz} answers 200 within C{timeout}
-    seconds (503, any other status, or no answer: not healthy).
-    """
-    connection = http.client.HTTPConnection(address, port, timeout=timeout)
-    try:
-        connection.request("GET", "/healthz")
-        return connection.getresponse().status == 200
-    except (OSError, http.client.HTTPException):
-        return False
-    finally:
-        connection.close()
+healthzProbe: Callable[[str, int, float], bool] = containerScript().checkHealthz
+"""
+Whether C{http://address:port/healthz} answers 200 within C{timeout}
+seconds: the image's own health check (C{deploy/container.py}).
+"""
 
 
 @dataclass(frozen=True)

@@ -6,21 +6,24 @@ stand-in twistd that prints its command line, and with the real one.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
-from types import ModuleType
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.support import freePort, udpQuery, waitFor
+from tests.support import (
+    CONTAINER_SCRIPT,
+    containerScript,
+    freePort,
+    udpQuery,
+    waitFor,
+)
 
-DEPLOY = os.path.join(os.path.dirname(os.path.dirname(__file__)), "deploy")
-CONTAINER = os.path.join(DEPLOY, "container.py")
+CONTAINER = CONTAINER_SCRIPT
 
 FAKE_TWISTD = """\
 import json, sys
@@ -28,18 +31,7 @@ json.dump(sys.argv, sys.stdout)
 """
 
 
-def loadContainer() -> ModuleType:
-    """
-    C{deploy/container.py} as a module (it is a script, not a package).
-    """
-    spec = importlib.util.spec_from_file_location("udptime_container", CONTAINER)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-container = loadContainer()
+container = containerScript()
 
 
 def cleanEnvironment(**variables: str) -> dict[str, str]:

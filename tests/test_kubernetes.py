@@ -20,10 +20,12 @@ import kubernetes_validate
 import yaml
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.test_container import container
+from tests.support import containerScript
 
 KUBERNETES_VERSION = "1.33.0"
 """The Kubernetes version the manifests are validated against."""
+
+container = containerScript()
 
 MANIFESTS = os.path.join(
     os.path.dirname(os.path.dirname(__file__)), "deploy", "kubernetes"
