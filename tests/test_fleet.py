@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
 import time
 from collections.abc import Sequence
 
@@ -297,6 +298,22 @@ class FleetTests(SynchronousTestCase):
     def assertFromVIP(self, sender: tuple[str, int]) -> None:
         self.assertEqual(sender, (VIP, TEXT_PORT), "a reply not from the address asked")
 
+    def pinnedClient(self, fleet: Fleet) -> tuple[socket.socket, int, str]:
+        """
+        A client socket in the clients' namespace that keeps its source
+        port, after one query answered from L{VIP}; and the index and address
+        of the instance its flow is pinned to.
+        """
+        sticky = fleet.client.socket()
+        self.addCleanup(sticky.close)
+        sticky.bind((CLIENTS[0], 0))
+        sticky.settimeout(2.0)
+        sticky.sendto(b"unix", (VIP, TEXT_PORT))
+        self.assertFromVIP(sticky.recvfrom(2048)[1])
+        address = fleet.pinnedBackend(sticky.getsockname()[1])
+        index = next(i for i in fleet.backends if backendAddress(i) == address)
+        return sticky, index, address
+
     def test_spread(self) -> None:
         """
         Round robin over three instances: every query is answered from the
@@ -331,14 +348,7 @@ class FleetTests(SynchronousTestCase):
 
         # A client that keeps its source port (chronyd with a fixed
         # acquisition port, a NAT): its flow is pinned to one instance.
-        sticky = fleet.client.socket()
-        self.addCleanup(sticky.close)
-        sticky.bind((CLIENTS[0], 0))
-        sticky.settimeout(2.0)
-        sticky.sendto(b"unix", (VIP, TEXT_PORT))
-        self.assertFromVIP(sticky.recvfrom(2048)[1])
-        victimAddress = fleet.pinnedBackend(sticky.getsockname()[1])
-        victim = next(i for i in fleet.backends if backendAddress(i) == victimAddress)
+        sticky, victim, victimAddress = self.pinnedClient(fleet)
 
         self.assertEqual(fleet.servers[victim].stop(number=signal.SIGKILL), -9)
         # Round robin: the second try of any query reaches a live instance,
@@ -381,14 +391,7 @@ class FleetTests(SynchronousTestCase):
         fleet = self.fleet(["--rate", "0"])
         fleet.startAll()
         balancer = fleet.newBalancer(ROUND_ROBIN)
-        sticky = fleet.client.socket()
-        self.addCleanup(sticky.close)
-        sticky.bind((CLIENTS[0], 0))
-        sticky.settimeout(2.0)
-        sticky.sendto(b"unix", (VIP, TEXT_PORT))
-        self.assertFromVIP(sticky.recvfrom(2048)[1])
-        victimAddress = fleet.pinnedBackend(sticky.getsockname()[1])
-        victim = next(i for i in fleet.backends if backendAddress(i) == victimAddress)
+        sticky, victim, victimAddress = self.pinnedClient(fleet)
         fleet.servers[victim].stop(number=signal.SIGKILL)
 
         survivors = [backendAddress(i) for i in fleet.backends if i != victim]
