@@ -38,7 +38,8 @@ from references import REPLIES, twistedServer
 from twisted.internet import reactor, udp
 
 from udptime.clock import ClockSource
-from udptime.fastport import ServerPort, batchingAvailable
+from udptime.decision import Decision
+from udptime.port import ServerPort, batchingAvailable
 from udptime.server import NTPServer, TextTimeServer, UDPServerProtocol
 from udptime.service import bindUDPSocket
 from udptime.tap import Options
@@ -215,7 +216,7 @@ class ConstantServer(UDPServerProtocol):
         self.reply = reply
         self.transmitTimestamps = like.transmitTimestamps  # type: ignore[misc]
 
-    def respond(self, data: bytes, addr: Any, received: float) -> bytes | None:
+    def respond(self, data: bytes, addr: Any, received: float) -> Decision:
         return self.reply
 
 
@@ -224,15 +225,14 @@ def serverPort(
     kernel: bool,
     batched: bool,
     count: int,
-    portType: type[ServerPort] = ServerPort,
     interface: str = "127.0.0.1",
 ) -> ServerPort:
     """
-    udptime's port (or C{portType}) serving C{server} on a socket bound to
-    C{interface}, reading up to C{count} datagrams per pass.
+    udptime's port serving C{server} on a socket bound to C{interface},
+    reading up to C{count} datagrams per pass.
     """
     sock = loopbackSocket(interface)
-    port = portType.adopt(
+    port = ServerPort.adopt(
         reactor, sock, server, 65535, kernelTimestamps=kernel, batched=batched
     )
     sock.close()

@@ -41,8 +41,10 @@ import time
 from hotpath import NTP_REQUEST, serverPort, udptimeServer
 
 from udptime import mmsg
+from udptime.ancillary import SO_TIMESTAMPNS
 from udptime.clock import ntp64ToUnix, unixToNTP64
-from udptime.fastport import SO_TIMESTAMPNS, ServerPort
+from udptime.port import Batched, ServerPort
+from udptime.replies import ReplyPath
 from udptime.server import UDPServerProtocol
 
 TRANSMIT_AT = 40
@@ -50,10 +52,10 @@ _NTP64 = struct.Struct("!Q")
 _TIMESPEC = struct.Struct("@ll")
 
 
-class GroupStampingPort(ServerPort):
+class GroupStampingReplies(ReplyPath):
     """
-    udptime's port, its NTP replies queued as its text replies are, each
-    transmit timestamp rewritten just before its group's C{sendmmsg}.
+    udptime's reply path, its NTP replies queued as its text replies are,
+    each transmit timestamp rewritten just before its group's C{sendmmsg}.
 
     @ivar spread: stamp the C{i}th reply of a group later than the first by
         C{i} times L{perReply}.
@@ -63,7 +65,9 @@ class GroupStampingPort(ServerPort):
     spread = False
     perReply = 0.0
 
-    def _sendQueued(self, fd: int, batch: mmsg.MessageBatch) -> None:
+    def sendQueued(self, fd: int) -> None:
+        batch = self.batch
+        assert batch is not None
         clock = self.protocol.clock
         view = batch.sendData
         queued = batch.queued
@@ -75,7 +79,7 @@ class GroupStampingPort(ServerPort):
                 slot * mmsg.SEND_SLOT_SIZE + TRANSMIT_AT,
                 unixToNTP64(start + slot * step),
             )
-        super()._sendQueued(fd, batch)
+        super().sendQueued(fd)
         self.perReply = (clock() - start) / queued
 
 
@@ -94,14 +98,17 @@ class Way:
 def groupingPort(
     server: UDPServerProtocol, count: int, group: int, spread: bool
 ) -> ServerPort:
-    port = serverPort(server, True, True, count, GroupStampingPort)
-    assert isinstance(port, GroupStampingPort)
+    port = serverPort(server, True, True, count)
     # A batch of the group's size, whose replies are queued as text
     # replies are (udptime does not queue NTP replies).
     batch = mmsg.MessageBatch(group, 65535, port.addressFamily, True)
-    port._batch = batch
-    port._queue = batch.queue
-    port.spread = spread
+    replies = GroupStampingReplies(server, port.socket.sendto, None, batch)
+    replies.queueing = True
+    replies.queue = batch.queue
+    replies.spread = spread
+    port.batch = batch
+    port.replies = replies
+    port.reader = Batched(port, batch)
     return port
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from tests.netns import NetworkNamespace, run
 from tests.support import containerScript
 from udptime.ntp import NTPClientCodec
-from udptime.query import QueryError
+from udptime.reading import QueryError
 
 TABLE = "udptime_fleet"
 """The nftables table (family C{ip}) the balancer owns in its namespace."""
@@ -137,7 +137,7 @@ def ntpProbe(address: str, port: int, timeout: float) -> bool:
                 sock.settimeout(max(deadline - time.monotonic(), 0.001))
                 data = sock.recv(1024)
                 try:
-                    codec.parseReply(data, cookie, sentAt, time.time(), address, port)
+                    codec.parseReply(data, cookie, sentAt, time.time())
                 except QueryError:
                     continue
                 return True

@@ -107,18 +107,19 @@ def assertCannotListen(
 ) -> None:
     """
     Start C{server}, which must fail: its port is taken.  It exits with
-    status 1, after logging that its service C{service} cannot listen on
-    C{where}.
+    status 1, after one line on standard error that names its service
+    C{service} and the address C{where}, and no traceback.
     """
     case.addCleanup(server.cleanup)
     case.assertRaises(RuntimeError, server.start)
     assert server.process is not None
     case.assertEqual(server.process.returncode, 1)
-    case.assertIn(
-        f"udptime {service} service cannot listen on {where} (UDP):"
-        " Address already in use",
-        server.log(),
+    case.assertEqual(
+        server.stderr(),
+        f"twistd udptime: {service} service cannot listen on {where} (UDP):"
+        " Address already in use\n",
     )
+    case.assertNotIn("Traceback", server.log())
 
 
 def freePort() -> int:
@@ -236,11 +237,15 @@ class TwistdServer:
         env: dict[str, str] | None = None,
         preexec: Sequence[str] = (),
         newSession: bool = False,
+        plugin: str | None = "udptime",
     ) -> None:
         """
         @param newSession: start twistd in a session and process group of
             its own, which L{stop} can then signal as a whole.
+        @param plugin: the twistd plugin to run with C{arguments}, or
+            L{None} when C{twistdArguments} say what to run (C{-y FILE}).
         """
+        self.plugin = plugin
         self.arguments = list(arguments)
         self.newSession = newSession
         self.twistdArguments = list(twistdArguments)
@@ -258,7 +263,7 @@ class TwistdServer:
             "--pidfile=",
             f"--logfile={self.logPath}",
             *self.twistdArguments,
-            "udptime",
+            *([self.plugin] if self.plugin is not None else []),
             *self.arguments,
         ]
 
@@ -388,3 +393,17 @@ class RecordingTransport:
         from twisted.internet.address import IPv4Address
 
         return IPv4Address("UDP", "127.0.0.1", self.port)
+
+
+def deliver(protocol: Any, data: bytes, addr: Any, received: float) -> None:
+    """
+    Hand C{protocol} (connected to a transport, such as a
+    L{RecordingTransport}) the datagram C{data} from C{addr} as a port does
+    that took its receive time from the kernel: C{received}, not the
+    protocol's clock.  Otherwise it goes the way C{datagramReceived} sends
+    it: decided, sent through the transport and counted by the protocol's
+    reply path.
+    """
+    replies = protocol.replies
+    assert replies is not None, "connect the protocol to a transport first"
+    replies.tally(1, replies.handle(data, addr, received))

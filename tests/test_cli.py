@@ -9,28 +9,34 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
 import sys
-import threading
-import time
-from collections.abc import Callable
 from datetime import UTC
 from typing import Any
 
 from twisted.internet import reactor as globalReactor
-from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorPluggableNameResolver
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from tests.test_client import FakeReactor, SteppingClock
+from tests.test_interactive import FakeReaderReactor
 from udptime import cli
-from udptime.cli import CODECS, Client, LineReader, UsageError, parseArguments
-from udptime.client import TextClientCodec
+from udptime.cli import Client, UsageError, parseArguments
 from udptime.ntp import buildKissOfDeath
-from udptime.query import QueryResult
+from udptime.reading import (
+    BadReply,
+    LookupTimeout,
+    QueryError,
+    QueryResult,
+    QueryTimeout,
+    ServerRefused,
+)
+from udptime.resolver import DaemonThreadResolver
 from udptime.server import TextTimeServer
+from udptime.services import SERVICES
+from udptime.text import TextClientCodec
 
 
 def result(**changes: Any) -> QueryResult:
@@ -141,21 +147,68 @@ class ArgumentTests(SynchronousTestCase):
             "udptime: error: argument -r/--retries: not a whole number: 'none'\n",
         )
 
-    def test_registry(self) -> None:
+    def test_protocols(self) -> None:
         """
-        The text protocol is registered; its codec's port is the default.
+        C{--protocol} speaks every service of the table, asking its standard
+        port; the text protocol is the default, on port 5000.
         """
-        self.assertIs(CODECS["text"], TextClientCodec)
-        self.assertEqual(CODECS["text"]("").defaultPort, 5000)
+        self.assertEqual(set(SERVICES), {"text", "ntp", "time", "daytime", "echo"})
+        for name, service in SERVICES.items():
+            with self.subTest(name=name):
+                options = parseArguments(["h", "--protocol", name])
+                self.assertEqual(options.codec.name, name)
+                client = Client(None, options, io.StringIO(), io.StringIO())  # type: ignore[arg-type]
+                self.assertEqual(client.port, service.standardPort)
+        self.assertEqual(SERVICES[cli.DEFAULT_PROTOCOL].standardPort, 5000)
 
-    def test_withoutWords(self) -> None:
+    def test_requestWords(self) -> None:
         """
-        L{cli.withoutWords} adapts a codec that takes no request words.
+        The request words become the request of a protocol that takes words,
+        and are refused, as a usage error, by one that takes none.
         """
-        factory = cli.withoutWords(TextClientCodec)
-        self.assertIsInstance(factory(""), TextClientCodec)
-        self.assertIsInstance(factory(" \t"), TextClientCodec)
-        self.assertRaises(ValueError, factory, "month 3")
+        options = parseArguments(["h", "month", "3"])
+        self.assertEqual(options.codec.buildRequest(0.0)[0], b"month 3")
+        options = parseArguments(["h", "--protocol", "echo", "hello"])
+        self.assertEqual(options.codec.buildRequest(0.0)[0], b"hello")
+        error = self.assertRaises(
+            UsageError, parseArguments, ["h", "--protocol", "ntp", "x"]
+        )
+        self.assertIn("the ntp protocol's request takes no words", str(error))
+
+    def test_intervalErrors(self) -> None:
+        """
+        C{--interval} takes 0 or more seconds, and only with queries made
+        by the command line.
+        """
+        cases = [
+            (["h", "--interval", "-1"], "must be 0 or more seconds: '-1'"),
+            (["h", "--interval", "nan"], "must be 0 or more seconds"),
+            (["h", "--interval", "inf"], "must be 0 or more seconds"),
+            (["h", "--interval", "soon"], "not a number: 'soon'"),
+            (["h", "-i", "--interval", "1"], "--interval does not go with"),
+        ]
+        for argv, message in cases:
+            with self.subTest(argv=argv):
+                error = self.assertRaises(UsageError, parseArguments, argv)
+                self.assertIn(message, str(error))
+        self.assertEqual(parseArguments(["h"]).interval, 1.0)
+        self.assertEqual(parseArguments(["h", "--interval", "0"]).interval, 0.0)
+        self.assertEqual(parseArguments(["h", "--interval", "2.5"]).interval, 2.5)
+
+    def test_help(self) -> None:
+        """
+        C{--help} describes every argument and names every protocol with
+        its port.
+        """
+        parser = cli.buildParser()
+        for action in parser._actions:
+            with self.subTest(action=action.dest):
+                self.assertTrue(action.help, action.dest)
+        text = parser.format_help()
+        for name, service in SERVICES.items():
+            self.assertIn(f"{name} {service.standardPort}", " ".join(text.split()))
+        for option in ("--interval", "--json", "--count", "--interactive"):
+            self.assertIn(option, text)
 
     def test_mainStdinClosed(self) -> None:
         """
@@ -238,26 +291,66 @@ class OutputTests(SynchronousTestCase):
         )
 
 
+def startClient(
+    argv: list[str],
+) -> tuple[FakeReactor, Deferred[int], io.StringIO, io.StringIO]:
+    """
+    Start a L{Client} run of the command line C{argv} on a L{FakeReactor}:
+    the reactor, the run's L{Deferred}, standard output and standard error.
+    """
+    reactor = FakeReactor()
+    stdout, stderr = io.StringIO(), io.StringIO()
+    options = parseArguments(argv)
+    client = Client(reactor, options, stdout, stderr, SteppingClock())
+    d = Deferred.fromCoroutine(client.run())
+    return reactor, d, stdout, stderr
+
+
+def startInteractive(
+    testCase: SynchronousTestCase, argv: list[str], lines: bytes
+) -> tuple[FakeReactor, FakeReaderReactor, Deferred[int], io.StringIO, io.StringIO]:
+    """
+    Start a L{Client} run of the interactive command line C{argv} on a
+    L{FakeReactor}, reading C{lines} from a pipe, and read them once: the
+    reactor, the reader's reactor, the run's L{Deferred}, standard output
+    and standard error.  Call C{doRead} of the reader's reactor's reader to
+    read on (to the end of input).
+    """
+    reader = FakeReaderReactor()
+    reactor = FakeReactor()
+    reactor.addReader = reader.addReader  # type: ignore[attr-defined]
+    reactor.removeReader = reader.removeReader  # type: ignore[attr-defined]
+    stdout, stderr = io.StringIO(), io.StringIO()
+    client = Client(reactor, parseArguments(argv), stdout, stderr, SteppingClock())
+    readEnd, writeEnd = os.pipe()
+    testCase.addCleanup(os.close, readEnd)
+    os.write(writeEnd, lines)
+    os.close(writeEnd)
+    done = Deferred.fromCoroutine(client.run(readEnd))
+    reader.readers[0].doRead()
+    return reactor, reader, done, stdout, stderr
+
+
 class ClientTests(SynchronousTestCase):
     """
     L{Client} on a fake reactor.
     """
 
     def start(self, argv: list[str]) -> tuple[FakeReactor, Deferred[int], Any, Any]:
-        reactor = FakeReactor()
-        stdout, stderr = io.StringIO(), io.StringIO()
-        options = parseArguments(argv)
-        client = Client(reactor, options, stdout, stderr, SteppingClock())
-        d = Deferred.fromCoroutine(client.run())
-        return reactor, d, stdout, stderr
+        return startClient(argv)
 
     def test_count(self) -> None:
         """
-        C{--count} queries one after the other, each printed.
+        C{--count} queries one after the other, a second apart (from one's
+        end to the next one's start), each printed.
         """
         reactor, d, stdout, stderr = self.start(["127.0.0.1", "unix", "-c", "2"])
         reactor.ports[0].receive(b"1.000000\n")
         self.assertNoResult(d)
+        reactor.advance(0.999)
+        self.assertEqual(len(reactor.ports), 1)
+        reactor.advance(0.001)
+        self.assertEqual(len(reactor.ports), 2)
         reactor.ports[1].receive(b"2.000000\n")
         self.assertEqual(self.successResultOf(d), 0)
         lines = stdout.getvalue().splitlines()
@@ -286,7 +379,8 @@ class ClientTests(SynchronousTestCase):
         reactor, d, stdout, stderr = self.start(
             ["::1", "-p", "7", "-r", "1", "-c", "2"]
         )
-        reactor.advance(1)
+        reactor.advance(1)  # the first query's only try
+        reactor.advance(1)  # the interval
         reactor.ports[1].receive(b"March\n", ("::1", 7))
         self.assertEqual(self.successResultOf(d), 1)
         self.assertEqual(stdout.getvalue(), "[::1]:7  March  delay 250.000 ms\n")
@@ -329,7 +423,9 @@ class ClientTests(SynchronousTestCase):
         Unprintable characters of a server's reply or error line are
         escaped, in interactive mode and on standard error too.
         """
-        reactor, d, stdout, stderr = self.start(["127.0.0.1", "-c", "2"])
+        reactor, d, stdout, stderr = self.start(
+            ["127.0.0.1", "-c", "2", "--interval", "0"]
+        )
         reactor.ports[0].receive(b"\x1b[2J\n")
         reactor.ports[1].receive(b"error: \x1b[31mred\n")
         self.assertEqual(self.successResultOf(d), 1)
@@ -337,19 +433,9 @@ class ClientTests(SynchronousTestCase):
             stderr.getvalue(), "udptime: error from 127.0.0.1:5000: \\x1b[31mred\n"
         )
         self.assertIn("  \\x1b[2J  ", stdout.getvalue())
-        reader = FakeReaderReactor()
-        reactor = FakeReactor()
-        reactor.addReader = reader.addReader  # type: ignore[attr-defined]
-        reactor.removeReader = reader.removeReader  # type: ignore[attr-defined]
-        stdout = io.StringIO()
-        options = parseArguments(["127.0.0.1", "-i"])
-        client = Client(reactor, options, stdout, io.StringIO(), SteppingClock())
-        readEnd, writeEnd = os.pipe()
-        self.addCleanup(os.close, readEnd)
-        os.write(writeEnd, b"time\n")
-        os.close(writeEnd)
-        done = Deferred.fromCoroutine(client.run(readEnd))
-        reader.readers[0].doRead()
+        reactor, reader, done, stdout, _ = startInteractive(
+            self, ["127.0.0.1", "-i"], b"time\n"
+        )
         reactor.ports[-1].receive(b"\x07bell\n")
         reader.readers[0].doRead()
         self.assertEqual(self.successResultOf(done), 0)
@@ -432,7 +518,7 @@ class ClientTests(SynchronousTestCase):
 
     def test_reactResolvesInDaemonThreads(self) -> None:
         """
-        The command looks host names up with L{cli.DaemonThreadResolver}.
+        The command looks host names up with L{DaemonThreadResolver}.
         """
 
         @implementer(IReactorPluggableNameResolver)
@@ -444,7 +530,7 @@ class ClientTests(SynchronousTestCase):
         reactor = PluggableReactor()
         reactor.addSystemEventTrigger = lambda *a: None  # type: ignore[method-assign]
         cli._react(reactor, parseArguments(["127.0.0.1"]))
-        self.assertIsInstance(reactor.nameResolver, cli.DaemonThreadResolver)
+        self.assertIsInstance(reactor.nameResolver, DaemonThreadResolver)
 
     def test_json(self) -> None:
         """
@@ -452,10 +538,315 @@ class ClientTests(SynchronousTestCase):
         """
         reactor, d, stdout, _ = self.start(["127.0.0.1", "--json", "-c", "2"])
         reactor.ports[0].receive(b"1970-01-01T00:16:40.000000+00:00\n")
+        reactor.advance(1)
         reactor.ports[1].receive(b"1970-01-01T00:16:41.000000+00:00\n")
         self.assertEqual(self.successResultOf(d), 0)
         objects = [json.loads(line) for line in stdout.getvalue().splitlines()]
         self.assertEqual([o["serverTime"] for o in objects], [1000.0, 1001.0])
+
+
+class IntervalTests(SynchronousTestCase):
+    """
+    C{--interval}: the wait between the queries of C{--count}.
+    """
+
+    def test_interval(self) -> None:
+        """
+        The next query starts C{--interval} seconds after the last one
+        ended, answered or not.
+        """
+        reactor, d, _, _ = startClient(
+            ["127.0.0.1", "-c", "3", "-r", "1", "--interval", "2.5"]
+        )
+        reactor.advance(1)  # the first query times out
+        reactor.advance(2.499)
+        self.assertEqual(len(reactor.ports), 1)
+        reactor.advance(0.001)
+        self.assertEqual(len(reactor.ports), 2)
+        reactor.ports[1].receive(b"March\n")
+        reactor.advance(2.499)
+        self.assertEqual(len(reactor.ports), 2)
+        reactor.advance(0.001)
+        reactor.ports[2].receive(b"April\n")
+        self.assertEqual(self.successResultOf(d), 1)
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
+    def test_noInterval(self) -> None:
+        """
+        With C{--interval 0} the next query starts as the last one ends.
+        """
+        reactor, d, _, _ = startClient(["127.0.0.1", "-c", "2", "--interval", "0"])
+        reactor.ports[0].receive(b"March\n")
+        self.assertEqual(len(reactor.ports), 2)
+        reactor.ports[1].receive(b"April\n")
+        self.assertEqual(self.successResultOf(d), 0)
+
+    def test_notAfterTheLast(self) -> None:
+        """
+        The run ends with its last query: no wait follows it.
+        """
+        reactor, d, _, _ = startClient(["127.0.0.1", "-c", "1"])
+        reactor.ports[0].receive(b"March\n")
+        self.assertEqual(self.successResultOf(d), 0)
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
+    def test_interruptedWhileWaiting(self) -> None:
+        """
+        Ctrl-C between two queries stops the wait: status 130, no timer
+        left, no further query.
+        """
+        reactor = FakeReactor()
+        triggers: list[Any] = []
+        reactor.addSystemEventTrigger = lambda phase, event, f: triggers.append(f)
+        self.patch(sys, "stdout", io.StringIO())
+        self.patch(sys, "stderr", io.StringIO())
+        d = cli._react(reactor, parseArguments(["127.0.0.1", "-c", "3"]))
+        reactor.ports[0].receive(b"March\n")
+        self.assertEqual(len(reactor.getDelayedCalls()), 1)
+        [interrupted] = triggers
+        interrupted()
+        self.assertEqual(self.failureResultOf(d, SystemExit).value.code, 130)
+        self.assertEqual(reactor.getDelayedCalls(), [])
+        reactor.advance(10)
+        self.assertEqual(len(reactor.ports), 1)
+
+
+class RateLimitHintTests(SynchronousTestCase):
+    """
+    A server that answered earlier queries of the run and then stops
+    answering may be limiting the rate of requests: the failure says so, as
+    a possibility.
+    """
+
+    def test_hint(self) -> None:
+        """
+        After answered queries, a query that gets no reply says how many the
+        server answered, and that it may be limiting the rate.
+        """
+        reactor, d, stdout, stderr = startClient(
+            ["127.0.0.1", "-c", "4", "-r", "2", "--interval", "0"]
+        )
+        reactor.ports[0].receive(b"March\n")
+        reactor.ports[1].receive(b"April\n")
+        reactor.advance(1)
+        reactor.advance(1)
+        reactor.ports[4].receive(b"May\n")
+        self.assertEqual(self.successResultOf(d), 1)
+        self.assertEqual(
+            stderr.getvalue(),
+            "udptime: no reply from 127.0.0.1:5000 after 2 tries; the server"
+            " answered 2 earlier queries of this run, so it may be limiting the"
+            " rate of requests it answers (a longer --interval asks less often)\n",
+        )
+        self.assertEqual(len(stdout.getvalue().splitlines()), 3)
+
+    def test_oneEarlier(self) -> None:
+        """
+        One earlier answer is counted in the singular.
+        """
+        reactor, d, _, stderr = startClient(
+            ["127.0.0.1", "-r", "1", "-c", "2", "--interval", "0"]
+        )
+        reactor.ports[0].receive(b"March\n")
+        reactor.advance(1)
+        self.assertEqual(self.successResultOf(d), 1)
+        self.assertIn(
+            "; the server answered 1 earlier query of this run,", stderr.getvalue()
+        )
+
+    def test_noHintWithoutEarlierAnswers(self) -> None:
+        """
+        A server that answered nothing in this run gets no hint: the
+        failure is only what it is.
+        """
+        reactor, d, _, stderr = startClient(
+            ["127.0.0.1", "-r", "1", "-c", "2", "--interval", "0"]
+        )
+        reactor.advance(1)
+        reactor.advance(1)
+        self.assertEqual(self.successResultOf(d), 1)
+        self.assertEqual(
+            stderr.getvalue(),
+            "udptime: no reply from 127.0.0.1:5000 after 1 try\n" * 2,
+        )
+
+    def test_noHintForLookups(self) -> None:
+        """
+        A name lookup that does not finish says nothing about the server's
+        rate limits.
+        """
+        reactor, d, _, stderr = startClient(
+            ["time.example", "-r", "1", "-c", "2", "--interval", "0"]
+        )
+        reactor.nameResolver.answer(IPv4Address("UDP", "127.0.0.1", 5000))
+        reactor.ports[0].receive(b"March\n")
+        reactor.advance(1)
+        self.assertEqual(self.successResultOf(d), 1)
+        self.assertEqual(
+            stderr.getvalue(),
+            "udptime: cannot resolve host 'time.example': no answer in 1 s\n",
+        )
+
+    def test_interactive(self) -> None:
+        """
+        In interactive mode the hint does not suggest C{--interval}.  A
+        refusal (an error line) counts as an answer.
+        """
+        reactor, reader, done, _, stderr = startInteractive(
+            self, ["127.0.0.1", "-i", "-r", "1"], b"month 13\nmonth 4\n"
+        )
+        reactor.ports[0].receive(b"error: month must be a number from 1 to 12\n")
+        reactor.advance(1)
+        reader.readers[0].doRead()
+        self.assertEqual(self.successResultOf(done), 1)
+        self.assertEqual(
+            stderr.getvalue(),
+            "udptime: error from 127.0.0.1:5000: month must be a number from 1"
+            " to 12\nudptime: no reply from 127.0.0.1:5000 after 1 try; the server"
+            " answered 1 earlier query of this run, so it may be limiting the"
+            " rate of requests it answers\n",
+        )
+
+
+class JSONFailureTests(SynchronousTestCase):
+    """
+    With C{--json}, a failed query is a JSON object on standard output, as
+    a reply is, and nothing is written on standard error.
+    """
+
+    def objects(self, stdout: io.StringIO) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in stdout.getvalue().splitlines()]
+
+    def test_timeout(self) -> None:
+        """
+        No reply: an object whose C{error} is C{timeout}; status 1.
+        """
+        reactor, d, stdout, stderr = startClient(
+            ["::1", "-p", "5001", "--json", "-r", "1"]
+        )
+        reactor.advance(1)
+        self.assertEqual(self.successResultOf(d), 1)
+        self.assertEqual(stderr.getvalue(), "")
+        self.assertEqual(
+            self.objects(stdout),
+            [
+                {
+                    "error": "timeout",
+                    "message": "no reply from [::1]:5001 after 1 try",
+                    "protocol": "text",
+                    "server": "::1",
+                    "port": 5001,
+                }
+            ],
+        )
+
+    def test_refused(self) -> None:
+        """
+        A refusal is C{refused}, with the server's message; replies and
+        failures come in the order of the queries, one object per line.
+        """
+        reactor, d, stdout, stderr = startClient(
+            ["127.0.0.1", "--json", "-c", "2", "--interval", "0"]
+        )
+        reactor.ports[0].receive(b"March\n")
+        reactor.ports[1].receive(b"error: no\n")
+        self.assertEqual(self.successResultOf(d), 1)
+        self.assertEqual(stderr.getvalue(), "")
+        reply, failure = self.objects(stdout)
+        self.assertEqual(reply["text"], "March")
+        self.assertEqual(
+            failure,
+            {
+                "error": "refused",
+                "message": "error from 127.0.0.1:5000: no",
+                "protocol": "text",
+                "server": "127.0.0.1",
+                "port": 5000,
+            },
+        )
+
+    def test_hint(self) -> None:
+        """
+        A hint is a field of its own.
+        """
+        reactor, d, stdout, _ = startClient(
+            ["localhost", "-P", "time", "-c", "2", "-r", "1", "--interval", "0", "-j"],
+        )
+        reactor.nameResolver.answer(IPv4Address("UDP", "127.0.0.1", 37))
+        reactor.ports[0].receive(b"\0\0\0\1", ("127.0.0.1", 37))
+        reactor.nameResolver.answer(IPv4Address("UDP", "127.0.0.1", 37))
+        reactor.advance(1)
+        self.assertEqual(self.successResultOf(d), 1)
+        _, failure = self.objects(stdout)
+        self.assertEqual(
+            failure,
+            {
+                "error": "timeout",
+                "message": "no reply from 127.0.0.1:37 after 1 try",
+                "hint": "the server answered 1 earlier query of this run, so it"
+                " may be limiting the rate of requests it answers (a longer"
+                " --interval asks less often)",
+                "protocol": "time",
+                "server": "localhost",
+                "port": 37,
+            },
+        )
+
+    def test_kinds(self) -> None:
+        """
+        Each kind of failure has its word.
+        """
+        for error, kind in [
+            (QueryTimeout("x"), "timeout"),
+            (LookupTimeout("x"), "timeout"),
+            (ServerRefused("x"), "refused"),
+            (BadReply("x"), "bad-reply"),
+            (QueryError("x"), "failed"),
+            (ValueError("x"), "bad-request"),
+            (ZeroDivisionError(), "unexpected"),
+        ]:
+            with self.subTest(error=error):
+                self.assertEqual(cli.failureKind(error), kind)
+
+    def test_badRequestLine(self) -> None:
+        """
+        An interactive line the protocol cannot send is a C{bad-request}
+        object, and the session goes on.
+        """
+        reactor, reader, done, stdout, stderr = startInteractive(
+            self, ["127.0.0.1", "-i", "--json"], b"x" * 600 + b"\nmonth 3\n"
+        )
+        reactor.ports[0].receive(b"March\n")
+        reader.readers[0].doRead()
+        self.assertEqual(self.successResultOf(done), 1)
+        self.assertEqual(stderr.getvalue(), "")
+        failure, reply = self.objects(stdout)
+        self.assertEqual(failure["error"], "bad-request")
+        self.assertEqual(
+            failure["message"],
+            "the request is 600 bytes long; servers answer at most 512",
+        )
+        self.assertEqual(reply["text"], "March")
+
+    def test_outputFails(self) -> None:
+        """
+        A failure that cannot be written ends the run as a reply that
+        cannot be written does.
+        """
+        reactor = FakeReactor()
+        reactor.addSystemEventTrigger = lambda *a: None
+        stderr = io.StringIO()
+        self.patch(sys, "stdout", FailingOutput(OSError(28, "No space left")))
+        self.patch(sys, "stderr", stderr)
+        d = cli._react(
+            reactor, parseArguments(["127.0.0.1", "-j", "-r", "1", "-c", "3"])
+        )
+        reactor.advance(1)
+        self.assertEqual(self.failureResultOf(d, SystemExit).value.code, 1)
+        self.assertEqual(len(reactor.ports), 1)
+        self.assertEqual(
+            stderr.getvalue(), "udptime: cannot write the output: No space left\n"
+        )
 
 
 class FailingOutput(io.StringIO):
@@ -469,83 +860,6 @@ class FailingOutput(io.StringIO):
 
     def write(self, text: str) -> int:
         raise self.error
-
-
-class FakeReaderReactor:
-    """
-    Records readers added and removed.
-    """
-
-    def __init__(self) -> None:
-        self.readers: list[Any] = []
-
-    def addReader(self, reader: Any) -> None:
-        self.readers.append(reader)
-
-    def removeReader(self, reader: Any) -> None:
-        self.readers.remove(reader)
-
-
-class LineReaderTests(SynchronousTestCase):
-    """
-    L{LineReader} on a pipe.
-    """
-
-    def setUp(self) -> None:
-        self.readEnd, self.writeEnd = os.pipe()
-        self.addCleanup(os.close, self.readEnd)
-        self.reactor = FakeReaderReactor()
-        self.reader = LineReader(self.reactor, self.readEnd)
-        self.reader.start()
-
-    def closeWriteEnd(self) -> None:
-        os.close(self.writeEnd)
-
-    def test_lines(self) -> None:
-        """
-        Lines are split, CRLF or LF, and an unterminated last line is
-        delivered at the end; then L{None}.
-        """
-        os.write(self.writeEnd, b"month 3\r\nHello world\n\npar")
-        self.reader.doRead()
-        os.write(self.writeEnd, b"tial \xff")
-        self.reader.doRead()
-        self.closeWriteEnd()
-        self.reader.doRead()
-        self.assertEqual(self.reactor.readers, [])
-        got = [self.successResultOf(self.reader.next()) for _ in range(5)]
-        self.assertEqual(got, ["month 3", "Hello world", "", "partial \ufffd", None])
-
-    def test_waiting(self) -> None:
-        """
-        L{LineReader.next} waits for a line that has not arrived yet.
-        """
-        d = self.reader.next()
-        self.assertNoResult(d)
-        os.write(self.writeEnd, b"one\n")
-        self.reader.doRead()
-        self.assertEqual(self.successResultOf(d), "one")
-        self.closeWriteEnd()
-
-    def test_stop(self) -> None:
-        """
-        After L{LineReader.stop}, no more lines.
-        """
-        os.write(self.writeEnd, b"one\ntwo\n")
-        self.reader.doRead()
-        self.reader.stop()
-        self.assertEqual(self.reactor.readers, [])
-        self.assertIsNone(self.successResultOf(self.reader.next()))
-        self.closeWriteEnd()
-
-    def test_connectionLost(self) -> None:
-        """
-        A descriptor the reactor reports lost ends the lines.
-        """
-        d = self.reader.next()
-        self.reader.connectionLost(None)
-        self.assertIsNone(self.successResultOf(d))
-        self.closeWriteEnd()
 
 
 class InteractiveTests(TestCase):
@@ -602,97 +916,3 @@ class InteractiveTests(TestCase):
         ]
         self.assertEqual(formats, ["unix", "iso"])
         self.assertEqual(stderr.getvalue(), "")
-
-
-class DaemonThreadResolverTests(SynchronousTestCase):
-    """
-    L{cli.DaemonThreadResolver} looks names up in daemon threads.
-    """
-
-    def test_resolve(self) -> None:
-        """
-        The lookup runs in a daemon thread, so that one that hangs cannot
-        keep the command from exiting; its IPv4 and IPv6 addresses of the
-        types asked for reach the receiver in the reactor's thread.
-        """
-        looked: list[tuple[Any, ...]] = []
-        done = threading.Event()
-        calls: list[Callable[[], None]] = []
-
-        def getaddrinfo(*args: Any) -> list[Any]:
-            looked.append((*args, threading.current_thread().daemon))
-            done.set()
-            return [
-                (
-                    socket.AF_INET6,
-                    socket.SOCK_DGRAM,
-                    17,
-                    "",
-                    ("2001:db8::1", 123, 0, 0),
-                ),
-                (socket.AF_INET, socket.SOCK_DGRAM, 17, "", ("192.0.2.1", 123)),
-                (socket.AF_UNIX, socket.SOCK_DGRAM, 0, "", "/x"),
-            ]
-
-        class Reactor:
-            def callFromThread(self, f: Any, *args: Any) -> None:
-                calls.append(lambda: f(*args))
-
-        receiver = RecordingReceiver()
-        resolver = cli.DaemonThreadResolver(Reactor(), getaddrinfo)
-        resolver.resolveHostName(
-            receiver, "time.example", 123, [IPv4Address], transportSemantics="UDP"
-        )
-        self.assertTrue(done.wait(10))
-        self.assertEqual(looked, [("time.example", 123, 0, socket.SOCK_DGRAM, True)])
-        deadline = time.monotonic() + 10
-        while not calls and time.monotonic() < deadline:
-            done.wait(0.01)
-        [deliver] = calls
-        self.assertEqual(receiver.addresses, [])
-        deliver()
-        self.assertEqual(receiver.addresses, [IPv4Address("UDP", "192.0.2.1", 123)])
-        self.assertTrue(receiver.complete)
-
-    def test_failedLookup(self) -> None:
-        """
-        A name that cannot be resolved gives no address.
-        """
-        calls: list[Callable[[], None]] = []
-
-        def getaddrinfo(*args: Any) -> list[Any]:
-            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-
-        class Reactor:
-            def callFromThread(self, f: Any, *args: Any) -> None:
-                calls.append(lambda: f(*args))
-
-        receiver = RecordingReceiver()
-        cli.DaemonThreadResolver(Reactor(), getaddrinfo).resolveHostName(
-            receiver, "nowhere.invalid", 0, [IPv4Address, IPv6Address]
-        )
-        deadline = time.monotonic() + 10
-        while not calls and time.monotonic() < deadline:
-            threading.Event().wait(0.01)
-        [deliver] = calls
-        deliver()
-        self.assertEqual((receiver.addresses, receiver.complete), ([], True))
-
-
-class RecordingReceiver:
-    """
-    An C{IResolutionReceiver} that records what it is given.
-    """
-
-    def __init__(self) -> None:
-        self.addresses: list[Any] = []
-        self.complete = False
-
-    def resolutionBegan(self, resolution: Any) -> None:
-        self.resolution = resolution
-
-    def addressResolved(self, address: Any) -> None:
-        self.addresses.append(address)
-
-    def resolutionComplete(self) -> None:
-        self.complete = True

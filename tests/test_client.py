@@ -1,7 +1,8 @@
 """
 The client library: L{udptime.client.query} on a fake reactor (timeouts,
-retries, source checks, cancellation, clean-up) and on real loopback sockets
-against L{TextTimeServer}; and L{TextClientCodec}.
+retries, source checks, cancellation, clean-up, the result it assembles from
+each codec's reading) and on real loopback sockets against
+L{TextTimeServer}.
 """
 
 from __future__ import annotations
@@ -20,17 +21,20 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.support import freePort
-from udptime import text
-from udptime.client import TextClientCodec, query, readTime, sameAddress
-from udptime.query import (
+from udptime import daytime, echo, ntp, rfc868, text
+from udptime.client import query, sameAddress
+from udptime.clock import unixToNTP64
+from udptime.reading import (
+    BadReply,
+    LookupTimeout,
     QueryError,
     QueryResult,
     QueryTimeout,
-    ReplyMismatch,
     ServerRefused,
 )
 from udptime.server import TextTimeServer
 from udptime.service import bindUDPSocket
+from udptime.text import TextClientCodec
 
 SERVER = ("127.0.0.1", 5000)
 
@@ -569,7 +573,8 @@ class QueryTests(SynchronousTestCase):
         reactor.advance(0.99)
         self.assertNoResult(d)
         reactor.advance(0.01)
-        failure = self.failureResultOf(d, QueryTimeout)
+        failure = self.failureResultOf(d, LookupTimeout)
+        self.assertIsInstance(failure.value, QueryTimeout)
         self.assertEqual(
             str(failure.value), "cannot resolve host 'time.example': no answer in 1 s"
         )
@@ -634,171 +639,129 @@ class QueryTests(SynchronousTestCase):
         self.assertEqual(reactor.ports, [])
 
 
-class TextClientCodecTests(SynchronousTestCase):
+def ntpReply(
+    request: bytes, receivedAt: float, transmitAt: float, precision: int = -20
+) -> bytes:
     """
-    L{TextClientCodec}: the request it sends and how it reads replies.
+    A server's reply to the NTP request C{request}, with the given receive
+    and transmit times.
+    """
+    return ntp.NTPPacket(
+        leap=0,
+        version=4,
+        mode=ntp.Mode.SERVER,
+        stratum=2,
+        precision=precision,
+        refid=b"\x7f\0\0\1",
+        originTimestamp=ntp.NTPPacket.fromBytes(request).transmitTimestamp,
+        receiveTimestamp=unixToNTP64(receivedAt),
+        transmitTimestamp=unixToNTP64(transmitAt),
+    ).toBytes()
+
+
+class AssembledResultTests(SynchronousTestCase):
+    """
+    L{query} makes the L{QueryResult} from the codec's L{Reading}: the
+    protocol, the server's address and port, the reply as received and the
+    round-trip delay are the query's; the rest is the codec's.
     """
 
-    def parse(
-        self, reply: bytes, request: str = "", sent: float = 100.0, got: float = 100.5
-    ) -> QueryResult:
-        codec = TextClientCodec(request)
-        _, state = codec.buildRequest(sent)
-        return codec.parseReply(reply, state, sent, got, "127.0.0.1", 5000)
+    def test_everyCodec(self) -> None:
+        """
+        Each codec's reading, with what the query knows around it.
+        """
+        cases: list[tuple[Any, Any]] = [
+            (TextClientCodec("unix"), lambda request: b"1000.500000\n"),
+            (rfc868.TimeClientCodec(), lambda request: rfc868.buildReply(1000.5)),
+            (
+                daytime.DaytimeClientCodec(),
+                lambda request: daytime.buildReply(1000.5),
+            ),
+            (echo.EchoClientCodec(), lambda request: request),
+        ]
+        for codec, answer in cases:
+            with self.subTest(protocol=codec.name):
+                reactor, d = ask(self, "::1", codec, port=11000)
+                [port] = reactor.ports
+                [(request, _)] = port.written
+                reply = answer(request)
+                port.receive(reply, ("::1", 11000))
+                result = self.successResultOf(d)
+                # Sent at 1000.0, received at 1000.25.
+                reading = codec.parseReply(reply, request, 1000.0, 1000.25)
+                self.assertEqual(
+                    result,
+                    QueryResult(
+                        protocol=codec.name,
+                        host="::1",
+                        port=11000,
+                        reply=reply,
+                        text=reading.text,
+                        serverTime=reading.serverTime,
+                        delay=0.25,
+                        offset=reading.offset,
+                        details=reading.details,
+                    ),
+                )
 
-    def test_request(self) -> None:
+    def test_codecDelay(self) -> None:
         """
-        The request is the words, single-spaced; C{time} when there are
-        none.
+        A codec that measures the delay its own way (NTP: RFC 5905's
+        delta, without the time the server held the request) gives the
+        result's delay.
         """
-        self.assertEqual(TextClientCodec().buildRequest(0.0), (b"time", None))
-        self.assertEqual(TextClientCodec("  ").buildRequest(0.0)[0], b"time")
+        reactor, d = ask(self, "127.0.0.1", ntp.NTPClientCodec(), port=123)
+        [port] = reactor.ports
+        [(request, _)] = port.written
+        # Sent at 1000.0, received at 1000.25; held 0.05 s by the server.
+        port.receive(ntpReply(request, 1000.1, 1000.15), ("127.0.0.1", 123))
+        result = self.successResultOf(d)
         self.assertEqual(
-            TextClientCodec(" iso\tEurope/Paris ").buildRequest(0.0)[0],
-            b"iso Europe/Paris",
+            (result.protocol, result.host, result.port), ("ntp", "127.0.0.1", 123)
         )
-        self.assertEqual(TextClientCodec("month 3").request, "month 3")
+        self.assertAlmostEqual(result.delay, 0.2, places=6)
+        assert result.offset is not None
+        self.assertAlmostEqual(result.offset, 0.0, places=6)
+
+
+class ServerNamedTests(SynchronousTestCase):
+    """
+    The errors of a reply that ends the query name the server, though the
+    codec that raises them does not know it.
+    """
+
+    def test_kissOfDeath(self) -> None:
+        """
+        A Kiss-o'-Death fails the query with L{ntp.KissOfDeath}, naming
+        the server and the code.
+        """
+        reactor, d = ask(self, "127.0.0.1", ntp.NTPClientCodec(), port=123)
+        [port] = reactor.ports
+        kiss = ntp.buildKissOfDeath(port.written[0][0], b"RATE", sourcePort=40000)
+        assert kiss is not None
+        port.receive(kiss, ("127.0.0.1", 123))
+        error = self.failureResultOf(d, ntp.KissOfDeath).value
         self.assertEqual(
-            (TextClientCodec.name, TextClientCodec.defaultPort), ("text", 5000)
+            str(error),
+            "127.0.0.1:123 sent a Kiss-o'-Death RATE: " + ntp.KISS_CODES[b"RATE"],
         )
+        self.assertEqual(error.code, "RATE")
 
-    def test_requestSize(self) -> None:
+    def test_badReply(self) -> None:
         """
-        A request longer than the server answers is refused at once.
+        An impossible NTP reply fails the query with L{BadReply}, naming
+        the server.
         """
-        self.assertEqual(len(TextClientCodec("x" * 512).buildRequest(0)[0]), 512)
-        self.assertRaises(ValueError, TextClientCodec, "x" * 513)
-        self.assertRaises(ValueError, TextClientCodec, "\u00e9" * 257)
-
-    def test_iso(self) -> None:
-        """
-        An ISO 8601 reply gives the time to the microsecond; the offset is
-        the server's time minus the midpoint of send and receive.
-        """
-        result = self.parse(b"1970-01-01T01:01:40.750000+01:00\n")
-        self.assertEqual(result.serverTime, 100.75)
-        self.assertEqual(result.delay, 0.5)
-        self.assertEqual(result.offset, 0.5)
-        self.assertEqual(result.text, "1970-01-01T01:01:40.750000+01:00")
-        self.assertEqual(result.details, {"format": "iso", "resolution": 1e-6})
-
-    def test_unix(self) -> None:
-        """
-        A Unix-seconds reply, with or without a fraction.
-        """
-        result = self.parse(b"99.000000\n", "unix")
-        self.assertEqual(result.serverTime, 99.0)
-        self.assertEqual(result.offset, -1.25)
-        self.assertEqual(result.details, {"format": "unix", "resolution": 1e-6})
-        self.assertEqual(self.parse(b"100\n").details["resolution"], 1.0)
-        self.assertEqual(self.parse(b"-1.5\n").serverTime, -1.5)
-
-    def test_rfc2822(self) -> None:
-        """
-        An RFC 2822 reply gives the time to the second.
-        """
-        result = self.parse(b"Tue, 13 Mar 2018 08:54:58 -0400\n", "rfc2822")
-        self.assertEqual(result.serverTime, 1520945698.0)
-        self.assertEqual(result.details, {"format": "rfc2822", "resolution": 1.0})
-
-    def test_ctime(self) -> None:
-        """
-        A C{ctime} reply has no zone: its time is known when the request
-        named the zone, and unknown otherwise.
-        """
-        reply = b"Tue Mar 13 21:54:58 2018\n"
-        result = self.parse(reply, "ctime Asia/Tokyo")
-        self.assertEqual(result.serverTime, 1520945698.0)
-        self.assertEqual(result.details, {"format": "ctime", "resolution": 1.0})
-        result = self.parse(b"Tue Mar  3 12:54:58 2018\n", "ctime utc")
-        self.assertEqual(result.serverTime, 1520081698.0)
-        result = self.parse(reply, "ctime")
-        self.assertIsNone(result.serverTime)
-        self.assertIsNone(result.offset)
-        self.assertEqual(result.delay, 0.5)
-        self.assertEqual(result.details, {"format": "ctime"})
-
-    def test_month(self) -> None:
-        """
-        A month name has no time, hence no offset; the delay is known.
-        """
-        result = self.parse(b"March\n", "month 3")
-        self.assertEqual(result.text, "March")
-        self.assertIsNone(result.serverTime)
-        self.assertIsNone(result.offset)
-        self.assertEqual(result.delay, 0.5)
-        self.assertEqual(result.details, {"format": "month"})
-
-    def test_unknownLine(self) -> None:
-        """
-        A line that is no known format is shown, with no time.
-        """
-        result = self.parse(b"the time is now\r\n")
-        self.assertEqual(result.text, "the time is now")
-        self.assertIsNone(result.serverTime)
-        self.assertEqual(result.details, {"format": "unknown"})
-        self.assertEqual(self.parse(b"2026-11-21T20:53:39\n").serverTime, None)
-        self.assertEqual(self.parse(b"\n").text, "")
-
-    def test_error(self) -> None:
-        """
-        An C{error:} line is a refusal carrying the server's message.
-        """
-        exc = self.assertRaises(
-            ServerRefused, self.parse, b"error: unknown time zone 'Mars'\n"
-        )
+        reactor, d = ask(self, "::1", ntp.NTPClientCodec(), port=123)
+        [port] = reactor.ports
+        # Transmitted 2 s before it received the request.
+        port.receive(ntpReply(port.written[0][0], 1002.0, 1000.0), ("::1", 123))
+        error = self.failureResultOf(d, BadReply).value
         self.assertEqual(
-            str(exc), "error from 127.0.0.1:5000: unknown time zone 'Mars'"
+            str(error),
+            "[::1]:123 sent a bogus reply: its transmit timestamp is 2.000000 s"
+            " before its receive timestamp",
         )
-
-    def test_errorWithoutMessage(self) -> None:
-        """
-        An C{error:} line with nothing after it says that it gave no reason.
-        """
-        exc = self.assertRaises(ServerRefused, self.parse, b"error:  \n")
-        self.assertEqual(str(exc), "error from 127.0.0.1:5000: (no reason given)")
-
-    def test_mismatch(self) -> None:
-        """
-        Anything but one line of UTF-8 text is not a reply.
-        """
-        for data in (
-            b"",
-            b"\xff\n",
-            b"March",
-            b"a\nb\n",
-            b"a\rb\n",
-            b"\x00\x00\x00\x01",
-        ):
-            with self.subTest(data=data):
-                self.assertRaises(ReplyMismatch, self.parse, data)
-
-    def test_readTime(self) -> None:
-        """
-        L{readTime} recognises each format by its shape.
-        """
-        self.assertEqual(readTime("12.5")[0], 12.5)
-        self.assertEqual(readTime("January"), (None, {"format": "month"}))
-        self.assertEqual(readTime("Thu, 01 Jan 1970 00:00:10 +0000")[0], 10.0)
-        self.assertEqual(readTime("Thu, 01 Jan 1970 00:00:10 -0000")[0], None)
-        self.assertEqual(readTime("Thu Jan  1 00:00:10 1970", UTC)[0], 10.0)
-        self.assertEqual(readTime("hello"), (None, {"format": "unknown"}))
-
-    def test_readTimeOutOfRange(self) -> None:
-        """
-        Unix seconds outside the years 1 to 9999 (so never infinite) are no
-        time: a broken server's reply gives no offset, and valid JSON.
-        """
-        for line in [
-            "9" * 400,
-            "-" + "9" * 400,
-            "253402300800",
-            "-62135596801",
-        ]:
-            with self.subTest(line=line[:20]):
-                self.assertEqual(readTime(line), (None, {"format": "unknown"}))
-        self.assertEqual(readTime("253402300799")[0], 253402300799.0)
-        self.assertEqual(readTime("-62135596800")[0], -62135596800.0)
 
 
 class RealSocketTests(TestCase):

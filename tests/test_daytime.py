@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support import RecordingTransport
 from udptime import daytime
-from udptime.query import ReplyMismatch
+from udptime.reading import Reading, ReplyMismatch
 from udptime.server import DaytimeServer
 
 FIRST_SECOND = -62135596800
@@ -181,7 +181,7 @@ class CodecTests(SynchronousTestCase):
         """
         codec = daytime.DaytimeClientCodec()
         with contextlib.suppress(ReplyMismatch):
-            codec.parseReply(data, None, 1.0, 2.0, "127.0.0.1", 13)
+            codec.parseReply(data, None, 1.0, 2.0)
 
 
 class ClientCodecTests(SynchronousTestCase):
@@ -206,34 +206,32 @@ class ClientCodecTests(SynchronousTestCase):
 
     def test_result(self) -> None:
         """
-        The result holds the line, the server's time, the delay and the
-        offset from the midpoint.
+        The reading holds the line, the server's time and the offset from
+        the midpoint; the delay is the round trip the query measures.
         """
         server = utc(2026, 11, 21, 20, 53, 39)
         data = b"21 NOV 2026 20:53:39 UTC\r\n"
-        result = self.codec.parseReply(
-            data, None, server + 2.0, server + 2.5, "::1", 11013
+        reading = self.codec.parseReply(data, None, server + 2.0, server + 2.5)
+        self.assertEqual(
+            reading,
+            Reading(
+                text="21 NOV 2026 20:53:39 UTC",
+                serverTime=server,
+                offset=-1.75,
+                delay=None,
+                details={"resolution": 1.0},
+            ),
         )
-        self.assertEqual(result.protocol, "daytime")
-        self.assertEqual((result.host, result.port), ("::1", 11013))
-        self.assertEqual(result.reply, data)
-        self.assertEqual(result.text, "21 NOV 2026 20:53:39 UTC")
-        self.assertEqual(result.serverTime, server)
-        self.assertEqual(result.delay, 0.5)
-        self.assertEqual(result.offset, -1.75)
-        self.assertEqual(result.details, {"resolution": 1.0})
 
     def test_unknownFormat(self) -> None:
         """
         A line in an unknown format is still an answer, with no time.
         """
-        result = self.codec.parseReply(
-            b"Sat Nov 21 20:53:39 2026\n", None, 1.0, 2.0, "127.0.0.1", 13
+        reading = self.codec.parseReply(b"Sat Nov 21 20:53:39 2026\n", None, 1.0, 2.0)
+        self.assertEqual(
+            reading,
+            Reading(text="Sat Nov 21 20:53:39 2026", details={"resolution": 1.0}),
         )
-        self.assertEqual(result.text, "Sat Nov 21 20:53:39 2026")
-        self.assertIsNone(result.serverTime)
-        self.assertIsNone(result.offset)
-        self.assertEqual(result.delay, 1.0)
 
     def test_notALine(self) -> None:
         """
@@ -246,8 +244,6 @@ class ClientCodecTests(SynchronousTestCase):
             None,
             1.0,
             2.0,
-            "127.0.0.1",
-            13,
         )
 
 

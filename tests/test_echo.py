@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support import RecordingTransport
 from udptime import echo
-from udptime.query import ReplyMismatch
+from udptime.reading import Reading, ReplyMismatch
 from udptime.server import EchoServer
 
 
@@ -88,18 +88,21 @@ class ClientCodecTests(SynchronousTestCase):
 
     def test_result(self) -> None:
         """
-        A matching echo gives the delay and no server time or offset.
+        A matching echo gives no server time or offset, and leaves the
+        delay to the round trip the query measures.
         """
         payload, state = self.codec.buildRequest(10.0)
-        result = self.codec.parseReply(payload, state, 10.0, 10.125, "::1", 11007)
-        self.assertEqual(result.protocol, "echo")
-        self.assertEqual((result.host, result.port), ("::1", 11007))
-        self.assertEqual(result.reply, payload)
-        self.assertEqual(result.delay, 0.125)
-        self.assertIsNone(result.serverTime)
-        self.assertIsNone(result.offset)
-        self.assertEqual(result.details, {"size": len(payload)})
-        self.assertEqual(result.text, f"{len(payload)}-byte echo")
+        reading = self.codec.parseReply(payload, state, 10.0, 10.125)
+        self.assertEqual(
+            reading,
+            Reading(
+                text=f"{len(payload)}-byte echo",
+                serverTime=None,
+                offset=None,
+                delay=None,
+                details={"size": len(payload)},
+            ),
+        )
 
     def test_mismatch(self) -> None:
         """
@@ -115,8 +118,6 @@ class ClientCodecTests(SynchronousTestCase):
                     state,
                     10.0,
                     10.1,
-                    "127.0.0.1",
-                    7,
                 )
 
 
@@ -180,9 +181,9 @@ class EchoPayloadTests(SynchronousTestCase):
         codec = echo.EchoClientCodec(b"hello there")
         payload, state = codec.buildRequest(100.0)
         self.assertEqual(payload, b"hello there")
-        result = codec.parseReply(payload, state, 100.0, 100.5, "127.0.0.1", 7)
-        self.assertEqual(result.text, "hello there")
-        self.assertEqual(result.delay, 0.5)
+        reading = codec.parseReply(payload, state, 100.0, 100.5)
+        self.assertEqual(reading.text, "hello there")
+        self.assertIsNone(reading.delay)
 
     def test_otherPayloadRejected(self) -> None:
         codec = echo.EchoClientCodec(b"hello there")
@@ -194,8 +195,6 @@ class EchoPayloadTests(SynchronousTestCase):
             state,
             100.0,
             100.5,
-            "127.0.0.1",
-            7,
         )
 
     def test_tooLarge(self) -> None:

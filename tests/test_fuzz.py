@@ -31,11 +31,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.support import RecordingTransport, TwistdServer, freePort, udpQuery
+from tests.support import (
+    RecordingTransport,
+    TwistdServer,
+    deliver,
+    freePort,
+    udpQuery,
+)
 from udptime import daytime, echo, ntp, rfc868, text
-from udptime.client import TextClientCodec
-from udptime.policy import Policy
-from udptime.query import QueryError, ReplyMismatch
+from udptime.reading import QueryError, ReplyMismatch
 from udptime.server import (
     DaytimeServer,
     EchoServer,
@@ -44,6 +48,8 @@ from udptime.server import (
     TimeServer,
     UDPServerProtocol,
 )
+from udptime.services import SERVICES
+from udptime.text import TextClientCodec
 
 EXAMPLES = int(os.environ.get("UDPTIME_FUZZ_EXAMPLES", "150"))
 MUTATIONS = 20 * EXAMPLES
@@ -205,7 +211,7 @@ def running(
     off unless given), started on a recording transport.
     """
     server = SERVERS[service]()
-    server.policy = Policy.forService(service, **{"rate": 0, **limits})  # type: ignore[arg-type]
+    server.policy = SERVICES[service].policy(**{"rate": 0, **limits})  # type: ignore[arg-type]
     server.clock = lambda: NOW
     transport = RecordingTransport(port=5000)
     server.makeConnection(transport)  # type: ignore[arg-type]
@@ -237,7 +243,7 @@ class ProtocolFuzzTests(SynchronousTestCase):
         for limits in [{}, {"rate": 1.0, "burst": 1}]:
             server, transport = running(service, **limits)
             server.datagramReceived(data, addr)
-            server.handleDatagram(data, addr, NOW)
+            deliver(server, data, addr, NOW)
             counters = server.counters
             self.assertEqual(counters.internalErrors, 0)
             self.assertEqual(counters.received, 2)
@@ -300,7 +306,7 @@ class ProtocolFuzzTests(SynchronousTestCase):
         for i, data in enumerate(fuzzDatagrams(rng, MUTATIONS)):
             addr = (f"192.0.2.{i % 7}", 1024 + i % 3)
             for service, (server, transport) in servers:
-                server.handleDatagram(data, addr, NOW + i * 0.001)
+                deliver(server, data, addr, NOW + i * 0.001)
                 if service == "ntp":
                     for reply, _ in transport.written:
                         self.assertEqual(len(reply), 48)
@@ -367,7 +373,7 @@ class CodecFuzzTests(SynchronousTestCase):
                 if isinstance(codec, ntp.NTPClientCodec):
                     state = origin
                 with contextlib.suppress(ReplyMismatch, QueryError):
-                    codec.parseReply(data, state, NOW, NOW + 0.01, "192.0.2.1", 123)
+                    codec.parseReply(data, state, NOW, NOW + 0.01)
 
 
 class RunningServerFuzzTests(SynchronousTestCase):

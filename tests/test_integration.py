@@ -37,6 +37,7 @@ from tests.support import (
     udptimePath,
     waitFor,
 )
+from udptime import __version__
 
 ISO = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}"
 ISO_UTC = ISO.encode() + rb"\+00:00\n"
@@ -435,8 +436,8 @@ class LifecycleTests(SynchronousTestCase):
 
     def test_portInUse(self) -> None:
         """
-        A port that cannot be bound stops twistd with status 1, after a
-        log line naming the service and the address.
+        A port that cannot be bound stops twistd with status 1, after one
+        line on standard error naming the service and the address.
         """
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
             taken.bind(("127.0.0.1", 0))
@@ -491,6 +492,58 @@ class LifecycleTests(SynchronousTestCase):
         self.assertRegex(udpQuery(b"month 6", "::1", port), b"^June\n$")
         os.kill(pid, signal.SIGTERM)
         waitFor(lambda: not os.path.exists(pidfile), "the pid file to go")
+
+    def test_daemonPortInUse(self) -> None:
+        """
+        As a daemon too, a port that cannot be bound is one line on
+        standard error, and status 1: the sockets are bound before twistd
+        leaves the terminal.  No pid file is left, and no process.
+        """
+        directory = tempfile.mkdtemp(prefix="udptime-daemon-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        pidfile = os.path.join(directory, "twistd.pid")
+        logfile = os.path.join(directory, "twistd.log")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+            taken.bind(("127.0.0.1", 0))
+            port = taken.getsockname()[1]
+            done = subprocess.run(
+                [
+                    *(twistdPath(), f"--pidfile={pidfile}", f"--logfile={logfile}"),
+                    *("udptime", "--port", str(port), "--interface", "127.0.0.1"),
+                ],
+                cwd=directory,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=20,
+            )
+        self.assertEqual(
+            (done.returncode, done.stdout, done.stderr),
+            (
+                1,
+                "",
+                f"twistd udptime: text service cannot listen on 127.0.0.1:{port}"
+                " (UDP): Address already in use\n",
+            ),
+        )
+        self.assertFalse(os.path.exists(pidfile))
+
+    def test_version(self) -> None:
+        """
+        C{twistd udptime --version} prints udptime's version (twistd's own
+        C{--version}, before C{udptime}, prints Twisted's).
+        """
+        done = subprocess.run(
+            [twistdPath(), "udptime", "--version"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        self.assertEqual(
+            (done.returncode, done.stdout, done.stderr),
+            (0, f"udptime {__version__}\n", ""),
+        )
 
     def test_dropPrivileges(self) -> None:
         """
@@ -597,6 +650,64 @@ class DownServerTests(SynchronousTestCase):
         self.assertEqual(done.returncode, 1)
         self.assertEqual(
             done.stderr, f"udptime: no reply from 127.0.0.1:{port} after 3 tries\n"
+        )
+
+    def test_silentServerJSON(self) -> None:
+        """
+        With C{--json}, the failure is a JSON object on standard output, and
+        the status is still 1.
+        """
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+            silent.bind(("127.0.0.1", 0))
+            port = silent.getsockname()[1]
+            done = runClient(
+                *("127.0.0.1", "-p", str(port), "-t", "0.2", "-r", "1", "--json"),
+                timeout=0.2 + 15,
+            )
+        self.assertEqual((done.returncode, done.stderr), (1, ""))
+        self.assertEqual(
+            json.loads(done.stdout),
+            {
+                "error": "timeout",
+                "message": f"no reply from 127.0.0.1:{port} after 1 try",
+                "protocol": "text",
+                "server": "127.0.0.1",
+                "port": port,
+            },
+        )
+
+
+class RateLimitedServerTests(SynchronousTestCase):
+    """
+    The client against a server whose rate limit it runs into.
+    """
+
+    def test_countPastTheBurst(self) -> None:
+        """
+        C{--count} past a server's burst: the queries it answered are
+        printed, and the first it does not answer says that the server
+        answered before and may be limiting the rate.
+        """
+        port = freePort()
+        server = TwistdServer(
+            [
+                *("--port", str(port), "--interface", "127.0.0.1"),
+                *("--rate", "0.01", "--burst", "2"),
+            ]
+        )
+        self.addCleanup(server.cleanup)
+        server.start()
+        done = runClient(
+            *("127.0.0.1", "-p", str(port), "-c", "3", "--interval", "0"),
+            *("-t", "0.3", "-r", "1", "unix"),
+        )
+        self.assertEqual(done.returncode, 1, done.stderr)
+        self.assertEqual(len(done.stdout.splitlines()), 2, done.stdout)
+        self.assertEqual(
+            done.stderr,
+            f"udptime: no reply from 127.0.0.1:{port} after 1 try; the server"
+            " answered 2 earlier queries of this run, so it may be limiting the"
+            " rate of requests it answers (a longer --interval asks less often)\n",
         )
 
     def test_badCommandLine(self) -> None:

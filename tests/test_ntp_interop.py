@@ -42,7 +42,7 @@ from tests.support import (
 from udptime.client import query
 from udptime.clock import readKernelClock
 from udptime.ntp import NTPClientCodec, NTPPacket
-from udptime.query import QueryResult
+from udptime.reading import QueryResult
 
 LOCAL_STRATUM = "10"
 CHRONYD_TIMEOUT = 10

@@ -12,12 +12,13 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.support import RecordingTransport
+from tests.support import RecordingTransport, deliver
 from udptime import ntp, tap
 from udptime.clock import ClockSource, KernelClock, Leap, unixToNTP64
 from udptime.ntp import NTPPacket
 from udptime.policy import Policy
 from udptime.server import NTPServer
+from udptime.services import SERVICES
 
 TRANSMIT = bytes.fromhex("8877665544332211")
 CLIENT = ("192.0.2.7", 40123)
@@ -91,7 +92,7 @@ class NTPServerTests(SynchronousTestCase):
         receive timestamp.
         """
         protocol, transport = server(clock=SteppingClock(1_800_000_000.0, 1.0))
-        protocol.handleDatagram(request(), CLIENT, 1_799_999_999.5)
+        deliver(protocol, request(), CLIENT, 1_799_999_999.5)
         packet = NTPPacket.fromBytes(transport.written[0][0])
         self.assertEqual(packet.receiveTimestamp, unixToNTP64(1_799_999_999.5))
         self.assertEqual(packet.transmitTimestamp, unixToNTP64(1_800_000_001.0))
@@ -182,7 +183,7 @@ class NTPServerTests(SynchronousTestCase):
         KoD (at a bounded rate: one, as the clock stands still) instead of a
         reply; its other refused requests get nothing.
         """
-        policy = Policy.forService("ntp", rate=1.0, burst=2)
+        policy = SERVICES["ntp"].policy(rate=1.0, burst=2)
         protocol, transport = server(
             clock=SteppingClock(1_800_000_000.0, 0.0), policy=policy
         )
@@ -223,7 +224,7 @@ class NTPServerTests(SynchronousTestCase):
         self.assertEqual(len(reads), 1)
 
         def stratum(data: bytes, received: float) -> int:
-            protocol.handleDatagram(data, CLIENT, received)
+            deliver(protocol, data, CLIENT, received)
             return NTPPacket.fromBytes(transport.written[-1][0]).stratum
 
         plain, symmetric = request(), request(mode=1)

@@ -182,15 +182,16 @@ class SourceDistributionTests(SynchronousTestCase):
     def test_contents(self) -> None:
         """
         The sdist holds what running the tests and the benchmarks from the
-        unpacked tarball needs (the README's test command included), and the
-        licence, but no build artefact.
+        unpacked tarball needs (the README's test command included), the
+        documentation's sources, and the licence, but no build artefact.
         """
         work = tempfile.mkdtemp(prefix="udptime-sdist-")
         self.addCleanup(shutil.rmtree, work, True)
         source = os.path.join(work, "udptime")
         shutil.copytree(ROOT, source, ignore=IGNORED, symlinks=True)
-        os.makedirs(os.path.join(source, "bench", "build"))
-        open(os.path.join(source, "bench", "build", "loadgen"), "w").close()
+        for built in ("bench/build/loadgen", "docs/_generated/benchreport/x.png"):
+            os.makedirs(os.path.dirname(os.path.join(source, built)), exist_ok=True)
+            open(os.path.join(source, built), "w").close()
         done = subprocess.run(
             [sys.executable, "-m", "build", "--sdist", "--outdir", work, source],
             capture_output=True,
@@ -213,11 +214,22 @@ class SourceDistributionTests(SynchronousTestCase):
             "bench/loadgen.c",
             "deploy/container.py",
             "deploy/kubernetes/deployment.yaml",
+            "docs/_ext/benchreport.py",
+            "docs/data/throughput.json",
+            "NEWS.rst",
+            "docs/conf.py",
+            "docs/_ext/optionlists.py",
+            "docs/examples/udptime.tac",
         ]:
             self.assertIn(needed, names)
         self.assertNotIn("twisted/plugins/__init__.py", names)
         self.assertFalse(
-            [n for n in names if n.startswith("bench/build") or "__pycache__" in n],
+            [
+                n
+                for n in names
+                if n.startswith(("bench/build", "docs/_build", "docs/_generated"))
+                or "__pycache__" in n
+            ],
             sorted(names),
         )
 

@@ -13,13 +13,14 @@ import tracemalloc
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
-from twisted.logger import Logger, LogLevel
+from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.support import RecordingTransport
+from tests.support import RecordingTransport, deliver
 from udptime import ntp, policy
 from udptime.clock import NTP_UNIX_OFFSET
+from udptime.decision import Decision
 from udptime.policy import (
     ADMIT,
     DENIED,
@@ -30,6 +31,7 @@ from udptime.policy import (
     AccessList,
     AccessRule,
     Policy,
+    PolicyProfile,
     RateLimiter,
     ReplyMemory,
     SourceLimiter,
@@ -42,6 +44,7 @@ from udptime.server import (
     TimeServer,
     UDPServerProtocol,
 )
+from udptime.services import SERVICES
 from udptime.summary import CounterSummary
 from udptime.tap import Options, makeService
 
@@ -174,7 +177,7 @@ class SourceLimiterTests(SynchronousTestCase):
         for i in range(KEY_CACHE_SIZE * 3):
             limiter.admit(f"2001:db8:{i >> 16:x}:{i & 0xFFFF:x}::1", NOW)
             limiter.admit(f"::ffff:10.{i >> 16}.{i >> 8 & 255}.{i & 255}", NOW)
-            self.assertLessEqual(len(limiter._keys), KEY_CACHE_SIZE)
+            self.assertLessEqual(len(limiter.buckets._keys), KEY_CACHE_SIZE)
         self.assertEqual(len(limiter), KEY_CACHE_SIZE * 6)
         self.assertEqual(limiter.admit("2001:db8:0:1::2", NOW), LIMITED)
         self.assertEqual(limiter.admit("10.0.0.1", NOW), LIMITED)
@@ -397,7 +400,7 @@ class ReplyMemoryTests(SynchronousTestCase):
 class PolicyTests(SynchronousTestCase):
     def test_loopGuard(self) -> None:
         for service in ["text", "time", "daytime", "echo"]:
-            guard = Policy.forService(service)
+            guard = SERVICES[service].policy()
             for port in [0, 7, 13, 17, 19, 37, 123]:
                 self.assertEqual(guard.admit(("192.0.2.1", port), NOW), LOOPED)
             self.assertEqual(guard.admit(("192.0.2.1", 40000), NOW), ADMIT)
@@ -410,26 +413,29 @@ class PolicyTests(SynchronousTestCase):
         server's services: its own and the others'.
         """
         for service in ["text", "time", "daytime", "echo"]:
-            guard = Policy.forService(service, serverPorts=[5000, 5007, 5123])
+            guard = SERVICES[service].policy(serverPorts=[5000, 5007, 5123])
             for port in [5000, 5007, 5123]:
                 self.assertEqual(guard.admit(("192.0.2.1", port), NOW), LOOPED)
             self.assertEqual(guard.admit(("192.0.2.1", 5001), NOW), ADMIT)
-        ntp = Policy.forService("ntp", serverPorts=[5000, 5007, 5123])
+        ntp = SERVICES["ntp"].policy(serverPorts=[5000, 5007, 5123])
         self.assertEqual(ntp.admit(("192.0.2.1", 5000), NOW), ADMIT)
 
-    def test_unknownService(self) -> None:
+    def test_fromProfile(self) -> None:
         """
-        A service udptime does not serve has no policy: a misspelt name is
-        an error, not a service without NTP's rules.
+        A policy comes from the profile its protocol declares, whatever the
+        service is called: a profile without the loop guard has none, one
+        with a Kiss-o'-Death allowance gets one.
         """
-        error = self.assertRaises(ValueError, Policy.forService, "txt")
-        self.assertEqual(
-            str(error),
-            "unknown service 'txt' (choose from text, ntp, time, daytime, echo)",
-        )
+        ntpLike = Policy.fromProfile(PolicyProfile(kissOfDeath=True, loopGuard=False))
+        self.assertEqual(ntpLike.admit(("192.0.2.1", 7), NOW), ADMIT)
+        assert ntpLike.limiter is not None
+        self.assertEqual(ntpLike.limiter.kodInterval, policy.DEFAULT_KOD_INTERVAL)
+        guarded = Policy.fromProfile(PolicyProfile())
+        self.assertEqual(guarded.admit(("192.0.2.1", 7), NOW), LOOPED)
+        self.assertIsNone(guarded.replyMemory)
 
     def test_ntpServesPort123(self) -> None:
-        guard = Policy.forService("ntp")
+        guard = SERVICES["ntp"].policy()
         self.assertEqual(guard.admit(("192.0.2.1", 123), NOW), ADMIT)
         self.assertEqual(guard.admit(("192.0.2.1", 7), NOW), ADMIT)
         self.assertEqual(guard.admit(("192.0.2.1", 0), NOW), LOOPED)
@@ -440,36 +446,40 @@ class PolicyTests(SynchronousTestCase):
         """
         The loop guard comes first, then the access list, then the limits.
         """
-        rules = AccessRule.parse(False, "192.0.2.0/24")
-        guard = Policy.forService("text", burst=1, rules=rules)
+        rules = [(False, ipaddress.ip_network("192.0.2.0/24"))]
+        guard = SERVICES["text"].policy(burst=1, rules=rules)
         self.assertEqual(guard.admit(("192.0.2.1", 7), NOW), LOOPED)
         self.assertEqual(guard.admit(("192.0.2.1", 4000), NOW), DENIED)
         self.assertEqual(guard.admit(("198.51.100.1", 4000), NOW), ADMIT)
         self.assertEqual(guard.admit(("198.51.100.1", 4000), NOW), LIMITED)
 
     def test_rulesPerService(self) -> None:
-        rules = AccessRule.parse(False, "ntp=192.0.2.0/24") + AccessRule.parse(
-            True, "echo=10.0.0.0/8"
-        )
-        self.assertIsNone(Policy.forService("text", rules=rules).access)
-        ntpPolicy = Policy.forService("ntp", rules=rules)
+        """
+        A rule naming a service applies to that service only.
+        """
+        arguments = ["--ntp-port", "1123", "--echo-port", "1007"]
+        arguments += ["--deny", "ntp=192.0.2.0/24", "--allow", "echo=10.0.0.0/8"]
+        options = Options()
+        options.parseOptions(arguments)
+        self.assertIsNone(options.servicePolicy("text", None).access)
+        ntpPolicy = options.servicePolicy("ntp", None)
         self.assertEqual(ntpPolicy.admit(("192.0.2.1", 123), NOW), DENIED)
         self.assertEqual(ntpPolicy.admit(("10.0.0.1", 123), NOW), ADMIT)
-        echoPolicy = Policy.forService("echo", rules=rules)
+        echoPolicy = options.servicePolicy("echo", None)
         self.assertEqual(echoPolicy.admit(("192.0.2.1", 4000), NOW), DENIED)
         self.assertEqual(echoPolicy.admit(("10.0.0.1", 4000), NOW), ADMIT)
 
     def test_globalCapShared(self) -> None:
         cap = RateLimiter(rate=2.0, burst=2)
-        first = Policy.forService("text", globalLimit=cap)
-        second = Policy.forService("time", globalLimit=cap)
+        first = SERVICES["text"].policy(globalLimit=cap)
+        second = SERVICES["time"].policy(globalLimit=cap)
         self.assertEqual(first.admit(("192.0.2.1", 4000), NOW), ADMIT)
         self.assertEqual(second.admit(("192.0.2.2", 4000), NOW), ADMIT)
         self.assertEqual(first.admit(("192.0.2.3", 4000), NOW), LIMITED)
         self.assertEqual(second.admit(("192.0.2.4", 4000), NOW + 0.5), ADMIT)
 
     def test_rateOff(self) -> None:
-        guard = Policy.forService("text", rate=0)
+        guard = SERVICES["text"].policy(rate=0)
         self.assertIsNone(guard.limiter)
         self.assertEqual(
             {guard.admit(("192.0.2.1", 4000), NOW) for _ in range(1000)}, {ADMIT}
@@ -477,14 +487,14 @@ class PolicyTests(SynchronousTestCase):
         self.assertEqual(guard.stats(), {"clients": 0, "evicted": 0})
 
     def test_profiles(self) -> None:
-        ntpPolicy = Policy.forService("ntp")
+        ntpPolicy = SERVICES["ntp"].policy()
         assert ntpPolicy.limiter is not None
         self.assertEqual(ntpPolicy.limiter.kodInterval, policy.DEFAULT_KOD_INTERVAL)
         self.assertIsNone(ntpPolicy.replyMemory)
-        textPolicy = Policy.forService("text")
+        textPolicy = SERVICES["text"].policy()
         assert textPolicy.limiter is not None
         self.assertEqual(textPolicy.limiter.kodInterval, 0.0)
-        self.assertIsNotNone(Policy.forService("echo").replyMemory)
+        self.assertIsNotNone(SERVICES["echo"].policy().replyMemory)
 
 
 class Refusing(UDPServerProtocol):
@@ -495,7 +505,7 @@ class Refusing(UDPServerProtocol):
     serviceName = "test"
     failRefusal = False
 
-    def respond(self, data: bytes, addr: tuple[str, int], received: float) -> bytes:
+    def respond(self, data: bytes, addr: tuple[str, int], received: float) -> Decision:
         return b"ok"
 
     def refused(self, data: bytes, addr: tuple[str, int], received: float) -> bytes:
@@ -520,11 +530,11 @@ class ProtocolPolicyTests(SynchronousTestCase):
     """
 
     def test_floodFromOneSource(self) -> None:
-        server = TextTimeServer(policy=Policy.forService("text", burst=10))
+        server = TextTimeServer(policy=SERVICES["text"].policy(burst=10))
         transport = started(server)
         for _ in range(1000):
-            server.handleDatagram(b"", ("192.0.2.1", 40000), NOW)
-        server.handleDatagram(b"", ("192.0.2.2", 40000), NOW)
+            deliver(server, b"", ("192.0.2.1", 40000), NOW)
+        deliver(server, b"", ("192.0.2.2", 40000), NOW)
         self.assertEqual(len(transport.written), 11)
         self.assertEqual(transport.written[-1][1], ("192.0.2.2", 40000))
         counters = server.counters.snapshot()
@@ -533,22 +543,22 @@ class ProtocolPolicyTests(SynchronousTestCase):
         self.assertEqual(counters["limited"], 990)
 
     def test_loopedAndDenied(self) -> None:
-        rules = AccessRule.parse(False, "198.51.100.0/24")
-        server = DaytimeServer(policy=Policy.forService("daytime", rules=rules))
+        rules = [(False, ipaddress.ip_network("198.51.100.0/24"))]
+        server = DaytimeServer(policy=SERVICES["daytime"].policy(rules=rules))
         transport = started(server, 1313)
         for port in [7, 13, 17, 19, 37, 123, 0, 1313]:
-            server.handleDatagram(b"x", ("192.0.2.1", port), NOW)
-        server.handleDatagram(b"x", ("198.51.100.1", 4000), NOW)
-        server.handleDatagram(b"x", ("192.0.2.1", 4000), NOW)
+            deliver(server, b"x", ("192.0.2.1", port), NOW)
+        deliver(server, b"x", ("198.51.100.1", 4000), NOW)
+        deliver(server, b"x", ("192.0.2.1", 4000), NOW)
         self.assertEqual(len(transport.written), 1)
         counters = server.counters.snapshot()
         self.assertEqual((counters["looped"], counters["denied"]), (8, 1))
 
     def test_kiss(self) -> None:
-        server = Refusing(policy=Policy.forService("ntp", burst=2))
+        server = Refusing(policy=SERVICES["ntp"].policy(burst=2))
         transport = started(server)
         for _ in range(10):
-            server.handleDatagram(b"q", ("192.0.2.1", 123), NOW)
+            deliver(server, b"q", ("192.0.2.1", 123), NOW)
         self.assertEqual([data for data, _ in transport.written], [b"ok", b"ok", b"no"])
         counters = server.counters.snapshot()
         self.assertEqual(
@@ -556,10 +566,10 @@ class ProtocolPolicyTests(SynchronousTestCase):
         )
 
     def test_noKissForOtherServices(self) -> None:
-        server = Refusing(policy=Policy.forService("text", burst=2))
+        server = Refusing(policy=SERVICES["text"].policy(burst=2))
         transport = started(server)
         for _ in range(10):
-            server.handleDatagram(b"q", ("192.0.2.1", 4000), NOW)
+            deliver(server, b"q", ("192.0.2.1", 4000), NOW)
         self.assertEqual(len(transport.written), 2)
         self.assertEqual(server.counters.kissed, 0)
 
@@ -569,13 +579,13 @@ class ProtocolPolicyTests(SynchronousTestCase):
         bounded rate.
         """
         events: list[dict[str, object]] = []
-        server = Refusing(policy=Policy.forService("ntp", burst=1))
+        server = Refusing(policy=SERVICES["ntp"].policy(burst=1))
         server.log = Logger(observer=events.append)
         server.failRefusal = True
         started(server)
         for i in range(200):
-            server.handleDatagram(b"q", (f"192.0.2.{i}", 123), NOW)
-            server.handleDatagram(b"q", (f"192.0.2.{i}", 123), NOW)
+            deliver(server, b"q", (f"192.0.2.{i}", 123), NOW)
+            deliver(server, b"q", (f"192.0.2.{i}", 123), NOW)
         self.assertEqual(server.counters.internalErrors, policy.DEFAULT_KOD_RATE)
         self.assertLessEqual(len(events), 10)
 
@@ -585,12 +595,10 @@ class ProtocolPolicyTests(SynchronousTestCase):
         server.log = Logger(observer=events.append)
         started(server, 123)
         for i in range(5000):
-            server.handleDatagram(
-                b"\x00" * (i % 60), ("192.0.2.1", 40000), NOW + i * 0.001
-            )
+            deliver(server, b"\x00" * (i % 60), ("192.0.2.1", 40000), NOW + i * 0.001)
         self.assertEqual(server.counters.received, 5000)
         self.assertLessEqual(len(events), 12)
-        server.handleDatagram(b"", ("192.0.2.1", 40000), NOW + 100)
+        deliver(server, b"", ("192.0.2.1", 40000), NOW + 100)
         self.assertRegex(str(events[-1]["log_format"]), "similar lines left out")
         # Every bad datagram is either logged or counted in a later line.
         suppressed = sum(e["suppressed"] for e in events)  # type: ignore[misc]
@@ -602,11 +610,11 @@ class ProtocolPolicyTests(SynchronousTestCase):
         A flood of NTP requests from one source gets C{burst} replies and
         one Kiss-o'-Death RATE that reveals no server time.
         """
-        server = NTPServer(policy=Policy.forService("ntp", burst=4))
+        server = NTPServer(policy=SERVICES["ntp"].policy(burst=4))
         transport = started(server, 123)
         transmit = 0xDEADBEEF01234567
         for _ in range(100):
-            server.handleDatagram(ntpRequest(transmit), ("192.0.2.1", 40000), NOW)
+            deliver(server, ntpRequest(transmit), ("192.0.2.1", 40000), NOW)
         self.assertEqual(len(transport.written), 5)
         kod = transport.written[-1][0]
         self.assertEqual(len(kod), 48)
@@ -622,10 +630,10 @@ class ProtocolPolicyTests(SynchronousTestCase):
         self.assertEqual(server.counters.limited, 96)
 
     def test_kissOnlyForClientRequests(self) -> None:
-        server = NTPServer(policy=Policy.forService("ntp", burst=1))
+        server = NTPServer(policy=SERVICES["ntp"].policy(burst=1))
         transport = started(server, 123)
         for _ in range(10):
-            server.handleDatagram(b"\x17" + bytes(47), ("192.0.2.1", 40000), NOW)
+            deliver(server, b"\x17" + bytes(47), ("192.0.2.1", 40000), NOW)
         self.assertEqual(transport.written, [])
         self.assertEqual(server.counters.kissed, 0)
 
@@ -634,8 +642,8 @@ class ProtocolPolicyTests(SynchronousTestCase):
         Two echo services connected by a forged datagram stop after one
         round trip.
         """
-        first = EchoServer(policy=Policy.forService("echo", rate=0))
-        second = EchoServer(policy=Policy.forService("echo", rate=0))
+        first = EchoServer(policy=SERVICES["echo"].policy(rate=0))
+        second = EchoServer(policy=SERVICES["echo"].policy(rate=0))
         firstAddr, secondAddr = ("192.0.2.1", 7007), ("192.0.2.2", 7007)
         queue: list[tuple[EchoServer, bytes, tuple[str, int]]] = []
 
@@ -651,35 +659,69 @@ class ProtocolPolicyTests(SynchronousTestCase):
 
         for server, addr in [(first, firstAddr), (second, secondAddr)]:
             server.makeConnection(Wire(addr))  # type: ignore[arg-type]
-        first.handleDatagram(b"forged", secondAddr, NOW)
+        deliver(first, b"forged", secondAddr, NOW)
         hops = 0
         while queue and hops < 100:
             target, data, source = queue.pop(0)
-            target.handleDatagram(data, source, NOW + hops * 0.001)
+            deliver(target, data, source, NOW + hops * 0.001)
             hops += 1
         self.assertLessEqual(hops, 2)
         self.assertEqual(first.counters.looped + second.counters.looped, 1)
 
     def test_echoRepeatedLater(self) -> None:
-        server = EchoServer(policy=Policy.forService("echo"))
+        server = EchoServer(policy=SERVICES["echo"].policy())
         transport = started(server, 7)
-        server.handleDatagram(b"ping", ("192.0.2.1", 40000), NOW)
-        server.handleDatagram(b"ping", ("192.0.2.1", 40000), NOW + 2)
+        deliver(server, b"ping", ("192.0.2.1", 40000), NOW)
+        deliver(server, b"ping", ("192.0.2.1", 40000), NOW + 2)
         self.assertEqual(len(transport.written), 2)
 
     def test_noPolicy(self) -> None:
         server = TimeServer()
         transport = started(server, 37)
         for _ in range(100):
-            server.handleDatagram(b"", ("192.0.2.1", 7), NOW)
+            deliver(server, b"", ("192.0.2.1", 7), NOW)
         self.assertEqual(len(transport.written), 100)
+
+
+class VerboseTests(SynchronousTestCase):
+    """
+    In verbose mode the reply path logs every decision, answered or
+    refused, from where it counts them.
+    """
+
+    def test_everyDecision(self) -> None:
+        events: list[dict[str, object]] = []
+        server = TextTimeServer(
+            verbose=True, policy=SERVICES["text"].policy(burst=3), clock=lambda: NOW
+        )
+        server.log = Logger(observer=events.append)
+        started(server)
+        for data, port in [
+            (b"month 3", 4000),
+            (b"month 13", 4000),
+            (b"x" * 600, 4000),
+            (b"month 4", 4000),
+            (b"month 5", 7),
+        ]:
+            deliver(server, data, ("192.0.2.1", port), NOW)
+        self.assertEqual(
+            [formatEvent(event) for event in events],
+            [
+                "text: 7-byte request from ('192.0.2.1', 4000), 6-byte reply",
+                "text: 8-byte request from ('192.0.2.1', 4000), malformed,"
+                " 53-byte reply",
+                "text: 600-byte request from ('192.0.2.1', 4000), dropped",
+                "text: 7-byte request from ('192.0.2.1', 4000), limited",
+                "text: 7-byte request from ('192.0.2.1', 7), looped",
+            ],
+        )
 
 
 class CounterSummaryTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.events: list[dict[str, object]] = []
-        self.text = TextTimeServer(policy=Policy.forService("text", burst=1))
+        self.text = TextTimeServer(policy=SERVICES["text"].policy(burst=1))
         self.echo = EchoServer()
         self.summary = CounterSummary(
             self.clock, {"text": self.text, "echo": self.echo}, 10
@@ -692,7 +734,7 @@ class CounterSummaryTests(SynchronousTestCase):
         self.assertEqual(self.events, [])
         started(self.text)
         for _ in range(5000):
-            self.text.handleDatagram(b"", ("192.0.2.1", 4000), NOW)
+            deliver(self.text, b"", ("192.0.2.1", 4000), NOW)
         self.clock.advance(10)
         self.assertEqual(len(self.events), 1)
         event = self.events[0]
@@ -708,7 +750,7 @@ class CounterSummaryTests(SynchronousTestCase):
     def test_finalReportOnStop(self) -> None:
         self.summary.startService()
         started(self.echo, 7)
-        self.echo.handleDatagram(b"x", ("192.0.2.1", 4000), NOW)
+        deliver(self.echo, b"x", ("192.0.2.1", 4000), NOW)
         self.summary.stopService()
         self.assertEqual([e["service"] for e in self.events], ["echo"])
         self.assertEqual(self.events[0]["log_level"], LogLevel.info)

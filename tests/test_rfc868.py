@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support import RecordingTransport
 from udptime import rfc868
-from udptime.query import ReplyMismatch
+from udptime.reading import Reading, ReplyMismatch
 from udptime.server import TimeServer
 
 ERA = 1 << 32
@@ -100,7 +100,7 @@ class CodecTests(SynchronousTestCase):
         codec = rfc868.TimeClientCodec()
         for data, local, expected in DECODE_CASES:
             with self.subTest(data=data, local=local):
-                result = codec.parseReply(data, None, local, local, "127.0.0.1", 37)
+                result = codec.parseReply(data, None, local, local)
                 self.assertEqual(result.serverTime, expected)
 
     @given(
@@ -114,7 +114,7 @@ class CodecTests(SynchronousTestCase):
         """
         codec = rfc868.TimeClientCodec()
         local = now // 1 + skew
-        result = codec.parseReply(rfc868.buildReply(now), None, local, local, "::1", 37)
+        result = codec.parseReply(rfc868.buildReply(now), None, local, local)
         self.assertEqual(result.serverTime, now // 1)
 
 
@@ -146,16 +146,19 @@ class ClientCodecTests(SynchronousTestCase):
         server = utc(2026, 11, 21, 20, 53, 39)
         data = rfc868.buildReply(server + 0.7)
         sent, received = server - 1.25, server - 1.0
-        result = self.codec.parseReply(data, None, sent, received, "127.0.0.1", 11037)
-        self.assertEqual(result.protocol, "time")
-        self.assertEqual((result.host, result.port), ("127.0.0.1", 11037))
-        self.assertEqual(result.reply, data)
-        self.assertEqual(result.serverTime, server)
-        self.assertEqual(result.delay, 0.25)
-        # The middle of the reported second against the midpoint.
-        self.assertEqual(result.offset, 1.625)
-        self.assertEqual(result.text, "2026-11-21T20:53:39+00:00")
-        self.assertEqual(result.details, {"seconds": 0xEEAC8353, "resolution": 1.0})
+        reading = self.codec.parseReply(data, None, sent, received)
+        self.assertEqual(
+            reading,
+            Reading(
+                text="2026-11-21T20:53:39+00:00",
+                serverTime=server,
+                # The middle of the reported second against the midpoint.
+                offset=1.625,
+                # The round trip, as the query measures it.
+                delay=None,
+                details={"seconds": 0xEEAC8353, "resolution": 1.0},
+            ),
+        )
 
     def test_wrongSize(self) -> None:
         """
@@ -170,8 +173,6 @@ class ClientCodecTests(SynchronousTestCase):
                     None,
                     1.0,
                     2.0,
-                    "127.0.0.1",
-                    37,
                 )
 
 

@@ -30,7 +30,7 @@ from udptime import daytime, echo, rfc868
 from udptime.client import query
 from udptime.clock import ntpSecondsToUnix
 from udptime.policy import ADMIT, LOOPED
-from udptime.query import QueryResult
+from udptime.reading import QueryResult
 from udptime.server import DaytimeServer, EchoServer, TimeServer
 from udptime.tap import Options, makeService
 

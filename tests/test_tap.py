@@ -6,7 +6,9 @@ L{udptime.tap.makeService} builds from them.
 
 from __future__ import annotations
 
+import io
 import signal
+import sys
 from collections.abc import Callable
 from datetime import UTC
 
@@ -17,10 +19,12 @@ from twisted.python import usage
 from twisted.scripts.twistd import ServerOptions
 from twisted.trial.unittest import SynchronousTestCase
 
-from udptime import text
+from udptime import __version__, text
+from udptime.ancillary import kernelTimestampsAvailable
 from udptime.server import TextTimeServer
 from udptime.service import UDPListenService
-from udptime.tap import DEFAULT_PORT, Options, UDPTimeService, makeService
+from udptime.tap import Options, UDPTimeService, makeService
+from udptime.text import DEFAULT_PORT
 
 
 def parse(*arguments: str) -> Options:
@@ -125,18 +129,37 @@ class CoreOptionsTests(SynchronousTestCase):
             "is not 0, or a number of seconds >= 1",
         )
 
-    def test_kernelTimestampsNeedNTP(self) -> None:
+    def test_kernelTimestampsFlags(self) -> None:
         """
-        The kernel timestamp flags are for NTP: without its port they are
-        refused, as --local-stratum is.
+        Kernel timestamps are the default; only NTP uses them, so their
+        flags are harmless without its port.  C{--no-kernel-timestamps}
+        turns them off; both flags at once are refused.
         """
-        for flag in ("--kernel-timestamps", "--no-kernel-timestamps"):
-            with self.subTest(flag=flag):
-                error = self.assertRaises(usage.UsageError, parse, flag)
-                self.assertIn("kernel timestamps are for NTP", str(error))
+        self.assertEqual(parse().kernelTimestamps(), kernelTimestampsAvailable())
+        self.assertEqual(
+            parse("--kernel-timestamps").kernelTimestamps(),
+            kernelTimestampsAvailable(),
+        )
+        self.assertFalse(parse("--no-kernel-timestamps").kernelTimestamps())
         self.assertFalse(
             parse("--ntp-port", "1123", "--no-kernel-timestamps").kernelTimestamps()
         )
+        error = self.assertRaises(
+            usage.UsageError, parse, "--kernel-timestamps", "--no-kernel-timestamps"
+        )
+        self.assertIn("not both", str(error))
+        help = Options().getUsage(width=200)
+        self.assertRegex(help, "--kernel-timestamps +The default")
+
+    def test_version(self) -> None:
+        """
+        C{--version} prints udptime's version, and exits with status 0.
+        """
+        output = io.StringIO()
+        self.patch(sys, "stdout", output)
+        error = self.assertRaises(SystemExit, parse, "--version")
+        self.assertEqual(error.code, 0)
+        self.assertEqual(output.getvalue(), f"udptime {__version__}\n")
 
     def test_badTimezone(self) -> None:
         """

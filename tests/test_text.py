@@ -1,7 +1,8 @@
 """
-udptime's text time protocol: the codec (L{udptime.text}) and the server
-protocol (L{udptime.server.TextTimeServer}), driven through
-C{datagramReceived} with a recording transport and a fixed clock.
+udptime's text time protocol: the codec (L{udptime.text}), its client side
+(L{udptime.text.TextClientCodec}) and the server protocol
+(L{udptime.server.TextTimeServer}), driven through C{datagramReceived} with a
+recording transport and a fixed clock.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support import RecordingTransport
 from udptime import text
+from udptime.reading import Reading, ReplyMismatch, ServerRefused
 from udptime.server import REPLY_BUILDERS, TextTimeServer
+from udptime.text import TextClientCodec, readTime
 
 # 2018-03-13 12:54:58.123456 UTC, a Tuesday.
 NOW = 1520945698.123456
@@ -463,3 +466,177 @@ class CodecTests(SynchronousTestCase):
             text.errorReply(text.TextRequestError("bad \u00e9")),
             b"error: bad \\xe9\n",
         )
+
+
+class TextClientCodecTests(SynchronousTestCase):
+    """
+    L{TextClientCodec}: the request it sends and how it reads replies.
+    """
+
+    def parse(
+        self, reply: bytes, request: str = "", sent: float = 100.0, got: float = 100.5
+    ) -> Reading:
+        codec = TextClientCodec(request)
+        _, state = codec.buildRequest(sent)
+        return codec.parseReply(reply, state, sent, got)
+
+    def test_request(self) -> None:
+        """
+        The request is the words, single-spaced; C{time} when there are
+        none.
+        """
+        self.assertEqual(TextClientCodec().buildRequest(0.0), (b"time", None))
+        self.assertEqual(TextClientCodec("  ").buildRequest(0.0)[0], b"time")
+        self.assertEqual(
+            TextClientCodec(" iso\tEurope/Paris ").buildRequest(0.0)[0],
+            b"iso Europe/Paris",
+        )
+        self.assertEqual(TextClientCodec("month 3").request, "month 3")
+        self.assertEqual(
+            (TextClientCodec.name, TextClientCodec.defaultPort), ("text", 5000)
+        )
+
+    def test_requestSize(self) -> None:
+        """
+        A request longer than the server answers is refused at once.
+        """
+        self.assertEqual(len(TextClientCodec("x" * 512).buildRequest(0)[0]), 512)
+        self.assertRaises(ValueError, TextClientCodec, "x" * 513)
+        self.assertRaises(ValueError, TextClientCodec, "\u00e9" * 257)
+
+    def test_iso(self) -> None:
+        """
+        An ISO 8601 reply gives the time to the microsecond; the offset is
+        the server's time minus the midpoint of send and receive.
+        """
+        result = self.parse(b"1970-01-01T01:01:40.750000+01:00\n")
+        self.assertEqual(
+            result,
+            Reading(
+                text="1970-01-01T01:01:40.750000+01:00",
+                serverTime=100.75,
+                offset=0.5,
+                # The round trip, as the query measures it.
+                delay=None,
+                details={"format": "iso", "resolution": 1e-6},
+            ),
+        )
+
+    def test_unix(self) -> None:
+        """
+        A Unix-seconds reply, with or without a fraction.
+        """
+        result = self.parse(b"99.000000\n", "unix")
+        self.assertEqual(result.serverTime, 99.0)
+        self.assertEqual(result.offset, -1.25)
+        self.assertEqual(result.details, {"format": "unix", "resolution": 1e-6})
+        self.assertEqual(self.parse(b"100\n").details["resolution"], 1.0)
+        self.assertEqual(self.parse(b"-1.5\n").serverTime, -1.5)
+
+    def test_rfc2822(self) -> None:
+        """
+        An RFC 2822 reply gives the time to the second.
+        """
+        result = self.parse(b"Tue, 13 Mar 2018 08:54:58 -0400\n", "rfc2822")
+        self.assertEqual(result.serverTime, 1520945698.0)
+        self.assertEqual(result.details, {"format": "rfc2822", "resolution": 1.0})
+
+    def test_ctime(self) -> None:
+        """
+        A C{ctime} reply has no zone: its time is known when the request
+        named the zone, and unknown otherwise.
+        """
+        reply = b"Tue Mar 13 21:54:58 2018\n"
+        result = self.parse(reply, "ctime Asia/Tokyo")
+        self.assertEqual(result.serverTime, 1520945698.0)
+        self.assertEqual(result.details, {"format": "ctime", "resolution": 1.0})
+        result = self.parse(b"Tue Mar  3 12:54:58 2018\n", "ctime utc")
+        self.assertEqual(result.serverTime, 1520081698.0)
+        result = self.parse(reply, "ctime")
+        self.assertEqual(
+            result, Reading(text=reply.decode()[:-1], details={"format": "ctime"})
+        )
+
+    def test_month(self) -> None:
+        """
+        A month name has no time, hence no offset.
+        """
+        result = self.parse(b"March\n", "month 3")
+        self.assertEqual(result, Reading(text="March", details={"format": "month"}))
+
+    def test_unknownLine(self) -> None:
+        """
+        A line that is no known format is shown, with no time.
+        """
+        result = self.parse(b"the time is now\r\n")
+        self.assertEqual(result.text, "the time is now")
+        self.assertIsNone(result.serverTime)
+        self.assertEqual(result.details, {"format": "unknown"})
+        self.assertEqual(self.parse(b"2026-11-21T20:53:39\n").serverTime, None)
+        self.assertEqual(self.parse(b"\n").text, "")
+
+    def test_error(self) -> None:
+        """
+        An C{error:} line is a refusal, L{text.ErrorLine}, carrying the
+        server's message; the query names the server in it (see
+        L{tests.test_client.QueryTests.test_refused}).
+        """
+        exc = self.assertRaises(
+            text.ErrorLine, self.parse, b"error: unknown time zone 'Mars'\n"
+        )
+        self.assertIsInstance(exc, ServerRefused)
+        self.assertEqual(exc.reason, "unknown time zone 'Mars'")
+        self.assertEqual(str(exc), "error from the server: unknown time zone 'Mars'")
+        exc.server = "127.0.0.1:5000"
+        self.assertEqual(
+            str(exc), "error from 127.0.0.1:5000: unknown time zone 'Mars'"
+        )
+
+    def test_errorWithoutMessage(self) -> None:
+        """
+        An C{error:} line with nothing after it says that it gave no reason.
+        """
+        exc = self.assertRaises(text.ErrorLine, self.parse, b"error:  \n")
+        self.assertEqual(str(exc), "error from the server: (no reason given)")
+
+    def test_mismatch(self) -> None:
+        """
+        Anything but one line of UTF-8 text is not a reply.
+        """
+        for data in (
+            b"",
+            b"\xff\n",
+            b"March",
+            b"a\nb\n",
+            b"a\rb\n",
+            b"\x00\x00\x00\x01",
+        ):
+            with self.subTest(data=data):
+                self.assertRaises(ReplyMismatch, self.parse, data)
+
+    def test_readTime(self) -> None:
+        """
+        L{readTime} recognises each format by its shape.
+        """
+        self.assertEqual(readTime("12.5")[0], 12.5)
+        self.assertEqual(readTime("January"), (None, {"format": "month"}))
+        self.assertEqual(readTime("Thu, 01 Jan 1970 00:00:10 +0000")[0], 10.0)
+        self.assertEqual(readTime("Thu, 01 Jan 1970 00:00:10 -0000")[0], None)
+        self.assertEqual(readTime("Thu Jan  1 00:00:10 1970", UTC)[0], 10.0)
+        self.assertEqual(readTime("hello"), (None, {"format": "unknown"}))
+
+    def test_readTimeOutOfRange(self) -> None:
+        """
+        Unix seconds outside the years 1 to 9999 (so never infinite) are no
+        time: a broken server's reply gives no offset, and valid JSON.
+        """
+        for line in [
+            "9" * 400,
+            "-" + "9" * 400,
+            "253402300800",
+            "-62135596801",
+        ]:
+            with self.subTest(line=line[:20]):
+                self.assertEqual(readTime(line), (None, {"format": "unknown"}))
+        self.assertEqual(readTime("253402300799")[0], 253402300799.0)
+        self.assertEqual(readTime("-62135596800")[0], -62135596800.0)

@@ -26,17 +26,21 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support import (
+    RecordingTransport,
     TwistdServer,
     assertCannotListen,
+    deliver,
     freePort,
     freePrivilegedPort,
     missing,
     udpQuery,
     waitFor,
 )
-from udptime import workers
+from udptime import clock, text, workers
+from udptime.decision import Decision
 from udptime.server import TextTimeServer
-from udptime.tap import Options
+from udptime.service import UDPListenService
+from udptime.tap import Options, makeService
 
 STARTED = re.compile(r"worker (\d+) started \(pid (\d+)\)")
 
@@ -413,11 +417,104 @@ class OptionTests(SynchronousTestCase):
 
     def test_workerSetting(self) -> None:
         """
-        The setting handed to a worker survives its trip through the
-        environment.
+        The setting handed to a worker survives its trip through its command
+        line (C{--worker}), with privileges to drop or without.
         """
-        setting = workers.WorkerSetting(2, 1234, {"text": 3, "ntp": 4})
-        self.assertEqual(workers.WorkerSetting.fromJSON(setting.toJSON()), setting)
+        for privileges in [
+            None,
+            workers.Privileges(65534, 65534, False),
+            workers.Privileges(None, 100, True),
+        ]:
+            setting = workers.WorkerSetting(2, 1234, {"text": 3, "ntp": 4}, privileges)
+            options = Options()
+            options.parseOptions(["--worker", setting.toOption()])
+            self.assertEqual(options["worker"], setting)
+
+    def test_badWorkerSetting(self) -> None:
+        """
+        A C{--worker} value that is not a worker setting is a usage error.
+        """
+        for value in ("", "1", "1:2", "x:2:text=3", "1:2:text=x", "1:2:text=3:4"):
+            with self.subTest(value=value):
+                error = self.assertRaises(
+                    usage.UsageError, Options().parseOptions, ["--worker", value]
+                )
+                self.assertIn("--worker", str(error))
+
+    def test_workerOptionHidden(self) -> None:
+        """
+        C{--help} does not list C{--worker}, which is for the supervisor's
+        use; it lists C{--workers}.
+        """
+        text = Options().getUsage()
+        self.assertIn("--workers=", text)
+        self.assertNotIn("--worker=", text)
+
+
+class RoleTests(SynchronousTestCase):
+    """
+    L{makeService} decides the process's role before it builds anything.
+    """
+
+    def setUp(self) -> None:
+        self.measured: list[object] = []
+
+        def measurePrecision(*args: object, **kwargs: object) -> int:
+            self.measured.append(args)
+            return -20
+
+        self.patch(clock, "measurePrecision", measurePrecision)
+        text._zoneNamesByFold.cache_clear()
+
+    def parse(self, *arguments: str) -> Options:
+        options = Options()
+        options.parseOptions(list(arguments))
+        return options
+
+    def test_supervisor(self) -> None:
+        """
+        A supervisor builds only its L{workers.WorkerSupervisor}, with the
+        services' ports: no protocols, no clock measurement, no zones.
+        """
+        top = makeService(
+            self.parse("--workers", "2", "--ntp-port", "1123", "--time-port", "1037")
+        )
+        [supervisor] = list(top)  # type: ignore[call-overload]
+        self.assertIsInstance(supervisor, workers.WorkerSupervisor)
+        self.assertEqual(supervisor.ports, {"text": 5000, "ntp": 1123, "time": 1037})
+        self.assertEqual(supervisor.count, 2)
+        self.assertEqual(self.measured, [])
+        self.assertEqual(text._zoneNamesByFold.cache_info().currsize, 0)
+
+    def test_singleProcess(self) -> None:
+        """
+        A single process builds every protocol (the NTP service measures
+        the clock, the text service reads the zone names).
+        """
+        top = makeService(self.parse("--ntp-port", "1123"))
+        names = {
+            child.name
+            for child in top  # type: ignore[attr-defined]
+            if isinstance(child, UDPListenService)
+        }
+        self.assertEqual(names, {"text", "ntp"})
+        self.assertEqual(len(self.measured), 1)
+        self.assertEqual(text._zoneNamesByFold.cache_info().currsize, 1)
+
+    def test_worker(self) -> None:
+        """
+        A worker (C{--worker}, even with its supervisor's C{--workers})
+        builds the protocols and serves the sockets it inherited.
+        """
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(sock.close)
+        setting = workers.WorkerSetting(1, os.getppid(), {"text": sock.fileno()})
+        self.patch(workers, "dieWithParent", lambda supervisor: None)
+        top = makeService(self.parse("--workers", "2", "--worker", setting.toOption()))
+        listener = top.getServiceNamed("text")  # type: ignore[attr-defined]
+        self.assertIsInstance(listener.protocol, TextTimeServer)
+        self.assertEqual(listener.boundSocket.fileno(), sock.fileno())
+        listener.boundSocket.detach()
 
 
 class FailingServer(TextTimeServer):
@@ -425,7 +522,7 @@ class FailingServer(TextTimeServer):
     A text service with a bug.
     """
 
-    def respond(self, data: bytes, addr: Any, received: float) -> bytes | None:
+    def respond(self, data: bytes, addr: Any, received: float) -> Decision:
         raise RuntimeError("a bug")
 
 
@@ -444,7 +541,8 @@ class RelayTests(SynchronousTestCase):
         output = io.StringIO()
         server = FailingServer(defaultZone=UTC)
         server.log = Logger(observer=jsonFileLogObserver(output))
-        server.handleDatagram(b"time", ("192.0.2.1", 4000), 1_800_000_000.0)
+        server.makeConnection(RecordingTransport())
+        deliver(server, b"time", ("192.0.2.1", 4000), 1_800_000_000.0)
         self.assertEqual(server.counters.internalErrors, 1)
         relayed: list[dict[str, Any]] = []
         globalLogPublisher.addObserver(relayed.append)

@@ -1,16 +1,21 @@
 """
 The C{udptime} command: ask a time server for the time.
 
+Usage::
+
     udptime HOST [WORDS...] [--port N] [--timeout S] [--retries N]
-            [--count N] [--json] [--interactive] [--protocol NAME]
+            [--count N] [--interval S] [--json] [--interactive]
+            [--protocol NAME]
 
 Each reply is printed on one line (the server, its answer, the round-trip
-delay and our clock's offset from the server's), or as one JSON object with
-C{--json}.  A query that gets no reply prints one line on standard error and
-the exit status is 1; a bad command line prints one line and exits with 2;
-Ctrl-C exits with 130.
+delay and our clock's offset from the server's), or as one JSON object on
+standard output with C{--json}.  A query that fails prints one line on
+standard error (with C{--json}, one JSON object with an C{error} key on
+standard output instead) and the exit status is 1; a bad command line
+prints one line on standard error and exits with 2; Ctrl-C exits with 130.
 
-The protocols the client speaks are the entries of L{CODECS}.
+The protocols the client speaks are the services of
+L{udptime.services.SERVICES}.
 """
 
 from __future__ import annotations
@@ -18,79 +23,35 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
-import threading
-from collections.abc import Callable, Sequence
-from typing import IO, Any, NoReturn
+from collections.abc import Sequence
+from typing import IO, Any, Final, NoReturn
 
 from twisted.internet import task
-from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import (
-    IAddress,
-    IHostnameResolver,
-    IHostResolution,
-    IReactorPluggableNameResolver,
-    IResolutionReceiver,
-)
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.interfaces import IReactorPluggableNameResolver
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from udptime import __version__
-from udptime.client import QueryReactor, TextClientCodec, query
+from udptime.address import formatAddress
+from udptime.client import QueryReactor, query
 from udptime.clock import WallClock, systemClock
-from udptime.daytime import DaytimeClientCodec
-from udptime.echo import EchoClientCodec
-from udptime.ntp import NTPClientCodec
-from udptime.query import (
+from udptime.interactive import LineReader, askEachLine
+from udptime.reading import (
+    BadReply,
     ClientCodec,
+    LookupTimeout,
     QueryError,
     QueryResult,
+    QueryTimeout,
     ServerRefused,
-    formatHostPort,
+    ServerReplyError,
 )
-from udptime.rfc868 import TimeClientCodec
-
-CodecFactory = Callable[[str], ClientCodec]
-"""
-Makes a protocol's client codec from the request words (C{""} when the user
-gave none); raises L{ValueError} for words the protocol cannot send.
-"""
-
-
-_WORDLESS: set[CodecFactory] = set()
-"""The codec factories of protocols whose request carries no words."""
-
-
-def withoutWords(factory: Callable[[], ClientCodec]) -> CodecFactory:
-    """
-    A L{CodecFactory} for a protocol whose request carries no words.
-    """
-
-    def make(words: str) -> ClientCodec:
-        if words.strip():
-            raise ValueError("this protocol's request takes no words")
-        return factory()
-
-    _WORDLESS.add(make)
-    return make
-
-
-CODECS: dict[str, CodecFactory] = {
-    "text": TextClientCodec,
-    "time": withoutWords(TimeClientCodec),
-    "daytime": withoutWords(DaytimeClientCodec),
-    "echo": lambda words: EchoClientCodec(words.encode("utf-8") if words else None),
-    "ntp": withoutWords(NTPClientCodec),
-}
-"""
-The protocols C{udptime --protocol} speaks, by name: one entry per protocol,
-its codec factory.  The default port of a protocol is its codec's
-C{defaultPort}.
-"""
+from udptime.resolver import DaemonThreadResolver
+from udptime.services import SERVICES
 
 DEFAULT_PROTOCOL = "text"
+
 
 EXIT_FAILED = 1
 """Exit status when a query failed."""
@@ -128,6 +89,16 @@ def _positive(value: str) -> float:
     return number
 
 
+def _notNegative(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not 0 <= number < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds: {value!r}")
+    return number
+
+
 def _atLeastOne(value: str) -> int:
     try:
         number = int(value)
@@ -148,10 +119,18 @@ def _port(value: str) -> int:
     return number
 
 
+DEFAULT_INTERVAL: Final = 1.0
+"""Seconds between the queries of C{--count}, unless C{--interval} says."""
+
+
 def buildParser() -> argparse.ArgumentParser:
     """
     The parser of C{udptime}'s command line.
     """
+    protocolNames = ", ".join(sorted(SERVICES))
+    ports = ", ".join(
+        f"{name} {SERVICES[name].standardPort}" for name in sorted(SERVICES)
+    )
     parser = _ArgumentParser(
         prog="udptime",
         description=(
@@ -162,68 +141,99 @@ def buildParser() -> argparse.ArgumentParser:
         epilog=(
             "Request words of the text protocol: time or iso, unix, ctime, "
             "rfc2822 (each optionally followed by a time zone such as "
-            "Europe/Paris), month N.  Exit status: 0 when every query was "
+            "Europe/Paris), month N.  A failed query prints one line on "
+            'standard error (with --json, one object with an "error" key '
+            "on standard output).  Exit status: 0 when every query was "
             "answered, 1 when one failed, 2 for a bad command line, 130 when "
             "interrupted."
         ),
     )
-    parser.add_argument("host", help="server name or IPv4/IPv6 address")
+    parser.add_argument(
+        "host",
+        help="the server: a host name, or an IPv4 or IPv6 address ([::1] too)",
+    )
     parser.add_argument(
         "words",
         nargs="*",
         default=[],
-        help="the request, e.g. 'iso UTC' or 'month 3' (default: time)",
+        help=(
+            "the request, for the text and echo protocols only: e.g. 'iso UTC' "
+            "or 'month 3' for text (default: time), the payload for echo "
+            "(default: a random token)"
+        ),
     )
     parser.add_argument(
         "-p",
         "--port",
         type=_port,
-        help="server port (default: the protocol's port, 5000 for text)",
+        metavar="N",
+        help=f"the server's port (default: the protocol's: {ports})",
     )
     parser.add_argument(
         "-t",
         "--timeout",
         type=_positive,
         default=1.0,
-        help="seconds to wait for each reply (default: 1)",
+        metavar="SECONDS",
+        help="seconds to wait for the reply to each try (default: 1)",
     )
     parser.add_argument(
         "-r",
         "--retries",
         type=_atLeastOne,
         default=3,
+        metavar="N",
         help="how many times to send a request before giving up (default: 3)",
     )
     parser.add_argument(
         "-f",
         "--format",
         metavar="WORDS",
-        help="the request words, as one argument (instead of WORDS)",
+        help="the request words as one argument, instead of WORDS",
     )
     parser.add_argument(
         "-c",
         "--count",
         type=_atLeastOne,
         default=1,
-        help="queries to make, one after the other (default: 1)",
+        metavar="N",
+        help="how many queries to make, one after the other (default: 1); "
+        "a refusal ends them",
     )
     parser.add_argument(
-        "-j", "--json", action="store_true", help="print each reply as JSON"
+        "--interval",
+        type=_notNegative,
+        metavar="SECONDS",
+        help=f"seconds to wait after each of the --count queries before the "
+        f"next (default: {DEFAULT_INTERVAL:g}; 0: none)",
+    )
+    parser.add_argument(
+        "-j",
+        "--json",
+        action="store_true",
+        help="print each reply, and each failure, as one JSON object on "
+        "standard output",
     )
     parser.add_argument(
         "-i",
         "--interactive",
         action="store_true",
         help="send each line read from standard input as a request and print "
-        "each reply, until end of input or 'quit'",
+        "each reply, until the end of input or 'quit'",
     )
     parser.add_argument(
         "-P",
         "--protocol",
         default=DEFAULT_PROTOCOL,
-        help="protocol to speak: " + ", ".join(sorted(CODECS)) + " (default: text)",
+        metavar="NAME",
+        help=f"the protocol to speak: {protocolNames} (default: {DEFAULT_PROTOCOL})",
     )
-    parser.add_argument("--version", action="version", version=__version__)
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=__version__,
+        help="print the version and exit",
+    )
     return parser
 
 
@@ -234,10 +244,11 @@ def parseArguments(argv: Sequence[str]) -> argparse.Namespace:
     @raise UsageError: the command line is wrong.
     """
     options = buildParser().parse_intermixed_args(list(argv))
-    if options.protocol not in CODECS:
+    protocol = SERVICES.get(options.protocol)
+    if protocol is None:
         raise UsageError(
             f"unknown protocol {options.protocol!r} "
-            f"(choose from {', '.join(sorted(CODECS))})"
+            f"(choose from {', '.join(sorted(SERVICES))})"
         )
     if options.format is not None and options.words:
         raise UsageError("give the request with --format or as words, not both")
@@ -245,11 +256,15 @@ def parseArguments(argv: Sequence[str]) -> argparse.Namespace:
         raise UsageError("--interactive reads the requests from standard input")
     if options.interactive and options.count != 1:
         raise UsageError("--count does not go with --interactive")
-    if options.interactive and CODECS[options.protocol] in _WORDLESS:
+    if options.interactive and options.interval is not None:
+        raise UsageError("--interval does not go with --interactive")
+    if options.interactive and not protocol.takesWords:
         raise UsageError(
-            f"--interactive sends the lines read, and the {options.protocol}"
+            f"--interactive sends the lines read, and the {protocol.name}"
             " protocol's request takes no words"
         )
+    if options.interval is None:
+        options.interval = DEFAULT_INTERVAL
     host = options.host
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
@@ -262,7 +277,7 @@ def parseArguments(argv: Sequence[str]) -> argparse.Namespace:
     # Build one codec now, so that words the protocol cannot send are a
     # usage error before anything is sent.
     try:
-        options.codec = CODECS[options.protocol](options.request)
+        options.codec = protocol.clientCodec(options.request)
     except ValueError as e:
         raise UsageError(str(e)) from None
     return options
@@ -288,7 +303,7 @@ def formatResult(result: QueryResult) -> str:
     with what the server sent L{shown} safely.
     """
     parts = [
-        formatHostPort(result.host, result.port),
+        formatAddress(result.host, result.port),
         result.text,
         f"delay {result.delay * 1000:.3f} ms",
     ]
@@ -327,6 +342,49 @@ def resultJSON(result: QueryResult) -> str:
     )
 
 
+def failureKind(error: BaseException) -> str:
+    """
+    What went wrong, in a word for programs: C{timeout} (no reply, or no
+    answer from the name lookup), C{refused} (an error line, a
+    Kiss-o'-Death), C{bad-reply} (a reply that cannot be right), C{failed}
+    (no address for the name, or none the request could be sent to),
+    C{bad-request} (words the protocol cannot send) or C{unexpected} (a
+    bug).
+    """
+    if isinstance(error, QueryTimeout):
+        return "timeout"
+    if isinstance(error, ServerRefused):
+        return "refused"
+    if isinstance(error, BadReply):
+        return "bad-reply"
+    if isinstance(error, QueryError):
+        return "failed"
+    if isinstance(error, ValueError):
+        return "bad-request"
+    return "unexpected"
+
+
+def failureJSON(
+    kind: str, message: str, protocol: str, server: str, port: int, hint: str | None
+) -> str:
+    """
+    One JSON object for a failed query: C{error} (a L{failureKind}),
+    C{message} (the line C{udptime} prints without C{--json}), C{protocol},
+    C{server} (the host asked, as given), C{port}, and C{hint} when there is
+    one.
+    """
+    fields: dict[str, object] = {
+        "error": kind,
+        "message": message,
+        "protocol": protocol,
+        "server": server,
+        "port": port,
+    }
+    if hint is not None:
+        fields["hint"] = hint
+    return json.dumps(fields, sort_keys=True)
+
+
 class OutputFailed(Exception):
     """
     Standard output could not be written: whoever read it went away (a
@@ -346,6 +404,9 @@ class Client:
 
     @ivar clock: the wall clock that times the queries.
     @ivar failures: queries that failed so far.
+    @ivar answered: queries the server answered so far, with a reply or a
+        refusal.
+    @ivar refused: whether the server refused a query.
     """
 
     def __init__(
@@ -361,24 +422,44 @@ class Client:
         self.options = options
         self.stdout = stdout
         self.stderr = stderr
+        self.protocol = SERVICES[options.protocol]
+        self.port: int = (
+            self.protocol.standardPort if options.port is None else options.port
+        )
         self.failures = 0
+        self.answered = 0
         self.refused = False
 
     def ask(self, codec: ClientCodec) -> Deferred[None]:
         """
-        Make one query with C{codec} and print its outcome; never fails.
+        Make one query with C{codec} and print its outcome.
+
+        @return: a L{Deferred} that fires when the outcome is printed, and
+            fails only with L{OutputFailed} or, when the query is
+            cancelled, C{CancelledError}.
         """
         options = self.options
         d = query(
             self.reactor,
             options.host,
             codec,
-            port=options.port,
+            port=self.port,
             timeout=options.timeout,
             retries=options.retries,
             clock=self.clock,
         )
         return d.addCallbacks(self._printResult, self._printFailure)
+
+    def _write(self, line: str) -> None:
+        """
+        Print one line on standard output.
+
+        @raise OutputFailed: standard output cannot be written.
+        """
+        try:
+            print(line, file=self.stdout, flush=True)
+        except OSError as e:
+            raise OutputFailed(e) from e
 
     def _printResult(self, result: QueryResult) -> None:
         """
@@ -386,38 +467,91 @@ class Client:
 
         @raise OutputFailed: standard output cannot be written.
         """
+        self.answered += 1
         if self.options.json:
             line = resultJSON(result)
         elif self.options.interactive:
             line = shown(result.text)
         else:
             line = formatResult(result)
-        try:
-            print(line, file=self.stdout, flush=True)
-        except OSError as e:
-            raise OutputFailed(e) from e
+        self._write(line)
 
     def _printFailure(self, failure: Failure) -> Failure | None:
-        if isinstance(failure.value, CancelledError):
+        """
+        Print why a query failed.
+
+        @raise OutputFailed: standard output cannot be written (C{--json}).
+        """
+        error = failure.value
+        if isinstance(error, CancelledError):
             return failure  # interrupted: not a failed query
-        self.failures += 1
-        if isinstance(failure.value, ServerRefused):
-            self.refused = True
-        if isinstance(failure.value, QueryError):
-            message = str(failure.value)
+        assert error is not None
+        if isinstance(error, QueryError):
+            message = str(error)
         else:
-            message = f"unexpected error: {failure.value!r}"
-        print(f"udptime: {shown(message)}", file=self.stderr, flush=True)
+            message = f"unexpected error: {error!r}"
+        hint = self._hint(error)
+        if isinstance(error, ServerReplyError):
+            self.answered += 1
+        if isinstance(error, ServerRefused):
+            self.refused = True
+        self._printError(failureKind(error), message, hint)
         return None
+
+    def _hint(self, error: BaseException) -> str | None:
+        """
+        A hint at why the query failed, when there is more to say than the
+        error does: a server that answered this run's earlier queries and
+        now does not may be limiting the rate of requests it answers.
+        """
+        if (
+            not isinstance(error, QueryTimeout)
+            or isinstance(error, LookupTimeout)
+            or not self.answered
+        ):
+            return None
+        queries = "query" if self.answered == 1 else "queries"
+        hint = (
+            f"the server answered {self.answered} earlier {queries} of this run,"
+            " so it may be limiting the rate of requests it answers"
+        )
+        if not self.options.interactive:
+            hint += " (a longer --interval asks less often)"
+        return hint
+
+    def _printError(self, kind: str, message: str, hint: str | None = None) -> None:
+        """
+        Count a failed request and say why it failed: one line on standard
+        error, or with C{--json} one object on standard output.
+
+        @param kind: a L{failureKind}.
+        @raise OutputFailed: standard output cannot be written (C{--json}).
+        """
+        self.failures += 1
+        if self.options.json:
+            self._write(
+                failureJSON(
+                    kind,
+                    message,
+                    self.protocol.name,
+                    self.options.host,
+                    self.port,
+                    hint,
+                )
+            )
+            return
+        line = message if hint is None else f"{message}; {hint}"
+        print(f"udptime: {shown(line)}", file=self.stderr, flush=True)
 
     async def run(self, stdin: int = 0) -> int:
         """
-        Make the queries: C{--count} of them, or one per line of C{stdin}
-        (a file descriptor) with C{--interactive}.
+        Make the queries: C{--count} of them, C{--interval} seconds apart,
+        or one per line of C{stdin} (a file descriptor) with
+        C{--interactive}.
 
         @return: the exit status.
         @raise OutputFailed: standard output cannot be written; the queries
-            stop at the first reply that could not be printed.
+            stop at the first outcome that could not be printed.
         """
         if self.options.interactive:
             lines = LineReader(self.reactor, stdin)
@@ -430,207 +564,40 @@ class Client:
                     flush=True,
                 )
                 return EXIT_FAILED
-            while (line := await lines.next()) is not None:
-                request = line.strip()
-                if request.lower() == "quit":
-                    lines.stop()
-                    break
-                if not request:
-                    continue
-                try:
-                    codec = CODECS[self.options.protocol](request)
-                except ValueError as e:
-                    self.failures += 1
-                    print(f"udptime: {e}", file=self.stderr, flush=True)
-                    continue
-                await self.ask(codec)
+            await askEachLine(lines, self._askWords)
         else:
             await self.ask(self.options.codec)
             for _ in range(self.options.count - 1):
                 if self.refused:
-                    # Asking again at once would not help; after a
-                    # Kiss-o'-Death it is what the server asked us not to do.
+                    # Asking again would not help; after a Kiss-o'-Death it
+                    # is what the server asked us not to do.
                     break
-                await self.ask(CODECS[self.options.protocol](self.options.request))
+                await self._pause(self.options.interval)
+                await self.ask(self.protocol.clientCodec(self.options.request))
         return EXIT_FAILED if self.failures else 0
 
-
-class LineReader:
-    """
-    Lines of text from a file descriptor (a pipe, a terminal or a file),
-    read as the reactor finds them ready, one at a time with L{next}.
-
-    The descriptor is read without being made non-blocking: the reactor
-    only calls L{doRead} when a read will not block, and a terminal shared
-    with the shell is left as it was.
-    """
-
-    def __init__(self, reactor: Any, fd: int) -> None:
-        self.reactor = reactor
-        self.fd = fd
-        self.buffer = b""
-        self.lines: list[str] = []
-        self.waiting: Deferred[str | None] | None = None
-        self.ended = False
-        self.reading = False
-
-    def start(self) -> None:
+    async def _askWords(self, words: str) -> None:
         """
-        Start reading.
-        """
-        self.reading = True
-        self.reactor.addReader(self)
-
-    def stop(self) -> None:
-        """
-        Stop reading; L{next} gives no more lines.
-        """
-        if self.reading:
-            self.reading = False
-            self.reactor.removeReader(self)
-        self.ended = True
-        self.lines.clear()
-        self._deliver()
-
-    def next(self) -> Deferred[str | None]:
-        """
-        The next line, without its line ending, or L{None} at the end.
-        """
-        d: Deferred[str | None] = Deferred()
-        self.waiting = d
-        self._deliver()
-        return d
-
-    def _deliver(self) -> None:
-        d = self.waiting
-        if d is None:
-            return
-        if self.lines:
-            self.waiting = None
-            d.callback(self.lines.pop(0))
-        elif self.ended:
-            self.waiting = None
-            d.callback(None)
-
-    def fileno(self) -> int:
-        """
-        The descriptor read.
-        """
-        return self.fd
-
-    def logPrefix(self) -> str:
-        """
-        The prefix of log lines about this reader.
-        """
-        return "stdin"
-
-    def doRead(self) -> None:
-        """
-        Read what is ready, split it into lines, and hand them on.
+        Send the request C{words} (a line of C{--interactive}) and print the
+        outcome; words the protocol cannot send are a failed request.
         """
         try:
-            data = os.read(self.fd, 65536)
-        except BlockingIOError:
+            codec = self.protocol.clientCodec(words)
+        except ValueError as e:
+            self._printError(failureKind(e), str(e))
             return
-        except OSError:
-            data = b""
-        if data:
-            self.buffer += data
-            *complete, self.buffer = self.buffer.split(b"\n")
-            self.lines.extend(
-                line.decode("utf-8", "replace").removesuffix("\r") for line in complete
-            )
-        else:
-            if self.reading:
-                self.reading = False
-                self.reactor.removeReader(self)
-            self._end()
-        self._deliver()
+        await self.ask(codec)
 
-    def connectionLost(self, reason: object = None) -> None:
+    def _pause(self, seconds: float) -> Deferred[None]:
         """
-        The descriptor closed or failed (the reactor has stopped watching
-        it): what was read is still delivered.
+        A L{Deferred} that fires after C{seconds} (at once for 0);
+        cancelling it stops the wait.
         """
-        self.reading = False
-        self._end()
-        self._deliver()
-
-    def _end(self) -> None:
-        if self.buffer and not self.ended:
-            self.lines.append(self.buffer.decode("utf-8", "replace"))
-        self.buffer = b""
-        self.ended = True
-
-
-@implementer(IHostResolution)
-class _Resolution:
-    """
-    One lookup of L{DaemonThreadResolver}'s, which cannot be cancelled.
-    """
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def cancel(self) -> None:
-        raise NotImplementedError("a lookup cannot be cancelled")
-
-
-@implementer(IHostnameResolver)
-class DaemonThreadResolver:
-    """
-    Host name lookups with C{getaddrinfo}, each in a daemon thread of its
-    own.  The reactor's resolver uses its thread pool, which the reactor
-    waits for as it stops: a lookup that hangs (a name server that does not
-    answer) would hold the command up after its query gave up, or after
-    Ctrl-C.  A daemon thread is left behind instead.
-    """
-
-    def __init__(
-        self,
-        reactor: Any,
-        getaddrinfo: Callable[..., list[Any]] = socket.getaddrinfo,
-    ) -> None:
-        self.reactor = reactor
-        self.getaddrinfo = getaddrinfo
-
-    def resolveHostName(
-        self,
-        resolutionReceiver: IResolutionReceiver,
-        hostName: str,
-        portNumber: int = 0,
-        addressTypes: Sequence[type[IAddress]] | None = None,
-        transportSemantics: str = "TCP",
-    ) -> IHostResolution:
-        """
-        Look C{hostName} up in a new daemon thread; give the receiver the
-        IPv4 and IPv6 addresses found, or none, in the reactor's thread.
-        """
-        resolution = _Resolution(hostName)
-        resolutionReceiver.resolutionBegan(resolution)
-        kind = socket.SOCK_DGRAM if transportSemantics == "UDP" else socket.SOCK_STREAM
-        transport: Any = "UDP" if kind == socket.SOCK_DGRAM else "TCP"
-
-        def lookUp() -> None:
-            try:
-                found = self.getaddrinfo(hostName, portNumber, 0, kind)
-            except OSError:
-                found = []
-            self.reactor.callFromThread(deliver, found)
-
-        def deliver(found: list[Any]) -> None:
-            for family, _, _, _, sockaddr in found:
-                if family == socket.AF_INET and IPv4Address in (addressTypes or ()):
-                    address: IAddress = IPv4Address(transport, *sockaddr[:2])
-                elif family == socket.AF_INET6 and IPv6Address in (addressTypes or ()):
-                    address = IPv6Address(transport, *sockaddr[:2])
-                else:
-                    continue
-                resolutionReceiver.addressResolved(address)
-            resolutionReceiver.resolutionComplete()
-
-        threading.Thread(target=lookUp, name="udptime-resolver", daemon=True).start()
-        return resolution
+        if seconds <= 0:
+            return succeed(None)
+        waited: Deferred[None] = Deferred(lambda _: timer.cancel())
+        timer = self.reactor.callLater(seconds, waited.callback, None)
+        return waited
 
 
 def _react(reactor: Any, options: argparse.Namespace) -> Deferred[None]:

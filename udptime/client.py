@@ -1,14 +1,17 @@
 """
 Querying time servers: a L{Deferred}-returning L{query} that works with the
-client codec of any protocol, and L{TextClientCodec} for udptime's text
-protocol.
+client codec of any protocol.
 
 L{query} does all the I/O: name resolution, one fresh UDP socket per try,
-per-try timeouts, retries, and clean-up.  The codec (see
-L{udptime.query.ClientCodec}) only builds the request and reads the reply::
+per-try timeouts, retries, and clean-up; it times the round trip and names
+the server in the L{QueryResult}.  The codec (see
+L{udptime.reading.ClientCodec}; one beside each wire format, such as
+L{udptime.text.TextClientCodec}) only builds the request and reads the
+reply::
 
     from twisted.internet import task
-    from udptime.client import TextClientCodec, query
+    from udptime.client import query
+    from udptime.text import TextClientCodec
 
     async def main(reactor):
         result = await query(reactor, "127.0.0.1", TextClientCodec("iso UTC"))
@@ -21,15 +24,15 @@ receives an ICMP "port unreachable" without telling its protocol, so a query
 on one would hang.  Each try has its own socket, and so its own source port,
 so a late reply to an earlier try cannot be taken for the reply to a later
 one; only datagrams from the server's address and port are considered.
+
+L{TextClientCodec} is re-exported here from L{udptime.text}, where it
+lives, for programs that import it from this module.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any, Final, Protocol
 
 from twisted.internet import error
@@ -38,18 +41,20 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import DatagramProtocol
 from twisted.python.failure import Failure
 
-from udptime import text
+from udptime.address import formatAddress
 from udptime.clock import WallClock, systemClock
-from udptime.query import (
+from udptime.reading import (
     ClientCodec,
+    LookupTimeout,
     QueryError,
     QueryResult,
     QueryTimeout,
     ReplyMismatch,
-    ServerRefused,
-    estimateOffset,
-    formatHostPort,
+    ServerReplyError,
 )
+from udptime.text import TextClientCodec
+
+__all__ = ["QueryReactor", "TextClientCodec", "query", "sameAddress"]
 
 MAX_REPLY: Final = 65535
 """Receive buffer of the client's sockets: no UDP payload is truncated."""
@@ -141,7 +146,7 @@ def query(
     @param host: an IPv4 or IPv6 address, or a host name (resolved without
         blocking, through C{reactor.nameResolver}, to its IPv4 and IPv6
         addresses, asked in the order the resolver gives them).
-    @param codec: the protocol's L{ClientCodec<udptime.query.ClientCodec>}.
+    @param codec: the protocol's L{ClientCodec<udptime.reading.ClientCodec>}.
     @param port: the server's port (L{None}: C{codec.defaultPort}).
     @param timeout: seconds to wait for the reply to each try.
     @param retries: how many times to send the request, at most (the
@@ -149,9 +154,14 @@ def query(
     @param clock: the wall clock that timestamps the request and the reply.
 
     @return: a L{Deferred} firing with a L{QueryResult}, or failing with
-        L{QueryTimeout} (every try went unanswered), L{ServerRefused} (the
-        server answered with a refusal) or L{QueryError} (the host name has
-        no address, or the request could not be sent to any of them).
+        L{QueryTimeout} (every try went unanswered; a
+        L{LookupTimeout<udptime.reading.LookupTimeout>} when the name
+        lookup did not finish in time),
+        L{ServerRefused<udptime.reading.ServerRefused>} (the server answered
+        with a refusal), L{BadReply<udptime.reading.BadReply>} (its reply
+        cannot be right), whose messages name the server, or L{QueryError}
+        (the host name has no address, or the request could not be sent to
+        any of them).
     @raise ValueError: C{timeout}, C{retries} or the port is out of range.
     """
     if not 0 < timeout < float("inf"):
@@ -293,7 +303,7 @@ class _Query:
         self.timer = self.reactor.callLater(
             limit,
             lambda: self._finish(
-                QueryTimeout(f"cannot resolve host {name!r}: no answer in {limit:g} s")
+                LookupTimeout(f"cannot resolve host {name!r}: no answer in {limit:g} s")
             ),
         )
         self.reactor.nameResolver.resolveHostName(
@@ -324,7 +334,7 @@ class _Query:
         self._try()
 
     def _where(self, hosts: list[str]) -> str:
-        return ", ".join(formatHostPort(host, self.portNumber) for host in hosts)
+        return ", ".join(formatAddress(host, self.portNumber) for host in hosts)
 
     def _try(self) -> None:
         self.attempts += 1
@@ -413,25 +423,40 @@ class _Query:
             self.ignored += 1
             return
         try:
-            result = self.codec.parseReply(
-                datagram,
-                self.state,
-                self.sentAt,
-                receivedAt,
-                self.host,
-                self.portNumber,
+            reading = self.codec.parseReply(
+                datagram, self.state, self.sentAt, receivedAt
             )
         except ReplyMismatch as mismatch:
             self.ignored += 1
             self.mismatched += 1
             self.mismatch = str(mismatch)
             return
-        except Exception as e:
-            # ServerRefused, or a bug in the codec: either way the query is
-            # over, and the caller learns why.
+        except ServerReplyError as e:
+            # A refusal, or a reply that cannot be right: the query is over,
+            # and its message names the server.
+            e.server = formatAddress(self.host, self.portNumber)
             self._finish(e)
             return
-        self._finish(result)
+        except Exception as e:
+            # A bug in the codec: the query is over, and the caller learns
+            # why.
+            self._finish(e)
+            return
+        self._finish(
+            QueryResult(
+                protocol=self.codec.name,
+                host=self.host,
+                port=self.portNumber,
+                reply=datagram,
+                text=reading.text,
+                serverTime=reading.serverTime,
+                delay=(
+                    receivedAt - self.sentAt if reading.delay is None else reading.delay
+                ),
+                offset=reading.offset,
+                details=reading.details,
+            )
+        )
 
     def _closePort(self) -> Deferred[None]:
         port, self.port = self.port, None
@@ -469,167 +494,3 @@ class _Query:
         self.finished = True
         self._stopTimer()
         self._closePort()
-
-
-class TextClientCodec:
-    """
-    The client side of udptime's text time protocol (see L{udptime.text}).
-
-    The reply's time is read whatever format the server chose: ISO 8601,
-    Unix seconds, C{ctime} or RFC 2822.  A C{ctime} reply names no zone: its
-    time is known only when the request named the zone.  Month names and
-    unrecognised lines are results with no time; an C{error:} line is a
-    refusal.
-
-    @ivar request: the request words sent (C{time} when none are given).
-    """
-
-    name = "text"
-    defaultPort = text.DEFAULT_PORT
-
-    def __init__(self, request: str = "") -> None:
-        """
-        @param request: the request words, e.g. C{"iso Europe/Paris"} or
-            C{"month 3"}; empty for the server's current time.
-        @raise ValueError: the request is longer than the server accepts.
-        """
-        self.request = " ".join(request.split()) or "time"
-        self._datagram = self.request.encode("utf-8")
-        if len(self._datagram) > text.MAX_REQUEST:
-            raise ValueError(
-                f"the request is {len(self._datagram)} bytes long; "
-                f"servers answer at most {text.MAX_REQUEST}"
-            )
-
-    def buildRequest(self, sentAt: float) -> tuple[bytes, Any]:
-        """
-        The request datagram; the text protocol needs no state to match the
-        reply.
-        """
-        return self._datagram, None
-
-    def parseReply(
-        self,
-        data: bytes,
-        state: Any,
-        sentAt: float,
-        receivedAt: float,
-        host: str,
-        port: int,
-    ) -> QueryResult:
-        """
-        Read a reply line.
-
-        @raise ReplyMismatch: C{data} is not one line of UTF-8 text.
-        @raise ServerRefused: the server answered with an C{error:} line.
-        """
-        line = _replyLine(data)
-        if line.startswith("error:"):
-            message = line[len("error:") :].strip() or "(no reason given)"
-            raise ServerRefused(f"error from {formatHostPort(host, port)}: {message}")
-        serverTime, details = readTime(line, self._requestZone())
-        resolution = details.get("resolution", 0.0)
-        return QueryResult(
-            protocol=self.name,
-            host=host,
-            port=port,
-            reply=data,
-            text=line,
-            serverTime=serverTime,
-            delay=receivedAt - sentAt,
-            # Whole-second readings are truncated; finer ones are rounded.
-            offset=estimateOffset(
-                serverTime, sentAt, receivedAt, resolution if resolution >= 1 else 0.0
-            ),
-            details=details,
-        )
-
-    def _requestZone(self) -> Any:
-        """
-        The zone the request named, when it named one this host knows.
-        """
-        try:
-            request = text.parseRequest(self._datagram)
-        except ValueError:
-            return None
-        if isinstance(request, text.TimeRequest):
-            return request.zone
-        return None
-
-
-def _replyLine(data: bytes) -> str:
-    try:
-        line = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ReplyMismatch("the reply is not UTF-8 text") from None
-    if not line.endswith("\n"):
-        raise ReplyMismatch("the reply does not end with a line feed")
-    line = line[:-1].removesuffix("\r")
-    if "\n" in line or "\r" in line:
-        raise ReplyMismatch("the reply is more than one line")
-    return line
-
-
-_UNIX_TIME: Final = re.compile(r"-?[0-9]+(\.([0-9]+))?\Z")
-_CTIME_FORMAT: Final = "%a %b %d %H:%M:%S %Y"
-_EARLIEST: Final = datetime(1, 1, 1, tzinfo=UTC).timestamp()
-_END: Final = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp() + 1.0
-
-
-def readTime(line: str, zone: Any = None) -> tuple[float | None, dict[str, Any]]:
-    """
-    The Unix time a text protocol reply line gives, and details about it.
-
-    @param line: the reply, without its line ending.
-    @param zone: the zone the request named (the zone of a C{ctime} reply),
-        or L{None}.
-    @return: the time (L{None} when the line has none, or a C{ctime} reply
-        to a request that named no zone), and a dict with the reply's
-        C{format} (C{"iso"}, C{"unix"}, C{"ctime"}, C{"rfc2822"},
-        C{"month"} or C{"unknown"}) and, with a time, its C{resolution} in
-        seconds.
-    """
-    unix = _UNIX_TIME.match(line)
-    if unix is not None:
-        seconds = float(line)
-        if not _EARLIEST <= seconds < _END:
-            # No time of years 1 to 9999 (nor a finite number, maybe).
-            return None, {"format": "unknown"}
-        digits = len(unix.group(2) or "")
-        return seconds, {"format": "unix", "resolution": 10.0**-digits}
-    if line in text.MONTHS:
-        return None, {"format": "month"}
-    moment = _parseISO(line)
-    if moment is not None:
-        resolution = 1e-6 if moment.microsecond or "." in line else 1.0
-        return moment.timestamp(), {"format": "iso", "resolution": resolution}
-    try:
-        naive = datetime.strptime(line, _CTIME_FORMAT)
-    except ValueError:
-        pass
-    else:
-        if zone is None:
-            return None, {"format": "ctime"}
-        return naive.replace(tzinfo=zone).timestamp(), {
-            "format": "ctime",
-            "resolution": 1.0,
-        }
-    try:
-        moment = parsedate_to_datetime(line)
-    except (TypeError, ValueError, IndexError):
-        return None, {"format": "unknown"}
-    if moment.tzinfo is None:
-        return None, {"format": "rfc2822"}
-    return moment.timestamp(), {"format": "rfc2822", "resolution": 1.0}
-
-
-def _parseISO(line: str) -> datetime | None:
-    if "T" not in line:
-        return None
-    try:
-        moment = datetime.fromisoformat(line)
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        return None
-    return moment

@@ -27,7 +27,7 @@ import re
 from datetime import UTC, datetime
 from typing import Final
 
-from udptime.query import EmptyRequest, QueryResult, ReplyMismatch, estimateOffset
+from udptime.reading import EmptyRequest, Reading, ReplyMismatch, estimateOffset
 
 DEFAULT_PORT: Final = 13
 """The Daytime Protocol's registered port."""
@@ -171,7 +171,7 @@ def _toUnix(
 
 class DaytimeClientCodec(EmptyRequest):
     """
-    The client side of RFC 867 over UDP (a L{udptime.query.ClientCodec}).
+    The client side of RFC 867 over UDP (a L{udptime.reading.ClientCodec}).
 
     The request is an empty datagram, as for RFC 868 (the server ignores
     what a request holds).  The offset is the server's time minus the
@@ -184,14 +184,8 @@ class DaytimeClientCodec(EmptyRequest):
     defaultPort = DEFAULT_PORT
 
     def parseReply(
-        self,
-        data: bytes,
-        state: object,
-        sentAt: float,
-        receivedAt: float,
-        host: str,
-        port: int,
-    ) -> QueryResult:
+        self, data: bytes, state: object, sentAt: float, receivedAt: float
+    ) -> Reading:
         """
         Read a daytime line received at Unix time C{receivedAt}.
 
@@ -200,14 +194,9 @@ class DaytimeClientCodec(EmptyRequest):
         """
         line = readLine(data)
         serverTime = parseLine(line)
-        return QueryResult(
-            protocol=self.name,
-            host=host,
-            port=port,
-            reply=data,
+        return Reading(
             text=line,
             serverTime=None if serverTime is None else float(serverTime),
-            delay=receivedAt - sentAt,
             offset=estimateOffset(serverTime, sentAt, receivedAt, RESOLUTION),
             details={"resolution": RESOLUTION},
         )

@@ -19,7 +19,7 @@ import os
 from collections.abc import Callable
 from typing import Final
 
-from udptime.query import QueryResult, ReplyMismatch
+from udptime.reading import Reading, ReplyMismatch
 
 DEFAULT_PORT: Final = 7
 """The Echo Protocol's registered port."""
@@ -49,13 +49,13 @@ def buildReply(data: bytes) -> bytes | None:
 
 class EchoClientCodec:
     """
-    The client side of RFC 862 over UDP (a L{udptime.query.ClientCodec}).
+    The client side of RFC 862 over UDP (a L{udptime.reading.ClientCodec}).
 
     The request is the payload given (the lines of C{udptime --interactive
     --protocol echo}), or else L{PAYLOAD_PREFIX} and a random hex token, so
-    that a reply is recognised as the echo of this very request.  The result
-    has no server time and no offset, only the round-trip delay; its text is
-    the echoed payload when one was given.
+    that a reply is recognised as the echo of this very request.  The reading
+    has no server time and no offset (the query measures the round-trip
+    delay); its text is the echoed payload when one was given.
 
     @ivar payload: the payload to send, or L{None} for a random token.
     @ivar randomBytes: source of the token's random bytes (C{os.urandom}).
@@ -74,6 +74,16 @@ class EchoClientCodec:
         self.payload = payload
         self.randomBytes = randomBytes
 
+    @classmethod
+    def fromWords(cls, words: str) -> EchoClientCodec:
+        """
+        The codec for request words (C{udptime}'s): their UTF-8 bytes as the
+        payload, or a random token when there are none.
+
+        @raise ValueError: the words are longer than L{MAX_ECHO} bytes.
+        """
+        return cls(words.encode("utf-8") if words else None)
+
     def buildRequest(self, sentAt: float) -> tuple[bytes, bytes]:
         """
         The payload to send (the one given, or a fresh random token); the
@@ -86,14 +96,8 @@ class EchoClientCodec:
         return payload, payload
 
     def parseReply(
-        self,
-        data: bytes,
-        state: bytes,
-        sentAt: float,
-        receivedAt: float,
-        host: str,
-        port: int,
-    ) -> QueryResult:
+        self, data: bytes, state: bytes, sentAt: float, receivedAt: float
+    ) -> Reading:
         """
         Check that C{data} echoes the payload sent.
 
@@ -101,18 +105,11 @@ class EchoClientCodec:
         """
         if data != state:
             raise ReplyMismatch("the reply does not echo the payload sent")
-        return QueryResult(
-            protocol=self.name,
-            host=host,
-            port=port,
-            reply=data,
+        return Reading(
             text=(
                 f"{len(data)}-byte echo"
                 if self.payload is None
                 else data.decode("utf-8", "backslashreplace")
             ),
-            serverTime=None,
-            delay=receivedAt - sentAt,
-            offset=None,
             details={"size": len(data)},
         )

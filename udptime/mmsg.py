@@ -1,5 +1,5 @@
 """
-Batched UDP system calls for L{udptime.fastport}: C{recvmmsg} and C{sendmmsg}
+Batched UDP system calls for L{udptime.port}: C{recvmmsg} and C{sendmmsg}
 through C{ctypes}, on Linux.
 
 A L{MessageBatch} owns preallocated memory for one batch: a receive slot per
@@ -22,11 +22,11 @@ import mmap
 import socket
 import struct
 import sys
-from collections.abc import Callable
-from typing import Final
+from collections.abc import Callable, Iterator
+from typing import Final, NamedTuple
 
-Address = tuple[str, int]
-"""A datagram's source address as Twisted gives it: (host, port)."""
+from udptime.address import Address
+from udptime.ancillary import TIMESTAMP_SPACE, DestinationReports
 
 ADDRESS_CACHE_SIZE: Final = 4096
 """
@@ -119,8 +119,7 @@ _CONTROL_AT: Final = _fieldOffset("msg_control")
 _CONTROL: Final = struct.Struct("=" + _POINTER)
 # struct cmsghdr followed by a struct timespec.
 _TIMESTAMP_MESSAGE: Final = struct.Struct("@Niill")
-_CONTROL_SIZE: Final = socket.CMSG_SPACE(struct.calcsize("@ll"))
-if _TIMESTAMP_MESSAGE.size != _CONTROL_SIZE:  # pragma: no cover
+if _TIMESTAMP_MESSAGE.size != TIMESTAMP_SPACE:  # pragma: no cover
     # Read one control slot after the other, each must be one message.
     raise ImportError("unexpected struct cmsghdr layout")
 
@@ -160,12 +159,84 @@ def available() -> bool:
     return _FUNCTIONS is not None
 
 
-def _address(buffer: bytearray | mmap.mmap) -> int:
+def _setHeader(
+    headers: bytearray,
+    iovecs: bytearray,
+    iovecsAt: int,
+    index: int,
+    data: tuple[int, int],
+    name: tuple[int, int],
+    control: tuple[int, int],
+) -> None:
     """
-    The address of C{buffer}'s memory (it stays put: a C{ctypes} view keeps
-    a bytearray from being resized).
+    Point message header C{index} of C{headers} at one buffer, described
+    by iovec C{index} of C{iovecs} (whose memory is at C{iovecsAt}), and at
+    a C{sockaddr} and control messages.
+
+    @param data: the buffer's address and length.
+    @param name: the C{sockaddr}'s address and length.
+    @param control: the control messages' address and length (a length of
+        0: none).
     """
-    return ctypes.addressof(ctypes.c_char.from_buffer(buffer))
+    iovec = _IOVec.from_buffer(iovecs, index * _IOVEC_SIZE)
+    iovec.iov_base, iovec.iov_len = data
+    header = _MMsgHdr.from_buffer(headers, index * _HEADER_SIZE).msg_hdr
+    header.msg_name, header.msg_namelen = name
+    header.msg_iov = iovecsAt + index * _IOVEC_SIZE
+    header.msg_iovlen = 1
+    if control[1]:
+        header.msg_control, header.msg_controllen = control
+
+
+class ReadPlan(NamedTuple):
+    """
+    What a reader of a L{MessageBatch}'s datagrams needs, gathered once so
+    that a read loop can take it into local variables: after
+    L{MessageBatch.receive} returned C{n}, the first C{n} receive slots hold
+    datagrams.  Each slot's header, source C{sockaddr} and control messages
+    are read for all C{n} slots at once with the C{each*} readers
+    (C{iter_unpack} over the first C{n * size} bytes of their buffer), or
+    for the first slot alone with the C{first*} ones (C{unpack_from}).
+
+    @ivar eachHeader: each slot's source address length, control length,
+        flags and datagram length, over L{headers}.
+    @ivar eachName: each slot's source C{sockaddr} (a 1-tuple of
+        C{nameLength} bytes), over L{names}.
+    @ivar eachTimestamp: each slot's timestamp message (its length, level,
+        type, seconds and nanoseconds), over L{controls}.
+    @ivar firstHeader: L{eachHeader}'s reading of the first slot.
+    @ivar firstName: L{eachName}'s reading of the first slot.
+    @ivar firstTimestamp: L{eachTimestamp}'s reading of the first slot.
+    @ivar headers: the receive headers.
+    @ivar names: the source addresses.
+    @ivar controls: the control messages.
+    @ivar data: the datagrams, slot C{i} at C{i * stride}.
+    @ivar addresses: the cache of source addresses (see
+        L{MessageBatch.convert}).
+    @ivar headerSize: the size of a slot's header.
+    @ivar nameSize: the size of a slot's source address room.
+    @ivar controlSize: the size of a slot's control room: what a datagram
+        with every control message asked for uses.
+    @ivar nameLength: the length of a full source C{sockaddr} of the family.
+    @ivar stride: the distance between two datagrams in L{data}.
+    """
+
+    eachHeader: Callable[[memoryview], Iterator[tuple[int, int, int, int]]]
+    eachName: Callable[[memoryview], Iterator[tuple[bytes]]]
+    eachTimestamp: Callable[[memoryview], Iterator[tuple[int, int, int, int, int]]]
+    firstHeader: Callable[[memoryview], tuple[int, int, int, int]]
+    firstName: Callable[[memoryview], tuple[bytes]]
+    firstTimestamp: Callable[[memoryview], tuple[int, int, int, int, int]]
+    headers: memoryview
+    names: memoryview
+    controls: memoryview
+    data: mmap.mmap
+    addresses: dict[bytes, Address]
+    headerSize: int
+    nameSize: int
+    controlSize: int
+    nameLength: int
+    stride: int
 
 
 class MessageBatch:
@@ -174,17 +245,15 @@ class MessageBatch:
     datagrams of up to C{size} bytes received with one C{recvmmsg}, and up
     to C{count} replies sent with one C{sendmmsg}.
 
-    After L{receive} returned C{n}, datagram C{i < n} is described by
-    L{RECEIVED}C{.unpack_from(headers, i * HEADER_SIZE)} (or the C{i}th
-    tuple of L{EACH_RECEIVED}C{.iter_unpack} over the first C{n} headers);
-    its bytes start at C{i * stride} in L{data}, its source C{sockaddr} at
-    C{i * SOCKADDR_SIZE} in L{names} (the C{i}th of L{eachName} over the
-    first C{n}), its control messages at C{i * controlSize} in L{controls}
-    (the kernel timestamp first, read with L{eachTimestamp}, then the report
-    of the address it reached, read with L{destination}: each when asked
-    for).  L{queue} copies a reply for datagram C{i} into the next send
-    slot, which sends it to the datagram's source (with its destination
-    report, if any); L{send} sends the queued replies.
+    After L{receive} returned C{n}, datagram C{i < n} is described by its
+    receive slot, which L{readPlan} says how to read (see L{ReadPlan}): its
+    header, its bytes at C{i * stride} in L{data}, its source C{sockaddr},
+    and its control messages at C{i * controlSize} in L{controls} (the
+    kernel timestamp first, then the report of the address it reached,
+    read with L{destination}: each when asked for).  L{queue} copies a
+    reply for datagram C{i} into the next send slot, which sends it to the
+    datagram's source (with its destination report, if any); L{send} sends
+    the queued replies.
 
     @ivar count: datagrams per batch.
     @ivar size: the longest datagram received whole (longer ones are
@@ -195,6 +264,8 @@ class MessageBatch:
     @ivar family: the socket's address family.
     @ivar timestamps: whether there is room for kernel timestamps.
     @ivar timestampSpace: the room for a kernel timestamp (0: none).
+    @ivar destinations: how the socket reports the address each datagram
+        reached, or L{None}.
     @ivar destinationSize: the size of a destination report's data.
     @ivar destinationSpace: the room for a destination report (0: none).
     @ivar controlSize: the control room of each slot.
@@ -210,28 +281,20 @@ class MessageBatch:
         is a L{bytes} copy, made in one step.
     """
 
-    HEADER_SIZE: Final = _HEADER_SIZE
-    SOCKADDR_SIZE: Final = _SOCKADDR_SIZE
-    CONTROL_SIZE: Final = _CONTROL_SIZE
-    RECEIVED: Final = _RECEIVED
-    EACH_RECEIVED: Final = _EACH_RECEIVED
-    TIMESTAMP_MESSAGE: Final = _TIMESTAMP_MESSAGE
-
     def __init__(
         self,
         count: int,
         size: int,
         family: int,
         timestamps: bool,
-        destinationSize: int = 0,
+        destinations: DestinationReports | None = None,
     ) -> None:
         """
-        @param destinationSize: the size of the data of the control message
-            that says which address a datagram reached (C{IP_PKTINFO}'s
-            C{struct in_pktinfo}, C{IPV6_PKTINFO}'s C{struct in6_pktinfo}),
-            when the socket reports it; 0 when it does not.  Each reply is
-            then sent with its request's message, so that it leaves from the
-            address the request reached.
+        @param destinations: how the socket reports the address each
+            datagram reached (C{IP_PKTINFO}, C{IPV6_PKTINFO}), when it does;
+            L{None} when it does not.  Each reply is then sent with its
+            request's report, so that it leaves from the address the
+            request reached.
         @raise OSError: this system has no C{recvmmsg}/C{sendmmsg}.
         """
         if _FUNCTIONS is None:
@@ -249,11 +312,10 @@ class MessageBatch:
         )
         # A receive slot's control room: the timestamp's message first, as
         # the kernel writes them, then the destination's.
-        self.timestampSpace = _CONTROL_SIZE if timestamps else 0
-        self.destinationSize = destinationSize
-        self.destinationSpace = (
-            socket.CMSG_SPACE(destinationSize) if destinationSize else 0
-        )
+        self.timestampSpace = TIMESTAMP_SPACE if timestamps else 0
+        self.destinations = destinations
+        self.destinationSize = 0 if destinations is None else destinations.size
+        self.destinationSpace = 0 if destinations is None else destinations.space
         self.controlSize = self.timestampSpace + self.destinationSpace
         # Where the destination message's data starts in a slot.
         self.destinationAt = self.timestampSpace + socket.CMSG_LEN(0)
@@ -267,7 +329,7 @@ class MessageBatch:
         self.headers = bytearray(count * _HEADER_SIZE)
         self._iovecs = bytearray(count * _IOVEC_SIZE)
         self.names = bytearray(count * _SOCKADDR_SIZE)
-        self.controls = bytearray(count * max(self.controlSize, _CONTROL_SIZE))
+        self.controls = bytearray(count * max(self.controlSize, TIMESTAMP_SPACE))
         self.sendHeaders = bytearray(count * _HEADER_SIZE)
         self._sendIovecs = bytearray(count * _IOVEC_SIZE)
         self._sendData = bytearray(count * SEND_SLOT_SIZE)
@@ -305,57 +367,49 @@ class MessageBatch:
             for i in range(count)
         ]
         for i in range(count):
-            iovec = _IOVec.from_buffer(self._iovecs, i * _IOVEC_SIZE)
-            iovec.iov_base, iovec.iov_len = dataAt + i * self.stride, size
-            header = _MMsgHdr.from_buffer(self.headers, i * _HEADER_SIZE).msg_hdr
-            header.msg_name = self.nameAddresses[i]
-            header.msg_namelen = self.nameLength
-            header.msg_iov = iovecsAt + i * _IOVEC_SIZE
-            header.msg_iovlen = 1
-            if self.controlSize:
-                header.msg_control = controlsAt + i * self.controlSize
-                header.msg_controllen = self.controlSize
-            iovec = _IOVec.from_buffer(self._sendIovecs, i * _IOVEC_SIZE)
-            iovec.iov_base, iovec.iov_len = sendDataAt + i * SEND_SLOT_SIZE, 0
-            header = _MMsgHdr.from_buffer(self.sendHeaders, i * _HEADER_SIZE).msg_hdr
-            header.msg_name = self.nameAddresses[i]
-            header.msg_namelen = self.nameLength
-            header.msg_iov = sendIovAt + i * _IOVEC_SIZE
-            header.msg_iovlen = 1
-            if self.destinationSpace:
-                header.msg_control = self.destinationAddresses[i]
-                header.msg_controllen = self.destinationSpace
+            # A receive slot: room for a datagram, its source and its
+            # control messages.
+            _setHeader(
+                self.headers,
+                self._iovecs,
+                iovecsAt,
+                i,
+                (dataAt + i * self.stride, size),
+                (self.nameAddresses[i], self.nameLength),
+                (controlsAt + i * self.controlSize, self.controlSize),
+            )
+            # A send slot: a reply, to the source of receive slot i (until
+            # queue points it elsewhere), with its destination report.
+            _setHeader(
+                self.sendHeaders,
+                self._sendIovecs,
+                sendIovAt,
+                i,
+                (sendDataAt + i * SEND_SLOT_SIZE, 0),
+                (self.nameAddresses[i], self.nameLength),
+                (self.destinationAddresses[i], self.destinationSpace),
+            )
         self._redirected = [False] * count
         self.addresses: dict[bytes, Address] = {}
-        self.readPlan: Final = (
-            _EACH_RECEIVED.iter_unpack,
-            self.eachName.iter_unpack,
-            self.eachTimestamp.iter_unpack,
-            _RECEIVED.unpack_from,
-            self.eachName.unpack_from,
-            self.eachTimestamp.unpack_from,
-            memoryview(self.headers),
-            memoryview(self.names),
-            memoryview(self.controls),
-            self.data,
-            self.addresses,
-            _HEADER_SIZE,
-            _SOCKADDR_SIZE,
-            self.controlSize,
-            self.nameLength,
-            self.stride,
+        self.readPlan: Final = ReadPlan(
+            eachHeader=_EACH_RECEIVED.iter_unpack,
+            eachName=self.eachName.iter_unpack,
+            eachTimestamp=self.eachTimestamp.iter_unpack,
+            firstHeader=_RECEIVED.unpack_from,
+            firstName=self.eachName.unpack_from,
+            firstTimestamp=self.eachTimestamp.unpack_from,
+            headers=memoryview(self.headers),
+            names=memoryview(self.names),
+            controls=memoryview(self.controls),
+            data=self.data,
+            addresses=self.addresses,
+            headerSize=_HEADER_SIZE,
+            nameSize=_SOCKADDR_SIZE,
+            controlSize=self.controlSize,
+            nameLength=self.nameLength,
+            stride=self.stride,
         )
-        """
-        What a reader of this batch's datagrams needs, in one tuple (see
-        L{udptime.fastport.ServerPort}): the C{iter_unpack} of
-        L{EACH_RECEIVED}, L{eachName} and L{eachTimestamp}; the
-        C{unpack_from} of L{RECEIVED}, L{eachName} and L{eachTimestamp}
-        (for the first slot of each); views of
-        L{headers}, L{names} and L{controls}; L{data}; L{addresses}; the
-        header, C{sockaddr} and control slot sizes (a slot's control room is
-        what a datagram with every control message asked for uses);
-        L{nameLength} and L{stride}.
-        """
+        """What a reader of this batch's datagrams needs (see L{ReadPlan})."""
         self._destination = _DESTINATION.pack_into
         self._size = _SIZE.pack_into
 
@@ -466,6 +520,18 @@ class MessageBatch:
             return None
         data = index * self.controlSize + self.destinationAt
         return bytes(self.controls[data : data + self.destinationSize])
+
+    def ancillary(self, index: int) -> list[tuple[int, int, bytes]] | None:
+        """
+        The control messages that make a reply to datagram C{index}, sent on
+        its own, leave from the address the datagram reached (its
+        L{destination} report), or L{None} when there is none.
+        """
+        reports = self.destinations
+        reached = None if reports is None else self.destination(index)
+        if reports is None or reached is None:
+            return None
+        return [(reports.level, reports.kind, reached)]
 
     def send(self, fd: int, start: int) -> int:
         """

@@ -18,7 +18,7 @@ and OpenNTPD answer clients:
     reveals nothing of the server's clock.
 
 The client side, L{NTPClientCodec}, is udptime's SNTP client for
-L{udptime.client.query}.
+L{udptime.client.query}; a Kiss-o'-Death fails a query with L{KissOfDeath}.
 
 Every function takes the time as values; nothing here reads a clock or
 touches a socket.
@@ -46,13 +46,7 @@ from udptime.clock import (
     toNTPShort,
     unixToNTP64,
 )
-from udptime.query import (
-    BadReply,
-    QueryResult,
-    ReplyMismatch,
-    ServerRefused,
-    formatHostPort,
-)
+from udptime.reading import BadReply, Reading, ReplyMismatch, ServerRefused
 
 NTP_PORT: Final = 123
 """The registered NTP port."""
@@ -346,6 +340,30 @@ def replyPoll(request: NTPPacket, minPoll: int = MIN_POLL) -> int:
     return min(max(request.poll, minPoll), MAX_POLL)
 
 
+def replyStart(state: ClockState, version: int, mode: int, poll: int) -> bytes:
+    """
+    The first 24 bytes of a reply (up to the origin timestamp): what it says
+    about the server's clock in C{state}, with the given version, mode and
+    poll exponent.  When the clock is not synchronised the reply carries
+    LI 3 and stratum 0.  L{buildReply} and the cached starts of
+    L{ReplyConstants} are both built here.
+    """
+    if state.synchronised:
+        leap, stratum = int(state.leap), state.stratum
+    else:
+        leap, stratum = int(Leap.UNSYNCHRONISED), 0
+    return _REPLY_START.pack(
+        (leap << 6) | (version << 3) | mode,
+        stratum,
+        poll,
+        state.precision,
+        toNTPShort(state.rootDelay),
+        toNTPShort(state.rootDispersion),
+        state.refid,
+        _ntpTimestamp(state.referenceTime),
+    )
+
+
 def fuzzTimestamp(
     timestamp: int, precision: int, randomBits: Callable[[int], int]
 ) -> int:
@@ -389,38 +407,27 @@ def buildReply(
     @param randomBits: C{getrandbits}-like source of the random bits below
         the clock's precision in the receive and transmit timestamps.
     """
-    if state.synchronised:
-        leap, stratum = int(state.leap), state.stratum
-    else:
-        leap, stratum = int(Leap.UNSYNCHRONISED), 0
     precision = state.precision
+    start = replyStart(
+        state, request.version, replyMode(request), replyPoll(request, minPoll)
+    )
     receiveTimestamp = fuzzTimestamp(unixToNTP64(received), precision, randomBits)
-    start = NTPPacket(
-        leap=leap,
-        version=request.version,
-        mode=replyMode(request),
-        stratum=stratum,
-        poll=replyPoll(request, minPoll),
-        precision=precision,
-        rootDelay=toNTPShort(state.rootDelay),
-        rootDispersion=toNTPShort(state.rootDispersion),
-        refid=state.refid,
-        referenceTimestamp=_ntpTimestamp(state.referenceTime),
-        originTimestamp=request.transmitTimestamp,
-        receiveTimestamp=receiveTimestamp,
-        transmitTimestamp=0,
-    ).toBytes()[:_TRANSMIT_OFFSET]
     if callable(transmit):
         transmit = transmit()
     transmitTimestamp = fuzzTimestamp(unixToNTP64(transmit), precision, randomBits)
     if _signedDifference(transmitTimestamp, receiveTimestamp) < 0:
         # Both fell in one step of the clock; the fuzz must not reverse them.
         transmitTimestamp = receiveTimestamp
-    return start + _TIMESTAMP.pack(transmitTimestamp)
+    return _REPLY_END.pack(
+        start, request.transmitTimestamp, receiveTimestamp, transmitTimestamp
+    )
 
 
-_TRANSMIT_OFFSET: Final = 40
-_TIMESTAMP: Final = struct.Struct("!Q")
+# The start of a reply (see replyStart), and the whole reply from its start
+# and its origin, receive and transmit timestamps (as a number, or as the
+# request's 8 bytes).
+_REPLY_START: Final = struct.Struct("!BBbbII4sQ")
+_REPLY_END: Final = struct.Struct("!24sQQQ")
 _PLAIN_REPLY_END: Final = struct.Struct("!24s8sQQ")
 _MASK_64: Final = (1 << 64) - 1
 
@@ -473,25 +480,13 @@ class ReplyConstants:
         Build and keep the first 24 bytes (up to the origin timestamp) of
         the reply to the plain request C{data}.
         """
-        state = self.state
-        if state.synchronised:
-            leap, stratum = int(state.leap), state.stratum
-        else:
-            leap, stratum = int(Leap.UNSYNCHRONISED), 0
         poll = data[2] - 256 if data[2] > 127 else data[2]
-        reply = NTPPacket(
-            leap=leap,
-            version=(data[0] >> 3) & 7,
-            mode=Mode.SERVER,
-            stratum=stratum,
-            poll=min(max(poll, self.minPoll), MAX_POLL),
-            precision=state.precision,
-            rootDelay=toNTPShort(state.rootDelay),
-            rootDispersion=toNTPShort(state.rootDispersion),
-            refid=state.refid,
-            referenceTimestamp=_ntpTimestamp(state.referenceTime),
+        prefix = self.prefixes[prefixKey(data)] = replyStart(
+            self.state,
+            (data[0] >> 3) & 7,
+            Mode.SERVER,
+            min(max(poll, self.minPoll), MAX_POLL),
         )
-        prefix = self.prefixes[prefixKey(data)] = reply.toBytes()[:24]
         return prefix
 
 
@@ -694,9 +689,25 @@ def refidText(stratum: int, refid: bytes) -> str:
     return address
 
 
+class KissOfDeath(ServerRefused):
+    """
+    The server answered with a Kiss-o'-Death (RFC 5905 section 7.4).
+
+    @ivar code: the kiss code, e.g. C{"RATE"}.
+    @ivar meaning: what the code means (L{KISS_CODES}), or that it is
+        unknown.
+    """
+
+    def __init__(self, code: str, meaning: str, server: str = "the server") -> None:
+        super().__init__(f"sent a Kiss-o'-Death {code}: {meaning}", server)
+        self.args = (code, meaning)  # as made, for copies and pickles
+        self.code = code
+        self.meaning = meaning
+
+
 class NTPClientCodec:
     """
-    udptime's SNTP client (a L{udptime.query.ClientCodec}).
+    udptime's SNTP client (a L{udptime.reading.ClientCodec}).
 
     As chrony does, the request carries no time at all: its transmit
     timestamp is 64 random bits, a cookie that the reply's origin timestamp
@@ -704,7 +715,7 @@ class NTPClientCodec:
     only in the mode that answers the request's, with the right origin and
     non-zero receive and transmit timestamps; anything else is
     L{ReplyMismatch} and is ignored.  A Kiss-o'-Death (C{RATE}, C{DENY},
-    C{RSTR}) fails the query with L{ServerRefused}, and a reply whose
+    C{RSTR}) fails the query with L{KissOfDeath}, and a reply whose
     timestamps are impossible with L{BadReply}.  A reply from an
     unsynchronised server (LI 3, or stratum 0 or 16 and up) is a result,
     reported as such in C{details["synchronised"]}.
@@ -754,19 +765,13 @@ class NTPClientCodec:
         return request.toBytes(), cookie
 
     def parseReply(
-        self,
-        data: bytes,
-        state: int,
-        sentAt: float,
-        receivedAt: float,
-        host: str,
-        port: int,
-    ) -> QueryResult:
+        self, data: bytes, state: int, sentAt: float, receivedAt: float
+    ) -> Reading:
         """
         Read the reply to the request whose cookie is C{state}.
 
         @raise ReplyMismatch: C{data} is not the reply to the request.
-        @raise ServerRefused: the server sent a Kiss-o'-Death.
+        @raise KissOfDeath: the server sent a Kiss-o'-Death.
         @raise BadReply: the server's timestamps are impossible: it sent
             the reply before it received the request, or held the request
             for more than L{MAX_SERVER_INTERVAL}.
@@ -780,13 +785,10 @@ class NTPClientCodec:
             raise ReplyMismatch(f"reply has mode {reply.mode}, not {int(expected)}")
         if reply.originTimestamp != state:
             raise ReplyMismatch("reply's origin timestamp is not our request's")
-        where = formatHostPort(host, port)
         if reply.stratum == 0 and isKissCode(reply.refid):
             code = reply.refid.rstrip(b"\0")
             meaning = KISS_CODES.get(code, "a code this client does not know")
-            raise ServerRefused(
-                f"{where} sent a Kiss-o'-Death {code.decode('ascii')}: {meaning}"
-            )
+            raise KissOfDeath(code.decode("ascii"), meaning)
         if not reply.receiveTimestamp or not reply.transmitTimestamp:
             raise ReplyMismatch("reply has a zero receive or transmit timestamp")
         if reply.version == 0:
@@ -806,12 +808,12 @@ class NTPClientCodec:
         # exchange: as chrony does, its size is taken.
         if held < -(2.0 ** min(reply.precision, 0)):
             raise BadReply(
-                f"{where} sent a bogus reply: its transmit timestamp is"
+                "sent a bogus reply: its transmit timestamp is"
                 f" {-held:.6f} s before its receive timestamp"
             )
         if held > MAX_SERVER_INTERVAL:
             raise BadReply(
-                f"{where} sent a bogus reply: it claims to have held the request"
+                "sent a bogus reply: it claims to have held the request"
                 f" for {held:.3f} s"
             )
         delay = abs(timestampDifference(t4, t1) - held)
@@ -843,15 +845,11 @@ class NTPClientCodec:
         )
         if not synchronised:
             text += " (server unsynchronised)"
-        return QueryResult(
-            protocol=self.name,
-            host=host,
-            port=port,
-            reply=data,
+        return Reading(
             text=text,
             serverTime=serverTime,
-            delay=delay,
             offset=offset,
+            delay=delay,
             details=details,
         )
 

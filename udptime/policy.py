@@ -5,25 +5,30 @@ A service on a public address meets floods from one host, floods with forged
 source addresses, reflection attacks that aim its replies at a victim, and
 ping-pong loops with other small UDP services.  The base protocol
 (L{udptime.server.UDPServerProtocol}) asks one L{Policy} per service about
-every datagram before the codec sees it; the policy answers with a small
-integer verdict:
+every datagram before the codec sees it; the policy answers with a
+L{Verdict}: L{ADMIT}, or a L{Refusal<udptime.decision.Refusal>} that is the
+protocol's decision as it stands (callers test C{verdict is ADMIT}: nothing
+else admits, and L{ADMIT} is not false, so that no missing or falsy value
+can pass for it):
 
-  - L{ADMIT} (0, false): answer it;
+  - L{ADMIT}: answer it;
   - L{LOOPED}: its source port is 0, a well-known small service port, or the
     port of one of the server's services (the loop guard), or it is an echo
     of the reply just sent to the same address (L{ReplyMemory});
   - L{DENIED}: an allow/deny list (L{AccessList}) refuses its source;
   - L{LIMITED}: its source, or the whole service, is over its rate;
-  - L{KISS}: limited, and this one deserves an NTP Kiss-o'-Death.
+  - L{KISS}: limited, and this one deserves an NTP Kiss-o'-Death (counted
+    as limited, as L{LIMITED} is, by a protocol that has none).
 
 The pieces:
 
-  - L{SourceLimiter}: a token bucket per client (IPv4 address, IPv6 prefix)
+  - L{RateLimiter}: a token bucket per client (IPv4 address, IPv6 prefix)
     in a table with a hard entry bound and O(1) eviction of the oldest
     entry, so that a flood from millions of forged addresses costs a constant
-    amount of memory and time per datagram;
-  - L{RateLimiter}: one token bucket (the optional global reply cap, the
-    global Kiss-o'-Death cap, bounded logging);
+    amount of memory and time per datagram, or one bucket for all (the
+    optional global reply cap, the global Kiss-o'-Death cap, bounded
+    logging); L{SourceLimiter} adds the verdicts of the per-client limits
+    (and picks the requests that get a Kiss-o'-Death);
   - L{AccessList}: chrony-style allow/deny rules, most specific network wins;
   - L{ReplyMemory}: the echo service's guard against answering another echo
     service.
@@ -44,19 +49,35 @@ import socket
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final, TypeAlias
+from enum import Enum
+from typing import Final, Literal, TypeAlias
 
-ADMIT: Final = 0
+from udptime import counters
+from udptime.decision import Refusal
+
+
+class Admission(Enum):
+    """
+    The one verdict that admits a datagram: L{ADMIT}.
+    """
+
+    ADMIT = "admit"
+
+
+ADMIT: Final = Admission.ADMIT
 """Verdict: answer the datagram."""
-DENIED: Final = 1
+DENIED: Final = Refusal(counters.DENIED)
 """Verdict: an allow/deny list refuses the source."""
-LOOPED: Final = 2
+LOOPED: Final = Refusal(counters.LOOPED)
 """Verdict: the loop guard refuses the datagram."""
-LIMITED: Final = 3
+LIMITED: Final = Refusal(counters.LIMITED)
 """Verdict: the source or the service is over its rate; drop silently."""
-KISS: Final = 4
+KISS: Final = Refusal(counters.LIMITED)
 """Verdict: over the rate, and the protocol may answer with a refusal (an NTP
-Kiss-o'-Death RATE packet)."""
+Kiss-o'-Death RATE packet); counted as limited."""
+
+Verdict: TypeAlias = Literal[Admission.ADMIT] | Refusal
+"""What L{Policy.admit} decides: L{ADMIT}, or the refusal."""
 
 DEFAULT_RATE: Final = 1.0
 """Sustained requests per second answered for one source."""
@@ -73,9 +94,6 @@ DEFAULT_KOD_RATE: Final = 10.0
 DEFAULT_ECHO_WINDOW: Final = 1.0
 """Seconds during which an echo service treats its own reply coming back
 from the same address as a loop."""
-
-SERVICES: Final = ("text", "ntp", "time", "daytime", "echo")
-"""The services udptime serves, by name: what L{Policy.forService} takes."""
 
 SERVICE_PORTS: Final = frozenset({7, 13, 17, 19, 37, 123})
 """Echo, Daytime, Quote of the Day, Chargen, Time and NTP: the small services
@@ -104,48 +122,14 @@ Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 class RateLimiter:
     """
-    One token bucket: C{burst} events back to back, C{rate} per second
-    sustained.
-
-    @ivar interval: seconds between events at the sustained rate.
-    @ivar refused: events refused so far.
-    """
-
-    __slots__ = ("_horizon", "_tat", "_tolerance", "interval", "refused")
-
-    def __init__(self, rate: float, burst: int) -> None:
-        """
-        @param rate: sustained events per second (positive).
-        @param burst: events allowed back to back (at least 1).
-        @raise ValueError: a parameter is out of range.
-        """
-        _checkRate(rate, burst)
-        self.interval = 1.0 / rate
-        self._tolerance = (burst - 1 + _SLACK) * self.interval
-        self._horizon = self._tolerance + 2.0 * self.interval
-        self._tat = float("-inf")
-        self.refused = 0
-
-    def admit(self, now: float) -> bool:
-        """
-        Whether an event at time C{now} is within the rate; an admitted event
-        takes a token.
-        """
-        ahead = self._tat - now
-        if ahead <= 0.0 or ahead > self._horizon:
-            # Idle (the bucket is full), or the clock stepped back.
-            self._tat = now + self.interval
-            return True
-        if ahead <= self._tolerance:
-            self._tat += self.interval
-            return True
-        self.refused += 1
-        return False
-
-
-class SourceLimiter:
-    """
-    A token bucket per client, in a table of at most C{maxClients} entries.
+    Token buckets by client, in a table of at most C{maxClients} entries:
+    each client may send C{burst} requests back to back and C{rate} per
+    second after that (L{take}); or one bucket every client shares
+    (L{admit}, the bucket of L{EVERYONE}).  The one implementation of
+    udptime's buckets: the per-client limits (L{SourceLimiter}) and the
+    single buckets (the global reply cap, the Kiss-o'-Death cap, bounded
+    logging) are all of this class (one class, so that the hot path's calls
+    of L{take} always meet the same type).
 
     IPv4 clients are keyed by address; IPv6 clients by their first
     C{ipv6Prefix} bits (a site's /64 is one client, so that an attacker
@@ -156,19 +140,22 @@ class SourceLimiter:
     evicted client starts again with a full bucket, so resetting one address
     costs an attacker C{maxClients} packets from other addresses.
 
-    Optionally, some limited requests are marked L{KISS}: at most one per
-    client per C{kodInterval} seconds and C{kodRate} per second overall.
-
+    @ivar rate: sustained requests per second for one client.
+    @ivar burst: requests one client may send back to back.
+    @ivar interval: seconds between requests at the sustained rate.
     @ivar maxClients: the table's bound.
+    @ivar ipv6Prefix: the prefix length grouping IPv6 clients.
     @ivar evictions: entries evicted so far.
+    @ivar refused: requests refused so far.
+    @ivar then: a limiter whose shared bucket every request this one
+        admits must also pass (the global cap after a service's per-client
+        limits: one call takes both tokens), or L{None}.
     """
 
     __slots__ = (
         "_arrivals",
         "_horizon",
         "_keys",
-        "_kodLimit",
-        "_kodNext",
         "_order",
         "_shift",
         "_tolerance",
@@ -176,9 +163,10 @@ class SourceLimiter:
         "evictions",
         "interval",
         "ipv6Prefix",
-        "kodInterval",
         "maxClients",
         "rate",
+        "refused",
+        "then",
     )
 
     def __init__(
@@ -187,26 +175,22 @@ class SourceLimiter:
         burst: int = DEFAULT_BURST,
         maxClients: int = DEFAULT_MAX_CLIENTS,
         ipv6Prefix: int = DEFAULT_IPV6_PREFIX,
-        kodInterval: float = 0.0,
-        kodRate: float = DEFAULT_KOD_RATE,
     ) -> None:
         """
-        @param rate: sustained requests per second for one client.
-        @param burst: requests one client may send back to back.
+        @param rate: sustained requests per second for one client (positive).
+        @param burst: requests one client may send back to back (at least 1).
         @param maxClients: the table's bound (at least 1).
         @param ipv6Prefix: prefix length grouping IPv6 clients (1-128).
-        @param kodInterval: seconds between two L{KISS} verdicts for one
-            client; 0 for none at all.
-        @param kodRate: L{KISS} verdicts per second over all clients.
         @raise ValueError: a parameter is out of range.
         """
-        _checkRate(rate, burst)
+        if not rate > 0.0 or rate == float("inf"):
+            raise ValueError(f"rate must be a positive number, not {rate}")
+        if burst < 1:
+            raise ValueError(f"burst must be at least 1, not {burst}")
         if maxClients < 1:
             raise ValueError(f"maxClients must be at least 1, not {maxClients}")
         if not 1 <= ipv6Prefix <= 128:
             raise ValueError(f"ipv6Prefix must be 1-128, not {ipv6Prefix}")
-        if kodInterval < 0:
-            raise ValueError(f"kodInterval must not be negative, not {kodInterval}")
         self.rate = rate
         self.burst = burst
         self.maxClients = maxClients
@@ -221,11 +205,15 @@ class SourceLimiter:
         self._keys: dict[str, ClientKey] = {}
         self._order: deque[ClientKey] = deque()
         self.evictions = 0
-        self.kodInterval = kodInterval
-        self._kodNext: dict[ClientKey, float] = {}
-        self._kodLimit = (
-            RateLimiter(kodRate, max(1, int(kodRate))) if kodInterval else None
-        )
+        self.refused = 0
+        self.then: RateLimiter | None = None
+
+    def admit(self, now: float) -> bool:
+        """
+        Whether an event at time C{now} is within the rate of the bucket
+        every client shares (L{EVERYONE}); an admitted event takes a token.
+        """
+        return self.take(EVERYONE, now) is None
 
     def __len__(self) -> int:
         """
@@ -247,50 +235,187 @@ class SourceLimiter:
             return host
         return int.from_bytes(packed, "big") >> self._shift
 
-    def admit(self, host: str, now: float) -> int:
+    def keyOf(self, host: str) -> ClientKey:
+        """
+        L{clientKey} for C{host}, kept in a bounded cache when it is an
+        IPv6 address (or an IPv4 one as a dual-stack socket gives it,
+        C{::ffff:192.0.2.1}), whose key costs a conversion.
+        """
+        keys = self._keys
+        key = keys.get(host)
+        if key is None:
+            if len(keys) >= KEY_CACHE_SIZE:
+                keys.clear()
+            key = keys[host] = self.clientKey(host)
+        return key
+
+    def take(self, host: str, now: float) -> RateLimiter | None:
+        """
+        Take a token for a request from C{host} at time C{now} from its
+        client's bucket, then from the shared bucket (L{EVERYONE}) of each
+        limiter of the chain of L{then}: L{None} when they all had one,
+        otherwise the limiter that had none (which counts it in its
+        L{refused}; the later ones are not asked).
+        """
+        # An IPv4 address is its own key; any other is looked up (keyOf,
+        # with its cache lookup inline).
+        key: ClientKey | None
+        if ":" in host:
+            key = self._keys.get(host)
+            if key is None:
+                key = self.keyOf(host)
+        else:
+            key = host
+        limiter = self
+        while True:
+            arrivals = limiter._arrivals
+            tat = arrivals.get(key)
+            if tat is None:
+                if len(arrivals) >= limiter.maxClients:
+                    del arrivals[limiter._order.popleft()]
+                    limiter.evictions += 1
+                arrivals[key] = now + limiter.interval
+                limiter._order.append(key)
+            elif tat <= now:
+                # Idle since its last request: a full bucket.
+                arrivals[key] = now + limiter.interval
+            else:
+                ahead = tat - now
+                if ahead <= limiter._tolerance:
+                    # Within the burst.
+                    arrivals[key] = tat + limiter.interval
+                elif ahead > limiter._horizon:
+                    # Only a clock stepped backwards puts an arrival this far
+                    # ahead: the client is not locked out for the size of
+                    # the step.
+                    arrivals[key] = now + limiter.interval
+                else:
+                    limiter.refused += 1
+                    return limiter
+            then = limiter.then
+            if then is None:
+                return None
+            limiter = then
+            key = EVERYONE
+
+
+EVERYONE: Final = ""
+"""The key of the bucket that every client of a L{RateLimiter} shares."""
+
+
+class SourceLimiter:
+    """
+    The per-client rate limits of a service: a L{RateLimiter}'s buckets by
+    client, with verdicts.
+
+    Optionally, some limited requests are marked L{KISS}: at most one per
+    client per C{kodInterval} seconds and C{kodRate} per second overall.
+
+    @ivar buckets: the clients' buckets.
+    """
+
+    __slots__ = ("_kodLimit", "_kodNext", "buckets", "kodInterval")
+
+    def __init__(
+        self,
+        rate: float = DEFAULT_RATE,
+        burst: int = DEFAULT_BURST,
+        maxClients: int = DEFAULT_MAX_CLIENTS,
+        ipv6Prefix: int = DEFAULT_IPV6_PREFIX,
+        kodInterval: float = 0.0,
+        kodRate: float = DEFAULT_KOD_RATE,
+    ) -> None:
+        """
+        @param rate: sustained requests per second for one client.
+        @param burst: requests one client may send back to back.
+        @param maxClients: the table's bound (at least 1).
+        @param ipv6Prefix: prefix length grouping IPv6 clients (1-128).
+        @param kodInterval: seconds between two L{KISS} verdicts for one
+            client; 0 for none at all.
+        @param kodRate: L{KISS} verdicts per second over all clients.
+        @raise ValueError: a parameter is out of range.
+        """
+        self.buckets = RateLimiter(rate, burst, maxClients, ipv6Prefix)
+        if kodInterval < 0:
+            raise ValueError(f"kodInterval must not be negative, not {kodInterval}")
+        self.kodInterval = kodInterval
+        self._kodNext: dict[ClientKey, float] = {}
+        self._kodLimit = (
+            RateLimiter(kodRate, max(1, int(kodRate))) if kodInterval else None
+        )
+
+    @property
+    def rate(self) -> float:
+        """
+        Sustained requests per second for one client.
+        """
+        return self.buckets.rate
+
+    @property
+    def burst(self) -> int:
+        """
+        Requests one client may send back to back.
+        """
+        return self.buckets.burst
+
+    @property
+    def maxClients(self) -> int:
+        """
+        The bound of the clients' table.
+        """
+        return self.buckets.maxClients
+
+    @property
+    def ipv6Prefix(self) -> int:
+        """
+        The prefix length grouping IPv6 clients.
+        """
+        return self.buckets.ipv6Prefix
+
+    @property
+    def evictions(self) -> int:
+        """
+        Clients evicted from the table so far.
+        """
+        return self.buckets.evictions
+
+    def __len__(self) -> int:
+        """
+        The number of clients in the table.
+        """
+        return len(self.buckets)
+
+    def clientKey(self, host: str) -> ClientKey:
+        """
+        The table key of a source address as Twisted reports it.
+        """
+        return self.buckets.clientKey(host)
+
+    def admit(self, host: str, now: float) -> Verdict:
         """
         The verdict for a request from C{host} at time C{now}: L{ADMIT}
         (taking a token), L{LIMITED} or L{KISS}.
         """
-        if ":" in host:
-            # An IPv6 address, or an IPv4 one as a dual-stack socket gives
-            # it (::ffff:192.0.2.1, the default): its key is kept.
-            keys = self._keys
-            key = keys.get(host)
-            if key is None:
-                if len(keys) >= KEY_CACHE_SIZE:
-                    keys.clear()
-                key = keys[host] = self.clientKey(host)
-        else:
-            key = host
-        arrivals = self._arrivals
-        tat = arrivals.get(key)
-        if tat is None:
-            if len(arrivals) >= self.maxClients:
-                del arrivals[self._order.popleft()]
-                self.evictions += 1
-            arrivals[key] = now + self.interval
-            self._order.append(key)
+        refuser = self.buckets.take(host, now)
+        if refuser is None:
             return ADMIT
-        ahead = tat - now
-        if ahead <= self._tolerance:
-            arrivals[key] = (tat if ahead > 0.0 else now) + self.interval
-            return ADMIT
-        if ahead > self._horizon:
-            # Only a clock stepped backwards puts an arrival this far ahead.
-            arrivals[key] = now + self.interval
-            return ADMIT
-        if self._kodLimit is None:
-            return LIMITED
-        return self._kissOrLimit(key, now)
+        return self.refusal(host, now) if refuser is self.buckets else LIMITED
 
-    def _kissOrLimit(self, key: ClientKey, now: float) -> int:
+    def refusal(self, host: str, now: float) -> Refusal:
+        """
+        The verdict for a request from C{host} at time C{now} that its
+        bucket refused: L{KISS} for one now and then (see C{kodInterval}),
+        L{LIMITED} for the others.
+        """
+        kodLimit = self._kodLimit
+        if kodLimit is None:
+            return LIMITED
+        key = self.buckets.keyOf(host)
         kodNext = self._kodNext
         due = kodNext.get(key)
         if due is not None and 0.0 < due - now <= self.kodInterval:
             return LIMITED
-        assert self._kodLimit is not None
-        if not self._kodLimit.admit(now):
+        if not kodLimit.admit(now):
             return LIMITED
         if len(kodNext) >= _KOD_TABLE_SIZE:
             kodNext.clear()
@@ -474,6 +599,29 @@ class ReplyMemory:
         sent[addr] = (hash(reply), now)
 
 
+@dataclass(frozen=True)
+class PolicyProfile:
+    """
+    What a protocol declares about the admission policy it needs (see
+    L{Policy.fromProfile}).
+
+    @ivar kissOfDeath: requests refused by the rate limits may get a
+        refusal reply now and then (an NTP Kiss-o'-Death; see L{KISS}).
+    @ivar loopGuard: refuse datagrams from the small services' ports
+        (L{SERVICE_PORTS}), from the service's own port and from the
+        server's other services' ports: a service that answers any datagram
+        must never answer another such service.  Not for NTP, whose
+        symmetric peers legitimately send from port 123, and which never
+        answers a reply.
+    @ivar replyMemory: remember the reply just sent to each address, to
+        refuse it coming back (an echo service's L{ReplyMemory}).
+    """
+
+    kissOfDeath: bool = False
+    loopGuard: bool = True
+    replyMemory: bool = False
+
+
 class Policy:
     """
     What one service admits: the loop guard, an allow/deny list, per-source
@@ -481,19 +629,17 @@ class Policy:
 
     @ivar loopPorts: source ports refused outright.
     @ivar access: the allow/deny list, or L{None} to allow every source.
-    @ivar limiter: per-source limits, or L{None} for none.
-    @ivar globalLimit: a cap on admitted requests per second (possibly shared
-        with other services), or L{None}.
     @ivar replyMemory: an echo service's L{ReplyMemory}, or L{None}.
     @ivar guardOwnPort: whether L{guardPort} adds the service's own port to
         L{loopPorts}.
     """
 
     __slots__ = (
+        "_buckets",
+        "_globalLimit",
+        "_limiter",
         "access",
-        "globalLimit",
         "guardOwnPort",
-        "limiter",
         "loopPorts",
         "replyMemory",
     )
@@ -508,53 +654,66 @@ class Policy:
         guardOwnPort: bool = False,
         replyMemory: ReplyMemory | None = None,
     ) -> None:
-        self.limiter = limiter
-        self.globalLimit = globalLimit
+        """
+        @param limiter: per-source limits, or L{None} for none.
+        @param globalLimit: a cap on admitted requests per second (possibly
+            shared with other services), or L{None}.  With per-source limits,
+            it is chained after them (L{RateLimiter.then}), so that one call
+            takes both of a request's tokens.
+        """
+        self._limiter = limiter
+        self._globalLimit = globalLimit
+        self._buckets = None if limiter is None else limiter.buckets
+        if self._buckets is not None:
+            self._buckets.then = globalLimit
         self.access = access
         # Port 0 cannot be answered: refused whatever else is configured.
         self.loopPorts = frozenset({0, *loopPorts})
         self.guardOwnPort = guardOwnPort
         self.replyMemory = replyMemory
 
+    @property
+    def limiter(self) -> SourceLimiter | None:
+        """
+        The per-source limits, or L{None} for none.
+        """
+        return self._limiter
+
+    @property
+    def globalLimit(self) -> RateLimiter | None:
+        """
+        The cap on admitted requests per second (possibly shared with other
+        services), or L{None}.
+        """
+        return self._globalLimit
+
     @classmethod
-    def forService(
+    def fromProfile(
         cls,
-        service: str,
+        profile: PolicyProfile,
         *,
         rate: float = DEFAULT_RATE,
         burst: int = DEFAULT_BURST,
         maxClients: int = DEFAULT_MAX_CLIENTS,
         ipv6Prefix: int = DEFAULT_IPV6_PREFIX,
-        rules: Sequence[AccessRule] = (),
+        rules: Sequence[tuple[bool, Network]] = (),
         globalLimit: RateLimiter | None = None,
         serverPorts: Iterable[int] = (),
     ) -> Policy:
         """
-        The policy udptime's twistd plugin gives the service called
-        C{service} (C{"text"}, C{"ntp"}, C{"time"}, C{"daytime"}, C{"echo"}):
-
-          - NTP: limited requests may get a Kiss-o'-Death; no loop guard
-            beyond port 0 (symmetric NTP legitimately comes from port 123,
-            and NTP never answers a reply);
-          - every other service: the loop guard (L{SERVICE_PORTS}, its own
-            port and C{serverPorts}), silent drops when limited;
-          - echo: also L{ReplyMemory}.
+        The policy udptime's twistd plugin gives a service whose protocol
+        declares C{profile} (see L{PolicyProfile} and
+        L{udptime.services}).
 
         @param rate: per-source requests per second; 0 turns per-source
             limits off.
-        @param rules: allow/deny rules; those naming another service are
-            ignored.
+        @param rules: the service's allow/deny rules, C{(allow, network)}
+            in the order given.
         @param serverPorts: the ports of all the services of the server
-            this one is part of: no service but NTP answers datagrams from
-            them, so that no two of the server's services can answer each
-            other.
-        @raise ValueError: C{service} is none of L{SERVICES}.
+            this one is part of: a service with the loop guard answers no
+            datagram from them, so that no two of the server's services can
+            answer each other.
         """
-        if service not in SERVICES:
-            raise ValueError(
-                f"unknown service {service!r} (choose from {', '.join(SERVICES)})"
-            )
-        isNTP = service == "ntp"
         limiter = None
         if rate:
             limiter = SourceLimiter(
@@ -562,16 +721,15 @@ class Policy:
                 burst,
                 maxClients,
                 ipv6Prefix,
-                kodInterval=DEFAULT_KOD_INTERVAL if isNTP else 0.0,
+                kodInterval=DEFAULT_KOD_INTERVAL if profile.kissOfDeath else 0.0,
             )
-        mine = [(r.allow, r.network) for r in rules if r.service in (None, service)]
         return cls(
             limiter=limiter,
             globalLimit=globalLimit,
-            access=AccessList(mine) if mine else None,
-            loopPorts=() if isNTP else SERVICE_PORTS.union(serverPorts),
-            guardOwnPort=not isNTP,
-            replyMemory=ReplyMemory() if service == "echo" else None,
+            access=AccessList(rules) if rules else None,
+            loopPorts=SERVICE_PORTS.union(serverPorts) if profile.loopGuard else (),
+            guardOwnPort=profile.loopGuard,
+            replyMemory=ReplyMemory() if profile.replyMemory else None,
         )
 
     def guardPort(self, port: int) -> None:
@@ -582,7 +740,7 @@ class Policy:
         if self.guardOwnPort:
             self.loopPorts = self.loopPorts | {port}
 
-    def admit(self, addr: tuple[str, int], now: float) -> int:
+    def admit(self, addr: tuple[str, int], now: float) -> Verdict:
         """
         The verdict (L{ADMIT}, L{LOOPED}, L{DENIED}, L{LIMITED} or L{KISS})
         for a datagram from C{addr} at time C{now}.
@@ -593,14 +751,20 @@ class Policy:
         access = self.access
         if access is not None and not access.allows(host):
             return DENIED
-        limiter = self.limiter
-        if limiter is not None:
-            verdict = limiter.admit(host, now)
-            if verdict:
-                return verdict
-        limit = self.globalLimit
-        if limit is not None and not limit.admit(now):
-            return LIMITED
+        buckets = self._buckets
+        if buckets is not None:
+            # The limiter's buckets, chained to the global cap, if any (see
+            # __init__).
+            refuser = buckets.take(host, now)
+            if refuser is not None:
+                if refuser is buckets:
+                    assert self._limiter is not None
+                    return self._limiter.refusal(host, now)
+                return LIMITED
+        else:
+            limit = self._globalLimit
+            if limit is not None and limit.take(EVERYONE, now) is not None:
+                return LIMITED
         return ADMIT
 
     def stats(self) -> dict[str, int]:
@@ -608,14 +772,7 @@ class Policy:
         Gauges for reports: clients in the per-source table, and entries
         evicted from it so far.
         """
-        limiter = self.limiter
+        limiter = self._limiter
         if limiter is None:
             return {"clients": 0, "evicted": 0}
         return {"clients": len(limiter), "evicted": limiter.evictions}
-
-
-def _checkRate(rate: float, burst: int) -> None:
-    if not rate > 0.0 or rate == float("inf"):
-        raise ValueError(f"rate must be a positive number, not {rate}")
-    if burst < 1:
-        raise ValueError(f"burst must be at least 1, not {burst}")

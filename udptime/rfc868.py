@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Final
 
 from udptime.clock import ntpSecondsToUnix, unixToNTPSeconds
-from udptime.query import EmptyRequest, QueryResult, ReplyMismatch, estimateOffset
+from udptime.reading import EmptyRequest, Reading, ReplyMismatch, estimateOffset
 
 REPLY_SIZE: Final = 4
 """Length of every reply in bytes."""
@@ -57,7 +57,7 @@ def parseReply(data: bytes) -> int:
 
 class TimeClientCodec(EmptyRequest):
     """
-    The client side of RFC 868 over UDP (a L{udptime.query.ClientCodec}).
+    The client side of RFC 868 over UDP (a L{udptime.reading.ClientCodec}).
 
     The request is an empty datagram.  The server truncates its time to the
     second, so the result's offset takes the middle of that second against
@@ -70,14 +70,8 @@ class TimeClientCodec(EmptyRequest):
     defaultPort = DEFAULT_PORT
 
     def parseReply(
-        self,
-        data: bytes,
-        state: object,
-        sentAt: float,
-        receivedAt: float,
-        host: str,
-        port: int,
-    ) -> QueryResult:
+        self, data: bytes, state: object, sentAt: float, receivedAt: float
+    ) -> Reading:
         """
         Read a 4-byte reply received at Unix time C{receivedAt}.
 
@@ -85,14 +79,9 @@ class TimeClientCodec(EmptyRequest):
         """
         seconds = parseReply(data)
         serverTime = ntpSecondsToUnix(seconds, (sentAt + receivedAt) / 2)
-        return QueryResult(
-            protocol=self.name,
-            host=host,
-            port=port,
-            reply=data,
+        return Reading(
             text=datetime.fromtimestamp(serverTime, UTC).isoformat(),
             serverTime=float(serverTime),
-            delay=receivedAt - sentAt,
             offset=estimateOffset(serverTime, sentAt, receivedAt, RESOLUTION),
             details={"seconds": seconds, "resolution": RESOLUTION},
         )

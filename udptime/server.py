@@ -1,12 +1,14 @@
 """
 udptime's server protocols: thin L{DatagramProtocol} adapters over the codecs.
 
-Each protocol takes a datagram, reads the clock, asks its codec for a reply and
-writes it back to the exact address the request came from.  Shared work
-(counting, admission policy, error containment) lives in L{UDPServerProtocol};
-a subclass implements only L{UDPServerProtocol.respond}.
+Each protocol decides what to do with a datagram (L{UDPServerProtocol.decide}:
+the shared admission policy first, then the service's codec) and returns its
+L{Decision<udptime.decision.Decision>}: the reply's bytes, or a refusal.  It
+never writes to the socket nor counts: the port does both (see
+L{udptime.port} and L{udptime.replies}).
 
-Any of them can be used from any Twisted program::
+Any of them can be used from any Twisted program, on Twisted's own port,
+whose C{datagramReceived} calls takes the same path::
 
     from twisted.internet import reactor
     from udptime.server import TextTimeServer
@@ -20,12 +22,13 @@ from __future__ import annotations
 import math
 import sys
 from datetime import tzinfo
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from udptime import daytime, echo, ntp, rfc868, text
+from udptime.address import Address
 from udptime.clock import (
     ClockSource,
     TimeKnown,
@@ -34,15 +37,25 @@ from udptime.clock import (
     systemTimeKnown,
 )
 from udptime.counters import ServiceCounters
-from udptime.policy import DENIED, KISS, LIMITED, Policy, RateLimiter
-
-Address = tuple[str, int]
-"""A datagram's source address as Twisted gives it: (host, port)."""
+from udptime.decision import (
+    DROPPED,
+    MALFORMED,
+    Decision,
+    errorReply,
+    kissOfDeath,
+)
+from udptime.policy import ADMIT, KISS, LIMITED, LOOPED, Policy, RateLimiter
+from udptime.replies import ReplyPath
 
 BAD_INPUT_LOG_RATE = 0.2
-"""Log lines per second about bad input, sustained, per service."""
+"""Log lines per second about bad input and failures, sustained, per service."""
 BAD_INPUT_LOG_BURST = 10
-"""Log lines about bad input a service may write back to back."""
+"""Log lines about bad input and failures a service may write back to back."""
+
+# Read by the NTP service for every request: taken from the module once.
+_NTP_HEADER_SIZE: Final = ntp.HEADER_SIZE
+_PLAIN_FIRST_BYTES: Final = ntp.PLAIN_FIRST_BYTES
+_plainReply: Final = ntp.plainReply
 
 REPLY_BUILDERS = 256
 """
@@ -63,14 +76,21 @@ class UDPServerProtocol(DatagramProtocol):
     """
     Base of udptime's request/response services.
 
+    A subclass implements L{respond}, the codec's part of L{decide}; the
+    port asks L{decide} about each datagram, then sends and counts.
+
     @cvar serviceName: short name used in logs and counters.
     @ivar clock: the wall clock, injected for tests.
-    @ivar counters: this service's L{ServiceCounters}.
-    @ivar verbose: log one line per request.
+    @ivar counters: this service's L{ServiceCounters}, which the port
+        counts.
+    @ivar verbose: have the port log one line per decision.
     @ivar policy: the admission policy asked about every datagram before
         L{respond} (L{None}: answer everything).
     @ivar badInputLog: bounds the log lines about bad input and failures
-        (L{logBadInput}): a flood of them costs a few lines a minute.
+        (L{logBadInput}, L{logFailure}): a flood of them costs a few lines
+        a minute.
+    @ivar replies: the reply path of Twisted's generic port, through which
+        L{datagramReceived} goes (L{None} before the protocol is connected).
     """
 
     serviceName: ClassVar[str] = "udp"
@@ -79,6 +99,11 @@ class UDPServerProtocol(DatagramProtocol):
     """
     Whether replies carry the time they are sent, read as they are built:
     a port must then send each at once, never hold it back for a batch.
+    """
+    receiveTimestamps: ClassVar[bool] = False
+    """
+    Whether replies carry the time the request arrived: a port then takes
+    it from the kernel (C{SO_TIMESTAMPNS}) where it can and is allowed to.
     """
 
     def __init__(
@@ -94,6 +119,15 @@ class UDPServerProtocol(DatagramProtocol):
         self.policy = policy
         self.badInputLog = RateLimiter(BAD_INPUT_LOG_RATE, BAD_INPUT_LOG_BURST)
         self._badInputLogged = 0
+        self.replies: ReplyPath | None = None
+
+    def makeConnection(self, transport: Any) -> None:
+        """
+        Connect to C{transport}, whose C{write} sends the replies of
+        L{datagramReceived}.
+        """
+        self.replies = ReplyPath(self, transport.write)
+        super().makeConnection(transport)
 
     def startProtocol(self) -> None:
         """
@@ -103,6 +137,53 @@ class UDPServerProtocol(DatagramProtocol):
         transport: Any = self.transport
         if self.policy is not None and transport is not None:
             self.policy.guardPort(transport.getHost().port)
+
+    def datagramReceived(self, data: bytes, addr: Address) -> None:
+        """
+        Answer one datagram, received now: the way in from Twisted's generic
+        port (C{listenUDP}, C{adoptDatagramPort}), an adapter over the same
+        reply path as udptime's own port (L{ReplyPath.handle}), sending
+        with C{transport.write}.
+        """
+        replies = self.replies
+        assert replies is not None, "a datagram before the protocol started"
+        replies.tally(1, replies.handle(data, addr, self.clock()))
+
+    def decide(self, data: bytes, addr: Address, received: float) -> Decision:
+        """
+        What to do with the datagram C{data} from C{addr}, received at Unix
+        time C{received}: the bytes of the reply to send, or a
+        L{Refusal<udptime.decision.Refusal>} naming the counter it is
+        counted under (with a reply to send all the same, if any).  The
+        port asks this once per datagram, then sends and counts.
+
+        The L{policy} decides first (see L{udptime.policy}): a refused
+        datagram is refused as the verdict says, or, when the policy picks
+        it for a Kiss-o'-Death (L{KISS}), answered with L{refused}'s reply.
+        Then L{respond} decides, with the service's codec.
+
+        Anything raised here is a bug: the port catches it, counts it as an
+        internal error and logs it at a bounded rate (L{logFailure}).
+        """
+        policy = self.policy
+        if policy is None:
+            return self.respond(data, addr, received)
+        verdict = policy.admit(addr, received)
+        if verdict is not ADMIT:
+            if verdict is KISS:
+                reply = self.refused(data, addr, received)
+                return LIMITED if reply is None else kissOfDeath(reply)
+            return verdict
+        return self.respond(data, addr, received)
+
+    def respond(self, data: bytes, addr: Address, received: float) -> Decision:
+        """
+        The codec's decision about C{data} from C{addr}, admitted by the
+        policy (see L{decide}).
+
+        @param received: Unix time at which the datagram was received.
+        """
+        raise NotImplementedError(type(self).__name__ + ".respond")
 
     def refused(self, data: bytes, addr: Address, received: float) -> bytes | None:
         """
@@ -129,121 +210,11 @@ class UDPServerProtocol(DatagramProtocol):
                 **fields,
             )
 
-    def _mayLog(self, received: float) -> int | None:
+    def logFailure(self, data: bytes, addr: Address, received: float) -> None:
         """
-        L{None} when L{badInputLog} refuses a line now; otherwise the number
-        of lines it refused since the last one.
+        Log the exception being handled, raised while deciding about C{data}
+        from C{addr} (a bug), with the same bound as L{logBadInput}.
         """
-        limit = self.badInputLog
-        if not limit.admit(received):
-            return None
-        suppressed = limit.refused - self._badInputLogged
-        self._badInputLogged = limit.refused
-        return suppressed
-
-    def respond(self, data: bytes, addr: Address, received: float) -> bytes | None:
-        """
-        The reply to C{data} from C{addr}, or L{None} to send nothing.
-
-        @param received: Unix time at which the datagram was received.
-        """
-        raise NotImplementedError(type(self).__name__ + ".respond")
-
-    def datagramReceived(self, data: bytes, addr: Address) -> None:
-        """
-        Answer one datagram, received now.
-        """
-        self.handleDatagram(data, addr, self.clock())
-
-    def handleDatagram(self, data: bytes, addr: Address, received: float) -> None:
-        """
-        Answer one datagram that arrived at Unix time C{received} (a port
-        that knows the kernel's receive timestamp calls this directly): the
-        reply L{answer} gives, if any, is written back to C{addr} and counted
-        as answered once the kernel took it (L{sendReply}).
-        """
-        reply = self.answer(data, addr, received)
-        if reply is not None:
-            self.sendReply(reply, addr)
-
-    def answer(self, data: bytes, addr: Address, received: float) -> bytes | None:
-        """
-        The reply to send to C{addr} for the datagram C{data} that arrived
-        at Unix time C{received}, or L{None} to send nothing.  The caller
-        sends the reply and counts it as answered when it went out (as
-        L{handleDatagram} does; a port that sends replies itself calls this
-        directly).
-
-        The L{policy} decides first, once per datagram (see
-        L{udptime.policy}): a refused datagram is counted as limited, denied
-        or looped and dropped, or answered with L{refused} when the policy
-        picks it for a Kiss-o'-Death, which is written here, at once.
-        Nothing raised here escapes: a failure is a bug, counted and logged
-        at a bounded rate, and the service goes on.
-        """
-        self.counters.received += 1
-        policy = self.policy
-        memory = None
-        if policy is not None:
-            verdict = policy.admit(addr, received)
-            if verdict:
-                self._refuse(verdict, data, addr, received)
-                return None
-            memory = policy.replyMemory
-            if memory is not None and memory.isReturned(addr, data, received):
-                self.counters.looped += 1
-                return None
-        try:
-            reply = self.respond(data, addr, received)
-        except Exception:
-            self._failed(data, addr, received)
-            return None
-        if reply is not None:
-            if memory is not None:
-                memory.remember(addr, reply, received)
-            if self.verbose:
-                self.log.info(
-                    "{service}: {size}-byte request from {addr}, {replySize}-byte"
-                    " reply",
-                    service=self.serviceName,
-                    size=len(data),
-                    addr=addr,
-                    replySize=len(reply),
-                )
-        return reply
-
-    def _refuse(
-        self, verdict: int, data: bytes, addr: Address, received: float
-    ) -> None:
-        """
-        Count a datagram the policy refused, and send the refusal
-        (L{refused}) when the verdict is L{KISS}.
-        """
-        counters = self.counters
-        if verdict == LIMITED:
-            counters.limited += 1
-        elif verdict == KISS:
-            counters.limited += 1
-            try:
-                reply = self.refused(data, addr, received)
-            except Exception:
-                self._failed(data, addr, received)
-                return
-            if reply is None:
-                return
-            # Written at once, by any port: a refusal is never held back.
-            if self._write(reply, addr):
-                counters.kissed += 1
-        elif verdict == DENIED:
-            counters.denied += 1
-        else:
-            counters.looped += 1
-
-    def _failed(self, data: bytes, addr: Address, received: float) -> None:
-        """
-        Count and log (at a bounded rate) the exception being handled.
-        """
-        self.counters.internalErrors += 1
         suppressed = self._mayLog(received)
         if suppressed is not None:
             self.log.failure(
@@ -256,27 +227,17 @@ class UDPServerProtocol(DatagramProtocol):
                 suppressed=suppressed,
             )
 
-    def sendReply(self, reply: bytes, addr: Address) -> None:
+    def _mayLog(self, received: float) -> int | None:
         """
-        Write C{reply} to C{addr}; a full socket buffer drops the reply, as a
-        congested network would.
+        L{None} when L{badInputLog} refuses a line now; otherwise the number
+        of lines it refused since the last one.
         """
-        if self._write(reply, addr):
-            self.counters.answered += 1
-
-    def _write(self, reply: bytes, addr: Address) -> bool:
-        """
-        Write C{reply} to C{addr}; whether the kernel took it (a failure is
-        counted).
-        """
-        transport = self.transport
-        assert transport is not None, "a reply before the protocol started"
-        try:
-            transport.write(reply, addr)
-        except OSError:
-            self.counters.sendFailed += 1
-            return False
-        return True
+        limit = self.badInputLog
+        if not limit.admit(received):
+            return None
+        suppressed = limit.refused - self._badInputLogged
+        self._badInputLogged = limit.refused
+        return suppressed
 
 
 class TextTimeServer(UDPServerProtocol):
@@ -329,17 +290,15 @@ class TextTimeServer(UDPServerProtocol):
         self._defaultFormat = fmt
         self._builders.clear()
 
-    def respond(self, data: bytes, addr: Address, received: float) -> bytes | None:
+    def respond(self, data: bytes, addr: Address, received: float) -> Decision:
         build = self._builders.get(data)
         if build is None:
             try:
                 request = text.parseRequest(data)
             except text.RequestTooLarge:
-                self.counters.dropped += 1
-                return None
+                return DROPPED
             except text.TextRequestError as error:
-                self.counters.malformed += 1
-                return text.errorReply(error)
+                return errorReply(text.errorReply(error))
             # Clients send the same few requests again and again: how to
             # answer each is kept, in a bounded table.
             build = text.replyBuilder(request, self._defaultFormat, self._defaultZone)
@@ -378,11 +337,9 @@ class TimeOfDayServer(UDPServerProtocol):
         """
         raise NotImplementedError(type(self).__name__ + ".timeReply")
 
-    def respond(self, data: bytes, addr: Address, received: float) -> bytes | None:
+    def respond(self, data: bytes, addr: Address, received: float) -> Decision:
         reply = self.timeReply(received) if self.timeKnown() else None
-        if reply is None:
-            self.counters.dropped += 1
-        return reply
+        return DROPPED if reply is None else reply
 
 
 class TimeServer(TimeOfDayServer):
@@ -416,15 +373,24 @@ class EchoServer(UDPServerProtocol):
     """
     The Echo Protocol, RFC 862 (see L{udptime.echo}): each datagram of at
     most L{echo.MAX_ECHO} bytes is sent back unchanged; longer ones are
-    dropped.
+    dropped.  With a policy that keeps a reply memory
+    (L{Policy.replyMemory<udptime.policy.Policy.replyMemory>}), a datagram
+    that is the reply just sent to its source, coming back, is refused as a
+    loop: two echo services never answer each other for long.
     """
 
     serviceName = "echo"
 
-    def respond(self, data: bytes, addr: Address, received: float) -> bytes | None:
+    def respond(self, data: bytes, addr: Address, received: float) -> Decision:
+        policy = self.policy
+        memory = None if policy is None else policy.replyMemory
+        if memory is not None and memory.isReturned(addr, data, received):
+            return LOOPED
         reply = echo.buildReply(data)
         if reply is None:
-            self.counters.dropped += 1
+            return DROPPED
+        if memory is not None:
+            memory.remember(addr, reply, received)
         return reply
 
 
@@ -451,6 +417,7 @@ class NTPServer(UDPServerProtocol):
 
     serviceName = "ntp"
     transmitTimestamps = True
+    receiveTimestamps = True
 
     def __init__(
         self,
@@ -483,8 +450,8 @@ class NTPServer(UDPServerProtocol):
         super().startProtocol()
         self.clockSource.state(self.clock())
 
-    def respond(self, data: bytes, addr: Address, received: float) -> bytes | None:
-        if len(data) == ntp.HEADER_SIZE and data[0] in ntp.PLAIN_FIRST_BYTES:
+    def respond(self, data: bytes, addr: Address, received: float) -> Decision:
+        if len(data) == _NTP_HEADER_SIZE and data[0] in _PLAIN_FIRST_BYTES:
             # ntp.isPlainRequest(data), inline: nearly every request.
             constants = self._replyConstants
             if (
@@ -492,14 +459,10 @@ class NTPServer(UDPServerProtocol):
                 or not self._constantsFrom <= received < self._constantsUntil
             ):
                 constants = self._freshConstants(received)
-            return ntp.plainReply(data, constants, received, self.clock)
+            return _plainReply(data, constants, received, self.clock)
         try:
             request = ntp.parseRequest(data, addr[1])
         except ntp.NTPCodecError as error:
-            if isinstance(error, ntp.NotServed):
-                self.counters.dropped += 1
-            else:
-                self.counters.malformed += 1
             self.logBadInput(
                 received,
                 "{service}: dropped {size} bytes from {addr}: {reason}",
@@ -507,7 +470,7 @@ class NTPServer(UDPServerProtocol):
                 addr=addr,
                 reason=str(error),
             )
-            return None
+            return DROPPED if isinstance(error, ntp.NotServed) else MALFORMED
         state = self.clockSource.state(received)
         return ntp.buildReply(
             request, state, received, self.clock, minPoll=self.minPoll

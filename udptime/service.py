@@ -11,9 +11,10 @@ calling C{listenUDP} so that:
   - C{SO_REUSEPORT} can be set for several worker processes on one port.
 
 On the reactors of L{twisted.internet.posixbase} (epoll, poll, select) the
-socket is served by L{udptime.fastport.ServerPort}, a L{udp.Port} with a
-lean path for request/response services and optional kernel receive
-timestamps; elsewhere it is handed to the reactor with C{adoptDatagramPort}.
+socket is served by L{udptime.port.ServerPort}, a
+L{twisted.internet.udp.Port} with a lean path for request/response services
+and optional kernel receive timestamps; elsewhere it is handed to the
+reactor with C{adoptDatagramPort}.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
-from udptime.fastport import ServerPort
+from udptime.address import formatAddress
+from udptime.port import ServerPort
 from udptime.server import UDPServerProtocol
 
 ALL_INTERFACES = "::"
@@ -73,6 +75,29 @@ def bindUDPSocket(interface: str, port: int, reusePort: bool = False) -> socket.
     return sock
 
 
+class ServiceCannotListen(CannotListenError):
+    """
+    A service's socket could not be bound: the L{CannotListenError}
+    Twisted's own ports raise, whose message names the service, the address
+    and the reason (C{text service cannot listen on [::]:5000 (UDP):
+    Address already in use}).
+
+    @ivar service: the service's name.
+    """
+
+    def __init__(
+        self, service: str, interface: str, port: int, failure: OSError
+    ) -> None:
+        super().__init__(interface, port, failure)
+        self.service = service
+
+    def __str__(self) -> str:
+        failure = self.socketError
+        reason = getattr(failure, "strerror", None) or failure
+        where = formatAddress(self.interface, self.port)
+        return f"{self.service} service cannot listen on {where} (UDP): {reason}"
+
+
 def listeningSocket(
     service: str,
     interface: str,
@@ -81,9 +106,9 @@ def listeningSocket(
     mustBeFree: bool = False,
 ) -> socket.socket:
     """
-    L{bindUDPSocket} for the service called C{service}: a failure is logged,
-    naming the service and the address, and raised as the
-    L{CannotListenError} Twisted's own ports raise.
+    L{bindUDPSocket} for the service called C{service}.
+
+    @raise ServiceCannotListen: the socket cannot be bound.
 
     @param mustBeFree: with C{reusePort}, check first that no other socket
         holds the port: sockets of another process with C{SO_REUSEPORT}
@@ -95,13 +120,15 @@ def listeningSocket(
             bindUDPSocket(interface, port).close()
         return bindUDPSocket(interface, port, reusePort)
     except OSError as failure:
-        _log.critical(
-            "udptime {service} service cannot listen on {where} (UDP): {reason}",
-            service=service,
-            where=formatAddress(interface, port),
-            reason=failure.strerror or failure,
-        )
-        raise CannotListenError(interface, port, failure) from failure
+        raise ServiceCannotListen(service, interface, port, failure) from failure
+
+
+def logCannotListen(failure: ServiceCannotListen) -> None:
+    """
+    Log that a service cannot listen, as the line before the service stops
+    the server (see L{ServiceCannotListen}).
+    """
+    _log.critical("udptime {failure}", failure=str(failure))
 
 
 def _hasIPv6() -> bool:
@@ -121,9 +148,10 @@ class UDPListenService(Service):
 
     @ivar port: the listening port once started (L{None} before).
     @ivar kernelTimestamps: take receive times from the kernel
-        (C{SO_TIMESTAMPNS}; see L{udptime.fastport}).
-    @ivar inheritedSocket: a socket bound by another process (a worker's
-        supervisor) to serve instead of binding one; L{None} to bind.
+        (C{SO_TIMESTAMPNS}; see L{udptime.port}).
+    @ivar boundSocket: a socket bound already, to serve instead of binding
+        one: bound by L{bind}, or by another process (a worker's
+        supervisor); L{None} to bind it as the service starts.
     """
 
     log = Logger()
@@ -144,16 +172,38 @@ class UDPListenService(Service):
         self.interface = interface
         self.reusePort = reusePort
         self.kernelTimestamps = kernelTimestamps
-        self.inheritedSocket: socket.socket | None = None
+        self.boundSocket: socket.socket | None = None
         self.setName(serviceName)
         self.port: IListeningPort | None = None
 
-    def privilegedStartService(self) -> None:
-        sock, self.inheritedSocket = self.inheritedSocket, None
-        if sock is None:
-            sock = listeningSocket(
+    def bind(self) -> None:
+        """
+        Bind the service's socket now, if it has none yet (its port is
+        then taken, and served once the service starts).
+
+        @raise ServiceCannotListen: the socket cannot be bound.
+        """
+        if self.boundSocket is None:
+            self.boundSocket = listeningSocket(
                 str(self.name), self.interface, self.portNumber, self.reusePort
             )
+
+    def unbind(self) -> None:
+        """
+        Close the socket L{bind} bound, if the service has not started.
+        """
+        sock, self.boundSocket = self.boundSocket, None
+        if sock is not None:
+            sock.close()
+
+    def privilegedStartService(self) -> None:
+        try:
+            self.bind()
+        except ServiceCannotListen as failure:
+            logCannotListen(failure)
+            raise
+        sock, self.boundSocket = self.boundSocket, None
+        assert sock is not None
         try:
             self.port = self._adopt(sock)
         finally:
@@ -206,12 +256,3 @@ class UDPListenService(Service):
         if port is not None:
             return port.stopListening()
         return None
-
-
-def formatAddress(host: str, port: int) -> str:
-    """
-    C{host:port}, with an IPv6 host in brackets.
-    """
-    if ":" in host:
-        return f"[{host}]:{port}"
-    return f"{host}:{port}"

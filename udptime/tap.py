@@ -20,21 +20,14 @@ from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 from twisted.python import usage
 
-from udptime import policy, text, workers
-from udptime.clock import LOCAL_REFID, ClockSource
-from udptime.fastport import DEFAULT_KERNEL_TIMESTAMPS, kernelTimestampsAvailable
-from udptime.server import (
-    DaytimeServer,
-    EchoServer,
-    NTPServer,
-    TextTimeServer,
-    TimeServer,
-    UDPServerProtocol,
-)
-from udptime.service import ALL_INTERFACES, UDPListenService
+from udptime import __version__, policy, text, workers
+from udptime.ancillary import kernelTimestampsAvailable
+from udptime.clock import LOCAL_REFID
+from udptime.port import DEFAULT_KERNEL_TIMESTAMPS
+from udptime.server import UDPServerProtocol
+from udptime.service import ALL_INTERFACES, ServiceCannotListen, UDPListenService
+from udptime.services import SERVICES
 from udptime.summary import DEFAULT_INTERVAL, CounterSummary
-
-DEFAULT_PORT = 5000
 
 _Method = TypeVar("_Method", bound=Callable[..., None])
 _Number = TypeVar("_Number", int, float)
@@ -162,55 +155,49 @@ def _helpText(method: _Method) -> _Method:
     return method
 
 
+def _serviceSummary() -> str:
+    """
+    What C{twistd udptime --help} says of the services, from L{SERVICES}.
+    """
+    on = [service for service in SERVICES.values() if service.defaultPort]
+    off = [service for service in SERVICES.values() if not service.defaultPort]
+    lines = ["Serve the time over UDP."]
+    for service in on:
+        lines.append(
+            f"The {service.description} service answers on --{service.portOption} "
+            f"({service.defaultPort} by default; 0 turns it off)."
+        )
+    if off:
+        names = [f"{s.description} (--{s.portOption})" for s in off]
+        lines.append(
+            f"{', '.join(names[:-1])} and {names[-1]} are off unless given a port."
+            if len(names) > 1
+            else f"{names[0]} is off unless given a port."
+        )
+    return "  ".join(lines)
+
+
 class Options(usage.Options):
     """
     Command-line options of C{twistd udptime}.
     """
 
     synopsis = "[options]"
-    longdesc = (
-        "Serve the time over UDP.  udptime's text protocol answers on --port "
-        "(5000 by default; 0 turns it off).  The RFC 868 Time, RFC 867 Daytime "
-        "and RFC 862 Echo services, and SNTP/NTP, are off unless given a port."
-    )
+    longdesc = _serviceSummary()
 
     optParameters = _namingOptions(
         [
             [
-                "port",
-                "p",
-                DEFAULT_PORT,
-                "UDP port of the text time service (0: off).",
+                service.portOption,
+                service.shortOption,
+                service.defaultPort,
+                f"UDP port of the {service.description} service "
+                f"({service.standardPort} is standard; 0: off).",
                 _port,
-            ],
-            [
-                "time-port",
-                None,
-                0,
-                "UDP port of the RFC 868 Time service (37 is standard; 0: off).",
-                _port,
-            ],
-            [
-                "daytime-port",
-                None,
-                0,
-                "UDP port of the RFC 867 Daytime service (13 is standard; 0: off).",
-                _port,
-            ],
-            [
-                "echo-port",
-                None,
-                0,
-                "UDP port of the RFC 862 Echo service (7 is standard; 0: off).",
-                _port,
-            ],
-            [
-                "ntp-port",
-                None,
-                0,
-                "UDP port of the SNTP/NTP service (123 is standard; 0: off).",
-                _port,
-            ],
+            ]
+            for service in SERVICES.values()
+        ]
+        + [
             [
                 "local-stratum",
                 None,
@@ -297,24 +284,40 @@ class Options(usage.Options):
                 "(SO_REUSEPORT), supervised by this one (0: serve in this process).",
                 workers.workerCount,
             ],
+            [
+                "worker",
+                None,
+                None,
+                "For the supervisor's use (--workers): serve as the worker "
+                "INDEX:SUPERVISOR:NAME=FD,...[:UID:GID:EUID] (see "
+                "udptime.workers.WorkerSetting); not listed by --help.",
+                workers.workerSetting,
+            ],
         ]
     )
 
+    hidden = frozenset({"worker"})
+    """Options C{--help} does not list: they are for udptime's own use."""
+
     optFlags = [
-        ["verbose", "v", "Log one line per request."],
+        [
+            "verbose",
+            "v",
+            "Log one line per request: what was decided (its reply, or why it "
+            "was refused).",
+        ],
         [
             "kernel-timestamps",
             None,
-            "NTP: take each request's receive timestamp from the kernel "
-            "(SO_TIMESTAMPNS), not from the clock when the event loop reads it"
-            + (" (the default)." if DEFAULT_KERNEL_TIMESTAMPS else "."),
+            "The default, where the system has them: NTP takes each request's "
+            "receive time from the kernel (SO_TIMESTAMPNS), not from the clock "
+            "when the event loop reads the request.  Only NTP uses them.",
         ],
         [
             "no-kernel-timestamps",
             None,
-            "NTP: read receive timestamps from the clock when the event loop "
-            "reads the request"
-            + ("." if DEFAULT_KERNEL_TIMESTAMPS else " (the default)."),
+            "NTP: read receive times from the clock when the event loop reads "
+            "each request, not from the kernel.",
         ],
     ]
 
@@ -342,14 +345,38 @@ class Options(usage.Options):
             reason = str(error).removeprefix("Parameter type enforcement failed: ")
             if self.parent is None:
                 raise usage.UsageError(reason) from None
-            # twistd's options, or those of twist (also python -m twisted).
-            runner = (
-                "twist" if type(self.parent).__name__ == "TwistOptions" else "twistd"
-            )
-            command = f"{runner} udptime"
+            command = self.command()
             raise SystemExit(
                 f"{command}: {reason} ({command} --help lists the options)"
             ) from None
+
+    def command(self) -> str:
+        """
+        How the user ran udptime: C{twistd udptime}, or C{twist udptime}
+        (also C{python -m twisted udptime}).
+        """
+        runner = "twist" if type(self.parent).__name__ == "TwistOptions" else "twistd"
+        return f"{runner} udptime"
+
+    def opt_version(self) -> None:
+        """
+        Print udptime's version and exit.
+        """
+        sys.stdout.write(f"udptime {__version__}\n")
+        raise SystemExit(0)
+
+    def getUsage(self, width: int | None = None) -> str:
+        """
+        The help text, without the L{hidden} options.
+        """
+        longOpt = self.longOpt
+        self.longOpt = [
+            option for option in longOpt if option.rstrip("=") not in self.hidden
+        ]
+        try:
+            return super().getUsage(width)
+        finally:
+            self.longOpt = longOpt
 
     def parseArgs(self, *arguments: str) -> None:
         """
@@ -364,9 +391,10 @@ class Options(usage.Options):
     def opt_allow(self, rule: str) -> None:
         """
         Serve clients in a network: [SERVICE=]NETWORK, NETWORK an address, a
-        CIDR network or "all"; SERVICE one service's name (default: every
-        service).  Repeatable.  Once any network is allowed, the others are
-        denied; the most specific --allow or --deny for a client decides.
+        CIDR network or "all"; SERVICE one service's name (text, ntp, time,
+        daytime or echo; default: every service).  Repeatable.  Once any
+        network is allowed, the others are denied; the most specific
+        --allow or --deny for a client decides.
         """
         self._addRule(True, rule)
 
@@ -390,10 +418,6 @@ class Options(usage.Options):
             raise usage.UsageError(
                 "give --kernel-timestamps or --no-kernel-timestamps, not both"
             )
-        if not self["ntp-port"] and (
-            self["kernel-timestamps"] or self["no-kernel-timestamps"]
-        ):
-            raise usage.UsageError("kernel timestamps are for NTP: give --ntp-port")
         if self["kernel-timestamps"] and not kernelTimestampsAvailable():
             raise usage.UsageError("this system has no kernel receive timestamps")
         if not self["ntp-port"] and self["local-stratum"] is not None:
@@ -422,25 +446,25 @@ class Options(usage.Options):
 
     def kernelTimestamps(self) -> bool:
         """
-        Whether the NTP service takes receive timestamps from the kernel.
-        (The other services send a single time, read as the request is handled.)
+        Whether services whose replies carry receive times (NTP) take them
+        from the kernel: the default, where the system has them, unless
+        C{--no-kernel-timestamps}.  (The other services send a single time,
+        read as the request is handled, and ignore the setting.)
         """
-        if self["kernel-timestamps"] or self["no-kernel-timestamps"]:
-            return bool(self["kernel-timestamps"])
+        if self["no-kernel-timestamps"]:
+            return False
         return DEFAULT_KERNEL_TIMESTAMPS and kernelTimestampsAvailable()
 
     def enabledPorts(self) -> dict[str, int]:
         """
-        The services to run, by name, with their port numbers.
+        The services to run, by name (in the order of L{SERVICES}), with
+        their port numbers.
         """
-        ports = {
-            "text": self["port"],
-            "time": self["time-port"],
-            "daytime": self["daytime-port"],
-            "echo": self["echo-port"],
-            "ntp": self["ntp-port"],
+        return {
+            name: self[service.portOption]
+            for name, service in SERVICES.items()
+            if self[service.portOption]
         }
-        return {name: port for name, port in ports.items() if port}
 
     def globalLimit(self) -> policy.RateLimiter | None:
         """
@@ -455,17 +479,22 @@ class Options(usage.Options):
         self, service: str, globalLimit: policy.RateLimiter | None
     ) -> policy.Policy:
         """
-        The admission policy of the service called C{service}, sharing the
-        reply cap C{globalLimit}, and refusing datagrams from the ports of
-        the other services (see L{policy.Policy.forService}).
+        The admission policy of the service called C{service}, from its
+        protocol's profile (see L{SERVICES}), with the limits and the rules
+        given for it, sharing the reply cap C{globalLimit}, and refusing
+        datagrams from the ports of the other services when it has the loop
+        guard (see L{policy.Policy.fromProfile}).
         """
-        return policy.Policy.forService(
-            service,
+        return SERVICES[service].policy(
             rate=self["rate"],
             burst=self["burst"],
             maxClients=self["max-clients"],
             ipv6Prefix=self["ipv6-prefix"],
-            rules=self["access"],
+            rules=[
+                (rule.allow, rule.network)
+                for rule in self["access"]
+                if rule.service in (None, service)
+            ],
             globalLimit=globalLimit,
             serverPorts=self.enabledPorts().values(),
         )
@@ -524,44 +553,81 @@ class UDPTimeService(MultiService):
 
 def makeService(options: Options) -> IService:
     """
-    Build the udptime service tree from parsed C{options}.
+    Build the udptime service tree from parsed C{options}, for this
+    process's role, decided first:
+
+      - a supervisor of worker processes (C{--workers N}) builds only its
+        L{workers.WorkerSupervisor}, which binds the sockets and runs the
+        workers: no protocols, no clock measurement, no time zones;
+      - a worker (C{--worker}, given by its supervisor) builds the
+        protocols and serves the sockets it inherited, as the user it is
+        told to switch to;
+      - a single process builds the protocols and binds its sockets.
     """
     from twisted.internet import reactor
 
     top = UDPTimeService(reactor)
     ports = options.enabledPorts()
-    verbose = options["verbose"]
-    protocols: dict[str, UDPServerProtocol] = {}
-    if "text" in ports:
-        protocols["text"] = TextTimeServer(
-            verbose=verbose, defaultZone=options["timezone"]
+    setting = options["worker"]
+    if setting is None and options["workers"]:
+        supervisor = workers.WorkerSupervisor(
+            reactor,
+            ports,
+            options["interface"],
+            options["workers"],
+            options.arguments,
+            workers.twistdPrivileges(options),
+            options["ipv6-prefix"],
         )
-    standard = {"time": TimeServer, "daytime": DaytimeServer, "echo": EchoServer}
-    for name, factory in standard.items():
-        if name in ports:
-            protocols[name] = factory(verbose=verbose)
-    if "ntp" in ports:
-        protocols["ntp"] = NTPServer(
-            verbose=verbose,
-            clockSource=ClockSource(options["local-stratum"], options["refid"]),
-        )
-    if "text" in protocols:
-        # Now, as twistd (or a worker) still runs as the user who started
-        # it: the first request naming a zone then does not hold up the
-        # others, and the database is read whoever the service runs as.
-        text.loadZoneNames()
+        supervisor.setServiceParent(top)
+        _bindUnderTwistd(options, [supervisor])
+        return top
+    protocols: dict[str, UDPServerProtocol] = {
+        name: SERVICES[name].makeServer(options) for name in ports
+    }
     globalLimit = options.globalLimit()
+    listeners = []
     for name, protocol in protocols.items():
         protocol.policy = options.servicePolicy(name, globalLimit)
-        UDPListenService(
+        listener = UDPListenService(
             reactor,  # type: ignore[arg-type]
             protocol,
             ports[name],
             options["interface"],
             serviceName=name,
-            kernelTimestamps=name == "ntp" and options.kernelTimestamps(),
-        ).setServiceParent(top)
+            kernelTimestamps=protocol.receiveTimestamps and options.kernelTimestamps(),
+        )
+        listener.setServiceParent(top)
+        listeners.append(listener)
     if options["summary-interval"]:
         summary = CounterSummary(reactor, protocols, options["summary-interval"])
         summary.setServiceParent(top)
-    return workers.configure(top, options, reactor)
+    if setting is not None:
+        workers.becomeWorker(setting, listeners)
+    else:
+        _bindUnderTwistd(options, listeners)
+    return top
+
+
+def _bindUnderTwistd(
+    options: Options, services: Sequence[UDPListenService | workers.WorkerSupervisor]
+) -> None:
+    """
+    Run by twistd (or twist), bind the sockets of C{services} now, before
+    twistd runs the service (and, as a daemon, before it leaves the
+    terminal): a port that cannot be bound is then one line on standard
+    error, and exit status 1, rather than a traceback, or as a daemon a
+    truncated exception from twistd's status pipe.  (Built otherwise, the
+    services bind their sockets as they start.)
+
+    @raise SystemExit: a socket cannot be bound.
+    """
+    if options.parent is None:
+        return
+    try:
+        for service in services:
+            service.bind()
+    except ServiceCannotListen as failure:
+        for service in services:
+            service.unbind()
+        raise SystemExit(f"{options.command()}: {failure}") from None

@@ -14,6 +14,9 @@ C{month N} answers the English name of month N (1-12).  Any other text,
 including an empty datagram, gets the time in the default format.  Every
 reply is one line ending in C{\\n}; errors start with C{error: }.
 
+The client side, L{TextClientCodec}, reads a reply in any of these formats
+for L{udptime.client.query} (L{readTime}).
+
 See the README for the full specification.
 """
 
@@ -24,11 +27,13 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
-from email.utils import format_datetime
+from email.utils import format_datetime, parsedate_to_datetime
 from enum import Enum
 from functools import lru_cache, partial
-from typing import Final
+from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+
+from udptime.reading import Reading, ReplyMismatch, ServerRefused, estimateOffset
 
 MAX_REQUEST: Final = 512
 """Longest request in bytes; longer datagrams are dropped unanswered."""
@@ -281,14 +286,24 @@ def _isoParts(second: int, zone: tzinfo | None) -> tuple[str, str]:
     return text[:19], text[19:]
 
 
-@lru_cache(maxsize=64)
-def _isoLineParts(second: int, zone: tzinfo | None) -> tuple[bytes, bytes]:
+def _isoLineParts(second: int, zone: tzinfo | None) -> tuple[int, bytes, bytes]:
     """
-    L{_isoParts} as the bytes of a reply line: C{(b"2026-11-21T20:53:39.",
-    b"+00:00\\n")}.
+    L{_isoParts} as the bytes of a reply line, after C{second}:
+    C{(second, b"2026-11-21T20:53:39.", b"+00:00\\n")}, kept as the latest
+    of C{zone} (see L{isoLine}).
     """
     head, offset = _isoParts(second, zone)
-    return head.encode("ascii") + b".", offset.encode("ascii") + b"\n"
+    parts = _latestIsoLines[zone] = (
+        second,
+        head.encode("ascii") + b".",
+        offset.encode("ascii") + b"\n",
+    )
+    return parts
+
+
+_latestIsoLines: dict[tzinfo | None, tuple[int, bytes, bytes]] = {}
+"""The reply line parts of the latest second rendered, by zone: the second
+of a server's replies changes once a second."""
 
 
 @lru_cache(maxsize=64)
@@ -302,6 +317,10 @@ def _wholeSecondText(second: int, fmt: TimeFormat, zone: tzinfo | None) -> str:
     return format_datetime(moment)
 
 
+ReplyBuilder = Callable[[float], bytes]
+"""Builds the reply to one request at a given Unix time."""
+
+
 def buildReply(
     request: TextRequest,
     now: float,
@@ -309,27 +328,38 @@ def buildReply(
     defaultZone: tzinfo | None = None,
 ) -> bytes:
     """
-    The reply line for C{request} at Unix time C{now}.
+    The reply line for C{request} at Unix time C{now}: what
+    L{replyBuilder} gives for it, at C{now}.
+    """
+    return replyBuilder(request, defaultFormat, defaultZone)(now)
+
+
+def replyBuilder(
+    request: TextRequest,
+    defaultFormat: TimeFormat = TimeFormat.ISO,
+    defaultZone: tzinfo | None = None,
+) -> ReplyBuilder:
+    """
+    How to answer C{request} with these defaults (the server's format and
+    zone for a request that names none), as a function of the time alone,
+    to be kept for a request that comes again.
     """
     if isinstance(request, MonthRequest):
-        return MONTHS[request.number - 1].encode("ascii") + b"\n"
+        line = MONTHS[request.number - 1].encode("ascii") + b"\n"
+        return lambda now: line
     fmt = defaultFormat if request.format is None else request.format
     zone = defaultZone if request.zone is None else request.zone
     if fmt is TimeFormat.ISO:
         # The common reply, built from cached bytes: formatTime's ISO line.
-        return isoLine(zone, now)
-    return _formattedLine(fmt, zone, now)
-
-
-ReplyBuilder = Callable[[float], bytes]
-"""Builds the reply to one request at a given Unix time."""
+        return partial(isoLine, zone)
+    return partial(_formattedLine, fmt, zone)
 
 
 def isoLine(zone: tzinfo | None, now: float) -> bytes:
     """
     The reply line for an ISO 8601 time request in C{zone} (L{None}: the
-    host's local zone) at Unix time C{now}: L{buildReply}'s common reply,
-    from cached bytes.
+    host's local zone) at Unix time C{now}: the common reply, from cached
+    bytes.
     """
     # splitMicroseconds, inline, at a third of the cost: truncating is
     # modf's whole part, the difference (exact) its fraction, and the
@@ -339,27 +369,10 @@ def isoLine(zone: tzinfo | None, now: float) -> bytes:
     microsecond = ((now - second) * 1e6).__round__()
     if not 0 <= microsecond < 1_000_000:
         second, microsecond = splitMicroseconds(now)
-    head, tail = _isoLineParts(second, zone)
-    return b"%b%06d%b" % (head, microsecond, tail)
-
-
-def replyBuilder(
-    request: TextRequest,
-    defaultFormat: TimeFormat = TimeFormat.ISO,
-    defaultZone: tzinfo | None = None,
-) -> ReplyBuilder:
-    """
-    What L{buildReply} does for C{request} with these defaults, as a
-    function of the time alone, to be kept for a request that comes again.
-    """
-    if isinstance(request, MonthRequest):
-        line = buildReply(request, 0.0)
-        return lambda now: line
-    fmt = defaultFormat if request.format is None else request.format
-    zone = defaultZone if request.zone is None else request.zone
-    if fmt is TimeFormat.ISO:
-        return partial(isoLine, zone)
-    return partial(_formattedLine, fmt, zone)
+    parts = _latestIsoLines.get(zone)
+    if parts is None or parts[0] != second:
+        parts = _isoLineParts(second, zone)
+    return b"%b%06d%b" % (parts[1], microsecond, parts[2])
 
 
 def _formattedLine(fmt: TimeFormat, zone: tzinfo | None, now: float) -> bytes:
@@ -371,3 +384,167 @@ def errorReply(error: TextRequestError) -> bytes:
     The error line for a request that could not be answered.
     """
     return f"error: {error}\n".encode("ascii", "backslashreplace")
+
+
+class ErrorLine(ServerRefused):
+    """
+    The server answered with an error line (C{error: ...}); the reason is
+    what follows C{error:}.
+    """
+
+    template = "error from {server}: {reason}"
+
+
+class TextClientCodec:
+    """
+    The client side of the text time protocol (a
+    L{ClientCodec<udptime.reading.ClientCodec>}).
+
+    The reply's time is read whatever format the server chose: ISO 8601,
+    Unix seconds, C{ctime} or RFC 2822 (L{readTime}).  A C{ctime} reply
+    names no zone: its time is known only when the request named the zone.
+    Month names and unrecognised lines are readings with no time; an
+    C{error:} line is a refusal, L{ErrorLine}.
+
+    @ivar request: the request words sent (C{time} when none are given).
+    """
+
+    name = "text"
+    defaultPort = DEFAULT_PORT
+
+    def __init__(self, request: str = "") -> None:
+        """
+        @param request: the request words, e.g. C{"iso Europe/Paris"} or
+            C{"month 3"}; empty for the server's current time.
+        @raise ValueError: the request is longer than the server accepts.
+        """
+        self.request = " ".join(request.split()) or "time"
+        self._datagram = self.request.encode("utf-8")
+        if len(self._datagram) > MAX_REQUEST:
+            raise ValueError(
+                f"the request is {len(self._datagram)} bytes long; "
+                f"servers answer at most {MAX_REQUEST}"
+            )
+
+    def buildRequest(self, sentAt: float) -> tuple[bytes, Any]:
+        """
+        The request datagram; the text protocol needs no state to match the
+        reply.
+        """
+        return self._datagram, None
+
+    def parseReply(
+        self, data: bytes, state: Any, sentAt: float, receivedAt: float
+    ) -> Reading:
+        """
+        Read a reply line received at Unix time C{receivedAt}.
+
+        @raise ReplyMismatch: C{data} is not one line of UTF-8 text.
+        @raise ErrorLine: the server answered with an C{error:} line.
+        """
+        line = _replyLine(data)
+        if line.startswith("error:"):
+            raise ErrorLine(line[len("error:") :].strip() or "(no reason given)")
+        serverTime, details = readTime(line, self._requestZone())
+        resolution = details.get("resolution", 0.0)
+        return Reading(
+            text=line,
+            serverTime=serverTime,
+            # Whole-second readings are truncated; finer ones are rounded.
+            offset=estimateOffset(
+                serverTime, sentAt, receivedAt, resolution if resolution >= 1 else 0.0
+            ),
+            details=details,
+        )
+
+    def _requestZone(self) -> tzinfo | None:
+        """
+        The zone the request named, when it named one this host knows.
+        """
+        try:
+            request = parseRequest(self._datagram)
+        except ValueError:
+            return None
+        if isinstance(request, TimeRequest):
+            return request.zone
+        return None
+
+
+def _replyLine(data: bytes) -> str:
+    try:
+        line = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ReplyMismatch("the reply is not UTF-8 text") from None
+    if not line.endswith("\n"):
+        raise ReplyMismatch("the reply does not end with a line feed")
+    line = line[:-1].removesuffix("\r")
+    if "\n" in line or "\r" in line:
+        raise ReplyMismatch("the reply is more than one line")
+    return line
+
+
+_UNIX_TIME: Final = re.compile(r"-?[0-9]+(\.([0-9]+))?\Z")
+_CTIME_FORMAT: Final = "%a %b %d %H:%M:%S %Y"
+_EARLIEST: Final = datetime(1, 1, 1, tzinfo=UTC).timestamp()
+_END: Final = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp() + 1.0
+
+
+def readTime(
+    line: str, zone: tzinfo | None = None
+) -> tuple[float | None, dict[str, Any]]:
+    """
+    The Unix time a reply line gives, and details about it.
+
+    @param line: the reply, without its line ending.
+    @param zone: the zone the request named (the zone of a C{ctime} reply),
+        or L{None}.
+    @return: the time (L{None} when the line has none, or a C{ctime} reply
+        to a request that named no zone), and a dict with the reply's
+        C{format} (C{"iso"}, C{"unix"}, C{"ctime"}, C{"rfc2822"},
+        C{"month"} or C{"unknown"}) and, with a time, its C{resolution} in
+        seconds.
+    """
+    unix = _UNIX_TIME.match(line)
+    if unix is not None:
+        seconds = float(line)
+        if not _EARLIEST <= seconds < _END:
+            # No time of years 1 to 9999 (nor a finite number, maybe).
+            return None, {"format": "unknown"}
+        digits = len(unix.group(2) or "")
+        return seconds, {"format": "unix", "resolution": 10.0**-digits}
+    if line in MONTHS:
+        return None, {"format": "month"}
+    moment = _parseISO(line)
+    if moment is not None:
+        resolution = 1e-6 if moment.microsecond or "." in line else 1.0
+        return moment.timestamp(), {"format": "iso", "resolution": resolution}
+    try:
+        naive = datetime.strptime(line, _CTIME_FORMAT)
+    except ValueError:
+        pass
+    else:
+        if zone is None:
+            return None, {"format": "ctime"}
+        return naive.replace(tzinfo=zone).timestamp(), {
+            "format": "ctime",
+            "resolution": 1.0,
+        }
+    try:
+        moment = parsedate_to_datetime(line)
+    except (TypeError, ValueError, IndexError):
+        return None, {"format": "unknown"}
+    if moment.tzinfo is None:
+        return None, {"format": "rfc2822"}
+    return moment.timestamp(), {"format": "rfc2822", "resolution": 1.0}
+
+
+def _parseISO(line: str) -> datetime | None:
+    if "T" not in line:
+        return None
+    try:
+        moment = datetime.fromisoformat(line)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        return None
+    return moment

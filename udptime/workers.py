@@ -8,7 +8,8 @@ core.  With C{--workers N} the twistd process becomes a supervisor:
     service's address and port with C{SO_REUSEPORT}; the kernel spreads
     datagrams over them by a hash of the client's address and port;
   - it starts N worker processes (C{python -m twisted udptime ...} with the
-    same options), each inheriting one socket per service, which it serves
+    same options, and C{--worker} saying which worker each is, see
+    L{WorkerSetting}), each inheriting one socket per service, which it serves
     through C{adoptDatagramPort}-style adoption (L{UDPListenService} with an
     inherited socket) with the whole policy of a single process;
   - with twistd's C{--uid}/C{--gid}, the workers are started before twistd
@@ -43,7 +44,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import json
 import os
 import pwd
 import re
@@ -52,12 +52,12 @@ import socket
 import struct
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from twisted.application.reactors import getReactorTypes
-from twisted.application.service import MultiService, Service
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.interfaces import IDelayedCall
@@ -66,14 +66,13 @@ from twisted.logger import Logger, eventFromJSON, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.python.util import switchUID
 
-from udptime.service import UDPListenService, formatAddress, listeningSocket
-
-WORKER_ENVIRONMENT = "UDPTIME_WORKER"
-"""
-The environment variable that makes a udptime process a worker: JSON with
-the worker's number, its supervisor's process id and, by service name, the
-descriptor of the socket it serves.
-"""
+from udptime.address import formatAddress
+from udptime.service import (
+    ServiceCannotListen,
+    UDPListenService,
+    listeningSocket,
+    logCannotListen,
+)
 
 MAX_WORKERS = 256
 """The most worker processes C{--workers} starts (each is a Python process)."""
@@ -206,7 +205,10 @@ workerCount.coerceDoc = f"A number up to {MAX_WORKERS}, or auto: one per CPU."  
 @dataclass(frozen=True)
 class WorkerSetting:
     """
-    What a worker process is told by its supervisor.
+    What a worker process is told by its supervisor, on its command line:
+    C{twistd udptime --worker INDEX:SUPERVISOR:NAME=FD,...[:UID:GID:EUID]}
+    (L{toOption}, L{fromOption}).  The option is for the supervisor's use
+    only: C{--help} does not list it.
 
     @ivar index: the worker's number, from 1.
     @ivar supervisor: the supervisor's process id.
@@ -221,26 +223,61 @@ class WorkerSetting:
     descriptors: dict[str, int]
     privileges: Privileges | None = None
 
-    def toJSON(self) -> str:
-        return json.dumps(
-            {
-                "index": self.index,
-                "supervisor": self.supervisor,
-                "descriptors": self.descriptors,
-                "privileges": self.privileges,
-            }
-        )
+    def toOption(self) -> str:
+        """
+        The setting as the value of C{--worker}: the index, the
+        supervisor's process id and the descriptors, then, when privileges
+        are to be dropped, the user id, the group id (each empty for
+        L{None}) and 1 or 0 for the effective ones only, all separated by
+        colons.
+        """
+        fields = [
+            str(self.index),
+            str(self.supervisor),
+            ",".join(f"{name}={fd}" for name, fd in sorted(self.descriptors.items())),
+        ]
+        privileges = self.privileges
+        if privileges is not None:
+            fields += [
+                "" if privileges.uid is None else str(privileges.uid),
+                "" if privileges.gid is None else str(privileges.gid),
+                str(int(privileges.euid)),
+            ]
+        return ":".join(fields)
 
     @classmethod
-    def fromJSON(cls, text: str) -> WorkerSetting:
-        data = json.loads(text)
-        privileges = data.get("privileges")
-        return cls(
-            int(data["index"]),
-            int(data["supervisor"]),
-            {str(k): int(v) for k, v in data["descriptors"].items()},
-            None if privileges is None else Privileges(*privileges),
-        )
+    def fromOption(cls, value: str) -> WorkerSetting:
+        """
+        Read the value of C{--worker} (see L{toOption}).
+
+        @raise ValueError: C{value} is not a worker setting.
+        """
+        fields = value.split(":")
+        try:
+            if len(fields) not in (3, 6):
+                raise ValueError
+            index, supervisor = int(fields[0]), int(fields[1])
+            descriptors = {}
+            for pair in fields[2].split(","):
+                name, _, fd = pair.partition("=")
+                descriptors[name] = int(fd)
+            privileges = None
+            if len(fields) == 6:
+                uid, gid, euid = fields[3:]
+                privileges = Privileges(
+                    int(uid) if uid else None,
+                    int(gid) if gid else None,
+                    euid == "1",
+                )
+        except ValueError:
+            raise ValueError(
+                f"{value!r} is not INDEX:SUPERVISOR:NAME=FD,...[:UID:GID:EUID]"
+            ) from None
+        return cls(index, supervisor, descriptors, privileges)
+
+
+workerSetting = WorkerSetting.fromOption
+"""The C{--worker} option's coercer."""
 
 
 class Privileges(NamedTuple):
@@ -307,51 +344,21 @@ def cannotRunAs(
     return lines[-1] if lines else f"exit status {result.returncode}"
 
 
-def currentWorker() -> WorkerSetting | None:
+def becomeWorker(setting: WorkerSetting, listeners: Sequence[UDPListenService]) -> None:
     """
-    This process's worker setting, or L{None} when it is not a worker.
-    """
-    text = os.environ.get(WORKER_ENVIRONMENT)
-    return WorkerSetting.fromJSON(text) if text else None
+    Make this process the worker C{setting} describes: each of C{listeners}
+    serves the socket its supervisor handed down for its service, the
+    process switches to the worker's user and group, and it will end with
+    its supervisor.
 
-
-def configure(top: MultiService, options: Any, reactor: Any) -> MultiService:
+    @raise KeyError: a listener's service has no socket in C{setting}.
     """
-    Turn the service tree C{top} that L{udptime.tap.makeService} built from
-    C{options} into what this process runs:
-
-      - in a worker (L{WORKER_ENVIRONMENT} set), the same tree serving the
-        sockets its supervisor handed down, with privileges dropped;
-      - with C{options["workers"]} workers, a supervisor: the listening
-        services leave the tree (and so does everything else that served
-        them) for a L{WorkerSupervisor} that binds their sockets and runs
-        the workers with the same options (C{options.arguments});
-      - otherwise C{top} unchanged.
-    """
-    setting = currentWorker()
-    listeners = [child for child in top if isinstance(child, UDPListenService)]
-    if setting is not None:
-        for listener in listeners:
-            fd = setting.descriptors[str(listener.name)]
-            listener.inheritedSocket = socket.socket(fileno=fd)
-        if setting.privileges is not None:
-            switchUID(*setting.privileges)
-        dieWithParent(setting.supervisor)
-        return top
-    count = options["workers"]
-    if not count:
-        return top
-    for child in list(top):
-        child.disownServiceParent()
-    WorkerSupervisor(
-        reactor,
-        listeners,
-        count,
-        options.arguments,
-        twistdPrivileges(options),
-        options["ipv6-prefix"],
-    ).setServiceParent(top)
-    return top
+    for listener in listeners:
+        fd = setting.descriptors[str(listener.name)]
+        listener.boundSocket = socket.socket(fileno=fd)
+    if setting.privileges is not None:
+        switchUID(*setting.privileges)
+    dieWithParent(setting.supervisor)
 
 
 def dieWithParent(supervisor: int) -> None:
@@ -380,8 +387,9 @@ def reactorName(reactor: Any) -> str | None:
 
 class WorkerSupervisor(Service):
     """
-    Bind the sockets of C{listeners}, run C{count} workers on them, keep
-    them running and stop them with the service.
+    Bind the sockets of the services of C{ports} on C{interface}, run
+    C{count} workers on them, keep them running and stop them with the
+    service.
 
     The sockets are bound and the workers started in
     L{privilegedStartService}, before twistd drops privileges; workers
@@ -395,14 +403,26 @@ class WorkerSupervisor(Service):
     def __init__(
         self,
         reactor: Any,
-        listeners: Sequence[UDPListenService],
+        ports: Mapping[str, int],
+        interface: str,
         count: int,
         arguments: Sequence[str],
         privileges: Privileges | None = None,
         ipv6Prefix: int = 64,
     ) -> None:
+        """
+        @param ports: the port of each service, by name.
+        @param interface: the address they listen on.
+        @param count: how many workers to run.
+        @param arguments: the worker's command line after C{udptime}: the
+            supervisor's own (see L{workerCommand}).
+        @param privileges: the user and group the workers switch to.
+        @param ipv6Prefix: how IPv6 clients are grouped, to steer each
+            client to one worker (see L{steerBySource}).
+        """
         self.reactor = reactor
-        self.listeners = list(listeners)
+        self.ports = dict(ports)
+        self.interface = interface
         self.count = count
         self.arguments = list(arguments)
         self.privileges = privileges
@@ -414,17 +434,33 @@ class WorkerSupervisor(Service):
         self._delays: dict[int, float] = {}
         self._stopping = False
 
-    def privilegedStartService(self) -> None:
+    def bind(self) -> None:
         """
-        Bind every socket and start the workers (before twistd drops
-        privileges).
+        Bind every socket now, if they are not bound yet.
+
+        @raise ServiceCannotListen: a socket cannot be bound (those bound
+            already are closed).
         """
-        for listener in self.listeners:
-            port = listener.portNumber
+        if self.sockets:
+            return
+        try:
+            self._bindAll()
+        except ServiceCannotListen:
+            self._closeSockets(None)
+            raise
+
+    def unbind(self) -> None:
+        """
+        Close the sockets L{bind} bound, if the service has not started.
+        """
+        self._closeSockets(None)
+
+    def _bindAll(self) -> None:
+        for name, port in self.ports.items():
             for index in range(1, self.count + 1):
                 sock = listeningSocket(
-                    str(listener.name),
-                    listener.interface,
+                    name,
+                    self.interface,
                     port,
                     reusePort=True,
                     # The group is ours alone: no other process's socket may
@@ -432,11 +468,23 @@ class WorkerSupervisor(Service):
                     mustBeFree=index == 1,
                 )
                 port = sock.getsockname()[1]  # port 0: the others follow
-                self.sockets.setdefault(index, {})[str(listener.name)] = sock
-            self._steer(listener, sock)
+                self.sockets.setdefault(index, {})[name] = sock
+            self._steer(name, sock)
+
+    def privilegedStartService(self) -> None:
+        """
+        Bind every socket (unless L{bind} did) and start the workers
+        (before twistd drops privileges).
+        """
+        try:
+            self.bind()
+        except ServiceCannotListen as failure:
+            logCannotListen(failure)
+            raise
+        for name, sock in self.sockets[1].items():
             self.log.info(
                 "udptime {service} service listening on {where} (UDP), {workers}",
-                service=listener.name,
+                service=name,
                 where=formatAddress(*sock.getsockname()[:2]),
                 workers="1 worker" if self.count == 1 else f"{self.count} workers",
             )
@@ -470,7 +518,7 @@ class WorkerSupervisor(Service):
                 reason=reason,
             )
 
-    def _steer(self, listener: UDPListenService, sock: socket.socket) -> None:
+    def _steer(self, name: str, sock: socket.socket) -> None:
         """
         Send every client's datagrams to one worker (see L{steerBySource}),
         or say why the kernel's hash of address and port applies instead.
@@ -484,7 +532,7 @@ class WorkerSupervisor(Service):
                 "{service}: datagrams are spread over the workers by source "
                 "address and port, not by client ({error}); a client that "
                 "changes its port meets each worker's rate limit separately",
-                service=listener.name,
+                service=name,
                 error=refused,
             )
 
@@ -493,9 +541,10 @@ class WorkerSupervisor(Service):
             self.privilegedStartService()
         Service.startService(self)
 
-    def workerCommand(self) -> list[str]:
+    def workerCommand(self, setting: WorkerSetting) -> list[str]:
         """
-        The command line of a worker.
+        The command line of the worker C{setting} describes: the
+        supervisor's options, and C{--worker}.
         """
         # -P: the working directory (twistd's, often a shared one such as
         # /tmp, and the process may be root) is not put on the module
@@ -504,12 +553,12 @@ class WorkerSupervisor(Service):
         name = reactorName(self.reactor)
         if name is not None:
             command += ["--reactor", name]
-        return [*command, "udptime", *self.arguments]
+        return [*command, "udptime", "--worker", setting.toOption(), *self.arguments]
 
     def workerEnvironment(self) -> dict[str, str]:
         """
-        The environment of a worker, less its L{WORKER_ENVIRONMENT}
-        setting: this process's, with its module search path.
+        The environment of a worker: this process's, with its module search
+        path.
         """
         environment = dict(os.environ)
         environment["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
@@ -527,15 +576,13 @@ class WorkerSupervisor(Service):
             childFDs[_FIRST_FD + offset] = sock.fileno()
             descriptors[name] = _FIRST_FD + offset
         setting = WorkerSetting(index, os.getpid(), descriptors, self.privileges)
-        environment = self.workerEnvironment()
-        environment[WORKER_ENVIRONMENT] = setting.toJSON()
         worker = WorkerProcess(self, index)
         try:
             self.reactor.spawnProcess(
                 worker,
                 sys.executable,
-                self.workerCommand(),
-                env=environment,
+                self.workerCommand(setting),
+                env=self.workerEnvironment(),
                 childFDs=childFDs,
             )
         except OSError as failure:

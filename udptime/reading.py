@@ -1,15 +1,42 @@
 """
-Values shared by the client and the per-protocol client codecs (no I/O).
+What a client reads from a time server, and how it can fail (no I/O).
 
 A L{ClientCodec} knows one protocol's side of a query: what to send, and
-how to read a reply into a L{QueryResult}.  L{udptime.client} does the I/O
-(sockets, timeouts, retries) for every codec alike.
+what a reply says, as a L{Reading}.  L{udptime.client.query} does the I/O
+(sockets, timeouts, retries) for every codec alike, and gives a
+L{QueryResult}: the reading with where it came from, the reply datagram
+and the round-trip delay.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
+
+
+@dataclass(frozen=True)
+class Reading:
+    """
+    What a client codec read from one reply.
+
+    @ivar text: the server's answer for people (its time, or a month name).
+    @ivar serverTime: the server's time as Unix seconds, when the reply
+        carries one.
+    @ivar offset: estimated offset of the server's clock from ours in
+        seconds, positive when the server is ahead (see
+        L{QueryResult.offset}), when the reply carries a time.
+    @ivar delay: the round-trip delay in seconds, when the protocol measures
+        it otherwise than from our send and receive times (NTP: RFC 5905's
+        delta, without the server's processing time); L{None}: the round
+        trip as L{udptime.client.query} timed it.
+    @ivar details: protocol-specific fields (NTP: stratum, leap, refid, ...).
+    """
+
+    text: str
+    serverTime: float | None = None
+    offset: float | None = None
+    delay: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -45,15 +72,6 @@ class QueryResult:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def formatHostPort(host: str, port: int) -> str:
-    """
-    An address for messages: C{127.0.0.1:5000}, C{[::1]:5000}.
-    """
-    if ":" in host:
-        return f"[{host}]:{port}"
-    return f"{host}:{port}"
-
-
 def estimateOffset(
     serverTime: float | None,
     sentAt: float,
@@ -84,18 +102,49 @@ class QueryError(Exception):
 
 class QueryTimeout(QueryError):
     """
-    Every try went unanswered.
+    Every try went unanswered, or the host name lookup did not finish in
+    time (L{LookupTimeout}).
     """
 
 
-class ServerRefused(QueryError):
+class LookupTimeout(QueryTimeout):
+    """
+    The lookup of the server's host name did not finish in time: no request
+    was sent.
+    """
+
+
+class ServerReplyError(QueryError):
+    """
+    The server's reply to our request ends the query in failure.  A codec
+    raises it with what the reply showed, not knowing the server's address;
+    L{udptime.client.query} sets L{server}, and the message names it.
+
+    @cvar template: the message, from C{{server}} and C{{reason}}.
+    @ivar reason: what the reply showed, e.g. C{"sent a bogus reply: ..."}.
+    @ivar server: the server's address for messages (see
+        L{udptime.address.formatAddress}); C{"the server"} until the query sets it.
+    """
+
+    template: ClassVar[str] = "{server} {reason}"
+
+    def __init__(self, reason: str, server: str = "the server") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.server = server
+
+    def __str__(self) -> str:
+        return self.template.format(server=self.server, reason=self.reason)
+
+
+class ServerRefused(ServerReplyError):
     """
     The server answered with a refusal (for example an NTP Kiss-o'-Death)
     or an error line; retrying now would not help.
     """
 
 
-class BadReply(QueryError):
+class BadReply(ServerReplyError):
     """
     The server's reply answers the request but cannot be right (an NTP
     reply sent before the request was received, by the server's own
@@ -142,16 +191,11 @@ class ClientCodec(Protocol):
         """
 
     def parseReply(
-        self,
-        data: bytes,
-        state: Any,
-        sentAt: float,
-        receivedAt: float,
-        host: str,
-        port: int,
-    ) -> QueryResult:
+        self, data: bytes, state: Any, sentAt: float, receivedAt: float
+    ) -> Reading:
         """
-        Read a reply received at Unix time C{receivedAt}.
+        Read a reply received at Unix time C{receivedAt} to the request sent
+        at C{sentAt} with C{state}.
 
         @raise ReplyMismatch: C{data} is not the reply to this request.
         @raise ServerRefused: the server refused to answer.

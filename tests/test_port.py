@@ -1,5 +1,5 @@
 """
-Tests for L{udptime.fastport}: the specialised server port answers exactly
+Tests for L{udptime.port}: the specialised server port answers exactly
 as Twisted's generic UDP port does (same bytes, same policy decisions, same
 counters), takes receive times from the kernel when asked, and survives
 errors the way the generic port does.
@@ -7,7 +7,9 @@ errors the way the generic port does.
 
 from __future__ import annotations
 
+import ipaddress
 import random
+import select
 import socket
 import sys
 import time
@@ -27,18 +29,17 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from tests.support import RecordingTransport
 from tests.test_ntp import ERA_1
 from udptime import mmsg, ntp, text
+from udptime.ancillary import kernelTimestampsAvailable
 from udptime.clock import ClockSource, ClockState, Leap, ntp64ToUnix
-from udptime.fastport import (
-    ServerPort,
-    _osError,
-    batchingAvailable,
-    kernelTimestampsAvailable,
-)
-from udptime.policy import Policy
+from udptime.decision import Decision
+from udptime.policy import AccessList, Policy, SourceLimiter
+from udptime.port import ServerPort, _osError, batchingAvailable
 from udptime.server import EchoServer, NTPServer, TextTimeServer, UDPServerProtocol
 from udptime.service import UDPListenService, bindUDPSocket
+from udptime.services import SERVICES
 
 FAKE_NOW = 1_795_000_000.654321
 """An injected clock reading far from the real time (2026-11-18)."""
@@ -287,7 +288,7 @@ class SameAnswersTests(ServerPortTestCase):
         The per-client limits refuse the same requests on both ports.
         """
         [(replies, counters), _] = yield self.compare(
-            lambda: textServer(Policy.forService("text", rate=1, burst=3)),
+            lambda: textServer(SERVICES["text"].policy(rate=1, burst=3)),
             [b"time"] * 8,
         )
         self.assertEqual(len(replies), 3)
@@ -299,7 +300,7 @@ class SameAnswersTests(ServerPortTestCase):
         The NTP rate limit answers the same Kiss-o'-Death on both ports.
         """
         [(replies, counters), _] = yield self.compare(
-            lambda: ntpServer(Policy.forService("ntp", rate=1, burst=2)),
+            lambda: ntpServer(SERVICES["ntp"].policy(rate=1, burst=2)),
             [NTP_REQUEST] * 5,
         )
         self.assertEqual(counters["kissed"], 1)
@@ -314,7 +315,7 @@ class SameAnswersTests(ServerPortTestCase):
         """
         for host in ("127.0.0.1", "::1"):
             [(replies, counters), _] = yield self.compare(
-                lambda: textServer(Policy.forService("text", rate=1, burst=2)),
+                lambda: textServer(SERVICES["text"].policy(rate=1, burst=2)),
                 [b"unix"] * 3,
                 host=host,
                 interface="::",
@@ -335,7 +336,7 @@ class SameAnswersTests(ServerPortTestCase):
                 textServer, TEXT_REQUESTS, host=host, interface=interface
             )
             yield self.compare(
-                lambda: ntpServer(Policy.forService("ntp", rate=1, burst=2)),
+                lambda: ntpServer(SERVICES["ntp"].policy(rate=1, burst=2)),
                 [NTP_REQUEST] * 4,
                 host=host,
                 interface=interface,
@@ -359,7 +360,7 @@ class SameAnswersTests(ServerPortTestCase):
         """
         sizes = [0, 1, 1472, 1473, 2048, 9000, 65507, 5]
         [(replies, counters), _] = yield self.compare(
-            lambda: EchoServer(clock=fixedClock, policy=Policy.forService("echo")),
+            lambda: EchoServer(clock=fixedClock, policy=SERVICES["echo"].policy()),
             [bytes([size % 251]) * size for size in sizes],
         )
         self.assertEqual([len(reply) for reply in replies], [0, 1, 1472, 5])
@@ -400,7 +401,7 @@ class SameAnswersTests(ServerPortTestCase):
         [(replies, counters), _] = yield self.compare(
             lambda: BatchedNTPServer(
                 clock=fixedClock,
-                policy=Policy.forService("ntp", rate=1, burst=3),
+                policy=SERVICES["ntp"].policy(rate=1, burst=3),
                 clockSource=ClockSource(10, precision=-20),
             ),
             [NTP_REQUEST, NTP_REQUESTS[1]] + [NTP_REQUEST] * 4,
@@ -480,7 +481,7 @@ class KernelTimestampTests(ServerPortTestCase):
         """
         The port sets C{SO_TIMESTAMPNS} on its socket exactly when asked.
         """
-        from udptime.fastport import SO_TIMESTAMPNS
+        from udptime.ancillary import SO_TIMESTAMPNS
 
         assert SO_TIMESTAMPNS is not None
         for wanted in (True, False):
@@ -533,7 +534,7 @@ class ReplySourceTests(ServerPortTestCase):
             (textServer, [b"unix"] * 3),
             (ntpServer, [NTP_REQUEST] * 3),
             (
-                lambda: ntpServer(Policy.forService("ntp", rate=1, burst=1)),
+                lambda: ntpServer(SERVICES["ntp"].policy(rate=1, burst=1)),
                 [NTP_REQUEST] * 2,
             ),
         ]
@@ -599,22 +600,21 @@ class ErrorTests(ServerPortTestCase):
     @inlineCallbacks
     def test_handlerFailure(self) -> Any:
         """
-        An exception out of the protocol is logged and counted, and the port
-        goes on answering.
+        An exception out of the protocol's decision is logged and counted,
+        and the port goes on answering.
         """
         protocol = textServer()
-        port = self.startServer(protocol, fast=True)
-        original = protocol.answer
+        original = protocol.decide
         calls = []
 
-        def failOnce(data: bytes, addr: Any, received: float) -> bytes | None:
+        def failOnce(data: bytes, addr: Any, received: float) -> Decision:
             calls.append(data)
             if len(calls) == 1:
-                protocol.counters.received += 1
                 raise RuntimeError("a bug")
             return original(data, addr, received)
 
-        protocol.answer = failOnce  # type: ignore[method-assign]
+        protocol.decide = failOnce  # type: ignore[method-assign]
+        port = self.startServer(protocol, fast=True)
         replies = yield self.exchange(protocol, port, [b"time", b"unix"])
         self.assertEqual(replies, [b"%.6f\n" % FAKE_NOW])
         self.assertEqual(protocol.counters.internalErrors, 1)
@@ -622,7 +622,7 @@ class ErrorTests(ServerPortTestCase):
 
     def test_otherAddressesChecked(self) -> None:
         """
-        A write to an address other than the datagram being answered is
+        A write of a protocol's own (the port never writes for it) is
         checked as on the generic port: no host names.
         """
         port = self.startServer(textServer(), fast=True)
@@ -654,7 +654,7 @@ class Chatty(UDPServerProtocol):
         super().__init__(clock=fixedClock)
         self.other = other
 
-    def respond(self, data: bytes, addr: Any, received: float) -> bytes | None:
+    def respond(self, data: bytes, addr: Any, received: float) -> Decision:
         assert self.transport is not None
         self.transport.write(b"note " + data, self.other)
         return b"y" * 3000 if data == b"big" else data
@@ -713,7 +713,7 @@ class BatchTests(SynchronousTestCase):
         Record each C{sendmmsg} of C{port}'s batch as the slot it starts
         from and the replies queued, and still make it.
         """
-        batch = port._batch
+        batch = port.batch
         send = batch.send
         calls: list[tuple[int, int]] = []
 
@@ -779,7 +779,7 @@ class BatchTests(SynchronousTestCase):
         """
         protocol = textServer()
         port = self.startServer(protocol)
-        batch = port._batch
+        batch = port.batch
         send = batch.send
         results = iter([None, -EINTR, -EPERM, -ENOBUFS])
 
@@ -816,9 +816,9 @@ class BatchTests(SynchronousTestCase):
         """
         protocol = textServer()
         port = self.startServer(protocol)
-        send = port._batch.send
+        send = port.batch.send
         results = iter([-ECONNREFUSED])
-        port._batch.send = lambda fd, start: next(results, None) or send(fd, start)
+        port.batch.send = lambda fd, start: next(results, None) or send(fd, start)
         self.send(port, [b"unix"] * 2)
         port.doRead()
         self.assertEqual(self.receive(2), [b"%.6f\n" % FAKE_NOW] * 2)
@@ -832,19 +832,19 @@ class BatchTests(SynchronousTestCase):
         """
         protocol = textServer()
         port = self.startServer(protocol)
-        receive = port._batch.receive
+        receive = port.batch.receive
         results = iter([-ECONNREFUSED, -EINTR, None, -EBADF])
 
         def failingReceive(fd: int, count: int) -> int:
             result = next(results, None)
             return receive(fd, count) if result is None else result
 
-        port._batch.receive = failingReceive
+        port.batch.receive = failingReceive
         port.maxDatagramsPerRead = 2
         self.send(port, [b"unix"] * 3)
         port.doRead()
         self.assertEqual(protocol.counters.received, 2)
-        port._batch.receive = receive
+        port.batch.receive = receive
         port.doRead()
         self.assertEqual(self.receive(3), [b"%.6f\n" % FAKE_NOW] * 3)
         self.assertEqual(protocol.counters.received, 3)
@@ -856,7 +856,7 @@ class BatchTests(SynchronousTestCase):
         """
         protocol = textServer()
         port = self.startServer(protocol)
-        convert = port._batch.convert
+        convert = port.batch.convert
         failures = [OSError("unexpected address family 1")]
 
         def failingConvert(raw: bytes) -> Any:
@@ -864,7 +864,7 @@ class BatchTests(SynchronousTestCase):
                 raise failures.pop()
             return convert(raw)
 
-        port._batch.convert = failingConvert
+        port.batch.convert = failingConvert
         self.send(port, [b"unix"] * 2)
         port.doRead()
         self.assertEqual(self.receive(1), [b"%.6f\n" % FAKE_NOW])
@@ -900,14 +900,14 @@ class BatchTests(SynchronousTestCase):
         """
         seen = []
         protocol = textServer()
-        port = self.startServer(protocol, interface="::")
-        answer = protocol.answer
+        decide = protocol.decide
 
-        def recording(data: bytes, addr: Any, received: float) -> bytes | None:
+        def recording(data: bytes, addr: Any, received: float) -> Decision:
             seen.append(addr)
-            return answer(data, addr, received)
+            return decide(data, addr, received)
 
-        protocol.answer = recording  # type: ignore[method-assign]
+        protocol.decide = recording  # type: ignore[method-assign]
+        port = self.startServer(protocol, interface="::")
         self.send(port, [b"unix"])
         client6 = blockingClient("::1")
         self.addCleanup(client6.close)
@@ -921,6 +921,231 @@ class BatchTests(SynchronousTestCase):
                 ("::ffff:127.0.0.1", self.client.getsockname()[1]),
                 ("::1", client6.getsockname()[1]),
             ],
+        )
+
+
+class OneReplyPathTests(SynchronousTestCase):
+    """
+    Every way into the reply path decides, sends and counts alike: the same
+    datagrams (valid, malformed, oversized, over the rate, denied, looped;
+    from 127.0.0.1 and ::1) through L{ServerPort}, batched and one at a
+    time, read all at once and one per wake-up, with and without kernel
+    receive timestamps and destination reports, and through the generic
+    path (C{datagramReceived} on a recording transport), with a fixed
+    clock, get the same replies and the same counters.
+    """
+
+    def setUp(self) -> None:
+        self.clients = {
+            "v4": blockingClient("127.0.0.1"),
+            "v6": blockingClient("::1"),
+            "denied": blockingClient("127.0.0.3"),
+            "looped": blockingClient("127.0.0.1"),
+        }
+        for sock in self.clients.values():
+            self.addCleanup(sock.close)
+
+    def source(self, name: str) -> tuple[str, int]:
+        """
+        The address a dual-stack server sees client C{name} at.
+        """
+        host, port = self.clients[name].getsockname()[:2]
+        return (host if ":" in host else "::ffff:" + host, port)
+
+    def policy(self, kissOfDeath: bool) -> Policy:
+        """
+        Three requests per client, and no more for a long while; the
+        client at 127.0.0.3 denied, and the C{looped} client's port in the
+        loop guard.
+        """
+        return Policy(
+            limiter=SourceLimiter(
+                rate=0.001, burst=3, kodInterval=8.0 if kissOfDeath else 0.0
+            ),
+            access=AccessList([(False, ipaddress.ip_network("127.0.0.3/32"))]),
+            loopPorts=[self.source("looped")[1]],
+        )
+
+    def textServer(self) -> UDPServerProtocol:
+        return TextTimeServer(
+            clock=fixedClock, defaultZone=UTC, policy=self.policy(False)
+        )
+
+    def ntpServer(self) -> UDPServerProtocol:
+        return NTPServer(
+            clock=fixedClock,
+            policy=self.policy(True),
+            clockSource=ClockSource(10, precision=-20),
+        )
+
+    TEXT: Sequence[tuple[str, bytes]] = (
+        ("v4", b"month 3"),
+        ("v6", b"month 6"),
+        ("v4", b"month 13"),
+        ("denied", b"month 1"),
+        ("v6", b"\xff not utf-8"),
+        ("v4", b"x" * 600),
+        ("looped", b"month 2"),
+        ("v6", b"month 7"),
+        ("v4", b"month 4"),
+        ("v6", b"month 8"),
+        ("v4", b"month 5"),
+    )
+    """Text requests whose replies do not depend on the time, by client."""
+
+    NTP: Sequence[tuple[str, bytes]] = (
+        ("v4", NTP_REQUEST),
+        ("v6", NTP_REQUEST),
+        ("v4", NTP_REQUEST[:47]),
+        ("denied", NTP_REQUEST),
+        ("v6", bytes([0x27]) + bytes(47)),
+        ("looped", NTP_REQUEST),
+        ("v4", NTP_REQUEST),
+        ("v4", NTP_REQUEST),
+        ("v6", NTP_REQUEST),
+        ("v6", NTP_REQUEST),
+        ("v4", NTP_REQUEST),
+    )
+    """NTP requests; the rate limit answers one with a Kiss-o'-Death."""
+
+    def generic(
+        self, makeServer: Callable[[], UDPServerProtocol], sequence: Sequence[Any]
+    ) -> tuple[dict[str, list[bytes]], dict[str, int]]:
+        """
+        The replies to C{sequence} by client, and the counters, on the
+        generic path.
+        """
+        protocol = makeServer()
+        transport = RecordingTransport(port=5000)
+        protocol.makeConnection(transport)  # type: ignore[arg-type]
+        random.seed(868)
+        for name, data in sequence:
+            protocol.datagramReceived(data, self.source(name))
+        clients = {self.source(name): name for name in self.clients}
+        replies: dict[str, list[bytes]] = {name: [] for name in self.clients}
+        for data, addr in transport.written:
+            replies[clients[addr]].append(data)
+        return replies, protocol.counters.snapshot()
+
+    def served(
+        self,
+        makeServer: Callable[[], UDPServerProtocol],
+        sequence: Sequence[Any],
+        oneByOne: bool,
+        **options: Any,
+    ) -> tuple[dict[str, list[bytes]], dict[str, int]]:
+        """
+        The replies to C{sequence} by client, and the counters, through
+        L{ServerPort} on a dual-stack socket with C{options}, read all at
+        once or one datagram per wake-up.
+        """
+        protocol = makeServer()
+        port = serve(protocol, True, interface="::", **options)
+        self.addCleanup(port.stopListening)
+        port.maxDatagramsPerRead = 1000
+        target = ("::1", port.getHost().port)
+        random.seed(868)
+        for name, data in sequence:
+            sock = self.clients[name]
+            sock.sendto(
+                data,
+                target if sock.family == socket.AF_INET6 else ("127.0.0.1", target[1]),
+            )
+            if oneByOne:
+                port.doRead()
+        port.doRead()
+        counters = protocol.counters.snapshot()
+        self.assertEqual(counters["received"], len(sequence))
+        expected = counters["answered"] + counters["kissed"]
+        replies: dict[str, list[bytes]] = {name: [] for name in self.clients}
+        got = 0
+        while got < expected:
+            ready, _, _ = select.select(list(self.clients.values()), [], [], 5.0)
+            self.assertTrue(ready, "the replies")
+            for sock in ready:
+                name = next(n for n, s in self.clients.items() if s is sock)
+                replies[name].append(sock.recv(65535))
+                got += 1
+        return replies, counters
+
+    def check(
+        self,
+        makeServer: Callable[[], UDPServerProtocol],
+        sequence: Sequence[Any],
+        kernelTimestamps: Sequence[bool],
+    ) -> dict[str, int]:
+        """
+        Every variant of L{served} gives what L{generic} gives (the replies
+        of each client in any order: a Kiss-o'-Death is never queued); the
+        counters, which are returned.
+        """
+        replies, counters = self.generic(makeServer, sequence)
+        expected = {name: sorted(each) for name, each in replies.items()}
+        for batched in BATCHINGS:
+            for timestamps in kernelTimestamps:
+                for destinations in (False, True):
+                    for oneByOne in (False, True):
+                        variant = (batched, timestamps, destinations, oneByOne)
+                        got, gotCounters = self.served(
+                            makeServer,
+                            sequence,
+                            oneByOne,
+                            batched=batched,
+                            kernelTimestamps=timestamps,
+                            replyFromDestination=destinations,
+                        )
+                        self.assertEqual(
+                            {name: sorted(each) for name, each in got.items()},
+                            expected,
+                            variant,
+                        )
+                        self.assertEqual(gotCounters, counters, variant)
+        return counters
+
+    def test_text(self) -> None:
+        """
+        Text requests: answers, an error line, a dropped datagram, limited,
+        denied and looped ones.
+        """
+        timestamps = [False, True] if kernelTimestampsAvailable() else [False]
+        counters = self.check(self.textServer, self.TEXT, timestamps)
+        self.assertEqual(
+            counters,
+            {
+                "received": 11,
+                "answered": 5,
+                "malformed": 2,
+                "dropped": 1,
+                "limited": 3,
+                "denied": 1,
+                "looped": 1,
+                "kissed": 0,
+                "sendFailed": 0,
+                "internalErrors": 0,
+            },
+        )
+
+    def test_ntp(self) -> None:
+        """
+        NTP requests: answers, a malformed and a dropped one, limited ones
+        and a Kiss-o'-Death, denied and looped ones.  (Kernel timestamps
+        would put the kernel's receive time in the replies.)
+        """
+        counters = self.check(self.ntpServer, self.NTP, [False])
+        self.assertEqual(
+            counters,
+            {
+                "received": 11,
+                "answered": 4,
+                "malformed": 1,
+                "dropped": 1,
+                "limited": 3,
+                "denied": 1,
+                "looped": 1,
+                "kissed": 2,
+                "sendFailed": 0,
+                "internalErrors": 0,
+            },
         )
 
 
@@ -940,12 +1165,14 @@ class FailingSends:
         cls, case: SynchronousTestCase, port: Any, errors: Sequence[int]
     ) -> FailingSends:
         """
-        Put one on C{port}'s socket for the rest of the test C{case}.
+        Make C{port}'s replies sent at once go through one, for the rest of
+        the test C{case}.
         """
-        sock = port.socket
-        failing = cls(sock, errors)
-        port.socket = failing
-        case.addCleanup(setattr, port, "socket", sock)
+        replies = port.replies
+        failing = cls(port.socket, errors)
+        sendto = replies.sendto
+        replies.sendto = failing.sendto
+        case.addCleanup(setattr, replies, "sendto", sendto)
         return failing
 
     def sendto(self, data: bytes, addr: Any) -> int:
@@ -984,8 +1211,8 @@ class AtOnceSendTests(SynchronousTestCase):
         self.assertEqual(failing.calls, 5)
         counters = protocol.counters
         self.assertEqual((counters.answered, counters.sendFailed), (2, 1))
-        expected = protocol.answer(request, ("127.0.0.1", 9), FAKE_NOW)
-        assert expected is not None
+        expected = protocol.decide(request, ("127.0.0.1", 9), FAKE_NOW)
+        assert isinstance(expected, bytes)
         self.assertEqual(
             [len(client.recv(65535)), len(client.recv(65535))], [len(expected)] * 2
         )
@@ -1097,19 +1324,19 @@ class ServiceTests(TestCase):
         service.privilegedStartService()
         self.assertEqual(len(memory.adoptedPorts), 1)
 
-    def test_inheritedSocket(self) -> None:
+    def test_boundSocket(self) -> None:
         """
         A socket handed down (by a worker's supervisor) is served instead
         of a new one.
         """
         sock = bindUDPSocket("127.0.0.1", 0, reusePort=True)
         service = UDPListenService(reactor, textServer(), 1, "127.0.0.1")
-        service.inheritedSocket = sock
+        service.boundSocket = sock
         bound = sock.getsockname()[1]
         service.privilegedStartService()
         self.addCleanup(service.stopService)
         self.assertEqual(service.port.getHost().port, bound)
-        self.assertIsNone(service.inheritedSocket)
+        self.assertIsNone(service.boundSocket)
 
 
 def renderedDirectly(now: float, fmt: text.TimeFormat, zone: Any) -> str:
