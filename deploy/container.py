@@ -50,6 +50,7 @@ VALUE_OPTIONS = (
     "refid",
     "rate",
     "burst",
+    "leak",
     "ipv6-prefix",
     "max-clients",
     "global-rate",
