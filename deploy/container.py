@@ -50,7 +50,6 @@ VALUE_OPTIONS = (
     "refid",
     "rate",
     "burst",
-    "leak",
     "ipv6-prefix",
     "max-clients",
     "global-rate",
@@ -64,6 +63,7 @@ VALUE_OPTIONS = (
     "nts-ntp-port",
     "metrics-port",
     "metrics-interface",
+    "leak",
 )
 """udptime's options that take one value, each set by its variable."""
 
