@@ -9,11 +9,14 @@ from __future__ import annotations
 import os
 import struct
 
+from hypothesis import example, given
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support import TwistdServer, freePort, missing, udpQuery, waitFor
 from tests.test_security import forgeUDP, report, summaryTotals
 from udptime import daytime, rfc868, text
+from udptime.clock import ERA_SECONDS, NTP_UNIX_OFFSET
 from udptime.replyshapes import TIME_REPLY_SPAN, looksLikeReply
 
 NOW = 1_795_000_000.0
@@ -60,6 +63,34 @@ class LooksLikeReplyTests(SynchronousTestCase):
         ]
         for request in requests:
             self.assertFalse(looksLikeReply(request, NOW), request)
+
+
+class TimeReplySpanTests(SynchronousTestCase):
+    """
+    A 4-byte datagram is an RFC 868 reply when its time is within
+    L{TIME_REPLY_SPAN} of the clock, modulo the 2^32-second era, whatever
+    the clock did between two datagrams (the span is worked out once a
+    second and kept).
+    """
+
+    @staticmethod
+    def near(seconds: int, now: float) -> bool:
+        ahead = (seconds - int(now) - NTP_UNIX_OFFSET) % ERA_SECONDS
+        return ahead <= TIME_REPLY_SPAN or ERA_SECONDS - ahead <= TIME_REPLY_SPAN
+
+    @given(
+        seconds=st.integers(0, ERA_SECONDS - 1),
+        times=st.lists(st.floats(0.0, 2.0 * ERA_SECONDS), min_size=1, max_size=4),
+    )
+    @example(seconds=0, times=[ERA_SECONDS - NTP_UNIX_OFFSET + 100.5])
+    @example(seconds=ERA_SECONDS - 1, times=[ERA_SECONDS - NTP_UNIX_OFFSET + 0.0])
+    @example(seconds=86400, times=[ERA_SECONDS - NTP_UNIX_OFFSET + 0.0])
+    @example(seconds=86401, times=[ERA_SECONDS - NTP_UNIX_OFFSET + 0.999])
+    @example(seconds=1000, times=[NOW, 1000.0 - NTP_UNIX_OFFSET + ERA_SECONDS, NOW])
+    def test_sameAsTheFormula(self, seconds: int, times: list[float]) -> None:
+        data = struct.pack("!I", seconds)
+        for now in times:
+            self.assertEqual(looksLikeReply(data, now), self.near(seconds, now))
 
 
 class ServerLoopTests(SynchronousTestCase):

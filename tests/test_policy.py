@@ -440,6 +440,43 @@ class ReplyMemoryTests(SynchronousTestCase):
         self.assertFalse(memory.isLoop(addr, b"time", NOW + 0.5))
         self.assertFalse(memory.isLoop(addr, b"reply 1", NOW + 2))
 
+    def test_peersOnly(self) -> None:
+        """
+        Without C{contents} (a service whose replies do not repeat its
+        requests), the memory keeps the peers alone: from a peer answered
+        within the window, a datagram shaped like a reply is a loop and any
+        other is not, even the bytes just sent; the shape is asked first.
+        """
+        shapes: list[bytes] = []
+
+        def looksLikeReply(data: bytes, now: float) -> bool:
+            shapes.append(data)
+            return data.startswith(b"reply")
+
+        memory = ReplyMemory(window=1.0, looksLikeReply=looksLikeReply, contents=False)
+        addr = ("192.0.2.1", 40000)
+        memory.remember(addr, b"payload", NOW)
+        self.assertEqual(len(memory), 1)
+        self.assertEqual(memory._sent, {}, "no reply's bytes kept")
+        self.assertFalse(memory.isLoop(addr, b"payload", NOW + 0.5))
+        self.assertTrue(memory.isLoop(addr, b"reply 1", NOW + 0.5))
+        self.assertFalse(memory.isLoop(("192.0.2.2", 40000), b"reply 1", NOW + 0.5))
+        self.assertFalse(memory.isLoop(addr, b"reply 1", NOW + 2))
+        self.assertEqual(shapes[0], b"payload")
+
+    def test_profiles(self) -> None:
+        """
+        Of the services that answer any datagram, only Echo, whose replies
+        repeat its requests, remembers the replies' bytes.
+        """
+        from udptime.services import SERVICES
+
+        for name in ("text", "time", "daytime", "echo"):
+            with self.subTest(name=name):
+                memory = SERVICES[name].policy().replyMemory
+                assert memory is not None
+                self.assertEqual(memory.contents, name == "echo")
+
     def test_bounded(self) -> None:
         memory = ReplyMemory(size=100)
         for port in range(1000):

@@ -630,8 +630,17 @@ class ReplyMemory:
     of these protocols send neither (a request word, an empty datagram, a
     random token).
 
+    Only a service whose replies repeat its requests (Echo) needs the
+    replies' bytes: the replies of the others have the shape of a reply
+    wherever they come back from.  Without C{contents}, the memory keeps the
+    peers alone, and asks about the shape first, which rejects an ordinary
+    request at once: the guard then costs a text or Time request little
+    more than one table store.
+
     @ivar window: seconds a reply is remembered.
     @ivar size: the most replies remembered.
+    @ivar contents: whether the replies' bytes are remembered, not only
+        their peers.
     @ivar looksLikeReply: whether a datagram, received at a time, has the
         shape of a reply.
     """
@@ -643,6 +652,7 @@ class ReplyMemory:
         "_peers",
         "_rotateAt",
         "_sent",
+        "contents",
         "looksLikeReply",
         "size",
         "window",
@@ -653,10 +663,12 @@ class ReplyMemory:
         window: float = DEFAULT_LOOP_WINDOW,
         size: int = DEFAULT_LOOP_MEMORY,
         looksLikeReply: Callable[[bytes, float], bool] | None = None,
+        contents: bool = True,
     ) -> None:
         """
         @param window: seconds a reply is remembered (positive).
         @param size: the most replies remembered (at least 2).
+        @param contents: remember the replies' bytes, not only their peers.
         @param looksLikeReply: L{None} for
             L{udptime.replyshapes.looksLikeReply}.
         @raise ValueError: a parameter is out of range.
@@ -670,6 +682,7 @@ class ReplyMemory:
         self.window = window
         self.size = size
         self.looksLikeReply = looksLikeReply
+        self.contents = contents
         # Two generations, each of at most half the size and spanning at
         # most a window: the current one, and the one before, forgotten as
         # a whole when the current one is full or a window old.  Each entry
@@ -685,6 +698,8 @@ class ReplyMemory:
         """
         The number of replies remembered.
         """
+        if not self.contents:
+            return len(self._peers) + len(self._oldPeers)
         return len(self._sent) + len(self._oldSent)
 
     def isLoop(self, addr: tuple[str, int], data: bytes, now: float) -> bool:
@@ -693,6 +708,9 @@ class ReplyMemory:
         reply sent to C{addr} within the window coming back, or a datagram
         shaped like a reply from a peer answered within the window.
         """
+        if not self.contents and not self.looksLikeReply(data, now):
+            # Nearly every request, at once.
+            return False
         last = self._peers.get(addr)
         if last is None:
             last = self._oldPeers.get(addr)
@@ -701,6 +719,8 @@ class ReplyMemory:
                 return False
         if not 0.0 <= now - last <= self.window:
             return False
+        if not self.contents:
+            return True
         return self.isReturned(addr, data, now) or self.looksLikeReply(data, now)
 
     def isReturned(self, addr: tuple[str, int], data: bytes, now: float) -> bool:
@@ -720,16 +740,21 @@ class ReplyMemory:
         """
         Note that C{reply} was sent to C{addr} at time C{now}.
         """
-        sent = self._sent
-        if now >= self._rotateAt or len(sent) >= self._half:
+        peers = self._peers
+        if now >= self._rotateAt or len(peers) >= self._half:
             self._rotate(now)
-            sent = self._sent
+            peers = self._peers
         elif now < self._rotateAt - self.window:
             # The clock went back: start afresh from now.
             self._rotate(now)
+            peers = self._peers
+        peers[addr] = now
+        if self.contents:
             sent = self._sent
-        sent[(addr, hash(reply))] = now
-        self._peers[addr] = now
+            sent[(addr, hash(reply))] = now
+            if len(sent) >= self._half:
+                # Many replies to few peers: the next one starts afresh.
+                self._rotateAt = now
 
     def _rotate(self, now: float) -> None:
         """
@@ -761,12 +786,15 @@ class PolicyProfile:
     @ivar replyMemory: remember the replies sent to each peer lately, to
         refuse them, or other replies, coming back (L{ReplyMemory}): for a
         service that answers any datagram.
+    @ivar repeatsRequests: its replies are its requests (Echo), so the
+        reply memory keeps the replies' bytes, not only their peers.
     """
 
     kissOfDeath: bool = False
     loopGuard: bool = True
     replyMemory: bool = False
     leak: bool = False
+    repeatsRequests: bool = False
 
 
 class Policy:
@@ -885,7 +913,11 @@ class Policy:
             access=AccessList(rules) if rules else None,
             loopPorts=SERVICE_PORTS.union(serverPorts) if profile.loopGuard else (),
             guardOwnPort=profile.loopGuard,
-            replyMemory=ReplyMemory() if profile.replyMemory else None,
+            replyMemory=(
+                ReplyMemory(contents=profile.repeatsRequests)
+                if profile.replyMemory
+                else None
+            ),
         )
 
     def guardPort(self, port: int) -> None:

@@ -15,7 +15,6 @@ request word (C{time}, C{unix}, ...), an empty datagram or a random token.
 
 from __future__ import annotations
 
-import struct
 from typing import Final
 
 from udptime import daytime, rfc868, text
@@ -28,7 +27,44 @@ current time."""
 
 _SHORTEST_LINE: Final = 2
 _TIME_REPLY_SIZE: Final = rfc868.REPLY_SIZE
-_SECONDS: Final = struct.Struct("!I").unpack
+
+
+class _TimeReplySpan:
+    """
+    The RFC 868 times (seconds since 1900, modulo 2^32) within
+    L{TIME_REPLY_SPAN} of the clock, worked out once a second: telling a
+    4-byte request from a reply is then two comparisons.
+
+    @ivar low: the earliest such time.
+    @ivar high: the latest (below L{low} when the span wraps round the era).
+    @ivar until: the Unix time up to which L{low} and L{high} hold.
+    """
+
+    __slots__ = ("high", "low", "until")
+
+    def __init__(self) -> None:
+        self.low = self.high = 0
+        self.until = -1.0
+
+    def includes(self, data: bytes, now: float) -> bool:
+        """
+        Whether the 4 bytes C{data} show a time within the span of C{now}.
+        """
+        if not 0.0 <= self.until - now <= 1.0:
+            second = int(now // 1)
+            span = int(TIME_REPLY_SPAN)
+            self.low = (second - span + NTP_UNIX_OFFSET) % ERA_SECONDS
+            self.high = (second + span + NTP_UNIX_OFFSET) % ERA_SECONDS
+            self.until = second + 1.0
+        seconds = int.from_bytes(data)
+        low, high = self.low, self.high
+        if low <= high:
+            return low <= seconds <= high
+        return seconds >= low or seconds <= high
+
+
+_timeReplySpan = _TimeReplySpan()
+_timeReply = _timeReplySpan.includes
 
 
 def looksLikeReply(data: bytes, now: float) -> bool:
@@ -41,10 +77,7 @@ def looksLikeReply(data: bytes, now: float) -> bool:
     request, or a Daytime line.
     """
     if len(data) == _TIME_REPLY_SIZE:
-        # How far the time it shows is from now, modulo the 2^32-second era.
-        seconds: int = _SECONDS(data)[0]
-        ahead = (seconds - int(now) - NTP_UNIX_OFFSET) % ERA_SECONDS
-        return ahead <= TIME_REPLY_SPAN or ERA_SECONDS - ahead <= TIME_REPLY_SPAN
+        return _timeReply(data, now)
     if len(data) < _SHORTEST_LINE or data[-1] != 0x0A or len(data) > text.MAX_REQUEST:
         return False
     data = text.splitToken(data)[0]

@@ -205,7 +205,9 @@ SERVICES: Final[Mapping[str, Service]] = {
             makeServer=_echoServer,
             makeCodec=EchoClientCodec.fromWords,
             takesWords=True,
-            profile=_ANSWERS_ANY_DATAGRAM,
+            profile=PolicyProfile(
+                loopGuard=True, replyMemory=True, repeatsRequests=True
+            ),
             amplification="n -> n bytes, at most 1472 (factor 1.00)",
         ),
     )
