@@ -1,15 +1,22 @@
 #!/bin/sh
 # Install the third-party programs udptime's interoperability tests talk to:
 # chrony (chronyd -Q as the strictest NTP client, and as a reference server),
-# rdate, ntpsec's ntpdig, socat, and iproute2 for private network namespaces
-# (Debian and Ubuntu packages); and roughly, a Roughtime client and server
-# from PyPI, in a virtualenv of its own, since it needs Python 3.12 or later.
+# rdate, ntpsec's ntpdig, socat, iproute2 for private network namespaces, and
+# a C compiler for the benchmark's load generator; nftables and conntrack
+# for the balancer of the many-instance test (Debian and Ubuntu packages).
+# With UDPTIME_IMAGE_TEST=1, also docker.io and mmdebstrap, for the opt-in test
+# that builds and runs the container image (tests/test_image.py).
+# And roughly, a Roughtime client and server from PyPI, in a virtualenv of its
+# own, since it needs Python 3.12 or later.
 # Elsewhere, or without them, the tests that need them are skipped.
 # Running it again changes nothing once everything is installed.
 set -eu
 
 install_packages() {
-    packages="chrony rdate ntpsec-ntpdig socat iproute2"
+    packages="chrony rdate ntpsec-ntpdig socat iproute2 gcc libc6-dev nftables conntrack"
+    if [ "${UDPTIME_IMAGE_TEST:-}" = 1 ]; then
+        packages="$packages docker.io mmdebstrap"
+    fi
     need=""
     for pkg in $packages; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need="$need $pkg"
@@ -49,7 +56,7 @@ find_python312() {
 }
 
 # roughly goes to $UDPTIME_ROUGHLY_VENV, by default a cache directory of the
-# user's: tests/roughtimepeer.py looks in the same places.
+# user's: tests/roughlypeer.py looks in the same places.
 install_roughly() {
     venv="${UDPTIME_ROUGHLY_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/udptime-peers/roughly-venv}"
     if "$venv/bin/roughly" --help >/dev/null 2>&1; then
