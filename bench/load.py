@@ -22,12 +22,16 @@ from typing import Any
 
 from processes import pinnedTo, stop
 
+from udptime.roughtime import buildRequest
+
 BENCH = Path(__file__).resolve().parent
 BUILD = BENCH / "build"
 PROGRAMS = ("loadgen", "cserver")
 
 NTP_REQUEST = bytes([0x23]) + bytes(47)  # LI 0, version 4, mode 3
 TEXT_REQUEST = "time"
+# A Roughtime request that names no server (no SRV): any server answers it.
+ROUGHTIME_REQUEST = buildRequest(None).packet
 
 # The load generator's longest run, whatever was asked: a bound on every
 # load loop the benchmark starts.
@@ -39,7 +43,7 @@ class Protocol:
     """
     A protocol the benchmark speaks.
 
-    @ivar name: its name in server rows (C{text}, C{ntp}).
+    @ivar name: its name in server rows (C{text}, C{ntp}, C{roughtime}).
     @ivar probe: a request that any server of the protocol answers.
     @ivar loadgenArguments: the load generator's options that make its
         requests.
@@ -53,6 +57,9 @@ class Protocol:
 PROTOCOLS = {
     "text": Protocol("text", TEXT_REQUEST.encode(), ("--text", TEXT_REQUEST)),
     "ntp": Protocol("ntp", NTP_REQUEST, ("--ntp",)),
+    "roughtime": Protocol(
+        "roughtime", ROUGHTIME_REQUEST, ("--hex", ROUGHTIME_REQUEST.hex())
+    ),
 }
 
 # What the benchmark reads from the load generator's report.

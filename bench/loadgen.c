@@ -44,7 +44,7 @@
 #include <unistd.h>
 
 #define BATCH 64
-#define MAX_PAYLOAD 512
+#define MAX_PAYLOAD 1280 /* a Roughtime request is 1036 bytes */
 #define NTP_UNIX 2208988800ULL
 
 typedef struct {

@@ -172,6 +172,28 @@ def workersTable(results: dict[str, Any]) -> Table:
     return Table(header, tuple(rows))
 
 
+def roughtimeTable(results: dict[str, Any]) -> Table:
+    """
+    For the Roughtime servers: requests per second, CPU time per request,
+    and for udptime's the responses per signature (a receive batch shares
+    one Merkle tree and one Ed25519 signature).
+    """
+    rows = []
+    for row in results["rows"]:
+        if row["protocol"] != "roughtime":
+            continue
+        rows.append(
+            (
+                row["key"],
+                number(row["rps"]),
+                number(row["cpu_us"], "{:.1f}"),
+                number(row.get("mean_batch"), "{:.1f}"),
+            )
+        )
+    header = ("server", "requests/s", "CPU µs/request", "responses per signature")
+    return Table(header, tuple(rows))
+
+
 # --- accuracy --------------------------------------------------------------------
 
 
@@ -380,6 +402,7 @@ TABLES: dict[str, tuple[str, Callable[[dict[str, Any]], Table]]] = {
     "throughput": ("throughput", throughputTable),
     "latency": ("throughput", latencyTable),
     "workers": ("throughput", workersTable),
+    "roughtime": ("throughput", roughtimeTable),
     "accuracy": ("accuracy", accuracyTable),
     "throughput-servers": ("throughput", serversTable),
     "accuracy-servers": ("accuracy", serversTable),
@@ -441,6 +464,15 @@ def goals(
                     check(
                         f"{me['key']} p99 µs at 10,000/s", entry["p99_us"], 100.0, False
                     )
+        rough = byKey.get("roughtime: udptime roughtime")
+        if rough is not None:
+            roughly = byKey.get("roughtime: roughly server run")
+            if roughly:
+                check("roughtime ÷ roughly", roughly["ratio"]["median"], 5.0, True)
+            check("roughtime CPU µs/request", rough["cpu_us"], 15.0, False)
+            check(
+                "roughtime responses per signature", rough.get("mean_batch"), 16, True
+            )
         one = byKey.get("text: udptime text, 1 workers")
         two = byKey.get("text: udptime text, 2 workers")
         if one and two and one["rps"]:

@@ -9,6 +9,7 @@ port, in a directory of its own, and is stopped by its PID.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import shlex
@@ -20,10 +21,13 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 
 from load import BENCH, BUILD, PROTOCOLS
 from processes import pinnedTo, stop
+
+from udptime.roughtimekeys import loadLongTermKey, writeNewKey
 
 # Every udptime measurement keeps the whole admission policy on: per-client
 # limits far above what one load generator address sends (so every request
@@ -39,7 +43,8 @@ class Server:
     @ivar label: its name in the reports.
     @ivar protocol: the name of its protocol in L{load.PROTOCOLS}.
     @ivar kind: how it is started, a key of L{KINDS}: C{udptime}, C{python}
-        (C{bench/references.py}), C{c} (C{bench/cserver.c}) or C{chronyd}.
+        (C{bench/references.py}), C{c} (C{bench/cserver.c}), C{chronyd} or
+        C{roughly} (C{roughly server run}, for Roughtime).
     @ivar arguments: extra arguments (udptime options, or the reference's
         kind).
     @ivar workers: udptime worker processes (0: serve in one process).
@@ -76,6 +81,8 @@ class Server:
             return chronydPath() is not None
         if self.kind == "python" and "uvloop" in self.arguments:
             return hasUvloop()
+        if self.kind == "roughly":
+            return os.access(roughlyPath(), os.X_OK)
         return True
 
 
@@ -140,11 +147,20 @@ def udptimeCommand(server: Server, port: str, directory: str) -> list[str]:
     every policy on, logging into C{directory}.
     """
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-    portArguments = (
-        ["--port", port]
-        if server.protocol == "text"
-        else ["--port", "0", "--ntp-port", port, "--local-stratum", "1"]
-    )
+    portArguments = {
+        "text": ["--port", port],
+        "ntp": ["--port", "0", "--ntp-port", port, "--local-stratum", "1"],
+        "roughtime": [
+            "--port",
+            "0",
+            "--roughtime-port",
+            port,
+            "--roughtime-key",
+            str(roughtimeKey()),
+            "--local-stratum",
+            "1",
+        ],
+    }[server.protocol]
     workers = ["--workers", str(server.workers)] if server.workers else []
     return [
         twistd,
@@ -208,11 +224,55 @@ def chronydCommand(server: Server, port: str, directory: str) -> list[str]:
     return [chronydPath() or "chronyd", "-d", "-x", "-f", conf]
 
 
+def roughtimeKey() -> Path:
+    """
+    The Roughtime servers' long-term key file, C{bench/build/roughtime.key},
+    made on first use (never committed: C{bench/build/} is not).
+    """
+    path = BUILD / "roughtime.key"
+    if not path.exists():
+        BUILD.mkdir(exist_ok=True)
+        writeNewKey(str(path))
+    return path
+
+
+def roughlyPath() -> str:
+    """
+    roughly's program, in the virtualenv C{tests/install-peers.sh} makes.
+    """
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    venv = os.environ.get("UDPTIME_ROUGHLY_VENV") or os.path.join(
+        cache, "udptime-peers", "roughly-venv"
+    )
+    return os.path.join(venv, "bin", "roughly")
+
+
+def roughlyCommand(server: Server, port: str, directory: str) -> list[str]:
+    """
+    C{roughly server run} with the benchmark's key, grease off (every
+    response valid, as udptime's).
+    """
+    seed = base64.b64encode(loadLongTermKey(str(roughtimeKey())).private_bytes_raw())
+    return [
+        roughlyPath(),
+        "server",
+        "run",
+        "--host",
+        "127.0.0.1",
+        "-p",
+        port,
+        "--private-key",
+        seed.decode("ascii"),
+        "--no-grease",
+    ]
+
+
 KINDS: dict[str, Callable[[Server, str, str], list[str]]] = {
     "udptime": udptimeCommand,
     "python": referenceCommand,
     "c": cServerCommand,
     "chronyd": chronydCommand,
+    "roughly": roughlyCommand,
 }
 
 
@@ -316,7 +376,8 @@ def describe(server: Server) -> dict[str, str]:
     """
     How C{server} is run, for the results: its command line (and for
     chronyd its configuration, one line per directive joined with C{; }),
-    with C{PORT} for its port and C{DIR} for its directory.
+    with C{PORT} for its port, C{DIR} for its directory and C{KEY} for a
+    private key given on the command line (roughly's).
     """
     if server.kind == "chronyd":
         return {
@@ -327,14 +388,18 @@ def describe(server: Server) -> dict[str, str]:
         }
     command = KINDS[server.kind](server, "PORT", "DIR")
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-    shown = []
+    shown: list[str] = []
     for argument in command:
-        if argument == sys.executable:
+        if shown and shown[-1] == "--private-key":
+            argument = "KEY"
+        elif argument == sys.executable:
             argument = "python"
         elif argument == twistd:
             argument = "twistd"
         elif argument.startswith(str(BENCH)):
             argument = "bench" + argument[len(str(BENCH)) :]
+        elif argument == roughlyPath():
+            argument = "roughly"
         shown.append(argument)
     return {"command": shlex.join(shown)}
 
@@ -357,6 +422,8 @@ THROUGHPUT_SERVERS: tuple[Server, ...] = (
     Server("blocking recvfrom loop", "ntp", "python", ("blocking",)),
     Server("chronyd", "ntp", "chronyd"),
     Server("C recvmmsg server", "ntp", "c"),
+    Server("udptime roughtime", "roughtime", "udptime", baseline=True),
+    Server("roughly server run", "roughtime", "roughly"),
 )
 
 ACCURACY_SERVERS: tuple[Server, ...] = (

@@ -92,6 +92,8 @@ def measure(
         result["kernel_us"] = used.kernel * 1e6 / answered
         result["server_cpu"] = used.total / closed["seconds"]
         result["loadgen_busy"] = closed["busy"]
+        # Roughtime's rows are closed loops only, so that the responses per
+        # signature read as the server stops (meanBatch) are theirs.
         result["open"] = [
             {
                 "rate": rate,
@@ -99,11 +101,31 @@ def measure(
                     running.port, server.protocol, pinLoad, rate, settings.duration
                 ),
             }
-            for rate in settings.rates
+            for rate in ([] if server.protocol == "roughtime" else settings.rates)
         ]
         if server.workers:
             result["worker_answers"] = workerAnswers(running)
+        elif server.protocol == "roughtime" and server.kind == "udptime":
+            result["mean_batch"] = meanBatch(running)
     return result
+
+
+def meanBatch(running: Running) -> float | None:
+    """
+    Stop udptime's Roughtime service and return the mean number of
+    responses per signature over its closed loops (the warm-up and the
+    measured one), from the line it logs as it stops.
+    """
+    process = running.process
+    assert process is not None
+    process.send_signal(signal.SIGTERM)
+    process.wait(15)
+    found = re.search(
+        r"roughtime: (\d+) responses signed in (\d+) batches", running.log()
+    )
+    if found is None or not int(found.group(2)):
+        return None
+    return int(found.group(1)) / int(found.group(2))
 
 
 def workerAnswers(running: Running) -> list[int]:
@@ -224,6 +246,8 @@ def summarise(
         }
         for rate in rates:
             runs = [o for r in mine for o in r["open"] if o["rate"] == rate]
+            if not runs:
+                continue
             row["latency"].append(
                 {
                     "rate": rate,
@@ -233,6 +257,9 @@ def summarise(
                     "loss": median([o["lost"] / max(o["sent"], 1) for o in runs]),
                 }
             )
+        batches = [r["mean_batch"] for r in mine if r.get("mean_batch")]
+        if batches:
+            row["mean_batch"] = median(batches)
         answers = [r["worker_answers"] for r in mine if r.get("worker_answers")]
         if answers:
             row["worker_answers"] = answers

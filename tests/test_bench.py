@@ -701,3 +701,45 @@ class BackgroundLoadTests(SynchronousTestCase):
         self.assertGreaterEqual(report["sent"], 1)
         self.assertEqual(report["received"], 0)
         self.assertLess(report["seconds"], 30.0)
+
+
+class RoughtimeBenchTests(SynchronousTestCase):
+    """
+    The benchmark's Roughtime rows: udptime's service and roughly's server,
+    driven by the load generator.
+    """
+
+    def test_describeHidesKey(self) -> None:
+        """
+        The results show C{KEY} where roughly is given its private key.
+        """
+        servers = benchModule("servers")
+        (roughly,) = [s for s in servers.THROUGHPUT_SERVERS if s.kind == "roughly"]
+        command = servers.describe(roughly)["command"]
+        self.assertIn("--private-key KEY --no-grease", command)
+        seed = servers.roughtimeKey().read_text().strip()
+        self.assertNotIn(seed, command)
+
+    def test_closedLoop(self) -> None:
+        """
+        udptime's Roughtime service answers the load generator's requests
+        (1036 bytes each), and tells how many responses each signature
+        covered.
+        """
+        requirePeer("cc", "the benchmark's load generator is in C")
+        servers, load, throughput = (
+            benchModule(name) for name in ("servers", "load", "throughput")
+        )
+        load.build()
+        (udptime,) = [
+            s
+            for s in servers.THROUGHPUT_SERVERS
+            if s.protocol == "roughtime" and s.kind == "udptime"
+        ]
+        running = servers.Running(udptime, set(os.sched_getaffinity(0))).start()
+        self.addCleanup(running.stop)
+        report = load.closedLoop(running.port, "roughtime", None, 8, 0.5)
+        self.assertGreater(report["received"], 0)
+        batch = throughput.meanBatch(running)
+        assert batch is not None
+        self.assertGreaterEqual(batch, 1.0)
