@@ -98,3 +98,47 @@ def kernelTimestampsAvailable() -> bool:
     Whether this system can give receive timestamps with C{SO_TIMESTAMPNS}.
     """
     return SO_TIMESTAMPNS is not None
+
+
+# Kernel transmit timestamps (Documentation/networking/timestamping.rst):
+# asked for one reply at a time with a control message, reported on the
+# socket's error queue with the reply.
+SO_TIMESTAMPING: Final = getattr(socket, "SO_TIMESTAMPING", 37)
+"""The socket option (and control message) of C{SO_TIMESTAMPING}."""
+
+SCM_TIMESTAMPING: Final = SO_TIMESTAMPING
+"""The control message that carries the timestamps (three C{timespec}s,
+the software one first)."""
+
+_TX_SOFTWARE: Final = 1 << 1
+_SOFTWARE: Final = 1 << 4
+_OPT_RX_FILTER: Final = 1 << 17
+
+TRANSMIT_TIMESTAMPING: Final = _SOFTWARE | _OPT_RX_FILTER
+"""
+The socket-wide C{SO_TIMESTAMPING} flags: report software timestamps, but
+never on received datagrams (C{SOF_TIMESTAMPING_OPT_RX_FILTER}, Linux 6.2),
+whose receive times come as C{SO_TIMESTAMPNS} messages alone.
+"""
+
+TRANSMIT_TIMESTAMP_REQUEST: Final = (
+    (socket.SOL_SOCKET, SO_TIMESTAMPING, struct.pack("@I", _TX_SOFTWARE)),
+)
+"""Control data that asks the kernel for a datagram's software transmit
+timestamp, sent with it."""
+
+MSG_ERRQUEUE: Final = getattr(socket, "MSG_ERRQUEUE", 0x2000)
+"""The C{recvmsg} flag that reads the socket's error queue."""
+
+
+def enableTransmitTimestamps(sock: socket.socket) -> None:
+    """
+    Let C{sock} report the software transmit timestamps of the datagrams
+    sent with L{TRANSMIT_TIMESTAMP_REQUEST}, on its error queue.
+
+    @raise OSError: this system cannot (not Linux, or a kernel without
+        C{SOF_TIMESTAMPING_OPT_RX_FILTER}).
+    """
+    if sys.platform != "linux":
+        raise OSError("kernel transmit timestamps are read on Linux only")
+    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPING, TRANSMIT_TIMESTAMPING)
