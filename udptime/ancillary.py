@@ -10,6 +10,7 @@ Both the one-at-a-time reader (C{recvmsg}) and the batched one
 
 from __future__ import annotations
 
+import fcntl
 import platform
 import socket
 import struct
@@ -142,3 +143,26 @@ def enableTransmitTimestamps(sock: socket.socket) -> None:
     if sys.platform != "linux":
         raise OSError("kernel transmit timestamps are read on Linux only")
     sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPING, TRANSMIT_TIMESTAMPING)
+
+
+_SIOCGSTAMPNS: Final = 0x8907
+"""The ioctl that gives the kernel receive time of a socket's last datagram
+(Linux's C{SIOCGSTAMPNS_OLD}: a native C{struct timespec})."""
+
+
+def lastReceiveTime(fd: int) -> float | None:
+    """
+    The kernel's receive time (Unix seconds) of the datagram read last from
+    the socket C{fd}, with the ioctl C{SIOCGSTAMPNS}, which works with any
+    read call; L{None} where there is none: not Linux, nothing read yet
+    (the first call turns the socket's timestamps on, so make one before
+    the datagram arrives), or another error.
+    """
+    if sys.platform != "linux":
+        return None
+    try:
+        stamp = fcntl.ioctl(fd, _SIOCGSTAMPNS, bytes(TIMESPEC.size))
+    except OSError:
+        return None
+    seconds, nanoseconds = TIMESPEC.unpack(stamp)
+    return float(seconds + nanoseconds * 1e-9)
