@@ -27,7 +27,7 @@ from udptime.services import SERVICES
 NOW = 1_800_000_000.0
 
 
-def sendNowhere(data: bytes | bytearray, addr: object) -> None:
+def sendNowhere(data: bytes, addr: object) -> None:
     pass
 
 

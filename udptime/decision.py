@@ -86,10 +86,10 @@ class LateReply:
     __slots__ = ()
     control: Ancillary | None
 
-    def stamp(self) -> bytearray:
+    def stamp(self) -> bytes:
         """
-        Read the clock, write the send time into the reply, and return the
-        reply's bytes, to be sent at once.
+        Read the clock and return the reply's bytes with the send time, to
+        be sent at once.
         """
         raise NotImplementedError(type(self).__name__ + ".stamp")
 

@@ -409,18 +409,20 @@ def buildReply(
     """
     clock = transmit if callable(transmit) else lambda: transmit
     late = LateTransmit(clock)
-    return bytes(late.general(request, state, received, minPoll, randomBits).stamp())
+    return late.general(request, state, received, minPoll, randomBits).stamp()
 
 
 # The start of a reply (see replyStart), and the whole reply from its start
 # and its origin, receive and transmit timestamps (as a number, or as the
 # request's 8 bytes).
 _REPLY_START: Final = struct.Struct("!BBbbII4sQ")
-_REPLY_BEFORE_TRANSMIT: Final = struct.Struct("!24sQQ")
-_PLAIN_REPLY_BEFORE_TRANSMIT: Final = struct.Struct("!24s8sQ")
+_REPLY_FROM_PARTS: Final = struct.Struct("!24s8sQQ")
 _NTP64: Final = struct.Struct("!Q")
 TRANSMIT_AT: Final = 40
 """Where a reply's transmit timestamp starts."""
+REPLY_FROM_PARTS: Final = _REPLY_FROM_PARTS
+"""A reply from its first 24 bytes, its origin timestamp (8 bytes) and its
+receive and transmit timestamps (numbers)."""
 _MASK_64: Final = (1 << 64) - 1
 
 
@@ -530,45 +532,44 @@ def plainReply(
         L{random.getrandbits} does.
     """
     late = LateTransmit(transmitTime)
-    return bytes(late.plain(data, constants, received, randomBits).stamp())
+    return late.plain(data, constants, received, randomBits).stamp()
 
 
 class LateTransmit(LateReply):
     """
     An NTP reply built but for its transmit timestamp, which L{stamp} reads
-    from the clock and writes last, as the port sends the reply: a client's
-    offset is off by half the time from that reading to the send, so that
-    nothing else comes between them (the random bits below the clock's
-    precision are drawn before).  A server keeps one and fills it again
-    for each reply (L{plain}, L{general}); each gets a new buffer.
+    from the clock last, as the port sends the reply: a client's offset is
+    off by half the time from that reading to the send, so that nothing
+    else comes between them but packing the reply's 48 bytes from the parts
+    made before (the random bits below the clock's precision included).  A
+    server keeps one and fills it again for each reply (L{plain},
+    L{general}).
 
     @ivar clock: gives the transmit time (Unix seconds).
     @ivar control: see L{LateReply.control}.
-    @ivar buffer: the reply: all of it but its last 8 bytes, once filled.
-    @ivar receive: the receive timestamp, before it is wrapped into its
-        NTP era (after 2036): the transmit timestamp is never before it.
+    @ivar start: the reply's first 24 bytes (see L{replyStart}).
+    @ivar origin: its origin timestamp (8 bytes).
+    @ivar receive: its receive timestamp, before it is wrapped into its NTP
+        era (after 2036): the transmit timestamp is never before it.
     @ivar fuzz: the random bits below the clock's precision, for the
         transmit timestamp.
-    @ivar bits: how many low bits of a timestamp those are.
-    @ivar keep: the mask of the other bits.
-    @ivar scale: see L{ReplyConstants.unitsPerSecond}.
-    @ivar offsetUnits: see L{ReplyConstants.offsetUnits}.
-    @ivar fast: whether the receive timestamp was made from the reply
-        constants' scale (a time after 1970 and a precision finer than a
-        second), as the transmit timestamp then is too when it can.
+    @ivar constants: the reply constants whose scale made the receive
+        timestamp (a time after 1970, a precision finer than a second), as
+        it then makes the transmit timestamp when it can; L{None} when the
+        general conversion did.
+    @ivar bits: how many low bits of a timestamp are below the precision,
+        for the general conversion.
     """
 
     __slots__ = (
         "bits",
-        "buffer",
         "clock",
+        "constants",
         "control",
-        "fast",
         "fuzz",
-        "keep",
-        "offsetUnits",
+        "origin",
         "receive",
-        "scale",
+        "start",
     )
 
     def __init__(
@@ -580,11 +581,13 @@ class LateTransmit(LateReply):
         """
         self.clock = clock
         self.control = control
-        self.buffer = bytearray(HEADER_SIZE)
-        self.receive = self.fuzz = self.bits = self.offsetUnits = 0
-        self.keep = _MASK_64
-        self.scale = 1.0
-        self.fast = False
+        self.start = bytes(24)
+        self.origin = bytes(8)
+        self.receive = self.fuzz = self.bits = 0
+        self.constants: ReplyConstants | None = None
+
+    def __len__(self) -> int:
+        return HEADER_SIZE
 
     def plain(
         self,
@@ -605,11 +608,12 @@ class LateTransmit(LateReply):
             then for the transmit timestamp.
         @return: this reply, to L{stamp}.
         """
-        prefix = constants.prefixes.get((data[0] & 0x38) | data[2] << 8)
-        if prefix is None:
-            prefix = constants.addPrefix(data)
+        start = constants.prefixes.get((data[0] & 0x38) | data[2] << 8)
+        if start is None:
+            start = constants.addPrefix(data)
+        self.start = start
+        self.origin = data[40:48]
         bits = constants.fuzzBits
-        self.bits = bits
         if received >= 0.0 and bits:
             # unixToNTP64 and fuzzTimestamp, inline, for the times after 1970
             # that they nearly always get: a time scaled by a power of two is
@@ -617,24 +621,19 @@ class LateTransmit(LateReply):
             # int's generic argument handling, at half the cost) floors it to
             # whole steps of the clock's precision, to which the random bits
             # below them are added.
-            scale = self.scale = constants.unitsPerSecond
-            offsetUnits = self.offsetUnits = constants.offsetUnits
-            receive = (received * scale).__trunc__() + offsetUnits << bits | randomBits(
-                bits
-            )
-            self.fast = True
-        else:
-            receive = fuzzTimestamp(
-                unixToNTP64(received), constants.state.precision, randomBits
-            )
-            self.fast = False
-        self.receive = receive
-        self.fuzz = randomBits(bits) if bits else 0
-        self.keep = _MASK_64 ^ ((1 << bits) - 1)
-        buffer = self.buffer = bytearray(HEADER_SIZE)
-        _PLAIN_REPLY_BEFORE_TRANSMIT.pack_into(
-            buffer, 0, prefix, data[40:48], receive & _MASK_64
+            self.receive = (
+                (received * constants.unitsPerSecond).__trunc__()
+                + constants.offsetUnits
+            ) << bits | randomBits(bits)
+            self.constants = constants
+            self.fuzz = randomBits(bits)
+            return self
+        self.receive = fuzzTimestamp(
+            unixToNTP64(received), constants.state.precision, randomBits
         )
+        self.constants = None
+        self.bits = bits
+        self.fuzz = randomBits(bits) if bits else 0
         return self
 
     def general(
@@ -652,49 +651,51 @@ class LateTransmit(LateReply):
         @return: this reply, to L{stamp}.
         """
         precision = state.precision
-        start = replyStart(
+        self.start = replyStart(
             state, request.version, replyMode(request), replyPoll(request, minPoll)
         )
-        receive = fuzzTimestamp(unixToNTP64(received), precision, randomBits)
-        bits = min(max(32 + precision, 0), 32)
-        self.bits = bits
-        self.receive = receive
+        self.origin = _NTP64.pack(request.transmitTimestamp)
+        self.receive = fuzzTimestamp(unixToNTP64(received), precision, randomBits)
+        bits = self.bits = min(max(32 + precision, 0), 32)
         self.fuzz = randomBits(bits) if bits else 0
-        self.keep = _MASK_64 ^ ((1 << bits) - 1)
-        self.fast = False
-        buffer = self.buffer = bytearray(HEADER_SIZE)
-        _REPLY_BEFORE_TRANSMIT.pack_into(
-            buffer, 0, start, request.transmitTimestamp, receive
-        )
+        self.constants = None
         return self
 
-    def __len__(self) -> int:
-        return len(self.buffer)
-
-    def stamp(self) -> bytearray:
+    def receiveTimestamp(self) -> bytes:
         """
-        Read the transmit time, write its timestamp into the reply's last 8
-        bytes (never before the receive timestamp: both may fall in one
-        step of the clock, whose random bits must not reverse them) and
-        return the reply.
+        The reply's receive timestamp, as it is sent (8 bytes).
+        """
+        return _NTP64.pack(self.receive & _MASK_64)
+
+    def stamp(self) -> bytes:
+        """
+        Read the transmit time and return the reply with its timestamp
+        (never before the receive timestamp: both may fall in one step of
+        the clock, whose random bits must not reverse them).
         """
         transmit = self.clock()
-        if self.fast and transmit >= 0.0:
+        constants = self.constants
+        if constants is not None and transmit >= 0.0:
             send = (
-                (transmit * self.scale).__trunc__() + self.offsetUnits
-            ) << self.bits | self.fuzz
+                (transmit * constants.unitsPerSecond).__trunc__()
+                + constants.offsetUnits
+            ) << constants.fuzzBits | self.fuzz
             receive = self.receive
             if send < receive:
                 send = receive
-            send &= _MASK_64
+            if send > _MASK_64:
+                # From 2036 on, in NTP era 1 (send >= receive: one test
+                # covers both).
+                send &= _MASK_64
+                receive &= _MASK_64
         else:
-            send = (unixToNTP64(transmit) & self.keep) | self.fuzz
+            bits = self.bits if constants is None else constants.fuzzBits
+            keep = _MASK_64 ^ ((1 << bits) - 1)
+            send = (unixToNTP64(transmit) & keep) | self.fuzz
             receive = self.receive & _MASK_64
             if _signedDifference(send, receive) < 0:
                 send = receive
-        buffer = self.buffer
-        _NTP64.pack_into(buffer, TRANSMIT_AT, send)
-        return buffer
+        return _REPLY_FROM_PARTS.pack(self.start, self.origin, receive, send)
 
 
 class StampedReply(LateReply):
@@ -702,23 +703,23 @@ class StampedReply(LateReply):
     A reply whose transmit timestamp is written already (an interleaved
     reply carries a transmit time the kernel reported earlier).
 
-    @ivar buffer: the reply.
+    @ivar reply: the reply.
     """
 
-    __slots__ = ("buffer", "control")
+    __slots__ = ("control", "reply")
 
-    def __init__(self, buffer: bytearray, control: Ancillary | None = None) -> None:
-        self.buffer = buffer
+    def __init__(self, reply: bytes, control: Ancillary | None = None) -> None:
+        self.reply = reply
         self.control = control
 
     def __len__(self) -> int:
-        return len(self.buffer)
+        return len(self.reply)
 
-    def stamp(self) -> bytearray:
+    def stamp(self) -> bytes:
         """
         The reply, as it is.
         """
-        return self.buffer
+        return self.reply
 
 
 def buildKissOfDeath(

@@ -91,10 +91,8 @@ class ReplyPath:
     def __init__(
         self,
         protocol: UDPServerProtocol,
-        sendto: Callable[[bytes | bytearray, Address], object],
-        sendmsg: Callable[
-            [Sequence[bytes | bytearray], Ancillary, int, Address], object
-        ]
+        sendto: Callable[[bytes, Address], object],
+        sendmsg: Callable[[Sequence[bytes], Ancillary, int, Address], object]
         | None = None,
         batch: MessageBatch | None = None,
     ) -> None:
@@ -214,7 +212,7 @@ class ReplyPath:
         return None
 
     def transmit(
-        self, reply: bytes | bytearray, addr: Address, ancillary: Ancillary | None
+        self, reply: bytes, addr: Address, ancillary: Ancillary | None
     ) -> None:
         """
         Hand C{reply} to the kernel once: C{sendto}, or C{sendmsg} with
@@ -231,7 +229,7 @@ class ReplyPath:
     def retry(
         self,
         failure: Exception,
-        reply: bytes | bytearray,
+        reply: bytes,
         addr: Address,
         ancillary: Ancillary | None,
     ) -> int:
