@@ -42,6 +42,7 @@ from udptime.decision import (
     DROPPED,
     MALFORMED,
     Decision,
+    Refusal,
     errorReply,
     kissOfDeath,
 )
@@ -198,7 +199,11 @@ class UDPServerProtocol(DatagramProtocol):
         if memory.isLoop(addr, data, received):
             return LOOPED
         decision = self.respond(data, addr, received)
-        reply = decision if isinstance(decision, bytes) else decision.reply
+        if isinstance(decision, bytes):
+            reply = decision
+        else:
+            # A late reply (NTP's) is not remembered: it is never an echo.
+            reply = decision.reply if isinstance(decision, Refusal) else None
         if reply is not None:
             memory.remember(addr, reply, received)
         return decision
@@ -339,7 +344,7 @@ class TextTimeServer(UDPServerProtocol):
                 decision = self._answer(request, received)
                 if isinstance(decision, bytes):
                     return text.withToken(decision, token)
-                if decision.reply is not None:
+                if isinstance(decision, Refusal) and decision.reply is not None:
                     return errorReply(text.withToken(decision.reply, token))
                 return decision
         return self._answer(data, received)
