@@ -39,12 +39,15 @@ from typing import Any, Final
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
-from OpenSSL.crypto import X509, PKey
 from twisted.application.internet import StreamServerEndpointService
-from twisted.internet import ssl
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
-from twisted.internet.interfaces import IAddress, IDelayedCall, IHandshakeListener
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IHandshakeListener,
+    IOpenSSLServerConnectionCreator,
+)
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -168,11 +171,40 @@ class NTSKEConfigurationError(ValueError):
     """
 
 
-def loadCertificateOptions(certificate: str, privateKey: str) -> ssl.CertificateOptions:
+def _selectProtocol(connection: SSL.Connection, offered: list[bytes]) -> Any:
     """
-    TLS options for an NTS-KE server: TLS 1.3 only, ALPN C{ntske/1}, the
-    certificate (and the chain after it) from the PEM file C{certificate},
-    the unencrypted PEM private key from C{privateKey}.
+    ALPN: C{ntske/1} when offered; otherwise the handshake goes on without a
+    protocol, and the session closes after it.
+    """
+    if ALPN_PROTOCOL in offered:
+        return ALPN_PROTOCOL
+    return SSL.NO_OVERLAPPING_PROTOCOLS
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ServerTLS:
+    """
+    The TLS settings of an NTS-KE server: TLS 1.3 only, ALPN C{ntske/1}, a
+    certificate (with its chain) and its private key.
+
+    @ivar context: the OpenSSL context every session is made from.
+    """
+
+    def __init__(self, context: SSL.Context) -> None:
+        self.context = context
+
+    def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
+        """
+        A new server-side TLS connection.
+        """
+        return SSL.Connection(self.context, None)
+
+
+def loadServerTLS(certificate: str, privateKey: str) -> ServerTLS:
+    """
+    The TLS settings of an NTS-KE server with the certificate (and the
+    chain after it) from the PEM file C{certificate} and the unencrypted PEM
+    private key from C{privateKey}.
 
     @raise NTSKEConfigurationError: a file cannot be read or used, or the
         key is not the certificate's.
@@ -191,32 +223,31 @@ def loadCertificateOptions(certificate: str, privateKey: str) -> ssl.Certificate
         raise NTSKEConfigurationError(
             f"cannot read private key file {privateKey}: {e}"
         ) from None
-    leaf = chain[0]
-    publicFormat = (
+    publicKey = (
         serialization.Encoding.DER,
         serialization.PublicFormat.SubjectPublicKeyInfo,
     )
-    if leaf.public_key().public_bytes(*publicFormat) != key.public_key().public_bytes(
-        *publicFormat
+    if chain[0].public_key().public_bytes(*publicKey) != key.public_key().public_bytes(
+        *publicKey
     ):
         raise NTSKEConfigurationError(
             f"the private key in {privateKey} is not the key of the certificate"
             f" in {certificate}"
         )
     try:
-        options = ssl.CertificateOptions(
-            privateKey=PKey.from_cryptography_key(key),  # type: ignore[arg-type]
-            certificate=X509.from_cryptography(leaf),
-            extraCertChain=[X509.from_cryptography(c) for c in chain[1:]],
-            raiseMinimumTo=ssl.TLSVersion.TLSv1_3,
-            acceptableProtocols=[ALPN_PROTOCOL],
-        )
-        options.getContext()
+        context = SSL.Context(SSL.TLS_METHOD)
+        context.set_min_proto_version(SSL.TLS1_3_VERSION)
+        context.use_certificate(chain[0])
+        for intermediate in chain[1:]:
+            context.add_extra_chain_cert(intermediate)
+        context.use_privatekey(key)  # type: ignore[arg-type]
+        context.check_privatekey()
+        context.set_alpn_select_callback(_selectProtocol)
     except (SSL.Error, ValueError, TypeError) as e:
         raise NTSKEConfigurationError(
             f"cannot use {certificate} and {privateKey}: {e}"
         ) from None
-    return options
+    return ServerTLS(context)
 
 
 def certificateSummary(certificate: str) -> str:
@@ -463,7 +494,7 @@ class NTSKEListenerFactory(Factory):
     def __init__(
         self,
         server: NTSKEServerFactory,
-        options: ssl.CertificateOptions,
+        options: ServerTLS,
         *,
         maxConnections: int = DEFAULT_MAX_CONNECTIONS,
         limiter: SourceLimiter | None = None,
@@ -473,7 +504,7 @@ class NTSKEListenerFactory(Factory):
         self.limiter = limiter
         self.tls = TLSMemoryBIOFactory(options, False, server)
 
-    def setOptions(self, options: ssl.CertificateOptions) -> None:
+    def setTLS(self, options: ServerTLS) -> None:
         """
         Serve new sessions with the TLS options C{options} (a renewed
         certificate); sessions open now go on with the old ones.
@@ -577,7 +608,7 @@ class NTSKEService(StreamServerEndpointService):
         if stamp is None or stamp == self._stamp:
             return False
         try:
-            options = loadCertificateOptions(self.certificate, self.privateKey)
+            options = loadServerTLS(self.certificate, self.privateKey)
         except NTSKEConfigurationError as e:
             # The files may be half-way through an update: try again later,
             # and log each new state of the files once.
@@ -585,7 +616,7 @@ class NTSKEService(StreamServerEndpointService):
             self.log.error("NTS-KE certificate not reloaded: {error}", error=str(e))
             return False
         self._stamp = stamp
-        self.listener.setOptions(options)
+        self.listener.setTLS(options)
         self.log.info(
             "NTS-KE certificate reloaded: {summary}",
             summary=certificateSummary(self.certificate),
@@ -639,7 +670,7 @@ def ntsKEService(
         raise ValueError(f"the NTP port must be from 1 to 65535, not {ntpPort}")
     if ntpServer is not None:
         checkServerName(ntpServer)
-    options = loadCertificateOptions(certificate, privateKey)
+    options = loadServerTLS(certificate, privateKey)
     if limiter is None:
         limiter = SourceLimiter(
             DEFAULT_RATE, DEFAULT_BURST, DEFAULT_MAX_CLIENTS, DEFAULT_IPV6_PREFIX
