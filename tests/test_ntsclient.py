@@ -16,13 +16,10 @@ from typing import Any
 
 from twisted.internet import reactor as globalReactor
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import DatagramProtocol
 from twisted.trial.unittest import TestCase
 
 from tests.certificates import makeCertificates
-from udptime.clock import ClockState, Leap
-from udptime.ntp import NTPCodecError, buildReply, parseRequest
-from udptime.nts import NTSNak, checkRequest, parseFields
+from tests.ntsresponder import NTSResponder
 from udptime.ntsclient import (
     KEResult,
     NTSAuthenticationError,
@@ -37,57 +34,6 @@ from udptime.ntskeserver import ntsKEService
 from udptime.query import QueryTimeout
 
 reactor: Any = globalReactor
-
-STATE = ClockState(
-    leap=Leap.NONE,
-    synchronised=True,
-    stratum=1,
-    refid=b"LOCL",
-    rootDelay=0.0,
-    rootDispersion=0.0,
-    referenceTime=None,
-    precision=-20,
-)
-
-
-class NTSResponder(DatagramProtocol):
-    """
-    An NTP server that answers NTS requests as udptime's does: the plain
-    header from L{buildReply}, with its transmit time read last, then the
-    authenticator sealed over it.
-
-    @ivar cookies: the cookies the requests carried.
-    @ivar mangle: changes each reply before it is sent.
-    """
-
-    def __init__(
-        self, keys: CookieKeys, mangle: Callable[[bytes], bytes] | None = None
-    ):
-        self.keys = keys
-        self.mangle = mangle
-        self.cookies: list[bytes] = []
-        self.answered = 0
-
-    def datagramReceived(self, data: bytes, addr: Any) -> None:
-        received = time.time()
-        try:
-            request = parseRequest(data)
-            decision = checkRequest(data, self.keys)
-        except NTPCodecError:
-            return
-        for fieldType, start, end in parseFields(data):
-            if fieldType == 0x0204:
-                self.cookies.append(data[start:end])
-        if decision is None:
-            reply = buildReply(request, STATE, received, time.time)
-        elif isinstance(decision, NTSNak):
-            reply = decision.reply(data) or b""
-        else:
-            reply = decision.seal(buildReply(request, STATE, received, time.time))
-        if self.mangle is not None:
-            reply = self.mangle(reply)
-        self.answered += 1
-        self.transport.write(reply, addr)  # type: ignore[union-attr]
 
 
 class NTSQueryTests(TestCase):

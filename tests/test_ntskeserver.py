@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import socket
 import tempfile
 from typing import Any
 
@@ -29,6 +28,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.certificates import CertificateFiles, makeCertificates
 from tests.eventually import eventually
+from tests.tcp import freeTCPPort
 from udptime.ntsclient import (
     KEResult,
     NTSKEBadResponse,
@@ -66,13 +66,6 @@ def temporaryDirectory(case: SynchronousTestCase) -> str:
     directory = tempfile.mkdtemp(prefix="udptime-ntske-")
     case.addCleanup(shutil.rmtree, directory, True)
     return directory
-
-
-def freeTCPPort() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 class _Collector(Protocol):

@@ -446,6 +446,7 @@ class NTSKEServerFactory(Factory):
     """
 
     log = Logger()
+    noisy = False  # no "Starting factory" line
 
     def __init__(
         self,
@@ -490,6 +491,8 @@ class NTSKEListenerFactory(Factory):
     @ivar limiter: the per-client rate limiter, or L{None}.
     @ivar tls: the TLS wrapper of new sessions.
     """
+
+    noisy = False
 
     def __init__(
         self,
