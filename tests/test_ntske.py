@@ -108,6 +108,22 @@ class RecordTests(SynchronousTestCase):
         self.assertEqual(ntske.exporterContext(15, False), bytes.fromhex("0000000f00"))
         self.assertEqual(ntske.exporterContext(15, True), bytes.fromhex("0000000f01"))
 
+    def test_ntsUnavailable(self) -> None:
+        """
+        With the nts extra installed, NTS is available; without one of its
+        modules, the message names it and the extra.
+        """
+        self.assertIsNone(ntske.ntsUnavailable())
+        self.patch(
+            ntske,
+            "NTS_REQUIREMENTS",
+            {**ntske.NTS_REQUIREMENTS, "udptime_no_such_module": "nothere"},
+        )
+        message = ntske.ntsUnavailable()
+        assert message is not None
+        self.assertIn("nothere", message)
+        self.assertIn("pip install 'udptime[nts]'", message)
+
     def test_chronyRequest(self) -> None:
         """
         udptime's request is chronyd's, byte for byte.

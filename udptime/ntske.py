@@ -38,6 +38,7 @@ L{udptime.ntscookie}.  Nothing here touches a socket or TLS.
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import struct
 from collections.abc import Callable, Sequence
@@ -90,6 +91,34 @@ with 8 cookies of 100 bytes is about 880)."""
 
 MAX_SERVER_NAME: Final = 255
 """The longest name an NTPv4 Server Negotiation record may carry."""
+
+
+NTS_REQUIREMENTS: Final = {
+    "cryptography": "cryptography",
+    "OpenSSL": "pyOpenSSL",
+    "service_identity": "service_identity",
+}
+"""The modules NTS needs beyond Twisted (the C{nts} extra), and the
+distributions that bring them."""
+
+
+def ntsUnavailable() -> str | None:
+    """
+    Why NTS cannot run here (a line for the command line or the log), or
+    L{None} when the modules of udptime's C{nts} extra are installed.  It
+    imports nothing, so that a plain install can ask.
+    """
+    missing = [
+        distribution
+        for module, distribution in NTS_REQUIREMENTS.items()
+        if importlib.util.find_spec(module) is None
+    ]
+    if not missing:
+        return None
+    return (
+        f"NTS needs {', '.join(missing)}: install udptime with its nts extra"
+        " (pip install 'udptime[nts]')"
+    )
 
 
 class RecordType(IntEnum):
