@@ -40,7 +40,8 @@ from twisted.internet import defer, task
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from tests.certificates import makeCertificates
-from udptime.clock import ClockState, Leap
+from tests.keservice import startKEService
+from tests.ntsresponder import clockState
 from udptime.ntp import NTPPacket, buildReply, parseRequest
 from udptime.nts import (
     NTSRequest,
@@ -51,19 +52,9 @@ from udptime.nts import (
 )
 from udptime.ntsclient import ntsKeyExchange
 from udptime.ntscookie import CookieKeys, SessionKeys
-from udptime.ntskeserver import ntsKEService
 from udptime.policy import SourceLimiter
 
-STATE = ClockState(
-    leap=Leap.NONE,
-    synchronised=True,
-    stratum=1,
-    refid=b"LOCL",
-    rootDelay=0.0,
-    rootDispersion=0.0,
-    referenceTime=time.time(),
-    precision=-20,
-)
+STATE = clockState()
 
 
 def perCall(operation: Callable[[], object], count: int, runs: int = 5) -> float:
@@ -152,19 +143,9 @@ async def sessions(reactor: Any, count: int) -> None:
     directory = tempfile.mkdtemp(prefix="udptime-bench-nts-")
     files = makeCertificates(directory)
     keys = CookieKeys.generate(time.time())
-    service = ntsKEService(
-        reactor,
-        0,
-        files.certificate,
-        files.key,
-        keys,
-        interface="127.0.0.1",
-        limiter=SourceLimiter(1e6, 1_000_000),
+    service, port = await startKEService(
+        keys, files, limiter=SourceLimiter(1e6, 1_000_000)
     )
-    service.startService()
-    listening = service._waitingForPort
-    assert listening is not None
-    port = (await listening).getHost().port
     times = []
     for _ in range(count):
         start = time.perf_counter()

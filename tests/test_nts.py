@@ -4,8 +4,7 @@ decision and reply, the client's request and check of the reply;
 table-driven cases and Hypothesis properties (mutations of valid packets:
 no single-bit change is ever accepted).
 
-C{UDPTIME_FUZZ_EXAMPLES} sets the examples per property, as in
-C{tests/test_fuzz.py}.
+C{UDPTIME_FUZZ_EXAMPLES} sets the examples per property (L{tests.fuzzing}).
 """
 
 from __future__ import annotations
@@ -15,12 +14,13 @@ import random
 import struct
 
 from cryptography.hazmat.primitives.ciphers.aead import AESSIV
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.fuzzing import FUZZ
+from tests.ntsresponder import clockState
 from udptime import nts
-from udptime.clock import ClockState, Leap
 from udptime.ntp import NTPCodecError, NTPPacket, buildReply, parseRequest
 from udptime.nts import (
     AUTHENTICATOR,
@@ -43,24 +43,8 @@ from udptime.nts import (
 )
 from udptime.ntscookie import CookieKeys, SessionKeys
 
-EXAMPLES = int(os.environ.get("UDPTIME_FUZZ_EXAMPLES", "300"))
-FUZZ = settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
-
 NOW = 1_800_000_000.5
-STATE = ClockState(
-    leap=Leap.NONE,
-    synchronised=True,
-    stratum=1,
-    refid=b"LOCL",
-    rootDelay=0.0,
-    rootDispersion=0.0,
-    referenceTime=NOW - 10,
-    precision=-20,
-)
+STATE = clockState()
 TRANSMIT = 0x0123456789ABCDEF
 
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import socket
-import subprocess
 import tempfile
 import time
 from typing import Any
@@ -31,13 +29,14 @@ from twisted.trial.unittest import TestCase
 
 from tests.certificates import makeCertificates
 from tests.eventually import eventually
+from tests.keservice import startKEService
 from tests.ntsresponder import NTSResponder
-from tests.support import freePort, requirePeer
+from tests.support import requirePeer
 from tests.tcp import freeTCPPort
+from tests.test_ntp_interop import ReferenceServer
 from udptime.nts import NTS_COOKIE, parseFields
 from udptime.ntsclient import NTSAuthenticationError, ntsKeyExchange, ntsQuery
 from udptime.ntscookie import CookieKeys
-from udptime.ntskeserver import NTSKEService, ntsKEService
 
 reactor: Any = globalReactor
 
@@ -75,19 +74,16 @@ def readable(directory: str) -> None:
         os.chmod(os.path.join(directory, name), 0o644)
 
 
-class ChronydNTSServer:
+class ChronydNTSServer(ReferenceServer):
     """
-    chronyd as NTS server on loopback ports, never touching the clock.
+    chronyd as NTS server on loopback ports (NTP and NTS-KE), never
+    touching the clock; it is ready when it answers NTP.
     """
 
-    def __init__(self, directory: str) -> None:
-        self.path = requirePeer("chronyd", "chronyd is the reference NTS server")
-        self.directory = directory
-        self.files = makeCertificates(directory)
-        readable(directory)
-        self.port = freePort()
+    def __init__(self) -> None:
+        super().__init__()
+        self.files = makeCertificates(self.directory)
         self.kePort = freeTCPPort()
-        self.config = os.path.join(directory, "chrony.conf")
         with open(self.config, "w") as f:
             f.write(
                 CHRONYD_NTS_SERVER_CONFIG.format(
@@ -95,47 +91,10 @@ class ChronydNTSServer:
                     kePort=self.kePort,
                     key=self.files.key,
                     certificate=self.files.certificate,
-                    directory=directory,
+                    directory=self.directory,
                 )
             )
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 10.0) -> None:
-        """
-        Start chronyd and wait (bounded) until its NTS-KE port accepts.
-        """
-        user = ["-u", "root"] if os.geteuid() == 0 else []
-        with open(os.path.join(self.directory, "stderr"), "wb") as stderr:
-            self.process = subprocess.Popen(
-                [self.path, "-x", "-d", *user, "-f", self.config],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"chronyd exited: {self.stderr()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.kePort), 0.2).close()
-            except OSError:
-                time.sleep(0.02)  # polling, bounded by the deadline
-                continue
-            return
-        raise RuntimeError(f"chronyd's NTS-KE port did not open: {self.stderr()}")
-
-    def stderr(self) -> str:
-        with open(os.path.join(self.directory, "stderr"), errors="replace") as f:
-            return f.read()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        readable(self.directory)
 
 
 class FlippingProxy(DatagramProtocol):
@@ -224,8 +183,8 @@ class ChronydServerTests(TestCase):
     """
 
     def setUp(self) -> None:
-        self.chronyd = ChronydNTSServer(temporaryDirectory(self))
-        self.addCleanup(self.chronyd.stop)
+        self.chronyd = ChronydNTSServer()
+        self.addCleanup(self.chronyd.cleanup)
         self.chronyd.start()
 
     def test_authenticatedTime(self) -> None:
@@ -297,20 +256,8 @@ class ChronydClientTests(TestCase):
         os.chmod(self.dumps, 0o777)
         self.keys = CookieKeys.generate(time.time())
 
-    async def serve(self, ntpPort: int) -> tuple[NTSKEService, int]:
-        service = ntsKEService(
-            reactor,
-            0,
-            self.files.certificate,
-            self.files.key,
-            self.keys,
-            interface="127.0.0.1",
-            ntpPort=ntpPort,
-        )
-        service.startService()
-        self.addCleanup(service.stopService)
-        port = await service._waitingForPort  # type: ignore[attr-defined]
-        return service, port.getHost().port
+    def serve(self, ntpPort: int) -> Any:
+        return startKEService(self.keys, self.files, self.addCleanup, ntpPort=ntpPort)
 
     def chronydQuery(self, kePort: int, ntpPort: int, timeout: int) -> ChronydRun:
         """

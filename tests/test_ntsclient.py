@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
 from tests.certificates import makeCertificates
+from tests.keservice import startKEService
 from tests.ntsresponder import NTSResponder
 from udptime.ntsclient import (
     KEResult,
@@ -30,7 +31,6 @@ from udptime.ntsclient import (
     ntsQuery,
 )
 from udptime.ntscookie import CookieKeys
-from udptime.ntskeserver import ntsKEService
 from udptime.query import QueryTimeout
 
 reactor: Any = globalReactor
@@ -58,21 +58,10 @@ class NTSQueryTests(TestCase):
         return responder, port.getHost().port
 
     async def keyExchange(self, ntpPort: int) -> KEResult:
-        service = ntsKEService(
-            reactor,
-            0,
-            self.files.certificate,
-            self.files.key,
-            self.keys,
-            interface="127.0.0.1",
-            ntpPort=ntpPort,
+        _, port = await startKEService(
+            self.keys, self.files, self.addCleanup, ntpPort=ntpPort
         )
-        service.startService()
-        self.addCleanup(service.stopService)
-        port = await service._waitingForPort  # type: ignore[attr-defined]
-        return await ntsKeyExchange(
-            reactor, "127.0.0.1", port.getHost().port, caFile=self.files.ca
-        )
+        return await ntsKeyExchange(reactor, "127.0.0.1", port, caFile=self.files.ca)
 
     def test_queries(self) -> None:
         """

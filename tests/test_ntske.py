@@ -3,8 +3,7 @@ Tests for L{udptime.ntske}: the NTS-KE record codec, server and client
 sides, table-driven and with Hypothesis (garbage, and the same bytes in
 any pieces).
 
-C{UDPTIME_FUZZ_EXAMPLES} sets the examples per property, as in
-C{tests/test_fuzz.py}.
+C{UDPTIME_FUZZ_EXAMPLES} sets the examples per property (L{tests.fuzzing}).
 """
 
 from __future__ import annotations
@@ -13,10 +12,11 @@ import itertools
 import os
 import struct
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.fuzzing import FUZZ
 from udptime import ntske
 from udptime.ntske import (
     AEAD_AES_SIV_CMAC_256,
@@ -35,13 +35,6 @@ from udptime.ntske import (
     buildRequest,
     buildResponse,
     negotiate,
-)
-
-EXAMPLES = int(os.environ.get("UDPTIME_FUZZ_EXAMPLES", "300"))
-FUZZ = settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
 )
 
 CHRONY_REQUEST = bytes.fromhex("80010002000080040002000f80000000")
@@ -513,28 +506,30 @@ def _pieces(data: bytes, cuts: list[int]) -> list[bytes]:
     return [data[a:b] for a, b in itertools.pairwise(bounds)]
 
 
-def _serverOutcome(pieces: list[bytes]) -> object:
-    parser = KERequestParser()
+def _outcome(parser: KERequestParser | KEResponseParser, pieces: list[bytes]) -> object:
+    """
+    What C{parser} makes of C{pieces}: a result, L{None}, or its error
+    (as a comparable value).
+    """
     result = None
     try:
         for piece in pieces:
             result = parser.feed(piece) or result
     except KERequestRefused as e:
         return ("refused", e.code)
-    return result
-
-
-def _clientOutcome(pieces: list[bytes]) -> object:
-    parser = KEResponseParser()
-    result = None
-    try:
-        for piece in pieces:
-            result = parser.feed(piece) or result
     except NTSKEServerError as e:
         return ("error", e.code, e.warning)
     except NTSKEBadResponse:
         return "bad"
     return result
+
+
+def _serverOutcome(pieces: list[bytes]) -> object:
+    return _outcome(KERequestParser(), pieces)
+
+
+def _clientOutcome(pieces: list[bytes]) -> object:
+    return _outcome(KEResponseParser(), pieces)
 
 
 class GarbageTests(SynchronousTestCase):

@@ -28,6 +28,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.certificates import CertificateFiles, makeCertificates
 from tests.eventually import eventually
+from tests.fuzzing import EXAMPLES
+from tests.keservice import startKEService
 from tests.tcp import freeTCPPort
 from udptime.ntsclient import (
     KEResult,
@@ -52,14 +54,13 @@ from udptime.ntske import (
 )
 from udptime.ntskeserver import (
     NTSKEConfigurationError,
-    NTSKEService,
     loadServerTLS,
     ntsKEService,
 )
 from udptime.policy import SourceLimiter
 
 reactor: Any = globalReactor
-FUZZ_CONNECTIONS = int(os.environ.get("UDPTIME_FUZZ_EXAMPLES", "300")) // 10
+FUZZ_CONNECTIONS = EXAMPLES // 10
 
 
 def temporaryDirectory(case: SynchronousTestCase) -> str:
@@ -139,15 +140,8 @@ class KEServerTests(TestCase):
         self.files = makeCertificates(self.directory)
         self.keys = CookieKeys.generate(reactor.seconds())
 
-    async def serve(self, **settings: Any) -> tuple[NTSKEService, int]:
-        settings.setdefault("interface", "127.0.0.1")
-        service = ntsKEService(
-            reactor, 0, self.files.certificate, self.files.key, self.keys, **settings
-        )
-        service.startService()
-        self.addCleanup(service.stopService)
-        port = await service._waitingForPort  # type: ignore[attr-defined]
-        return service, port.getHost().port
+    def serve(self, **settings: Any) -> Any:
+        return startKEService(self.keys, self.files, self.addCleanup, **settings)
 
     def exchange(
         self, port: int, host: str = "127.0.0.1", **kw: Any

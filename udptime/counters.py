@@ -22,7 +22,30 @@ COUNTER_NAMES: tuple[str, ...] = (
 )
 
 
-class ServiceCounters:
+class CounterSet:
+    """
+    Integer counters on a slotted object: a subclass names them in its
+    C{__slots__}, and they start at 0.
+    """
+
+    __slots__: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        for name in self.__slots__:
+            setattr(self, name, 0)
+
+    def snapshot(self) -> dict[str, int]:
+        """
+        A copy of every counter, by name.
+        """
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    def __repr__(self) -> str:
+        fields = " ".join(f"{k}={v}" for k, v in self.snapshot().items())
+        return f"<{type(self).__name__} {fields}>"
+
+
+class ServiceCounters(CounterSet):
     """
     Event counts of one service.
 
@@ -52,17 +75,3 @@ class ServiceCounters:
     kissed: int
     sendFailed: int
     internalErrors: int
-
-    def __init__(self) -> None:
-        for name in COUNTER_NAMES:
-            setattr(self, name, 0)
-
-    def snapshot(self) -> dict[str, int]:
-        """
-        A copy of every counter, by name.
-        """
-        return {name: getattr(self, name) for name in COUNTER_NAMES}
-
-    def __repr__(self) -> str:
-        fields = " ".join(f"{k}={v}" for k, v in self.snapshot().items())
-        return f"<ServiceCounters {fields}>"

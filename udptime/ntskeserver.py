@@ -55,6 +55,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from udptime.counters import CounterSet
 from udptime.ntscookie import CookieKeys, SessionKeys
 from udptime.ntske import (
     ALPN_PROTOCOL,
@@ -71,7 +72,7 @@ from udptime.ntske import (
     exporterContext,
     negotiate,
 )
-from udptime.policy import ADMIT, RateLimiter, SourceLimiter
+from udptime.policy import ADMIT, DEFAULT_IPV6_PREFIX, RateLimiter, SourceLimiter
 
 DEFAULT_TIMEOUT: Final = 10.0
 """Seconds a connection may last, handshake and exchange together."""
@@ -87,9 +88,6 @@ DEFAULT_BURST: Final = 8
 
 DEFAULT_MAX_CLIENTS: Final = 10_000
 """Clients in the rate limiter's table."""
-
-DEFAULT_IPV6_PREFIX: Final = 64
-"""IPv6 clients are one client per /64, as for the NTP rate limit."""
 
 DEFAULT_RELOAD_INTERVAL: Final = 60.0
 """Seconds between two looks at the certificate and key files."""
@@ -114,7 +112,7 @@ COUNTER_NAMES: Final = (
 )
 
 
-class NTSKECounters:
+class NTSKECounters(CounterSet):
     """
     What the NTS-KE server did.
 
@@ -149,20 +147,6 @@ class NTSKECounters:
     refusedRate: int
     refusedCapacity: int
     internalErrors: int
-
-    def __init__(self) -> None:
-        for name in COUNTER_NAMES:
-            setattr(self, name, 0)
-
-    def snapshot(self) -> dict[str, int]:
-        """
-        A copy of every counter, by name.
-        """
-        return {name: getattr(self, name) for name in COUNTER_NAMES}
-
-    def __repr__(self) -> str:
-        fields = " ".join(f"{k}={v}" for k, v in self.snapshot().items())
-        return f"<NTSKECounters {fields}>"
 
 
 class NTSKEConfigurationError(ValueError):

@@ -200,6 +200,15 @@ class KeyDocument:
             randomBytes=randomBytes,
         )
 
+    def applyTo(self, keys: CookieKeys, now: float) -> None:
+        """
+        Make C{keys} hold these keys and settings, its current key picked
+        for C{now}.
+        """
+        keys.replace(self.keys, now)
+        keys.rotation = self.rotation
+        keys.previous = self.previous
+
 
 def parseKeys(data: bytes) -> KeyDocument:
     """
@@ -487,9 +496,7 @@ class CookieKeyService(Service):
         except (OSError, KeyFileError) as e:
             self._failed(f"cannot read the NTS key file: {e}")
             return
-        self.keys.replace(document.keys, now)
-        self.keys.rotation = document.rotation
-        self.keys.previous = document.previous
+        document.applyTo(self.keys, now)
         self._identity = identity
         self._written = self.keys.generation
         self._lastFailure = ""
@@ -665,9 +672,7 @@ class KeyUpdateReader:
             self.rejected += 1
             self.log.error("NTS key hand-over ignored: {error}", error=str(e))
             return
-        self.keys.replace(document.keys, self.clock())
-        self.keys.rotation = document.rotation
-        self.keys.previous = document.previous
+        document.applyTo(self.keys, self.clock())
         self.updates += 1
 
     def connectionLost(self, reason: Failure) -> None:
