@@ -302,6 +302,26 @@ class KEServerTests(TestCase):
 
         return Deferred.fromCoroutine(exercise())
 
+    def test_internalError(self) -> None:
+        """
+        A failure while answering (a bug) is answered with error 2, counted
+        and logged with its traceback.
+        """
+
+        class BrokenKeys:
+            def seal(self, keys: object) -> bytes:
+                raise RuntimeError("broken keys")
+
+        async def exercise() -> None:
+            service, port = await self.serve()
+            service.listener.server.keys = BrokenKeys()  # type: ignore[assignment]
+            error = await self.failure(self.exchange(port), NTSKEServerError)
+            self.assertEqual(error.code, ErrorCode.INTERNAL_SERVER_ERROR)  # type: ignore[attr-defined]
+            self.assertEqual(service.counters.internalErrors, 1)
+            self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+        return Deferred.fromCoroutine(exercise())
+
     def test_noCommonAEADForClient(self) -> None:
         """
         The client fails clearly when the server supports none of the

@@ -12,6 +12,8 @@ import json
 import os
 import shutil
 import stat
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -509,6 +511,37 @@ async def _poll(check: Callable[[], bool], what: str, timeout: float = 10.0) -> 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await deferLater(globalReactor, 0.01, lambda: None)
+
+
+class HandOverProcessTests(SynchronousTestCase):
+    """
+    The hand-over between two processes: a child reads its keys from its
+    standard input, as a worker does.
+    """
+
+    def test_childReadsKeys(self) -> None:
+        """
+        A child process given the key line on its standard input holds the
+        same keys: a cookie sealed by the parent opens in the child.
+        """
+        keys = CookieKeys.generate(time.time())
+        cookie = keys.seal(SESSION)
+        child = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys, time; from udptime.ntskeys import readKeyUpdate;"
+                " keys = readKeyUpdate(0, 10.0).cookieKeys(time.time());"
+                " print(keys.open(bytes.fromhex(sys.argv[1])).c2s.hex())",
+                cookie.hex(),
+            ],
+            input=keyUpdateLine(keys),
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        self.assertEqual(child.returncode, 0, child.stderr)
+        self.assertEqual(child.stdout.decode().strip(), SESSION.c2s.hex())
 
 
 class KeyUpdateReaderTests(TestCase):

@@ -50,7 +50,7 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -265,14 +265,42 @@ class _BoundedLog:
         self._logged = 0
 
     def __call__(self, message: str, **fields: object) -> None:
-        limit = self.limit
-        if not limit.admit(self.clock()):
+        """
+        Log C{message} as a warning, unless too many lines were logged
+        lately.
+        """
+        suppressed = self._admit()
+        if suppressed is None:
             return
-        suppressed = limit.refused - self._logged
-        self._logged = limit.refused
         if suppressed:
             message += " ({suppressed} similar lines left out)"
         self.log.warn(message, suppressed=suppressed, **fields)
+
+    def failure(self, message: str, **fields: object) -> None:
+        """
+        Log C{message} with the exception being handled, unless too many
+        lines were logged lately.
+        """
+        suppressed = self._admit()
+        if suppressed is None:
+            return
+        if suppressed:
+            message += " ({suppressed} similar lines left out)"
+        self.log.failure(
+            message, None, LogLevel.critical, suppressed=suppressed, **fields
+        )
+
+    def _admit(self) -> int | None:
+        """
+        L{None} when no line may be logged now; otherwise how many were
+        left out since the last one.
+        """
+        limit = self.limit
+        if not limit.admit(self.clock()):
+            return None
+        suppressed = limit.refused - self._logged
+        self._logged = limit.refused
+        return suppressed
 
 
 @implementer(IHandshakeListener)
@@ -325,7 +353,9 @@ class NTSKEServerProtocol(Protocol):
             self._read(data)
         except Exception:
             self.factory.counters.internalErrors += 1
-            self.factory.log.failure("NTS-KE: failed to answer {peer}", peer=self.peer)
+            self.factory.logProblem.failure(
+                "NTS-KE: failed to answer {peer}", peer=self.peer
+            )
             if not self.finished:
                 self._send(buildErrorResponse(ErrorCode.INTERNAL_SERVER_ERROR))
 
