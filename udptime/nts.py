@@ -80,7 +80,7 @@ from udptime.ntp import (
     HEADER_SIZE,
     MIN_EXTENSION_FIELD,
     MalformedPacket,
-    NTPCodecError,
+    NotServed,
     buildKissOfDeath,
 )
 from udptime.ntscookie import CookieKeys, CookieRejected, SessionKeys
@@ -132,10 +132,11 @@ class MalformedNTSRequest(MalformedPacket):
     """
 
 
-class NTSAuthenticationFailed(NTPCodecError):
+class NTSAuthenticationFailed(NotServed):
     """
     A request whose cookie opened but whose authenticator does not verify
-    with the cookie's C2S key: dropped, and counted.
+    with the cookie's C2S key: dropped, and counted.  A well-formed request
+    the server does not answer, as L{NotServed} says.
     """
 
 

@@ -55,6 +55,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from udptime.address import formatAddress
 from udptime.counters import CounterSet
 from udptime.ntscookie import CookieKeys, SessionKeys
 from udptime.ntske import (
@@ -601,10 +602,30 @@ class NTSKEService(StreamServerEndpointService):
             "NTS-KE certificate: {summary}",
             summary=certificateSummary(self.certificate),
         )
+        listening = self._waitingForPort
+        if listening is not None:
+            listening.addCallback(self._listening)
         loop = LoopingCall(self.reloadIfChanged)
         loop.clock = self.reactor
         loop.start(self.reloadInterval, now=False)
         self._reload = loop
+
+    def _listening(self, port: Any) -> Any:
+        """
+        Log that the service listens (once the reactor runs: the line means
+        "ready", as the UDP services' lines do).
+        """
+        if port is not None:
+            self.reactor.callWhenRunning(self._logListening, port)
+        return port
+
+    def _logListening(self, port: Any) -> None:
+        host = port.getHost()
+        self.log.info(
+            "udptime {service} service listening on {where} (TCP)",
+            service=self.name or "nts-ke",
+            where=formatAddress(host.host, host.port),
+        )
 
     def stopService(self) -> Any:
         """

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import sys
 from datetime import tzinfo
-from typing import Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
@@ -41,11 +41,15 @@ from udptime.decision import (
     DROPPED,
     MALFORMED,
     Decision,
+    Refusal,
     errorReply,
     kissOfDeath,
 )
 from udptime.policy import ADMIT, KISS, LIMITED, LOOPED, Policy, RateLimiter
 from udptime.replies import ReplyPath
+
+if TYPE_CHECKING:
+    from udptime.ntsserver import NTSAuthentication
 
 BAD_INPUT_LOG_RATE = 0.2
 """Log lines per second about bad input and failures, sustained, per service."""
@@ -410,9 +414,19 @@ class NTPServer(UDPServerProtocol):
     delay and dispersion, reference time, precision) comes from the
     L{ClockSource}.
 
+    With L{nts} set, NTS requests (RFC 8915: a unique identifier, a cookie
+    and an authenticator, see L{udptime.ntsserver}) get the same reply
+    sealed with the client's keys, fresh cookies inside; a request whose
+    cookie cannot be opened gets an NTS NAK; one whose NTS fields are bad,
+    or whose authenticator does not verify, is dropped as any bad request.
+    Plain requests take the same path as without it.
+
     @ivar clockSource: what the server claims about its clock.
     @ivar minPoll: the server's minimum poll exponent (see
         L{ntp.replyPoll}).
+    @ivar nts: the NTS half of the decision, or L{None}: no NTS (requests
+        with NTS fields are then answered as plain NTP requests, their
+        fields ignored).
     """
 
     serviceName = "ntp"
@@ -427,6 +441,7 @@ class NTPServer(UDPServerProtocol):
         policy: Policy | None = None,
         clockSource: ClockSource | None = None,
         minPoll: int = ntp.MIN_POLL,
+        nts: NTSAuthentication | None = None,
     ) -> None:
         """
         @param clockSource: L{None} for a L{ClockSource} that follows the
@@ -435,6 +450,7 @@ class NTPServer(UDPServerProtocol):
         super().__init__(clock=clock, verbose=verbose, policy=policy)
         self.clockSource = ClockSource() if clockSource is None else clockSource
         self.minPoll = minPoll
+        self.nts = nts
         self._replyConstants: ntp.ReplyConstants | None = None
         # The receive times for which the reply constants' clock state is
         # fresh (see ClockSource.stateSpan): none yet.
@@ -462,6 +478,8 @@ class NTPServer(UDPServerProtocol):
             return _plainReply(data, constants, received, self.clock)
         try:
             request = ntp.parseRequest(data, addr[1])
+            nts = self.nts
+            sealer = None if nts is None else nts.check(data, addr, received)
         except ntp.NTPCodecError as error:
             self.logBadInput(
                 received,
@@ -471,10 +489,14 @@ class NTPServer(UDPServerProtocol):
                 reason=str(error),
             )
             return DROPPED if isinstance(error, ntp.NotServed) else MALFORMED
+        if isinstance(sealer, Refusal):
+            return sealer
         state = self.clockSource.state(received)
-        return ntp.buildReply(
+        reply = ntp.buildReply(
             request, state, received, self.clock, minPoll=self.minPoll
         )
+        # An NTS reply: sealed over its header, the transmit time included.
+        return reply if sealer is None else sealer.seal(reply)
 
     def _freshConstants(self, received: float) -> ntp.ReplyConstants:
         """
