@@ -1,0 +1,344 @@
+"""
+NTS end to end: a real C{twistd -n udptime} process serving NTS-KE and NTS
+on its NTP port, and real clients: C{chronyd -Q} (Debian's chrony, built
+with NTS; see C{tests/install-peers.sh}) and udptime's own NTS client, with
+certificates made for the run.
+
+The negative controls: chronyd that trusts another CA never gets a
+measurement, nor does chronyd behind a proxy that flips one bit of each of
+udptime's replies (inside the authenticator), while the server counts the
+replies it authenticated.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from typing import Any
+
+from twisted.internet import reactor as globalReactor
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import TestCase
+
+from tests.certificates import CertificateFiles, makeCertificates
+from tests.support import TwistdServer, freePort, requirePeer, udpQuery
+from tests.tcp import freeTCPPort
+from tests.test_nts_interop import (
+    ChronydRun,
+    FlippingProxy,
+    readable,
+    temporaryDirectory,
+)
+from udptime.ntsclient import (
+    NTSClientCodec,
+    NTSKECertificateError,
+    ntsKeyExchange,
+    ntsQuery,
+)
+
+reactor: Any = globalReactor
+
+
+def totals(log: str, name: str) -> dict[str, int]:
+    """
+    The last totals a server's log summarised for the counters C{name}
+    (C{ntp}, C{nts}, C{nts-ke}), by counter; nothing when none.
+    """
+    found: dict[str, int] = {}
+    for match in re.finditer(
+        rf"udptime {re.escape(name)}: [^;\n]*; totals ([^;\n]*)", log
+    ):
+        found = {
+            key: int(value)
+            for key, value in (item.split("=") for item in match.group(1).split())
+        }
+    return found
+
+
+def workerLines(log: str, worker: int) -> str:
+    """
+    The lines of a supervisor's log relayed from worker C{worker}.
+    """
+    prefix = f"worker {worker}: "
+    return "\n".join(line for line in log.splitlines() if prefix in line)
+
+
+class NTSServer:
+    """
+    C{twistd -n udptime} on loopback with NTP and NTS-KE on free ports, a
+    test CA and certificate readable by chronyd's user.
+
+    @ivar files: the certificate files.
+    @ivar ntpPort: the NTP port.
+    @ivar kePort: the NTS-KE port.
+    @ivar twistd: the server process.
+    """
+
+    def __init__(self, case: TestCase, *arguments: str, listeners: int = 2) -> None:
+        self.directory = temporaryDirectory(case)
+        self.files: CertificateFiles = makeCertificates(self.directory)
+        readable(self.directory)
+        self.ntpPort = freePort()
+        self.kePort = freeTCPPort()
+        self.twistd = TwistdServer(
+            [
+                "--port",
+                "0",
+                "--interface",
+                "127.0.0.1",
+                "--ntp-port",
+                str(self.ntpPort),
+                "--local-stratum",
+                "2",
+                "--nts-ke-port",
+                str(self.kePort),
+                "--nts-certificate",
+                self.files.certificate,
+                "--nts-private-key",
+                self.files.key,
+                *arguments,
+            ]
+        )
+        case.addCleanup(self.twistd.cleanup)
+        self.twistd.start(listeners)
+
+    def stop(self) -> str:
+        """
+        Stop the server (its counters are summarised as it stops); its log.
+        """
+        self.twistd.stop()
+        return self.twistd.log()
+
+
+def chronydQuery(
+    case: TestCase,
+    directory: str,
+    trusted: str,
+    ntpPort: int,
+    kePort: int,
+    timeout: int,
+) -> ChronydRun:
+    """
+    Start C{chronyd -Q} with NTS against udptime on loopback, trusting the
+    CA certificates of C{trusted}, as a child of the reactor.
+    """
+    chronyd = requirePeer("chronyd", "chronyd is the reference NTS client")
+    dumps = os.path.join(directory, "chronyd")
+    os.mkdir(dumps)
+    os.chmod(dumps, 0o777)
+    user = ["-u", "root"] if os.geteuid() == 0 else []
+    run = ChronydRun()
+    process = reactor.spawnProcess(
+        run,
+        chronyd,
+        [
+            chronyd,
+            "-Q",
+            "-x",
+            *user,
+            "-t",
+            str(timeout),
+            f"server 127.0.0.1 port {ntpPort} nts ntsport {kePort} iburst maxsamples 1",
+            f"ntstrustedcerts {trusted}",
+            f"ntsdumpdir {dumps}",
+            f"pidfile {dumps}/chronyd.pid",
+        ],
+        env=dict(os.environ),
+    )
+    case.addCleanup(run.stop, process)
+    return run
+
+
+class ChronydClientTests(TestCase):
+    """
+    C{chronyd -Q} as the NTS client of C{twistd udptime}.
+    """
+
+    def setUp(self) -> None:
+        requirePeer("chronyd", "chronyd is the reference NTS client")
+
+    def test_authenticatedMeasurement(self) -> None:
+        """
+        chronyd makes a key exchange with udptime's NTS-KE service and
+        accepts the time of its NTS-protected NTP replies; the server counts
+        one key exchange and the requests it authenticated, and no NAK nor
+        failure.
+        """
+        server = NTSServer(self)
+
+        async def exercise() -> None:
+            run = chronydQuery(
+                self,
+                server.directory,
+                server.files.ca,
+                server.ntpPort,
+                server.kePort,
+                timeout=20,
+            )
+            status, output = await run.ended
+            self.assertEqual(status, 0, output)
+            self.assertIn("System clock wrong by", output)
+            log = server.stop()
+            ke = totals(log, "nts-ke")
+            self.assertEqual((ke.get("sessions"), ke.get("errorsSent")), (1, None))
+            nts = totals(log, "nts")
+            self.assertGreaterEqual(nts.get("authenticated", 0), 1)
+            self.assertEqual(
+                [nts.get(c) for c in ("naks", "badAuthenticators", "malformed")],
+                [None, None, None],
+            )
+
+        return Deferred.fromCoroutine(exercise())
+
+    def test_otherCANotTrusted(self) -> None:
+        """
+        Negative control: chronyd that trusts another CA refuses udptime's
+        certificate, makes no key exchange and takes no measurement.
+        """
+        server = NTSServer(self)
+
+        async def exercise() -> None:
+            other = makeCertificates(server.directory, prefix="other-")
+            readable(server.directory)
+            run = chronydQuery(
+                self,
+                server.directory,
+                other.ca,
+                server.ntpPort,
+                server.kePort,
+                timeout=5,
+            )
+            status, output = await run.ended
+            self.assertNotEqual(status, 0, output)
+            self.assertNotIn("System clock wrong by", output)
+            log = server.stop()
+            self.assertGreaterEqual(
+                totals(log, "nts-ke").get("handshakeFailures", 0), 1
+            )
+            self.assertEqual(totals(log, "nts-ke").get("sessions"), None)
+            self.assertEqual(totals(log, "nts"), {})
+
+        return Deferred.fromCoroutine(exercise())
+
+    def test_flippedBitRefused(self) -> None:
+        """
+        Negative control: the key exchange sends chronyd to a proxy in front
+        of udptime's NTP port (C{--nts-ntp-port}) that flips one bit of the
+        authenticator of every reply: udptime authenticates and answers
+        chronyd's requests, and chronyd accepts none of the replies.
+        """
+        proxy = FlippingProxy(("127.0.0.1", 0), flip=True)
+        port = reactor.listenUDP(0, proxy, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        server = NTSServer(self, "--nts-ntp-port", str(port.getHost().port))
+        proxy.server = ("127.0.0.1", server.ntpPort)
+
+        async def exercise() -> None:
+            run = chronydQuery(
+                self,
+                server.directory,
+                server.files.ca,
+                server.ntpPort,
+                server.kePort,
+                timeout=6,
+            )
+            status, output = await run.ended
+            self.assertNotEqual(status, 0, output)
+            self.assertNotIn("System clock wrong by", output)
+            self.assertGreaterEqual(proxy.replies, 1)
+            log = server.stop()
+            self.assertEqual(totals(log, "nts-ke").get("sessions"), 1)
+            self.assertGreaterEqual(totals(log, "nts").get("authenticated", 0), 1)
+
+        return Deferred.fromCoroutine(exercise())
+
+
+class UdptimeClientTests(TestCase):
+    """
+    udptime's NTS client against C{twistd udptime}.
+    """
+
+    def test_authenticatedQueries(self) -> None:
+        """
+        A key exchange, then three authenticated queries, each answered
+        with fresh cookies that keep eight in hand.
+        """
+        server = NTSServer(self)
+
+        async def exercise() -> None:
+            ke = await ntsKeyExchange(
+                reactor, "127.0.0.1", server.kePort, caFile=server.files.ca
+            )
+            self.assertEqual((ke.server, ke.port), ("127.0.0.1", server.ntpPort))
+            for result in await ntsQuery(reactor, ke, count=3, timeout=2.0):
+                self.assertTrue(result.details["nts"])
+                self.assertEqual(result.details["cookies"], 8)
+                self.assertEqual(result.details["stratum"], 2)
+                self.assertLess(abs(result.offset or 1.0), 0.5)
+            self.assertEqual(totals(server.stop(), "nts").get("authenticated"), 3)
+
+        return Deferred.fromCoroutine(exercise())
+
+    def test_untrustedCertificate(self) -> None:
+        """
+        A client that trusts another CA fails the key exchange saying the
+        certificate is not trusted.
+        """
+        server = NTSServer(self)
+
+        async def exercise() -> None:
+            other = makeCertificates(server.directory, prefix="other-")
+            with self.assertRaises(NTSKECertificateError):
+                await ntsKeyExchange(
+                    reactor, "127.0.0.1", server.kePort, caFile=other.ca
+                )
+
+        return Deferred.fromCoroutine(exercise())
+
+
+class WorkersTests(TestCase):
+    """
+    C{--workers 2}: the supervisor serves the key exchanges and hands its
+    keys to both workers.
+    """
+
+    def test_cookiesAcceptedByEveryWorker(self) -> None:
+        """
+        NTS queries from eight loopback addresses, which the supervisor
+        spreads over its two workers by address, each with the cookie the
+        reply to the one before brought (minted by whichever worker
+        answered it): every one authenticates, and both workers
+        authenticated some.
+        """
+        server = NTSServer(self, "--workers", "2", listeners=2)
+        deadline = time.monotonic() + 30
+        # Both workers' own listening lines.
+        while server.twistd.log().count(": udptime ntp service listening on ") < 2:
+            self.assertLess(time.monotonic(), deadline, server.twistd.log())
+            time.sleep(0.05)  # polling a log file, bounded by the deadline
+
+        async def exercise() -> None:
+            ke = await ntsKeyExchange(
+                reactor, "127.0.0.1", server.kePort, caFile=server.files.ca
+            )
+            codec = NTSClientCodec(ke)
+            for last in range(1, 9):
+                sentAt = time.time()
+                data, state = codec.buildRequest(sentAt)
+                reply = udpQuery(
+                    data, "127.0.0.1", server.ntpPort, source=(f"127.0.0.{last}", 0)
+                )
+                reading = codec.parseReply(reply, state, sentAt, time.time())
+                self.assertTrue(reading.details["nts"])
+                # The freshest cookie, from the worker that answered, first.
+                codec.cookies.rotate(1)
+            log = server.stop()
+            authenticated = [
+                totals(workerLines(log, worker), "nts").get("authenticated", 0)
+                for worker in (1, 2)
+            ]
+            self.assertEqual(sum(authenticated), 8, log)
+            self.assertNotIn(0, authenticated, log)
+
+        return Deferred.fromCoroutine(exercise())
