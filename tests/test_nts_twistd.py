@@ -14,15 +14,25 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import socket
+import subprocess
+import tempfile
 import time
 from typing import Any
 
 from twisted.internet import reactor as globalReactor
 from twisted.internet.defer import Deferred
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.certificates import CertificateFiles, makeCertificates
-from tests.support import TwistdServer, freePort, requirePeer, udpQuery
+from tests.support import (
+    TwistdServer,
+    freePort,
+    requirePeer,
+    twistdPath,
+    udpQuery,
+)
 from tests.tcp import freeTCPPort
 from tests.test_nts_interop import (
     ChronydRun,
@@ -342,3 +352,165 @@ class WorkersTests(TestCase):
             self.assertNotIn(0, authenticated, log)
 
         return Deferred.fromCoroutine(exercise())
+
+
+class KeyFileTests(TestCase):
+    """
+    C{--nts-key-file}: the server keys shared by the servers of one NTS
+    service.
+    """
+
+    def test_keyExchangeHostSendsClientsToNTPHost(self) -> None:
+        """
+        One udptime serves the key exchange and sends clients (NTPv4 Server
+        and Port Negotiation) to another, NTP only, that reads the first
+        one's key file and never rotates it: chronyd gets its cookies from
+        the first and authenticated time from the second.  The key file is
+        made by the first, readable by its owner alone.
+        """
+        requirePeer("chronyd", "chronyd is the reference NTS client")
+        ntpPort = freePort()
+        directory = temporaryDirectory(self)
+        keyFile = os.path.join(directory, "nts-keys.json")
+        keyHost = NTSServer(
+            self,
+            "--nts-key-file",
+            keyFile,
+            "--nts-ntp-server",
+            "127.0.0.1",
+            "--nts-ntp-port",
+            str(ntpPort),
+        )
+        self.assertEqual(os.stat(keyFile).st_mode & 0o777, 0o600)
+        ntpHost = TwistdServer(
+            [
+                "--port",
+                "0",
+                "--interface",
+                "127.0.0.1",
+                "--ntp-port",
+                str(ntpPort),
+                "--local-stratum",
+                "2",
+                "--nts-key-file",
+                keyFile,
+                "--nts-key-rotation",
+                "0",
+            ]
+        )
+        self.addCleanup(ntpHost.cleanup)
+        ntpHost.start()
+
+        async def exercise() -> None:
+            run = chronydQuery(
+                self,
+                keyHost.directory,
+                keyHost.files.ca,
+                keyHost.ntpPort,
+                keyHost.kePort,
+                timeout=20,
+            )
+            status, output = await run.ended
+            self.assertEqual(status, 0, output)
+            self.assertIn("System clock wrong by", output)
+            ntpHost.stop()
+            self.assertGreaterEqual(
+                totals(ntpHost.log(), "nts").get("authenticated", 0), 1
+            )
+            log = keyHost.stop()
+            self.assertEqual(totals(log, "nts-ke").get("sessions"), 1)
+            self.assertEqual(totals(log, "nts"), {})
+
+        return Deferred.fromCoroutine(exercise())
+
+
+class BadSetupTests(SynchronousTestCase):
+    """
+    NTS that cannot be set up as asked stops twistd before it serves: one
+    line on standard error, status 1.
+    """
+
+    def twistd(self, *arguments: str) -> subprocess.CompletedProcess[str]:
+        with tempfile.TemporaryDirectory() as directory:
+            return subprocess.run(
+                [
+                    twistdPath(),
+                    "-n",
+                    "--pidfile=",
+                    "udptime",
+                    "--port",
+                    "0",
+                    "--interface",
+                    "127.0.0.1",
+                    "--ntp-port",
+                    str(freePort()),
+                    *arguments,
+                ],
+                cwd=directory,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+
+    def test_missingKeyFile(self) -> None:
+        """
+        A server that does not rotate its keys needs the key file to exist.
+        """
+        done = self.twistd(
+            "--nts-key-file", "/nonexistent/keys", "--nts-key-rotation", "0"
+        )
+        self.assertEqual(done.returncode, 1, done.stderr)
+        self.assertEqual(
+            done.stderr,
+            "twistd udptime: cannot use the NTS key file /nonexistent/keys:"
+            " [Errno 2] No such file or directory: '/nonexistent/keys'\n",
+        )
+
+    def test_unusableCertificate(self) -> None:
+        """
+        A certificate file that cannot be read is named.
+        """
+        done = self.twistd(
+            "--nts-ke-port",
+            str(freeTCPPort()),
+            "--nts-certificate",
+            "/nonexistent/cert.pem",
+            "--nts-private-key",
+            "/nonexistent/key.pem",
+        )
+        self.assertEqual(done.returncode, 1, done.stderr)
+        self.assertEqual(len(done.stderr.splitlines()), 1, done.stderr)
+        self.assertIn("/nonexistent/cert.pem", done.stderr)
+        self.assertTrue(done.stderr.startswith("twistd udptime: "), done.stderr)
+
+    def test_keyExchangePortInUse(self) -> None:
+        """
+        An NTS-KE port another socket holds is named, as a UDP port in use
+        is, with and without workers.
+        """
+        with socket.socket() as holder:
+            holder.bind(("127.0.0.1", 0))
+            holder.listen()
+            port = holder.getsockname()[1]
+            directory = tempfile.mkdtemp(prefix="udptime-nts-")
+            self.addCleanup(shutil.rmtree, directory, True)
+            files = makeCertificates(directory)
+            for workers in ([], ["--workers", "2"]):
+                with self.subTest(workers=workers):
+                    done = self.twistd(
+                        "--nts-ke-port",
+                        str(port),
+                        "--nts-certificate",
+                        files.certificate,
+                        "--nts-private-key",
+                        files.key,
+                        *workers,
+                    )
+                    self.assertEqual(
+                        (done.returncode, done.stderr),
+                        (
+                            1,
+                            "twistd udptime: nts-ke service cannot listen on"
+                            f" 127.0.0.1:{port} (TCP): Address already in use\n",
+                        ),
+                    )

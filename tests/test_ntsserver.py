@@ -11,6 +11,7 @@ import random
 from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 from hypothesis import given
 from hypothesis import strategies as st
+from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.fuzzing import FUZZ
@@ -35,6 +36,7 @@ from udptime.nts import (
 from udptime.ntscookie import COOKIE_SIZE, CookieKeys, SessionKeys
 from udptime.ntsserver import NTS_KEY_ROTATION_DEFAULT, NTSAuthentication
 from udptime.server import NTPServer
+from udptime.tap import Options
 
 CLIENT = ("192.0.2.7", 40123)
 NOW = 1_800_000_000.0
@@ -353,3 +355,92 @@ class DefaultsTests(SynchronousTestCase):
         from udptime.ntscookie import DEFAULT_ROTATION
 
         self.assertEqual(NTS_KEY_ROTATION_DEFAULT, DEFAULT_ROTATION)
+
+
+class OptionsTests(SynchronousTestCase):
+    """
+    The NTS options of C{twistd udptime}.
+    """
+
+    def parse(self, *arguments: str) -> Options:
+        options = Options()
+        options.parseOptions(list(arguments))
+        return options
+
+    def test_keyExchange(self) -> None:
+        """
+        The NTS-KE service takes a port, a certificate and a key; NTS is
+        then on, also for a server that serves only the key exchange.
+        """
+        options = self.parse(
+            "--port",
+            "0",
+            "--nts-ke-port",
+            "4460",
+            "--nts-certificate",
+            "cert.pem",
+            "--nts-private-key",
+            "key.pem",
+        )
+        self.assertEqual(options["nts-ke-port"], 4460)
+        self.assertTrue(options.ntsEnabled())
+        self.assertEqual(options["nts-key-rotation"], NTS_KEY_ROTATION_DEFAULT)
+        self.assertFalse(self.parse().ntsEnabled())
+
+    def test_keyFileAlone(self) -> None:
+        """
+        An NTP server with a key file serves NTS without a key exchange of
+        its own; a key file with neither NTP nor NTS-KE is refused.
+        """
+        self.assertTrue(
+            self.parse(
+                "--ntp-port", "123", "--nts-key-file", "keys", "--nts-key-rotation", "0"
+            ).ntsEnabled()
+        )
+        error = self.assertRaises(
+            usage.UsageError, self.parse, "--nts-key-file", "keys"
+        )
+        self.assertIn("--nts-key-file is for NTS", str(error))
+
+    def test_refused(self) -> None:
+        """
+        Options that do not fit say which, in one line.
+        """
+        tls = ("--nts-certificate", "c", "--nts-private-key", "k")
+        for arguments, reason in [
+            (
+                ("--nts-ke-port", "4460"),
+                "--nts-ke-port needs --nts-certificate and --nts-private-key",
+            ),
+            (
+                ("--nts-ke-port", "4460", "--nts-certificate", "c"),
+                "--nts-ke-port needs --nts-certificate and --nts-private-key",
+            ),
+            (
+                ("--nts-certificate", "c"),
+                "--nts-certificate is for the NTS-KE service: give --nts-ke-port",
+            ),
+            (
+                ("--nts-ntp-port", "123"),
+                "--nts-ntp-port is for the NTS-KE service: give --nts-ke-port",
+            ),
+            (
+                ("--nts-ke-port", "4460", *tls, "--nts-ntp-port", "0"),
+                "--nts-ntp-port: '0' is not a port number from 1 to 65535",
+            ),
+            (
+                ("--nts-ke-port", "4460", *tls, "--nts-key-rotation", "-1"),
+                "--nts-key-rotation: '-1' is not 0, or a number of seconds > 0",
+            ),
+            (
+                ("--nts-ke-port", "4460", *tls, "--nts-ntp-server", "no such host"),
+                "--nts-ntp-server: 'no such host' is not a host name or address",
+            ),
+            (
+                ("--nts-ke-port", "4460", *tls, "--nts-certificate", ""),
+                "--nts-certificate: an empty file name",
+            ),
+        ]:
+            with self.subTest(arguments=arguments):
+                error = self.assertRaises(usage.UsageError, self.parse, *arguments)
+                self.assertTrue(str(error).startswith(reason), str(error))

@@ -40,8 +40,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import Service
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
@@ -74,6 +76,7 @@ from udptime.ntske import (
     negotiate,
 )
 from udptime.policy import ADMIT, DEFAULT_IPV6_PREFIX, RateLimiter, SourceLimiter
+from udptime.service import ServiceCannotListen
 
 DEFAULT_TIMEOUT: Final = 10.0
 """Seconds a connection may last, handshake and exchange together."""
@@ -554,6 +557,18 @@ class NTSKEListenerFactory(Factory):
         return protocol
 
 
+class KECannotListen(ServiceCannotListen):
+    """
+    The NTS-KE service cannot listen on its TCP port.
+    """
+
+    def __str__(self) -> str:
+        failure = self.socketError
+        reason = getattr(failure, "strerror", None) or failure
+        where = formatAddress(self.interface, self.port)
+        return f"{self.service} service cannot listen on {where} (TCP): {reason}"
+
+
 class NTSKEService(StreamServerEndpointService):
     """
     The NTS-KE server as a twistd service: the listening port, and a timer
@@ -592,6 +607,46 @@ class NTSKEService(StreamServerEndpointService):
             )
         except OSError:
             return None
+
+    def bind(self) -> None:
+        """
+        Listen now, if the service does not listen yet (twistd runs this
+        before it runs the service, so that a port that cannot be had stops
+        it at once).
+
+        @raise KECannotListen: the port cannot be listened on.
+        """
+        if self._waitingForPort is not None:
+            return
+        # A TCP endpoint listens at once: a failure is raised here.
+        self._raiseSynchronously = True
+        try:
+            StreamServerEndpointService.privilegedStartService(self)
+        except CannotListenError as failure:
+            self._waitingForPort = None
+            raise KECannotListen(
+                self.name or "nts-ke",
+                failure.interface or "::",
+                failure.port,
+                failure.socketError,
+            ) from None
+
+    def unbind(self) -> None:
+        """
+        Stop listening, if L{bind} listened and the service has not started.
+        """
+        listening, self._waitingForPort = self._waitingForPort, None
+        if listening is not None and not self.running:
+            listening.addCallback(lambda port: port.stopListening())
+
+    def privilegedStartService(self) -> None:
+        """
+        Listen (unless L{bind} did).
+        """
+        if self._waitingForPort is None:
+            StreamServerEndpointService.privilegedStartService(self)
+        else:
+            Service.privilegedStartService(self)
 
     def startService(self) -> None:
         """

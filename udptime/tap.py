@@ -709,6 +709,7 @@ def makeService(options: Options) -> IService:
             options["ipv6-prefix"],
         )
         supervisor.setServiceParent(top)
+        keyExchange = None
         if options.ntsEnabled():
             # The supervisor holds the NTS keys and hands them to its
             # workers; it serves the key exchanges itself.
@@ -720,13 +721,14 @@ def makeService(options: Options) -> IService:
                     options["summary-interval"],
                     {"nts-ke": keyExchange.counters},
                 ).setServiceParent(top)
-        _bindUnderTwistd(options, [supervisor])
+        _bindUnderTwistd(options, [supervisor, *_present(keyExchange)])
         return top
     protocols: dict[str, UDPServerProtocol] = {
         name: SERVICES[name].makeServer(options) for name in ports
     }
     ntp = protocols.get("ntp")
     counted: dict[str, Counted] = {}
+    keyExchange = None
     if options.ntsEnabled() and (ntp is not None or setting is None):
         keys, keyExchange = _serveNTS(options, reactor, top, worker=setting is not None)
         if isinstance(ntp, NTPServer):
@@ -756,8 +758,15 @@ def makeService(options: Options) -> IService:
     if setting is not None:
         workers.becomeWorker(setting, listeners)
     else:
-        _bindUnderTwistd(options, listeners)
+        _bindUnderTwistd(options, [*listeners, *_present(keyExchange)])
     return top
+
+
+def _present(service: NTSKEService | None) -> list[NTSKEService]:
+    """
+    C{[service]}, or nothing for L{None}.
+    """
+    return [] if service is None else [service]
 
 
 def _serveNTS(
@@ -790,7 +799,8 @@ def _serveNTS(
 
 
 def _bindUnderTwistd(
-    options: Options, services: Sequence[UDPListenService | workers.WorkerSupervisor]
+    options: Options,
+    services: Sequence[UDPListenService | workers.WorkerSupervisor | NTSKEService],
 ) -> None:
     """
     Run by twistd (or twist), bind the sockets of C{services} now, before
