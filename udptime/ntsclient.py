@@ -1,8 +1,8 @@
 """
 udptime's NTS client: the key exchange over TLS, and authenticated NTP
-queries with its keys and cookies.
+queries with its keys and cookies::
 
-    from twisted.internet import task
+    from twisted.internet import defer, task
     from udptime.ntsclient import ntsKeyExchange, ntsQuery
 
     async def main(reactor):
@@ -10,7 +10,7 @@ queries with its keys and cookies.
         for result in await ntsQuery(reactor, ke, count=3):
             print(result.text, result.offset)
 
-    task.react(lambda reactor: Deferred.fromCoroutine(main(reactor)))
+    task.react(lambda reactor: defer.Deferred.fromCoroutine(main(reactor)))
 
 L{ntsKeyExchange} verifies the server's certificate against the system's
 trust store, or the CA certificates of a file, for the name asked (or

@@ -115,7 +115,7 @@ class CookieKey:
     """
     One server key.
 
-    The L{AESSIV} object is built once, with the key (building one costs
+    The C{AESSIV} object is built once, with the key (building one costs
     about twice as much as sealing a cookie).
 
     @ivar id: the key id, 0 to 2^32 - 1, carried in every cookie it seals.
