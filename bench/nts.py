@@ -14,6 +14,10 @@ Prints microseconds per operation (the best of 5 runs of C{--count}):
     L{udptime.nts.NTSRequest.seal}), with the session ciphers built per
     request or taken from a L{udptime.nts.SessionCiphers} cache, and the
     part after the transmit timestamp is read (the seal alone);
+  - the NTP service's whole decision (L{udptime.server.NTPServer.decide},
+    with no admission policy), as the port asks it: a plain request, and
+    NTS requests with 0 and 7 placeholders (the session ciphers cached, as
+    for a client that keeps its key exchange's cookies);
   - the client's work: building a request and checking a reply;
   - a whole NTS-KE session over TLS 1.3 on loopback (C{--sessions} of them,
     one after the other), udptime's client and server in this one process:
@@ -42,6 +46,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from tests.certificates import makeCertificates
 from tests.keservice import startKEService
 from tests.ntsresponder import clockState
+from udptime.clock import ClockSource
 from udptime.ntp import NTPPacket, buildReply, parseRequest
 from udptime.nts import (
     NTSRequest,
@@ -52,7 +57,9 @@ from udptime.nts import (
 )
 from udptime.ntsclient import ntsKeyExchange
 from udptime.ntscookie import CookieKeys, SessionKeys
+from udptime.ntsserver import NTSAuthentication
 from udptime.policy import SourceLimiter
+from udptime.server import NTPServer
 
 STATE = clockState()
 
@@ -121,6 +128,28 @@ def codecs(count: int) -> None:
             " cookies)",
             perCall(partial(prepared.seal, plain()), count),
         )
+
+    print("NTP service's decision (NTPServer.decide, no policy)")
+    server = NTPServer(clockSource=ClockSource(2), nts=NTSAuthentication(keys))
+    server.startProtocol()
+    source = ("127.0.0.1", 40000)
+    report(
+        "plain request (baseline)",
+        perCall(lambda: server.decide(header, source, time.time()), count),
+    )
+    for placeholders in (0, 7):
+        request = buildClientRequest(
+            header, cookie, placeholders, c2s, uid, os.urandom(16)
+        )
+        report(
+            f"NTS, {placeholders} placeholders ({len(request)} bytes)",
+            perCall(
+                lambda data=request: server.decide(data, source, time.time()),  # type: ignore[misc]
+                count,
+            ),
+        )
+    assert server.nts is not None
+    print(f"  {server.nts.counters}")
 
     print("NTS client")
     request = buildClientRequest(header, cookie, 0, c2s, uid, os.urandom(16))
