@@ -24,8 +24,8 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
-from typing import IO, Any, Final, NoReturn
+from collections.abc import Callable, Sequence
+from typing import IO, Any, Final, NoReturn, TypeVar
 
 from twisted.internet import task
 from twisted.internet.defer import CancelledError, Deferred, succeed
@@ -70,6 +70,9 @@ class UsageError(Exception):
     """
 
 
+_Number = TypeVar("_Number", int, float)
+
+
 class _ArgumentParser(argparse.ArgumentParser):
     """
     An argument parser that raises L{UsageError} instead of printing the
@@ -80,44 +83,37 @@ class _ArgumentParser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _positive(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
-    if not number > 0 or number == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number: {value!r}")
-    return number
+def _checked(
+    convert: Callable[[str], _Number],
+    kind: str,
+    accept: Callable[[_Number], bool],
+    rule: str,
+) -> Callable[[str], _Number]:
+    """
+    An argument type: C{convert} the argument, or say it is not a C{kind};
+    then keep it if C{accept} does, or say what it C{rule}s.
+    """
+
+    def check(value: str) -> _Number:
+        try:
+            number = convert(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a {kind}: {value!r}") from None
+        if not accept(number):
+            raise argparse.ArgumentTypeError(f"{rule}: {value!r}")
+        return number
+
+    return check
 
 
-def _notNegative(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
-    if not 0 <= number < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be 0 or more seconds: {value!r}")
-    return number
-
-
-def _atLeastOne(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {value!r}")
-    return number
-
-
-def _port(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {value!r}") from None
-    if not 0 < number < 65536:
-        raise argparse.ArgumentTypeError(f"must be from 1 to 65535: {value!r}")
-    return number
+_positive = _checked(
+    float, "number", lambda n: 0 < n < float("inf"), "must be a positive number"
+)
+_notNegative = _checked(
+    float, "number", lambda n: 0 <= n < float("inf"), "must be 0 or more seconds"
+)
+_atLeastOne = _checked(int, "whole number", lambda n: n >= 1, "must be at least 1")
+_port = _checked(int, "port number", lambda n: 0 < n < 65536, "must be from 1 to 65535")
 
 
 DEFAULT_INTERVAL: Final = 1.0
