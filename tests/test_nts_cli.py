@@ -30,6 +30,36 @@ def udptime(*arguments: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def udptimeNTS(
+    host: str, kePort: int, ca: str, *arguments: str
+) -> subprocess.CompletedProcess[str]:
+    """
+    Run C{udptime --nts HOST} against the NTS-KE port C{kePort}, trusting
+    the CA of C{ca}, with more C{arguments}.
+    """
+    return udptime(
+        "--nts", host, "--nts-ke-port", str(kePort), "--nts-ca", ca, *arguments
+    )
+
+
+def assertAuthenticated(
+    case: TestCase, kePort: int, ca: str, ntpPort: int, count: int, stratum: int
+) -> None:
+    """
+    C{udptime --nts 127.0.0.1 --count COUNT} prints C{count} lines, each
+    from C{ntpPort}, at C{stratum}, authenticated, and nothing on standard
+    error.
+    """
+    done = udptimeNTS("127.0.0.1", kePort, ca, "--count", str(count), "--interval", "0")
+    case.assertEqual((done.returncode, done.stderr), (0, ""))
+    lines = done.stdout.splitlines()
+    case.assertEqual(len(lines), count, done.stdout)
+    for line in lines:
+        case.assertTrue(line.startswith(f"127.0.0.1:{ntpPort}  "), line)
+        case.assertIn(f"stratum {stratum}", line)
+        case.assertTrue(line.endswith("NTS-authenticated"), line)
+
+
 class ParseTests(SynchronousTestCase):
     """
     The NTS options of C{udptime}.
@@ -78,25 +108,9 @@ class AgainstUdptimeTests(TestCase):
         counts two authenticated requests.
         """
         server = NTSServer(self)
-        done = udptime(
-            "--nts",
-            "127.0.0.1",
-            "--nts-ke-port",
-            str(server.kePort),
-            "--nts-ca",
-            server.files.ca,
-            "--count",
-            "2",
-            "--interval",
-            "0",
+        assertAuthenticated(
+            self, server.kePort, server.files.ca, server.ntpPort, 2, stratum=2
         )
-        self.assertEqual((done.returncode, done.stderr), (0, ""))
-        lines = done.stdout.splitlines()
-        self.assertEqual(len(lines), 2, done.stdout)
-        for line in lines:
-            self.assertTrue(line.startswith(f"127.0.0.1:{server.ntpPort}  "), line)
-            self.assertIn("stratum 2", line)
-            self.assertTrue(line.endswith("NTS-authenticated"), line)
         self.assertEqual(totals(server.stop(), "nts").get("authenticated"), 2)
 
     def test_json(self) -> None:
@@ -105,15 +119,7 @@ class AgainstUdptimeTests(TestCase):
         in hand.
         """
         server = NTSServer(self)
-        done = udptime(
-            "--nts",
-            "localhost",
-            "--nts-ke-port",
-            str(server.kePort),
-            "--nts-ca",
-            server.files.ca,
-            "--json",
-        )
+        done = udptimeNTS("localhost", server.kePort, server.files.ca, "--json")
         self.assertEqual(done.returncode, 0, done.stderr)
         result = json.loads(done.stdout)
         self.assertEqual((result["protocol"], result["port"]), ("nts", server.ntpPort))
@@ -129,15 +135,7 @@ class AgainstUdptimeTests(TestCase):
         """
         server = NTSServer(self)
         other = makeCertificates(server.directory, prefix="other-")
-        done = udptime(
-            "--nts",
-            "127.0.0.1",
-            "--nts-ke-port",
-            str(server.kePort),
-            "--nts-ca",
-            other.ca,
-            "--json",
-        )
+        done = udptimeNTS("127.0.0.1", server.kePort, other.ca, "--json")
         self.assertEqual(done.returncode, 1)
         failure = json.loads(done.stdout)
         self.assertEqual(failure["error"], "nts-ke")
@@ -153,14 +151,7 @@ class AgainstUdptimeTests(TestCase):
         """
         server = NTSServer(self)
         server.stop()
-        done = udptime(
-            "--nts",
-            "127.0.0.1",
-            "--nts-ke-port",
-            str(server.kePort),
-            "--nts-ca",
-            server.files.ca,
-        )
+        done = udptimeNTS("127.0.0.1", server.kePort, server.files.ca)
         self.assertEqual(done.returncode, 1)
         self.assertTrue(
             done.stderr.startswith(
@@ -186,25 +177,9 @@ class AgainstChronydTests(TestCase):
         queries follow.
         """
         chronyd = self.chronyd
-        done = udptime(
-            "--nts",
-            "127.0.0.1",
-            "--nts-ke-port",
-            str(chronyd.kePort),
-            "--nts-ca",
-            chronyd.files.ca,
-            "--count",
-            "3",
-            "--interval",
-            "0",
+        assertAuthenticated(
+            self, chronyd.kePort, chronyd.files.ca, chronyd.port, 3, stratum=1
         )
-        self.assertEqual((done.returncode, done.stderr), (0, ""))
-        lines = done.stdout.splitlines()
-        self.assertEqual(len(lines), 3)
-        for line in lines:
-            self.assertTrue(line.startswith(f"127.0.0.1:{chronyd.port}  "), line)
-            self.assertIn("stratum 1", line)
-            self.assertTrue(line.endswith("NTS-authenticated"), line)
 
     def test_untrusted(self) -> None:
         """
@@ -213,13 +188,6 @@ class AgainstChronydTests(TestCase):
         """
         chronyd = self.chronyd
         other = makeCertificates(chronyd.directory, prefix="other-")
-        done = udptime(
-            "--nts",
-            "127.0.0.1",
-            "--nts-ke-port",
-            str(chronyd.kePort),
-            "--nts-ca",
-            other.ca,
-        )
+        done = udptimeNTS("127.0.0.1", chronyd.kePort, other.ca)
         self.assertEqual(done.returncode, 1)
         self.assertIn("is not trusted", done.stderr)

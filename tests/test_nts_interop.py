@@ -177,6 +177,45 @@ class ChronydRun(ProcessProtocol):
         return self.ended
 
 
+def startChronydClient(
+    case: TestCase,
+    trusted: str,
+    ntpPort: int,
+    kePort: int,
+    timeout: int,
+    dumps: str,
+) -> ChronydRun:
+    """
+    Start C{chronyd -Q} (never touching the clock) as an NTS client of the
+    NTS-KE server on 127.0.0.1 port C{kePort} and the NTP server on
+    C{ntpPort}, trusting the CA certificates of C{trusted}, as a child of
+    the reactor; it saves its NTS state in C{dumps}, and is killed after
+    the test of C{case} if it still runs.
+    """
+    chronyd = requirePeer("chronyd", "chronyd is the reference NTS client")
+    user = ["-u", "root"] if os.geteuid() == 0 else []
+    run = ChronydRun()
+    process = reactor.spawnProcess(
+        run,
+        chronyd,
+        [
+            chronyd,
+            "-Q",
+            "-x",
+            *user,
+            "-t",
+            str(timeout),
+            f"server 127.0.0.1 port {ntpPort} nts ntsport {kePort} iburst maxsamples 1",
+            f"ntstrustedcerts {trusted}",
+            f"ntsdumpdir {dumps}",
+            f"pidfile {dumps}/chronyd.pid",
+        ],
+        env=dict(os.environ),
+    )
+    case.addCleanup(run.stop, process)
+    return run
+
+
 class ChronydServerTests(TestCase):
     """
     udptime's NTS client against chronyd's NTS server.
@@ -264,28 +303,9 @@ class ChronydClientTests(TestCase):
         Start C{chronyd -Q} with NTS against the servers, as a child of the
         reactor (which serves them).
         """
-        user = ["-u", "root"] if os.geteuid() == 0 else []
-        run = ChronydRun()
-        process = reactor.spawnProcess(
-            run,
-            self.chronyd,
-            [
-                self.chronyd,
-                "-Q",
-                "-x",
-                *user,
-                "-t",
-                str(timeout),
-                f"server 127.0.0.1 port {ntpPort} nts ntsport {kePort} iburst"
-                " maxsamples 1",
-                f"ntstrustedcerts {self.files.ca}",
-                f"ntsdumpdir {self.dumps}",
-                f"pidfile {self.dumps}/chronyd.pid",
-            ],
-            env=dict(os.environ),
+        return startChronydClient(
+            self, self.files.ca, ntpPort, kePort, timeout, self.dumps
         )
-        self.addCleanup(run.stop, process)
-        return run
 
     def test_keyExchange(self) -> None:
         """

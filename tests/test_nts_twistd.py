@@ -35,9 +35,9 @@ from tests.support import (
 )
 from tests.tcp import freeTCPPort
 from tests.test_nts_interop import (
-    ChronydRun,
     FlippingProxy,
     readable,
+    startChronydClient,
     temporaryDirectory,
 )
 from udptime.ntsclient import (
@@ -113,51 +113,31 @@ class NTSServer:
         case.addCleanup(self.twistd.cleanup)
         self.twistd.start(listeners)
 
+    async def askChronyd(
+        self, case: TestCase, timeout: int, trusted: str | None = None
+    ) -> tuple[int, str]:
+        """
+        Run C{chronyd -Q} with NTS against this server, trusting the CA of
+        C{trusted} (default: this server's); its exit status and output.
+        """
+        dumps = tempfile.mkdtemp(prefix="chronyd-", dir=self.directory)
+        os.chmod(dumps, 0o777)
+        run = startChronydClient(
+            case,
+            self.files.ca if trusted is None else trusted,
+            self.ntpPort,
+            self.kePort,
+            timeout,
+            dumps,
+        )
+        return await run.ended
+
     def stop(self) -> str:
         """
         Stop the server (its counters are summarised as it stops); its log.
         """
         self.twistd.stop()
         return self.twistd.log()
-
-
-def chronydQuery(
-    case: TestCase,
-    directory: str,
-    trusted: str,
-    ntpPort: int,
-    kePort: int,
-    timeout: int,
-) -> ChronydRun:
-    """
-    Start C{chronyd -Q} with NTS against udptime on loopback, trusting the
-    CA certificates of C{trusted}, as a child of the reactor.
-    """
-    chronyd = requirePeer("chronyd", "chronyd is the reference NTS client")
-    dumps = os.path.join(directory, "chronyd")
-    os.mkdir(dumps)
-    os.chmod(dumps, 0o777)
-    user = ["-u", "root"] if os.geteuid() == 0 else []
-    run = ChronydRun()
-    process = reactor.spawnProcess(
-        run,
-        chronyd,
-        [
-            chronyd,
-            "-Q",
-            "-x",
-            *user,
-            "-t",
-            str(timeout),
-            f"server 127.0.0.1 port {ntpPort} nts ntsport {kePort} iburst maxsamples 1",
-            f"ntstrustedcerts {trusted}",
-            f"ntsdumpdir {dumps}",
-            f"pidfile {dumps}/chronyd.pid",
-        ],
-        env=dict(os.environ),
-    )
-    case.addCleanup(run.stop, process)
-    return run
 
 
 class ChronydClientTests(TestCase):
@@ -178,15 +158,7 @@ class ChronydClientTests(TestCase):
         server = NTSServer(self)
 
         async def exercise() -> None:
-            run = chronydQuery(
-                self,
-                server.directory,
-                server.files.ca,
-                server.ntpPort,
-                server.kePort,
-                timeout=20,
-            )
-            status, output = await run.ended
+            status, output = await server.askChronyd(self, 20)
             self.assertEqual(status, 0, output)
             self.assertIn("System clock wrong by", output)
             log = server.stop()
@@ -211,15 +183,7 @@ class ChronydClientTests(TestCase):
         async def exercise() -> None:
             other = makeCertificates(server.directory, prefix="other-")
             readable(server.directory)
-            run = chronydQuery(
-                self,
-                server.directory,
-                other.ca,
-                server.ntpPort,
-                server.kePort,
-                timeout=5,
-            )
-            status, output = await run.ended
+            status, output = await server.askChronyd(self, 5, other.ca)
             self.assertNotEqual(status, 0, output)
             self.assertNotIn("System clock wrong by", output)
             log = server.stop()
@@ -245,15 +209,7 @@ class ChronydClientTests(TestCase):
         proxy.server = ("127.0.0.1", server.ntpPort)
 
         async def exercise() -> None:
-            run = chronydQuery(
-                self,
-                server.directory,
-                server.files.ca,
-                server.ntpPort,
-                server.kePort,
-                timeout=6,
-            )
-            status, output = await run.ended
+            status, output = await server.askChronyd(self, 6)
             self.assertNotEqual(status, 0, output)
             self.assertNotIn("System clock wrong by", output)
             self.assertGreaterEqual(proxy.replies, 1)
@@ -402,15 +358,7 @@ class KeyFileTests(TestCase):
         ntpHost.start()
 
         async def exercise() -> None:
-            run = chronydQuery(
-                self,
-                keyHost.directory,
-                keyHost.files.ca,
-                keyHost.ntpPort,
-                keyHost.kePort,
-                timeout=20,
-            )
-            status, output = await run.ended
+            status, output = await keyHost.askChronyd(self, 20)
             self.assertEqual(status, 0, output)
             self.assertIn("System clock wrong by", output)
             ntpHost.stop()
