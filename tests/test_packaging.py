@@ -212,6 +212,8 @@ class SourceDistributionTests(SynchronousTestCase):
             "tests/install-peers.sh",
             "bench/run.py",
             "bench/loadgen.c",
+            "deploy/container.py",
+            "deploy/kubernetes/deployment.yaml",
             "docs/_ext/benchreport.py",
             "docs/data/throughput.json",
             "NEWS.rst",

@@ -39,6 +39,7 @@ from udptime.clock import WallClock, systemClock
 from udptime.interactive import LineReader, askEachLine
 from udptime.ntske import NTSKE_PORT, NTSKEError, ntsUnavailable
 from udptime.reading import (
+    UNAUTHENTICATED,
     BadReply,
     ClientCodec,
     LookupTimeout,
@@ -50,6 +51,7 @@ from udptime.reading import (
 )
 from udptime.resolver import DaemonThreadResolver
 from udptime.services import SERVICES
+from udptime.text import TextClientCodec
 
 DEFAULT_PROTOCOL = "text"
 
@@ -219,6 +221,14 @@ def buildParser() -> argparse.ArgumentParser:
         "each reply, until the end of input or 'quit'",
     )
     parser.add_argument(
+        "--no-token",
+        action="store_true",
+        help="text protocol: send no request token, and accept a reply that "
+        "carries none (for servers that do not repeat tokens); by default "
+        "each request carries a random token and only a reply repeating it "
+        "counts",
+    )
+    parser.add_argument(
         "-P",
         "--protocol",
         default=DEFAULT_PROTOCOL,
@@ -294,7 +304,7 @@ def parseArguments(argv: Sequence[str]) -> argparse.Namespace:
     # Build one codec now, so that words the protocol cannot send are a
     # usage error before anything is sent.
     try:
-        options.codec = protocol.clientCodec(options.request)
+        options.codec = clientCodec(options, options.request)
     except ValueError as e:
         raise UsageError(str(e)) from None
     return options
@@ -327,6 +337,18 @@ def _checkNTS(options: argparse.Namespace) -> None:
         raise UsageError(f"--nts: {reason}")
 
 
+def clientCodec(options: argparse.Namespace, words: str) -> ClientCodec:
+    """
+    The client codec of the protocol C{options} name, for a request of
+    C{words}: without a request token when C{--no-token} says so.
+
+    @raise ValueError: the protocol cannot send C{words}.
+    """
+    if options.no_token and options.protocol == TextClientCodec.name:
+        return TextClientCodec(words, token=False)
+    return SERVICES[options.protocol].clientCodec(words)
+
+
 def shown(text: str) -> str:
     """
     C{text} fit to write to a terminal: what a server sent is shown, but
@@ -357,6 +379,9 @@ def formatResult(result: QueryResult) -> str:
         if isinstance(resolution, (int, float)) and resolution >= 1:
             offset += f" ({resolution:g} s resolution)"
         parts.append(offset)
+    if result.details.get(UNAUTHENTICATED):
+        # Nothing ties the reply to the request: say so, every time.
+        parts.append("unauthenticated answer")
     if result.protocol in ("ntp", "nts"):
         details = result.details
         parts.append(
@@ -626,7 +651,7 @@ class Client:
                     # is what the server asked us not to do.
                     break
                 await self._pause(self.options.interval)
-                await self.ask(self.protocol.clientCodec(self.options.request))
+                await self.ask(clientCodec(self.options, self.options.request))
         return EXIT_FAILED if self.failures else 0
 
     async def _askWithNTS(self) -> None:
@@ -667,7 +692,7 @@ class Client:
         outcome; words the protocol cannot send are a failed request.
         """
         try:
-            codec = self.protocol.clientCodec(words)
+            codec = clientCodec(self.options, words)
         except ValueError as e:
             self._printError(failureKind(e), str(e))
             return

@@ -20,7 +20,7 @@ from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 from twisted.python import usage
 
-from udptime import __version__, ntsserver, policy, text, workers
+from udptime import __version__, logrelay, ntsserver, policy, text, workers
 from udptime.ancillary import kernelTimestampsAvailable
 from udptime.clock import LOCAL_REFID
 from udptime.port import DEFAULT_KERNEL_TIMESTAMPS
@@ -133,6 +133,7 @@ def _hostName(value: str) -> str:
 
 _hostName.coerceDoc = "A host name or an IP address."  # type: ignore[attr-defined]
 _rate = _bounded(float, 0.0, sys.float_info.max, "a number of requests per second >= 0")
+_leak = _bounded(float, 0.0, policy.MAX_LEAK, f"a fraction from 0 to {policy.MAX_LEAK}")
 _count = _bounded(int, 1, sys.maxsize, "a whole number >= 1")
 _prefixLength = _bounded(int, 1, 128, "an IPv6 prefix length from 1 to 128")
 
@@ -272,6 +273,15 @@ class Options(usage.Options):
                 policy.DEFAULT_BURST,
                 "Requests one client may send back to back before --rate applies.",
                 _count,
+            ],
+            [
+                "leak",
+                None,
+                policy.DEFAULT_LEAK,
+                "NTP: the fraction of a client's requests over --rate answered "
+                "anyway, picked at random, as chrony's 'ratelimit leak', so that "
+                "requests forged in its name cannot cut it off (0: none).",
+                _leak,
             ],
             [
                 "ipv6-prefix",
@@ -626,6 +636,7 @@ class Options(usage.Options):
             ],
             globalLimit=globalLimit,
             serverPorts=self.enabledPorts().values(),
+            leak=self["leak"],
         )
 
 
@@ -708,6 +719,12 @@ def makeService(options: Options) -> IService:
             workers.twistdPrivileges(options),
             options["ipv6-prefix"],
         )
+        if options.parent is not None:
+            # Under twistd: a worker that could not be started again would
+            # leave its share of the clients unanswered for good.
+            problem = supervisor.restartProblem()
+            if problem is not None:
+                raise SystemExit(f"{options.command()}: {problem}")
         supervisor.setServiceParent(top)
         keyExchange = None
         if options.ntsEnabled():
@@ -757,6 +774,9 @@ def makeService(options: Options) -> IService:
         summary.setServiceParent(top)
     if setting is not None:
         workers.becomeWorker(setting, listeners)
+        relay = logrelay.relayToSupervisor(options.parent)
+        if relay is not None:
+            logrelay.flushingService(relay).setServiceParent(top)
     else:
         _bindUnderTwistd(options, [*listeners, *_present(keyExchange)])
     return top
