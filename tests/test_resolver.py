@@ -66,6 +66,38 @@ class DaemonThreadResolverTests(SynchronousTestCase):
         self.assertEqual(receiver.addresses, [IPv4Address("UDP", "192.0.2.1", 123)])
         self.assertTrue(receiver.complete)
 
+    def test_everyAddressType(self) -> None:
+        """
+        Asked for no address types in particular (as Twisted's
+        C{HostnameEndpoint} asks, for the NTS key exchange over TCP), the
+        lookup gives its IPv4 and IPv6 addresses.
+        """
+        calls: list[Callable[[], None]] = []
+
+        def getaddrinfo(*args: Any) -> list[Any]:
+            return [
+                (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", 4460, 0, 0)),
+                (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 4460)),
+            ]
+
+        class Reactor:
+            def callFromThread(self, f: Any, *args: Any) -> None:
+                calls.append(lambda: f(*args))
+
+        receiver = RecordingReceiver()
+        DaemonThreadResolver(Reactor(), getaddrinfo).resolveHostName(
+            receiver, "localhost", 4460
+        )
+        deadline = time.monotonic() + 10
+        while not calls and time.monotonic() < deadline:
+            time.sleep(0.01)  # the lookup's daemon thread, bounded
+        [deliver] = calls
+        deliver()
+        self.assertEqual(
+            receiver.addresses,
+            [IPv6Address("TCP", "::1", 4460), IPv4Address("TCP", "127.0.0.1", 4460)],
+        )
+
     def test_failedLookup(self) -> None:
         """
         A name that cannot be resolved gives no address.

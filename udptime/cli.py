@@ -5,7 +5,7 @@ Usage::
 
     udptime HOST [WORDS...] [--port N] [--timeout S] [--retries N]
             [--count N] [--interval S] [--json] [--interactive]
-            [--protocol NAME]
+            [--protocol NAME] [--nts [--nts-ke-port N] [--nts-ca FILE]]
 
 Each reply is printed on one line (the server, its answer, the round-trip
 delay and our clock's offset from the server's), or as one JSON object on
@@ -37,6 +37,7 @@ from udptime.address import formatAddress
 from udptime.client import QueryReactor, query
 from udptime.clock import WallClock, systemClock
 from udptime.interactive import LineReader, askEachLine
+from udptime.ntske import NTSKE_PORT, NTSKEError, ntsUnavailable
 from udptime.reading import (
     UNAUTHENTICATED,
     BadReply,
@@ -250,6 +251,25 @@ def buildParser() -> argparse.ArgumentParser:
         "which its signed answers are checked",
     )
     parser.add_argument(
+        "--nts",
+        action="store_true",
+        help="Network Time Security (RFC 8915): an NTS key exchange with HOST "
+        "over TLS, then NTP queries authenticated with its keys, to the NTP "
+        "server it names",
+    )
+    parser.add_argument(
+        "--nts-ke-port",
+        type=_port,
+        metavar="N",
+        help=f"with --nts: the NTS-KE port of HOST (default: {NTSKE_PORT})",
+    )
+    parser.add_argument(
+        "--nts-ca",
+        metavar="FILE",
+        help="with --nts: trust the CA certificates of this PEM file instead "
+        "of the system's (a private CA, a self-signed certificate)",
+    )
+    parser.add_argument(
         "--version",
         action="version",
         version=__version__,
@@ -284,6 +304,7 @@ def parseArguments(argv: Sequence[str]) -> argparse.Namespace:
             f"--interactive sends the lines read, and the {protocol.name}"
             " protocol's request takes no words"
         )
+    _checkNTS(options)
     if options.interval is None:
         options.interval = DEFAULT_INTERVAL
     host = options.host
@@ -302,6 +323,33 @@ def parseArguments(argv: Sequence[str]) -> argparse.Namespace:
     except ValueError as e:
         raise UsageError(str(e)) from None
     return options
+
+
+def _checkNTS(options: argparse.Namespace) -> None:
+    """
+    Check the NTS options against the others.
+
+    @raise UsageError: they do not fit.
+    """
+    if not options.nts:
+        for name in ("nts_ke_port", "nts_ca"):
+            if getattr(options, name) is not None:
+                option = "--" + name.replace("_", "-")
+                raise UsageError(f"{option} goes with --nts")
+        return
+    if options.protocol not in (DEFAULT_PROTOCOL, "ntp"):
+        raise UsageError("--nts speaks NTP: it does not go with --protocol")
+    if options.port is not None:
+        raise UsageError(
+            "--nts asks the NTP server and port the key exchange names:"
+            " give --nts-ke-port for the key exchange's port"
+        )
+    if options.interactive:
+        raise UsageError("--interactive does not go with --nts")
+    options.protocol = "ntp"
+    reason = ntsUnavailable()
+    if reason is not None:
+        raise UsageError(f"--nts: {reason}")
 
 
 def clientCodec(options: argparse.Namespace, words: str) -> ClientCodec:
@@ -349,12 +397,14 @@ def formatResult(result: QueryResult) -> str:
     if result.details.get(UNAUTHENTICATED):
         # Nothing ties the reply to the request: say so, every time.
         parts.append("unauthenticated answer")
-    if result.protocol == "ntp":
+    if result.protocol in ("ntp", "nts"):
         details = result.details
         parts.append(
             f"stratum {details.get('stratum')}  leap {details.get('leapText')}"
             f"  refid {details.get('refid')}"
         )
+    if result.details.get("nts"):
+        parts.append("NTS-authenticated")
     return shown("  ".join(parts))
 
 
@@ -384,6 +434,8 @@ def failureKind(error: BaseException) -> str:
     answer from the name lookup), C{refused} (an error line, a
     Kiss-o'-Death), C{bad-reply} (a reply that cannot be right), C{failed}
     (no address for the name, or none the request could be sent to),
+    C{nts-ke} (the NTS key exchange failed: connection, TLS, certificate,
+    an error from the server, a bad response, no answer in time),
     C{bad-request} (words the protocol cannot send) or C{unexpected} (a
     bug).
     """
@@ -395,6 +447,8 @@ def failureKind(error: BaseException) -> str:
         return "bad-reply"
     if isinstance(error, QueryError):
         return "failed"
+    if isinstance(error, NTSKEError):
+        return "nts-ke"
     if isinstance(error, ValueError):
         return "bad-request"
     return "unexpected"
@@ -466,10 +520,11 @@ class Client:
         self.answered = 0
         self.refused = False
 
-    def ask(self, codec: ClientCodec) -> Deferred[None]:
+    def ask(self, codec: ClientCodec, host: str | None = None) -> Deferred[None]:
         """
         Make one query with C{codec} and print its outcome.
 
+        @param host: the server to ask (L{None}: the command line's).
         @return: a L{Deferred} that fires when the outcome is printed, and
             fails only with L{OutputFailed} or, when the query is
             cancelled, C{CancelledError}.
@@ -477,7 +532,7 @@ class Client:
         options = self.options
         d = query(
             self.reactor,
-            options.host,
+            options.host if host is None else host,
             codec,
             port=self.port,
             timeout=options.timeout,
@@ -601,6 +656,8 @@ class Client:
                 )
                 return EXIT_FAILED
             await askEachLine(lines, self._askWords)
+        elif self.options.nts:
+            await self._askWithNTS()
         else:
             await self.ask(self.options.codec)
             for _ in range(self.options.count - 1):
@@ -611,6 +668,38 @@ class Client:
                 await self._pause(self.options.interval)
                 await self.ask(clientCodec(self.options, self.options.request))
         return EXIT_FAILED if self.failures else 0
+
+    async def _askWithNTS(self) -> None:
+        """
+        The queries of C{--nts}: a key exchange with the host, then
+        C{--count} queries authenticated with its keys, each with a cookie
+        of the exchange or of an earlier reply, to the NTP server and port
+        the exchange named.
+        """
+        from udptime.ntsclient import NTSClientCodec, ntsKeyExchange
+
+        options = self.options
+        kePort = NTSKE_PORT if options.nts_ke_port is None else options.nts_ke_port
+        self.port = kePort
+        try:
+            ke = await ntsKeyExchange(
+                self.reactor,
+                options.host,
+                kePort,
+                caFile=options.nts_ca,
+                timeout=options.timeout * options.retries,
+            )
+        except NTSKEError as e:
+            self._printError(failureKind(e), str(e))
+            return
+        self.port = ke.port
+        codec = NTSClientCodec(ke)
+        for index in range(options.count):
+            if self.refused:
+                break
+            if index:
+                await self._pause(options.interval)
+            await self.ask(codec, ke.server)
 
     async def _askWords(self, words: str) -> None:
         """

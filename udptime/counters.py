@@ -77,6 +77,31 @@ class _Counter:
         instance.counts[self.index] = value
 
 
+class CounterSet:
+    """
+    Integer counters on a slotted object, read and written by name: a
+    subclass names them in its C{__slots__}, and they start at 0.  For
+    counters off the port's hot path (the NTS-KE server's, for one);
+    L{ServiceCounters} keeps its counts in one list for the port.
+    """
+
+    __slots__: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        for name in self.__slots__:
+            setattr(self, name, 0)
+
+    def snapshot(self) -> dict[str, int]:
+        """
+        A copy of every counter, by name.
+        """
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    def __repr__(self) -> str:
+        fields = " ".join(f"{k}={v}" for k, v in self.snapshot().items())
+        return f"<{type(self).__name__} {fields}>"
+
+
 class ServiceCounters:
     """
     Event counts of one service.

@@ -66,8 +66,10 @@ class DaemonThreadResolver:
     ) -> IHostResolution:
         """
         Look C{hostName} up in a new daemon thread; give the receiver the
-        IPv4 and IPv6 addresses found, or none, in the reactor's thread.
+        addresses found of C{addressTypes} (L{None}: IPv4 and IPv6, as
+        L{IHostnameResolver} says), or none, in the reactor's thread.
         """
+        wanted = (IPv4Address, IPv6Address) if addressTypes is None else addressTypes
         resolution = _Resolution(hostName)
         resolutionReceiver.resolutionBegan(resolution)
         kind = socket.SOCK_DGRAM if transportSemantics == "UDP" else socket.SOCK_STREAM
@@ -82,9 +84,9 @@ class DaemonThreadResolver:
 
         def deliver(found: list[Any]) -> None:
             for family, _, _, _, sockaddr in found:
-                if family == socket.AF_INET and IPv4Address in (addressTypes or ()):
+                if family == socket.AF_INET and IPv4Address in wanted:
                     address: IAddress = IPv4Address(transport, *sockaddr[:2])
-                elif family == socket.AF_INET6 and IPv6Address in (addressTypes or ()):
+                elif family == socket.AF_INET6 and IPv6Address in wanted:
                     address = IPv6Address(transport, *sockaddr[:2])
                 else:
                     continue

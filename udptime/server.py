@@ -23,7 +23,7 @@ import math
 import sys
 from collections.abc import Sequence
 from datetime import tzinfo
-from typing import Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
@@ -50,6 +50,9 @@ from udptime.decision import (
 from udptime.interleave import TransmitTimes
 from udptime.policy import ADMIT, KISS, LIMITED, LOOPED, Policy, RateLimiter
 from udptime.replies import ReplyPath
+
+if TYPE_CHECKING:
+    from udptime.ntsserver import NTSAuthentication
 
 BAD_INPUT_LOG_RATE = 0.2
 """Log lines per second about bad input and failures, sustained, per service."""
@@ -479,10 +482,20 @@ class NTPServer(UDPServerProtocol):
     delay and dispersion, reference time, precision) comes from the
     L{ClockSource}.
 
+    With L{nts} set, NTS requests (RFC 8915: a unique identifier, a cookie
+    and an authenticator, see L{udptime.ntsserver}) get the same reply
+    sealed with the client's keys, fresh cookies inside; a request whose
+    cookie cannot be opened gets an NTS NAK; one whose NTS fields are bad,
+    or whose authenticator does not verify, is dropped as any bad request.
+    Plain requests take the same path as without it.
+
     @ivar clockSource: what the server claims about its clock.
     @ivar late: the reply being built, stamped last.
     @ivar minPoll: the server's minimum poll exponent (see
         L{ntp.replyPoll}).
+    @ivar nts: the NTS half of the decision, or L{None}: no NTS (requests
+        with NTS fields are then answered as plain NTP requests, their
+        fields ignored).
     """
 
     serviceName = "ntp"
@@ -498,6 +511,7 @@ class NTPServer(UDPServerProtocol):
         clockSource: ClockSource | None = None,
         minPoll: int = ntp.MIN_POLL,
         interleaved: bool = True,
+        nts: NTSAuthentication | None = None,
     ) -> None:
         """
         @param clockSource: L{None} for a L{ClockSource} that follows the
@@ -511,6 +525,7 @@ class NTPServer(UDPServerProtocol):
         self.timed = ntp.LateTransmit(clock, TRANSMIT_TIMESTAMP_REQUEST)
         self.clockSource = ClockSource() if clockSource is None else clockSource
         self.minPoll = minPoll
+        self.nts = nts
         self._replyConstants: ntp.ReplyConstants | None = None
         # The receive times for which the reply constants' clock state is
         # fresh (see ClockSource.stateSpan): none yet.
@@ -581,6 +596,8 @@ class NTPServer(UDPServerProtocol):
             return self.late.plain(data, constants, received)
         try:
             request = ntp.parseRequest(data, addr[1])
+            nts = self.nts
+            sealer = None if nts is None else nts.check(data, addr, received)
         except ntp.NTPCodecError as error:
             self.logBadInput(
                 received,
@@ -590,8 +607,16 @@ class NTPServer(UDPServerProtocol):
                 reason=str(error),
             )
             return DROPPED if isinstance(error, ntp.NotServed) else MALFORMED
+        if isinstance(sealer, Refusal):
+            return sealer
         state = self.clockSource.state(received)
-        return self.late.general(request, state, received, self.minPoll)
+        if sealer is None:
+            return self.late.general(request, state, received, self.minPoll)
+        # An NTS reply is sealed over its header, the transmit time
+        # included: stamped now, not as it is sent.
+        return sealer.seal(
+            ntp.buildReply(request, state, received, self.clock, minPoll=self.minPoll)
+        )
 
     def _respondInterleaved(
         self,

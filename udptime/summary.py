@@ -10,17 +10,29 @@ counters changed since the last line, and nothing while nothing changes.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from udptime.policy import Policy
 from udptime.server import UDPServerProtocol
 
 DEFAULT_INTERVAL = 60.0
 """Seconds between two summaries."""
+
+
+class Counted(Protocol):
+    """
+    Counters a summary reports on: their counts by name.
+    """
+
+    def snapshot(self) -> dict[str, int]:
+        """
+        A copy of every counter, by name.
+        """
 
 
 class CounterSummary(Service):
@@ -29,6 +41,8 @@ class CounterSummary(Service):
     summary, for services that did anything; and once more on stop.
 
     @ivar protocols: the services to report on, by name.
+    @ivar others: more counters to report on, by name (those of NTS, say),
+        any object whose C{snapshot()} gives counts by name.
     @ivar interval: seconds between summaries.
     """
 
@@ -39,14 +53,19 @@ class CounterSummary(Service):
         reactor: IReactorTime,
         protocols: Mapping[str, UDPServerProtocol],
         interval: float = DEFAULT_INTERVAL,
+        others: Mapping[str, Counted] | None = None,
     ) -> None:
         self.reactor = reactor
         self.protocols = dict(protocols)
+        self.others = dict(others or {})
         self.interval = interval
         self._last: dict[str, dict[str, int]] = {
             name: protocol.counters.snapshot()
             for name, protocol in self.protocols.items()
         }
+        self._last.update(
+            (name, counted.snapshot()) for name, counted in self.others.items()
+        )
         self._loop: LoopingCall | None = None
 
     def startService(self) -> None:
@@ -69,8 +88,13 @@ class CounterSummary(Service):
         Log one line for each service whose counters changed since the last
         report.
         """
-        for name, protocol in self.protocols.items():
-            now = protocol.counters.snapshot()
+        counted: list[tuple[str, Counted, Policy | None]] = [
+            (name, protocol.counters, protocol.policy)
+            for name, protocol in self.protocols.items()
+        ]
+        counted += [(name, other, None) for name, other in self.others.items()]
+        for name, counters, policy in counted:
+            now = counters.snapshot()
             last = self._last[name]
             changes = {
                 key: now[key] - last[key] for key in now if now[key] != last[key]
@@ -78,7 +102,6 @@ class CounterSummary(Service):
             if not changes:
                 continue
             self._last[name] = now
-            policy = protocol.policy
             gauges = policy.stats() if policy is not None else {}
             emit = self.log.warn if changes.get("internalErrors") else self.log.info
             emit(

@@ -13,22 +13,26 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import tzinfo
 from types import FrameType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from twisted.application.service import IService, MultiService
 from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 from twisted.python import usage
 
-from udptime import __version__, logrelay, policy, text, workers
+from udptime import __version__, logrelay, ntsserver, policy, text, workers
 from udptime.ancillary import kernelTimestampsAvailable
 from udptime.clock import LOCAL_REFID
 from udptime.port import DEFAULT_KERNEL_TIMESTAMPS
 from udptime.roughtimekeys import roughtimeKeyOption
-from udptime.server import UDPServerProtocol
+from udptime.server import NTPServer, UDPServerProtocol
 from udptime.service import ALL_INTERFACES, ServiceCannotListen, UDPListenService
 from udptime.services import SERVICES
-from udptime.summary import DEFAULT_INTERVAL, CounterSummary
+from udptime.summary import DEFAULT_INTERVAL, Counted, CounterSummary
+
+if TYPE_CHECKING:
+    from udptime.ntscookie import CookieKeys
+    from udptime.ntskeserver import NTSKEService
 
 _Method = TypeVar("_Method", bound=Callable[..., None])
 _Number = TypeVar("_Number", int, float)
@@ -105,6 +109,30 @@ def _bounded(
 
 
 _port = _bounded(int, 0, 65535, "a port number from 0 to 65535")
+_ntpPort = _bounded(int, 1, 65535, "a port number from 1 to 65535")
+_rotation = _bounded(float, 0.0, sys.float_info.max, "0, or a number of seconds > 0")
+
+
+def _file(value: str) -> str:
+    if not value:
+        raise ValueError("an empty file name")
+    return value
+
+
+_file.coerceDoc = "A file name."  # type: ignore[attr-defined]
+
+
+def _hostName(value: str) -> str:
+    from udptime.ntske import checkServerName
+
+    try:
+        checkServerName(value)
+    except ValueError as error:
+        raise ValueError(f"{value!r} is not a host name or address: {error}") from None
+    return value
+
+
+_hostName.coerceDoc = "A host name or an IP address."  # type: ignore[attr-defined]
 _rate = _bounded(float, 0.0, sys.float_info.max, "a number of requests per second >= 0")
 _leak = _bounded(float, 0.0, policy.MAX_LEAK, f"a fraction from 0 to {policy.MAX_LEAK}")
 _count = _bounded(int, 1, sys.maxsize, "a whole number >= 1")
@@ -305,6 +333,63 @@ class Options(usage.Options):
                 workers.workerCount,
             ],
             [
+                "nts-ke-port",
+                None,
+                0,
+                "TCP port of the NTS key establishment service (Network Time "
+                "Security, RFC 8915; 4460 is standard; 0: off).  Needs "
+                "--nts-certificate and --nts-private-key; NTP requests with NTS "
+                "are then answered on --ntp-port.",
+                _port,
+            ],
+            [
+                "nts-certificate",
+                None,
+                None,
+                "NTS-KE: the server's certificate, PEM, followed by its chain.",
+                _file,
+            ],
+            [
+                "nts-private-key",
+                None,
+                None,
+                "NTS-KE: the certificate's private key, PEM, unencrypted.",
+                _file,
+            ],
+            [
+                "nts-key-file",
+                None,
+                None,
+                "NTS: the file of the server keys that seal cookies, shared by "
+                "every server of one NTS service (made when missing; default: "
+                "random keys of this process and its workers).",
+                _file,
+            ],
+            [
+                "nts-key-rotation",
+                None,
+                ntsserver.NTS_KEY_ROTATION_DEFAULT,
+                "NTS: seconds between rotations of the server keys by this "
+                "process (0: never; the keys of --nts-key-file are then followed "
+                "as they change).",
+                _rotation,
+            ],
+            [
+                "nts-ntp-server",
+                None,
+                None,
+                "NTS-KE: the NTP server clients are sent to (default: this one).",
+                _hostName,
+            ],
+            [
+                "nts-ntp-port",
+                None,
+                None,
+                "NTS-KE: the NTP port clients are sent to (default: --ntp-port "
+                "when it is not 123).",
+                _ntpPort,
+            ],
+            [
                 "worker",
                 None,
                 None,
@@ -464,8 +549,9 @@ class Options(usage.Options):
             raise usage.UsageError("--refid is sent with --local-stratum: give both")
         if self["refid"] is None:
             self["refid"] = LOCAL_REFID
+        self._checkNTS()
         ports = self.enabledPorts()
-        if not ports:
+        if not ports and not self["nts-ke-port"]:
             raise usage.UsageError("every service is off: give at least one port")
         for rule in self["access"]:
             if rule.service is not None and rule.service not in ports:
@@ -481,6 +567,49 @@ class Options(usage.Options):
                     f"{port}: give each service its own port"
                 )
             services[port] = name
+
+    def _checkNTS(self) -> None:
+        """
+        Check the NTS options against each other.
+
+        @raise usage.UsageError: they do not fit.
+        """
+        kePort = self["nts-ke-port"]
+        tls = (self["nts-certificate"], self["nts-private-key"])
+        if kePort and None in tls:
+            raise usage.UsageError(
+                "--nts-ke-port needs --nts-certificate and --nts-private-key"
+            )
+        if not kePort:
+            for option in (
+                "nts-certificate",
+                "nts-private-key",
+                "nts-ntp-server",
+                "nts-ntp-port",
+            ):
+                if self[option] is not None:
+                    raise usage.UsageError(
+                        f"--{option} is for the NTS-KE service: give --nts-ke-port"
+                    )
+        if self["nts-key-file"] is not None and not (kePort or self["ntp-port"]):
+            raise usage.UsageError(
+                "--nts-key-file is for NTS: give --nts-ke-port or --ntp-port"
+            )
+        if self.ntsEnabled():
+            from udptime.ntske import ntsUnavailable
+
+            reason = ntsUnavailable()
+            if reason is not None:
+                raise usage.UsageError(f"NTS is not available: {reason}")
+
+    def ntsEnabled(self) -> bool:
+        """
+        Whether this server serves NTS: it runs the NTS-KE service, or it
+        answers NTS requests on its NTP port with the keys of a key file.
+        """
+        return bool(self["nts-ke-port"]) or (
+            self["nts-key-file"] is not None and bool(self["ntp-port"])
+        )
 
     def kernelTimestamps(self) -> bool:
         """
@@ -625,11 +754,33 @@ def makeService(options: Options) -> IService:
             if problem is not None:
                 raise SystemExit(f"{options.command()}: {problem}")
         supervisor.setServiceParent(top)
-        _bindUnderTwistd(options, [supervisor])
+        keyExchange = None
+        if options.ntsEnabled():
+            # The supervisor holds the NTS keys and hands them to its
+            # workers; it serves the key exchanges itself.
+            _, keyExchange = _serveNTS(options, reactor, top, handOver=supervisor.brief)
+            if keyExchange is not None and options["summary-interval"]:
+                CounterSummary(
+                    reactor,
+                    {},
+                    options["summary-interval"],
+                    {"nts-ke": keyExchange.counters},
+                ).setServiceParent(top)
+        _bindUnderTwistd(options, [supervisor, *_present(keyExchange)])
         return top
     protocols: dict[str, UDPServerProtocol] = {
         name: SERVICES[name].makeServer(options) for name in ports
     }
+    ntp = protocols.get("ntp")
+    counted: dict[str, Counted] = {}
+    keyExchange = None
+    if options.ntsEnabled() and (ntp is not None or setting is None):
+        keys, keyExchange = _serveNTS(options, reactor, top, worker=setting is not None)
+        if isinstance(ntp, NTPServer):
+            ntp.nts = ntsserver.NTSAuthentication(keys)
+            counted["nts"] = ntp.nts.counters
+        if keyExchange is not None:
+            counted["nts-ke"] = keyExchange.counters
     globalLimit = options.globalLimit()
     listeners = []
     for name, protocol in protocols.items():
@@ -645,7 +796,9 @@ def makeService(options: Options) -> IService:
         listener.setServiceParent(top)
         listeners.append(listener)
     if options["summary-interval"]:
-        summary = CounterSummary(reactor, protocols, options["summary-interval"])
+        summary = CounterSummary(
+            reactor, protocols, options["summary-interval"], counted
+        )
         summary.setServiceParent(top)
     if setting is not None:
         workers.becomeWorker(setting, listeners)
@@ -653,12 +806,49 @@ def makeService(options: Options) -> IService:
         if relay is not None:
             logrelay.flushingService(relay).setServiceParent(top)
     else:
-        _bindUnderTwistd(options, listeners)
+        _bindUnderTwistd(options, [*listeners, *_present(keyExchange)])
     return top
 
 
+def _present(service: NTSKEService | None) -> list[NTSKEService]:
+    """
+    C{[service]}, or nothing for L{None}.
+    """
+    return [] if service is None else [service]
+
+
+def _serveNTS(
+    options: Options,
+    reactor: Any,
+    top: MultiService,
+    *,
+    worker: bool = False,
+    handOver: Callable[[bytes], object] | None = None,
+) -> tuple[CookieKeys, NTSKEService | None]:
+    """
+    Add the NTS services to C{top}: what keeps the server keys current, and
+    (but in a worker) the NTS-KE service; the keys, and the NTS-KE service
+    or L{None}.
+
+    @raise SystemExit: NTS cannot be set up as asked, saying why in one
+        line.
+    """
+    keyExchange = None
+    try:
+        keys = ntsserver.serverKeys(
+            options, reactor, top, worker=worker, handOver=handOver
+        )
+        if options["nts-ke-port"] and not worker:
+            keyExchange = ntsserver.keyExchangeService(options, reactor, keys)
+            keyExchange.setServiceParent(top)
+    except ntsserver.NTSSetupError as failure:
+        raise SystemExit(f"{options.command()}: {failure}") from None
+    return keys, keyExchange
+
+
 def _bindUnderTwistd(
-    options: Options, services: Sequence[UDPListenService | workers.WorkerSupervisor]
+    options: Options,
+    services: Sequence[UDPListenService | workers.WorkerSupervisor | NTSKEService],
 ) -> None:
     """
     Run by twistd (or twist), bind the sockets of C{services} now, before

@@ -396,6 +396,9 @@ class WorkerSupervisor(Service):
     switch to C{privileges} themselves.
 
     @ivar workers: the running workers' L{WorkerProcess}es by number.
+    @ivar briefing: what each worker reads first on its standard input, a
+        pipe from the supervisor (the NTS server keys, see L{brief}); empty
+        for nothing.
     """
 
     log = Logger()
@@ -433,6 +436,7 @@ class WorkerSupervisor(Service):
         self._restarts: dict[int, IDelayedCall] = {}
         self._delays: dict[int, float] = {}
         self._stopping = False
+        self.briefing = b""
 
     def bind(self) -> None:
         """
@@ -602,7 +606,20 @@ class WorkerSupervisor(Service):
             self._scheduleStart(index, 0.0)
             return
         self.workers[index] = worker
+        if self.briefing and worker.transport is not None:
+            worker.transport.write(self.briefing)
         self.log.info("worker {index} started (pid {pid})", index=index, pid=worker.pid)
+
+    def brief(self, line: bytes) -> None:
+        """
+        Make C{line} the L{briefing} of workers started from now on, and
+        write it to the standard input of every running worker (the pipe
+        that only the supervisor and that worker hold).
+        """
+        self.briefing = line
+        for worker in self.workers.values():
+            if worker.transport is not None:
+                worker.transport.write(line)
 
     def workerEnded(self, worker: WorkerProcess, reason: Failure) -> None:
         """

@@ -1,0 +1,304 @@
+"""
+Network Time Security in the server: the NTS half of the NTP service's
+decision, and the keys and services C{twistd udptime} runs for NTS.
+
+L{NTSAuthentication} is what L{NTPServer<udptime.server.NTPServer>} asks
+about each request that is not a plain 48-byte one (see
+L{udptime.nts.checkRequest}): L{None} for a request without NTS fields,
+answered as any NTP request; an L{NTSRequest<udptime.nts.NTSRequest>}, which
+seals the reply the NTP server builds; or a
+L{Refusal<udptime.decision.Refusal>} carrying the NTS NAK (a Kiss-o'-Death
+C{NTSN}) for a request whose cookie cannot be opened.  A malformed NTS
+request, or one whose authenticator does not verify, raises the NTP codec's
+errors, which the NTP server drops, counts and logs as for any bad request.
+
+The keys (L{serverKeys}): from the key file (C{--nts-key-file}), made when
+it does not exist, or random keys made for this process tree; a supervisor
+of workers hands its keys to the workers on their standard input (see
+L{udptime.ntskeys}), so that every worker opens every cookie.  Importing
+this module imports neither the reactor nor the NTS cryptography: the
+functions that need them import them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Final
+
+from twisted.application.service import IServiceCollection, Service
+from twisted.logger import Logger
+
+from udptime import counters
+from udptime.counters import CounterSet
+from udptime.decision import Refusal
+from udptime.policy import RateLimiter
+
+if TYPE_CHECKING:
+    from udptime.nts import NTSRequest, SessionCiphers
+    from udptime.ntscookie import CookieKeys
+    from udptime.ntskeserver import NTSKEService
+    from udptime.ntskeys import KeyUpdateReader
+
+HANDOVER_TIMEOUT: Final = 10.0
+"""Seconds a worker waits for its supervisor's keys before it gives up."""
+
+NTS_NAK_LOG_RATE: Final = 0.2
+"""Log lines per second about NTS NAKs, sustained."""
+
+NTS_NAK_LOG_BURST: Final = 10
+"""Log lines about NTS NAKs back to back."""
+
+NTS_KEY_ROTATION_DEFAULT: Final = 7 * 86400.0
+"""Seconds between rotations of the NTS server keys by default (a week, as
+chrony rotates: L{udptime.ntscookie.DEFAULT_ROTATION})."""
+
+NTS_NTP_PORT_DEFAULT: Final = 123
+"""The NTP port a key exchange names when it names none (RFC 8915)."""
+
+
+class NTSSetupError(Exception):
+    """
+    NTS cannot be set up as asked (a key file or certificate that cannot be
+    used, no keys from the supervisor): one line that says why.
+    """
+
+
+NTS_COUNTER_NAMES: Final = ("authenticated", "naks", "badAuthenticators", "malformed")
+"""The names of the L{NTSCounters}, in the order summaries show them."""
+
+
+class NTSCounters(CounterSet):
+    """
+    What the NTP service did with NTS requests.
+
+    @ivar authenticated: requests answered with an authenticated reply.
+    @ivar naks: requests answered with an NTS NAK: their cookie could not
+        be opened (keys changed, or a cookie of another server).
+    @ivar badAuthenticators: requests dropped because their cookie opened
+        but their authenticator did not verify (damaged or forged).
+    @ivar malformed: requests dropped because their NTS fields were not a
+        well-formed NTS request.
+    """
+
+    __slots__ = NTS_COUNTER_NAMES
+    authenticated: int
+    naks: int
+    badAuthenticators: int
+    malformed: int
+
+
+class NTSAuthentication:
+    """
+    The NTS half of the NTP service's decision about a request.
+
+    @ivar keys: the server keys that open and seal cookies; kept current by
+        the key services (L{serverKeys}), which change them in place.
+    @ivar ciphers: the cache of session AES-SIV objects.
+    @ivar counters: the L{NTSCounters}.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        keys: CookieKeys,
+        ciphers: SessionCiphers | None = None,
+        randomBytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        from udptime.nts import SessionCiphers
+
+        self.keys = keys
+        self.ciphers = SessionCiphers() if ciphers is None else ciphers
+        self.randomBytes = randomBytes
+        self.counters = NTSCounters()
+        self._nakLog = RateLimiter(NTS_NAK_LOG_RATE, NTS_NAK_LOG_BURST)
+
+    def check(
+        self, data: bytes, addr: tuple[str, int], received: float
+    ) -> NTSRequest | Refusal | None:
+        """
+        The NTS decision about the request C{data} from C{addr}, which
+        L{udptime.ntp.parseRequest} accepted.
+
+        @return: L{None} for a request without NTS fields (answered as any
+            NTP request); an L{NTSRequest<udptime.nts.NTSRequest>} for an
+            authentic one, whose C{seal} makes the reply from its header; a
+            L{Refusal} with the NTS NAK, counted C{dropped} and, once sent,
+            C{kissed}, for one whose cookie cannot be opened.
+        @raise udptime.nts.MalformedNTSRequest: malformed NTS fields (a
+            L{MalformedPacket<udptime.ntp.MalformedPacket>}: dropped as
+            malformed).
+        @raise udptime.nts.NTSAuthenticationFailed: the authenticator does
+            not verify (a L{NotServed<udptime.ntp.NotServed>}: dropped).
+        """
+        from udptime.nts import (
+            MalformedNTSRequest,
+            NTSAuthenticationFailed,
+            NTSNak,
+            checkRequest,
+        )
+
+        try:
+            verdict = checkRequest(data, self.keys, self.ciphers, self.randomBytes)
+        except NTSAuthenticationFailed:
+            self.counters.badAuthenticators += 1
+            raise
+        except MalformedNTSRequest:
+            self.counters.malformed += 1
+            raise
+        if not isinstance(verdict, NTSNak):
+            if verdict is not None:
+                self.counters.authenticated += 1
+            return verdict
+        reply = verdict.reply(data, addr[1])
+        if reply is None:
+            # checkRequest answers version-4 client requests only, to which
+            # a NAK can always be built.
+            raise MalformedNTSRequest("an NTS request that takes no NAK")
+        self.counters.naks += 1
+        if self._nakLog.admit(received):
+            self.log.info(
+                "ntp: NTS NAK to {addr}: {reason}", addr=addr, reason=verdict.reason
+            )
+        return Refusal(counters.DROPPED, reply, counters.KISSED)
+
+
+class KeyUpdateService(Service):
+    """
+    A worker's side of the key hand-over: reads the key documents its
+    supervisor writes on its standard input into its keys (see
+    L{udptime.ntskeys.KeyUpdateReader}).
+
+    @ivar reader: the reader, while the service runs.
+    """
+
+    def __init__(self, reactor: Any, fd: int, keys: CookieKeys) -> None:
+        self.reactor = reactor
+        self.fd = fd
+        self.keys = keys
+        self.reader: KeyUpdateReader | None = None
+
+    def startService(self) -> None:
+        from udptime.ntskeys import KeyUpdateReader
+
+        Service.startService(self)
+        self.reader = KeyUpdateReader(self.reactor, self.fd, self.keys)
+        self.reader.startReading()
+
+    def stopService(self) -> Any:
+        Service.stopService(self)
+        reader, self.reader = self.reader, None
+        if reader is not None:
+            reader.stopReading()
+        return None
+
+
+def serverKeys(
+    options: Mapping[str, Any],
+    reactor: Any,
+    parent: IServiceCollection,
+    *,
+    worker: bool = False,
+    handOver: Callable[[bytes], object] | None = None,
+    clock: Callable[[], float] = time.time,
+) -> CookieKeys:
+    """
+    The NTS server keys of this process, with the service that keeps them
+    current added to C{parent}.
+
+      - A worker (C{worker}) reads them from its standard input, where its
+        supervisor writes them, and then any later keys as they come.
+      - Otherwise they come from the key file C{options["nts-key-file"]}
+        (made when it does not exist, unless this process does not rotate),
+        or are random; with C{options["nts-key-rotation"]} seconds (not 0)
+        this process rotates them, writing the key file; with 0 it follows
+        the key file's keys by their activation times, and the file as it
+        changes.  C{handOver}, when given, gets the key document line at
+        once and after every change (a supervisor writes it to its
+        workers).
+
+    @raise NTSSetupError: the keys cannot be had.
+    """
+    from udptime.ntscookie import DEFAULT_PREVIOUS, CookieKeys
+    from udptime.ntskeys import (
+        CookieKeyService,
+        KeyFileError,
+        keyUpdateLine,
+        loadOrCreateKeys,
+        readKeyUpdate,
+    )
+
+    now = clock()
+    if worker:
+        try:
+            document = readKeyUpdate(0, HANDOVER_TIMEOUT)
+        except (OSError, EOFError, KeyFileError) as e:
+            raise NTSSetupError(f"no NTS keys from the supervisor: {e}") from None
+        keys = document.cookieKeys(now)
+        KeyUpdateService(reactor, 0, keys).setServiceParent(parent)
+        return keys
+    path: str | None = options["nts-key-file"]
+    rotation: float = options["nts-key-rotation"]
+    rotate = rotation > 0
+    if path is None:
+        keys = CookieKeys.generate(
+            now,
+            rotation=rotation if rotate else NTS_KEY_ROTATION_DEFAULT,
+            previous=DEFAULT_PREVIOUS,
+        )
+    else:
+        try:
+            keys = loadOrCreateKeys(
+                path, now, create=rotate, rotation=rotation or NTS_KEY_ROTATION_DEFAULT
+            )
+        except (OSError, KeyFileError) as e:
+            raise NTSSetupError(f"cannot use the NTS key file {path}: {e}") from None
+        if rotate:
+            keys.rotation = rotation
+
+    def changed(keys: CookieKeys) -> None:
+        if handOver is not None:
+            handOver(keyUpdateLine(keys))
+
+    service = CookieKeyService(
+        keys, reactor, path=path, rotate=rotate, clock=clock, onChange=changed
+    )
+    service.setServiceParent(parent)
+    changed(keys)
+    return keys
+
+
+def keyExchangeService(
+    options: Mapping[str, Any], reactor: Any, keys: CookieKeys
+) -> NTSKEService:
+    """
+    The NTS-KE service of C{twistd udptime --nts-ke-port N}: on the
+    interface of the UDP services, sealing cookies with C{keys}, and naming
+    the NTP server and port of C{--nts-ntp-server} and C{--nts-ntp-port}
+    (by default, the C{--ntp-port} of this server when it is not 123).
+
+    @raise NTSSetupError: the certificate or key cannot be used.
+    """
+    from udptime.ntskeserver import NTSKEConfigurationError, ntsKEService
+
+    ntpPort = options["nts-ntp-port"]
+    if ntpPort is None and options["ntp-port"] not in (0, NTS_NTP_PORT_DEFAULT):
+        ntpPort = options["ntp-port"]
+    interface = options["interface"]
+    try:
+        service = ntsKEService(
+            reactor,
+            options["nts-ke-port"],
+            options["nts-certificate"],
+            options["nts-private-key"],
+            keys,
+            interface="" if interface == "::" else interface,
+            ntpServer=options["nts-ntp-server"],
+            ntpPort=ntpPort,
+        )
+    except (NTSKEConfigurationError, ValueError) as e:
+        raise NTSSetupError(str(e)) from None
+    service.setName("nts-ke")
+    return service
