@@ -41,6 +41,7 @@ from udptime.decision import (
     DROPPED,
     MALFORMED,
     Decision,
+    Refusal,
     errorReply,
     kissOfDeath,
 )
@@ -160,7 +161,9 @@ class UDPServerProtocol(DatagramProtocol):
         The L{policy} decides first (see L{udptime.policy}): a refused
         datagram is refused as the verdict says, or, when the policy picks
         it for a Kiss-o'-Death (L{KISS}), answered with L{refused}'s reply.
-        Then L{respond} decides, with the service's codec.
+        Then L{respond} decides, with the service's codec.  A verdict that
+        is neither L{ADMIT} nor a refusal (L{None}: a policy that decided
+        nothing) admits nothing: it raises L{TypeError}.
 
         Anything raised here is a bug: the port catches it, counts it as an
         internal error and logs it at a bounded rate (L{logFailure}).
@@ -173,6 +176,9 @@ class UDPServerProtocol(DatagramProtocol):
             if verdict is KISS:
                 reply = self.refused(data, addr, received)
                 return LIMITED if reply is None else kissOfDeath(reply)
+            if verdict.__class__ is not Refusal:
+                # No verdict (None, a bug in the policy) admits nothing.
+                raise TypeError(f"the policy's verdict is {verdict!r}")
             return verdict
         return self.respond(data, addr, received)
 
