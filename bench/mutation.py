@@ -67,7 +67,7 @@ TOP = Path(__file__).resolve().parent.parent
 
 TARGETS: dict[str, tuple[str, ...]] = {
     "ntp": ("tests/test_ntp.py", "tests/test_ntp_server.py"),
-    "policy": ("tests/test_policy.py",),
+    "policy": ("tests/test_policy.py", "tests/test_policy_boundaries.py"),
     "text": ("tests/test_text.py",),
 }
 """The modules of C{udptime} mutated, and the fast test modules that test
