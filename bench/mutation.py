@@ -66,7 +66,11 @@ from typing import Any
 TOP = Path(__file__).resolve().parent.parent
 
 TARGETS: dict[str, tuple[str, ...]] = {
-    "ntp": ("tests/test_ntp.py", "tests/test_ntp_server.py"),
+    "ntp": (
+        "tests/test_ntp.py",
+        "tests/test_ntp_server.py",
+        "tests/test_ntp_boundaries.py",
+    ),
     "policy": ("tests/test_policy.py", "tests/test_policy_boundaries.py"),
     "text": ("tests/test_text.py",),
 }
