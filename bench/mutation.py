@@ -72,7 +72,7 @@ TARGETS: dict[str, tuple[str, ...]] = {
         "tests/test_ntp_boundaries.py",
     ),
     "policy": ("tests/test_policy.py", "tests/test_policy_boundaries.py"),
-    "text": ("tests/test_text.py",),
+    "text": ("tests/test_text.py", "tests/test_text_boundaries.py"),
 }
 """The modules of C{udptime} mutated, and the fast test modules that test
 each (its unit tests, no real peers)."""

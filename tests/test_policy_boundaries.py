@@ -483,6 +483,7 @@ class ClientKeyTests(SynchronousTestCase):
             ("::ffff:192.0.2.1", "192.0.2.1"),
             ("2001:db8::1", 0x20010DB8 << 32),
             ("2001:db8:0:1::1", (0x20010DB8 << 32) | 1),
+            ("2001:db8:0:1:2:3:4:5", (0x20010DB8 << 32) | 1),
             # NAT64 addresses hold a dot, but are not mapped: a /64 of them
             # is one client.
             ("64:ff9b::192.0.2.1", 0x0064FF9B << 32),
