@@ -509,6 +509,7 @@ def _fork(child: Callable[[], int]) -> int:
     sys.stderr.flush()
     pid = os.fork()
     if pid == 0:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         status = 70
         try:
             status = child()
@@ -631,15 +632,30 @@ def _runMutant(
     return _fork(child)
 
 
-def mutate(
-    name: str,
-    sample: int | None,
-    seed: int,
-    timeout: float | None,
-    jobs: int,
-    deadline: float,
-    verbose: bool,
-) -> ModuleReport:
+@dataclass(frozen=True)
+class RunOptions:
+    """
+    How to run the mutants (see L{main}'s options).
+
+    @ivar sample: judge this many mutants of each module, or L{None} for
+        all.
+    @ivar seed: the seed of the sample.
+    @ivar timeout: seconds a mutant's tests may take, or L{None} for five
+        times the unchanged run.
+    @ivar jobs: mutants run at the same time.
+    @ivar deadline: C{time.monotonic()} after which no mutant is started.
+    @ivar verbose: print every outcome, not only the survivors.
+    """
+
+    sample: int | None
+    seed: int
+    timeout: float | None
+    jobs: int
+    deadline: float
+    verbose: bool
+
+
+def mutate(name: str, options: RunOptions) -> ModuleReport:
     """
     Run the mutants of C{udptime/NAME.py}.
     """
@@ -648,59 +664,71 @@ def mutate(
     tests = tuple(str(TOP / t) for t in TARGETS[name])
     mutants = listMutants(source)
     report = ModuleReport(name, TARGETS[name], len(mutants))
-    if sample is not None and sample < len(mutants):
-        mutants = sorted(random.Random(seed).sample(mutants, sample), key=_index)
+    if options.sample is not None and options.sample < len(mutants):
+        chosen = random.Random(options.seed).sample(mutants, options.sample)
+        mutants = sorted(chosen, key=_index)
     started = time.monotonic()
-    covered = baseline(name, path, tests, timeout or 600.0)
+    covered = baseline(name, path, tests, options.timeout or 600.0)
     took = time.monotonic() - started
-    perMutant = timeout if timeout is not None else max(10.0, 5 * took)
+    timeout = options.timeout if options.timeout is not None else max(10.0, 5 * took)
     print(
         f"{name}.py: {report.total} mutants, {len(mutants)} to judge;"
-        f" tests took {took:.1f} s unchanged; timeout {perMutant:.0f} s",
+        f" tests took {took:.1f} s unchanged; timeout {timeout:.0f} s",
         flush=True,
     )
-    running: dict[int, tuple[Mutant, float]] = {}
     outcomes: dict[int, Outcome] = {}
     for mutant in mutants:
         if not covered.intersection(range(mutant.line, mutant.endLine + 1)):
             outcomes[mutant.index] = Outcome(mutant, "not covered")
-    pending = (m for m in mutants if m.index not in outcomes)
-    exhausted = False
-    while running or not exhausted:
-        while not exhausted and len(running) < jobs:
-            candidate = next(pending, None)
-            if candidate is None:
-                exhausted = True
-                break
-            if time.monotonic() > deadline:
-                outcomes[candidate.index] = Outcome(candidate, "not run")
-                continue
-            pid = _runMutant(name, path, source, candidate, tests)
-            running[pid] = (candidate, time.monotonic())
-        for pid, (mutant, began) in list(running.items()):
-            done, status = os.waitpid(pid, os.WNOHANG)
-            spent = time.monotonic() - began
-            if done:
-                code = os.waitstatus_to_exitcode(status)
-                result = {0: "survived", 3: "error"}.get(code, "killed")
-            elif spent > perMutant:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                result = "timeout"
-            else:
-                continue
-            del running[pid]
-            outcomes[mutant.index] = Outcome(mutant, result, spent)
-            if verbose or result == "survived":
-                print(
-                    f"  {name}.py:{mutant.line}: {mutant.description}:"
-                    f" {result} ({spent:.1f} s)",
-                    flush=True,
-                )
-        if running:
-            time.sleep(0.05)
+    pending = [m for m in mutants if m.index not in outcomes]
+    running: dict[int, tuple[Mutant, float]] = {}
+    try:
+        while pending or running:
+            while pending and len(running) < options.jobs:
+                mutant = pending.pop(0)
+                if time.monotonic() > options.deadline:
+                    outcomes[mutant.index] = Outcome(mutant, "not run")
+                    continue
+                pid = _runMutant(name, path, source, mutant, tests)
+                running[pid] = (mutant, time.monotonic())
+            for pid, (mutant, began) in list(running.items()):
+                result = _outcome(pid, time.monotonic() - began, timeout)
+                if result is None:
+                    continue
+                del running[pid]
+                spent = time.monotonic() - began
+                outcomes[mutant.index] = Outcome(mutant, result, spent)
+                if options.verbose or result == "survived":
+                    print(
+                        f"  {name}.py:{mutant.line}: {mutant.description}:"
+                        f" {result} ({spent:.1f} s)",
+                        flush=True,
+                    )
+            if running:
+                time.sleep(0.05)
+    finally:
+        # Interrupted (^C, SIGTERM): stop the children this run started.
+        for pid in running:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
     report.outcomes = [outcomes[m.index] for m in mutants]
     return report
+
+
+def _outcome(pid: int, spent: float, timeout: float) -> str | None:
+    """
+    What became of the mutant whose tests run in child C{pid}, started
+    C{spent} seconds ago: L{None} while it runs within C{timeout}.
+    """
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        code = os.waitstatus_to_exitcode(status)
+        return {0: "survived", 3: "error"}.get(code, "killed")
+    if spent > timeout:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        return "timeout"
+    return None
 
 
 def _index(mutant: Mutant) -> int:
@@ -729,6 +757,10 @@ def printReport(report: ModuleReport, source: list[str]) -> None:
             f"  {report.name}.py:{mutant.line}: {mutant.description}"
             f" [{outcome.result}]  {text}"
         )
+
+
+def _terminated(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(f"stopped by signal {signum}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -782,19 +814,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     import pytest  # noqa: F401
     import twisted.trial.unittest  # noqa: F401
 
-    deadline = time.monotonic() + options.budget
-    reports = [
-        mutate(
-            name,
-            options.sample,
-            options.seed,
-            options.timeout,
-            options.jobs,
-            deadline,
-            options.verbose,
-        )
-        for name in names
-    ]
+    run = RunOptions(
+        sample=options.sample,
+        seed=options.seed,
+        timeout=options.timeout,
+        jobs=options.jobs,
+        deadline=time.monotonic() + options.budget,
+        verbose=options.verbose,
+    )
+    signal.signal(signal.SIGTERM, _terminated)
+    reports = [mutate(name, run) for name in names]
     for report in reports:
         printReport(
             report, (TOP / "udptime" / f"{report.name}.py").read_text().split("\n")
