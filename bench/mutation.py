@@ -55,13 +55,14 @@ import os
 import random
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType, ModuleType
-from typing import Any
+from typing import Any, Final
 
 TOP = Path(__file__).resolve().parent.parent
 
@@ -448,10 +449,10 @@ def _installModule(name: str, path: Path, code: Any) -> ModuleType:
     return module
 
 
-def _runTests(tests: Sequence[str], quiet: bool = True) -> int:
+def _runTests(tests: Sequence[str], plugins: Sequence[object] = ()) -> int:
     """
-    Run the test modules C{tests} with pytest in this process, stopping at
-    the first failure: pytest's exit status.
+    Run C{tests} (test modules, or pytest node ids) with pytest in this
+    process, quietly, stopping at the first failure: pytest's exit status.
     """
     import pytest
 
@@ -465,28 +466,58 @@ def _runTests(tests: Sequence[str], quiet: bool = True) -> int:
         "--no-header",
         *tests,
     ]
-    if quiet:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 1)
-        os.dup2(devnull, 2)
-    return int(pytest.main(arguments))
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    return int(pytest.main(arguments, plugins=list(plugins)))
 
 
-def _traceLines(path: Path, lines: set[int]) -> Callable[[], None]:
+IMPORTED: Final = "<import>"
+"""Where a line ran that ran outside any test (importing, collecting)."""
+
+
+class CurrentTest:
+    """
+    A pytest plugin that knows which test runs (by node id), for
+    L{_traceLines}.
+    """
+
+    def __init__(self) -> None:
+        self.current = IMPORTED
+        self.order: list[str] = []
+
+    def pytest_runtest_logstart(self, nodeid: str, location: object) -> None:
+        self.current = nodeid
+        self.order.append(nodeid)
+
+    def pytest_runtest_logfinish(self, nodeid: str, location: object) -> None:
+        self.current = IMPORTED
+
+
+def _traceLines(
+    path: Path, tracker: CurrentTest, lines: dict[int, set[str]]
+) -> Callable[[], None]:
     """
     Record in C{lines} the lines of C{path} that run from now on (in
-    every thread); returns a function that stops recording.
+    every thread), each with the tests (L{tracker}'s current one) that ran
+    it; returns a function that stops recording.
     """
     filename = str(path)
 
+    def note(line: int) -> None:
+        found = lines.get(line)
+        if found is None:
+            found = lines[line] = set()
+        found.add(tracker.current)
+
     def local(frame: FrameType, event: str, arg: object) -> Any:
         if event == "line":
-            lines.add(frame.f_lineno)
+            note(frame.f_lineno)
         return local
 
     def tracer(frame: FrameType, event: str, arg: object) -> Any:
         if frame.f_code.co_filename == filename:
-            lines.add(frame.f_lineno)
+            note(frame.f_lineno)
             return local
         return None
 
@@ -498,6 +529,33 @@ def _traceLines(path: Path, lines: set[int]) -> Callable[[], None]:
         threading.settrace(None)
 
     return stop
+
+
+@dataclass
+class Coverage:
+    """
+    Which tests ran each line of a module.
+
+    @ivar lines: line number to the node ids of the tests that ran it
+        (L{IMPORTED} for a line that ran outside any test).
+    @ivar order: every test's node id, in the order they ran.
+    """
+
+    lines: dict[int, set[str]]
+    order: list[str]
+
+    def testsFor(self, mutant: Mutant, files: Sequence[str]) -> list[str]:
+        """
+        The tests to run for C{mutant}: those that ran its lines, in their
+        order; all of C{files} when a line of it ran outside any test (a
+        change there can reach every test); none when no test ran them.
+        """
+        found: set[str] = set()
+        for line in range(mutant.line, mutant.endLine + 1):
+            found |= self.lines.get(line, set())
+        if IMPORTED in found:
+            return list(files)
+        return [test for test in self.order if test in found]
 
 
 def _fork(child: Callable[[], int]) -> int:
@@ -520,38 +578,42 @@ def _fork(child: Callable[[], int]) -> int:
     return pid
 
 
-def baseline(name: str, path: Path, tests: Sequence[str], timeout: float) -> set[int]:
+def baseline(name: str, path: Path, tests: Sequence[str], timeout: float) -> Coverage:
     """
     Run the tests of module C{name} on the unchanged module, tracing it:
-    the lines they execute.
+    which tests run which lines.
 
     @raise SystemExit: the tests do not pass as they are.
     """
-    read, write = os.pipe()
+    with tempfile.NamedTemporaryFile("r", suffix=".json") as report:
 
-    def child() -> int:
-        os.close(read)
-        lines: set[int] = set()
-        source = path.read_text()
-        stop = _traceLines(path, lines)
-        _installModule(name, path, compile(source, str(path), "exec"))
-        status = _runTests(tests)
-        stop()
-        with os.fdopen(write, "w") as report:
-            json.dump(sorted(lines), report)
-        return status
+        def child() -> int:
+            lines: dict[int, set[str]] = {}
+            tracker = CurrentTest()
+            source = path.read_text()
+            stop = _traceLines(path, tracker, lines)
+            _installModule(name, path, compile(source, str(path), "exec"))
+            status = _runTests(tests, [tracker])
+            stop()
+            with open(report.name, "w") as output:
+                json.dump(
+                    {
+                        "lines": {n: sorted(t) for n, t in lines.items()},
+                        "order": tracker.order,
+                    },
+                    output,
+                )
+            return status
 
-    pid = _fork(child)
-    os.close(write)
-    status = _waitFor(pid, timeout * 4)
-    with os.fdopen(read) as report:
+        status = _waitFor(_fork(child), timeout * 4)
         text = report.read()
     if status != 0 or not text:
         raise SystemExit(
             f"the tests of {name}.py fail unchanged (status {status}):"
             f" run pytest {' '.join(tests)}"
         )
-    return set(json.loads(text))
+    found = json.loads(text)
+    return Coverage({int(n): set(t) for n, t in found["lines"].items()}, found["order"])
 
 
 def _waitFor(pid: int, timeout: float) -> int | None:
@@ -668,7 +730,7 @@ def mutate(name: str, options: RunOptions) -> ModuleReport:
         chosen = random.Random(options.seed).sample(mutants, options.sample)
         mutants = sorted(chosen, key=_index)
     started = time.monotonic()
-    covered = baseline(name, path, tests, options.timeout or 600.0)
+    coverage = baseline(name, path, tests, options.timeout or 600.0)
     took = time.monotonic() - started
     timeout = options.timeout if options.timeout is not None else max(10.0, 5 * took)
     print(
@@ -677,8 +739,10 @@ def mutate(name: str, options: RunOptions) -> ModuleReport:
         flush=True,
     )
     outcomes: dict[int, Outcome] = {}
+    selected: dict[int, list[str]] = {}
     for mutant in mutants:
-        if not covered.intersection(range(mutant.line, mutant.endLine + 1)):
+        selected[mutant.index] = coverage.testsFor(mutant, tests)
+        if not selected[mutant.index]:
             outcomes[mutant.index] = Outcome(mutant, "not covered")
     pending = [m for m in mutants if m.index not in outcomes]
     running: dict[int, tuple[Mutant, float]] = {}
@@ -689,7 +753,7 @@ def mutate(name: str, options: RunOptions) -> ModuleReport:
                 if time.monotonic() > options.deadline:
                     outcomes[mutant.index] = Outcome(mutant, "not run")
                     continue
-                pid = _runMutant(name, path, source, mutant, tests)
+                pid = _runMutant(name, path, source, mutant, selected[mutant.index])
                 running[pid] = (mutant, time.monotonic())
             for pid, (mutant, began) in list(running.items()):
                 result = _outcome(pid, time.monotonic() - began, timeout)
