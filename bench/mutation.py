@@ -28,12 +28,14 @@ Each mutant is one change to one module, made in its syntax tree:
 
 Type annotations, docstrings and C{__slots__} are left alone.
 
-The module's own fast tests (L{TARGETS}) run once, traced, to find the
-lines they execute; a mutant on a line they never reach survives without
-being run (C{not covered}).  Every other mutant runs in a child process
-forked from this one (which has imported pytest, Hypothesis and Twisted
-already): the child puts the mutated module in C{sys.modules}, then runs
-the tests with pytest, stopping at the first failure.  A mutant is killed
+The module's own fast tests (L{TARGETS}) run once on the unchanged
+module, traced, to find which tests execute which lines.  A mutant on a
+line no test reaches survives without being run (C{not covered}).  Every
+other mutant runs in a child process forked from this one (which has
+imported pytest, Hypothesis and Twisted already): the child puts the
+mutated module in C{sys.modules}, then runs with pytest the tests that
+executed the mutant's lines (all of the module's tests when a line ran at
+import), stopping at the first failure.  A mutant is killed
 when a test fails, when the mutated module cannot be imported, or when the
 tests take longer than C{--timeout}.  Hypothesis runs derandomised, with no
 example database, so that a run is repeatable.
@@ -53,12 +55,13 @@ import ast
 import json
 import os
 import random
+import re
 import signal
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType, ModuleType
@@ -544,18 +547,131 @@ class Coverage:
     lines: dict[int, set[str]]
     order: list[str]
 
-    def testsFor(self, mutant: Mutant, files: Sequence[str]) -> list[str]:
+    def testsFor(
+        self, mutant: Mutant, files: Sequence[str], names: ModuleNames
+    ) -> list[str]:
         """
         The tests to run for C{mutant}: those that ran its lines, in their
-        order; all of C{files} when a line of it ran outside any test (a
-        change there can reach every test); none when no test ran them.
+        order; none when no test ran them.  A change to a line that ran
+        only at import, the definition of a module constant, reaches the
+        tests that ran the lines reading the constant (L{ModuleNames}) and
+        every test of a test module that names it; any other change to a
+        line that ran outside a test can reach every test: all of C{files}.
         """
         found: set[str] = set()
         for line in range(mutant.line, mutant.endLine + 1):
             found |= self.lines.get(line, set())
+        if found == {IMPORTED}:
+            reached = names.testsOfConstantAt(mutant.line, self)
+            if reached is not None:
+                return [test for test in self.order if test in reached]
         if IMPORTED in found:
             return list(files)
         return [test for test in self.order if test in found]
+
+    def testsOfLines(self, lines: Iterable[int]) -> set[str] | None:
+        """
+        The tests that ran any of C{lines}, or L{None} when one of them ran
+        outside a test.
+        """
+        found: set[str] = set()
+        for line in lines:
+            found |= self.lines.get(line, set())
+        if IMPORTED in found:
+            return None
+        return found
+
+
+class ModuleNames:
+    """
+    Where a module's constants (names assigned once at module level) are
+    read: by the functions of the module at run time, at import, and by
+    the test modules.
+    """
+
+    def __init__(self, path: Path, testFiles: Sequence[str]) -> None:
+        self.tree = ast.parse(path.read_text())
+        self.testSources = {f: Path(f).read_text() for f in testFiles}
+        self.otherSources = [
+            other.read_text() for other in path.parent.glob("*.py") if other != path
+        ]
+        # name -> (lines read at run time, statements read at import)
+        self.runtime: dict[str, set[int]] = {}
+        self.atImport: dict[str, list[ast.stmt]] = {}
+        for statement in self.tree.body:
+            self._scan(statement, statement)
+
+    def _scan(self, node: ast.AST, top: ast.stmt) -> None:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            # A default is read at import, and used by the calls that run
+            # the function's body.
+            bodyLines = set(range(node.lineno, (node.end_lineno or 0) + 1))
+            for default in [*node.args.defaults, *node.args.kw_defaults]:
+                for inner in ast.walk(default) if default is not None else ():
+                    if isinstance(inner, ast.Name):
+                        self.runtime.setdefault(inner.id, set()).update(bodyLines)
+            body: list[ast.AST] = (
+                [node.body] if isinstance(node.body, ast.expr) else list(node.body)
+            )
+            if not isinstance(node, ast.Lambda):
+                body.extend(node.decorator_list)
+            for child in body:
+                for inner in ast.walk(child):
+                    if isinstance(inner, ast.Name):
+                        line = getattr(inner, "lineno", 0)
+                        self.runtime.setdefault(inner.id, set()).add(line)
+            return
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+            self.atImport.setdefault(node.id, []).append(top)
+        for child in ast.iter_child_nodes(node):
+            self._scan(child, top)
+
+    def constantAt(self, line: int) -> str | None:
+        """
+        The name a module-level assignment on C{line} binds, if it binds
+        one name.
+        """
+        for statement in self.tree.body:
+            if statement.lineno <= line <= (statement.end_lineno or 0):
+                if isinstance(statement, ast.Assign) and len(statement.targets) == 1:
+                    target = statement.targets[0]
+                elif isinstance(statement, ast.AnnAssign):
+                    target = statement.target
+                else:
+                    return None
+                return target.id if isinstance(target, ast.Name) else None
+        return None
+
+    def testsOfConstantAt(
+        self, line: int, coverage: Coverage, seen: frozenset[str] = frozenset()
+    ) -> set[str] | None:
+        """
+        The tests a change to the module constant defined on C{line} can
+        reach, or L{None} when that is not known (not a constant, or read
+        by code that runs at import other than another constant's
+        definition: every test, then).
+        """
+        name = self.constantAt(line)
+        if name is None or name in seen:
+            return None
+        word = re.compile(rf"\b{re.escape(name)}\b")
+        if any(word.search(text) for text in self.otherSources):
+            return None  # read by other modules of the package
+        reached = coverage.testsOfLines(self.runtime.get(name, ()))
+        if reached is None:
+            return None
+        for statement in self.atImport.get(name, []):
+            if statement.lineno <= line <= (statement.end_lineno or 0):
+                continue  # its own definition
+            more = self.testsOfConstantAt(statement.lineno, coverage, seen | {name})
+            if more is None:
+                return None
+            reached |= more
+        for path, text in self.testSources.items():
+            if word.search(text):
+                prefix = os.path.relpath(path, TOP) + "::"
+                reached.update(t for t in coverage.order if t.startswith(prefix))
+        return reached
 
 
 def _fork(child: Callable[[], int]) -> int:
@@ -740,8 +856,9 @@ def mutate(name: str, options: RunOptions) -> ModuleReport:
     )
     outcomes: dict[int, Outcome] = {}
     selected: dict[int, list[str]] = {}
+    names = ModuleNames(path, tests)
     for mutant in mutants:
-        selected[mutant.index] = coverage.testsFor(mutant, tests)
+        selected[mutant.index] = coverage.testsFor(mutant, tests, names)
         if not selected[mutant.index]:
             outcomes[mutant.index] = Outcome(mutant, "not covered")
     pending = [m for m in mutants if m.index not in outcomes]
@@ -799,10 +916,12 @@ def _index(mutant: Mutant) -> int:
     return mutant.index
 
 
-def printReport(report: ModuleReport, source: list[str]) -> None:
+def printReport(report: ModuleReport, source: str) -> None:
     """
-    The score of a module and its surviving mutants, with their lines.
+    The score of a module and its surviving mutants, with their lines of
+    C{source}.
     """
+    lines = source.split("\n")
     survivors = [o for o in report.outcomes if o.result in ("survived", "not covered")]
     print(
         f"\nudptime/{report.name}.py ({', '.join(report.tests)}):"
@@ -816,7 +935,7 @@ def printReport(report: ModuleReport, source: list[str]) -> None:
     )
     for outcome in survivors:
         mutant = outcome.mutant
-        text = source[mutant.line - 1].strip() if mutant.line else ""
+        text = lines[mutant.line - 1].strip() if mutant.line else ""
         print(
             f"  {report.name}.py:{mutant.line}: {mutant.description}"
             f" [{outcome.result}]  {text}"
@@ -887,28 +1006,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         verbose=options.verbose,
     )
     signal.signal(signal.SIGTERM, _terminated)
-    reports = [mutate(name, run) for name in names]
-    for report in reports:
-        printReport(
-            report, (TOP / "udptime" / f"{report.name}.py").read_text().split("\n")
-        )
-    if options.json is not None:
-        options.json.write_text(
-            json.dumps(
-                [
-                    {
-                        "module": f"udptime/{r.name}.py",
-                        "tests": list(r.tests),
-                        "mutants": r.total,
-                        "score": r.score,
-                        "outcomes": [asdict(o) for o in r.outcomes],
-                    }
-                    for r in reports
-                ],
-                indent=1,
+    reports: list[ModuleReport] = []
+    for name in names:
+        # Each module's report as soon as it is done (and in the JSON file),
+        # so that a run stopped half way still tells what it found.
+        reports.append(mutate(name, run))
+        printReport(reports[-1], (TOP / "udptime" / f"{name}.py").read_text())
+        if options.json is not None:
+            options.json.write_text(
+                json.dumps([_asJSON(r) for r in reports], indent=1) + "\n"
             )
-        )
+    if len(reports) > 1:
+        print()
+        for report in reports:
+            print(f"udptime/{report.name}.py: score {report.score:.1%}")
     return 0
+
+
+def _asJSON(report: ModuleReport) -> dict[str, object]:
+    return {
+        "module": f"udptime/{report.name}.py",
+        "tests": list(report.tests),
+        "mutants": report.total,
+        "score": report.score,
+        "outcomes": [asdict(o) for o in report.outcomes],
+    }
 
 
 if __name__ == "__main__":
