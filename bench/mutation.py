@@ -561,7 +561,9 @@ class Coverage:
         found: set[str] = set()
         for line in range(mutant.line, mutant.endLine + 1):
             found |= self.lines.get(line, set())
-        if found == {IMPORTED}:
+        if found <= {IMPORTED}:
+            # Ran at import, or not traced at all (an element of a constant
+            # tuple spread over several lines has no line of its own).
             reached = names.testsOfConstantAt(mutant.line, self)
             if reached is not None:
                 return [test for test in self.order if test in reached]
