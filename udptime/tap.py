@@ -20,7 +20,7 @@ from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 from twisted.python import usage
 
-from udptime import __version__, policy, text, workers
+from udptime import __version__, logrelay, policy, text, workers
 from udptime.ancillary import kernelTimestampsAvailable
 from udptime.clock import LOCAL_REFID
 from udptime.port import DEFAULT_KERNEL_TIMESTAMPS
@@ -105,6 +105,7 @@ def _bounded(
 
 _port = _bounded(int, 0, 65535, "a port number from 0 to 65535")
 _rate = _bounded(float, 0.0, sys.float_info.max, "a number of requests per second >= 0")
+_leak = _bounded(float, 0.0, policy.MAX_LEAK, f"a fraction from 0 to {policy.MAX_LEAK}")
 _count = _bounded(int, 1, sys.maxsize, "a whole number >= 1")
 _prefixLength = _bounded(int, 1, 128, "an IPv6 prefix length from 1 to 128")
 
@@ -244,6 +245,15 @@ class Options(usage.Options):
                 policy.DEFAULT_BURST,
                 "Requests one client may send back to back before --rate applies.",
                 _count,
+            ],
+            [
+                "leak",
+                None,
+                policy.DEFAULT_LEAK,
+                "NTP: the fraction of a client's requests over --rate answered "
+                "anyway, picked at random, as chrony's 'ratelimit leak', so that "
+                "requests forged in its name cannot cut it off (0: none).",
+                _leak,
             ],
             [
                 "ipv6-prefix",
@@ -497,6 +507,7 @@ class Options(usage.Options):
             ],
             globalLimit=globalLimit,
             serverPorts=self.enabledPorts().values(),
+            leak=self["leak"],
         )
 
 
@@ -579,6 +590,12 @@ def makeService(options: Options) -> IService:
             workers.twistdPrivileges(options),
             options["ipv6-prefix"],
         )
+        if options.parent is not None:
+            # Under twistd: a worker that could not be started again would
+            # leave its share of the clients unanswered for good.
+            problem = supervisor.restartProblem()
+            if problem is not None:
+                raise SystemExit(f"{options.command()}: {problem}")
         supervisor.setServiceParent(top)
         _bindUnderTwistd(options, [supervisor])
         return top
@@ -604,6 +621,9 @@ def makeService(options: Options) -> IService:
         summary.setServiceParent(top)
     if setting is not None:
         workers.becomeWorker(setting, listeners)
+        relay = logrelay.relayToSupervisor(options.parent)
+        if relay is not None:
+            logrelay.flushingService(relay).setServiceParent(top)
     else:
         _bindUnderTwistd(options, listeners)
     return top
