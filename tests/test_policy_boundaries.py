@@ -22,7 +22,6 @@ from udptime.decision import Refusal
 from udptime.policy import (
     ADMIT,
     DEFAULT_BURST,
-    DEFAULT_ECHO_WINDOW,
     DEFAULT_IPV6_PREFIX,
     DEFAULT_KOD_INTERVAL,
     DEFAULT_KOD_RATE,
@@ -85,9 +84,8 @@ class DefaultsTests(SynchronousTestCase):
                 DEFAULT_IPV6_PREFIX,
                 DEFAULT_KOD_INTERVAL,
                 DEFAULT_KOD_RATE,
-                DEFAULT_ECHO_WINDOW,
             ),
-            (1.0, 32, 100_000, 64, 8.0, 10.0, 1.0),
+            (1.0, 32, 100_000, 64, 8.0, 10.0),
         )
         self.assertEqual(policy.SERVICE_PORTS, {7, 13, 17, 19, 37, 123})
 
