@@ -165,7 +165,7 @@ class UDPServerProtocol(DatagramProtocol):
         datagram), a datagram that is a loop (see
         L{ReplyMemory<udptime.policy.ReplyMemory>}) is refused as such, and
         the reply decided is remembered.  Then L{respond} decides, with the
-        service's codec.  A verdict that is neither L{ADMIT} nor a refusal
+        service's codec.  A verdict that is neither C{ADMIT} nor a refusal
         (L{None}: a policy that decided nothing) admits nothing: it raises
         L{TypeError}.
 
