@@ -162,7 +162,9 @@ def ask(
     **kwargs: Any,
 ) -> tuple[FakeReactor, Deferred[QueryResult]]:
     reactor = FakeReactor()
-    kwargs.setdefault("clock", SteppingClock())
+    # Read when the request is built (999.75), just before it is sent
+    # (1000.0), and when the reply arrives (1000.25).
+    kwargs.setdefault("clock", SteppingClock(999.75))
     d = query(reactor, host, codec or TextClientCodec("unix", token=False), **kwargs)
     return reactor, d
 
@@ -171,6 +173,37 @@ class QueryTests(SynchronousTestCase):
     """
     L{query} on a fake reactor.
     """
+
+    def test_originReadLast(self) -> None:
+        """
+        The send time is read after the request is built, just before it
+        is sent; the reply's receive time (here, with no kernel time from
+        the fake port) after it arrives.
+        """
+        events: list[object] = []
+        clock = SteppingClock()
+        reactor = FakeReactor()
+
+        def reading() -> float:
+            # With the datagrams written so far.
+            events.append(("clock", sum(len(p.written) for p in reactor.ports)))
+            return clock()
+
+        class Codec(TextClientCodec):
+            def buildRequest(self, sentAt: float) -> tuple[bytes, Any]:
+                events.append("build")
+                return super().buildRequest(sentAt)
+
+        d = query(
+            reactor, "127.0.0.1", Codec("unix", token=False), port=5000, clock=reading
+        )
+        [port] = reactor.ports
+        self.assertEqual(events, [("clock", 0), "build", ("clock", 0)])
+        self.assertEqual(len(port.written), 1)
+        port.receive(b"1001.000000\n")
+        self.assertEqual(events[-1], ("clock", 1))
+        # Sent at the second reading (1000.25), received at the third.
+        self.assertEqual(self.successResultOf(d).delay, 0.25)
 
     def assertClean(self, reactor: FakeReactor) -> None:
         """

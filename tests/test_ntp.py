@@ -521,9 +521,9 @@ class BuildReplyTests(SynchronousTestCase):
     def test_transmitReadLast(self) -> None:
         """
         Given a callable for the transmit time, L{buildReply} calls it once,
-        after the receive timestamp is made, and nothing but the transmit
-        timestamp's own random bits comes after it; the reply is the one
-        the same time given as a number builds.
+        last: after the receive timestamp and the transmit timestamp's own
+        random bits are made; the reply is the one the same time given as a
+        number builds.
         """
         events: list[str] = []
 
@@ -546,7 +546,7 @@ class BuildReplyTests(SynchronousTestCase):
                     transmitTime,
                     randomBits=randomBits,
                 )
-                self.assertEqual(events, ["bits", "transmit", "bits"])
+                self.assertEqual(events, ["bits", "bits", "transmit"])
                 given = buildReply(
                     request,
                     SYNCED,

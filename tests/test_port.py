@@ -1522,9 +1522,8 @@ class PlainReplyTests(SynchronousTestCase):
 
     def test_transmitReadLast(self) -> None:
         """
-        The transmit time is read once, after the receive timestamp is
-        made, and nothing but the transmit timestamp's own random bits
-        comes after it.
+        The transmit time is read once, last: after the receive timestamp
+        and the transmit timestamp's own random bits are made.
         """
         events: list[str] = []
 
@@ -1543,7 +1542,7 @@ class PlainReplyTests(SynchronousTestCase):
             reply = ntp.plainReply(
                 NTP_REQUESTS[0], constants, received, transmitTime, randomBits
             )
-            self.assertEqual(events, ["bits", "transmit", "bits"])
+            self.assertEqual(events, ["bits", "bits", "transmit"])
             self.assertEqual(
                 ntp64ToUnix(int.from_bytes(reply[40:48], "big"), 1.7e9), 1_700_000_000.5
             )

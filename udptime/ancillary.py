@@ -10,6 +10,7 @@ Both the one-at-a-time reader (C{recvmsg}) and the batched one
 
 from __future__ import annotations
 
+import fcntl
 import platform
 import socket
 import struct
@@ -98,3 +99,70 @@ def kernelTimestampsAvailable() -> bool:
     Whether this system can give receive timestamps with C{SO_TIMESTAMPNS}.
     """
     return SO_TIMESTAMPNS is not None
+
+
+# Kernel transmit timestamps (Documentation/networking/timestamping.rst):
+# asked for one reply at a time with a control message, reported on the
+# socket's error queue with the reply.
+SO_TIMESTAMPING: Final = getattr(socket, "SO_TIMESTAMPING", 37)
+"""The socket option (and control message) of C{SO_TIMESTAMPING}."""
+
+SCM_TIMESTAMPING: Final = SO_TIMESTAMPING
+"""The control message that carries the timestamps (three C{timespec}s,
+the software one first)."""
+
+_TX_SOFTWARE: Final = 1 << 1
+_SOFTWARE: Final = 1 << 4
+_OPT_RX_FILTER: Final = 1 << 17
+
+TRANSMIT_TIMESTAMPING: Final = _SOFTWARE | _OPT_RX_FILTER
+"""
+The socket-wide C{SO_TIMESTAMPING} flags: report software timestamps, but
+never on received datagrams (C{SOF_TIMESTAMPING_OPT_RX_FILTER}, Linux 6.2),
+whose receive times come as C{SO_TIMESTAMPNS} messages alone.
+"""
+
+TRANSMIT_TIMESTAMP_REQUEST: Final = (
+    (socket.SOL_SOCKET, SO_TIMESTAMPING, struct.pack("@I", _TX_SOFTWARE)),
+)
+"""Control data that asks the kernel for a datagram's software transmit
+timestamp, sent with it."""
+
+MSG_ERRQUEUE: Final = getattr(socket, "MSG_ERRQUEUE", 0x2000)
+"""The C{recvmsg} flag that reads the socket's error queue."""
+
+
+def enableTransmitTimestamps(sock: socket.socket) -> None:
+    """
+    Let C{sock} report the software transmit timestamps of the datagrams
+    sent with L{TRANSMIT_TIMESTAMP_REQUEST}, on its error queue.
+
+    @raise OSError: this system cannot (not Linux, or a kernel without
+        C{SOF_TIMESTAMPING_OPT_RX_FILTER}).
+    """
+    if sys.platform != "linux":
+        raise OSError("kernel transmit timestamps are read on Linux only")
+    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPING, TRANSMIT_TIMESTAMPING)
+
+
+_SIOCGSTAMPNS: Final = 0x8907
+"""The ioctl that gives the kernel receive time of a socket's last datagram
+(Linux's C{SIOCGSTAMPNS_OLD}: a native C{struct timespec})."""
+
+
+def lastReceiveTime(fd: int) -> float | None:
+    """
+    The kernel's receive time (Unix seconds) of the datagram read last from
+    the socket C{fd}, with the ioctl C{SIOCGSTAMPNS}, which works with any
+    read call; L{None} where there is none: not Linux, nothing read yet
+    (the first call turns the socket's timestamps on, so make one before
+    the datagram arrives), or another error.
+    """
+    if sys.platform != "linux":
+        return None
+    try:
+        stamp = fcntl.ioctl(fd, _SIOCGSTAMPNS, bytes(TIMESPEC.size))
+    except OSError:
+        return None
+    seconds, nanoseconds = TIMESPEC.unpack(stamp)
+    return float(seconds + nanoseconds * 1e-9)

@@ -42,6 +42,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.python.failure import Failure
 
 from udptime.address import formatAddress
+from udptime.ancillary import lastReceiveTime
 from udptime.clock import WallClock, systemClock
 from udptime.reading import (
     ClientCodec,
@@ -243,8 +244,16 @@ class _ReplyReceiver(DatagramProtocol):
         self.owner = owner
         self.attempt = attempt
 
+    def startProtocol(self) -> None:
+        """
+        Turn the socket's kernel receive times on (see L{_Query.receiveTime}).
+        """
+        self.owner.receiveTime(self.transport)
+
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
-        self.owner.datagramReceived(self.attempt, datagram, addr)
+        self.owner.datagramReceived(
+            self.attempt, datagram, addr, self.owner.receiveTime(self.transport)
+        )
 
 
 class _Query:
@@ -354,12 +363,13 @@ class _Query:
                 f"cannot open a UDP socket to ask {self._where([self.host])}: {reason}"
             )
             return
-        self.sentAt = self.clock()
         try:
-            datagram, self.state = self.codec.buildRequest(self.sentAt)
+            datagram, self.state = self.codec.buildRequest(self.clock())
         except Exception as e:
             self._finish(e)
             return
+        # The origin time is read last, just before the send.
+        self.sentAt = self.clock()
         try:
             self.port.write(datagram, (self.host, self.portNumber))
         except (OSError, error.MessageLengthError, error.InvalidAddressError) as e:
@@ -412,13 +422,36 @@ class _Query:
             return
         self._tryAgain()
 
-    def datagramReceived(self, attempt: int, datagram: bytes, addr: Any) -> None:
+    def receiveTime(self, port: object) -> float | None:
         """
-        A datagram arrived on the socket of try number C{attempt}.
+        The kernel's receive time of the datagram read last from the socket
+        of C{port} (C{SIOCGSTAMPNS}), or L{None} where there is none (a port
+        with no socket, or no such call); the first call turns them on.
+        """
+        getHandle = getattr(port, "getHandle", None)
+        if getHandle is None:
+            return None
+        handle = getHandle()
+        fileno = getattr(handle, "fileno", None)
+        if fileno is None:
+            return None
+        return lastReceiveTime(fileno())
+
+    def datagramReceived(
+        self,
+        attempt: int,
+        datagram: bytes,
+        addr: Any,
+        receivedAt: float | None = None,
+    ) -> None:
+        """
+        A datagram arrived on the socket of try number C{attempt}, at the
+        kernel's time C{receivedAt} (L{None}: now, by the clock).
         """
         if self.finished or attempt != self.attempts or self.timer is None:
             return
-        receivedAt = self.clock()
+        if receivedAt is None:
+            receivedAt = self.clock()
         if not sameAddress(addr, (self.host, self.portNumber)):
             self.ignored += 1
             return

@@ -9,6 +9,11 @@ C{denied}, C{looped}) and gets no reply, or gets the refusal's own reply (a
 text C{error:} line, counted C{answered} once sent; an NTP Kiss-o'-Death,
 counted C{kissed}).  A decision is never L{None}.
 
+A reply that carries the time it is sent (NTP's transmit timestamp) may also
+be decided as a L{LateReply}: built but for that time, which the port has it
+read and write (L{LateReply.stamp}) just before the send, so that nothing
+but the send comes between the clock's reading and the reply leaving.
+
 The refusals without a reply are module constants (L{DROPPED},
 L{MALFORMED} here, and the policy's verdicts in L{udptime.policy}), so
 that refusing costs no allocation; answering costs none either, as the
@@ -17,7 +22,8 @@ reply is the decision.
 
 from __future__ import annotations
 
-from typing import Final, TypeAlias
+from collections.abc import Sequence
+from typing import Any, Final, TypeAlias
 
 from udptime import counters
 
@@ -62,8 +68,41 @@ class Refusal:
         return f"<Refusal {self.name}, {len(self.reply)}-byte reply ({sent})>"
 
 
-Decision: TypeAlias = bytes | Refusal
-"""What a protocol decided about one datagram: its reply, or a refusal."""
+Ancillary: TypeAlias = Sequence[tuple[int, int, Any]]
+"""Control messages to send a reply with (C{sendmsg}'s ancillary data)."""
+
+
+class LateReply:
+    """
+    A reply built but for the time it is sent, which L{stamp} reads and
+    writes last: the port calls it just before the send, and sends what it
+    returns at once.
+
+    @ivar control: control messages to send the reply with (besides the
+        port's own), or L{None}: a request for the reply's kernel transmit
+        timestamp.
+    """
+
+    __slots__ = ()
+    control: Ancillary | None
+
+    def stamp(self) -> bytes:
+        """
+        Read the clock and return the reply's bytes with the send time, to
+        be sent at once.
+        """
+        raise NotImplementedError(type(self).__name__ + ".stamp")
+
+    def __len__(self) -> int:
+        """
+        The reply's length in bytes.
+        """
+        raise NotImplementedError(type(self).__name__ + ".__len__")
+
+
+Decision: TypeAlias = bytes | Refusal | LateReply
+"""What a protocol decided about one datagram: its reply, a reply to stamp
+with its send time as it is sent, or a refusal."""
 
 DROPPED: Final = Refusal(counters.DROPPED)
 """No reply, for protocol reasons (oversized, not a request of this

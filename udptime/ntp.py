@@ -46,6 +46,7 @@ from udptime.clock import (
     toNTPShort,
     unixToNTP64,
 )
+from udptime.decision import Ancillary, LateReply
 from udptime.reading import BadReply, Reading, ReplyMismatch, ServerRefused
 
 NTP_PORT: Final = 123
@@ -400,35 +401,28 @@ def buildReply(
         synchronised the reply carries LI 3 and stratum 0.
     @param received: Unix time the request arrived.
     @param transmit: Unix time the reply leaves, or a callable giving it:
-        a callable is called once, when everything but the transmit
-        timestamp is ready (as L{plainReply} does), so that the transmit
-        time is read as close to the send as this function can.
+        a callable is called once, last, when everything but the transmit
+        timestamp is ready, its random bits included (see L{LateTransmit}).
     @param minPoll: the server's minimum poll exponent.
     @param randomBits: C{getrandbits}-like source of the random bits below
         the clock's precision in the receive and transmit timestamps.
     """
-    precision = state.precision
-    start = replyStart(
-        state, request.version, replyMode(request), replyPoll(request, minPoll)
-    )
-    receiveTimestamp = fuzzTimestamp(unixToNTP64(received), precision, randomBits)
-    if callable(transmit):
-        transmit = transmit()
-    transmitTimestamp = fuzzTimestamp(unixToNTP64(transmit), precision, randomBits)
-    if _signedDifference(transmitTimestamp, receiveTimestamp) < 0:
-        # Both fell in one step of the clock; the fuzz must not reverse them.
-        transmitTimestamp = receiveTimestamp
-    return _REPLY_END.pack(
-        start, request.transmitTimestamp, receiveTimestamp, transmitTimestamp
-    )
+    clock = transmit if callable(transmit) else lambda: transmit
+    late = LateTransmit(clock)
+    return late.general(request, state, received, minPoll, randomBits).stamp()
 
 
 # The start of a reply (see replyStart), and the whole reply from its start
 # and its origin, receive and transmit timestamps (as a number, or as the
 # request's 8 bytes).
 _REPLY_START: Final = struct.Struct("!BBbbII4sQ")
-_REPLY_END: Final = struct.Struct("!24sQQQ")
-_PLAIN_REPLY_END: Final = struct.Struct("!24s8sQQ")
+_REPLY_FROM_PARTS: Final = struct.Struct("!24s8sQQ")
+_NTP64: Final = struct.Struct("!Q")
+TRANSMIT_AT: Final = 40
+"""Where a reply's transmit timestamp starts."""
+REPLY_FROM_PARTS: Final = _REPLY_FROM_PARTS
+"""A reply from its first 24 bytes, its origin timestamp (8 bytes) and its
+receive and transmit timestamps (numbers)."""
 _MASK_64: Final = (1 << 64) - 1
 
 
@@ -537,53 +531,195 @@ def plainReply(
     @param randomBits: gives C{k} random bits for C{randomBits(k)}, as
         L{random.getrandbits} does.
     """
-    prefix = constants.prefixes.get((data[0] & 0x38) | data[2] << 8)
-    if prefix is None:
-        prefix = constants.addPrefix(data)
-    origin = data[40:48]
-    bits = constants.fuzzBits
-    if received >= 0.0 and bits:
-        # unixToNTP64 and fuzzTimestamp, inline, for the times after 1970
-        # that they nearly always get: a time scaled by a power of two is
-        # exact, and truncating it (float.__trunc__, which is int() without
-        # int's generic argument handling, at half the cost) floors it to
-        # whole steps of the clock's precision, to which the random bits
-        # below them are added.  Comparing the steps and then the random
-        # bits is comparing the timestamps.
-        scale = constants.unitsPerSecond
-        receiveUnits = (received * scale).__trunc__() + constants.offsetUnits
-        receiveFuzz = randomBits(bits)
-        receive = receiveUnits << bits | receiveFuzz
-        transmit = transmitTime()
-        if transmit >= 0.0:
-            sendUnits = (transmit * scale).__trunc__() + constants.offsetUnits
-            sendFuzz = randomBits(bits)
-            if sendUnits < receiveUnits or (
-                sendUnits == receiveUnits and sendFuzz < receiveFuzz
-            ):
-                # Both fell in one step of the clock (or it went back): the
-                # fuzz must not reverse them (see buildReply).
+    late = LateTransmit(transmitTime)
+    return late.plain(data, constants, received, randomBits).stamp()
+
+
+class LateTransmit(LateReply):
+    """
+    An NTP reply built but for its transmit timestamp, which L{stamp} reads
+    from the clock last, as the port sends the reply: a client's offset is
+    off by half the time from that reading to the send, so that nothing
+    else comes between them but packing the reply's 48 bytes from the parts
+    made before (the random bits below the clock's precision included).  A
+    server keeps one and fills it again for each reply (L{plain},
+    L{general}).
+
+    @ivar clock: gives the transmit time (Unix seconds).
+    @ivar control: see L{LateReply.control}.
+    @ivar start: the reply's first 24 bytes (see L{replyStart}).
+    @ivar origin: its origin timestamp (8 bytes).
+    @ivar receive: its receive timestamp, before it is wrapped into its NTP
+        era (after 2036): the transmit timestamp is never before it.
+    @ivar fuzz: the random bits below the clock's precision, for the
+        transmit timestamp.
+    @ivar constants: the reply constants whose scale made the receive
+        timestamp (a time after 1970, a precision finer than a second), as
+        it then makes the transmit timestamp when it can; L{None} when the
+        general conversion did.
+    @ivar bits: how many low bits of a timestamp are below the precision,
+        for the general conversion.
+    """
+
+    __slots__ = (
+        "bits",
+        "clock",
+        "constants",
+        "control",
+        "fuzz",
+        "origin",
+        "receive",
+        "start",
+    )
+
+    def __init__(
+        self, clock: Callable[[], float], control: Ancillary | None = None
+    ) -> None:
+        """
+        @param control: the control messages every reply it fills is sent
+            with.
+        """
+        self.clock = clock
+        self.control = control
+        self.start = bytes(24)
+        self.origin = bytes(8)
+        self.receive = self.fuzz = self.bits = 0
+        self.constants: ReplyConstants | None = None
+
+    def __len__(self) -> int:
+        return HEADER_SIZE
+
+    def plain(
+        self,
+        data: bytes,
+        constants: ReplyConstants,
+        received: float,
+        randomBits: Callable[[int], int] = random.getrandbits,
+    ) -> LateTransmit:
+        """
+        Fill in the reply to the plain client request C{data} (see
+        L{isPlainRequest}) but for its transmit timestamp: byte for byte,
+        once stamped, what L{buildReply} gives for L{parseRequest}C{(data)}
+        with the state and minimum poll of C{constants} and the same random
+        bits, but built from the cached start of the reply.
+
+        @param randomBits: gives C{k} random bits for C{randomBits(k)}, as
+            L{random.getrandbits} does: called for the receive timestamp,
+            then for the transmit timestamp.
+        @return: this reply, to L{stamp}.
+        """
+        start = constants.prefixes.get((data[0] & 0x38) | data[2] << 8)
+        if start is None:
+            start = constants.addPrefix(data)
+        self.start = start
+        self.origin = data[40:48]
+        bits = constants.fuzzBits
+        if received >= 0.0 and bits:
+            # unixToNTP64 and fuzzTimestamp, inline, for the times after 1970
+            # that they nearly always get: a time scaled by a power of two is
+            # exact, and truncating it (float.__trunc__, which is int() without
+            # int's generic argument handling, at half the cost) floors it to
+            # whole steps of the clock's precision, to which the random bits
+            # below them are added.
+            self.receive = (
+                (received * constants.unitsPerSecond).__trunc__()
+                + constants.offsetUnits
+            ) << bits | randomBits(bits)
+            self.constants = constants
+            self.fuzz = randomBits(bits)
+            return self
+        self.receive = fuzzTimestamp(
+            unixToNTP64(received), constants.state.precision, randomBits
+        )
+        self.constants = None
+        self.bits = bits
+        self.fuzz = randomBits(bits) if bits else 0
+        return self
+
+    def general(
+        self,
+        request: NTPPacket,
+        state: ClockState,
+        received: float,
+        minPoll: int = MIN_POLL,
+        randomBits: Callable[[int], int] = random.getrandbits,
+    ) -> LateTransmit:
+        """
+        Fill in the reply to C{request} but for its transmit timestamp (see
+        L{buildReply}, which stamps it at once).
+
+        @return: this reply, to L{stamp}.
+        """
+        precision = state.precision
+        self.start = replyStart(
+            state, request.version, replyMode(request), replyPoll(request, minPoll)
+        )
+        self.origin = _NTP64.pack(request.transmitTimestamp)
+        self.receive = fuzzTimestamp(unixToNTP64(received), precision, randomBits)
+        bits = self.bits = min(max(32 + precision, 0), 32)
+        self.fuzz = randomBits(bits) if bits else 0
+        self.constants = None
+        return self
+
+    def receiveTimestamp(self) -> bytes:
+        """
+        The reply's receive timestamp, as it is sent (8 bytes).
+        """
+        return _NTP64.pack(self.receive & _MASK_64)
+
+    def stamp(self) -> bytes:
+        """
+        Read the transmit time and return the reply with its timestamp
+        (never before the receive timestamp: both may fall in one step of
+        the clock, whose random bits must not reverse them).
+        """
+        transmit = self.clock()
+        constants = self.constants
+        if constants is not None and transmit >= 0.0:
+            send = (
+                (transmit * constants.unitsPerSecond).__trunc__()
+                + constants.offsetUnits
+            ) << constants.fuzzBits | self.fuzz
+            receive = self.receive
+            if send < receive:
                 send = receive
-            else:
-                send = sendUnits << bits | sendFuzz
             if send > _MASK_64:
                 # From 2036 on, in NTP era 1 (send >= receive: one test
                 # covers both).
-                receive &= _MASK_64
                 send &= _MASK_64
-            return _PLAIN_REPLY_END.pack(prefix, origin, receive, send)
-    else:
-        receive = fuzzTimestamp(
-            unixToNTP64(received), constants.state.precision, randomBits
-        )
-        transmit = transmitTime()
-    # Wrapped here for the one way into this from the branch above (a
-    # transmit time before 1970): that branch leaves receive unwrapped.
-    receive &= _MASK_64
-    send = fuzzTimestamp(unixToNTP64(transmit), constants.state.precision, randomBits)
-    if _signedDifference(send, receive) < 0:
-        send = receive
-    return _PLAIN_REPLY_END.pack(prefix, origin, receive, send)
+                receive &= _MASK_64
+        else:
+            bits = self.bits if constants is None else constants.fuzzBits
+            keep = _MASK_64 ^ ((1 << bits) - 1)
+            send = (unixToNTP64(transmit) & keep) | self.fuzz
+            receive = self.receive & _MASK_64
+            if _signedDifference(send, receive) < 0:
+                send = receive
+        return _REPLY_FROM_PARTS.pack(self.start, self.origin, receive, send)
+
+
+class StampedReply(LateReply):
+    """
+    A reply whose transmit timestamp is written already (an interleaved
+    reply carries a transmit time the kernel reported earlier).
+
+    @ivar reply: the reply.
+    """
+
+    __slots__ = ("control", "reply")
+
+    def __init__(self, reply: bytes, control: Ancillary | None = None) -> None:
+        self.reply = reply
+        self.control = control
+
+    def __len__(self) -> int:
+        return len(self.reply)
+
+    def stamp(self) -> bytes:
+        """
+        The reply, as it is.
+        """
+        return self.reply
 
 
 def buildKissOfDeath(

@@ -51,18 +51,25 @@ from itertools import repeat
 from typing import Final
 
 from twisted.internet import error, udp
-from twisted.internet.interfaces import IReactorFDSet
+from twisted.internet.interfaces import IHalfCloseableDescriptor, IReactorFDSet
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from udptime import mmsg
 from udptime.ancillary import (
+    MSG_ERRQUEUE,
+    SCM_TIMESTAMPING,
     SCM_TIMESTAMPNS,
     SO_TIMESTAMPNS,
     TIMESPEC,
     TIMESTAMP_SPACE,
     DestinationReports,
     destinationReports,
+    enableTransmitTimestamps,
 )
+from udptime.clock import NTP_UNIX_OFFSET
+from udptime.interleave import TransmitTimes
 from udptime.replies import ReplyPath
 from udptime.server import UDPServerProtocol
 
@@ -101,6 +108,13 @@ def batchingAvailable() -> bool:
     return mmsg.available()
 
 
+_ERROR_QUEUE_SIZE: Final = 2048
+"""Room for a reply the error queue gives back, with its headers."""
+_ERROR_QUEUE_CONTROL: Final = 512
+"""Room for the control messages that come with it."""
+
+
+@implementer(IHalfCloseableDescriptor)
 class ServerPort(udp.Port):
     """
     A UDP port that serves a L{UDPServerProtocol}: its L{reader} reads, the
@@ -118,6 +132,10 @@ class ServerPort(udp.Port):
         port reads one datagram per call.
     @ivar replies: the reply path: sends the replies and counts.
     @ivar reader: reads the waiting datagrams, in L{doRead}.
+    @ivar transmitTimes: where the kernel transmit times of the replies
+        sent with a request for them go (the protocol's
+        L{interleave<udptime.server.UDPServerProtocol.interleave>}), or
+        L{None} when the port reads none.
     """
 
     log = Logger()
@@ -128,6 +146,7 @@ class ServerPort(udp.Port):
     batch: mmsg.MessageBatch | None = None
     replies: ReplyPath
     reader: Reader
+    transmitTimes: TransmitTimes | None = None
 
     @classmethod
     def adopt(
@@ -188,6 +207,8 @@ class ServerPort(udp.Port):
                     error=failure,
                 )
         port.startListening()  # type: ignore[no-untyped-call]
+        if protocol.kernelTransmitTimes:
+            port.enableTransmitTimes()
         port.replies = ReplyPath(
             protocol, port.socket.sendto, port.socket.sendmsg, port.batch
         )
@@ -222,6 +243,81 @@ class ServerPort(udp.Port):
         reports = self.destinations
         if reports is not None:
             self.socket.setsockopt(reports.level, reports.option, 1)
+
+    def enableTransmitTimes(self) -> None:
+        """
+        Have the socket report the kernel transmit times of the replies sent
+        with a request for them, and give the protocol a table for them; or
+        log why it cannot.
+        """
+        try:
+            enableTransmitTimestamps(self.socket)
+        except OSError as failure:
+            self.log.warn(
+                "{service}: no kernel transmit timestamps, so no interleaved "
+                "mode: {error}",
+                service=self.protocol.serviceName,
+                error=failure,
+            )
+            return
+        times = self.protocol.interleave
+        if times is None:
+            times = self.protocol.interleave = TransmitTimes()
+        self.transmitTimes = times
+
+    def readErrorQueue(self) -> None:
+        """
+        Read the kernel transmit timestamps waiting on the socket's error
+        queue, without waiting for any, into L{transmitTimes}: each comes
+        with the reply it was taken for, whose receive timestamp names it.
+        """
+        times = self.transmitTimes
+        assert times is not None
+        times.awaiting = 0
+        recvmsg = self.socket.recvmsg
+        for _ in range(self.maxDatagramsPerRead):
+            try:
+                data, ancillary, _flags, _addr = recvmsg(
+                    _ERROR_QUEUE_SIZE, _ERROR_QUEUE_CONTROL, MSG_ERRQUEUE
+                )
+            except BlockingIOError:
+                return
+            except OSError as failure:
+                if self.readFailed(failure):
+                    continue
+                return
+            for level, kind, payload in ancillary:
+                if (
+                    kind == SCM_TIMESTAMPING
+                    and level == socket.SOL_SOCKET
+                    and len(payload) >= TIMESPEC.size
+                    and len(data) >= 16
+                ):
+                    seconds, nanoseconds = TIMESPEC.unpack_from(payload)
+                    # The reply (48 bytes) ends the data: its receive
+                    # timestamp is 16 bytes before the end.
+                    times.transmitted(
+                        data[-16:-8], ntpFromTimespec(seconds, nanoseconds)
+                    )
+
+    def readConnectionLost(self, reason: Failure) -> None:
+        """
+        The reactor saw the socket's error condition and nothing to read: a
+        kernel transmit timestamp that came after the reads that waited for
+        it (a UDP socket has no other end to close).  Read the error queue
+        and go on reading.
+        """
+        if self.transmitTimes is not None and self.connected:
+            self.readErrorQueue()
+            self.startReading()  # type: ignore[no-untyped-call]
+            return
+        self.connectionLost(reason)  # type: ignore[no-untyped-call]
+
+    def writeConnectionLost(self, reason: Failure) -> None:
+        """
+        Not called for a port that never waits to write.
+        """
+        self.connectionLost(reason)  # type: ignore[no-untyped-call]
 
     def doRead(self) -> None:
         """
@@ -293,6 +389,9 @@ class OneAtATime(Reader):
             read += 1
             answered += handle(data, addr[:2] if ipv6 else addr, clock())
         replies.tally(read, answered)
+        times = port.transmitTimes
+        if times is not None and times.awaiting:
+            port.readErrorQueue()
 
 
 class WithControl(Reader):
@@ -344,6 +443,9 @@ class WithControl(Reader):
                 received = clock()
             answered += handle(data, addr[:2] if ipv6 else addr, received, reached)
         replies.tally(read, answered)
+        times = port.transmitTimes
+        if times is not None and times.awaiting:
+            port.readErrorQueue()
 
 
 class Batched(Reader):
@@ -472,6 +574,9 @@ class Batched(Reader):
                 break
             remaining -= got
         replies.tally(read, answered)
+        times = port.transmitTimes
+        if times is not None and times.awaiting:
+            port.readErrorQueue()
 
     def unknownSource(self, failure: OSError) -> None:
         """
@@ -483,6 +588,16 @@ class Batched(Reader):
             service=self.port.protocol.serviceName,
             error=failure,
         )
+
+
+def ntpFromTimespec(seconds: int, nanoseconds: int) -> int:
+    """
+    The 64-bit NTP timestamp of a kernel C{timespec}, exactly (a float of
+    the Unix time would lose its last quarter microsecond).
+    """
+    return ((seconds + NTP_UNIX_OFFSET) & 0xFFFFFFFF) << 32 | (
+        (nanoseconds << 32) // 1_000_000_000
+    )
 
 
 def _osError(errno: int) -> OSError:

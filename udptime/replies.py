@@ -34,20 +34,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from errno import EAGAIN, ECONNREFUSED, EINTR, ENOBUFS, EWOULDBLOCK
-from typing import TYPE_CHECKING, Any, Final, TypeAlias
+from typing import TYPE_CHECKING, Final
 
 from twisted.internet.error import MessageLengthError
 
 from udptime import counters
 from udptime.address import Address
-from udptime.decision import Decision, Refusal
+from udptime.decision import Ancillary, Decision, LateReply, Refusal
 
 if TYPE_CHECKING:
     from udptime.mmsg import MessageBatch
     from udptime.server import UDPServerProtocol
 
-Ancillary: TypeAlias = Sequence[tuple[int, int, Any]]
-"""Control messages to send a reply with (C{sendmsg}'s ancillary data)."""
 
 _SEND_ERRORS: Final = (OSError, MessageLengthError)
 """What a send raises when the kernel refuses a reply (C{transport.write}
@@ -70,9 +68,12 @@ class ReplyPath:
     @ivar protocol: the protocol that decides.
     @ivar counts: its counters (L{ServiceCounters.counts
         <udptime.counters.ServiceCounters.counts>}).
-    @ivar decide: the protocol's C{decide}, or in verbose mode (the
-        protocol's C{verbose} when the path was made) L{decideAndLog}, which
-        logs every decision.
+    @ivar decide: the protocol's C{decide} (C{decideLate} for a protocol
+        whose replies carry their send time: a
+        L{LateReply<udptime.decision.LateReply>} is stamped just before it
+        is sent), or in verbose mode (the protocol's C{verbose} when the path
+        was made) L{decideAndLog}, which logs every decision.
+    @ivar decideQuietly: that decision, never logged.
     @ivar verbose: whether every decision is logged.
     @ivar sendto: sends a reply to an address at once; raises L{OSError}
         (or L{MessageLengthError}) when the kernel refuses it.
@@ -97,6 +98,9 @@ class ReplyPath:
     ) -> None:
         self.protocol = protocol
         self.decide: Callable[[bytes, Address, float], Decision] = protocol.decide
+        if protocol.transmitTimestamps:
+            self.decide = protocol.decideLate
+        self.decideQuietly = self.decide
         if protocol.verbose:
             self.decide = self.decideAndLog
         self.counts = protocol.counters.counts
@@ -138,9 +142,27 @@ class ReplyPath:
             self.failed(data, addr, received)
             return 0
         if decision.__class__ is not bytes:
-            # A Refusal (which mypy does not infer from the class; isinstance
-            # would cost three times as much, on every datagram).
-            reply = self.refused(decision, addr, ancillary, slot)  # type: ignore[arg-type]
+            if decision.__class__ is not Refusal:
+                # A LateReply: stamped with the time now, sent at once.
+                control = decision.control  # type: ignore[union-attr]
+                if control is not None and ancillary is not None:
+                    control = (*ancillary, *control)
+                reply = decision.stamp()  # type: ignore[union-attr]
+                try:
+                    if control is not None:
+                        ancillary = control
+                        self.sendmsg((reply,), control, 0, addr)  # type: ignore[misc]
+                    elif ancillary is None:
+                        sendto = self.sendto
+                        sendto(reply, addr)
+                    else:
+                        self.sendmsg((reply,), ancillary, 0, addr)  # type: ignore[misc]
+                except _SEND_ERRORS as failure:
+                    return self.retry(failure, reply, addr, ancillary)
+                return 1
+            # A Refusal (told by its class: isinstance would cost three times
+            # as much, on every datagram).
+            reply = self.refused(decision, addr, ancillary, slot)
             if reply is None:
                 return 0
             decision = reply
@@ -302,7 +324,7 @@ class ReplyPath:
         The protocol's decision about C{data}, logged (L{decide} in verbose
         mode).
         """
-        decision = self.protocol.decide(data, addr, received)
+        decision = self.decideQuietly(data, addr, received)
         self.logDecision(data, addr, decision)
         return decision
 
@@ -311,7 +333,7 @@ class ReplyPath:
         Log one line about a decision (in verbose mode only).
         """
         protocol = self.protocol
-        if type(decision) is bytes:
+        if type(decision) is bytes or isinstance(decision, LateReply):
             protocol.log.info(
                 "{service}: {size}-byte request from {addr}, {replySize}-byte reply",
                 service=protocol.serviceName,

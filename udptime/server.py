@@ -29,6 +29,7 @@ from twisted.logger import Logger
 
 from udptime import daytime, echo, ntp, rfc868, text
 from udptime.address import Address
+from udptime.ancillary import TRANSMIT_TIMESTAMP_REQUEST
 from udptime.clock import (
     ClockSource,
     TimeKnown,
@@ -45,6 +46,7 @@ from udptime.decision import (
     errorReply,
     kissOfDeath,
 )
+from udptime.interleave import TransmitTimes
 from udptime.policy import ADMIT, KISS, LIMITED, LOOPED, Policy, RateLimiter
 from udptime.replies import ReplyPath
 
@@ -56,7 +58,8 @@ BAD_INPUT_LOG_BURST = 10
 # Read by the NTP service for every request: taken from the module once.
 _NTP_HEADER_SIZE: Final = ntp.HEADER_SIZE
 _PLAIN_FIRST_BYTES: Final = ntp.PLAIN_FIRST_BYTES
-_plainReply: Final = ntp.plainReply
+_LateTransmit: Final = ntp.LateTransmit
+_ZERO_TIMESTAMP: Final = bytes(8)
 
 REPLY_BUILDERS = 256
 """
@@ -100,6 +103,17 @@ class UDPServerProtocol(DatagramProtocol):
     """
     Whether replies carry the time they are sent, read as they are built:
     a port must then send each at once, never hold it back for a batch.
+    """
+    kernelTransmitTimes = False
+    """
+    Whether the protocol asks its port for the kernel's transmit times of
+    its replies (NTP's interleaved mode): a port that can read them then
+    gives the protocol a table for them (L{interleave}).
+    """
+    interleave: TransmitTimes | None = None
+    """
+    The kernel transmit times of recent replies, given by a port that reads
+    them; L{None} otherwise.
     """
     receiveTimestamps: ClassVar[bool] = False
     """
@@ -190,10 +204,23 @@ class UDPServerProtocol(DatagramProtocol):
         if memory.isLoop(addr, data, received):
             return LOOPED
         decision = self.respond(data, addr, received)
-        reply = decision if isinstance(decision, bytes) else decision.reply
+        if isinstance(decision, bytes):
+            reply = decision
+        else:
+            # A late reply (NTP's) is not remembered: it is never an echo.
+            reply = decision.reply if isinstance(decision, Refusal) else None
         if reply is not None:
             memory.remember(addr, reply, received)
         return decision
+
+    def decideLate(self, data: bytes, addr: Address, received: float) -> Decision:
+        """
+        The decision the port carries out, where the protocol's replies carry
+        their send time (L{transmitTimestamps}): as L{decide}'s, but such a
+        reply may be a L{LateReply<udptime.decision.LateReply>}, which the
+        port stamps with the time as it sends it.  By default, L{decide}'s.
+        """
+        return self.decide(data, addr, received)
 
     def respond(self, data: bytes, addr: Address, received: float) -> Decision:
         """
@@ -322,7 +349,7 @@ class TextTimeServer(UDPServerProtocol):
                 decision = self._answer(request, received)
                 if isinstance(decision, bytes):
                     return text.withToken(decision, token)
-                if decision.reply is not None:
+                if isinstance(decision, Refusal) and decision.reply is not None:
                     return errorReply(text.withToken(decision.reply, token))
                 return decision
         return self._answer(data, received)
@@ -438,12 +465,14 @@ class NTPServer(UDPServerProtocol):
 
     The receive timestamp is the time the datagram arrived; the transmit
     timestamp is read from the clock last, when the rest of the reply is
-    built.  What
+    built: L{decideLate} leaves it to the port, which writes it as it sends
+    the reply (see L{ntp.LateTransmit}); L{decide} writes it at once.  What
     the reply claims about the clock (leap warning, stratum, refid, root
     delay and dispersion, reference time, precision) comes from the
     L{ClockSource}.
 
     @ivar clockSource: what the server claims about its clock.
+    @ivar late: the reply being built, stamped last.
     @ivar minPoll: the server's minimum poll exponent (see
         L{ntp.replyPoll}).
     """
@@ -460,12 +489,18 @@ class NTPServer(UDPServerProtocol):
         policy: Policy | None = None,
         clockSource: ClockSource | None = None,
         minPoll: int = ntp.MIN_POLL,
+        interleaved: bool = True,
     ) -> None:
         """
         @param clockSource: L{None} for a L{ClockSource} that follows the
             kernel's synchronisation state and claims nothing more.
+        @param interleaved: answer clients that ask in interleaved form in
+            interleaved mode, where the port can read the kernel's transmit
+            times (see L{udptime.interleave}).
         """
         super().__init__(clock=clock, verbose=verbose, policy=policy)
+        self.kernelTransmitTimes = interleaved
+        self.timed = ntp.LateTransmit(clock, TRANSMIT_TIMESTAMP_REQUEST)
         self.clockSource = ClockSource() if clockSource is None else clockSource
         self.minPoll = minPoll
         self._replyConstants: ntp.ReplyConstants | None = None
@@ -473,6 +508,38 @@ class NTPServer(UDPServerProtocol):
         # fresh (see ClockSource.stateSpan): none yet.
         self._constantsFrom = math.inf
         self._constantsUntil = -math.inf
+
+    @property
+    def clock(self) -> WallClock:
+        """
+        The wall clock, from which the transmit timestamps are read too.
+        """
+        return self.late.clock
+
+    @clock.setter
+    def clock(self, clock: WallClock) -> None:
+        late: ntp.LateTransmit | None = self.__dict__.get("late")
+        if late is None:
+            self.late = ntp.LateTransmit(clock)
+        else:
+            late.clock = clock
+            self.timed.clock = clock
+
+    decideLate = UDPServerProtocol.decide
+    """
+    The policy's and the codec's decision, an answer left for the port to
+    stamp with its transmit time (a L{ntp.LateTransmit}).
+    """
+
+    def decide(self, data: bytes, addr: Address, received: float) -> Decision:
+        """
+        The decision about C{data} (see L{UDPServerProtocol.decide}), an
+        answer stamped with its transmit time at once.
+        """
+        decision = self.decideLate(data, addr, received)
+        if decision.__class__ is _LateTransmit:
+            return decision.stamp()
+        return decision
 
     def startProtocol(self) -> None:
         """
@@ -492,7 +559,18 @@ class NTPServer(UDPServerProtocol):
                 or not self._constantsFrom <= received < self._constantsUntil
             ):
                 constants = self._freshConstants(received)
-            return _plainReply(data, constants, received, self.clock)
+            interleave = self.interleave
+            if (
+                interleave is not None
+                and data[24:32] != _ZERO_TIMESTAMP
+                and data[0] & 0x38 == 0x20
+                and data[32:40] != data[40:48]
+            ):
+                # interleave.isInterleavedForm(data), inline.
+                return self._respondInterleaved(
+                    data, addr[0], received, constants, interleave
+                )
+            return self.late.plain(data, constants, received)
         try:
             request = ntp.parseRequest(data, addr[1])
         except ntp.NTPCodecError as error:
@@ -505,9 +583,35 @@ class NTPServer(UDPServerProtocol):
             )
             return DROPPED if isinstance(error, ntp.NotServed) else MALFORMED
         state = self.clockSource.state(received)
-        return ntp.buildReply(
-            request, state, received, self.clock, minPoll=self.minPoll
+        return self.late.general(request, state, received, self.minPoll)
+
+    def _respondInterleaved(
+        self,
+        data: bytes,
+        host: str,
+        received: float,
+        constants: ntp.ReplyConstants,
+        interleave: TransmitTimes,
+    ) -> Decision:
+        """
+        The reply to the plain request C{data} from C{host} in interleaved
+        form: in interleaved mode when the kernel's transmit time of the
+        reply its origin names is known (see L{udptime.interleave}), in
+        basic mode otherwise; either way sent with a request for its own
+        kernel transmit time, which is kept for the next request.
+        """
+        late = self.timed.plain(data, constants, received)
+        previous = interleave.previous(host, data[24:32])
+        receive = late.receiveTimestamp()
+        interleave.expect(host, receive)
+        if previous is None:
+            return late
+        # The kernel's time, to the nanosecond: exact, so not fuzzed below
+        # the precision of the clock the server reads itself.
+        reply = ntp.REPLY_FROM_PARTS.pack(
+            late.start, data[32:40], int.from_bytes(receive, "big"), previous
         )
+        return ntp.StampedReply(reply, late.control)
 
     def _freshConstants(self, received: float) -> ntp.ReplyConstants:
         """

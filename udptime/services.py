@@ -111,6 +111,7 @@ def _ntpServer(options: Mapping[str, Any]) -> UDPServerProtocol:
     return NTPServer(
         verbose=options["verbose"],
         clockSource=ClockSource(options["local-stratum"], options["refid"]),
+        interleaved=not options.get("no-interleaved", False),
     )
 
 

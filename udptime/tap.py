@@ -329,6 +329,14 @@ class Options(usage.Options):
             "NTP: read receive times from the clock when the event loop reads "
             "each request, not from the kernel.",
         ],
+        [
+            "no-interleaved",
+            None,
+            "NTP: never answer in interleaved mode (by default, a client that "
+            "asks in interleaved form, as chronyd's 'xleave' does, gets the "
+            "kernel's transmit time of the previous reply to it, where the "
+            "system reports them).",
+        ],
     ]
 
     def __init__(self) -> None:
