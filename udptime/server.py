@@ -183,7 +183,9 @@ class UDPServerProtocol(DatagramProtocol):
         datagram), a datagram that is a loop (see
         L{ReplyMemory<udptime.policy.ReplyMemory>}) is refused as such, and
         the reply decided is remembered.  Then L{respond} decides, with the
-        service's codec.
+        service's codec.  A verdict that is neither C{ADMIT} nor a refusal
+        (L{None}: a policy that decided nothing) admits nothing: it raises
+        L{TypeError}.
 
         Anything raised here is a bug: the port catches it, counts it as an
         internal error and logs it at a bounded rate (L{logFailure}).
@@ -196,6 +198,9 @@ class UDPServerProtocol(DatagramProtocol):
             if verdict is KISS:
                 reply = self.refused(data, addr, received)
                 return LIMITED if reply is None else kissOfDeath(reply)
+            if verdict.__class__ is not Refusal:
+                # No verdict (None, a bug in the policy) admits nothing.
+                raise TypeError(f"the policy's verdict is {verdict!r}")
             return verdict
         memory = policy.replyMemory
         if memory is None:
