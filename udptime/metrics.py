@@ -601,7 +601,22 @@ class _Page(Resource):
     isLeaf = True
     log = Logger()
 
+    def render(self, request: Request) -> bytes:
+        """
+        C{GET} and C{HEAD} (whose body the request leaves out); 405 for any
+        other method.
+        """
+        if request.method not in (b"GET", b"HEAD"):
+            request.setResponseCode(405)
+            request.setHeader(b"allow", b"GET, HEAD")
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return b"method not allowed\n"
+        return self.render_GET(request)
+
     def render_GET(self, request: Request) -> bytes:
+        """
+        The page, or a bare 500 when making it fails.
+        """
         try:
             return self.page(request)
         except Exception:
@@ -650,6 +665,9 @@ class HealthPage(_Page):
 
 
 class _NotFound(_Page):
+    def render(self, request: Request) -> bytes:
+        return self.render_GET(request)
+
     def page(self, request: Request) -> bytes:
         request.setResponseCode(404)
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
@@ -672,7 +690,7 @@ class MetricsRoot(Resource):
         return self.pages.get(path, self._notFound)
 
     def render(self, request: Request) -> bytes:
-        return self._notFound.render(request)  # type: ignore[no-any-return]
+        return self._notFound.render(request)
 
 
 class _BoundedRequest(Request):
