@@ -660,3 +660,38 @@ class PrometheusTests(TestCase):
         # rate() is the same extrapolated increase per second of the window.
         self.assertGreaterEqual(rate * 300, 100.0)
         self.assertLessEqual(rate * 300, 200.0)
+
+
+class DocumentedNamesTests(SynchronousTestCase):
+    """
+    Every metric the operations page and the Grafana dashboard name is one
+    the collector exports.
+    """
+
+    def exported(self) -> set[str]:
+        report = Report(
+            services={"ntp": {name: 1 for name in FIELDS}},
+            extra={"nts_ke_sessions": {"completed": 1}, "nts_requests": {"nak": 1}},
+        )
+        figures = {"1": WorkerFigures(True, 0, 0, report)}
+        collector = UdptimeCollector(
+            lambda: report,
+            clock=lambda: SYNCED,
+            upstream=FakeUpstream(),
+            workers=lambda: figures,
+        )
+        return {name for name, _ in samples(collector)}
+
+    def named(self, path: str) -> set[str]:
+        import re
+
+        root = os.path.dirname(os.path.dirname(__file__))
+        with open(os.path.join(root, path)) as f:
+            return set(re.findall(r"udptime_[a-z_]+[a-z]", f.read()))
+
+    def test_documented(self) -> None:
+        exported = self.exported()
+        for path in "docs/operations-metrics.rst", "contrib/grafana/udptime.json":
+            named = self.named(path)
+            self.assertTrue(named, path)
+            self.assertEqual(named - exported, set(), path)
