@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.support import freePort, requirePeer, udpQuery, waitFor
+from tests.support import freePort, requirePeer, stopProcess, udpQuery, waitFor
 from udptime.activation import (
     ActivationError,
     activatedSockets,
@@ -307,16 +307,7 @@ class SocketActivateTests(SynchronousTestCase):
                 env=env,
             )
 
-        def stop() -> None:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
-
-        self.addCleanup(stop)
+        self.addCleanup(stopProcess, process)
 
         def log() -> str:
             with open(stderrPath, errors="replace") as f:
@@ -331,7 +322,7 @@ class SocketActivateTests(SynchronousTestCase):
         self.assertEqual(
             udpQuery(b"again", host, port), f"{name} {family} again".encode()
         )
-        stop()
+        stopProcess(process)
         self.assertEqual(process.returncode, 0, log())
 
     def test_IPv4(self) -> None:

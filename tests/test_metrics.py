@@ -25,7 +25,7 @@ from twisted.internet.error import ConnectError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, readBody
 
-from tests.support import requirePeer
+from tests.support import requirePeer, stopProcess
 from udptime import __version__
 from udptime.clock import ClockState, Leap
 from udptime.counters import ServiceCounters
@@ -567,17 +567,7 @@ class PrometheusTests(TestCase):
                 stderr=log,
                 cwd=directory,
             )
-        self.addCleanup(self.stopPrometheus)
-
-    def stopPrometheus(self) -> None:
-        process = self.process
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        self.addCleanup(stopProcess, self.process, 20.0)
 
     def log(self) -> str:
         with open(self.logPath, errors="replace") as f:

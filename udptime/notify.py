@@ -10,8 +10,8 @@ C{STATUS=...} for C{systemctl status}.
 
 twistd can report readiness this way: with C{--nodaemon} (as a unit of
 C{Type=notify} runs it) the process systemd started is the one that serves,
-so the default C{NotifyAccess=main} accepts its messages.  The plugin calls
-L{notifyReady} once every service listens.
+so the default C{NotifyAccess=main} accepts its messages.  A service calls
+L{notifyReady} once every one of its sockets listens.
 """
 
 from __future__ import annotations
