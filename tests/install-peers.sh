@@ -1,11 +1,13 @@
 #!/bin/sh
 # Install the third-party programs udptime's interoperability tests talk to:
 # chrony (chronyd -Q as the strictest NTP client, and as a reference server),
-# rdate, ntpsec's ntpdig, socat, and iproute2 for private network namespaces.
+# rdate, ntpsec's ntpdig, socat, iproute2 for private network namespaces,
+# systemd for systemd-socket-activate and systemd-analyze (the unit files'
+# checks; it is not started), and prometheus to scrape the metrics endpoint.
 # Debian and Ubuntu only; elsewhere the tests that need them are skipped.
 set -eu
 
-packages="chrony rdate ntpsec-ntpdig socat iproute2"
+packages="chrony rdate ntpsec-ntpdig socat iproute2 systemd prometheus"
 need=""
 for pkg in $packages; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need="$need $pkg"
@@ -27,5 +29,6 @@ fi
 
 echo "install-peers: installing$need" >&2
 $sudo apt-get update -q >/dev/null
-# Never let the package start a system chronyd that would discipline the clock.
+# Never let a package start its daemon (a system chronyd would discipline the
+# clock; a system prometheus would take port 9090).
 DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 $sudo apt-get install -y -q --no-install-recommends $need >/dev/null

@@ -211,6 +211,9 @@ class SourceDistributionTests(SynchronousTestCase):
             "tests/install-peers.sh",
             "bench/run.py",
             "bench/loadgen.c",
+            "contrib/systemd/udptime.service",
+            "contrib/grafana/udptime.json",
+            "docs/operations-metrics.rst",
         ]:
             self.assertIn(needed, names)
         self.assertNotIn("twisted/plugins/__init__.py", names)
