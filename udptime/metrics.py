@@ -82,17 +82,6 @@ REQUESTS: Final = Family(
 RECEIVED: Final = Family(
     "udptime_received_packets", COUNTER, "Datagrams received, by service"
 )
-RECEIVED_BYTES: Final = Family(
-    "udptime_received_bytes", COUNTER, "Bytes of datagrams received, by service"
-)
-SENT_BYTES: Final = Family(
-    "udptime_sent_bytes", COUNTER, "Bytes of replies sent, by service"
-)
-GLOBAL_REFUSALS: Final = Family(
-    "udptime_global_limit_refusals",
-    COUNTER,
-    "Datagrams refused by the service's global rate limit",
-)
 CLIENTS: Final = Family(
     "udptime_rate_limit_clients", GAUGE, "Clients in the rate limit's table"
 )
@@ -128,9 +117,6 @@ FIELDS: Final[Mapping[str, Field]] = {
     "looped": Field(REQUESTS, "loop_guarded"),
     "sendFailed": Field(REQUESTS, "send_error"),
     "internalErrors": Field(REQUESTS, "internal_error"),
-    "bytesReceived": Field(RECEIVED_BYTES),
-    "bytesSent": Field(SENT_BYTES),
-    "globalLimited": Field(GLOBAL_REFUSALS),
     # udptime.policy.Policy.stats()
     "clients": Field(CLIENTS),
     "evicted": Field(EVICTIONS),
@@ -148,6 +134,13 @@ GAUGE_FIELDS: Final = frozenset(
 """The names whose values are levels, not totals."""
 
 EXTRA_FAMILIES: Final[Mapping[str, Family]] = {
+    "global_limit": Family(
+        "udptime_global_limit_requests",
+        COUNTER,
+        "Requests refused by the reply cap all services share (--global-rate),"
+        " by outcome",
+        "outcome",
+    ),
     "nts_ke_sessions": Family(
         "udptime_nts_ke_sessions", COUNTER, "NTS-KE sessions, by outcome", "outcome"
     ),

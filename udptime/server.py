@@ -31,6 +31,7 @@ from udptime import daytime, echo, ntp, rfc868, text
 from udptime.address import Address
 from udptime.clock import (
     ClockSource,
+    ClockStateSource,
     TimeKnown,
     WallClock,
     systemClock,
@@ -410,7 +411,9 @@ class NTPServer(UDPServerProtocol):
     delay and dispersion, reference time, precision) comes from the
     L{ClockSource}.
 
-    @ivar clockSource: what the server claims about its clock.
+    @ivar clockSource: what the server claims about its clock: a
+        L{ClockSource}, or with C{--upstream} an
+        L{UpstreamClock<udptime.upstream.UpstreamClock>}.
     @ivar minPoll: the server's minimum poll exponent (see
         L{ntp.replyPoll}).
     """
@@ -425,7 +428,7 @@ class NTPServer(UDPServerProtocol):
         clock: WallClock = systemClock,
         verbose: bool = False,
         policy: Policy | None = None,
-        clockSource: ClockSource | None = None,
+        clockSource: ClockStateSource | None = None,
         minPoll: int = ntp.MIN_POLL,
     ) -> None:
         """
@@ -433,7 +436,9 @@ class NTPServer(UDPServerProtocol):
             kernel's synchronisation state and claims nothing more.
         """
         super().__init__(clock=clock, verbose=verbose, policy=policy)
-        self.clockSource = ClockSource() if clockSource is None else clockSource
+        self.clockSource: ClockStateSource = (
+            ClockSource() if clockSource is None else clockSource
+        )
         self.minPoll = minPoll
         self._replyConstants: ntp.ReplyConstants | None = None
         # The receive times for which the reply constants' clock state is

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import tzinfo
 from types import FrameType
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from twisted.application.service import IService, MultiService
 from twisted.internet.error import ReactorNotRunning
@@ -22,12 +22,13 @@ from twisted.python import usage
 
 from udptime import __version__, policy, text, workers
 from udptime.ancillary import kernelTimestampsAvailable
-from udptime.clock import LOCAL_REFID
+from udptime.clock import LOCAL_REFID, ClockSource, ClockStateSource
 from udptime.port import DEFAULT_KERNEL_TIMESTAMPS
-from udptime.server import UDPServerProtocol
+from udptime.server import NTPServer, UDPServerProtocol
 from udptime.service import ALL_INTERFACES, ServiceCannotListen, UDPListenService
 from udptime.services import SERVICES
 from udptime.summary import DEFAULT_INTERVAL, CounterSummary
+from udptime.upstream import DEFAULT_POLL_INTERVAL, parseUpstream
 
 _Method = TypeVar("_Method", bound=Callable[..., None])
 _Number = TypeVar("_Number", int, float)
@@ -107,6 +108,7 @@ _port = _bounded(int, 0, 65535, "a port number from 0 to 65535")
 _rate = _bounded(float, 0.0, sys.float_info.max, "a number of requests per second >= 0")
 _count = _bounded(int, 1, sys.maxsize, "a whole number >= 1")
 _prefixLength = _bounded(int, 1, 128, "an IPv6 prefix length from 1 to 128")
+_pollInterval = _bounded(float, 1.0, 3600.0, "a number of seconds from 1 to 3600")
 
 MIN_SUMMARY_INTERVAL = 1.0
 """The shortest C{--summary-interval} but 0: the summaries are for people."""
@@ -215,6 +217,38 @@ class Options(usage.Options):
                 + LOCAL_REFID.decode("ascii")
                 + ")",
                 _refid,
+            ],
+            [
+                "upstream",
+                None,
+                None,
+                "NTP: claim the state of the NTP daemon that disciplines this "
+                "host's clock, asked over NTP at ADDRESS[:PORT] (port 123 by "
+                "default), rather than the kernel's (default: no upstream)",
+                parseUpstream,
+            ],
+            [
+                "upstream-interval",
+                None,
+                DEFAULT_POLL_INTERVAL,
+                "Seconds between two questions to --upstream; its word is "
+                "believed for three of them.",
+                _pollInterval,
+            ],
+            [
+                "metrics-port",
+                None,
+                0,
+                "TCP port of the Prometheus metrics and health pages (/metrics, "
+                "/healthz) (0: off).",
+                _port,
+            ],
+            [
+                "metrics-interface",
+                None,
+                "127.0.0.1",
+                "Address the metrics and health pages listen on (default: 127.0.0.1).",
+                _interface,
             ],
             [
                 "interface",
@@ -422,6 +456,8 @@ class Options(usage.Options):
             raise usage.UsageError("this system has no kernel receive timestamps")
         if not self["ntp-port"] and self["local-stratum"] is not None:
             raise usage.UsageError("--local-stratum is for NTP: give --ntp-port")
+        if not self["ntp-port"] and self["upstream"] is not None:
+            raise usage.UsageError("--upstream is for NTP: give --ntp-port")
         if self["local-stratum"] is None and self["refid"] is not None:
             raise usage.UsageError("--refid is sent with --local-stratum: give both")
         if self["refid"] is None:
@@ -558,18 +594,24 @@ def makeService(options: Options) -> IService:
 
       - a supervisor of worker processes (C{--workers N}) builds only its
         L{workers.WorkerSupervisor}, which binds the sockets and runs the
-        workers: no protocols, no clock measurement, no time zones;
+        workers, and the metrics listener, which adds up the workers'
+        reports: no protocols, no time zones;
       - a worker (C{--worker}, given by its supervisor) builds the
         protocols and serves the sockets it inherited, as the user it is
-        told to switch to;
-      - a single process builds the protocols and binds its sockets.
+        told to switch to, and reports its counters to its supervisor;
+      - a single process builds the protocols and binds its sockets, and
+        serves its own metrics.
     """
     from twisted.internet import reactor
+
+    from udptime import operations
 
     top = UDPTimeService(reactor)
     ports = options.enabledPorts()
     setting = options["worker"]
+    upstream = _upstream(reactor, options, top)
     if setting is None and options["workers"]:
+        reports = operations.SupervisorReports()
         supervisor = workers.WorkerSupervisor(
             reactor,
             ports,
@@ -578,13 +620,34 @@ def makeService(options: Options) -> IService:
             options.arguments,
             workers.twistdPrivileges(options),
             options["ipv6-prefix"],
+            watcher=reports,
         )
         supervisor.setServiceParent(top)
-        _bindUnderTwistd(options, [supervisor])
+        bound: list[_Bindable] = [supervisor]
+        if options["metrics-port"]:
+            aggregator = reports.aggregator
+            metrics = operations.metricsService(
+                reactor,
+                operations.collector(
+                    aggregator.totals,
+                    upstream or ClockSource(options["local-stratum"], options["refid"]),
+                    upstream,
+                    aggregator,
+                ),
+                operations.supervisorHealth(supervisor, reports),
+                options["metrics-port"],
+                options["metrics-interface"],
+            )
+            metrics.setServiceParent(top)
+            bound.append(metrics)
+        _bindUnderTwistd(options, bound)
         return top
     protocols: dict[str, UDPServerProtocol] = {
         name: SERVICES[name].makeServer(options) for name in ports
     }
+    ntp = protocols.get("ntp")
+    if upstream is not None and isinstance(ntp, NTPServer):
+        ntp.clockSource = upstream
     globalLimit = options.globalLimit()
     listeners = []
     for name, protocol in protocols.items():
@@ -602,16 +665,72 @@ def makeService(options: Options) -> IService:
     if options["summary-interval"]:
         summary = CounterSummary(reactor, protocols, options["summary-interval"])
         summary.setServiceParent(top)
+    report = operations.processReport(
+        {name: [protocol] for name, protocol in protocols.items()}, globalLimit
+    )
     if setting is not None:
+        # Before the worker switches user: its report channel is opened
+        # again through /proc/self/fd.
+        sender = operations.workerReports(reactor, report, setting.index)
+        if sender is not None:
+            sender.setServiceParent(top)
         workers.becomeWorker(setting, listeners)
-    else:
-        _bindUnderTwistd(options, listeners)
+        return top
+    bound = list(listeners)
+    if options["metrics-port"]:
+        clockSource: ClockStateSource = (
+            ntp.clockSource
+            if isinstance(ntp, NTPServer)
+            else ClockSource(options["local-stratum"], options["refid"])
+        )
+        metrics = operations.metricsService(
+            reactor,
+            operations.collector(report, clockSource, upstream),
+            operations.processHealth(listeners),
+            options["metrics-port"],
+            options["metrics-interface"],
+        )
+        metrics.setServiceParent(top)
+        bound.append(metrics)
+    _bindUnderTwistd(options, bound)
     return top
 
 
-def _bindUnderTwistd(
-    options: Options, services: Sequence[UDPListenService | workers.WorkerSupervisor]
-) -> None:
+def _upstream(reactor: Any, options: Options, top: MultiService) -> Any:
+    """
+    The upstream clock of C{--upstream}, polling as a child of C{top}
+    (before the services that ask it), or L{None}.  With C{--local-stratum}
+    the local clock is claimed while the upstream daemon's word is not
+    synchronised.
+    """
+    if options["upstream"] is None:
+        return None
+    from udptime.upstream import upstreamClock
+
+    fallback = None
+    if options["local-stratum"] is not None:
+        fallback = ClockSource(options["local-stratum"], options["refid"])
+    upstream = upstreamClock(
+        reactor,
+        options["upstream"],
+        interval=options["upstream-interval"],
+        fallback=fallback,
+    )
+    upstream.setServiceParent(top)
+    return upstream
+
+
+class _Bindable(Protocol):
+    """
+    A service whose sockets L{_bindUnderTwistd} binds early.
+    """
+
+    def bind(self) -> None: ...
+
+    def unbind(self) -> None: ...
+
+
+def _bindUnderTwistd(options: Options, services: Sequence[_Bindable]) -> None:
     """
     Run by twistd (or twist), bind the sockets of C{services} now, before
     twistd runs the service (and, as a daemon, before it leaves the

@@ -76,6 +76,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from udptime.address import formatAddress
 from udptime.clock import (
     MAX_DISPERSION,
     MAX_STRATUM,
@@ -89,7 +90,6 @@ from udptime.clock import (
     systemClock,
 )
 from udptime.ntp import NTP_PORT, NTPPacket, refidText
-from udptime.address import formatAddress
 from udptime.reading import QueryResult
 
 PHI: Final = 15e-6

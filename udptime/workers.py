@@ -54,7 +54,7 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from twisted.application.reactors import getReactorTypes
 from twisted.application.service import Service
@@ -374,6 +374,29 @@ def dieWithParent(supervisor: int) -> None:
         raise SystemExit(f"udptime worker: supervisor {supervisor} is gone")
 
 
+class WorkerWatcher(Protocol):
+    """
+    Told of the workers' lives by a L{WorkerSupervisor} (the metrics'
+    L{SupervisorReports<udptime.operations.SupervisorReports>}).
+    """
+
+    def workerStarted(self, index: int) -> None:
+        """
+        A process for worker C{index} started.
+        """
+
+    def workerEnded(self, index: int) -> None:
+        """
+        The process of worker C{index} ended.
+        """
+
+    def workerLine(self, index: int, line: str) -> bool:
+        """
+        A line of worker C{index}'s output: whether the watcher took it (it
+        is then not logged).
+        """
+
+
 def reactorName(reactor: Any) -> str | None:
     """
     The name C{--reactor} knows C{reactor}'s kind by, or L{None}.
@@ -396,6 +419,8 @@ class WorkerSupervisor(Service):
     switch to C{privileges} themselves.
 
     @ivar workers: the running workers' L{WorkerProcess}es by number.
+    @ivar watcher: told of the workers' starts, ends and output lines, or
+        L{None}.
     """
 
     log = Logger()
@@ -409,6 +434,7 @@ class WorkerSupervisor(Service):
         arguments: Sequence[str],
         privileges: Privileges | None = None,
         ipv6Prefix: int = 64,
+        watcher: WorkerWatcher | None = None,
     ) -> None:
         """
         @param ports: the port of each service, by name.
@@ -419,6 +445,7 @@ class WorkerSupervisor(Service):
         @param privileges: the user and group the workers switch to.
         @param ipv6Prefix: how IPv6 clients are grouped, to steer each
             client to one worker (see L{steerBySource}).
+        @param watcher: told of the workers' lives (see L{WorkerWatcher}).
         """
         self.reactor = reactor
         self.ports = dict(ports)
@@ -427,6 +454,7 @@ class WorkerSupervisor(Service):
         self.arguments = list(arguments)
         self.privileges = privileges
         self.ipv6Prefix = ipv6Prefix
+        self.watcher = watcher
         self.setName("workers")
         self.sockets: dict[int, dict[str, socket.socket]] = {}
         self.workers: dict[int, WorkerProcess] = {}
@@ -592,6 +620,8 @@ class WorkerSupervisor(Service):
             self._scheduleStart(index, 0.0)
             return
         self.workers[index] = worker
+        if self.watcher is not None:
+            self.watcher.workerStarted(index)
         self.log.info("worker {index} started (pid {pid})", index=index, pid=worker.pid)
 
     def workerEnded(self, worker: WorkerProcess, reason: Failure) -> None:
@@ -600,6 +630,8 @@ class WorkerSupervisor(Service):
         """
         if self.workers.get(worker.index) is worker:
             del self.workers[worker.index]
+            if self.watcher is not None:
+                self.watcher.workerEnded(worker.index)
         if self._stopping:
             return
         self.log.warn(
@@ -687,6 +719,9 @@ class WorkerProcess(ProcessProtocol):
         """
         text = line.decode("utf-8", "replace").strip("\x1e\r\n ")
         if not text:
+            return
+        watcher = self.supervisor.watcher
+        if watcher is not None and watcher.workerLine(self.index, text):
             return
         if text.startswith("{"):
             try:
