@@ -8,14 +8,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
-import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlencode
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -25,7 +21,7 @@ from twisted.internet.error import ConnectError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, readBody
 
-from tests.support import requirePeer, stopProcess
+from tests.prometheus import PrometheusServer
 from udptime import __version__
 from udptime.clock import ClockState, Leap
 from udptime.counters import ServiceCounters
@@ -506,23 +502,6 @@ class MetricsSiteTests(TestCase):
             await task.deferLater(self.reactor, 0.02)  # polling, bounded
 
 
-PROMETHEUS_CONFIG = """\
-global:
-  scrape_interval: 1s
-  scrape_timeout: 1s
-scrape_configs:
-  - job_name: udptime
-    static_configs:
-      - targets: ["127.0.0.1:{port}"]
-"""
-
-
-def freeTCPPort() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 class PrometheusTests(TestCase):
     """
     A real Prometheus scrapes the metrics site and gets the supervisor's
@@ -535,7 +514,6 @@ class PrometheusTests(TestCase):
         from twisted.internet import reactor
 
         self.reactor: Any = reactor
-        path = requirePeer("prometheus", "scrapes the metrics endpoint")
         self.aggregator = ReportAggregator()
         collector = UdptimeCollector(
             self.aggregator.totals, workers=self.aggregator.workers
@@ -543,40 +521,15 @@ class PrometheusTests(TestCase):
         site = metricsSite(metricsRegistry(collector), lambda: None)
         port = reactor.listenTCP(0, site, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
-        directory = tempfile.mkdtemp(prefix="udptime-prometheus-")
-        self.addCleanup(shutil.rmtree, directory, True)
-        config = os.path.join(directory, "prometheus.yml")
-        with open(config, "w") as f:
-            f.write(PROMETHEUS_CONFIG.format(port=port.getHost().port))
-        self.apiPort = freeTCPPort()
-        self.logPath = os.path.join(directory, "log")
-        with open(self.logPath, "wb") as log:
-            self.process = subprocess.Popen(
-                [
-                    path,
-                    f"--config.file={config}",
-                    f"--storage.tsdb.path={directory}/data",
-                    f"--web.listen-address=127.0.0.1:{self.apiPort}",
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                cwd=directory,
-            )
-        self.addCleanup(stopProcess, self.process, 20.0)
-
-    def log(self) -> str:
-        with open(self.logPath, errors="replace") as f:
-            return f.read()
+        self.prometheus = PrometheusServer(port.getHost().port)
+        self.addCleanup(self.prometheus.stop)
 
     async def query(self, expression: str) -> list[dict[str, Any]]:
         """
         The result of an instant query through Prometheus' HTTP API.
         """
         agent = Agent(self.reactor)
-        url = f"http://127.0.0.1:{self.apiPort}/api/v1/query?" + urlencode(
-            {"query": expression}
-        )
+        url = self.prometheus.queryURL(expression)
         response = await agent.request(b"GET", url.encode())
         body = json.loads(await readBody(response))
         self.assertEqual(body["status"], "success", body)
@@ -602,8 +555,7 @@ class PrometheusTests(TestCase):
         deadline = time.monotonic() + timeout
         last = None
         while True:
-            if self.process.poll() is not None:
-                self.fail("prometheus exited:\n" + self.log())
+            self.prometheus.checkRunning()
             last = await self.value(expression)
             if last is not None and check(last):
                 return last
