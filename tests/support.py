@@ -232,11 +232,15 @@ class TwistdServer:
         env: dict[str, str] | None = None,
         preexec: Sequence[str] = (),
         newSession: bool = False,
+        plugin: str | None = "udptime",
     ) -> None:
         """
         @param newSession: start twistd in a session and process group of
             its own, which L{stop} can then signal as a whole.
+        @param plugin: the twistd plugin to run with C{arguments}, or
+            L{None} when C{twistdArguments} say what to run (C{-y FILE}).
         """
+        self.plugin = plugin
         self.arguments = list(arguments)
         self.newSession = newSession
         self.twistdArguments = list(twistdArguments)
@@ -254,7 +258,7 @@ class TwistdServer:
             "--pidfile=",
             f"--logfile={self.logPath}",
             *self.twistdArguments,
-            "udptime",
+            *([self.plugin] if self.plugin is not None else []),
             *self.arguments,
         ]
 

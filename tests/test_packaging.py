@@ -182,8 +182,8 @@ class SourceDistributionTests(SynchronousTestCase):
     def test_contents(self) -> None:
         """
         The sdist holds what running the tests and the benchmarks from the
-        unpacked tarball needs (the README's test command included), and the
-        licence, but no build artefact.
+        unpacked tarball needs (the README's test command included), the
+        documentation's sources, and the licence, but no build artefact.
         """
         work = tempfile.mkdtemp(prefix="udptime-sdist-")
         self.addCleanup(shutil.rmtree, work, True)
@@ -214,11 +214,20 @@ class SourceDistributionTests(SynchronousTestCase):
             "contrib/systemd/udptime.service",
             "contrib/grafana/udptime.json",
             "docs/operations-metrics.rst",
+            "NEWS.rst",
+            "docs/conf.py",
+            "docs/_ext/optionlists.py",
+            "docs/examples/udptime.tac",
         ]:
             self.assertIn(needed, names)
         self.assertNotIn("twisted/plugins/__init__.py", names)
         self.assertFalse(
-            [n for n in names if n.startswith("bench/build") or "__pycache__" in n],
+            [
+                n
+                for n in names
+                if n.startswith(("bench/build", "docs/_build", "docs/_generated"))
+                or "__pycache__" in n
+            ],
             sorted(names),
         )
 

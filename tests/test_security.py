@@ -37,7 +37,7 @@ HEADERS = 28
 
 BURST = policy.DEFAULT_BURST
 RATE = policy.DEFAULT_RATE
-README = Path(__file__).resolve().parent.parent / "README.rst"
+SECURITY_PAGE = Path(__file__).resolve().parent.parent / "docs" / "security.rst"
 
 ISO = re.compile(rb"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00\n$")
 DAYTIME = re.compile(rb"^\d\d [A-Z]{3} \d{4} \d\d:\d\d:\d\d UTC\r\n$")
@@ -160,11 +160,11 @@ def summaryTotals(log: str, service: str) -> dict[str, int]:
 
 def documentedFactors() -> dict[str, float]:
     """
-    The worst-case amplification factor of each service, as the README's
-    security section states it.
+    The worst-case amplification factor of each service, as the manual's
+    security page states it.
     """
     found = {}
-    for line in README.read_text(encoding="utf-8").splitlines():
+    for line in SECURITY_PAGE.read_text(encoding="utf-8").splitlines():
         match = re.match(
             rf"^({'|'.join(SERVICES)})\s{{2,}}.*?\s{{2,}}(\d+\.\d\d)\s{{2,}}", line
         )
@@ -317,7 +317,7 @@ class FloodTests(SynchronousTestCase):
     def test_amplification(self) -> None:
         """
         For every service: no single request draws more bytes (with IPv4
-        and UDP headers) than the README's factor says, and a flood of the
+        and UDP headers) than the manual's factor says, and a flood of the
         worst requests gets at most burst + rate * t replies, whose bytes
         stay within that factor of the flood's.
         """

@@ -1,6 +1,8 @@
 """
 The C{udptime} command: ask a time server for the time.
 
+Usage::
+
     udptime HOST [WORDS...] [--port N] [--timeout S] [--retries N]
             [--count N] [--interval S] [--json] [--interactive]
             [--protocol NAME]

@@ -11,9 +11,10 @@ calling C{listenUDP} so that:
   - C{SO_REUSEPORT} can be set for several worker processes on one port.
 
 On the reactors of L{twisted.internet.posixbase} (epoll, poll, select) the
-socket is served by L{udptime.port.ServerPort}, a L{udp.Port} with a
-lean path for request/response services and optional kernel receive
-timestamps; elsewhere it is handed to the reactor with C{adoptDatagramPort}.
+socket is served by L{udptime.port.ServerPort}, a
+L{twisted.internet.udp.Port} with a lean path for request/response services
+and optional kernel receive timestamps; elsewhere it is handed to the
+reactor with C{adoptDatagramPort}.
 """
 
 from __future__ import annotations
