@@ -12,7 +12,10 @@ from twisted.internet import task
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from tests.prometheus import freeTCPPort
+from tests.support import TwistdServer, freePort, udpQuery, waitFor
 from tests.test_ntp_interop import ReferenceServer
+from tests.test_operations import NTP_REQUEST, key, scrape
 from udptime.clock import (
     MAX_DISPERSION,
     MAX_STRATUM,
@@ -24,6 +27,7 @@ from udptime.clock import (
 from udptime.ntp import NTPPacket
 from udptime.reading import QueryResult, QueryTimeout
 from udptime.upstream import (
+    DEFAULT_CACHE_INTERVAL,
     MISSED_POLLS,
     PHI,
     UpstreamClock,
@@ -443,3 +447,77 @@ class ChronydTests(TestCase):
         self.assertTrue(clock.reading.synchronised)
         self.assertFalse(clock.reachable)
         self.assertGreaterEqual(time.time(), clock.reading.readAt + clock.maxAge)
+
+
+class TwistdUpstreamTests(SynchronousTestCase):
+    """
+    A real C{twistd udptime --upstream} in front of a real chronyd serving
+    C{local stratum 6} on a loopback port.
+    """
+
+    interval = 1.0
+    """C{--upstream-interval}: short, for the test."""
+
+    def test_upstream(self) -> None:
+        """
+        udptime's NTP replies carry chronyd's leap indicator, stratum,
+        refid and root delay, and its metrics say so; once chronyd is
+        stopped, within the documented time (its last answer is believed
+        for three intervals, and a state is kept for at most one second
+        more), they say LI 3 and stratum 0.
+        """
+        chronyd = ReferenceServer(stratum=6)
+        self.addCleanup(chronyd.cleanup)
+        chronyd.start()
+        daemon = NTPPacket.fromBytes(udpQuery(NTP_REQUEST, "127.0.0.1", chronyd.port))
+        self.assertEqual((daemon.leap, daemon.stratum), (0, 6))
+
+        ntpPort, metricsPort = freePort(), freeTCPPort()
+        server = TwistdServer(
+            [
+                "--port=0",
+                f"--ntp-port={ntpPort}",
+                "--interface=127.0.0.1",
+                f"--upstream=127.0.0.1:{chronyd.port}",
+                f"--upstream-interval={self.interval:g}",
+                f"--metrics-port={metricsPort}",
+                # The test asks often: no Kiss-o'-Death.
+                "--rate=0",
+            ]
+        )
+        self.addCleanup(server.cleanup)
+        server.start()
+
+        def reply() -> NTPPacket:
+            return NTPPacket.fromBytes(udpQuery(NTP_REQUEST, "127.0.0.1", ntpPort))
+
+        synchronised = waitFor(
+            lambda: (packet := reply()).leap != Leap.UNSYNCHRONISED and packet,
+            "a synchronised reply",
+        )
+        self.assertEqual(synchronised.stratum, daemon.stratum)
+        self.assertEqual(synchronised.refid, daemon.refid)
+        self.assertEqual(synchronised.refid, CHRONY_LOCAL_REFID)
+        self.assertEqual(synchronised.rootDelay, daemon.rootDelay)
+        self.assertGreaterEqual(synchronised.rootDispersion, daemon.rootDispersion)
+        found = scrape(metricsPort)
+        self.assertEqual(found[key("udptime_clock_stratum")], 6)
+        self.assertEqual(found[key("udptime_upstream_reachable")], 1)
+
+        assert chronyd.process is not None
+        chronyd.process.terminate()
+        chronyd.process.wait(10)
+        documented = MISSED_POLLS * self.interval + DEFAULT_CACHE_INTERVAL
+        unsynchronised = waitFor(
+            lambda: (packet := reply()).leap == Leap.UNSYNCHRONISED and packet,
+            "an unsynchronised reply",
+            # The documented time, and room for a slow machine.
+            timeout=documented + 10.0,
+        )
+        self.assertEqual(unsynchronised.stratum, 0)
+        self.assertEqual(unsynchronised.refid, bytes(4))
+        found = scrape(metricsPort)
+        self.assertEqual(found[key("udptime_clock_synchronised")], 0)
+        self.assertEqual(found[key("udptime_upstream_reachable")], 0)
+        self.assertEqual(server.stop(), 0)
+        self.assertIn("did not answer", server.log())

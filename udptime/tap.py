@@ -609,7 +609,6 @@ def makeService(options: Options) -> IService:
     top = UDPTimeService(reactor)
     ports = options.enabledPorts()
     setting = options["worker"]
-    upstream = _upstream(reactor, options, top)
     if setting is None and options["workers"]:
         reports = operations.SupervisorReports()
         supervisor = workers.WorkerSupervisor(
@@ -625,6 +624,9 @@ def makeService(options: Options) -> IService:
         supervisor.setServiceParent(top)
         bound: list[_Bindable] = [supervisor]
         if options["metrics-port"]:
+            # The workers ask the upstream daemon for their replies; the
+            # supervisor asks it too, for the clock metrics.
+            upstream = _upstream(reactor, options, top)
             aggregator = reports.aggregator
             metrics = operations.metricsService(
                 reactor,
@@ -645,6 +647,7 @@ def makeService(options: Options) -> IService:
     protocols: dict[str, UDPServerProtocol] = {
         name: SERVICES[name].makeServer(options) for name in ports
     }
+    upstream = _upstream(reactor, options, top)
     ntp = protocols.get("ntp")
     if upstream is not None and isinstance(ntp, NTPServer):
         ntp.clockSource = upstream
