@@ -13,16 +13,28 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.support import freePort, requirePeer, stopProcess, udpQuery, waitFor
+from tests.prometheus import freeTCPPort
+from tests.support import (
+    TwistdServer,
+    freePort,
+    noReply,
+    requirePeer,
+    stopProcess,
+    udpQuery,
+    waitFor,
+)
+from tests.test_operations import NTP_REQUEST, get
 from udptime.activation import (
     ActivationError,
     activatedSockets,
 )
 from udptime.notify import notify, notifyReady, notifyStopping
+from udptime.ntp import NTPPacket
 
 BASE = 200
 """Descriptors from here on stand for systemd's 3, 4, ... in unit tests."""
@@ -372,3 +384,184 @@ class NotifyTests(SynchronousTestCase):
             OSError, notify, "READY=1", {"NOTIFY_SOCKET": "/nonexistent/notify"}
         )
         self.assertRaises(OSError, notify, "READY=1", {"NOTIFY_SOCKET": "relative"})
+
+
+class TwistdActivationTests(SynchronousTestCase):
+    """
+    The real C{systemd-socket-activate} passes sockets to a real C{twistd
+    udptime}, which serves them (and only them) as the services they are
+    named after, alone or with workers; sockets it cannot use are one line
+    on standard error.
+    """
+
+    def activate(
+        self,
+        listen: Sequence[str],
+        names: Sequence[str],
+        arguments: Sequence[str],
+        datagram: bool = True,
+    ) -> TwistdServer:
+        """
+        Start C{systemd-socket-activate} listening on C{listen}, its sockets
+        named C{names}, to run C{twistd -n udptime *arguments} on the first
+        datagram or connection; return once it listens.
+        """
+        command = requirePeer("systemd-socket-activate", "socket activation")
+        preexec = [command, *(["--datagram"] if datagram else [])]
+        for where in listen:
+            preexec += ["-l", where]
+        preexec.append(f"--fdname={':'.join(names)}")
+        server = TwistdServer(arguments, preexec=preexec)
+        self.addCleanup(server.cleanup)
+        # Nothing to wait for in twistd's log before the first datagram.
+        server.start(listeners=0)
+        waitFor(
+            lambda: (
+                server.stderr().count("Listening on") == len(listen)
+                or (server.process is not None and server.process.poll() is not None)
+            ),
+            "systemd-socket-activate listening",
+        )
+        assert server.process is not None
+        self.assertIsNone(server.process.poll(), server.stderr())
+        return server
+
+    def assertNTP(self, host: str, port: int, stratum: int) -> None:
+        """
+        The NTP server at C{host}, C{port} answers with C{stratum} (the
+        first datagram may start it: a long timeout).
+        """
+        reply = NTPPacket.fromBytes(udpQuery(NTP_REQUEST, host, port, 30.0))
+        self.assertEqual((reply.leap, reply.stratum), (0, stratum))
+
+    def test_IPv4(self) -> None:
+        """
+        An IPv4 datagram socket named C{ntp} is the NTP service, and the
+        only one: the text service's default port is not bound.
+        """
+        port = freePort()
+        server = self.activate([f"127.0.0.1:{port}"], ["ntp"], ["--local-stratum=5"])
+        self.assertNTP("127.0.0.1", port, 5)
+        log = waitFor(server.log, "the log")
+        self.assertIn(f"udptime ntp service listening on 127.0.0.1:{port} (UDP)", log)
+        self.assertNotIn("text service", log)
+        self.assertEqual(server.stop(), 0)
+
+    def test_IPv6(self) -> None:
+        """
+        An IPv6 datagram socket named C{text} is the text service.
+        """
+        port = freePort()
+        server = self.activate([f"[::1]:{port}"], ["text"], [])
+        served = float(udpQuery(b"unix", "::1", port, 30.0))
+        self.assertLess(abs(served - time.time()), 60.0)
+        waitFor(
+            lambda: (
+                f"udptime text service listening on [::1]:{port} (UDP)" in server.log()
+            ),
+            "the text service's line",
+        )
+        self.assertEqual(server.stop(), 0)
+
+    def test_workers(self) -> None:
+        """
+        With C{--workers 2}, every worker serves the passed sockets: one NTP
+        service on IPv4 and IPv6.
+        """
+        port = freePort()
+        server = self.activate(
+            [f"127.0.0.1:{port}", f"[::1]:{port}"],
+            ["ntp", "ntp"],
+            ["--local-stratum=4", "--workers=2"],
+        )
+        self.assertNTP("127.0.0.1", port, 4)
+        self.assertNTP("::1", port, 4)
+        waitFor(
+            lambda: server.log().count("service listening on") == 2 + 2 * 2,
+            "the supervisor's and the workers' lines",
+            timeout=60.0,
+        )
+        log = server.log()
+        for worker in (1, 2):
+            self.assertIn(
+                f"worker {worker}: udptime ntp-2 service listening on [::1]:{port}",
+                log,
+            )
+        self.assertEqual(server.stop(), 0)
+
+    def test_metrics(self) -> None:
+        """
+        A stream socket named C{metrics} serves the metrics and health
+        pages.
+        """
+        port = freePort()
+        metrics = freeTCPPort()
+        server = self.activate(
+            [f"127.0.0.1:{metrics}"], ["metrics"], [f"--port={port}"], datagram=False
+        )
+        # The first connection starts twistd.
+        self.assertEqual(get(metrics, "/healthz", 30.0), (200, "ok\n"))
+        self.assertEqual(server.stop(), 0)
+
+    def assertActivationError(
+        self, server: TwistdServer, start: Callable[[], object], line: str
+    ) -> None:
+        """
+        C{start()} starts C{server}, which exits with status 1 after
+        writing C{line} (and no traceback) on standard error.
+        """
+        start()
+        assert server.process is not None
+        server.process.wait(30)
+        self.assertEqual(server.process.returncode, 1)
+        self.assertEqual(server.stderr().splitlines()[-1], line)
+        self.assertNotIn("Traceback", server.stderr() + server.log())
+
+    def test_unknownName(self) -> None:
+        port = freePort()
+        server = self.activate([f"127.0.0.1:{port}"], ["nope"], [])
+        self.assertActivationError(
+            server,
+            lambda: noReply(NTP_REQUEST, "127.0.0.1", port),
+            "twistd udptime: socket activation: socket 'nope' (descriptor 3) names"
+            " no udptime service; name it one of daytime, echo, metrics, ntp,"
+            " nts-ke, text, time with FileDescriptorName=",
+        )
+
+    def test_wrongType(self) -> None:
+        port = freeTCPPort()
+        server = self.activate([f"127.0.0.1:{port}"], ["ntp"], [], datagram=False)
+
+        def connect() -> None:
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", port), 5).close()
+
+        self.assertActivationError(
+            server,
+            connect,
+            "twistd udptime: socket activation: socket 'ntp' (descriptor 3) is a"
+            " stream socket; the ntp service needs a datagram socket"
+            " (ListenDatagram=)",
+        )
+
+
+class TwistdNotifyTests(SynchronousTestCase):
+    """
+    C{twistd -n udptime} under a service manager of C{Type=notify} says
+    when it is ready, and when it stops.
+    """
+
+    def test_notify(self) -> None:
+        directory = tempfile.mkdtemp(prefix="udptime-notify-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        path = os.path.join(directory, "notify")
+        manager = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.addCleanup(manager.close)
+        manager.bind(path)
+        manager.settimeout(30)
+        server = TwistdServer([f"--port={freePort()}"], env={"NOTIFY_SOCKET": path})
+        self.addCleanup(server.cleanup)
+        server.start()
+        self.assertEqual(manager.recv(4096), b"READY=1\nSTATUS=serving")
+        self.assertEqual(server.stop(), 0)
+        self.assertEqual(manager.recv(4096), b"STOPPING=1")

@@ -253,13 +253,13 @@ class MetricsSocketTests(SynchronousTestCase):
         )
 
 
-def get(port: int, path: str) -> tuple[int, str]:
+def get(port: int, path: str, timeout: float = 10.0) -> tuple[int, str]:
     """
     C{GET path} from the metrics listener on C{port}: the status and body.
     """
     url = f"http://127.0.0.1:{port}{path}"
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode()

@@ -99,6 +99,7 @@ def activatedSockets(
     expected: Collection[str] | None = None,
     pid: int | None = None,
     start: int = LISTEN_FDS_START,
+    unnamed: Collection[str] | None = None,
 ) -> dict[str, list[ActivatedSocket]]:
     """
     Adopt the sockets systemd passed to this process, by service name.
@@ -114,6 +115,8 @@ def activatedSockets(
         taken for the only expected service of its type.
     @param pid: this process's id (L{os.getpid} by default).
     @param start: the first descriptor (systemd's is always 3).
+    @param unnamed: the services an unnamed socket may be for, when they
+        are not C{expected} (L{None}: C{expected}).
 
     @return: the sockets by name; empty when the process was not started
         by socket activation (no C{LISTEN_FDS}, or C{LISTEN_PID} names
@@ -148,7 +151,9 @@ def activatedSockets(
     descriptors = range(start, start + count)
     named = dict(zip(descriptors, names, strict=True))
     types = {fd: _socketType(fd, name) for fd, name in named.items()}
-    resolved = _resolveNames(named, types, expected)
+    resolved = _resolveNames(
+        named, types, expected, expected if unnamed is None else unnamed
+    )
     for fd in descriptors:
         _check(fd, resolved[fd])
     adopted: dict[str, list[ActivatedSocket]] = {}
@@ -185,6 +190,7 @@ def _resolveNames(
     names: Mapping[int, str],
     types: Mapping[int, int],
     expected: Collection[str] | None,
+    unnamed: Collection[str] | None,
 ) -> dict[int, str]:
     """
     The service of every descriptor: its name, checked, or for an unnamed
@@ -194,7 +200,7 @@ def _resolveNames(
     resolved: dict[int, str] = {}
     for fd, name in names.items():
         if _isDefaultName(name):
-            resolved[fd] = _onlyService(fd, name, names, types, expected)
+            resolved[fd] = _onlyService(fd, name, names, types, unnamed)
             continue
         if name not in known:
             raise ActivationError(

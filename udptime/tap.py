@@ -8,12 +8,14 @@ as C{twisted.names.tap} does.
 from __future__ import annotations
 
 import ipaddress
+import os
 import signal
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from datetime import tzinfo
 from types import FrameType
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from twisted.application.service import IService, MultiService
 from twisted.internet.error import ReactorNotRunning
@@ -21,6 +23,12 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from udptime import __version__, policy, text, workers
+from udptime.activation import (
+    DATAGRAM_SERVICES,
+    ActivatedSocket,
+    ActivationError,
+    activatedSockets,
+)
 from udptime.ancillary import kernelTimestampsAvailable
 from udptime.clock import LOCAL_REFID, ClockSource, ClockStateSource
 from udptime.port import DEFAULT_KERNEL_TIMESTAMPS
@@ -179,9 +187,42 @@ def _serviceSummary() -> str:
     return "  ".join(lines)
 
 
+class Endpoint(NamedTuple):
+    """
+    One socket a service is served on.
+
+    @ivar key: the name of its listener in the service tree, and of its
+        descriptor in a worker's setting: the service's name, then
+        C{NAME-2}, C{NAME-3}, ... for further sockets of one service.
+    @ivar service: the service's name (in L{SERVICES}).
+    @ivar port: its port number (0: any, for a socket bound later).
+    @ivar socket: the socket, when socket activation passed it, or
+        L{None} to bind one (or, in a worker, to take the inherited one).
+    """
+
+    key: str
+    service: str
+    port: int
+    socket: socket.socket | None = None
+
+
+def _descriptorPort(fd: int) -> int:
+    """
+    The port of the socket at C{fd}, which stays open.
+    """
+    probe = socket.socket(fileno=os.dup(fd))
+    try:
+        return int(probe.getsockname()[1])
+    finally:
+        probe.close()
+
+
 class Options(usage.Options):
     """
     Command-line options of C{twistd udptime}.
+
+    @ivar activated: the sockets passed by socket activation, by name (see
+        L{udptime.activation}); empty when there are none.
     """
 
     synopsis = "[options]"
@@ -359,6 +400,7 @@ class Options(usage.Options):
         super().__init__()
         self["access"] = []
         self.arguments: list[str] = []
+        self.activated: dict[str, list[ActivatedSocket]] = {}
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
         """
@@ -448,21 +490,23 @@ class Options(usage.Options):
             raise usage.UsageError(f"{option} {text}: {error}") from None
 
     def postOptions(self) -> None:
+        if self["worker"] is None:
+            self._activate()
         if self["kernel-timestamps"] and self["no-kernel-timestamps"]:
             raise usage.UsageError(
                 "give --kernel-timestamps or --no-kernel-timestamps, not both"
             )
         if self["kernel-timestamps"] and not kernelTimestampsAvailable():
             raise usage.UsageError("this system has no kernel receive timestamps")
-        if not self["ntp-port"] and self["local-stratum"] is not None:
+        ports = self.enabledPorts()
+        if "ntp" not in ports and self["local-stratum"] is not None:
             raise usage.UsageError("--local-stratum is for NTP: give --ntp-port")
-        if not self["ntp-port"] and self["upstream"] is not None:
+        if "ntp" not in ports and self["upstream"] is not None:
             raise usage.UsageError("--upstream is for NTP: give --ntp-port")
         if self["local-stratum"] is None and self["refid"] is not None:
             raise usage.UsageError("--refid is sent with --local-stratum: give both")
         if self["refid"] is None:
             self["refid"] = LOCAL_REFID
-        ports = self.enabledPorts()
         if not ports:
             raise usage.UsageError("every service is off: give at least one port")
         for rule in self["access"]:
@@ -471,9 +515,11 @@ class Options(usage.Options):
                     f"an --allow or --deny names the {rule.service!r} service, "
                     f"which is not running (running: {', '.join(ports)})"
                 )
+        # The ports of the options (not those of passed or inherited sockets).
+        fromOptions = self["worker"] is None and not self.activatedServices()
         services: dict[int, str] = {}
         for name, port in ports.items():
-            if port in services:
+            if fromOptions and port in services:
                 raise usage.UsageError(
                     f"the {services[port]} and {name} services both use port "
                     f"{port}: give each service its own port"
@@ -491,16 +537,97 @@ class Options(usage.Options):
             return False
         return DEFAULT_KERNEL_TIMESTAMPS and kernelTimestampsAvailable()
 
-    def enabledPorts(self) -> dict[str, int]:
+    def _activate(self) -> None:
         """
-        The services to run, by name (in the order of L{SERVICES}), with
-        their port numbers.
+        Take the sockets socket activation passed, if any (see
+        L{udptime.activation}): a socket named after a service (or, unnamed,
+        the only one for the only service the port options enable) serves
+        that service, a stream socket named C{metrics} the metrics.
+
+        @raise usage.UsageError: the sockets cannot be used as passed.
+        @raise SystemExit: the same, run by twistd: one line, exit status 1.
+        """
+        optionPorts = self.optionPorts()
+        try:
+            self.activated = activatedSockets(
+                expected=(*DATAGRAM_SERVICES, "metrics"),
+                unnamed=(*optionPorts, "metrics"),
+            )
+        except ActivationError as error:
+            reason = f"socket activation: {error}"
+            if self.parent is None:
+                raise usage.UsageError(reason) from None
+            # Not a matter of options: no pointer to --help.
+            raise SystemExit(f"{self.command()}: {reason}") from None
+
+    def activatedServices(self) -> list[str]:
+        """
+        The services socket activation passed datagram sockets for, in the
+        order of L{SERVICES}: when there are any, they are the services
+        served, and the port options are not used.
+        """
+        return [name for name in SERVICES if self.activated.get(name)]
+
+    def optionPorts(self) -> dict[str, int]:
+        """
+        The services the port options enable, by name (in the order of
+        L{SERVICES}), with their port numbers.
         """
         return {
             name: self[service.portOption]
             for name, service in SERVICES.items()
             if self[service.portOption]
         }
+
+    def endpoints(self, probe: bool = True) -> list[Endpoint]:
+        """
+        The sockets to serve, for this process's role: a worker's are those
+        its supervisor handed down (L{workers.WorkerSetting}); otherwise
+        those socket activation passed, if any, else one per service the
+        port options enable.
+
+        @param probe: read the ports of a worker's inherited sockets (when
+            not, they are given as 0).
+        """
+        setting = self["worker"]
+        if setting is not None:
+            return [
+                Endpoint(
+                    key, key.partition("-")[0], _descriptorPort(fd) if probe else 0
+                )
+                for key, fd in sorted(setting.descriptors.items())
+            ]
+        activated = self.activatedServices()
+        if activated:
+            return [
+                Endpoint(
+                    name if number == 1 else f"{name}-{number}",
+                    name,
+                    each.address[1],
+                    each.socket,
+                )
+                for name in activated
+                for number, each in enumerate(self.activated[name], 1)
+            ]
+        return [Endpoint(name, name, port) for name, port in self.optionPorts().items()]
+
+    def enabledPorts(self) -> dict[str, int]:
+        """
+        The services to run, by name (in the order of L{SERVICES}), with
+        the port number of their first socket (see L{endpoints}; 0 for a
+        worker's).
+        """
+        ports: dict[str, int] = {}
+        for endpoint in self.endpoints(probe=False):
+            ports.setdefault(endpoint.service, endpoint.port)
+        return {name: ports[name] for name in SERVICES if name in ports}
+
+    def metricsSockets(self) -> list[socket.socket]:
+        """
+        The metrics sockets socket activation passed (they replace
+        C{--metrics-port}).
+        """
+        return [each.socket for each in self.activated.get("metrics", [])]
 
     def globalLimit(self) -> policy.RateLimiter | None:
         """
@@ -532,7 +659,7 @@ class Options(usage.Options):
                 if rule.service in (None, service)
             ],
             globalLimit=globalLimit,
-            serverPorts=self.enabledPorts().values(),
+            serverPorts={endpoint.port for endpoint in self.endpoints()},
         )
 
 
@@ -593,27 +720,31 @@ def makeService(options: Options) -> IService:
     process's role, decided first:
 
       - a supervisor of worker processes (C{--workers N}) builds only its
-        L{workers.WorkerSupervisor}, which binds the sockets and runs the
-        workers, and the metrics listener, which adds up the workers'
-        reports: no protocols, no time zones;
+        L{workers.WorkerSupervisor}, which binds the sockets (or takes those
+        socket activation passed) and runs the workers, and the metrics
+        listener, which adds up the workers' reports: no protocols, no time
+        zones;
       - a worker (C{--worker}, given by its supervisor) builds the
         protocols and serves the sockets it inherited, as the user it is
         told to switch to, and reports its counters to its supervisor;
-      - a single process builds the protocols and binds its sockets, and
-        serves its own metrics.
+      - a single process builds the protocols and binds its sockets (or
+        takes those socket activation passed), and serves its own metrics.
+
+    A process started by a service manager of C{Type=notify} tells it once
+    it serves (see L{udptime.notify}).
     """
     from twisted.internet import reactor
 
     from udptime import operations
 
     top = UDPTimeService(reactor)
-    ports = options.enabledPorts()
+    endpoints = options.endpoints()
     setting = options["worker"]
     if setting is None and options["workers"]:
         reports = operations.SupervisorReports()
         supervisor = workers.WorkerSupervisor(
             reactor,
-            ports,
+            {endpoint.key: endpoint.port for endpoint in endpoints},
             options["interface"],
             options["workers"],
             options.arguments,
@@ -621,15 +752,20 @@ def makeService(options: Options) -> IService:
             options["ipv6-prefix"],
             watcher=reports,
         )
+        passed = {e.key: e.socket for e in endpoints if e.socket is not None}
+        if passed:
+            supervisor.adopt(passed)
         supervisor.setServiceParent(top)
         bound: list[_Bindable] = [supervisor]
-        if options["metrics-port"]:
+        if options["metrics-port"] or options.metricsSockets():
             # The workers ask the upstream daemon for their replies; the
             # supervisor asks it too, for the clock metrics.
             upstream = _upstream(reactor, options, top)
             aggregator = reports.aggregator
-            metrics = operations.metricsService(
+            bound += _metrics(
                 reactor,
+                options,
+                top,
                 operations.collector(
                     aggregator.totals,
                     upstream or ClockSource(options["local-stratum"], options["refid"]),
@@ -637,40 +773,37 @@ def makeService(options: Options) -> IService:
                     aggregator,
                 ),
                 operations.supervisorHealth(supervisor, reports),
-                options["metrics-port"],
-                options["metrics-interface"],
             )
-            metrics.setServiceParent(top)
-            bound.append(metrics)
         _bindUnderTwistd(options, bound)
+        _notifyWhenRunning(reactor)
         return top
-    protocols: dict[str, UDPServerProtocol] = {
-        name: SERVICES[name].makeServer(options) for name in ports
-    }
     upstream = _upstream(reactor, options, top)
-    ntp = protocols.get("ntp")
-    if upstream is not None and isinstance(ntp, NTPServer):
-        ntp.clockSource = upstream
     globalLimit = options.globalLimit()
+    protocols: dict[str, UDPServerProtocol] = {}
+    byService: dict[str, list[UDPServerProtocol]] = {}
     listeners = []
-    for name, protocol in protocols.items():
-        protocol.policy = options.servicePolicy(name, globalLimit)
+    for endpoint in endpoints:
+        protocol = SERVICES[endpoint.service].makeServer(options)
+        if upstream is not None and isinstance(protocol, NTPServer):
+            protocol.clockSource = upstream
+        protocol.policy = options.servicePolicy(endpoint.service, globalLimit)
+        protocols[endpoint.key] = protocol
+        byService.setdefault(endpoint.service, []).append(protocol)
         listener = UDPListenService(
             reactor,  # type: ignore[arg-type]
             protocol,
-            ports[name],
+            endpoint.port,
             options["interface"],
-            serviceName=name,
+            serviceName=endpoint.key,
             kernelTimestamps=protocol.receiveTimestamps and options.kernelTimestamps(),
         )
+        listener.boundSocket = endpoint.socket
         listener.setServiceParent(top)
         listeners.append(listener)
     if options["summary-interval"]:
         summary = CounterSummary(reactor, protocols, options["summary-interval"])
         summary.setServiceParent(top)
-    report = operations.processReport(
-        {name: [protocol] for name, protocol in protocols.items()}, globalLimit
-    )
+    report = operations.processReport(byService, globalLimit)
     if setting is not None:
         # Before the worker switches user: its report channel is opened
         # again through /proc/self/fd.
@@ -680,23 +813,72 @@ def makeService(options: Options) -> IService:
         workers.becomeWorker(setting, listeners)
         return top
     bound = list(listeners)
-    if options["metrics-port"]:
+    if options["metrics-port"] or options.metricsSockets():
+        ntp = byService.get("ntp", [None])[0]
         clockSource: ClockStateSource = (
             ntp.clockSource
             if isinstance(ntp, NTPServer)
             else ClockSource(options["local-stratum"], options["refid"])
         )
-        metrics = operations.metricsService(
+        bound += _metrics(
             reactor,
+            options,
+            top,
             operations.collector(report, clockSource, upstream),
             operations.processHealth(listeners),
+        )
+    _bindUnderTwistd(options, bound)
+    _notifyWhenRunning(reactor)
+    return top
+
+
+def _metrics(
+    reactor: Any, options: Options, top: MultiService, collector: Any, health: Any
+) -> list[_Bindable]:
+    """
+    The metrics listeners, children of C{top}: one per metrics socket
+    socket activation passed, or one on C{--metrics-port}.
+    """
+    from udptime import operations
+
+    passed = options.metricsSockets()
+    listeners: list[_Bindable] = []
+    for number, sock in enumerate(passed or [None], 1):
+        listener = operations.metricsService(
+            reactor,
+            collector,
+            health,
             options["metrics-port"],
             options["metrics-interface"],
         )
-        metrics.setServiceParent(top)
-        bound.append(metrics)
-    _bindUnderTwistd(options, bound)
-    return top
+        if number > 1:
+            listener.setName(f"metrics-{number}")
+        listener.boundSocket = sock
+        listener.setServiceParent(top)
+        listeners.append(listener)
+    return listeners
+
+
+def _notifyWhenRunning(reactor: Any) -> None:
+    """
+    Once the reactor runs (the services listen, privileges are dropped),
+    tell a service manager of C{Type=notify} that udptime is ready, and as
+    it shuts down that it stops (nothing when none listens).
+    """
+    from udptime.notify import notify, notifyReady
+
+    log = Logger()
+
+    def send(what: Callable[[], bool]) -> None:
+        try:
+            what()
+        except OSError as error:
+            log.warn("cannot notify the service manager: {error}", error=str(error))
+
+    reactor.callWhenRunning(send, lambda: notifyReady("serving"))
+    reactor.addSystemEventTrigger(
+        "before", "shutdown", send, lambda: notify("STOPPING=1")
+    )
 
 
 def _upstream(reactor: Any, options: Options, top: MultiService) -> Any:

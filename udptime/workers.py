@@ -462,6 +462,16 @@ class WorkerSupervisor(Service):
         self._delays: dict[int, float] = {}
         self._stopping = False
 
+    def adopt(self, sockets: Mapping[str, socket.socket]) -> None:
+        """
+        Serve C{sockets} (bound already: passed by socket activation), by
+        service, instead of binding sockets: every worker inherits the same
+        socket, and the kernel hands each datagram to one of them (not
+        steered by client: each worker's rate limit sees some of a client's
+        datagrams).
+        """
+        self.sockets = {index: dict(sockets) for index in range(1, self.count + 1)}
+
     def bind(self) -> None:
         """
         Bind every socket now, if they are not bound yet.
