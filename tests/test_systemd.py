@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from tests.support import (
     TwistdServer,
@@ -24,7 +24,10 @@ from tests.support import (
     requirePeer,
     twistdPath,
     udpQuery,
+    waitFor,
 )
+from tests.test_ntp_interop import ReferenceServer
+from tests.test_operations import NTP_REQUEST
 from udptime.ntp import NTPPacket
 
 UNITS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "contrib", "systemd")
@@ -79,6 +82,30 @@ def analyze(*arguments: str) -> subprocess.CompletedProcess[str]:
         check=False,
         cwd=tempfile.gettempdir(),
     )
+
+
+def runHardened(*command: str) -> subprocess.CompletedProcess[str]:
+    """
+    Run C{command} under C{tests/hardened.py}'s restrictions; skip when the
+    kernel cannot apply them (C{PR_SET_MDWE} needs Linux 6.3), and treat a
+    missing libseccomp (which install-peers.sh installs with systemd) as a
+    missing peer.
+    """
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    result = subprocess.run(
+        [sys.executable, HARDENED, *command],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
+    )
+    if result.returncode == 2 and "cannot restrict" in result.stderr:
+        if "PR_SET_MDWE" in result.stderr:
+            raise SkipTest(result.stderr.strip())
+        missing(result.stderr.strip())
+    return result
 
 
 class UnitTests(SynchronousTestCase):
@@ -144,19 +171,7 @@ class HardenedTests(SynchronousTestCase):
     """
 
     def hardened(self, *command: str) -> subprocess.CompletedProcess[str]:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        result = subprocess.run(
-            [sys.executable, HARDENED, *command],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-            env=env,
-        )
-        if result.returncode == 2 and "cannot restrict" in result.stderr:
-            missing(result.stderr.strip())
-        return result
+        return runHardened(*command)
 
     def test_restrictions(self) -> None:
         """
@@ -205,3 +220,63 @@ print("callback", callback(1), "precision", measurePrecision() < 0)
         # The server is the launcher's process, now twistd, under the filter.
         with open(f"/proc/{server.pid}/status") as f:
             self.assertIn("Seccomp:\t2\n", f.read())
+
+
+class UnitCommandTests(SynchronousTestCase):
+    """
+    The service's command, run as the units run it: its socket passed by
+    socket activation as C{udptime.socket} names it, under the unit's
+    C{ProtectClock=} and C{MemoryDenyWriteExecute=}, asking a real chronyd.
+    """
+
+    def test_unitCommand(self) -> None:
+        """
+        udptime serves NTP on the passed socket with the upstream daemon's
+        stratum: it needs neither a port of its own nor the kernel's clock
+        state.
+        """
+        with open(os.path.join(UNITS, "udptime.service")) as f:
+            [execStart] = [line for line in f if line.startswith("ExecStart=")]
+        arguments = execStart.split(" udptime ", 1)[1].split()
+        with open(os.path.join(UNITS, "udptime.socket")) as f:
+            socketUnit = f.read()
+        self.assertIn("FileDescriptorName=ntp\n", socketUnit)
+        chronyd = ReferenceServer(stratum=3)
+        self.addCleanup(chronyd.cleanup)
+        chronyd.start()
+        arguments = [
+            argument.replace("127.0.0.1:11123", f"127.0.0.1:{chronyd.port}")
+            for argument in arguments
+        ]
+        self.assertIn(f"127.0.0.1:{chronyd.port}", arguments)
+        activate = requirePeer("systemd-socket-activate", "socket activation")
+        port = freePort()
+        probe = runHardened(sys.executable, "-c", "pass")
+        self.assertEqual(probe.returncode, 0, probe.stderr)
+        server = TwistdServer(
+            arguments,
+            preexec=[
+                activate,
+                "--datagram",
+                "-l",
+                f"127.0.0.1:{port}",
+                "--fdname=ntp",
+                sys.executable,
+                HARDENED,
+            ],
+            env={"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
+        )
+        self.addCleanup(server.cleanup)
+        server.start(listeners=0)
+        waitFor(lambda: "Listening on" in server.stderr(), "the socket")
+
+        def synchronised() -> NTPPacket | None:
+            reply = NTPPacket.fromBytes(
+                udpQuery(NTP_REQUEST, "127.0.0.1", port, timeout=30.0)
+            )
+            return reply if reply.leap != 3 else None
+
+        reply = waitFor(synchronised, "a synchronised reply", timeout=60.0)
+        self.assertEqual(reply.stratum, 3)
+        self.assertNotIn("Traceback", server.log())
+        self.assertEqual(server.stop(), 0)
