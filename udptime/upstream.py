@@ -36,7 +36,7 @@ time since the answer, as every NTP server does between updates.  Between
 polls (every 32 s by default) that adds at most about half a millisecond.
 
 When it says the clock is not synchronised
-===========================================
+==========================================
 
 The state is unsynchronised (an NTP reply then says LI 3, stratum 0) when:
 
