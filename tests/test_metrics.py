@@ -63,7 +63,14 @@ def samples(collector: UdptimeCollector) -> dict[tuple[str, frozenset[Any]], flo
     """
     from prometheus_client import generate_latest
 
-    text = generate_latest(metricsRegistry(collector)).decode()
+    return textSamples(generate_latest(metricsRegistry(collector)).decode())
+
+
+def textSamples(text: str) -> dict[tuple[str, frozenset[Any]], float]:
+    """
+    Every sample of a page in Prometheus' text format, by name and labels,
+    as Prometheus reads them.
+    """
     found = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:

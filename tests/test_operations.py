@@ -14,7 +14,6 @@ import urllib.request
 from types import SimpleNamespace
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
@@ -29,6 +28,7 @@ from tests.support import (
     udpQuery,
     waitFor,
 )
+from tests.test_metrics import key, textSamples
 from udptime import workers
 from udptime.operations import (
     GLOBAL_LIMIT,
@@ -271,15 +271,7 @@ def scrape(port: int) -> dict[tuple[str, frozenset[Any]], float]:
     """
     status, text = get(port, "/metrics")
     assert status == 200, (status, text)
-    found = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            found[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return found
-
-
-def key(name: str, **labels: str) -> tuple[str, frozenset[Any]]:
-    return (name, frozenset(labels.items()))
+    return textSamples(text)
 
 
 def sendLoad(port: int, sources: list[str], answered: int, malformed: int) -> int:

@@ -28,11 +28,9 @@ import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from twisted.application.service import Service
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
-from udptime.address import formatAddress
 from udptime.clock import ClockState, ClockStateSource, WallClock, systemClock
 from udptime.metrics import (
     Health,
@@ -46,7 +44,7 @@ from udptime.metrics import (
 from udptime.policy import RateLimiter
 from udptime.reports import Report, ReportSender, ReportWriter, isReport, parseReport
 from udptime.server import UDPServerProtocol
-from udptime.service import ServiceCannotListen, UDPListenService, logCannotListen
+from udptime.service import ListenService, ServiceCannotListen, UDPListenService
 
 DEFAULT_METRICS_INTERFACE = "127.0.0.1"
 """The metrics listener's default address: loopback only."""
@@ -93,85 +91,46 @@ def metricsSocket(interface: str, port: int) -> socket.socket:
     return sock
 
 
-class MetricsListenService(Service):
+class MetricsListenService(ListenService):
     """
     Serve C{factory} (the metrics site, L{udptime.metrics.metricsSite}) on a
     TCP socket for as long as the service runs: bound by L{bind} (before
     twistd drops privileges), or passed by socket activation
     (L{boundSocket}).
-
-    @ivar port: the listening port once started (L{None} before).
-    @ivar boundSocket: a socket bound and listening already, to serve
-        instead of binding one; L{None} to bind it as the service starts.
     """
-
-    log = Logger()
 
     def __init__(
         self, reactor: Any, factory: Any, portNumber: int, interface: str
     ) -> None:
-        self.reactor = reactor
+        super().__init__(reactor)
         self.factory = factory
         self.portNumber = portNumber
         self.interface = interface
-        self.boundSocket: socket.socket | None = None
-        self.port: IListeningPort | None = None
         self.setName("metrics")
 
-    def bind(self) -> None:
+    def newSocket(self) -> socket.socket:
         """
-        Bind the socket now, if there is none yet.
-
-        @raise MetricsCannotListen: it cannot be bound.
+        The metrics socket, bound and listening (see L{metricsSocket}).
         """
-        if self.boundSocket is None:
-            self.boundSocket = metricsSocket(self.interface, self.portNumber)
+        return metricsSocket(self.interface, self.portNumber)
 
-    def unbind(self) -> None:
+    def adopt(self, sock: socket.socket) -> IListeningPort:
         """
-        Close the socket L{bind} bound, if the service has not started.
+        Serve the metrics site on C{sock}.
         """
-        sock, self.boundSocket = self.boundSocket, None
-        if sock is not None:
-            sock.close()
+        port: IListeningPort = self.reactor.adoptStreamPort(
+            sock.fileno(), sock.family, self.factory
+        )
+        return port
 
-    def privilegedStartService(self) -> None:
-        try:
-            self.bind()
-        except ServiceCannotListen as failure:
-            logCannotListen(failure)
-            raise
-        sock, self.boundSocket = self.boundSocket, None
-        assert sock is not None
-        try:
-            self.port = self.reactor.adoptStreamPort(
-                sock.fileno(), sock.family, self.factory
-            )
-        finally:
-            # The port holds its own duplicate of the descriptor.
-            sock.close()
-        Service.privilegedStartService(self)
-
-    def startService(self) -> None:
-        if self.port is None:
-            self.privilegedStartService()
-        Service.startService(self)
-        self.reactor.callWhenRunning(self._logListening)
-
-    def _logListening(self) -> None:
-        if self.port is not None:
-            host: Any = self.port.getHost()
-            self.log.info(
-                "udptime metrics listening on {where} (HTTP: /metrics, /healthz)",
-                where=formatAddress(host.host, host.port),
-            )
-
-    def stopService(self) -> Any:
-        Service.stopService(self)
-        port, self.port = self.port, None
-        if port is not None:
-            return port.stopListening()
-        return None
+    def logListening(self, where: str) -> None:
+        """
+        C{udptime metrics listening on 127.0.0.1:9123 (HTTP: ...)}.
+        """
+        self.log.info(
+            "udptime metrics listening on {where} (HTTP: /metrics, /healthz)",
+            where=where,
+        )
 
 
 def metricsService(
