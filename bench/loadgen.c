@@ -19,9 +19,10 @@
  * to the sender).  "busy" is then the share of the time it spent handling
  * replies, rather than its CPU use, which is all of a core.
  *
- * Runs are bounded by --duration seconds and --max-requests.  A request
- * unanswered after --timeout-ms is counted lost (closed loop: and replaced).
- * Prints one JSON object on stdout.
+ * Runs are bounded by --duration seconds and --max-requests, and end early
+ * on SIGTERM or SIGINT (a background load stopped when its work is done).  A
+ * request unanswered after --timeout-ms is counted lost (closed loop: and
+ * replaced).  Prints one JSON object on stdout.
  *
  * Build: cc -O2 -o loadgen loadgen.c
  */
@@ -31,6 +32,7 @@
 #include <getopt.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -91,6 +93,12 @@ static uint64_t busyNs; /* --spin: time spent handling replies */
 static long minReply = -1, maxReply;
 static int recording;
 static uint64_t cookieSeq = 1;
+static volatile sig_atomic_t stopRequested;
+
+static void requestStop(int signum) {
+    (void)signum;
+    stopRequested = 1;
+}
 
 static uint64_t nowNs(void) {
     struct timespec ts;
@@ -356,6 +364,13 @@ int main(int argc, char **argv) {
         nslots = cfg.sources;
     }
     prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
+    /* no SA_RESTART: a stop request interrupts the wait for replies */
+    struct sigaction stop;
+    memset(&stop, 0, sizeof(stop));
+    stop.sa_handler = requestStop;
+    sigemptyset(&stop.sa_mask);
+    sigaction(SIGTERM, &stop, NULL);
+    sigaction(SIGINT, &stop, NULL);
 
     memset(&target, 0, sizeof(target));
     target.sin_family = AF_INET;
@@ -420,7 +435,7 @@ int main(int argc, char **argv) {
             lostAtStart = lost;
             measureStart = now;
         }
-        if (now >= end || issued >= cfg.maxRequests) break;
+        if (now >= end || issued >= cfg.maxRequests || stopRequested) break;
 
         if (cfg.closed) {
             uint64_t before = cfg.spin ? nowNs() : 0;
@@ -481,6 +496,15 @@ int main(int argc, char **argv) {
             }
         }
     }
+    if (!recording) {
+        /* stopped during the warm-up: an empty measurement */
+        recording = 1;
+        cpuStart = cpuSeconds();
+        sentAtStart = sent;
+        receivedAtStart = received;
+        lostAtStart = lost;
+        measureStart = nowNs();
+    }
     uint64_t measureEnd = nowNs();
     double cpu = cpuSeconds() - cpuStart;
     long sentMeasured = sent - sentAtStart;
@@ -499,6 +523,7 @@ int main(int argc, char **argv) {
     }
     long lostMeasured = lost - lostAtStart;
     double seconds = (double)(measureEnd - measureStart) / 1e9;
+    if (seconds <= 0) seconds = 1e-9;
 
     qsort(samples, (size_t)nsamples, sizeof(uint32_t), cmpU32);
     printf("{\"mode\": \"%s\", \"inflight\": %d, \"offered\": %.1f, \"sources\": %d, "

@@ -36,6 +36,8 @@ extensions = [
     "offlineinventory",
     "diagrams",
     "internallinks",
+    # The benchmark's published results (docs/data/) as tables and charts.
+    "benchreport",
 ]
 
 root_doc = "index"

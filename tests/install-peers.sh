@@ -1,13 +1,20 @@
 #!/bin/sh
 # Install the third-party programs udptime's interoperability tests talk to:
 # chrony (chronyd -Q as the strictest NTP client, and as a reference server),
-# rdate, ntpsec's ntpdig, socat, iproute2 for private network namespaces,
-# systemd for systemd-socket-activate and systemd-analyze (the unit files'
-# checks; it is not started), and prometheus to scrape the metrics endpoint.
+# rdate, ntpsec's ntpdig, socat, iproute2 for private network namespaces, a
+# C compiler for the benchmark's load generator; nftables and conntrack for
+# the balancer of the many-instance test; systemd for systemd-socket-activate
+# and systemd-analyze (the unit files' checks; it is not started), and
+# prometheus to scrape the metrics endpoint.
+# With UDPTIME_IMAGE_TEST=1, also docker.io and mmdebstrap, for the opt-in test
+# that builds and runs the container image (tests/test_image.py).
 # Debian and Ubuntu only; elsewhere the tests that need them are skipped.
 set -eu
 
-packages="chrony rdate ntpsec-ntpdig socat iproute2 systemd prometheus"
+packages="chrony rdate ntpsec-ntpdig socat iproute2 gcc libc6-dev nftables conntrack systemd prometheus"
+if [ "${UDPTIME_IMAGE_TEST:-}" = 1 ]; then
+    packages="$packages docker.io mmdebstrap"
+fi
 need=""
 for pkg in $packages; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need="$need $pkg"

@@ -9,6 +9,7 @@ into failures, so that a missing install step cannot hide behind a skip.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import signal
@@ -18,11 +19,19 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from types import ModuleType
 from typing import Any, TypeVar
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 LISTENING = "service listening on "
+
+CONTAINER_SCRIPT = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    "deploy",
+    "container.py",
+)
+"""The container image's entry point and health check."""
 
 T = TypeVar("T")
 
@@ -57,6 +66,17 @@ def stopProcess(process: subprocess.Popen[Any], timeout: float = 10.0) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+def containerScript() -> ModuleType:
+    """
+    L{CONTAINER_SCRIPT} as a module (it is a script, not a package).
+    """
+    spec = importlib.util.spec_from_file_location("udptime_container", CONTAINER_SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def freePrivilegedPort() -> int:

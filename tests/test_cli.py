@@ -26,6 +26,7 @@ from udptime import cli
 from udptime.cli import Client, UsageError, parseArguments
 from udptime.ntp import buildKissOfDeath
 from udptime.reading import (
+    UNAUTHENTICATED,
     BadReply,
     LookupTimeout,
     QueryError,
@@ -76,7 +77,17 @@ class ArgumentTests(SynchronousTestCase):
         self.assertFalse(options.interactive)
         self.assertEqual(options.request, "")
         self.assertIsInstance(options.codec, TextClientCodec)
-        self.assertEqual(options.codec.buildRequest(0)[0], b"time")
+        request, token = options.codec.buildRequest(0)
+        self.assertEqual(request, b"time @" + token)
+
+    def test_noToken(self) -> None:
+        """
+        C{--no-token} makes the text protocol's requests carry no token.
+        """
+        options = parseArguments(["127.0.0.1", "--no-token", "unix"])
+        self.assertEqual(options.codec.buildRequest(0), (b"unix", None))
+        options = parseArguments(["127.0.0.1", "--no-token", "-P", "echo", "x"])
+        self.assertEqual(options.codec.buildRequest(0)[0], b"x")
 
     def test_options(self) -> None:
         """
@@ -167,7 +178,7 @@ class ArgumentTests(SynchronousTestCase):
         and are refused, as a usage error, by one that takes none.
         """
         options = parseArguments(["h", "month", "3"])
-        self.assertEqual(options.codec.buildRequest(0.0)[0], b"month 3")
+        self.assertTrue(options.codec.buildRequest(0.0)[0].startswith(b"month 3 @"))
         options = parseArguments(["h", "--protocol", "echo", "hello"])
         self.assertEqual(options.codec.buildRequest(0.0)[0], b"hello")
         error = self.assertRaises(
@@ -300,7 +311,8 @@ def startClient(
     """
     reactor = FakeReactor()
     stdout, stderr = io.StringIO(), io.StringIO()
-    options = parseArguments(argv)
+    # The fake server's replies carry no request token.
+    options = parseArguments([*argv, "--no-token"])
     client = Client(reactor, options, stdout, stderr, SteppingClock())
     d = Deferred.fromCoroutine(client.run())
     return reactor, d, stdout, stderr
@@ -321,7 +333,9 @@ def startInteractive(
     reactor.addReader = reader.addReader  # type: ignore[attr-defined]
     reactor.removeReader = reader.removeReader  # type: ignore[attr-defined]
     stdout, stderr = io.StringIO(), io.StringIO()
-    client = Client(reactor, parseArguments(argv), stdout, stderr, SteppingClock())
+    client = Client(
+        reactor, parseArguments([*argv, "--no-token"]), stdout, stderr, SteppingClock()
+    )
     readEnd, writeEnd = os.pipe()
     testCase.addCleanup(os.close, readEnd)
     os.write(writeEnd, lines)
@@ -452,7 +466,9 @@ class ClientTests(SynchronousTestCase):
 
         reactor.addReader = refuse  # type: ignore[attr-defined]
         stdout, stderr = io.StringIO(), io.StringIO()
-        client = Client(reactor, parseArguments(["h", "-i"]), stdout, stderr)
+        client = Client(
+            reactor, parseArguments(["h", "-i", "--no-token"]), stdout, stderr
+        )
         d = Deferred.fromCoroutine(client.run(0))
         self.assertEqual(self.successResultOf(d), 1)
         self.assertEqual(
@@ -476,7 +492,9 @@ class ClientTests(SynchronousTestCase):
                 stderr = io.StringIO()
                 self.patch(sys, "stdout", FailingOutput(error))
                 self.patch(sys, "stderr", stderr)
-                d = cli._react(reactor, parseArguments(["127.0.0.1", "-c", "3"]))
+                d = cli._react(
+                    reactor, parseArguments(["127.0.0.1", "-c", "3", "--no-token"])
+                )
                 reactor.ports[0].receive(b"1.000000\n")
                 self.assertEqual(self.failureResultOf(d, SystemExit).value.code, 1)
                 self.assertEqual(len(reactor.ports), 1)
@@ -495,7 +513,7 @@ class ClientTests(SynchronousTestCase):
         stdout, stderr = io.StringIO(), io.StringIO()
         self.patch(sys, "stdout", stdout)
         self.patch(sys, "stderr", stderr)
-        d = cli._react(reactor, parseArguments(["127.0.0.1", "-c", "3"]))
+        d = cli._react(reactor, parseArguments(["127.0.0.1", "-c", "3", "--no-token"]))
         [(phase, event, interrupted)] = triggers
         self.assertEqual((phase, event), ("before", "shutdown"))
         interrupted()
@@ -512,7 +530,7 @@ class ClientTests(SynchronousTestCase):
         reactor = FakeReactor()
         reactor.addSystemEventTrigger = lambda *a: None
         self.patch(sys, "stderr", io.StringIO())
-        d = cli._react(reactor, parseArguments(["127.0.0.1", "-r", "1"]))
+        d = cli._react(reactor, parseArguments(["127.0.0.1", "-r", "1", "--no-token"]))
         reactor.advance(1)
         self.assertEqual(self.failureResultOf(d, SystemExit).value.code, 1)
 
@@ -529,7 +547,7 @@ class ClientTests(SynchronousTestCase):
 
         reactor = PluggableReactor()
         reactor.addSystemEventTrigger = lambda *a: None  # type: ignore[method-assign]
-        cli._react(reactor, parseArguments(["127.0.0.1"]))
+        cli._react(reactor, parseArguments(["127.0.0.1", "--no-token"]))
         self.assertIsInstance(reactor.nameResolver, DaemonThreadResolver)
 
     def test_json(self) -> None:
@@ -600,7 +618,7 @@ class IntervalTests(SynchronousTestCase):
         reactor.addSystemEventTrigger = lambda phase, event, f: triggers.append(f)
         self.patch(sys, "stdout", io.StringIO())
         self.patch(sys, "stderr", io.StringIO())
-        d = cli._react(reactor, parseArguments(["127.0.0.1", "-c", "3"]))
+        d = cli._react(reactor, parseArguments(["127.0.0.1", "-c", "3", "--no-token"]))
         reactor.ports[0].receive(b"March\n")
         self.assertEqual(len(reactor.getDelayedCalls()), 1)
         [interrupted] = triggers
@@ -839,7 +857,8 @@ class JSONFailureTests(SynchronousTestCase):
         self.patch(sys, "stdout", FailingOutput(OSError(28, "No space left")))
         self.patch(sys, "stderr", stderr)
         d = cli._react(
-            reactor, parseArguments(["127.0.0.1", "-j", "-r", "1", "-c", "3"])
+            reactor,
+            parseArguments(["127.0.0.1", "-j", "-r", "1", "-c", "3", "--no-token"]),
         )
         reactor.advance(1)
         self.assertEqual(self.failureResultOf(d, SystemExit).value.code, 1)
@@ -916,3 +935,31 @@ class InteractiveTests(TestCase):
         ]
         self.assertEqual(formats, ["unix", "iso"])
         self.assertEqual(stderr.getvalue(), "")
+
+
+class UnauthenticatedTests(SynchronousTestCase):
+    """
+    An answer of a protocol that cannot tie it to the request (RFC 868,
+    Daytime) says so on its line.
+    """
+
+    def result(self, protocol: str, details: dict[str, Any]) -> QueryResult:
+        return QueryResult(
+            protocol=protocol,
+            host="127.0.0.1",
+            port=37,
+            reply=b"",
+            text="2026-12-05T19:00:00+00:00",
+            serverTime=None,
+            delay=0.001,
+            offset=None,
+            details=details,
+        )
+
+    def test_said(self) -> None:
+        line = cli.formatResult(self.result("time", {UNAUTHENTICATED: True}))
+        self.assertTrue(line.endswith("  unauthenticated answer"), line)
+
+    def test_notSaid(self) -> None:
+        line = cli.formatResult(self.result("text", {}))
+        self.assertNotIn("unauthenticated", line)

@@ -25,6 +25,7 @@ from udptime import daytime, echo, ntp, rfc868, text
 from udptime.client import query, sameAddress
 from udptime.clock import unixToNTP64
 from udptime.reading import (
+    UNAUTHENTICATED,
     BadReply,
     LookupTimeout,
     QueryError,
@@ -162,7 +163,7 @@ def ask(
 ) -> tuple[FakeReactor, Deferred[QueryResult]]:
     reactor = FakeReactor()
     kwargs.setdefault("clock", SteppingClock())
-    d = query(reactor, host, codec or TextClientCodec("unix"), **kwargs)
+    d = query(reactor, host, codec or TextClientCodec("unix", token=False), **kwargs)
     return reactor, d
 
 
@@ -349,7 +350,7 @@ class QueryTests(SynchronousTestCase):
         """
         An C{error:} line fails the query at once with L{ServerRefused}.
         """
-        reactor, d = ask(self, codec=TextClientCodec("month 13"))
+        reactor, d = ask(self, codec=TextClientCodec("month 13", token=False))
         reactor.ports[0].receive(
             b"error: month must be a number from 1 to 12, not '13'\n"
         )
@@ -403,7 +404,9 @@ class QueryTests(SynchronousTestCase):
         """
         reactor = FakeReactor()
         reactor.closeLater = True
-        d = query(reactor, "127.0.0.1", TextClientCodec(), clock=SteppingClock())
+        d = query(
+            reactor, "127.0.0.1", TextClientCodec(token=False), clock=SteppingClock()
+        )
         port = reactor.ports[0]
         port.receive(b"2018-03-13T12:54:58.123456+00:00\n")
         self.assertTrue(port.closed)
@@ -418,7 +421,9 @@ class QueryTests(SynchronousTestCase):
         """
         reactor = FakeReactor()
         reactor.closeLater = True
-        d = query(reactor, "127.0.0.1", TextClientCodec(), clock=SteppingClock())
+        d = query(
+            reactor, "127.0.0.1", TextClientCodec(token=False), clock=SteppingClock()
+        )
         reactor.advance(1.0)
         self.assertEqual(len(reactor.ports), 1)
         assert reactor.ports[0].closing is not None
@@ -554,7 +559,11 @@ class QueryTests(SynchronousTestCase):
         reactor = FakeReactor()
         reactor.noSockets.add("::")
         d = query(
-            reactor, "::1", TextClientCodec("unix"), port=123, clock=SteppingClock()
+            reactor,
+            "::1",
+            TextClientCodec("unix", token=False),
+            port=123,
+            clock=SteppingClock(),
         )
         failure = self.failureResultOf(d, QueryError)
         self.assertEqual(
@@ -609,7 +618,7 @@ class QueryTests(SynchronousTestCase):
         """
         reactor = FakeReactor()
         reactor.sendError = OSError(errno.ENETUNREACH, "Network is unreachable")
-        d = query(reactor, "2001:db8::1", TextClientCodec())
+        d = query(reactor, "2001:db8::1", TextClientCodec(token=False))
         failure = self.failureResultOf(d, QueryError)
         self.assertEqual(
             str(failure.value),
@@ -623,7 +632,7 @@ class QueryTests(SynchronousTestCase):
         are programming errors.
         """
         reactor = FakeReactor()
-        codec = TextClientCodec()
+        codec = TextClientCodec(token=False)
         for kwargs in (
             {"timeout": 0},
             {"timeout": -1.0},
@@ -671,7 +680,7 @@ class AssembledResultTests(SynchronousTestCase):
         Each codec's reading, with what the query knows around it.
         """
         cases: list[tuple[Any, Any]] = [
-            (TextClientCodec("unix"), lambda request: b"1000.500000\n"),
+            (TextClientCodec("unix", token=False), lambda request: b"1000.500000\n"),
             (rfc868.TimeClientCodec(), lambda request: rfc868.buildReply(1000.5)),
             (
                 daytime.DaytimeClientCodec(),
@@ -688,7 +697,10 @@ class AssembledResultTests(SynchronousTestCase):
                 port.receive(reply, ("::1", 11000))
                 result = self.successResultOf(d)
                 # Sent at 1000.0, received at 1000.25.
-                reading = codec.parseReply(reply, request, 1000.0, 1000.25)
+                # The state: the payload an echo reply must repeat; none
+                # for the others (the text codec here sends no token).
+                state = request if codec.name == "echo" else None
+                reading = codec.parseReply(reply, state, 1000.0, 1000.25)
                 self.assertEqual(
                     result,
                     QueryResult(
@@ -874,39 +886,6 @@ class RealSocketTests(TestCase):
             str(caught.exception), f"no reply from 127.0.0.1:{port} after 2 tries"
         )
 
-    async def test_wrongSourceIgnored(self) -> None:
-        """
-        A datagram reaching the client's socket from another port is
-        ignored; the server's reply, sent after it, is the result.
-        """
-        requests: list[tuple[bytes, Any]] = []
-        got = Deferred[None]()
-
-        class Silent(DatagramProtocol):
-            def datagramReceived(self, datagram: bytes, addr: Any) -> None:
-                requests.append((datagram, addr))
-                got.callback(None)
-
-        serverPort = globalReactor.listenUDP(0, Silent(), interface="127.0.0.1")
-        self.addCleanup(serverPort.stopListening)
-        serverAddr = serverPort.getHost()
-        d = query(
-            globalReactor,
-            "127.0.0.1",
-            TextClientCodec("unix"),
-            serverAddr.port,
-            timeout=5.0,
-            retries=1,
-        )
-        await got
-        [(_, clientAddr)] = requests
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rogue:
-            rogue.bind(("127.0.0.1", 0))
-            rogue.sendto(b"1.000000\n", clientAddr)
-        serverPort.write(b"2.000000\n", clientAddr)
-        result = await d
-        self.assertEqual(result.serverTime, 2.0)
-
     async def test_concurrent(self) -> None:
         """
         200 queries at once, each on its own socket, each answered with the
@@ -929,3 +908,110 @@ class RealSocketTests(TestCase):
         )
         texts = [r.text if ok else repr(r) for ok, r in results]
         self.assertEqual(texts, [text.MONTHS[n - 1] for n in months])
+
+
+class ForgedReplyTests(TestCase):
+    """
+    Datagrams forged to the client's socket before the server's reply: what
+    the client can tell from the real reply, protocol by protocol.
+    """
+
+    async def forge(
+        self, codec: Any, forgeries: list[tuple[bytes, bool]], reply: Any
+    ) -> QueryResult:
+        """
+        Query a silent server with C{codec}; once the request arrives, send
+        each of C{forgeries} to the client (from the server's own address and
+        port when its flag is true, from another port otherwise), then
+        C{reply(request)} from the server: the query's result.
+        """
+        requests: list[tuple[bytes, Any]] = []
+        got = Deferred[None]()
+
+        class Silent(DatagramProtocol):
+            def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+                requests.append((datagram, addr))
+                got.callback(None)
+
+        serverPort = globalReactor.listenUDP(0, Silent(), interface="127.0.0.1")
+        self.addCleanup(serverPort.stopListening)
+        d = query(
+            globalReactor,
+            "127.0.0.1",
+            codec,
+            serverPort.getHost().port,
+            timeout=5.0,
+            retries=1,
+        )
+        await got
+        [(request, clientAddr)] = requests
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rogue:
+            rogue.bind(("127.0.0.1", 0))
+            for forged, fromServer in forgeries:
+                if fromServer:
+                    serverPort.write(forged, clientAddr)
+                else:
+                    rogue.sendto(forged, clientAddr)
+        serverPort.write(reply(request), clientAddr)
+        return await d
+
+    async def test_text(self) -> None:
+        """
+        A text reply forged from the server's address without the request's
+        token, or from another port, is ignored: the real reply, which
+        carries the token back, is the result.
+        """
+        result = await self.forge(
+            TextClientCodec("unix"),
+            [
+                (b"1999-01-01T00:00:00+00:00\n", True),
+                (b"error: forged\n", True),
+                (b"915148800.000000 @0123456789abcdef\n", True),
+                (b"915148800.000000\n", False),
+            ],
+            lambda request: b"2.000000 @" + text.splitToken(request)[1] + b"\n",
+        )
+        self.assertEqual(result.serverTime, 2.0)
+
+    async def test_wrongSourceIgnored(self) -> None:
+        """
+        Without a token, a datagram reaching the client's socket from another
+        port is ignored; the server's reply, sent after it, is the result.
+        """
+        result = await self.forge(
+            TextClientCodec("unix", token=False),
+            [(b"1.000000\n", False)],
+            lambda request: b"2.000000\n",
+        )
+        self.assertEqual(result.serverTime, 2.0)
+
+    async def test_time(self) -> None:
+        """
+        An RFC 868 client ignores replies of the wrong size or from another
+        port, but takes any 4 bytes from the server's address and port: the
+        result says it is unauthenticated.
+        """
+        result = await self.forge(
+            rfc868.TimeClientCodec(),
+            [(b"\x00\x00\x00\x00\x00", True), (rfc868.buildReply(1e9), False)],
+            lambda request: rfc868.buildReply(2e9),
+        )
+        self.assertEqual(result.serverTime, 2e9)
+        self.assertIs(result.details[UNAUTHENTICATED], True)
+
+    async def test_daytime(self) -> None:
+        """
+        A Daytime client ignores replies that are no Daytime line or from
+        another port; the result says it is unauthenticated.
+        """
+        result = await self.forge(
+            daytime.DaytimeClientCodec(),
+            [
+                (b"x" * (daytime.MAX_REPLY + 1), True),
+                (b"\xff\xfe\r\n", True),
+                (daytime.buildReply(1e9), False),
+            ],
+            lambda request: daytime.buildReply(2e9),
+        )
+        self.assertEqual(result.serverTime, 2e9)
+        self.assertIs(result.details[UNAUTHENTICATED], True)

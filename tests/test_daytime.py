@@ -219,7 +219,7 @@ class ClientCodecTests(SynchronousTestCase):
                 serverTime=server,
                 offset=-1.75,
                 delay=None,
-                details={"resolution": 1.0},
+                details={"resolution": 1.0, "unauthenticated": True},
             ),
         )
 
@@ -230,7 +230,10 @@ class ClientCodecTests(SynchronousTestCase):
         reading = self.codec.parseReply(b"Sat Nov 21 20:53:39 2026\n", None, 1.0, 2.0)
         self.assertEqual(
             reading,
-            Reading(text="Sat Nov 21 20:53:39 2026", details={"resolution": 1.0}),
+            Reading(
+                text="Sat Nov 21 20:53:39 2026",
+                details={"resolution": 1.0, "unauthenticated": True},
+            ),
         )
 
     def test_notALine(self) -> None:

@@ -183,7 +183,7 @@ class NTPServerTests(SynchronousTestCase):
         KoD (at a bounded rate: one, as the clock stands still) instead of a
         reply; its other refused requests get nothing.
         """
-        policy = SERVICES["ntp"].policy(rate=1.0, burst=2)
+        policy = SERVICES["ntp"].policy(rate=1.0, burst=2, leak=0.0)
         protocol, transport = server(
             clock=SteppingClock(1_800_000_000.0, 0.0), policy=policy
         )

@@ -189,8 +189,9 @@ class SourceDistributionTests(SynchronousTestCase):
         self.addCleanup(shutil.rmtree, work, True)
         source = os.path.join(work, "udptime")
         shutil.copytree(ROOT, source, ignore=IGNORED, symlinks=True)
-        os.makedirs(os.path.join(source, "bench", "build"))
-        open(os.path.join(source, "bench", "build", "loadgen"), "w").close()
+        for built in ("bench/build/loadgen", "docs/_generated/benchreport/x.png"):
+            os.makedirs(os.path.dirname(os.path.join(source, built)), exist_ok=True)
+            open(os.path.join(source, built), "w").close()
         done = subprocess.run(
             [sys.executable, "-m", "build", "--sdist", "--outdir", work, source],
             capture_output=True,
@@ -214,6 +215,10 @@ class SourceDistributionTests(SynchronousTestCase):
             "contrib/systemd/udptime.service",
             "contrib/grafana/udptime.json",
             "docs/operations-metrics.rst",
+            "deploy/container.py",
+            "deploy/kubernetes/deployment.yaml",
+            "docs/_ext/benchreport.py",
+            "docs/data/throughput.json",
             "NEWS.rst",
             "docs/conf.py",
             "docs/_ext/optionlists.py",

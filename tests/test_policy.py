@@ -18,11 +18,13 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support import RecordingTransport, deliver
+from tests.test_security import report
 from udptime import ntp, policy
 from udptime.clock import NTP_UNIX_OFFSET
 from udptime.decision import Decision
 from udptime.policy import (
     ADMIT,
+    DEFAULT_LOOP_WINDOW,
     DENIED,
     KEY_CACHE_SIZE,
     KISS,
@@ -374,27 +376,144 @@ class AccessListTests(SynchronousTestCase):
 
 
 class ReplyMemoryTests(SynchronousTestCase):
+    """
+    L{ReplyMemory}: what a service sent to each peer lately.
+    """
+
     def test_returnedWithinWindow(self) -> None:
+        """
+        A reply sent to a peer is a loop when it comes back from that peer
+        within the window, as often as it comes back.
+        """
         memory = ReplyMemory(window=1.0)
         addr = ("192.0.2.1", 40000)
         memory.remember(addr, b"ping", NOW)
-        self.assertFalse(memory.isReturned(addr, b"pong", NOW + 0.1))
-        self.assertFalse(memory.isReturned(("192.0.2.1", 40001), b"ping", NOW + 0.1))
-        self.assertTrue(memory.isReturned(addr, b"ping", NOW + 0.1))
-        self.assertFalse(memory.isReturned(addr, b"ping", NOW + 0.2))
+        self.assertFalse(memory.isLoop(addr, b"pong", NOW + 0.1))
+        self.assertFalse(memory.isLoop(("192.0.2.1", 40001), b"ping", NOW + 0.1))
+        self.assertFalse(memory.isLoop(("192.0.2.2", 40000), b"ping", NOW + 0.1))
+        self.assertTrue(memory.isLoop(addr, b"ping", NOW + 0.1))
+        self.assertTrue(memory.isLoop(addr, b"ping", NOW + 0.2))
+        self.assertTrue(memory.isReturned(addr, b"ping", NOW + 0.2))
+
+    def test_everyPayload(self) -> None:
+        """
+        Every reply sent to a peer within the window is remembered, not only
+        the last: any number of loops injected at once are all caught.
+        """
+        memory = ReplyMemory(window=1.0)
+        addr = ("192.0.2.1", 40000)
+        payloads = [b"payload %d" % n for n in range(100)]
+        for payload in payloads:
+            memory.remember(addr, payload, NOW)
+        for payload in payloads:
+            self.assertTrue(memory.isLoop(addr, payload, NOW + 0.5))
+        self.assertFalse(memory.isLoop(addr, b"another", NOW + 0.5))
 
     def test_windowEnds(self) -> None:
         memory = ReplyMemory(window=1.0)
         addr = ("192.0.2.1", 40000)
         memory.remember(addr, b"ping", NOW)
-        self.assertFalse(memory.isReturned(addr, b"ping", NOW + 1.5))
-        self.assertFalse(memory.isReturned(addr, b"ping", NOW - 5))
+        self.assertFalse(memory.isLoop(addr, b"ping", NOW + 1.5))
+        self.assertFalse(memory.isLoop(addr, b"ping", NOW - 5))
+        memory.remember(("192.0.2.2", 1), b"x", NOW + 1.5)
+        memory.remember(("192.0.2.2", 1), b"y", NOW + 3)
+        self.assertEqual(len(memory), 2, "the first reply is forgotten")
+        self.assertFalse(memory.isLoop(addr, b"ping", NOW + 3))
+
+    def test_replyShaped(self) -> None:
+        """
+        From a peer answered within the window, a datagram that has the shape
+        of a reply is a loop; from any other peer, it is a request.
+        """
+        shapes: list[bytes] = []
+
+        def looksLikeReply(data: bytes, now: float) -> bool:
+            shapes.append(data)
+            return data.startswith(b"reply")
+
+        memory = ReplyMemory(window=1.0, looksLikeReply=looksLikeReply)
+        addr = ("192.0.2.1", 40000)
+        self.assertFalse(memory.isLoop(addr, b"reply 1", NOW))
+        self.assertEqual(shapes, [], "not asked about a peer not answered")
+        memory.remember(addr, b"reply 0", NOW)
+        self.assertTrue(memory.isLoop(addr, b"reply 1", NOW + 0.5))
+        self.assertFalse(memory.isLoop(addr, b"time", NOW + 0.5))
+        self.assertFalse(memory.isLoop(addr, b"reply 1", NOW + 2))
+
+    def test_peersOnly(self) -> None:
+        """
+        Without C{contents} (a service whose replies do not repeat its
+        requests), the memory keeps the peers alone: from a peer answered
+        within the window, a datagram shaped like a reply is a loop and any
+        other is not, even the bytes just sent; the shape is asked first.
+        """
+        shapes: list[bytes] = []
+
+        def looksLikeReply(data: bytes, now: float) -> bool:
+            shapes.append(data)
+            return data.startswith(b"reply")
+
+        memory = ReplyMemory(window=1.0, looksLikeReply=looksLikeReply, contents=False)
+        addr = ("192.0.2.1", 40000)
+        memory.remember(addr, b"payload", NOW)
+        self.assertEqual(len(memory), 1)
+        self.assertEqual(memory._sent, {}, "no reply's bytes kept")
+        self.assertFalse(memory.isLoop(addr, b"payload", NOW + 0.5))
+        self.assertTrue(memory.isLoop(addr, b"reply 1", NOW + 0.5))
+        self.assertFalse(memory.isLoop(("192.0.2.2", 40000), b"reply 1", NOW + 0.5))
+        self.assertFalse(memory.isLoop(addr, b"reply 1", NOW + 2))
+        self.assertEqual(shapes[0], b"payload")
+
+    def test_profiles(self) -> None:
+        """
+        Of the services that answer any datagram, only Echo, whose replies
+        repeat its requests, remembers the replies' bytes.
+        """
+        from udptime.services import SERVICES
+
+        for name in ("text", "time", "daytime", "echo"):
+            with self.subTest(name=name):
+                memory = SERVICES[name].policy().replyMemory
+                assert memory is not None
+                self.assertEqual(memory.contents, name == "echo")
 
     def test_bounded(self) -> None:
         memory = ReplyMemory(size=100)
         for port in range(1000):
             memory.remember(("192.0.2.1", port), b"x", NOW)
+            self.assertLessEqual(len(memory), 100)
             self.assertLessEqual(len(memory._sent), 100)
+            self.assertLessEqual(len(memory._peers), 100)
+        self.assertTrue(memory.isLoop(("192.0.2.1", 999), b"x", NOW))
+        self.assertFalse(memory.isLoop(("192.0.2.1", 0), b"x", NOW))
+
+    def test_sameReplyAgain(self) -> None:
+        """
+        A reply sent again to the same peer is remembered from its last
+        sending: forgetting the first does not forget it.
+        """
+        memory = ReplyMemory(window=1.0)
+        addr = ("192.0.2.1", 40000)
+        memory.remember(addr, b"x", NOW)
+        memory.remember(addr, b"x", NOW + 0.9)
+        memory.remember(("192.0.2.2", 1), b"y", NOW + 1.2)
+        self.assertTrue(memory.isLoop(addr, b"x", NOW + 1.2))
+
+    def test_clockBack(self) -> None:
+        """
+        A clock stepped back starts the memory afresh: nothing is locked
+        out for the size of the step.
+        """
+        memory = ReplyMemory(window=1.0)
+        addr = ("192.0.2.1", 40000)
+        memory.remember(addr, b"ping", NOW)
+        memory.remember(addr, b"pong", NOW - 3600)
+        self.assertFalse(memory.isLoop(addr, b"ping", NOW - 3600))
+        self.assertTrue(memory.isLoop(addr, b"pong", NOW - 3600))
+
+    def test_invalid(self) -> None:
+        self.assertRaises(ValueError, ReplyMemory, window=0.0)
+        self.assertRaises(ValueError, ReplyMemory, size=1)
 
 
 class PolicyTests(SynchronousTestCase):
@@ -555,7 +674,7 @@ class ProtocolPolicyTests(SynchronousTestCase):
         self.assertEqual((counters["looped"], counters["denied"]), (8, 1))
 
     def test_kiss(self) -> None:
-        server = Refusing(policy=SERVICES["ntp"].policy(burst=2))
+        server = Refusing(policy=SERVICES["ntp"].policy(burst=2, leak=0.0))
         transport = started(server)
         for _ in range(10):
             deliver(server, b"q", ("192.0.2.1", 123), NOW)
@@ -579,7 +698,7 @@ class ProtocolPolicyTests(SynchronousTestCase):
         bounded rate.
         """
         events: list[dict[str, object]] = []
-        server = Refusing(policy=SERVICES["ntp"].policy(burst=1))
+        server = Refusing(policy=SERVICES["ntp"].policy(burst=1, leak=0.0))
         server.log = Logger(observer=events.append)
         server.failRefusal = True
         started(server)
@@ -610,7 +729,7 @@ class ProtocolPolicyTests(SynchronousTestCase):
         A flood of NTP requests from one source gets C{burst} replies and
         one Kiss-o'-Death RATE that reveals no server time.
         """
-        server = NTPServer(policy=SERVICES["ntp"].policy(burst=4))
+        server = NTPServer(policy=SERVICES["ntp"].policy(burst=4, leak=0.0))
         transport = started(server, 123)
         transmit = 0xDEADBEEF01234567
         for _ in range(100):
@@ -637,15 +756,22 @@ class ProtocolPolicyTests(SynchronousTestCase):
         self.assertEqual(transport.written, [])
         self.assertEqual(server.counters.kissed, 0)
 
-    def test_echoNeverAnswersAnEcho(self) -> None:
+    def runLoop(
+        self, firstName: str, secondName: str, payloads: int
+    ) -> tuple[int, UDPServerProtocol, UDPServerProtocol]:
         """
-        Two echo services connected by a forged datagram stop after one
-        round trip.
+        Connect a C{firstName} service and a C{secondName} service (on
+        other ports than the standard ones, with no rate limit), inject
+        C{payloads} forged datagrams into the first, in the name of the
+        second, all at once, and carry every reply to its peer (at most
+        10 000 datagrams): how many were carried, and the two services.
         """
-        first = EchoServer(policy=SERVICES["echo"].policy(rate=0))
-        second = EchoServer(policy=SERVICES["echo"].policy(rate=0))
-        firstAddr, secondAddr = ("192.0.2.1", 7007), ("192.0.2.2", 7007)
-        queue: list[tuple[EchoServer, bytes, tuple[str, int]]] = []
+        first = SERVICES[firstName].makeServer(Options())
+        second = SERVICES[secondName].makeServer(Options())
+        first.policy = SERVICES[firstName].policy(rate=0)
+        second.policy = SERVICES[secondName].policy(rate=0)
+        firstAddr, secondAddr = ("192.0.2.1", 7007), ("192.0.2.2", 7008)
+        queue: list[tuple[UDPServerProtocol, bytes, tuple[str, int]]] = []
 
         class Wire(RecordingTransport):
             def __init__(self, source: tuple[str, int]) -> None:
@@ -659,20 +785,86 @@ class ProtocolPolicyTests(SynchronousTestCase):
 
         for server, addr in [(first, firstAddr), (second, secondAddr)]:
             server.makeConnection(Wire(addr))  # type: ignore[arg-type]
-        deliver(first, b"forged", secondAddr, NOW)
+        for n in range(payloads):
+            deliver(first, b"forged %d" % n, secondAddr, NOW)
         hops = 0
-        while queue and hops < 100:
+        while queue and hops < 10_000:
             target, data, source = queue.pop(0)
             deliver(target, data, source, NOW + hops * 0.001)
             hops += 1
+        return hops, first, second
+
+    def test_loopsDie(self) -> None:
+        """
+        Two services that answer any datagram (text, Time, Daytime, Echo),
+        on ports the static guard does not know, with no rate limit, started
+        by 1, 2, 4 or 16 forged datagrams at once, stop answering each other
+        within three datagrams per datagram injected.
+        """
+        names = ["text", "time", "daytime", "echo"]
+        for firstName in names:
+            for secondName in names:
+                for payloads in [1, 2, 4, 16]:
+                    hops, first, second = self.runLoop(firstName, secondName, payloads)
+                    where = f"{firstName} <-> {secondName}, {payloads} injected"
+                    self.assertLessEqual(hops, 3 * payloads, where)
+                    self.assertEqual(
+                        first.counters.looped + second.counters.looped,
+                        payloads,
+                        where,
+                    )
+
+    def test_echoNeverAnswersAnEcho(self) -> None:
+        """
+        Two echo services connected by a forged datagram stop after one
+        round trip.
+        """
+        hops, first, _second = self.runLoop("echo", "echo", 1)
         self.assertLessEqual(hops, 2)
-        self.assertEqual(first.counters.looped + second.counters.looped, 1)
+        self.assertEqual(first.counters.looped, 1)
+
+    def test_textNeverAnswersAText(self) -> None:
+        """
+        Two text services connected by a forged datagram stop after one
+        round trip: the second answers the first's reply, but the first does
+        not answer a time line from a peer it just answered.
+        """
+        hops, first, second = self.runLoop("text", "text", 1)
+        self.assertEqual(hops, 2)
+        self.assertEqual((first.counters.looped, second.counters.looped), (1, 0))
+
+    def test_clientsStillServed(self) -> None:
+        """
+        A client that asks again and again within the loop window is
+        answered every time: its requests look like no reply.  (Only the
+        same echo payload sent again within the window is refused, as it is
+        the reply just sent coming back.)
+        """
+        for name, request in [
+            ("text", b"time"),
+            ("text", b"unix"),
+            ("text", b"iso Europe/Paris\n"),
+            ("time", b""),
+            ("daytime", b""),
+            ("daytime", b"x"),
+            ("echo", b"udptime echo 0123456789abcdef"),
+            ("echo", b"hello\n"),
+        ]:
+            server = SERVICES[name].makeServer(Options())
+            server.policy = SERVICES[name].policy(rate=0)
+            transport = started(server, 7007)
+            for n in range(10):
+                # An echo client's requests differ (a random token).
+                datagram = b"%d " % n + request if name == "echo" else request
+                deliver(server, datagram, ("192.0.2.9", 4000), NOW + n * 0.1)
+            self.assertEqual(len(transport.written), 10, (name, request))
+            self.assertEqual(server.counters.looped, 0)
 
     def test_echoRepeatedLater(self) -> None:
         server = EchoServer(policy=SERVICES["echo"].policy())
         transport = started(server, 7)
         deliver(server, b"ping", ("192.0.2.1", 40000), NOW)
-        deliver(server, b"ping", ("192.0.2.1", 40000), NOW + 2)
+        deliver(server, b"ping", ("192.0.2.1", 40000), NOW + DEFAULT_LOOP_WINDOW + 0.5)
         self.assertEqual(len(transport.written), 2)
 
     def test_noPolicy(self) -> None:
@@ -834,3 +1026,131 @@ class OptionsTests(SynchronousTestCase):
         summaries = [c for c in children.values() if isinstance(c, CounterSummary)]
         self.assertEqual(len(summaries), 1)
         self.assertEqual(summaries[0].interval, 5)
+
+
+class LeakTests(SynchronousTestCase):
+    """
+    A fraction of the requests over a client's limit is answered anyway
+    (chrony's C{ratelimit leak}), picked by an injected random source.
+    """
+
+    def test_leaksWhenRandomIsBelow(self) -> None:
+        """
+        A limited request is admitted when the random number is below the
+        leak, and counted; the others are refused as before.
+        """
+        numbers = iter([0.1, 0.9, 0.24, 0.25, 0.5])
+        limiter = SourceLimiter(
+            rate=1.0, burst=1, leak=0.25, random=lambda: next(numbers)
+        )
+        self.assertIs(limiter.admit("192.0.2.1", NOW), ADMIT)
+        verdicts = [limiter.admit("192.0.2.1", NOW) for _ in range(5)]
+        self.assertEqual(verdicts, [ADMIT, LIMITED, ADMIT, LIMITED, LIMITED])
+        self.assertEqual(limiter.leaked, 2)
+
+    def test_noLeak(self) -> None:
+        """
+        Without a leak, the random source is never asked.
+        """
+
+        def random() -> float:
+            raise AssertionError("asked")
+
+        limiter = SourceLimiter(rate=1.0, burst=1, random=random)
+        limiter.admit("192.0.2.1", NOW)
+        self.assertIs(limiter.admit("192.0.2.1", NOW), LIMITED)
+        self.assertEqual(limiter.leaked, 0)
+
+    def test_fraction(self) -> None:
+        """
+        Over many limited requests, about the fraction asked for leaks.
+        """
+        import random
+
+        limiter = SourceLimiter(
+            rate=1.0, burst=1, leak=0.25, random=random.Random(20).random
+        )
+        limiter.admit("192.0.2.1", NOW)
+        admitted = sum(limiter.admit("192.0.2.1", NOW) is ADMIT for _ in range(10_000))
+        self.assertEqual(admitted, limiter.leaked)
+        self.assertTrue(2_300 <= admitted <= 2_700, admitted)
+
+    def test_withinGlobalCap(self) -> None:
+        """
+        A request that leaks still takes a token of the shared cap, and is
+        refused when there is none.
+        """
+        cap = RateLimiter(rate=1.0, burst=2)
+        policy = Policy(
+            limiter=SourceLimiter(rate=1.0, burst=1, leak=0.5, random=lambda: 0.0),
+            globalLimit=cap,
+        )
+        verdicts = [policy.admit(("192.0.2.1", 40000), NOW) for _ in range(4)]
+        self.assertEqual(verdicts, [ADMIT, ADMIT, LIMITED, LIMITED])
+
+    def test_invalid(self) -> None:
+        self.assertRaises(ValueError, SourceLimiter, leak=-0.1)
+        self.assertRaises(ValueError, SourceLimiter, leak=0.6)
+
+    def test_ntpOnly(self) -> None:
+        """
+        The plugin's NTP policy leaks a quarter by default; the services
+        whose replies may be larger than their requests never leak.
+        """
+        for name in SERVICES:
+            limiter = SERVICES[name].policy(leak=0.5).limiter
+            assert limiter is not None
+            self.assertEqual(limiter.leak, 0.5 if name == "ntp" else 0.0, name)
+        limiter = SERVICES["ntp"].policy().limiter
+        assert limiter is not None
+        self.assertEqual(limiter.leak, policy.DEFAULT_LEAK)
+        self.assertEqual(policy.DEFAULT_LEAK, 0.25)
+        stats = SERVICES["ntp"].policy().stats()
+        self.assertEqual(stats["leaked"], 0)
+
+    def test_option(self) -> None:
+        """
+        C{--leak} sets the NTP service's leak; out of range, it is refused.
+        """
+        options = Options()
+        options.parseOptions(["--ntp-port", "1123", "--leak", "0.125"])
+        limiter = options.servicePolicy("ntp", None).limiter
+        assert limiter is not None
+        self.assertEqual(limiter.leak, 0.125)
+        options = Options()
+        options.parseOptions([])
+        self.assertEqual(options["leak"], 0.25)
+        for bad in ["0.75", "-1", "x", "nan"]:
+            self.assertRaises(usage.UsageError, Options().parseOptions, ["--leak", bad])
+
+    def test_victimNotCutOff(self) -> None:
+        """
+        Requests forged in a victim's name at 20 a second leave the NTP
+        victim, asking every 8 seconds, with about a quarter of its answers
+        (none without the leak).
+        """
+        import random
+
+        for leak, low, high in [(0.25, 5, 16), (0.0, 0, 0)]:
+            server = NTPServer(
+                policy=SERVICES["ntp"].policy(leak=leak, random=random.Random(7).random)
+            )
+            transport = started(server, 123)
+            victim = ("192.0.2.50", 40123)
+            now = NOW
+            answered = 0
+            for _ in range(40):
+                for _ in range(160):  # 8 s of forged requests
+                    deliver(server, ntpRequest(), ("192.0.2.50", 1), now)
+                    now += 0.05
+                # The forger's request just before the victim's takes the
+                # token the victim would have had.
+                deliver(server, ntpRequest(), ("192.0.2.50", 1), now)
+                before = len(transport.written)
+                deliver(server, ntpRequest(), victim, now)
+                answered += any(
+                    addr == victim and data[12:16] != b"RATE"
+                    for data, addr in transport.written[before:]
+                )
+            report("leak victim", leak=leak, answered=answered, of=40)
+            self.assertTrue(low <= answered <= high, (leak, answered))

@@ -300,7 +300,7 @@ class SameAnswersTests(ServerPortTestCase):
         The NTP rate limit answers the same Kiss-o'-Death on both ports.
         """
         [(replies, counters), _] = yield self.compare(
-            lambda: ntpServer(SERVICES["ntp"].policy(rate=1, burst=2)),
+            lambda: ntpServer(SERVICES["ntp"].policy(rate=1, burst=2, leak=0.0)),
             [NTP_REQUEST] * 5,
         )
         self.assertEqual(counters["kissed"], 1)
@@ -336,7 +336,7 @@ class SameAnswersTests(ServerPortTestCase):
                 textServer, TEXT_REQUESTS, host=host, interface=interface
             )
             yield self.compare(
-                lambda: ntpServer(SERVICES["ntp"].policy(rate=1, burst=2)),
+                lambda: ntpServer(SERVICES["ntp"].policy(rate=1, burst=2, leak=0.0)),
                 [NTP_REQUEST] * 4,
                 host=host,
                 interface=interface,
@@ -401,7 +401,7 @@ class SameAnswersTests(ServerPortTestCase):
         [(replies, counters), _] = yield self.compare(
             lambda: BatchedNTPServer(
                 clock=fixedClock,
-                policy=SERVICES["ntp"].policy(rate=1, burst=3),
+                policy=SERVICES["ntp"].policy(rate=1, burst=3, leak=0.0),
                 clockSource=ClockSource(10, precision=-20),
             ),
             [NTP_REQUEST, NTP_REQUESTS[1]] + [NTP_REQUEST] * 4,
@@ -534,7 +534,7 @@ class ReplySourceTests(ServerPortTestCase):
             (textServer, [b"unix"] * 3),
             (ntpServer, [NTP_REQUEST] * 3),
             (
-                lambda: ntpServer(SERVICES["ntp"].policy(rate=1, burst=1)),
+                lambda: ntpServer(SERVICES["ntp"].policy(rate=1, burst=1, leak=0.0)),
                 [NTP_REQUEST] * 2,
             ),
         ]

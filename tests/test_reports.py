@@ -11,8 +11,10 @@ import os
 from twisted.internet import task
 from twisted.trial.unittest import SynchronousTestCase
 
+from udptime.logrelay import LogRelay
 from udptime.reports import (
     PIPE_BUF,
+    RelayedReportWriter,
     Report,
     ReportSender,
     ReportWriter,
@@ -190,6 +192,54 @@ class ReportWriterTests(SynchronousTestCase):
         self.assertEqual(readLines(read), [b"\x1e{}\n"] * 3)
         writer.close()
         self.assertRaises(OSError, os.fstat, writer.fd)
+
+
+class RelayedReportWriterTests(SynchronousTestCase):
+    """
+    L{RelayedReportWriter} writes through a worker's log relay: never inside
+    a log line the pipe took in part, never blocking, its dropped lines
+    counted apart from the relay's.
+    """
+
+    def test_betweenLogLines(self) -> None:
+        """
+        A log line longer than the pipe's room is taken in part; a report
+        written then waits for none of it: it is dropped until the rest of
+        the log line is through, and every line read is whole.
+        """
+        read, write = pipe(self)
+        os.set_blocking(read, False)
+        relay = LogRelay(write)
+        writer = RelayedReportWriter(relay.writeWhole)
+        [line] = encodeReport("1", "a", 1, 0, REPORT)
+        # Fill the pipe to a little less than a long log line.
+        filler = os.fpathconf(write, "PC_PIPE_BUF")
+        while relay.writeWhole(b"f" * (filler - 1) + b"\n"):
+            pass
+        os.read(read, 2 * filler)
+        relay({"log_format": "{long}", "long": "x" * (3 * filler), "log_time": 0})
+        self.assertFalse(writer.write(line))
+        self.assertEqual(writer.dropped, 1)
+        self.assertEqual(relay.droppedTotal, 0)
+        lines = b""
+        while True:
+            try:
+                lines += os.read(read, 65536)
+            except BlockingIOError:
+                break
+            relay.flush()
+        self.assertTrue(writer.write(line))
+        lines += os.read(read, 65536)
+        *complete, rest = lines.split(b"\n")
+        self.assertEqual(rest, b"")
+        self.assertEqual(complete[-1] + b"\n", line)
+        self.assertTrue(complete[-2].startswith(b"\x1e{"))
+        self.assertIn(b'"long": "xxx', complete[-2])
+        self.assertTrue(complete[-2].endswith(b"}"))
+
+    def test_tooLong(self) -> None:
+        writer = RelayedReportWriter(lambda line: True)
+        self.assertRaises(ValueError, writer.write, b"x" * (PIPE_BUF + 1))
 
 
 class ReportSenderTests(SynchronousTestCase):

@@ -156,7 +156,11 @@ class ClientCodecTests(SynchronousTestCase):
                 offset=1.625,
                 # The round trip, as the query measures it.
                 delay=None,
-                details={"seconds": 0xEEAC8353, "resolution": 1.0},
+                details={
+                    "seconds": 0xEEAC8353,
+                    "resolution": 1.0,
+                    "unauthenticated": True,
+                },
             ),
         )
 

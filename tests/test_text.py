@@ -8,6 +8,7 @@ recording transport and a fixed clock.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import partial
 from zoneinfo import ZoneInfo
 
 from hypothesis import given, settings
@@ -18,7 +19,7 @@ from tests.support import RecordingTransport
 from udptime import text
 from udptime.reading import Reading, ReplyMismatch, ServerRefused
 from udptime.server import REPLY_BUILDERS, TextTimeServer
-from udptime.text import TextClientCodec, readTime
+from udptime.text import ErrorLine, TextClientCodec, readTime
 
 # 2018-03-13 12:54:58.123456 UTC, a Tuesday.
 NOW = 1520945698.123456
@@ -476,7 +477,7 @@ class TextClientCodecTests(SynchronousTestCase):
     def parse(
         self, reply: bytes, request: str = "", sent: float = 100.0, got: float = 100.5
     ) -> Reading:
-        codec = TextClientCodec(request)
+        codec = TextClientCodec(request, token=False)
         _, state = codec.buildRequest(sent)
         return codec.parseReply(reply, state, sent, got)
 
@@ -485,10 +486,11 @@ class TextClientCodecTests(SynchronousTestCase):
         The request is the words, single-spaced; C{time} when there are
         none.
         """
-        self.assertEqual(TextClientCodec().buildRequest(0.0), (b"time", None))
-        self.assertEqual(TextClientCodec("  ").buildRequest(0.0)[0], b"time")
+        plain = partial(TextClientCodec, token=False)
+        self.assertEqual(plain().buildRequest(0.0), (b"time", None))
+        self.assertEqual(plain("  ").buildRequest(0.0)[0], b"time")
         self.assertEqual(
-            TextClientCodec(" iso\tEurope/Paris ").buildRequest(0.0)[0],
+            plain(" iso\tEurope/Paris ").buildRequest(0.0)[0],
             b"iso Europe/Paris",
         )
         self.assertEqual(TextClientCodec("month 3").request, "month 3")
@@ -500,9 +502,61 @@ class TextClientCodecTests(SynchronousTestCase):
         """
         A request longer than the server answers is refused at once.
         """
-        self.assertEqual(len(TextClientCodec("x" * 512).buildRequest(0)[0]), 512)
-        self.assertRaises(ValueError, TextClientCodec, "x" * 513)
-        self.assertRaises(ValueError, TextClientCodec, "\u00e9" * 257)
+        plain = partial(TextClientCodec, token=False)
+        self.assertEqual(len(plain("x" * 512).buildRequest(0)[0]), 512)
+        self.assertRaises(ValueError, plain, "x" * 513)
+        self.assertRaises(ValueError, plain, "\u00e9" * 257)
+        # The token's room included: " @" and 16 hex digits.
+        self.assertEqual(len(TextClientCodec("x" * 494).buildRequest(0)[0]), 512)
+        self.assertRaises(ValueError, TextClientCodec, "x" * 495)
+
+    def test_token(self) -> None:
+        """
+        By default each request ends with a fresh random token, which the
+        reply must carry back: then it is read as without one.
+        """
+        tokens = iter([b"\x01" * 8, b"\x02" * 8])
+        codec = TextClientCodec("unix", randomBytes=lambda n: next(tokens))
+        first, state = codec.buildRequest(0.0)
+        self.assertEqual(first, b"unix @0101010101010101")
+        self.assertEqual(state, b"0101010101010101")
+        self.assertEqual(codec.buildRequest(0.0)[0], b"unix @0202020202020202")
+        reading = codec.parseReply(b"100.500000 @0101010101010101\n", state, 100, 101)
+        self.assertEqual((reading.text, reading.serverTime), ("100.500000", 100.5))
+
+    def test_tokenMissing(self) -> None:
+        """
+        A reply without the request's token, or with another, is not the
+        reply (a forgery, or a server that does not repeat tokens).
+        """
+        codec = TextClientCodec("unix")
+        _, state = codec.buildRequest(0.0)
+        for forged in [
+            b"1999-01-01T00:00:00+00:00\n",
+            b"error: go away\n",
+            b"100.5 @0000000000000000\n",
+            b"100.5 @" + state + b"0\n",
+        ]:
+            error = self.assertRaises(
+                ReplyMismatch, codec.parseReply, forged, state, 0, 1
+            )
+            self.assertIn("--no-token", str(error))
+
+    def test_tokenError(self) -> None:
+        """
+        An error line that carries the token back is the server's refusal.
+        """
+        codec = TextClientCodec("month 13")
+        _, state = codec.buildRequest(0.0)
+        error = self.assertRaises(
+            ErrorLine,
+            codec.parseReply,
+            b"error: month must be a number from 1 to 12 @" + state + b"\n",
+            state,
+            0,
+            1,
+        )
+        self.assertIn("from 1 to 12", str(error))
 
     def test_iso(self) -> None:
         """
@@ -640,3 +694,80 @@ class TextClientCodecTests(SynchronousTestCase):
                 self.assertEqual(readTime(line), (None, {"format": "unknown"}))
         self.assertEqual(readTime("253402300799")[0], 253402300799.0)
         self.assertEqual(readTime("-62135596800")[0], -62135596800.0)
+
+
+class TokenTests(SynchronousTestCase):
+    """
+    A request that ends with a token gets it back at the end of its reply.
+    """
+
+    def test_splitToken(self) -> None:
+        cases = [
+            (b"time @abc", (b"time ", b"abc")),
+            (b"@abc", (b"", b"abc")),
+            (b"iso UTC @A-b_9\n", (b"iso UTC ", b"A-b_9")),
+            (b"time @" + b"a" * 64, (b"time ", b"a" * 64)),
+            (b"time @" + b"a" * 65, (b"time @" + b"a" * 65, None)),
+            (b"time", (b"time", None)),
+            (b"time @", (b"time @", None)),
+            (b"mail@example", (b"mail@example", None)),
+            (b"time @a!b", (b"time @a!b", None)),
+            (b"time @abc def", (b"time @abc def", None)),
+        ]
+        for data, expected in cases:
+            self.assertEqual(text.splitToken(data), expected, data)
+
+    def server(self) -> tuple[TextTimeServer, RecordingTransport]:
+        server = TextTimeServer(clock=lambda: 100.25, defaultZone=UTC)
+        transport = RecordingTransport()
+        server.makeConnection(transport)  # type: ignore[arg-type]
+        return server, transport
+
+    def test_replyCarriesToken(self) -> None:
+        """
+        The reply is the one to the request without its token, the token
+        added as its last word; error lines too.
+        """
+        server, transport = self.server()
+        for request, reply in [
+            (b"unix @t1", b"100.250000 @t1\n"),
+            (b"@t2", b"1970-01-01T00:01:40.250000+00:00 @t2\n"),
+            (b"month 3 @t3", b"March @t3\n"),
+            (
+                b"month 13 @t4",
+                b"error: month must be a number from 1 to 12, not '13' @t4\n",
+            ),
+            (b"unix", b"100.250000\n"),
+            (b"unix @t!", b"error: unknown time zone '@t!'\n"),
+        ]:
+            server.datagramReceived(request, ("192.0.2.1", 4000))
+            self.assertEqual(transport.written[-1][0], reply, request)
+        self.assertEqual(server.counters.malformed, 2)
+
+    def test_notLarger(self) -> None:
+        """
+        A token adds as many bytes to the reply as to the request.
+        """
+        server, transport = self.server()
+        server.datagramReceived(b"unix", ("192.0.2.1", 4000))
+        server.datagramReceived(b"unix @" + b"x" * 64, ("192.0.2.1", 4000))
+        plain, tokened = (data for data, _ in transport.written)
+        self.assertEqual(len(tokened) - len(plain), 66)
+
+    def test_tooLarge(self) -> None:
+        server, transport = self.server()
+        server.datagramReceived(b"x" * 500 + b" @" + b"y" * 20, ("192.0.2.1", 4000))
+        self.assertEqual(transport.written, [])
+        self.assertEqual(server.counters.dropped, 1)
+
+    def test_clientAndServer(self) -> None:
+        """
+        The client's request, answered by the server, gives the server's
+        time.
+        """
+        server, transport = self.server()
+        codec = TextClientCodec("unix")
+        request, state = codec.buildRequest(100.0)
+        server.datagramReceived(request, ("192.0.2.1", 4000))
+        reading = codec.parseReply(transport.written[-1][0], state, 100.0, 100.5)
+        self.assertEqual(reading.serverTime, 100.25)

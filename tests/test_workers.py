@@ -272,20 +272,35 @@ class WorkerTests(SynchronousTestCase):
         )
         os.chmod(server.directory, 0o755)
         self.addCleanup(server.cleanup)
-        server.start()
-        waitFor(lambda: len(workerPids(server)) == 2, "the workers to start")
-        self.assertEqual(len(queryFromManyPorts(port, 8)), 8)
-        for pid in workerPids(server).values():
-            self.assertEqual(processUser(pid), nobody.pw_uid)
         # Whether nobody may run this interpreter depends on where it is
-        # installed: the supervisor warns exactly when it may not.
+        # installed: twistd refuses to start exactly when it may not (a
+        # worker that ended could not be started again).
         blocked = workers.cannotRunAs(
             workers.Privileges(nobody.pw_uid, nobody.pw_gid, False),
             [sys.executable, "-c", "import udptime.tap"],
             {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
         )
-        warned = "cannot run" in server.log()
-        self.assertEqual(warned, blocked is not None, server.log())
+        if blocked is not None:
+            self.assertRaises(RuntimeError, server.start)
+            assert server.process is not None
+            self.assertEqual(server.process.returncode, 1)
+            [line] = server.stderr().splitlines()
+            self.assertTrue(
+                line.startswith(
+                    f"twistd udptime: user {nobody.pw_uid} cannot run {sys.executable}"
+                ),
+                line,
+            )
+            self.assertIn("could not be started again", line)
+            self.assertNotIn("Traceback", server.log() + server.stderr())
+            self.assertEqual(workerPids(server), {})
+            return
+        server.start()
+        waitFor(lambda: len(workerPids(server)) == 2, "the workers to start")
+        self.assertEqual(len(queryFromManyPorts(port, 8)), 8)
+        for pid in workerPids(server).values():
+            self.assertEqual(processUser(pid), nobody.pw_uid)
+        self.assertNotIn("cannot run", server.log())
         self.assertEqual(server.stop(), 0)
 
 

@@ -24,8 +24,8 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
-from typing import IO, Any, Final, NoReturn
+from collections.abc import Callable, Sequence
+from typing import IO, Any, Final, NoReturn, TypeVar
 
 from twisted.internet import task
 from twisted.internet.defer import CancelledError, Deferred, succeed
@@ -38,6 +38,7 @@ from udptime.client import QueryReactor, query
 from udptime.clock import WallClock, systemClock
 from udptime.interactive import LineReader, askEachLine
 from udptime.reading import (
+    UNAUTHENTICATED,
     BadReply,
     ClientCodec,
     LookupTimeout,
@@ -49,6 +50,7 @@ from udptime.reading import (
 )
 from udptime.resolver import DaemonThreadResolver
 from udptime.services import SERVICES
+from udptime.text import TextClientCodec
 
 DEFAULT_PROTOCOL = "text"
 
@@ -69,6 +71,9 @@ class UsageError(Exception):
     """
 
 
+_Number = TypeVar("_Number", int, float)
+
+
 class _ArgumentParser(argparse.ArgumentParser):
     """
     An argument parser that raises L{UsageError} instead of printing the
@@ -79,44 +84,37 @@ class _ArgumentParser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _positive(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
-    if not number > 0 or number == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number: {value!r}")
-    return number
+def _checked(
+    convert: Callable[[str], _Number],
+    kind: str,
+    accept: Callable[[_Number], bool],
+    rule: str,
+) -> Callable[[str], _Number]:
+    """
+    An argument type: C{convert} the argument, or say it is not a C{kind};
+    then keep it if C{accept} does, or say what it C{rule}s.
+    """
+
+    def check(value: str) -> _Number:
+        try:
+            number = convert(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a {kind}: {value!r}") from None
+        if not accept(number):
+            raise argparse.ArgumentTypeError(f"{rule}: {value!r}")
+        return number
+
+    return check
 
 
-def _notNegative(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
-    if not 0 <= number < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be 0 or more seconds: {value!r}")
-    return number
-
-
-def _atLeastOne(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {value!r}")
-    return number
-
-
-def _port(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {value!r}") from None
-    if not 0 < number < 65536:
-        raise argparse.ArgumentTypeError(f"must be from 1 to 65535: {value!r}")
-    return number
+_positive = _checked(
+    float, "number", lambda n: 0 < n < float("inf"), "must be a positive number"
+)
+_notNegative = _checked(
+    float, "number", lambda n: 0 <= n < float("inf"), "must be 0 or more seconds"
+)
+_atLeastOne = _checked(int, "whole number", lambda n: n >= 1, "must be at least 1")
+_port = _checked(int, "port number", lambda n: 0 < n < 65536, "must be from 1 to 65535")
 
 
 DEFAULT_INTERVAL: Final = 1.0
@@ -222,6 +220,14 @@ def buildParser() -> argparse.ArgumentParser:
         "each reply, until the end of input or 'quit'",
     )
     parser.add_argument(
+        "--no-token",
+        action="store_true",
+        help="text protocol: send no request token, and accept a reply that "
+        "carries none (for servers that do not repeat tokens); by default "
+        "each request carries a random token and only a reply repeating it "
+        "counts",
+    )
+    parser.add_argument(
         "-P",
         "--protocol",
         default=DEFAULT_PROTOCOL,
@@ -277,10 +283,22 @@ def parseArguments(argv: Sequence[str]) -> argparse.Namespace:
     # Build one codec now, so that words the protocol cannot send are a
     # usage error before anything is sent.
     try:
-        options.codec = protocol.clientCodec(options.request)
+        options.codec = clientCodec(options, options.request)
     except ValueError as e:
         raise UsageError(str(e)) from None
     return options
+
+
+def clientCodec(options: argparse.Namespace, words: str) -> ClientCodec:
+    """
+    The client codec of the protocol C{options} name, for a request of
+    C{words}: without a request token when C{--no-token} says so.
+
+    @raise ValueError: the protocol cannot send C{words}.
+    """
+    if options.no_token and options.protocol == TextClientCodec.name:
+        return TextClientCodec(words, token=False)
+    return SERVICES[options.protocol].clientCodec(words)
 
 
 def shown(text: str) -> str:
@@ -313,6 +331,9 @@ def formatResult(result: QueryResult) -> str:
         if isinstance(resolution, (int, float)) and resolution >= 1:
             offset += f" ({resolution:g} s resolution)"
         parts.append(offset)
+    if result.details.get(UNAUTHENTICATED):
+        # Nothing ties the reply to the request: say so, every time.
+        parts.append("unauthenticated answer")
     if result.protocol == "ntp":
         details = result.details
         parts.append(
@@ -573,7 +594,7 @@ class Client:
                     # is what the server asked us not to do.
                     break
                 await self._pause(self.options.interval)
-                await self.ask(self.protocol.clientCodec(self.options.request))
+                await self.ask(clientCodec(self.options, self.options.request))
         return EXIT_FAILED if self.failures else 0
 
     async def _askWords(self, words: str) -> None:
@@ -582,7 +603,7 @@ class Client:
         outcome; words the protocol cannot send are a failed request.
         """
         try:
-            codec = self.protocol.clientCodec(words)
+            codec = clientCodec(self.options, words)
         except ValueError as e:
             self._printError(failureKind(e), str(e))
             return

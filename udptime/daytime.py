@@ -27,7 +27,13 @@ import re
 from datetime import UTC, datetime
 from typing import Final
 
-from udptime.reading import EmptyRequest, Reading, ReplyMismatch, estimateOffset
+from udptime.reading import (
+    UNAUTHENTICATED,
+    EmptyRequest,
+    Reading,
+    ReplyMismatch,
+    estimateOffset,
+)
 
 DEFAULT_PORT: Final = 13
 """The Daytime Protocol's registered port."""
@@ -198,5 +204,5 @@ class DaytimeClientCodec(EmptyRequest):
             text=line,
             serverTime=None if serverTime is None else float(serverTime),
             offset=estimateOffset(serverTime, sentAt, receivedAt, RESOLUTION),
-            details={"resolution": RESOLUTION},
+            details={"resolution": RESOLUTION, UNAUTHENTICATED: True},
         )

@@ -32,6 +32,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
 from udptime.clock import ClockState, ClockStateSource, WallClock, systemClock
+from udptime.logrelay import LogRelay
 from udptime.metrics import (
     Health,
     ReportAggregator,
@@ -42,7 +43,14 @@ from udptime.metrics import (
     metricsSite,
 )
 from udptime.policy import RateLimiter
-from udptime.reports import Report, ReportSender, ReportWriter, isReport, parseReport
+from udptime.reports import (
+    RelayedReportWriter,
+    Report,
+    ReportSender,
+    ReportWriter,
+    isReport,
+    parseReport,
+)
 from udptime.server import UDPServerProtocol
 from udptime.service import ListenService, ServiceCannotListen, UDPListenService
 
@@ -281,26 +289,32 @@ def workerReports(
     reactor: Any,
     report: Callable[[], Report],
     index: int,
+    relay: LogRelay | None = None,
     channel: int = 1,
     interval: float | None = None,
 ) -> ReportSender | None:
     """
     The service that sends worker C{index}'s report to its supervisor over
-    the worker's log channel (descriptor C{channel}, standard output), or
-    L{None} when that channel cannot be opened for a writer of its own
-    (the log goes on; the supervisor then shows the worker as not
-    reporting).  Made before the worker drops privileges: the channel is
-    opened again through C{/proc/self/fd}.
+    the worker's log channel: through its log C{relay}, between log lines;
+    without one, on descriptor C{channel} (standard output) opened again
+    through C{/proc/self/fd} for a non-blocking writer of its own (so made
+    before the worker drops privileges).  L{None} when that cannot be
+    opened (the log goes on; the supervisor then shows the worker as not
+    reporting).
     """
-    try:
-        writer = ReportWriter.sharing(channel)
-    except OSError as error:
-        _log.warn(
-            "worker {index}: no counter reports to the supervisor ({error})",
-            index=index,
-            error=str(error),
-        )
-        return None
+    writer: ReportWriter | RelayedReportWriter
+    if relay is not None:
+        writer = RelayedReportWriter(relay.writeWhole)
+    else:
+        try:
+            writer = ReportWriter.sharing(channel)
+        except OSError as error:
+            _log.warn(
+                "worker {index}: no counter reports to the supervisor ({error})",
+                index=index,
+                error=str(error),
+            )
+            return None
     options: dict[str, Any] = {}
     if interval is not None:
         options["interval"] = interval

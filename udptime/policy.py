@@ -13,8 +13,9 @@ can pass for it):
 
   - L{ADMIT}: answer it;
   - L{LOOPED}: its source port is 0, a well-known small service port, or the
-    port of one of the server's services (the loop guard), or it is an echo
-    of the reply just sent to the same address (L{ReplyMemory});
+    port of one of the server's services (the loop guard), or it comes from
+    a peer the service just answered and is that reply coming back or has
+    the shape of a reply (L{ReplyMemory}, asked by the protocol);
   - L{DENIED}: an allow/deny list (L{AccessList}) refuses its source;
   - L{LIMITED}: its source, or the whole service, is over its rate;
   - L{KISS}: limited, and this one deserves an NTP Kiss-o'-Death (counted
@@ -30,8 +31,8 @@ The pieces:
     logging); L{SourceLimiter} adds the verdicts of the per-client limits
     (and picks the requests that get a Kiss-o'-Death);
   - L{AccessList}: chrony-style allow/deny rules, most specific network wins;
-  - L{ReplyMemory}: the echo service's guard against answering another echo
-    service.
+  - L{ReplyMemory}: the guard of the services that answer any datagram
+    against answering each other (or a copy of themselves elsewhere).
 
 The buckets are "generic cell rate" buckets (GCRA): each stores one number,
 the theoretical arrival time of the next request at the sustained rate.  A
@@ -45,14 +46,16 @@ they are reset when seen, so a stepped clock never locks a client out.
 from __future__ import annotations
 
 import ipaddress
+import math
+import random
 import socket
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Final, Literal, TypeAlias
 
-from udptime import counters
+from udptime import counters, replyshapes
 from udptime.decision import Refusal
 
 
@@ -87,13 +90,21 @@ DEFAULT_MAX_CLIENTS: Final = 100_000
 """Entries in a service's per-source table."""
 DEFAULT_IPV6_PREFIX: Final = 64
 """IPv6 clients are grouped by this prefix length (one /64 is one client)."""
+DEFAULT_LEAK: Final = 0.25
+"""The fraction of the requests over a client's limit that a service whose
+replies never outgrow its requests (NTP) answers anyway, at random: chrony's
+default C{ratelimit leak 2}, one in four."""
+MAX_LEAK: Final = 0.5
+"""The largest leak (chrony's C{leak 1}): more would let a flood through."""
 DEFAULT_KOD_INTERVAL: Final = 8.0
 """At most one Kiss-o'-Death per client in this many seconds."""
 DEFAULT_KOD_RATE: Final = 10.0
 """At most this many Kiss-o'-Death packets per second per service."""
-DEFAULT_ECHO_WINDOW: Final = 1.0
-"""Seconds during which an echo service treats its own reply coming back
-from the same address as a loop."""
+DEFAULT_LOOP_WINDOW: Final = 2.0
+"""Seconds a service that answers any datagram remembers each reply it sent,
+to see it (or another service's reply) come back (L{ReplyMemory})."""
+DEFAULT_LOOP_MEMORY: Final = 16384
+"""Replies such a service remembers at most (L{ReplyMemory})."""
 
 SERVICE_PORTS: Final = frozenset({7, 13, 17, 19, 37, 123})
 """Echo, Daytime, Quote of the Day, Chargen, Time and NTP: the small services
@@ -308,13 +319,30 @@ class SourceLimiter:
     The per-client rate limits of a service: a L{RateLimiter}'s buckets by
     client, with verdicts.
 
-    Optionally, some limited requests are marked L{KISS}: at most one per
-    client per C{kodInterval} seconds and C{kodRate} per second overall.
+    Optionally, a fraction C{leak} of the requests over a client's limit
+    are answered anyway, picked at random, as chrony's C{ratelimit leak}:
+    requests forged in a client's name then cannot cut it off, whatever
+    their rate (a forger draws one answer in C{1 / leak} to the victim; for
+    a protocol whose replies are no larger than its requests, as NTP's).
+    And some limited requests are marked L{KISS}: at most one per client per
+    C{kodInterval} seconds and C{kodRate} per second overall.
 
     @ivar buckets: the clients' buckets.
+    @ivar leak: the fraction of limited requests answered anyway.
+    @ivar leaked: requests answered so far because of L{leak}.
+    @ivar random: gives a number in [0, 1) per limited request, which
+        decides whether it leaks.
     """
 
-    __slots__ = ("_kodLimit", "_kodNext", "buckets", "kodInterval")
+    __slots__ = (
+        "_kodLimit",
+        "_kodNext",
+        "buckets",
+        "kodInterval",
+        "leak",
+        "leaked",
+        "random",
+    )
 
     def __init__(
         self,
@@ -324,6 +352,8 @@ class SourceLimiter:
         ipv6Prefix: int = DEFAULT_IPV6_PREFIX,
         kodInterval: float = 0.0,
         kodRate: float = DEFAULT_KOD_RATE,
+        leak: float = 0.0,
+        random: Callable[[], float] = random.random,
     ) -> None:
         """
         @param rate: sustained requests per second for one client.
@@ -333,8 +363,16 @@ class SourceLimiter:
         @param kodInterval: seconds between two L{KISS} verdicts for one
             client; 0 for none at all.
         @param kodRate: L{KISS} verdicts per second over all clients.
+        @param leak: the fraction of limited requests answered anyway, from
+            0 to L{MAX_LEAK}.
+        @param random: the source of the leak's random numbers.
         @raise ValueError: a parameter is out of range.
         """
+        if not 0.0 <= leak <= MAX_LEAK:
+            raise ValueError(f"leak must be from 0 to {MAX_LEAK}, not {leak}")
+        self.leak = leak
+        self.leaked = 0
+        self.random = random
         self.buckets = RateLimiter(rate, burst, maxClients, ipv6Prefix)
         if kodInterval < 0:
             raise ValueError(f"kodInterval must not be negative, not {kodInterval}")
@@ -401,12 +439,21 @@ class SourceLimiter:
             return ADMIT
         return self.refusal(host, now) if refuser is self.buckets else LIMITED
 
-    def refusal(self, host: str, now: float) -> Refusal:
+    def refusal(self, host: str, now: float) -> Verdict:
         """
         The verdict for a request from C{host} at time C{now} that its
-        bucket refused: L{KISS} for one now and then (see C{kodInterval}),
-        L{LIMITED} for the others.
+        bucket refused: L{ADMIT} for a fraction L{leak} of them, picked at
+        random (within the shared cap the buckets are chained to, if any),
+        L{KISS} for one now and then (see C{kodInterval}), L{LIMITED} for
+        the others.
         """
+        leak = self.leak
+        if leak and self.random() < leak:
+            then = self.buckets.then
+            if then is None or then.take(EVERYONE, now) is None:
+                self.leaked += 1
+                return ADMIT
+            return LIMITED
         kodLimit = self._kodLimit
         if kodLimit is None:
             return LIMITED
@@ -557,46 +604,165 @@ class AccessRule:
 
 class ReplyMemory:
     """
-    Remembers the last reply sent to each address for a moment, to see an
-    echo service send it back: a datagram from an address that equals what
-    was just sent there is a loop, not a request.
+    What a service sent to each peer lately: the loop guard of a service
+    that answers any datagram (text, Time, Daytime, Echo).
 
-    Bounded: the memory is emptied when it holds C{size} addresses (a loop
-    is then caught one round trip later).
+    Two such services answer each other for ever once a forged datagram
+    starts them, one loop per datagram injected, and with no rate limit
+    (C{--rate 0}) as fast as they can.  The memory holds, for every reply
+    sent in the last C{window} seconds, its peer (address and port) and a
+    digest of its bytes; a datagram from a peer answered within the window
+    is a loop (L{isLoop}) when it is one of those replies coming back (an
+    echo service sent it back) or has the shape of a reply
+    (C{looksLikeReply}, by default L{udptime.replyshapes.looksLikeReply}:
+    another udptime answered).  So a loop dies within two or three
+    datagrams, however many are injected.
+
+    Bounded in time and in count: the replies are kept in two generations
+    of at most C{size / 2} replies and one window each; the older is
+    forgotten as a whole when the newer is full or a window old.  So a reply
+    is remembered for at least one window, unless the service sends more
+    than C{size / 2} replies in a window: then for the time of at least
+    C{size / 2} replies.
+
+    A client that sends, within the window, the very bytes it was just
+    sent, or a datagram shaped like a reply, is refused as a loop; clients
+    of these protocols send neither (a request word, an empty datagram, a
+    random token).
+
+    Only a service whose replies repeat its requests (Echo) needs the
+    replies' bytes: the replies of the others have the shape of a reply
+    wherever they come back from.  Without C{contents}, the memory keeps the
+    peers alone, and asks about the shape first, which rejects an ordinary
+    request at once: the guard then costs a text or Time request little
+    more than one table store.
+
+    @ivar window: seconds a reply is remembered.
+    @ivar size: the most replies remembered.
+    @ivar contents: whether the replies' bytes are remembered, not only
+        their peers.
+    @ivar looksLikeReply: whether a datagram, received at a time, has the
+        shape of a reply.
     """
 
-    def __init__(self, window: float = DEFAULT_ECHO_WINDOW, size: int = 4096) -> None:
+    __slots__ = (
+        "_half",
+        "_oldPeers",
+        "_oldSent",
+        "_peers",
+        "_rotateAt",
+        "_sent",
+        "contents",
+        "looksLikeReply",
+        "size",
+        "window",
+    )
+
+    def __init__(
+        self,
+        window: float = DEFAULT_LOOP_WINDOW,
+        size: int = DEFAULT_LOOP_MEMORY,
+        looksLikeReply: Callable[[bytes, float], bool] | None = None,
+        contents: bool = True,
+    ) -> None:
         """
-        @param window: seconds during which a reply coming back is a loop.
-        @param size: the most addresses remembered.
+        @param window: seconds a reply is remembered (positive).
+        @param size: the most replies remembered (at least 2).
+        @param contents: remember the replies' bytes, not only their peers.
+        @param looksLikeReply: L{None} for
+            L{udptime.replyshapes.looksLikeReply}.
+        @raise ValueError: a parameter is out of range.
         """
+        if not window > 0.0:
+            raise ValueError(f"window must be positive, not {window}")
+        if size < 2:
+            raise ValueError(f"size must be at least 2, not {size}")
+        if looksLikeReply is None:
+            looksLikeReply = replyshapes.looksLikeReply
         self.window = window
         self.size = size
-        self._sent: dict[tuple[str, int], tuple[int, float]] = {}
+        self.looksLikeReply = looksLikeReply
+        self.contents = contents
+        # Two generations, each of at most half the size and spanning at
+        # most a window: the current one, and the one before, forgotten as
+        # a whole when the current one is full or a window old.  Each entry
+        # holds the time it was sent, which decides.
+        self._half = size // 2
+        self._sent: dict[tuple[tuple[str, int], int], float] = {}
+        self._peers: dict[tuple[str, int], float] = {}
+        self._oldSent: dict[tuple[tuple[str, int], int], float] = {}
+        self._oldPeers: dict[tuple[str, int], float] = {}
+        self._rotateAt = -math.inf
+
+    def __len__(self) -> int:
+        """
+        The number of replies remembered.
+        """
+        if not self.contents:
+            return len(self._peers) + len(self._oldPeers)
+        return len(self._sent) + len(self._oldSent)
+
+    def isLoop(self, addr: tuple[str, int], data: bytes, now: float) -> bool:
+        """
+        Whether C{data} from C{addr}, received at time C{now}, is a loop: a
+        reply sent to C{addr} within the window coming back, or a datagram
+        shaped like a reply from a peer answered within the window.
+        """
+        if not self.contents and not self.looksLikeReply(data, now):
+            # Nearly every request, at once.
+            return False
+        last = self._peers.get(addr)
+        if last is None:
+            last = self._oldPeers.get(addr)
+            if last is None:
+                # Not answered lately: nearly every request.
+                return False
+        if not 0.0 <= now - last <= self.window:
+            return False
+        if not self.contents:
+            return True
+        return self.isReturned(addr, data, now) or self.looksLikeReply(data, now)
 
     def isReturned(self, addr: tuple[str, int], data: bytes, now: float) -> bool:
         """
-        Whether C{data} from C{addr} is the reply sent to C{addr} within the
-        window (forgotten once caught, so the loop is cut, not the address).
+        Whether C{data} from C{addr} is a reply sent to C{addr} within the
+        window, coming back.
         """
-        last = self._sent.get(addr)
-        if (
-            last is None
-            or last[0] != hash(data)
-            or not 0.0 <= now - last[1] <= self.window
-        ):
-            return False
-        del self._sent[addr]
-        return True
+        key = (addr, hash(data))
+        sent = self._sent.get(key)
+        if sent is None:
+            sent = self._oldSent.get(key)
+            if sent is None:
+                return False
+        return 0.0 <= now - sent <= self.window
 
     def remember(self, addr: tuple[str, int], reply: bytes, now: float) -> None:
         """
         Note that C{reply} was sent to C{addr} at time C{now}.
         """
-        sent = self._sent
-        if len(sent) >= self.size and addr not in sent:
-            sent.clear()
-        sent[addr] = (hash(reply), now)
+        peers = self._peers
+        if now >= self._rotateAt or len(peers) >= self._half:
+            self._rotate(now)
+            peers = self._peers
+        elif now < self._rotateAt - self.window:
+            # The clock went back: start afresh from now.
+            self._rotate(now)
+            peers = self._peers
+        peers[addr] = now
+        if self.contents:
+            sent = self._sent
+            sent[(addr, hash(reply))] = now
+            if len(sent) >= self._half:
+                # Many replies to few peers: the next one starts afresh.
+                self._rotateAt = now
+
+    def _rotate(self, now: float) -> None:
+        """
+        Forget the older generation; the current one becomes it.
+        """
+        self._oldSent, self._oldPeers = self._sent, self._peers
+        self._sent, self._peers = {}, {}
+        self._rotateAt = now + self.window
 
 
 @dataclass(frozen=True)
@@ -613,13 +779,22 @@ class PolicyProfile:
         must never answer another such service.  Not for NTP, whose
         symmetric peers legitimately send from port 123, and which never
         answers a reply.
-    @ivar replyMemory: remember the reply just sent to each address, to
-        refuse it coming back (an echo service's L{ReplyMemory}).
+    @ivar leak: the protocol's replies are never larger than its requests,
+        so that a fraction of the requests over a client's limit may be
+        answered anyway (see L{SourceLimiter}): forged requests in a
+        client's name then cannot cut it off.
+    @ivar replyMemory: remember the replies sent to each peer lately, to
+        refuse them, or other replies, coming back (L{ReplyMemory}): for a
+        service that answers any datagram.
+    @ivar repeatsRequests: its replies are its requests (Echo), so the
+        reply memory keeps the replies' bytes, not only their peers.
     """
 
     kissOfDeath: bool = False
     loopGuard: bool = True
     replyMemory: bool = False
+    leak: bool = False
+    repeatsRequests: bool = False
 
 
 class Policy:
@@ -629,7 +804,8 @@ class Policy:
 
     @ivar loopPorts: source ports refused outright.
     @ivar access: the allow/deny list, or L{None} to allow every source.
-    @ivar replyMemory: an echo service's L{ReplyMemory}, or L{None}.
+    @ivar replyMemory: the L{ReplyMemory} of a service that answers any
+        datagram, or L{None}.
     @ivar guardOwnPort: whether L{guardPort} adds the service's own port to
         L{loopPorts}.
     """
@@ -699,6 +875,8 @@ class Policy:
         rules: Sequence[tuple[bool, Network]] = (),
         globalLimit: RateLimiter | None = None,
         serverPorts: Iterable[int] = (),
+        leak: float = DEFAULT_LEAK,
+        random: Callable[[], float] = random.random,
     ) -> Policy:
         """
         The policy udptime's twistd plugin gives a service whose protocol
@@ -713,6 +891,10 @@ class Policy:
             this one is part of: a service with the loop guard answers no
             datagram from them, so that no two of the server's services can
             answer each other.
+        @param leak: the fraction of the requests over a client's limit
+            answered anyway, for a profile that allows it (see
+            L{PolicyProfile.leak}); ignored for the others.
+        @param random: the source of the leak's random numbers.
         """
         limiter = None
         if rate:
@@ -722,6 +904,8 @@ class Policy:
                 maxClients,
                 ipv6Prefix,
                 kodInterval=DEFAULT_KOD_INTERVAL if profile.kissOfDeath else 0.0,
+                leak=leak if profile.leak else 0.0,
+                random=random,
             )
         return cls(
             limiter=limiter,
@@ -729,7 +913,11 @@ class Policy:
             access=AccessList(rules) if rules else None,
             loopPorts=SERVICE_PORTS.union(serverPorts) if profile.loopGuard else (),
             guardOwnPort=profile.loopGuard,
-            replyMemory=ReplyMemory() if profile.replyMemory else None,
+            replyMemory=(
+                ReplyMemory(contents=profile.repeatsRequests)
+                if profile.replyMemory
+                else None
+            ),
         )
 
     def guardPort(self, port: int) -> None:
@@ -769,10 +957,14 @@ class Policy:
 
     def stats(self) -> dict[str, int]:
         """
-        Gauges for reports: clients in the per-source table, and entries
-        evicted from it so far.
+        Gauges for reports: clients in the per-source table, entries
+        evicted from it so far, and, for a service that leaks (see
+        L{SourceLimiter}), the requests over the limits answered anyway.
         """
         limiter = self._limiter
         if limiter is None:
             return {"clients": 0, "evicted": 0}
-        return {"clients": len(limiter), "evicted": limiter.evictions}
+        stats = {"clients": len(limiter), "evicted": limiter.evictions}
+        if limiter.leak:
+            stats["leaked"] = limiter.leaked
+        return stats

@@ -11,7 +11,7 @@ and the round-trip delay.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Final, Protocol
 
 
 @dataclass(frozen=True)
@@ -159,11 +159,18 @@ class ReplyMismatch(ValueError):
     """
 
 
+UNAUTHENTICATED: Final = "unauthenticated"
+"""The key of a reading's C{details} that says nothing ties its reply to the
+request: anyone who can send a datagram from the server's address and port
+(on the path, or forging it) can answer in its place."""
+
+
 class EmptyRequest:
     """
     For client codecs of protocols whose request is an empty datagram
     (RFC 868 Time, RFC 867 Daytime): any datagram from the server's address
-    is taken as the reply, so no state is kept.
+    and port of the right form is taken as the reply, so no state is kept.
+    Their readings say so: C{details[UNAUTHENTICATED]} is C{True}.
     """
 
     def buildRequest(self, sentAt: float) -> tuple[bytes, None]:

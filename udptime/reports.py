@@ -46,7 +46,10 @@ and counted, and the worker goes on.  On a pipe of its own, the writer makes
 the descriptor non-blocking; on a descriptor shared with blocking writers
 (the log on standard output), L{ReportWriter.sharing} opens the pipe again
 through C{/proc/self/fd} (Linux), so that only the writer's own file
-description is non-blocking.
+description is non-blocking.  A worker whose log goes through
+L{udptime.logrelay.LogRelay} (as C{twist} runs it) writes its reports
+through the relay instead (L{RelayedReportWriter}): never in the middle of a
+log line the pipe took only in part.
 """
 
 from __future__ import annotations
@@ -274,6 +277,42 @@ class ReportWriter:
             self.owned = False
 
 
+class RelayedReportWriter:
+    """
+    Writes report lines through the worker's log relay (see
+    L{udptime.logrelay.LogRelay.writeWhole}), between its log lines, without
+    ever blocking: a line the pipe has no room for is dropped and counted.
+
+    @ivar dropped: lines dropped so far.
+    """
+
+    def __init__(self, writeWhole: Callable[[bytes], bool]) -> None:
+        """
+        @param writeWhole: writes one line whole, or not at all: whether it
+            was written.
+        """
+        self.writeWhole = writeWhole
+        self.dropped = 0
+
+    def write(self, line: bytes) -> bool:
+        """
+        Write one line (at most L{PIPE_BUF} bytes).
+
+        @return: whether it was written.
+        """
+        if len(line) > PIPE_BUF:
+            raise ValueError(f"a line of {len(line)} bytes may be torn")
+        if self.writeWhole(line):
+            return True
+        self.dropped += 1
+        return False
+
+    def close(self) -> None:
+        """
+        Nothing to close: the relay owns the pipe.
+        """
+
+
 class ReportSender(Service):
     """
     Sends this worker's report every C{interval} seconds, and once more as
@@ -288,7 +327,7 @@ class ReportSender(Service):
         self,
         reactor: Any,
         source: Callable[[], Report],
-        writer: ReportWriter,
+        writer: ReportWriter | RelayedReportWriter,
         worker: str,
         interval: float = DEFAULT_INTERVAL,
         incarnation: str | None = None,

@@ -21,7 +21,13 @@ from datetime import UTC, datetime
 from typing import Final
 
 from udptime.clock import ntpSecondsToUnix, unixToNTPSeconds
-from udptime.reading import EmptyRequest, Reading, ReplyMismatch, estimateOffset
+from udptime.reading import (
+    UNAUTHENTICATED,
+    EmptyRequest,
+    Reading,
+    ReplyMismatch,
+    estimateOffset,
+)
 
 REPLY_SIZE: Final = 4
 """Length of every reply in bytes."""
@@ -83,5 +89,9 @@ class TimeClientCodec(EmptyRequest):
             text=datetime.fromtimestamp(serverTime, UTC).isoformat(),
             serverTime=float(serverTime),
             offset=estimateOffset(serverTime, sentAt, receivedAt, RESOLUTION),
-            details={"seconds": seconds, "resolution": RESOLUTION},
+            details={
+                "seconds": seconds,
+                "resolution": RESOLUTION,
+                UNAUTHENTICATED: True,
+            },
         )

@@ -161,7 +161,11 @@ class UDPServerProtocol(DatagramProtocol):
         The L{policy} decides first (see L{udptime.policy}): a refused
         datagram is refused as the verdict says, or, when the policy picks
         it for a Kiss-o'-Death (L{KISS}), answered with L{refused}'s reply.
-        Then L{respond} decides, with the service's codec.
+        Then, for a service with a reply memory (one that answers any
+        datagram), a datagram that is a loop (see
+        L{ReplyMemory<udptime.policy.ReplyMemory>}) is refused as such, and
+        the reply decided is remembered.  Then L{respond} decides, with the
+        service's codec.
 
         Anything raised here is a bug: the port catches it, counts it as an
         internal error and logs it at a bounded rate (L{logFailure}).
@@ -175,7 +179,16 @@ class UDPServerProtocol(DatagramProtocol):
                 reply = self.refused(data, addr, received)
                 return LIMITED if reply is None else kissOfDeath(reply)
             return verdict
-        return self.respond(data, addr, received)
+        memory = policy.replyMemory
+        if memory is None:
+            return self.respond(data, addr, received)
+        if memory.isLoop(addr, data, received):
+            return LOOPED
+        decision = self.respond(data, addr, received)
+        reply = decision if isinstance(decision, bytes) else decision.reply
+        if reply is not None:
+            memory.remember(addr, reply, received)
+        return decision
 
     def respond(self, data: bytes, addr: Address, received: float) -> Decision:
         """
@@ -244,7 +257,8 @@ class UDPServerProtocol(DatagramProtocol):
 class TextTimeServer(UDPServerProtocol):
     """
     udptime's text time protocol (see L{udptime.text}): any datagram gets one
-    line with the current time.
+    line with the current time; a request that ends with a token gets it
+    back at the end of its reply.
 
     @ivar defaultZone: zone for requests that name none (L{None}: the host's
         local zone).
@@ -292,6 +306,26 @@ class TextTimeServer(UDPServerProtocol):
         self._builders.clear()
 
     def respond(self, data: bytes, addr: Address, received: float) -> Decision:
+        build = self._builders.get(data)
+        if build is not None:
+            return build(received)
+        if b"@" in data and len(data) <= text.MAX_REQUEST:
+            # A request with a token (text.splitToken): answered as the
+            # request without it, the token repeated at the end of the line.
+            request, token = text.splitToken(data)
+            if token is not None:
+                decision = self._answer(request, received)
+                if isinstance(decision, bytes):
+                    return text.withToken(decision, token)
+                if decision.reply is not None:
+                    return errorReply(text.withToken(decision.reply, token))
+                return decision
+        return self._answer(data, received)
+
+    def _answer(self, data: bytes, received: float) -> Decision:
+        """
+        The decision about the request C{data} (without a token).
+        """
         build = self._builders.get(data)
         if build is None:
             try:
@@ -376,23 +410,16 @@ class EchoServer(UDPServerProtocol):
     most L{echo.MAX_ECHO} bytes is sent back unchanged; longer ones are
     dropped.  With a policy that keeps a reply memory
     (L{Policy.replyMemory<udptime.policy.Policy.replyMemory>}), a datagram
-    that is the reply just sent to its source, coming back, is refused as a
-    loop: two echo services never answer each other for long.
+    that is a reply just sent to its source, coming back, is refused as a
+    loop (L{UDPServerProtocol.decide}): two echo services never answer each
+    other for long.
     """
 
     serviceName = "echo"
 
     def respond(self, data: bytes, addr: Address, received: float) -> Decision:
-        policy = self.policy
-        memory = None if policy is None else policy.replyMemory
-        if memory is not None and memory.isReturned(addr, data, received):
-            return LOOPED
         reply = echo.buildReply(data)
-        if reply is None:
-            return DROPPED
-        if memory is not None:
-            memory.remember(addr, reply, received)
-        return reply
+        return DROPPED if reply is None else reply
 
 
 class NTPServer(UDPServerProtocol):

@@ -138,7 +138,7 @@ def _daytimeCodec(words: str) -> ClientCodec:
     return DaytimeClientCodec()
 
 
-_ANSWERS_ANY_DATAGRAM: Final = PolicyProfile(loopGuard=True)
+_ANSWERS_ANY_DATAGRAM: Final = PolicyProfile(loopGuard=True, replyMemory=True)
 
 SERVICES: Final[Mapping[str, Service]] = {
     service.name: service
@@ -166,7 +166,7 @@ SERVICES: Final[Mapping[str, Service]] = {
             makeServer=_ntpServer,
             makeCodec=_ntpCodec,
             takesWords=False,
-            profile=PolicyProfile(kissOfDeath=True, loopGuard=False),
+            profile=PolicyProfile(kissOfDeath=True, loopGuard=False, leak=True),
             amplification="48 -> 48 bytes, never more than the request (factor 1.00)",
         ),
         Service(
@@ -205,7 +205,9 @@ SERVICES: Final[Mapping[str, Service]] = {
             makeServer=_echoServer,
             makeCodec=EchoClientCodec.fromWords,
             takesWords=True,
-            profile=PolicyProfile(loopGuard=True, replyMemory=True),
+            profile=PolicyProfile(
+                loopGuard=True, replyMemory=True, repeatsRequests=True
+            ),
             amplification="n -> n bytes, at most 1472 (factor 1.00)",
         ),
     )

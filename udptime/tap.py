@@ -22,7 +22,7 @@ from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 from twisted.python import usage
 
-from udptime import __version__, policy, text, workers
+from udptime import __version__, logrelay, policy, text, workers
 from udptime.activation import (
     DATAGRAM_SERVICES,
     ActivatedSocket,
@@ -114,6 +114,7 @@ def _bounded(
 
 _port = _bounded(int, 0, 65535, "a port number from 0 to 65535")
 _rate = _bounded(float, 0.0, sys.float_info.max, "a number of requests per second >= 0")
+_leak = _bounded(float, 0.0, policy.MAX_LEAK, f"a fraction from 0 to {policy.MAX_LEAK}")
 _count = _bounded(int, 1, sys.maxsize, "a whole number >= 1")
 _prefixLength = _bounded(int, 1, 128, "an IPv6 prefix length from 1 to 128")
 _pollInterval = _bounded(float, 1.0, 3600.0, "a number of seconds from 1 to 3600")
@@ -319,6 +320,15 @@ class Options(usage.Options):
                 policy.DEFAULT_BURST,
                 "Requests one client may send back to back before --rate applies.",
                 _count,
+            ],
+            [
+                "leak",
+                None,
+                policy.DEFAULT_LEAK,
+                "NTP: the fraction of a client's requests over --rate answered "
+                "anyway, picked at random, as chrony's 'ratelimit leak', so that "
+                "requests forged in its name cannot cut it off (0: none).",
+                _leak,
             ],
             [
                 "ipv6-prefix",
@@ -660,6 +670,7 @@ class Options(usage.Options):
             ],
             globalLimit=globalLimit,
             serverPorts={endpoint.port for endpoint in self.endpoints()},
+            leak=self["leak"],
         )
 
 
@@ -755,6 +766,12 @@ def makeService(options: Options) -> IService:
         passed = {e.key: e.socket for e in endpoints if e.socket is not None}
         if passed:
             supervisor.adopt(passed)
+        if options.parent is not None:
+            # Under twistd: a worker that could not be started again would
+            # leave its share of the clients unanswered for good.
+            problem = supervisor.restartProblem()
+            if problem is not None:
+                raise SystemExit(f"{options.command()}: {problem}")
         supervisor.setServiceParent(top)
         bound: list[_Bindable] = [supervisor]
         if options["metrics-port"] or options.metricsSockets():
@@ -805,9 +822,14 @@ def makeService(options: Options) -> IService:
         summary.setServiceParent(top)
     report = operations.processReport(byService, globalLimit)
     if setting is not None:
-        # Before the worker switches user: its report channel is opened
-        # again through /proc/self/fd.
-        sender = operations.workerReports(reactor, report, setting.index)
+        # The worker logs through a relay that never blocks it, and its
+        # counter reports go through the same relay, between log lines.
+        relay = logrelay.relayToSupervisor(options.parent)
+        if relay is not None:
+            logrelay.flushingService(relay).setServiceParent(top)
+        # Before the worker switches user: without a relay, the report
+        # channel is opened again through /proc/self/fd.
+        sender = operations.workerReports(reactor, report, setting.index, relay)
         if sender is not None:
             sender.setServiceParent(top)
         workers.becomeWorker(setting, listeners)

@@ -14,6 +14,13 @@ C{month N} answers the English name of month N (1-12).  Any other text,
 including an empty datagram, gets the time in the default format.  Every
 reply is one line ending in C{\\n}; errors start with C{error: }.
 
+A request may end with a token, a last word of C{@} and 1 to 64 letters,
+digits, C{-} or C{_} (C{time @6f1e0c2a9b}): the reply, error lines
+included, then ends with the same word (L{splitToken}, L{withToken}), so
+that a client can tell the reply to its request from a datagram forged
+without seeing the request.  A request without one gets a reply without
+one, as before.
+
 The client side, L{TextClientCodec}, reads a reply in any of these formats
 for L{udptime.client.query} (L{readTime}).
 
@@ -23,6 +30,7 @@ See the README for the full specification.
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,6 +67,15 @@ MONTHS: Final = (
 _QUOTE_LIMIT: Final = 32
 
 _ZONE_NAME = re.compile(r"[A-Za-z0-9_+\-]+(/[A-Za-z0-9_+\-]+)*\Z")
+
+MAX_TOKEN: Final = 64
+"""Longest request token, in characters (after its C{@})."""
+
+TOKEN_SIZE: Final = 8
+"""Random bytes in the client's token (sent as hex)."""
+
+_TOKEN = re.compile(rb"[A-Za-z0-9_\-]{1,64}\Z")
+_SPACE: Final = frozenset(b" \t\r\n\x0b\x0c")
 _MAX_ZONE_NAME: Final = 64
 
 
@@ -182,6 +199,31 @@ def _quote(word: str) -> str:
         pieces.append(piece)
         used += len(piece)
     return "'" + "".join(pieces) + "'"
+
+
+def splitToken(data: bytes) -> tuple[bytes, bytes | None]:
+    """
+    A request datagram without its token, and the token (without its
+    C{@}), or C{data} itself and L{None} when its last word is not a token.
+    """
+    end = len(data)
+    while end and data[end - 1] in _SPACE:
+        end -= 1
+    at = data.rfind(b"@", 0, end)
+    if at < 0 or (at > 0 and data[at - 1] not in _SPACE):
+        return data, None
+    token = data[at + 1 : end]
+    if _TOKEN.match(token) is None:
+        return data, None
+    return data[:at], token
+
+
+def withToken(reply: bytes, token: bytes) -> bytes:
+    """
+    The reply line C{reply} (ending in C{\\n}) with the request's token as
+    its last word.
+    """
+    return reply[:-1] + b" @" + token + b"\n"
 
 
 def parseRequest(data: bytes) -> TextRequest:
@@ -406,42 +448,80 @@ class TextClientCodec:
     Month names and unrecognised lines are readings with no time; an
     C{error:} line is a refusal, L{ErrorLine}.
 
+    By default each request carries a fresh random token (see
+    L{splitToken}), and a reply counts only when it carries it back: a
+    datagram forged without seeing the request is ignored.  The token ties a
+    reply to its request; it does not authenticate the server (anyone who
+    sees the request can answer it).
+
     @ivar request: the request words sent (C{time} when none are given).
+    @ivar token: whether requests carry a token, which replies must repeat
+        (C{False} for servers that do not repeat tokens).
+    @ivar randomBytes: source of the token's random bytes (C{os.urandom}).
     """
 
     name = "text"
     defaultPort = DEFAULT_PORT
 
-    def __init__(self, request: str = "") -> None:
+    def __init__(
+        self,
+        request: str = "",
+        token: bool = True,
+        randomBytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
         """
         @param request: the request words, e.g. C{"iso Europe/Paris"} or
             C{"month 3"}; empty for the server's current time.
+        @param token: send a token with each request and accept only the
+            replies that carry it back.
         @raise ValueError: the request is longer than the server accepts.
         """
         self.request = " ".join(request.split()) or "time"
+        self.token = token
+        self.randomBytes = randomBytes
         self._datagram = self.request.encode("utf-8")
-        if len(self._datagram) > MAX_REQUEST:
+        size = len(self._datagram)
+        if size > MAX_REQUEST:
             raise ValueError(
-                f"the request is {len(self._datagram)} bytes long; "
-                f"servers answer at most {MAX_REQUEST}"
+                f"the request is {size} bytes long; servers answer at most "
+                f"{MAX_REQUEST}"
+            )
+        room = MAX_REQUEST - (2 + 2 * TOKEN_SIZE if token else 0)
+        if size > room:
+            raise ValueError(
+                f"the request is {size} bytes long; with its token servers "
+                f"answer at most {room} (or use no token)"
             )
 
-    def buildRequest(self, sentAt: float) -> tuple[bytes, Any]:
+    def buildRequest(self, sentAt: float) -> tuple[bytes, bytes | None]:
         """
-        The request datagram; the text protocol needs no state to match the
-        reply.
+        The request datagram, with a fresh token unless L{token} is false;
+        the state is the token, which the reply must carry back.
         """
-        return self._datagram, None
+        if not self.token:
+            return self._datagram, None
+        token = self.randomBytes(TOKEN_SIZE).hex().encode("ascii")
+        return self._datagram + b" @" + token, token
 
     def parseReply(
-        self, data: bytes, state: Any, sentAt: float, receivedAt: float
+        self, data: bytes, state: bytes | None, sentAt: float, receivedAt: float
     ) -> Reading:
         """
         Read a reply line received at Unix time C{receivedAt}.
 
-        @raise ReplyMismatch: C{data} is not one line of UTF-8 text.
+        @param state: the request's token, or L{None}.
+        @raise ReplyMismatch: C{data} is not one line of UTF-8 text, or does
+            not carry the request's token back.
         @raise ErrorLine: the server answered with an C{error:} line.
         """
+        if state is not None:
+            reply, token = splitToken(data)
+            if token != state:
+                raise ReplyMismatch(
+                    "the reply does not carry the request's token (forged, or "
+                    "from a server that does not repeat tokens: try --no-token)"
+                )
+            data = reply.rstrip(b" \t") + b"\n"
         line = _replyLine(data)
         if line.startswith("error:"):
             raise ErrorLine(line[len("error:") :].strip() or "(no reason given)")

@@ -16,8 +16,8 @@ core.  With C{--workers N} the twistd process becomes a supervisor:
     drops the supervisor's privileges, and drop them to the same user and
     group themselves before they serve anything (a worker started again
     later is started by the unprivileged supervisor, so the interpreter
-    must be one that user may run: the supervisor checks as it starts, and
-    warns when the user cannot);
+    must be one that user may run: C{twistd udptime} checks before it
+    starts, and refuses to start when the user cannot);
   - it relays the workers' log events into its own log, each marked with
     the worker's number;
   - it starts a worker that died again (after a short delay that grows while
@@ -532,29 +532,39 @@ class WorkerSupervisor(Service):
             self.startWorker(index)
         self._checkRestarts()
 
-    def _checkRestarts(self) -> None:
+    def restartProblem(self) -> str | None:
         """
+        Why a worker that ends could not be started again, or L{None}.
+
         The first workers are started as root; once twistd has dropped the
         supervisor's privileges, a worker that ends is started again by the
-        unprivileged user.  Say so at once when that user cannot run the
-        worker's interpreter and import udptime (say, a virtualenv under
-        C{/root}), rather than when the first worker ends.
+        unprivileged user, which must be able to run the worker's
+        interpreter and import udptime (not so, say, for a virtualenv under
+        C{/root}).  Ask as root, before privileges are dropped.
         """
         privileges = self.privileges
         if privileges is None or privileges.uid in (None, 0) or os.geteuid() != 0:
             # Root runs whatever it started.
-            return
+            return None
         command = [sys.executable, "-c", "import udptime.tap"]
         reason = cannotRunAs(privileges, command, self.workerEnvironment())
-        if reason is not None:
-            self.log.warn(
-                "user {uid} cannot run {executable} ({reason}): a worker that "
-                "ends cannot be started again; install udptime where that "
-                "user can run it",
-                uid=privileges.uid,
-                executable=sys.executable,
-                reason=reason,
-            )
+        if reason is None:
+            return None
+        return (
+            f"user {privileges.uid} cannot run {sys.executable} ({reason}): a "
+            "worker that ended could not be started again; install udptime "
+            "where that user can run it"
+        )
+
+    def _checkRestarts(self) -> None:
+        """
+        Say at once when a worker that ends could not be started again (see
+        L{restartProblem}), rather than when the first worker ends.
+        (C{twistd udptime} refuses to start then.)
+        """
+        problem = self.restartProblem()
+        if problem is not None:
+            self.log.warn("{problem}", problem=problem)
 
     def _steer(self, name: str, sock: socket.socket) -> None:
         """

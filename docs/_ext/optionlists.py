@@ -221,7 +221,7 @@ def optionsText(program: str, options: list[Option]) -> list[str]:
     return lines
 
 
-class _OptionsDirective(Directive):
+class _OptionsDirective(Directive):  # type: ignore[misc]
     required_arguments = 1
     has_content = False
     option_spec = {"program": directives.unchanged_required}
