@@ -102,9 +102,10 @@ def metricsSocket(interface: str, port: int) -> socket.socket:
 class MetricsListenService(ListenService):
     """
     Serve C{factory} (the metrics site, L{udptime.metrics.metricsSite}) on a
-    TCP socket for as long as the service runs: bound by L{bind} (before
+    TCP socket for as long as the service runs: bound by
+    L{ListenService.bind<udptime.service.ListenService.bind>} (before
     twistd drops privileges), or passed by socket activation
-    (L{boundSocket}).
+    (C{boundSocket}).
     """
 
     def __init__(
