@@ -1,9 +1,11 @@
 #!/bin/sh
 # Install the third-party programs udptime's interoperability tests talk to:
 # chrony (chronyd -Q as the strictest NTP client, and as a reference server),
-# rdate, ntpsec's ntpdig, socat, iproute2 for private network namespaces, and
-# a C compiler for the benchmark's load generator; nftables and conntrack
-# for the balancer of the many-instance test (Debian and Ubuntu packages).
+# rdate, ntpsec's ntpdig, socat, iproute2 for private network namespaces, a
+# C compiler for the benchmark's load generator; nftables and conntrack for
+# the balancer of the many-instance test; systemd for systemd-socket-activate
+# and systemd-analyze (the unit files' checks; it is not started), and
+# prometheus to scrape the metrics endpoint.
 # With UDPTIME_IMAGE_TEST=1, also docker.io and mmdebstrap, for the opt-in test
 # that builds and runs the container image (tests/test_image.py).
 # And roughly, a Roughtime client and server from PyPI, in a virtualenv of its
@@ -13,7 +15,7 @@
 set -eu
 
 install_packages() {
-    packages="chrony rdate ntpsec-ntpdig socat iproute2 gcc libc6-dev nftables conntrack"
+    packages="chrony rdate ntpsec-ntpdig socat iproute2 gcc libc6-dev nftables conntrack systemd prometheus"
     if [ "${UDPTIME_IMAGE_TEST:-}" = 1 ]; then
         packages="$packages docker.io mmdebstrap"
     fi
@@ -38,7 +40,8 @@ install_packages() {
 
     echo "install-peers: installing$need" >&2
     $sudo apt-get update -q >/dev/null
-    # Never let the package start a system chronyd that would discipline the clock.
+    # Never let a package start its daemon (a system chronyd would discipline
+    # the clock; a system prometheus would take port 9090).
     DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 $sudo apt-get install -y -q --no-install-recommends $need >/dev/null
 }
 

@@ -53,6 +53,21 @@ def waitFor(check: Callable[[], T], what: str, timeout: float = 15.0) -> T:
         time.sleep(0.02)  # polling, bounded by the deadline
 
 
+def stopProcess(process: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """
+    Stop a process this test started, by its PID: SIGTERM, then SIGKILL if
+    it has not exited within C{timeout} seconds.
+    """
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def containerScript() -> ModuleType:
     """
     L{CONTAINER_SCRIPT} as a module (it is a script, not a package).

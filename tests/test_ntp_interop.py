@@ -428,7 +428,7 @@ class NtpdigTests(SynchronousTestCase):
 CHRONYD_SERVER_CONFIG = """\
 port {port}
 bindaddress 127.0.0.1
-local stratum 10
+local stratum {stratum}
 allow 127.0.0.1
 cmdport 0
 pidfile {directory}/chronyd.pid
@@ -438,11 +438,11 @@ driftfile {directory}/chronyd.drift
 
 class ReferenceServer:
     """
-    chronyd as an NTP server on a loopback port, with C{local stratum 10},
-    never touching the clock (C{-x}).
+    chronyd as an NTP server on a loopback port, with C{local stratum 10}
+    (or C{stratum}), never touching the clock (C{-x}).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, stratum: int = 10) -> None:
         self.path = requirePeer("chronyd", "the reference NTP server")
         self.port = freePort()
         self.directory = tempfile.mkdtemp(prefix="udptime-chronyd-server-")
@@ -450,7 +450,9 @@ class ReferenceServer:
         self.config = os.path.join(self.directory, "chrony.conf")
         with open(self.config, "w") as f:
             f.write(
-                CHRONYD_SERVER_CONFIG.format(port=self.port, directory=self.directory)
+                CHRONYD_SERVER_CONFIG.format(
+                    port=self.port, directory=self.directory, stratum=stratum
+                )
             )
         self.process: subprocess.Popen[bytes] | None = None
 

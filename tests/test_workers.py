@@ -562,7 +562,7 @@ class RelayTests(SynchronousTestCase):
         relayed: list[dict[str, Any]] = []
         globalLogPublisher.addObserver(relayed.append)
         self.addCleanup(globalLogPublisher.removeObserver, relayed.append)
-        supervisor: Any = SimpleNamespace(reactor=Clock())
+        supervisor: Any = SimpleNamespace(reactor=Clock(), watcher=None)
         worker = workers.WorkerProcess(supervisor, 2)
         for line in output.getvalue().splitlines():
             worker.relay(line.encode("utf-8"))

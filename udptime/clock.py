@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Final
+from typing import Final, Protocol
 
 WallClock = Callable[[], float]
 """A callable returning the current time in seconds since the Unix epoch."""
@@ -514,3 +514,23 @@ class ClockSource:
             )
         self._state = state
         return state
+
+
+class ClockStateSource(Protocol):
+    """
+    What a time server asks about its clock: L{ClockSource} (the kernel's
+    word and the operator's configuration) and
+    L{UpstreamClock<udptime.upstream.UpstreamClock>} (an NTP daemon's word)
+    both provide it.
+    """
+
+    def state(self, now: float) -> ClockState:
+        """
+        The clock's state at Unix time C{now}.
+        """
+
+    def stateSpan(self, now: float) -> tuple[ClockState, float, float]:
+        """
+        L{state}C{(now)} and the span of times C{start <= t < end} for which
+        a caller may keep it.
+        """

@@ -85,6 +85,18 @@ class LogRelay:
         with self._lock:
             self._clear()
 
+    def writeWhole(self, line: bytes) -> bool:
+        """
+        Write C{line}, one line of another writer of the same pipe (the
+        counter reports of L{udptime.reports}), between two log lines,
+        never waiting: whether the pipe took it.  It must be at most
+        C{PIPE_BUF} bytes, so that the pipe takes it whole or not at all.  A
+        line not taken is the caller's to count: it is not a dropped log
+        line.
+        """
+        with self._lock:
+            return self._clear() and self._write(line)
+
     def _drop(self) -> None:
         self.dropped += 1
         self.droppedTotal += 1

@@ -33,6 +33,7 @@ from udptime.address import Address
 from udptime.ancillary import TRANSMIT_TIMESTAMP_REQUEST
 from udptime.clock import (
     ClockSource,
+    ClockStateSource,
     TimeKnown,
     WallClock,
     systemClock,
@@ -494,7 +495,9 @@ class NTPServer(UDPServerProtocol):
     or whose authenticator does not verify, is dropped as any bad request.
     Plain requests take the same path as without it.
 
-    @ivar clockSource: what the server claims about its clock.
+    @ivar clockSource: what the server claims about its clock: a
+        L{ClockSource}, or with C{--upstream} an
+        L{UpstreamClock<udptime.upstream.UpstreamClock>}.
     @ivar late: the reply being built, stamped last.
     @ivar minPoll: the server's minimum poll exponent (see
         L{ntp.replyPoll}).
@@ -513,7 +516,7 @@ class NTPServer(UDPServerProtocol):
         clock: WallClock = systemClock,
         verbose: bool = False,
         policy: Policy | None = None,
-        clockSource: ClockSource | None = None,
+        clockSource: ClockStateSource | None = None,
         minPoll: int = ntp.MIN_POLL,
         interleaved: bool = True,
         nts: NTSAuthentication | None = None,
@@ -528,7 +531,9 @@ class NTPServer(UDPServerProtocol):
         super().__init__(clock=clock, verbose=verbose, policy=policy)
         self.kernelTransmitTimes = interleaved
         self.timed = ntp.LateTransmit(clock, TRANSMIT_TIMESTAMP_REQUEST)
-        self.clockSource = ClockSource() if clockSource is None else clockSource
+        self.clockSource: ClockStateSource = (
+            ClockSource() if clockSource is None else clockSource
+        )
         self.minPoll = minPoll
         self.nts = nts
         self._replyConstants: ntp.ReplyConstants | None = None

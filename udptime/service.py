@@ -142,39 +142,46 @@ def _hasIPv6() -> bool:
     return True
 
 
-class UDPListenService(Service):
+class ListenService(Service):
     """
-    Serve C{protocol} on a UDP port for as long as the service runs.
+    Serve one socket for as long as the service runs: bound by L{bind}
+    (before twistd drops privileges), or handed over bound already
+    (L{boundSocket}: by socket activation, or by a worker's supervisor).  A
+    subclass makes the socket (L{newSocket}), serves it (L{adopt}) and says
+    that it listens (L{logListening}).
 
     @ivar port: the listening port once started (L{None} before).
-    @ivar kernelTimestamps: take receive times from the kernel
-        (C{SO_TIMESTAMPNS}; see L{udptime.port}).
     @ivar boundSocket: a socket bound already, to serve instead of binding
-        one: bound by L{bind}, or by another process (a worker's
-        supervisor); L{None} to bind it as the service starts.
+        one: bound by L{bind}, or by another process; L{None} to bind it as
+        the service starts.
     """
 
     log = Logger()
 
-    def __init__(
-        self,
-        reactor: IReactorSocket,
-        protocol: DatagramProtocol,
-        portNumber: int,
-        interface: str = ALL_INTERFACES,
-        reusePort: bool = False,
-        serviceName: str = "udptime",
-        kernelTimestamps: bool = False,
-    ) -> None:
+    def __init__(self, reactor: Any) -> None:
         self.reactor = reactor
-        self.protocol = protocol
-        self.portNumber = portNumber
-        self.interface = interface
-        self.reusePort = reusePort
-        self.kernelTimestamps = kernelTimestamps
         self.boundSocket: socket.socket | None = None
-        self.setName(serviceName)
         self.port: IListeningPort | None = None
+
+    def newSocket(self) -> socket.socket:
+        """
+        A new socket for the service, bound (non-blocking).
+
+        @raise ServiceCannotListen: it cannot be bound.
+        """
+        raise NotImplementedError(type(self).__name__ + ".newSocket")
+
+    def adopt(self, sock: socket.socket) -> IListeningPort:
+        """
+        Serve C{sock} (the caller then closes its own descriptor).
+        """
+        raise NotImplementedError(type(self).__name__ + ".adopt")
+
+    def logListening(self, where: str) -> None:
+        """
+        Log that the service listens on C{where}: the line means "ready".
+        """
+        raise NotImplementedError(type(self).__name__ + ".logListening")
 
     def bind(self) -> None:
         """
@@ -184,9 +191,7 @@ class UDPListenService(Service):
         @raise ServiceCannotListen: the socket cannot be bound.
         """
         if self.boundSocket is None:
-            self.boundSocket = listeningSocket(
-                str(self.name), self.interface, self.portNumber, self.reusePort
-            )
+            self.boundSocket = self.newSocket()
 
     def unbind(self) -> None:
         """
@@ -205,13 +210,72 @@ class UDPListenService(Service):
         sock, self.boundSocket = self.boundSocket, None
         assert sock is not None
         try:
-            self.port = self._adopt(sock)
+            self.port = self.adopt(sock)
         finally:
             # The port holds its own duplicate of the descriptor.
             sock.close()
         Service.privilegedStartService(self)
 
-    def _adopt(self, sock: socket.socket) -> IListeningPort:
+    def startService(self) -> None:
+        if self.port is None:
+            self.privilegedStartService()
+        Service.startService(self)
+        # The line means "ready": logged once the reactor runs (and so has
+        # its signal handlers) and privileges are dropped.
+        self.reactor.callWhenRunning(self._logListening)
+
+    def _logListening(self) -> None:
+        if self.port is not None:
+            host: Any = self.port.getHost()
+            self.logListening(formatAddress(host.host, host.port))
+
+    def stopService(self) -> Any:
+        Service.stopService(self)
+        port, self.port = self.port, None
+        if port is not None:
+            return port.stopListening()
+        return None
+
+
+class UDPListenService(ListenService):
+    """
+    Serve C{protocol} on a UDP port for as long as the service runs.
+
+    @ivar kernelTimestamps: take receive times from the kernel
+        (C{SO_TIMESTAMPNS}; see L{udptime.port}).
+    """
+
+    def __init__(
+        self,
+        reactor: IReactorSocket,
+        protocol: DatagramProtocol,
+        portNumber: int,
+        interface: str = ALL_INTERFACES,
+        reusePort: bool = False,
+        serviceName: str = "udptime",
+        kernelTimestamps: bool = False,
+    ) -> None:
+        super().__init__(reactor)
+        self.protocol = protocol
+        self.portNumber = portNumber
+        self.interface = interface
+        self.reusePort = reusePort
+        self.kernelTimestamps = kernelTimestamps
+        self.setName(serviceName)
+
+    def newSocket(self) -> socket.socket:
+        """
+        The service's UDP socket, bound (see L{listeningSocket}).
+        """
+        return listeningSocket(
+            str(self.name), self.interface, self.portNumber, self.reusePort
+        )
+
+    def adopt(self, sock: socket.socket) -> IListeningPort:
+        """
+        Serve C{sock} with udptime's port on a posix reactor, with Twisted's
+        C{adoptDatagramPort} elsewhere.
+        """
         if isinstance(self.reactor, PosixReactorBase) and isinstance(
             self.protocol, UDPServerProtocol
         ):
@@ -229,30 +293,17 @@ class UDPListenService(Service):
                 "event loop's receive times",
                 service=self.name,
             )
-        return self.reactor.adoptDatagramPort(
+        reactor = cast(IReactorSocket, self.reactor)
+        return reactor.adoptDatagramPort(
             sock.fileno(), sock.family, self.protocol, maxPacketSize=MAX_DATAGRAM
         )
 
-    def startService(self) -> None:
-        if self.port is None:
-            self.privilegedStartService()
-        Service.startService(self)
-        # The line means "ready": logged once the reactor runs (and so has
-        # its signal handlers) and privileges are dropped.
-        self.reactor.callWhenRunning(self._logListening)  # type: ignore[attr-defined]
-
-    def _logListening(self) -> None:
-        if self.port is not None:
-            host: Any = self.port.getHost()
-            self.log.info(
-                "udptime {service} service listening on {where} (UDP)",
-                service=self.name,
-                where=formatAddress(host.host, host.port),
-            )
-
-    def stopService(self) -> Any:
-        Service.stopService(self)
-        port, self.port = self.port, None
-        if port is not None:
-            return port.stopListening()
-        return None
+    def logListening(self, where: str) -> None:
+        """
+        C{udptime ntp service listening on [::]:123 (UDP)}.
+        """
+        self.log.info(
+            "udptime {service} service listening on {where} (UDP)",
+            service=self.name,
+            where=where,
+        )

@@ -8,12 +8,14 @@ as C{twisted.names.tap} does.
 from __future__ import annotations
 
 import ipaddress
+import os
 import signal
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from datetime import tzinfo
 from types import FrameType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
 from twisted.application.service import IService, MultiService
 from twisted.internet.error import ReactorNotRunning
@@ -21,14 +23,21 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from udptime import __version__, logrelay, ntsserver, policy, text, workers
+from udptime.activation import (
+    DATAGRAM_SERVICES,
+    ActivatedSocket,
+    ActivationError,
+    activatedSockets,
+)
 from udptime.ancillary import kernelTimestampsAvailable
-from udptime.clock import LOCAL_REFID
+from udptime.clock import LOCAL_REFID, ClockSource, ClockStateSource
 from udptime.port import DEFAULT_KERNEL_TIMESTAMPS
 from udptime.roughtimekeys import roughtimeKeyOption
 from udptime.server import NTPServer, UDPServerProtocol
 from udptime.service import ALL_INTERFACES, ServiceCannotListen, UDPListenService
 from udptime.services import SERVICES
 from udptime.summary import DEFAULT_INTERVAL, Counted, CounterSummary
+from udptime.upstream import DEFAULT_POLL_INTERVAL, parseUpstream
 
 if TYPE_CHECKING:
     from udptime.ntscookie import CookieKeys
@@ -137,6 +146,7 @@ _rate = _bounded(float, 0.0, sys.float_info.max, "a number of requests per secon
 _leak = _bounded(float, 0.0, policy.MAX_LEAK, f"a fraction from 0 to {policy.MAX_LEAK}")
 _count = _bounded(int, 1, sys.maxsize, "a whole number >= 1")
 _prefixLength = _bounded(int, 1, 128, "an IPv6 prefix length from 1 to 128")
+_pollInterval = _bounded(float, 1.0, 3600.0, "a number of seconds from 1 to 3600")
 
 MIN_SUMMARY_INTERVAL = 1.0
 """The shortest C{--summary-interval} but 0: the summaries are for people."""
@@ -207,9 +217,42 @@ def _serviceSummary() -> str:
     return "  ".join(lines)
 
 
+class Endpoint(NamedTuple):
+    """
+    One socket a service is served on.
+
+    @ivar key: the name of its listener in the service tree, and of its
+        descriptor in a worker's setting: the service's name, then
+        C{NAME-2}, C{NAME-3}, ... for further sockets of one service.
+    @ivar service: the service's name (in L{SERVICES}).
+    @ivar port: its port number (0: any, for a socket bound later).
+    @ivar socket: the socket, when socket activation passed it, or
+        L{None} to bind one (or, in a worker, to take the inherited one).
+    """
+
+    key: str
+    service: str
+    port: int
+    socket: socket.socket | None = None
+
+
+def _descriptorPort(fd: int) -> int:
+    """
+    The port of the socket at C{fd}, which stays open.
+    """
+    probe = socket.socket(fileno=os.dup(fd))
+    try:
+        return int(probe.getsockname()[1])
+    finally:
+        probe.close()
+
+
 class Options(usage.Options):
     """
     Command-line options of C{twistd udptime}.
+
+    @ivar activated: the sockets passed by socket activation, by name (see
+        L{udptime.activation}); empty when there are none.
     """
 
     synopsis = "[options]"
@@ -254,6 +297,38 @@ class Options(usage.Options):
                 "private key (base64 seed as 'udptime-roughtime keygen' or "
                 "'roughly server keygen' write, or PEM).",
                 str,
+            ],
+            [
+                "upstream",
+                None,
+                None,
+                "NTP: claim the state of the NTP daemon that disciplines this "
+                "host's clock, asked over NTP at ADDRESS[:PORT] (port 123 by "
+                "default), rather than the kernel's (default: no upstream)",
+                parseUpstream,
+            ],
+            [
+                "upstream-interval",
+                None,
+                DEFAULT_POLL_INTERVAL,
+                "Seconds between two questions to --upstream; its word is "
+                "believed for three of them.",
+                _pollInterval,
+            ],
+            [
+                "metrics-port",
+                None,
+                0,
+                "TCP port of the Prometheus metrics and health pages (/metrics, "
+                "/healthz) (0: off).",
+                _port,
+            ],
+            [
+                "metrics-interface",
+                None,
+                "127.0.0.1",
+                "Address the metrics and health pages listen on (default: 127.0.0.1).",
+                _interface,
             ],
             [
                 "interface",
@@ -438,6 +513,7 @@ class Options(usage.Options):
         super().__init__()
         self["access"] = []
         self.arguments: list[str] = []
+        self.activated: dict[str, list[ActivatedSocket]] = {}
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
         """
@@ -527,21 +603,26 @@ class Options(usage.Options):
             raise usage.UsageError(f"{option} {text}: {error}") from None
 
     def postOptions(self) -> None:
+        if self["worker"] is None:
+            self._activate()
         if self["kernel-timestamps"] and self["no-kernel-timestamps"]:
             raise usage.UsageError(
                 "give --kernel-timestamps or --no-kernel-timestamps, not both"
             )
         if self["kernel-timestamps"] and not kernelTimestampsAvailable():
             raise usage.UsageError("this system has no kernel receive timestamps")
+        ports = self.enabledPorts()
         if (
-            not self["ntp-port"]
-            and not self["roughtime-port"]
+            "ntp" not in ports
+            and "roughtime" not in ports
             and self["local-stratum"] is not None
         ):
             raise usage.UsageError(
                 "--local-stratum is for NTP and Roughtime: give --ntp-port or "
                 "--roughtime-port"
             )
+        if "ntp" not in ports and self["upstream"] is not None:
+            raise usage.UsageError("--upstream is for NTP: give --ntp-port")
         self["roughtime-long-term-key"] = roughtimeKeyOption(
             self["roughtime-port"], self["roughtime-key"]
         )
@@ -550,7 +631,6 @@ class Options(usage.Options):
         if self["refid"] is None:
             self["refid"] = LOCAL_REFID
         self._checkNTS()
-        ports = self.enabledPorts()
         if not ports and not self["nts-ke-port"]:
             raise usage.UsageError("every service is off: give at least one port")
         for rule in self["access"]:
@@ -559,9 +639,11 @@ class Options(usage.Options):
                     f"an --allow or --deny names the {rule.service!r} service, "
                     f"which is not running (running: {', '.join(ports)})"
                 )
+        # The ports of the options (not those of passed or inherited sockets).
+        fromOptions = self["worker"] is None and not self.activatedServices()
         services: dict[int, str] = {}
         for name, port in ports.items():
-            if port in services:
+            if fromOptions and port in services:
                 raise usage.UsageError(
                     f"the {services[port]} and {name} services both use port "
                     f"{port}: give each service its own port"
@@ -622,16 +704,97 @@ class Options(usage.Options):
             return False
         return DEFAULT_KERNEL_TIMESTAMPS and kernelTimestampsAvailable()
 
-    def enabledPorts(self) -> dict[str, int]:
+    def _activate(self) -> None:
         """
-        The services to run, by name (in the order of L{SERVICES}), with
-        their port numbers.
+        Take the sockets socket activation passed, if any (see
+        L{udptime.activation}): a socket named after a service (or, unnamed,
+        the only one for the only service the port options enable) serves
+        that service, a stream socket named C{metrics} the metrics.
+
+        @raise usage.UsageError: the sockets cannot be used as passed.
+        @raise SystemExit: the same, run by twistd: one line, exit status 1.
+        """
+        optionPorts = self.optionPorts()
+        try:
+            self.activated = activatedSockets(
+                expected=(*DATAGRAM_SERVICES, "metrics"),
+                unnamed=(*optionPorts, "metrics"),
+            )
+        except ActivationError as error:
+            reason = f"socket activation: {error}"
+            if self.parent is None:
+                raise usage.UsageError(reason) from None
+            # Not a matter of options: no pointer to --help.
+            raise SystemExit(f"{self.command()}: {reason}") from None
+
+    def activatedServices(self) -> list[str]:
+        """
+        The services socket activation passed datagram sockets for, in the
+        order of L{SERVICES}: when there are any, they are the services
+        served, and the port options are not used.
+        """
+        return [name for name in SERVICES if self.activated.get(name)]
+
+    def optionPorts(self) -> dict[str, int]:
+        """
+        The services the port options enable, by name (in the order of
+        L{SERVICES}), with their port numbers.
         """
         return {
             name: self[service.portOption]
             for name, service in SERVICES.items()
             if self[service.portOption]
         }
+
+    def endpoints(self, probe: bool = True) -> list[Endpoint]:
+        """
+        The sockets to serve, for this process's role: a worker's are those
+        its supervisor handed down (L{workers.WorkerSetting}); otherwise
+        those socket activation passed, if any, else one per service the
+        port options enable.
+
+        @param probe: read the ports of a worker's inherited sockets (when
+            not, they are given as 0).
+        """
+        setting = self["worker"]
+        if setting is not None:
+            return [
+                Endpoint(
+                    key, key.partition("-")[0], _descriptorPort(fd) if probe else 0
+                )
+                for key, fd in sorted(setting.descriptors.items())
+            ]
+        activated = self.activatedServices()
+        if activated:
+            return [
+                Endpoint(
+                    name if number == 1 else f"{name}-{number}",
+                    name,
+                    each.address[1],
+                    each.socket,
+                )
+                for name in activated
+                for number, each in enumerate(self.activated[name], 1)
+            ]
+        return [Endpoint(name, name, port) for name, port in self.optionPorts().items()]
+
+    def enabledPorts(self) -> dict[str, int]:
+        """
+        The services to run, by name (in the order of L{SERVICES}), with
+        the port number of their first socket (see L{endpoints}; 0 for a
+        worker's).
+        """
+        ports: dict[str, int] = {}
+        for endpoint in self.endpoints(probe=False):
+            ports.setdefault(endpoint.service, endpoint.port)
+        return {name: ports[name] for name in SERVICES if name in ports}
+
+    def metricsSockets(self) -> list[socket.socket]:
+        """
+        The metrics sockets socket activation passed (they replace
+        C{--metrics-port}).
+        """
+        return [each.socket for each in self.activated.get("metrics", [])]
 
     def globalLimit(self) -> policy.RateLimiter | None:
         """
@@ -663,7 +826,7 @@ class Options(usage.Options):
                 if rule.service in (None, service)
             ],
             globalLimit=globalLimit,
-            serverPorts=self.enabledPorts().values(),
+            serverPorts={endpoint.port for endpoint in self.endpoints()},
             leak=self["leak"],
         )
 
@@ -725,28 +888,41 @@ def makeService(options: Options) -> IService:
     process's role, decided first:
 
       - a supervisor of worker processes (C{--workers N}) builds only its
-        L{workers.WorkerSupervisor}, which binds the sockets and runs the
-        workers: no protocols, no clock measurement, no time zones;
+        L{workers.WorkerSupervisor}, which binds the sockets (or takes those
+        socket activation passed) and runs the workers, and the metrics
+        listener, which adds up the workers' reports: no protocols, no time
+        zones;
       - a worker (C{--worker}, given by its supervisor) builds the
         protocols and serves the sockets it inherited, as the user it is
-        told to switch to;
-      - a single process builds the protocols and binds its sockets.
+        told to switch to, and reports its counters to its supervisor;
+      - a single process builds the protocols and binds its sockets (or
+        takes those socket activation passed), and serves its own metrics.
+
+    A process started by a service manager of C{Type=notify} tells it once
+    it serves (see L{udptime.notify}).
     """
     from twisted.internet import reactor
 
+    from udptime import operations
+
     top = UDPTimeService(reactor)
-    ports = options.enabledPorts()
+    endpoints = options.endpoints()
     setting = options["worker"]
     if setting is None and options["workers"]:
+        reports = operations.SupervisorReports()
         supervisor = workers.WorkerSupervisor(
             reactor,
-            ports,
+            {endpoint.key: endpoint.port for endpoint in endpoints},
             options["interface"],
             options["workers"],
             options.arguments,
             workers.twistdPrivileges(options),
             options["ipv6-prefix"],
+            watcher=reports,
         )
+        passed = {e.key: e.socket for e in endpoints if e.socket is not None}
+        if passed:
+            supervisor.adopt(passed)
         if options.parent is not None:
             # Under twistd: a worker that could not be started again would
             # leave its share of the clients unanswered for good.
@@ -754,7 +930,7 @@ def makeService(options: Options) -> IService:
             if problem is not None:
                 raise SystemExit(f"{options.command()}: {problem}")
         supervisor.setServiceParent(top)
-        keyExchange = None
+        bound: list[_Bindable] = [supervisor]
         if options.ntsEnabled():
             # The supervisor holds the NTS keys and hands them to its
             # workers; it serves the key exchanges itself.
@@ -766,33 +942,60 @@ def makeService(options: Options) -> IService:
                     options["summary-interval"],
                     {"nts-ke": keyExchange.counters},
                 ).setServiceParent(top)
-        _bindUnderTwistd(options, [supervisor, *_present(keyExchange)])
+            bound += _present(keyExchange)
+        if options["metrics-port"] or options.metricsSockets():
+            # The workers ask the upstream daemon for their replies; the
+            # supervisor asks it too, for the clock metrics.
+            upstream = _upstream(reactor, options, top)
+            aggregator = reports.aggregator
+            bound += _metrics(
+                reactor,
+                options,
+                top,
+                operations.collector(
+                    aggregator.totals,
+                    upstream or ClockSource(options["local-stratum"], options["refid"]),
+                    upstream,
+                    aggregator,
+                ),
+                operations.supervisorHealth(supervisor, reports),
+            )
+        _bindUnderTwistd(options, bound)
+        _notifyWhenRunning(reactor)
         return top
-    protocols: dict[str, UDPServerProtocol] = {
-        name: SERVICES[name].makeServer(options) for name in ports
-    }
-    ntp = protocols.get("ntp")
+    upstream = _upstream(reactor, options, top)
     counted: dict[str, Counted] = {}
     keyExchange = None
-    if options.ntsEnabled() and (ntp is not None or setting is None):
+    authentication = None
+    if options.ntsEnabled() and ("ntp" in options.enabledPorts() or setting is None):
         keys, keyExchange = _serveNTS(options, reactor, top, worker=setting is not None)
-        if isinstance(ntp, NTPServer):
-            ntp.nts = ntsserver.NTSAuthentication(keys)
-            counted["nts"] = ntp.nts.counters
+        authentication = ntsserver.NTSAuthentication(keys)
+        counted["nts"] = authentication.counters
         if keyExchange is not None:
             counted["nts-ke"] = keyExchange.counters
     globalLimit = options.globalLimit()
+    protocols: dict[str, UDPServerProtocol] = {}
+    byService: dict[str, list[UDPServerProtocol]] = {}
     listeners = []
-    for name, protocol in protocols.items():
-        protocol.policy = options.servicePolicy(name, globalLimit)
+    for endpoint in endpoints:
+        protocol = SERVICES[endpoint.service].makeServer(options)
+        if isinstance(protocol, NTPServer):
+            if upstream is not None:
+                protocol.clockSource = upstream
+            if authentication is not None:
+                protocol.nts = authentication
+        protocol.policy = options.servicePolicy(endpoint.service, globalLimit)
+        protocols[endpoint.key] = protocol
+        byService.setdefault(endpoint.service, []).append(protocol)
         listener = UDPListenService(
             reactor,  # type: ignore[arg-type]
             protocol,
-            ports[name],
+            endpoint.port,
             options["interface"],
-            serviceName=name,
+            serviceName=endpoint.key,
             kernelTimestamps=protocol.receiveTimestamps and options.kernelTimestamps(),
         )
+        listener.boundSocket = endpoint.socket
         listener.setServiceParent(top)
         listeners.append(listener)
     if options["summary-interval"]:
@@ -800,14 +1003,121 @@ def makeService(options: Options) -> IService:
             reactor, protocols, options["summary-interval"], counted
         )
         summary.setServiceParent(top)
+    report = operations.processReport(byService, globalLimit)
     if setting is not None:
-        workers.becomeWorker(setting, listeners)
+        # The worker logs through a relay that never blocks it, and its
+        # counter reports go through the same relay, between log lines.
         relay = logrelay.relayToSupervisor(options.parent)
         if relay is not None:
             logrelay.flushingService(relay).setServiceParent(top)
-    else:
-        _bindUnderTwistd(options, [*listeners, *_present(keyExchange)])
+        # Before the worker switches user: without a relay, the report
+        # channel is opened again through /proc/self/fd.
+        sender = operations.workerReports(reactor, report, setting.index, relay)
+        if sender is not None:
+            sender.setServiceParent(top)
+        workers.becomeWorker(setting, listeners)
+        return top
+    bound = [*listeners, *_present(keyExchange)]
+    if options["metrics-port"] or options.metricsSockets():
+        ntp = byService.get("ntp", [None])[0]
+        clockSource: ClockStateSource = (
+            ntp.clockSource
+            if isinstance(ntp, NTPServer)
+            else ClockSource(options["local-stratum"], options["refid"])
+        )
+        bound += _metrics(
+            reactor,
+            options,
+            top,
+            operations.collector(report, clockSource, upstream),
+            operations.processHealth(listeners),
+        )
+    _bindUnderTwistd(options, bound)
+    _notifyWhenRunning(reactor)
     return top
+
+
+def _metrics(
+    reactor: Any, options: Options, top: MultiService, collector: Any, health: Any
+) -> list[_Bindable]:
+    """
+    The metrics listeners, children of C{top}: one per metrics socket
+    socket activation passed, or one on C{--metrics-port}.
+    """
+    from udptime import operations
+
+    passed = options.metricsSockets()
+    listeners: list[_Bindable] = []
+    for number, sock in enumerate(passed or [None], 1):
+        listener = operations.metricsService(
+            reactor,
+            collector,
+            health,
+            options["metrics-port"],
+            options["metrics-interface"],
+        )
+        if number > 1:
+            listener.setName(f"metrics-{number}")
+        listener.boundSocket = sock
+        listener.setServiceParent(top)
+        listeners.append(listener)
+    return listeners
+
+
+def _notifyWhenRunning(reactor: Any) -> None:
+    """
+    Once the reactor runs (the services listen, privileges are dropped),
+    tell a service manager of C{Type=notify} that udptime is ready, and as
+    it shuts down that it stops (nothing when none listens).
+    """
+    from udptime.notify import notify, notifyReady
+
+    log = Logger()
+
+    def send(what: Callable[[], bool]) -> None:
+        try:
+            what()
+        except OSError as error:
+            log.warn("cannot notify the service manager: {error}", error=str(error))
+
+    reactor.callWhenRunning(send, lambda: notifyReady("serving"))
+    reactor.addSystemEventTrigger(
+        "before", "shutdown", send, lambda: notify("STOPPING=1")
+    )
+
+
+def _upstream(reactor: Any, options: Options, top: MultiService) -> Any:
+    """
+    The upstream clock of C{--upstream}, polling as a child of C{top}
+    (before the services that ask it), or L{None}.  With C{--local-stratum}
+    the local clock is claimed while the upstream daemon's word is not
+    synchronised.
+    """
+    if options["upstream"] is None:
+        return None
+    from udptime.upstream import upstreamClock
+
+    fallback = None
+    if options["local-stratum"] is not None:
+        fallback = ClockSource(options["local-stratum"], options["refid"])
+    upstream = upstreamClock(
+        reactor,
+        options["upstream"],
+        interval=options["upstream-interval"],
+        fallback=fallback,
+    )
+    upstream.setServiceParent(top)
+    return upstream
+
+
+class _Bindable(Protocol):
+    """
+    A service whose sockets L{_bindUnderTwistd} binds early.
+    """
+
+    def bind(self) -> None: ...
+
+    def unbind(self) -> None: ...
 
 
 def _present(service: NTSKEService | None) -> list[NTSKEService]:
@@ -846,10 +1156,7 @@ def _serveNTS(
     return keys, keyExchange
 
 
-def _bindUnderTwistd(
-    options: Options,
-    services: Sequence[UDPListenService | workers.WorkerSupervisor | NTSKEService],
-) -> None:
+def _bindUnderTwistd(options: Options, services: Sequence[_Bindable]) -> None:
     """
     Run by twistd (or twist), bind the sockets of C{services} now, before
     twistd runs the service (and, as a daemon, before it leaves the

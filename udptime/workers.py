@@ -54,7 +54,7 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from twisted.application.reactors import getReactorTypes
 from twisted.application.service import Service
@@ -374,6 +374,29 @@ def dieWithParent(supervisor: int) -> None:
         raise SystemExit(f"udptime worker: supervisor {supervisor} is gone")
 
 
+class WorkerWatcher(Protocol):
+    """
+    Told of the workers' lives by a L{WorkerSupervisor} (the metrics'
+    L{SupervisorReports<udptime.operations.SupervisorReports>}).
+    """
+
+    def workerStarted(self, index: int) -> None:
+        """
+        A process for worker C{index} started.
+        """
+
+    def workerEnded(self, index: int) -> None:
+        """
+        The process of worker C{index} ended.
+        """
+
+    def workerLine(self, index: int, line: str) -> bool:
+        """
+        A line of worker C{index}'s output: whether the watcher took it (it
+        is then not logged).
+        """
+
+
 def reactorName(reactor: Any) -> str | None:
     """
     The name C{--reactor} knows C{reactor}'s kind by, or L{None}.
@@ -399,6 +422,8 @@ class WorkerSupervisor(Service):
     @ivar briefing: what each worker reads first on its standard input, a
         pipe from the supervisor (the NTS server keys, see L{brief}); empty
         for nothing.
+    @ivar watcher: told of the workers' starts, ends and output lines, or
+        L{None}.
     """
 
     log = Logger()
@@ -412,6 +437,7 @@ class WorkerSupervisor(Service):
         arguments: Sequence[str],
         privileges: Privileges | None = None,
         ipv6Prefix: int = 64,
+        watcher: WorkerWatcher | None = None,
     ) -> None:
         """
         @param ports: the port of each service, by name.
@@ -422,6 +448,7 @@ class WorkerSupervisor(Service):
         @param privileges: the user and group the workers switch to.
         @param ipv6Prefix: how IPv6 clients are grouped, to steer each
             client to one worker (see L{steerBySource}).
+        @param watcher: told of the workers' lives (see L{WorkerWatcher}).
         """
         self.reactor = reactor
         self.ports = dict(ports)
@@ -430,6 +457,7 @@ class WorkerSupervisor(Service):
         self.arguments = list(arguments)
         self.privileges = privileges
         self.ipv6Prefix = ipv6Prefix
+        self.watcher = watcher
         self.setName("workers")
         self.sockets: dict[int, dict[str, socket.socket]] = {}
         self.workers: dict[int, WorkerProcess] = {}
@@ -437,6 +465,16 @@ class WorkerSupervisor(Service):
         self._delays: dict[int, float] = {}
         self._stopping = False
         self.briefing = b""
+
+    def adopt(self, sockets: Mapping[str, socket.socket]) -> None:
+        """
+        Serve C{sockets} (bound already: passed by socket activation), by
+        service, instead of binding sockets: every worker inherits the same
+        socket, and the kernel hands each datagram to one of them (not
+        steered by client: each worker's rate limit sees some of a client's
+        datagrams).
+        """
+        self.sockets = {index: dict(sockets) for index in range(1, self.count + 1)}
 
     def bind(self) -> None:
         """
@@ -608,6 +646,8 @@ class WorkerSupervisor(Service):
         self.workers[index] = worker
         if self.briefing and worker.transport is not None:
             worker.transport.write(self.briefing)
+        if self.watcher is not None:
+            self.watcher.workerStarted(index)
         self.log.info("worker {index} started (pid {pid})", index=index, pid=worker.pid)
 
     def brief(self, line: bytes) -> None:
@@ -627,6 +667,8 @@ class WorkerSupervisor(Service):
         """
         if self.workers.get(worker.index) is worker:
             del self.workers[worker.index]
+            if self.watcher is not None:
+                self.watcher.workerEnded(worker.index)
         if self._stopping:
             return
         self.log.warn(
@@ -714,6 +756,9 @@ class WorkerProcess(ProcessProtocol):
         """
         text = line.decode("utf-8", "replace").strip("\x1e\r\n ")
         if not text:
+            return
+        watcher = self.supervisor.watcher
+        if watcher is not None and watcher.workerLine(self.index, text):
             return
         if text.startswith("{"):
             try:
