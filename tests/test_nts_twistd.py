@@ -32,6 +32,7 @@ from tests.support import (
     requirePeer,
     twistdPath,
     udpQuery,
+    waitFor,
 )
 from tests.tcp import freeTCPPort
 from tests.test_nts_interop import (
@@ -462,3 +463,46 @@ class BadSetupTests(SynchronousTestCase):
                             f" 127.0.0.1:{port} (TCP): Address already in use\n",
                         ),
                     )
+
+
+class MetricsTests(TestCase):
+    """
+    The NTS counters of C{twistd udptime} on its C{/metrics} page.
+    """
+
+    def test_ntsCounters(self) -> None:
+        """
+        After one key exchange and two authenticated queries, C{/metrics}
+        counts two authenticated NTS requests and one NTS-KE session
+        (control: before them, none).
+        """
+        from tests.test_operations import scrape
+
+        metricsPort = freeTCPPort()
+        server = NTSServer(self, f"--metrics-port={metricsPort}")
+        waitFor(
+            lambda: "udptime metrics listening on 127.0.0.1:" in server.twistd.log(),
+            "the metrics listener",
+        )
+        authenticated = (
+            "udptime_nts_requests_total",
+            frozenset({("outcome", "authenticated")}),
+        )
+        sessions = (
+            "udptime_nts_ke_sessions_total",
+            frozenset({("outcome", "sessions")}),
+        )
+        before = scrape(metricsPort)
+        self.assertEqual(before.get(authenticated), 0.0)
+        self.assertEqual(before.get(sessions), 0.0)
+
+        async def exercise() -> None:
+            ke = await ntsKeyExchange(
+                reactor, "127.0.0.1", server.kePort, caFile=server.files.ca
+            )
+            self.assertEqual(len(await ntsQuery(reactor, ke, count=2, timeout=2.0)), 2)
+            after = scrape(metricsPort)
+            self.assertEqual(after.get(authenticated), 2.0)
+            self.assertEqual(after.get(sessions), 1.0)
+
+        return Deferred.fromCoroutine(exercise())

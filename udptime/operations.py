@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
@@ -53,6 +53,7 @@ from udptime.reports import (
 )
 from udptime.server import UDPServerProtocol
 from udptime.service import ListenService, ServiceCannotListen, UDPListenService
+from udptime.summary import Counted
 
 DEFAULT_METRICS_INTERFACE = "127.0.0.1"
 """The metrics listener's default address: loopback only."""
@@ -157,20 +158,37 @@ def metricsService(
     return MetricsListenService(reactor, site, port, interface)
 
 
+EXTRA_NAMES: Final[Mapping[str, str]] = {
+    "nts": "nts_requests",
+    "nts-ke": "nts_ke_sessions",
+}
+"""The name each of L{processReport}'s other counter sets travels under
+(see L{udptime.metrics.EXTRA_FAMILIES})."""
+
+
 def processReport(
     protocols: Mapping[str, Sequence[UDPServerProtocol]],
     globalLimit: RateLimiter | None,
+    counted: Mapping[str, Counted] | None = None,
 ) -> Callable[[], Report]:
     """
     This process's report: for each service, its counters' snapshot with
     its policy's figures merged in, summed over its protocols (one per
-    socket), and the refusals of the shared reply cap, if any.
+    socket), the refusals of the shared reply cap, if any, and the counters
+    of C{counted} (C{"nts"}: NTS requests, C{"nts-ke"}: NTS-KE sessions), by
+    outcome.
     """
+    others = dict(counted or {})
 
     def extra() -> Mapping[str, Mapping[str, int]]:
-        if globalLimit is None:
-            return {}
-        return {GLOBAL_LIMIT: {"refused": globalLimit.refused}}
+        found: dict[str, Mapping[str, int]] = {
+            EXTRA_NAMES[name]: counters.snapshot()
+            for name, counters in others.items()
+            if name in EXTRA_NAMES
+        }
+        if globalLimit is not None:
+            found[GLOBAL_LIMIT] = {"refused": globalLimit.refused}
+        return found
 
     def reportOne(name: str, each: Sequence[UDPServerProtocol]) -> dict[str, int]:
         values: dict[str, int] = {}

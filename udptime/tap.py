@@ -1003,7 +1003,7 @@ def makeService(options: Options) -> IService:
             reactor, protocols, options["summary-interval"], counted
         )
         summary.setServiceParent(top)
-    report = operations.processReport(byService, globalLimit)
+    report = operations.processReport(byService, globalLimit, counted)
     if setting is not None:
         # The worker logs through a relay that never blocks it, and its
         # counter reports go through the same relay, between log lines.
