@@ -506,3 +506,32 @@ class MetricsTests(TestCase):
             self.assertEqual(after.get(sessions), 1.0)
 
         return Deferred.fromCoroutine(exercise())
+
+    def test_supervisorCounters(self) -> None:
+        """
+        With C{--workers 2} the supervisor's C{/metrics} counts the key
+        exchanges it serves itself, beside the workers' totals.
+        """
+        from tests.test_operations import scrape
+
+        metricsPort = freeTCPPort()
+        server = NTSServer(
+            self, "--workers", "2", f"--metrics-port={metricsPort}", listeners=2
+        )
+        waitFor(
+            lambda: "udptime metrics listening on 127.0.0.1:" in server.twistd.log(),
+            "the metrics listener",
+        )
+        sessions = (
+            "udptime_nts_ke_sessions_total",
+            frozenset({("outcome", "sessions")}),
+        )
+        self.assertEqual(scrape(metricsPort).get(sessions), 0.0)
+
+        async def exercise() -> None:
+            await ntsKeyExchange(
+                reactor, "127.0.0.1", server.kePort, caFile=server.files.ca
+            )
+            self.assertEqual(scrape(metricsPort).get(sessions), 1.0)
+
+        return Deferred.fromCoroutine(exercise())

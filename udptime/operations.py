@@ -166,6 +166,31 @@ EXTRA_NAMES: Final[Mapping[str, str]] = {
 (see L{udptime.metrics.EXTRA_FAMILIES})."""
 
 
+def withOwnCounters(
+    totals: Callable[[], Report], counted: Mapping[str, Counted]
+) -> Callable[[], Report]:
+    """
+    The supervisor's report: its workers' C{totals}, and the counters of
+    C{counted} it keeps itself (C{"nts-ke"}: the key exchanges it serves),
+    as L{processReport} reports them.
+    """
+    own = {
+        EXTRA_NAMES[name]: counters
+        for name, counters in counted.items()
+        if name in EXTRA_NAMES
+    }
+    if not own:
+        return totals
+
+    def report() -> Report:
+        result = totals()
+        for name, counters in own.items():
+            result.extra[name] = counters.snapshot()
+        return result
+
+    return report
+
+
 def processReport(
     protocols: Mapping[str, Sequence[UDPServerProtocol]],
     globalLimit: RateLimiter | None,

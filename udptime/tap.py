@@ -931,6 +931,7 @@ def makeService(options: Options) -> IService:
                 raise SystemExit(f"{options.command()}: {problem}")
         supervisor.setServiceParent(top)
         bound: list[_Bindable] = [supervisor]
+        keyExchange = None
         if options.ntsEnabled():
             # The supervisor holds the NTS keys and hands them to its
             # workers; it serves the key exchanges itself.
@@ -953,7 +954,10 @@ def makeService(options: Options) -> IService:
                 options,
                 top,
                 operations.collector(
-                    aggregator.totals,
+                    operations.withOwnCounters(
+                        aggregator.totals,
+                        {} if keyExchange is None else {"nts-ke": keyExchange.counters},
+                    ),
                     upstream or ClockSource(options["local-stratum"], options["refid"]),
                     upstream,
                     aggregator,
