@@ -22,6 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, readBody
 
 from tests.prometheus import PrometheusServer
+from tests.roughtimesupport import unsynchronised
 from udptime import __version__
 from udptime.clock import ClockState, Leap
 from udptime.counters import ServiceCounters
@@ -334,16 +335,7 @@ class CollectorTests(SynchronousTestCase):
         self.assertEqual(found[key("udptime_upstream_reach")], 11)
 
     def test_clockUnsynchronised(self) -> None:
-        state = ClockState(
-            leap=Leap.NONE,
-            synchronised=False,
-            stratum=16,
-            refid=b"\0\0\0\0",
-            rootDelay=0.0,
-            rootDispersion=16.0,
-            referenceTime=None,
-            precision=-20,
-        )
+        state = unsynchronised()
         found = samples(UdptimeCollector(Report, clock=lambda: state))
         self.assertEqual(found[key("udptime_clock_synchronised")], 0)
         self.assertEqual(found[key("udptime_clock_leap_indicator")], 3)
