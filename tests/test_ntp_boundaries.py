@@ -530,3 +530,98 @@ class FastPathTests(SynchronousTestCase):
                 self.assertIs(ntp.isPlainRequest(data), plain)
         self.assertFalse(ntp.isPlainRequest(request(4, 6) + bytes(4)))
         self.assertFalse(ntp.isPlainRequest(request(4, 6)[:44]))
+
+
+class PrefixCacheTests(SynchronousTestCase):
+    """
+    The reply starts L{ntp.plainReply} keeps in one L{ntp.ReplyConstants}
+    are told apart by version and poll byte only, and reused.
+    """
+
+    def test_versionsAndPollsThroughOneConstants(self) -> None:
+        """
+        Requests of every version and of several polls, whose bytes 1 and 3
+        (stratum and precision, which a server ignores) are not zero, all
+        answered through one L{ntp.ReplyConstants}: each reply is the one
+        L{ntp.buildReply} gives.
+        """
+        constants = ntp.ReplyConstants.fromState(state())
+        for version, poll in [(2, 6), (3, 6), (1, 6), (4, 6), (3, 9), (2, 255)]:
+            data = bytearray(request(version, poll))
+            data[1], data[3] = 0xAB, 0xCD
+            with self.subTest(version=version, poll=poll):
+                slow = ntp.buildReply(
+                    ntp.parseRequest(bytes(data), 40000),
+                    state(),
+                    T,
+                    T,
+                    randomBits=lambda k: 0,
+                )
+                fast = ntp.plainReply(bytes(data), constants, T, lambda: T, lambda k: 0)
+                self.assertEqual(fast, slow)
+                self.assertEqual((fast[0] >> 3) & 7, version)
+
+    def test_keptStartReused(self) -> None:
+        """
+        A reply start kept for a request's version and poll is what the
+        reply to the next such request starts with: it is not built again.
+        """
+        constants = ntp.ReplyConstants.fromState(state())
+        data = request(3, 7)
+        kept = bytes(range(24))
+        constants.prefixes[ntp.prefixKey(data)] = kept
+        reply = ntp.plainReply(data, constants, T, lambda: T, lambda k: 0)
+        self.assertEqual(reply[:24], kept)
+        self.assertEqual(reply[24:32], COOKIE)
+
+
+class ClientVersionTests(SynchronousTestCase):
+    """
+    The client sends versions 1 to 4 (RFC 5905 section 7.3, RFC 4330
+    section 4); version 0 and 5 to 7 are not NTP versions it can ask with.
+    """
+
+    def test_accepted(self) -> None:
+        for version in range(1, 5):
+            with self.subTest(version=version):
+                data, _ = NTPClientCodec(
+                    version=version, randomBytes=lambda n: COOKIE[:n]
+                ).buildRequest(T)
+                self.assertEqual(NTPPacket.fromBytes(data).version, version)
+
+    def test_refused(self) -> None:
+        for version in (0, 5, 7, -1):
+            with self.subTest(version=version):
+                error = self.assertRaises(ValueError, NTPClientCodec, version=version)
+                self.assertEqual(
+                    str(error), f"NTP version must be from 1 to 4, not {version}"
+                )
+
+    def test_nameAndPort(self) -> None:
+        self.assertEqual(
+            (NTPClientCodec.name, NTPClientCodec.defaultPort), ("ntp", 123)
+        )
+
+
+class LateReplyTests(SynchronousTestCase):
+    """
+    What the port asks of an NTP reply before it sends it: its length, its
+    receive timestamp, its bytes.
+    """
+
+    def test_lateTransmit(self) -> None:
+        constants = ntp.ReplyConstants.fromState(state())
+        late = ntp.LateTransmit(lambda: T + 0.5)
+        late.plain(request(4, 6), constants, T, lambda k: 0)
+        self.assertEqual(len(late), ntp.HEADER_SIZE)
+        received = late.receiveTimestamp()
+        reply = late.stamp()
+        self.assertEqual(received, reply[32:40])
+        self.assertEqual(NTPPacket.fromBytes(reply).receiveTimestamp, unixToNTP64(T))
+        self.assertEqual(ntp.TRANSMIT_AT, 40)
+
+    def test_stampedReply(self) -> None:
+        control = [(1, 2, b"x")]
+        stamped = ntp.StampedReply(b"0123456789", control)
+        self.assertEqual((len(stamped), stamped.stamp()), (10, b"0123456789"))
+        self.assertIs(stamped.control, control)
