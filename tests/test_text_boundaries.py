@@ -160,3 +160,22 @@ class ReadTimeEdgeTests(SynchronousTestCase):
         ]:
             with self.subTest(line=line):
                 self.assertEqual(text.readTime(line), (None, {"format": fmt}))
+
+
+class ZoneLookupTests(SynchronousTestCase):
+    """
+    L{text.lookupZone}: C{UTC} in any case is UTC itself, not a zone file
+    and never the host's local time.
+    """
+
+    def test_utc(self) -> None:
+        text.lookupZone.cache_clear()
+        for name in ("UTC", "utc", "Utc"):
+            with self.subTest(name=name):
+                self.assertIs(text.lookupZone(name), UTC)
+
+    def test_unknown(self) -> None:
+        text.lookupZone.cache_clear()
+        for name in ("Nowhere/Atall", "../etc/passwd", "x" * 65, ""):
+            with self.subTest(name=name):
+                self.assertRaises(text.TextRequestError, text.lookupZone, name)
