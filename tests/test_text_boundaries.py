@@ -179,3 +179,21 @@ class ZoneLookupTests(SynchronousTestCase):
         for name in ("Nowhere/Atall", "../etc/passwd", "x" * 65, ""):
             with self.subTest(name=name):
                 self.assertRaises(text.TextRequestError, text.lookupZone, name)
+
+
+class TokenEdgeTests(SynchronousTestCase):
+    """
+    A token is the last word: its C{@} starts the datagram or follows
+    white space, wherever the C{@} is.
+    """
+
+    def test_table(self) -> None:
+        for data, expected in [
+            (b"@abc", (b"", b"abc")),
+            (b" @abc", (b" ", b"abc")),
+            (b"x@abc", (b"x@abc", None)),
+            (b"xy@abc", (b"xy@abc", None)),
+            (b"\t@abc\r\n", (b"\t", b"abc")),
+        ]:
+            with self.subTest(data=data):
+                self.assertEqual(text.splitToken(data), expected)
