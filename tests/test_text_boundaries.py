@@ -197,3 +197,24 @@ class TokenEdgeTests(SynchronousTestCase):
         ]:
             with self.subTest(data=data):
                 self.assertEqual(text.splitToken(data), expected)
+
+
+class SplitMicrosecondsTests(SynchronousTestCase):
+    """
+    L{text.splitMicroseconds} carries a rounded-up fraction into the next
+    second, and borrows one for a negative fraction, only when it must.
+    """
+
+    def test_table(self) -> None:
+        for now, expected in [
+            (1.0, (1, 0)),
+            (1.999999, (1, 999999)),
+            (1.9999994, (1, 999999)),
+            (1.9999996, (2, 0)),
+            (-0.000001, (-1, 999999)),
+            (-0.0000004, (0, 0)),
+            (-0.9999996, (-1, 0)),
+            (-1.000001, (-2, 999999)),
+        ]:
+            with self.subTest(now=now):
+                self.assertEqual(text.splitMicroseconds(now), expected)
