@@ -218,3 +218,15 @@ class SplitMicrosecondsTests(SynchronousTestCase):
         ]:
             with self.subTest(now=now):
                 self.assertEqual(text.splitMicroseconds(now), expected)
+
+
+class ClientRequestSizeTests(SynchronousTestCase):
+    """
+    The client refuses a request longer than a server answers.
+    """
+
+    def test_limit(self) -> None:
+        longest = "a" * text.MAX_REQUEST
+        self.assertEqual(text.TextClientCodec(longest).request, longest)
+        error = self.assertRaises(ValueError, text.TextClientCodec, longest + "a")
+        self.assertIn(f"{text.MAX_REQUEST + 1} bytes long", str(error))
