@@ -227,6 +227,14 @@ class ClientRequestSizeTests(SynchronousTestCase):
 
     def test_limit(self) -> None:
         longest = "a" * text.MAX_REQUEST
-        self.assertEqual(text.TextClientCodec(longest).request, longest)
-        error = self.assertRaises(ValueError, text.TextClientCodec, longest + "a")
+        self.assertEqual(text.TextClientCodec(longest, token=False).request, longest)
+        error = self.assertRaises(
+            ValueError, text.TextClientCodec, longest + "a", token=False
+        )
         self.assertIn(f"{text.MAX_REQUEST + 1} bytes long", str(error))
+
+    def test_limitWithToken(self) -> None:
+        room = text.MAX_REQUEST - 2 - 2 * text.TOKEN_SIZE
+        self.assertEqual(text.TextClientCodec("a" * room).request, "a" * room)
+        error = self.assertRaises(ValueError, text.TextClientCodec, "a" * (room + 1))
+        self.assertIn(f"at most {room} (or use no token)", str(error))
