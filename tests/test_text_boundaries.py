@@ -238,3 +238,22 @@ class ClientRequestSizeTests(SynchronousTestCase):
         self.assertEqual(text.TextClientCodec("a" * room).request, "a" * room)
         error = self.assertRaises(ValueError, text.TextClientCodec, "a" * (room + 1))
         self.assertIn(f"at most {room} (or use no token)", str(error))
+
+
+class ClientOffsetTests(SynchronousTestCase):
+    """
+    The text client's offset: a whole-second reading (resolution 1 s) was
+    truncated, so half a second is added; finer readings were rounded.
+    """
+
+    def test_table(self) -> None:
+        codec = text.TextClientCodec("unix", token=False)
+        for line, offset in [
+            (b"112\n", 12.5),
+            (b"112.5\n", 12.5),
+            (b"112.250000\n", 12.25),
+        ]:
+            with self.subTest(line=line):
+                reading = codec.parseReply(line, None, 99.0, 101.0)
+                assert reading.offset is not None
+                self.assertAlmostEqual(reading.offset, offset)
