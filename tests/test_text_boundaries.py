@@ -257,3 +257,17 @@ class ClientOffsetTests(SynchronousTestCase):
                 reading = codec.parseReply(line, None, 99.0, 101.0)
                 assert reading.offset is not None
                 self.assertAlmostEqual(reading.offset, offset)
+
+
+class MonthNameTests(SynchronousTestCase):
+    """
+    Every month number's reply is its English name.
+    """
+
+    def test_everyMonth(self) -> None:
+        names = "January February March April May June July August September"
+        names += " October November December"
+        for number, name in enumerate(names.split(), 1):
+            with self.subTest(number=number):
+                request = text.parseRequest(b"month %d" % number)
+                self.assertEqual(text.buildReply(request, 0.0), name.encode() + b"\n")
