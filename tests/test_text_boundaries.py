@@ -271,3 +271,20 @@ class MonthNameTests(SynchronousTestCase):
             with self.subTest(number=number):
                 request = text.parseRequest(b"month %d" % number)
                 self.assertEqual(text.buildReply(request, 0.0), name.encode() + b"\n")
+
+
+class UnzonedTimeTests(SynchronousTestCase):
+    """
+    Readings whose zone is not known give no time, but say their format.
+    """
+
+    def test_table(self) -> None:
+        self.assertEqual(
+            text.readTime("Thu, 01 Jan 1970 00:00:10 -0000"),
+            (None, {"format": "rfc2822"}),
+        )
+
+    def test_longestToken(self) -> None:
+        longest = b"t" * text.MAX_TOKEN
+        self.assertEqual(text.splitToken(b"time @" + longest), (b"time ", longest))
+        self.assertEqual(text.splitToken(b"time @t" + longest)[1], None)
