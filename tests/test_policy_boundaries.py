@@ -570,3 +570,20 @@ class VerdictTypeTests(SynchronousTestCase):
         counts = server.counters.snapshot()
         self.assertEqual((counts["answered"], counts["internalErrors"]), (0, 1))
         self.assertEqual(len(events), 1)
+
+
+class GlobalCapOnlyTests(SynchronousTestCase):
+    """
+    A policy with a global cap and no per-source limits: the cap alone
+    decides, across every source, and refuses without a kiss.
+    """
+
+    def test_capAlone(self) -> None:
+        made = policy.Policy(globalLimit=policy.RateLimiter(rate=2.0, burst=2))
+        self.assertIsNone(made.limiter)
+        verdicts = [made.admit((f"192.0.2.{i}", 40000), 10.0) for i in range(4)]
+        self.assertEqual(verdicts, [ADMIT, ADMIT, LIMITED, LIMITED])
+        self.assertIs(made.admit(("192.0.2.9", 40000), 10.5), ADMIT)
+        self.assertIs(made.admit(("192.0.2.9", 40000), 10.5), LIMITED)
+        self.assertIs(made.admit(("192.0.2.9", 0), 20.0), LOOPED)
+        self.assertEqual(made.stats(), {"clients": 0, "evicted": 0})
