@@ -34,18 +34,24 @@ from collections.abc import Callable
 from datetime import UTC
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from references import REPLIES, twistedServer
 from twisted.internet import reactor, udp
 
 from udptime.clock import ClockSource
 from udptime.decision import Decision
 from udptime.port import ServerPort, batchingAvailable
+from udptime.roughtime import buildRequest
+from udptime.roughtimekeys import OnlineKey
+from udptime.roughtimeserver import RoughtimeResponder, RoughtimeServer
 from udptime.server import NTPServer, TextTimeServer, UDPServerProtocol
 from udptime.service import bindUDPSocket
 from udptime.tap import Options
 
 NTP_REQUEST = bytes([0x23]) + bytes(39) + b"\x12\x34\x56\x78\x9a\xbc\xde\xf0"
-PAYLOADS = {"ntp": NTP_REQUEST, "text": b"time"}
+# A Roughtime request naming no server, as bench/load.py sends.
+ROUGHTIME_REQUEST = buildRequest(None).packet
+PAYLOADS = {"ntp": NTP_REQUEST, "text": b"time", "roughtime": ROUGHTIME_REQUEST}
 POLICY = ["--rate", "1000000", "--burst", "100000", "--global-rate", "1e8"]
 
 
@@ -198,6 +204,12 @@ def udptimeServer(protocol: str) -> UDPServerProtocol:
     limit = options.globalLimit()
     if protocol == "ntp":
         server: UDPServerProtocol = NTPServer(clockSource=ClockSource(10))
+    elif protocol == "roughtime":
+        # A synchronised clock (a local stratum 1) and a new long-term key.
+        responder = RoughtimeResponder(
+            OnlineKey(Ed25519PrivateKey.generate()), ClockSource(1).state
+        )
+        server = RoughtimeServer(responder)
     else:
         server = TextTimeServer(defaultZone=UTC)
     server.policy = options.servicePolicy(protocol, limit)
