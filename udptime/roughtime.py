@@ -949,9 +949,9 @@ def _respondTree(
     # Each leaf (Version.leaf, inline): H(0x00 || request), or H(0x00 ||
     # nonce) for drafts 8 to 11.
     leaves = [
-        sha512(
-            b"\x00" + (packet if version.leafFromRequest else nonce)
-        ).digest()[:HASH_SIZE]
+        sha512(b"\x00" + (packet if version.leafFromRequest else nonce)).digest()[
+            :HASH_SIZE
+        ]
         for _, (packet, nonce, version) in accepted
     ]
     levels = merkleLevels(leaves)
