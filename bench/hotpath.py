@@ -15,6 +15,9 @@ where the system has them), through Twisted's generic port, and the plain
 blocking loop's work (recvfrom, build a reply, sendto) and the bare Twisted
 L{DatagramProtocol} of bench/references.py for the same requests.
 
+L{udptimeServer} also makes udptime's Roughtime service (a synchronised
+clock, a new key), which C{bench/instructions.py} counts.
+
 With C{--parts} it takes udptime's default path for each service apart
 instead, adding one piece at a time: the port and its system calls with a
 constant reply (beside the blocking loop with a constant reply), kernel

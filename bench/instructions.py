@@ -7,7 +7,7 @@ hot path did even on a shared, noisy machine.  They leave out the kernel
 nothing of caches or wake-ups: a complement to bench/hotpath.py and
 bench/run.py, not a replacement.
 
-    python bench/instructions.py [--requests 1000] [--passes 5]
+    python bench/instructions.py [--requests 1000] [--passes 5] [--only WORD...]
 
 Each path (the same as bench/hotpath.py's: udptime's port, batched, the
 blocking loop and the bare Twisted server, for text and NTP) answers
@@ -17,7 +17,10 @@ the requests of the extra passes, is what one request costs, start-up and
 set-up cancelled out.  The client side of the exchange (sending the
 requests and reading the replies, in the same process) is counted too,
 alike for every path; the C{floor} rows, which answer with a constant reply
-and no policy, show how much of a count that and the plumbing are.
+and no policy, show how much of a count that and the plumbing are.  The
+Roughtime rows queue their requests a batch at a time (1, 16 or 64), as a
+Roughtime server signs once per read: what a request costs at that batch
+size, the signature's share included.
 """
 
 from __future__ import annotations
