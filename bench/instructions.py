@@ -110,8 +110,8 @@ def count(kind: str, protocol: str, requests: int, passes: int, batch: int) -> i
 
 def main() -> None:
     if sys.argv[1:2] == ["--child"]:
-        kind, protocol, requests, passes, batch = sys.argv[2:7]
-        child(kind, protocol, int(requests), int(passes), int(batch))
+        path, protocolName, requests, passes, batch = sys.argv[2:7]
+        child(path, protocolName, int(requests), int(passes), int(batch))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=1000)
@@ -122,12 +122,13 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         raise SystemExit("instructions.py: valgrind is not installed")
-    for label, (kind, protocol, batch) in PATHS.items():
+    for label, (kind, protocol, perRead) in PATHS.items():
         if args.only and not any(word in label for word in args.only):
             continue
-        once = count(kind, protocol, args.requests, 1, batch)
-        more = count(kind, protocol, args.requests, 1 + args.passes, batch)
-        answered = args.requests // (batch or args.requests) * (batch or args.requests)
+        once = count(kind, protocol, args.requests, 1, perRead)
+        more = count(kind, protocol, args.requests, 1 + args.passes, perRead)
+        each = perRead or args.requests
+        answered = args.requests // each * each
         perRequest = (more - once) / (args.passes * answered)
         print(f"{label:<46} {perRequest:8.0f} instructions/request", flush=True)
 

@@ -580,6 +580,20 @@ class ThroughputSummaryTests(SynchronousTestCase):
         self.assertEqual(rows[1]["latency"][0]["p50_us"], 0.2)
 
 
+def writeConfiguration(source: str) -> None:
+    """
+    Write the C{conf.py} of a documentation source in C{source} that uses
+    the benchmark's extension.
+    """
+    with open(os.path.join(source, "conf.py"), "w") as f:
+        f.write(
+            "import sys\n"
+            f"sys.path.insert(0, {os.path.join(ROOT, 'docs', '_ext')!r})\n"
+            "extensions = ['benchreport']\n"
+            "exclude_patterns = ['_build']\n"
+        )
+
+
 class DocumentationTests(SynchronousTestCase):
     """
     The documentation's extension, C{docs/_ext/benchreport.py}, turns
@@ -621,13 +635,7 @@ class DocumentationTests(SynchronousTestCase):
         os.makedirs(os.path.join(source, "data"))
         writeResults(os.path.join(source, "data"), throughputResults())
         writeResults(os.path.join(source, "data"), accuracyResults())
-        with open(os.path.join(source, "conf.py"), "w") as f:
-            f.write(
-                "import sys\n"
-                f"sys.path.insert(0, {os.path.join(ROOT, 'docs', '_ext')!r})\n"
-                "extensions = ['benchreport']\n"
-                "exclude_patterns = ['_build']\n"
-            )
+        writeConfiguration(source)
         charts = ("throughput", "throughput-cpu", "latency", "accuracy")
         tables = (
             "throughput",
@@ -699,13 +707,7 @@ class DocumentationTests(SynchronousTestCase):
         rough["note"] = "Roughtime only."
         with open(os.path.join(source, "data", "rough.json"), "w") as f:
             json.dump(rough, f)
-        with open(os.path.join(source, "conf.py"), "w") as f:
-            f.write(
-                "import sys\n"
-                f"sys.path.insert(0, {os.path.join(ROOT, 'docs', '_ext')!r})\n"
-                "extensions = ['benchreport']\n"
-                "exclude_patterns = ['_build']\n"
-            )
+        writeConfiguration(source)
         with open(os.path.join(source, "index.rst"), "w") as f:
             f.write("Results\n=======\n\n")
             for directive in (
