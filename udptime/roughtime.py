@@ -773,6 +773,20 @@ def merklePath(levels: Sequence[Sequence[bytes]], index: int) -> bytes:
     )
 
 
+def merklePaths(levels: Sequence[Sequence[bytes]], count: int) -> list[bytes]:
+    """
+    The PATH of each of the first C{count} leaves, as L{merklePath} gives
+    them, made from the root down: the leaves below one node share the rest
+    of their paths, which is joined once for them all.
+    """
+    paths = [b""]
+    for height in range(len(levels) - 2, -1, -1):
+        level = levels[height]
+        size = count if height == 0 else len(level)
+        paths = [level[i ^ 1] + paths[i >> 1] for i in range(size)]
+    return paths
+
+
 def merkleRoot(leaf: bytes, index: int, path: bytes) -> bytes | None:
     """
     The root that PATH and INDX lead to from C{leaf} (RFC 10049 §5.3.1), or
@@ -957,7 +971,7 @@ def _respondTree(
     levels = merkleLevels(leaves)
     root = levels[-1][0]
     height = len(levels) - 1
-    below = levels[:-1]
+    paths = merklePaths(levels, len(accepted))
     layouts: dict[int, _ResponseLayout] = {}
     pack = _U32.pack
     join = b"".join
@@ -968,10 +982,8 @@ def _respondTree(
                 version, radius, midpoint, root, height * HASH_SIZE, delegation
             )
             layouts[version.number] = layout
-        # merklePath, inline: the sibling on each level below the root.
-        path = join([level[(index >> h) ^ 1] for h, level in enumerate(below)])
         response = join(
-            (layout.head, nonce, layout.middle, path, layout.tail, pack(index))
+            (layout.head, nonce, layout.middle, paths[index], layout.tail, pack(index))
         )
         if len(response) > len(packet):
             answers[position] = DropReason.OVERSIZE
