@@ -41,6 +41,7 @@ from tests.test_nts_interop import (
     startChronydClient,
     temporaryDirectory,
 )
+from udptime.ntp import KissOfDeath
 from udptime.ntsclient import (
     NTSClientCodec,
     NTSKECertificateError,
@@ -260,6 +261,43 @@ class UdptimeClientTests(TestCase):
                 await ntsKeyExchange(
                     reactor, "127.0.0.1", server.kePort, caFile=other.ca
                 )
+
+        return Deferred.fromCoroutine(exercise())
+
+
+class RateLimitTests(TestCase):
+    """
+    An NTS client over its rate at C{twistd udptime}.
+    """
+
+    def test_authenticatedKiss(self) -> None:
+        """
+        With a burst of one request and a rate of one per 100 seconds,
+        udptime's NTS client gets its first query answered and its second
+        refused with a Kiss-o'-Death C{RATE} that it accepts as authentic
+        (an unauthenticated one it would ignore and time out), the fresh
+        cookies inside it keeping eight in hand; the server counts one
+        authenticated answer and one authenticated KoD.
+        """
+        server = NTSServer(self, "--rate", "0.01", "--burst", "1", "--leak", "0")
+
+        async def exercise() -> None:
+            ke = await ntsKeyExchange(
+                reactor, "127.0.0.1", server.kePort, caFile=server.files.ca
+            )
+            codec = NTSClientCodec(ke)
+            await ntsQuery(reactor, ke, codec=codec, timeout=2.0)
+            with self.assertRaises(KissOfDeath) as caught:
+                await ntsQuery(reactor, ke, codec=codec, timeout=2.0, retries=1)
+            self.assertEqual(caught.exception.code, "RATE")
+            self.assertEqual(len(codec.cookies), 8)
+            log = server.stop()
+            nts = totals(log, "nts")
+            self.assertEqual(
+                [nts.get(c) for c in ("authenticated", "rateKisses", "rateDrops")],
+                [1, 1, None],
+            )
+            self.assertEqual(totals(log, "ntp").get("kissed"), 1)
 
         return Deferred.fromCoroutine(exercise())
 
