@@ -453,6 +453,32 @@ class BadSetupTests(SynchronousTestCase):
             " [Errno 2] No such file or directory: '/nonexistent/keys'\n",
         )
 
+    def test_workersWithoutUDPServices(self) -> None:
+        """
+        A key-exchange-only server (every UDP port off) has nothing for
+        workers to serve: C{--workers} is refused with one line naming it.
+        """
+        files = makeCertificates(temporaryDirectory(self))
+        done = self.twistd(
+            "--ntp-port",
+            "0",
+            "--nts-ke-port",
+            str(freeTCPPort()),
+            "--nts-certificate",
+            files.certificate,
+            "--nts-private-key",
+            files.key,
+            "--workers",
+            "2",
+        )
+        self.assertEqual(done.returncode, 1, done.stderr)
+        self.assertEqual(
+            done.stderr,
+            "twistd udptime: --workers runs the UDP services, and every one is"
+            " off: the NTS-KE service runs in one process, without --workers"
+            " (twistd udptime --help lists the options)\n",
+        )
+
     def test_unusableCertificate(self) -> None:
         """
         A certificate file that cannot be read is named.
