@@ -358,6 +358,31 @@ class ProcessMetricsTests(SynchronousTestCase):
         )
 
 
+def twoWorkers(case: SynchronousTestCase) -> tuple[TwistdServer, int, int]:
+    """
+    A real C{twistd udptime --workers 2} serving NTP (no rate limit) and
+    metrics on loopback, started (the supervisor and both workers listen)
+    and stopped with C{case}: the server, its NTP port and its metrics port.
+    """
+    ntpPort, metricsPort = freePort(), freeTCPPort()
+    server = TwistdServer(
+        [
+            "--port=0",
+            f"--ntp-port={ntpPort}",
+            "--local-stratum=7",
+            "--rate=0",
+            "--workers=2",
+            f"--metrics-port={metricsPort}",
+            "--interface=127.0.0.1",
+        ],
+        env={"PYTHONUNBUFFERED": "1"},
+    )
+    case.addCleanup(server.cleanup)
+    # The supervisor's line and each worker's.
+    server.start(3, timeout=60.0)
+    return server, ntpPort, metricsPort
+
+
 class PrometheusWorkersTests(SynchronousTestCase):
     """
     A real Prometheus scrapes a real C{twistd udptime --workers 2} under a
@@ -366,22 +391,7 @@ class PrometheusWorkersTests(SynchronousTestCase):
     """
 
     def test_workers(self) -> None:
-        ntpPort, metricsPort = freePort(), freeTCPPort()
-        server = TwistdServer(
-            [
-                "--port=0",
-                f"--ntp-port={ntpPort}",
-                "--local-stratum=7",
-                "--rate=0",
-                "--workers=2",
-                f"--metrics-port={metricsPort}",
-                "--interface=127.0.0.1",
-            ],
-            env={"PYTHONUNBUFFERED": "1"},
-        )
-        self.addCleanup(server.cleanup)
-        # The supervisor's line and each worker's.
-        server.start(3, timeout=60.0)
+        server, ntpPort, metricsPort = twoWorkers(self)
         prometheus = PrometheusServer(metricsPort)
         self.addCleanup(prometheus.stop)
         waitFor(lambda: get(metricsPort, "/healthz")[0] == 200, "healthy", 60.0)
@@ -491,20 +501,7 @@ class WorkerHealthTests(SynchronousTestCase):
     """
 
     def test_killedWorker(self) -> None:
-        ntpPort, metricsPort = freePort(), freeTCPPort()
-        server = TwistdServer(
-            [
-                "--port=0",
-                f"--ntp-port={ntpPort}",
-                "--local-stratum=7",
-                "--workers=2",
-                f"--metrics-port={metricsPort}",
-                "--interface=127.0.0.1",
-            ],
-            env={"PYTHONUNBUFFERED": "1"},
-        )
-        self.addCleanup(server.cleanup)
-        server.start(3, timeout=60.0)  # the supervisor's line and each worker's
+        server, ntpPort, metricsPort = twoWorkers(self)
         waitFor(lambda: get(metricsPort, "/healthz") == (200, "ok\n"), "healthy", 60.0)
         running = waitFor(
             lambda: (found := runningWorkers(server.pid)) and len(found) == 2 and found,
