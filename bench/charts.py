@@ -99,6 +99,62 @@ def cpuChart(results: dict[str, Any]) -> Figure:
     return figure
 
 
+def roughtimeChart(results: dict[str, Any]) -> Figure:
+    """
+    For the Roughtime servers, measured in the same rounds: requests per
+    second and server CPU µs per request in the closed loop, the median of
+    the rounds as a bar and each round as a dot.
+    """
+    rows = [row for row in results["rows"] if row["protocol"] == "roughtime"]
+    rounds: dict[str, list[dict[str, Any]]] = {}
+    for each in results.get("rounds", []):
+        for result in each:
+            rounds.setdefault(result["key"], []).append(result)
+    figure = _figure(width=9.0, height=_barHeight(len(rows)) + 0.6)
+    panels = figure.subplots(1, 2, sharey=True)
+    positions = list(range(len(rows)))[::-1]
+    colours = [UDPTIME if row["kind"] == "udptime" else OTHER for row in rows]
+    for axes, field, label, shown in (
+        (panels[0], "rps", "requests per second", "{:,.0f}"),
+        (panels[1], "cpu_us", "server CPU µs per request", "{:.0f}"),
+    ):
+        values = [row[field] or 0 for row in rows]
+        axes.barh(positions, values, color=colours)
+        for position, value in zip(positions, values, strict=True):
+            # The median at the panel's right edge, clear of the dots.
+            axes.text(
+                0.98,
+                position,
+                shown.format(value),
+                transform=axes.get_yaxis_transform(),
+                ha="right",
+                va="center",
+                fontsize=9,
+            )
+        highest = max([*values, 1.0])
+        for position, row in zip(positions, rows, strict=True):
+            measured = [r[field] for r in rounds.get(row["key"], [])]
+            highest = max([highest, *measured])
+            axes.scatter(
+                measured,
+                [position] * len(measured),
+                color="black",
+                s=10,
+                zorder=3,
+            )
+        axes.set_xlabel(label)
+        axes.xaxis.set_major_formatter(StrMethodFormatter(shown.replace("{", "{x")))
+        axes.set_xlim(0, highest * 1.3)
+        axes.grid(axis="x", alpha=0.3)
+    panels[0].set_yticks(positions, [row["label"] for row in rows], fontsize=8)
+    figure.suptitle(
+        "Roughtime in a closed loop, the servers taking turns in each round"
+        " (bar: median; dots: each round)",
+        fontsize=10,
+    )
+    return figure
+
+
 def latencyChart(results: dict[str, Any]) -> Figure:
     """
     p50 and p99 latency against the offered rate, one panel per protocol,
@@ -219,6 +275,7 @@ CHARTS: dict[str, tuple[str, Callable[[dict[str, Any]], Figure]]] = {
     "throughput": ("throughput", throughputChart),
     "throughput-cpu": ("throughput", cpuChart),
     "latency": ("throughput", latencyChart),
+    "roughtime": ("throughput", roughtimeChart),
     "accuracy": ("accuracy", accuracyChart),
 }
 

@@ -15,6 +15,9 @@ where the system has them), through Twisted's generic port, and the plain
 blocking loop's work (recvfrom, build a reply, sendto) and the bare Twisted
 L{DatagramProtocol} of bench/references.py for the same requests.
 
+L{udptimeServer} also makes udptime's Roughtime service (a synchronised
+clock, a new key), which C{bench/instructions.py} counts.
+
 With C{--parts} it takes udptime's default path for each service apart
 instead, adding one piece at a time: the port and its system calls with a
 constant reply (beside the blocking loop with a constant reply), kernel
@@ -34,18 +37,24 @@ from collections.abc import Callable
 from datetime import UTC
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from references import REPLIES, twistedServer
 from twisted.internet import reactor, udp
 
 from udptime.clock import ClockSource
 from udptime.decision import Decision
 from udptime.port import ServerPort, batchingAvailable
+from udptime.roughtime import buildRequest
+from udptime.roughtimekeys import OnlineKey
+from udptime.roughtimeserver import RoughtimeResponder, RoughtimeServer
 from udptime.server import NTPServer, TextTimeServer, UDPServerProtocol
 from udptime.service import bindUDPSocket
 from udptime.tap import Options
 
 NTP_REQUEST = bytes([0x23]) + bytes(39) + b"\x12\x34\x56\x78\x9a\xbc\xde\xf0"
-PAYLOADS = {"ntp": NTP_REQUEST, "text": b"time"}
+# A Roughtime request naming no server, as bench/load.py sends.
+ROUGHTIME_REQUEST = buildRequest(None).packet
+PAYLOADS = {"ntp": NTP_REQUEST, "text": b"time", "roughtime": ROUGHTIME_REQUEST}
 POLICY = ["--rate", "1000000", "--burst", "100000", "--global-rate", "1e8"]
 
 
@@ -198,6 +207,12 @@ def udptimeServer(protocol: str) -> UDPServerProtocol:
     limit = options.globalLimit()
     if protocol == "ntp":
         server: UDPServerProtocol = NTPServer(clockSource=ClockSource(10))
+    elif protocol == "roughtime":
+        # A synchronised clock (a local stratum 1) and a new long-term key.
+        responder = RoughtimeResponder(
+            OnlineKey(Ed25519PrivateKey.generate()), ClockSource(1).state
+        )
+        server = RoughtimeServer(responder)
     else:
         server = TextTimeServer(defaultZone=UTC)
     server.policy = options.servicePolicy(protocol, limit)

@@ -7,7 +7,7 @@ hot path did even on a shared, noisy machine.  They leave out the kernel
 nothing of caches or wake-ups: a complement to bench/hotpath.py and
 bench/run.py, not a replacement.
 
-    python bench/instructions.py [--requests 1000] [--passes 5]
+    python bench/instructions.py [--requests 1000] [--passes 5] [--only WORD...]
 
 Each path (the same as bench/hotpath.py's: udptime's port, batched, the
 blocking loop and the bare Twisted server, for text and NTP) answers
@@ -17,7 +17,10 @@ the requests of the extra passes, is what one request costs, start-up and
 set-up cancelled out.  The client side of the exchange (sending the
 requests and reading the replies, in the same process) is counted too,
 alike for every path; the C{floor} rows, which answer with a constant reply
-and no policy, show how much of a count that and the plumbing are.
+and no policy, show how much of a count that and the plumbing are.  The
+Roughtime rows queue their requests a batch at a time (1, 16 or 64), as a
+Roughtime server signs once per read: what a request costs at that batch
+size, the signature's share included.
 """
 
 from __future__ import annotations
@@ -32,20 +35,25 @@ from pathlib import Path as FilePath
 HERE = FilePath(__file__).resolve().parent
 
 PATHS = {
-    "text: udptime, ServerPort, batched": ("udptime", "text"),
-    "text: blocking loop": ("blocking", "text"),
-    "text: bare Twisted": ("twisted", "text"),
-    "NTP: udptime, ServerPort, batched, kernel ts": ("udptime", "ntp"),
-    "NTP: blocking loop": ("blocking", "ntp"),
-    "NTP: bare Twisted": ("twisted", "ntp"),
-    "floor: blocking loop, constant reply": ("floor", "ntp"),
+    "text: udptime, ServerPort, batched": ("udptime", "text", 0),
+    "text: blocking loop": ("blocking", "text", 0),
+    "text: bare Twisted": ("twisted", "text", 0),
+    "NTP: udptime, ServerPort, batched, kernel ts": ("udptime", "ntp", 0),
+    "NTP: blocking loop": ("blocking", "ntp", 0),
+    "NTP: bare Twisted": ("twisted", "ntp", 0),
+    "floor: blocking loop, constant reply": ("floor", "ntp", 0),
+    "Roughtime: udptime, batches of 1": ("udptime", "roughtime", 1),
+    "Roughtime: udptime, batches of 16": ("udptime", "roughtime", 16),
+    "Roughtime: udptime, batches of 64": ("udptime", "roughtime", 64),
 }
+"""Each path: how it is served, its protocol, and the requests queued for
+each read (0: all of them at once; Roughtime signs once per read)."""
 
 
-def child(kind: str, protocol: str, requests: int, passes: int) -> None:
+def child(kind: str, protocol: str, requests: int, passes: int, batch: int) -> None:
     """
     Answer C{requests} queued requests C{passes} times on one path (run
-    under callgrind by L{count}).
+    under callgrind by L{count}), C{batch} at a time (0: all at once).
     """
     sys.path.insert(0, str(HERE))
     import hotpath  # here: the parent process needs no Twisted
@@ -60,15 +68,18 @@ def child(kind: str, protocol: str, requests: int, passes: int) -> None:
     else:
         path = hotpath.blocking(protocol)
     socks = hotpath.clients(64)
+    batch = batch or requests
     for _ in range(passes):
-        hotpath.fill(path.serverSock, socks, path.payload, requests)
-        path.onePass()
-        answered = hotpath.drain(socks)
-        if answered != requests:
+        answered = 0
+        for _ in range(requests // batch):
+            hotpath.fill(path.serverSock, socks, path.payload, batch)
+            path.onePass()
+            answered += hotpath.drain(socks)
+        if answered != requests // batch * batch:
             raise SystemExit(f"{answered} replies to {requests} requests")
 
 
-def count(kind: str, protocol: str, requests: int, passes: int) -> int:
+def count(kind: str, protocol: str, requests: int, passes: int, batch: int) -> int:
     """
     The instructions callgrind counts for L{child}.
     """
@@ -84,6 +95,7 @@ def count(kind: str, protocol: str, requests: int, passes: int) -> int:
             protocol,
             str(requests),
             str(passes),
+            str(batch),
         ],
         capture_output=True,
         text=True,
@@ -98,19 +110,26 @@ def count(kind: str, protocol: str, requests: int, passes: int) -> int:
 
 def main() -> None:
     if sys.argv[1:2] == ["--child"]:
-        kind, protocol, requests, passes = sys.argv[2:6]
-        child(kind, protocol, int(requests), int(passes))
+        path, protocolName, requests, passes, batch = sys.argv[2:7]
+        child(path, protocolName, int(requests), int(passes), int(batch))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--passes", type=int, default=5)
+    parser.add_argument(
+        "--only", nargs="*", help="paths whose name contains one of these"
+    )
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         raise SystemExit("instructions.py: valgrind is not installed")
-    for label, (kind, protocol) in PATHS.items():
-        once = count(kind, protocol, args.requests, 1)
-        more = count(kind, protocol, args.requests, 1 + args.passes)
-        perRequest = (more - once) / (args.passes * args.requests)
+    for label, (kind, protocol, perRead) in PATHS.items():
+        if args.only and not any(word in label for word in args.only):
+            continue
+        once = count(kind, protocol, args.requests, 1, perRead)
+        more = count(kind, protocol, args.requests, 1 + args.passes, perRead)
+        each = perRead or args.requests
+        answered = args.requests // each * each
+        perRequest = (more - once) / (args.passes * answered)
         print(f"{label:<46} {perRequest:8.0f} instructions/request", flush=True)
 
 

@@ -233,9 +233,17 @@ def publishedPath(kind: str, directory: Path = PUBLISHED) -> Path:
     return directory / f"{kind}.json"
 
 
-def publish(results: dict[str, Any], directory: Path = PUBLISHED) -> Path:
+def publish(
+    results: dict[str, Any], directory: Path = PUBLISHED, name: str | None = None
+) -> Path:
     """
-    Write C{results} where the documentation reads them.
+    Write C{results} where the documentation reads them: as the published
+    results of their kind, or under C{name} (the results of a run of some
+    of the servers, such as C{--only roughtime}, beside the full run's).
+
+    @raise ValueError: C{name} is not a plain file name.
     """
+    if name is not None and not name.replace("-", "").isalnum():
+        raise ValueError(f"a published name is letters, digits and '-', not {name!r}")
     directory.mkdir(parents=True, exist_ok=True)
-    return dump(results, publishedPath(results["kind"], directory))
+    return dump(results, publishedPath(name or results["kind"], directory))

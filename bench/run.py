@@ -230,6 +230,13 @@ def parser() -> argparse.ArgumentParser:
         default=results.PUBLISHED,
         help=f"directory (default {results.PUBLISHED.relative_to(results.ROOT)})",
     )
+    publish.add_argument(
+        "--as",
+        dest="name",
+        metavar="NAME",
+        help="publish as NAME.json instead of KIND.json (for a run of some of "
+        "the servers, e.g. --only roughtime: the documentation's roughtime.json)",
+    )
     return top
 
 
@@ -456,7 +463,11 @@ def publishCommand(args: argparse.Namespace) -> None:
     C{publish}: copy results files to where the documentation reads them.
     """
     for path in args.files:
-        print(f"published: {results.publish(readOrExit(path), args.to)}")
+        try:
+            published = results.publish(readOrExit(path), args.to, args.name)
+        except ValueError as e:
+            raise SystemExit(f"bench/run.py: {e}") from None
+        print(f"published: {published}")
 
 
 def readOrExit(path: Path) -> dict[str, Any]:

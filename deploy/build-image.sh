@@ -15,7 +15,8 @@
 #          DOCKER="docker -H unix:///tmp/d/docker.sock" or DOCKER=podman
 # PYTHON   the Python that builds udptime's wheel (default python3, with pip)
 #
-# udptime's wheel and its dependencies' wheels (Twisted...) are fetched here,
+# udptime's wheel and its dependencies' wheels (Twisted, and those of its "nts"
+# extra: pyOpenSSL, service_identity...) are fetched here,
 # with the host's pip and its configuration, for the base image's Python: the
 # image build itself runs with no network at all (--network none).
 set -eu
@@ -73,7 +74,7 @@ echo "build-image.sh: fetching udptime's wheel and its dependencies for CPython 
 "$python" -m pip download --quiet --only-binary=:all: --dest "$context" \
     --python-version "$pyversion" --implementation cp --abi "cp$pyversion" \
     --platform "manylinux2014_$machine" --platform "manylinux_2_17_$machine" \
-    "$context"/udptime-*.whl
+    "$(echo "$context"/udptime-*.whl)[nts]"
 cp "$here/container.py" "$context/"
 
 $docker build --network none --build-arg BASE="$base" --tag "$tag" \

@@ -59,13 +59,20 @@ VALUE_OPTIONS = (
     "nts-certificate",
     "nts-private-key",
     "nts-key-file",
+    "nts-key-rotation",
     "nts-ntp-server",
     "nts-ntp-port",
     "metrics-port",
     "metrics-interface",
     "leak",
+    "upstream-interval",
+    "roughtime-port",
+    "roughtime-key",
 )
 """udptime's options that take one value, each set by its variable."""
+
+INTERNAL_OPTIONS = frozenset({"worker"})
+"""udptime's options that only udptime itself gives (to its workers)."""
 
 LIST_OPTIONS = ("allow", "deny", "upstream")
 """Options given once per word of their variable's value."""

@@ -28,6 +28,9 @@ from udptime.reading import QueryError
 TABLE = "udptime_fleet"
 """The nftables table (family C{ip}) the balancer owns in its namespace."""
 
+FORWARD_CHAIN = "forward_tcp"
+"""The chain of L{TABLE} that forwards a TCP port to one backend."""
+
 ROUND_ROBIN = "numgen inc"
 """Each new flow to the next backend."""
 
@@ -58,6 +61,23 @@ def ruleset(vip: str, port: int, spread: str, backends: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def forwardingRuleset(vip: str, port: int, backend: str) -> str:
+    """
+    The nftables script that sends TCP connections to C{vip}:C{port} to
+    C{backend} (the same port), in the chain L{FORWARD_CHAIN} of L{TABLE},
+    replacing the rule there was: for a TCP service that one backend
+    serves (an NTS-KE endpoint), beside the UDP balancing of L{ruleset}.
+    """
+    return (
+        f"add table ip {TABLE}\n"
+        f"add chain ip {TABLE} {FORWARD_CHAIN}"
+        " { type nat hook prerouting priority dstnat; policy accept; }\n"
+        f"flush chain ip {TABLE} {FORWARD_CHAIN}\n"
+        f"add rule ip {TABLE} {FORWARD_CHAIN} ip daddr {vip} tcp dport {port}"
+        f" dnat to {backend}\n"
+    )
+
+
 class NftablesBalancer:
     """
     DNAT of UDP datagrams to C{vip}:C{port} over a set of backends, in the
@@ -86,6 +106,14 @@ class NftablesBalancer:
         backend stay there: see L{forget}).
         """
         script = ruleset(self.vip, self.port, self.spread, backends)
+        run(self.namespace.command(self.nft, "-f", "-"), input=script)
+
+    def forwardTCP(self, port: int, backend: str) -> None:
+        """
+        Also send TCP connections to the virtual address's C{port} to
+        C{backend} (see L{forwardingRuleset}); L{install} leaves this alone.
+        """
+        script = forwardingRuleset(self.vip, port, backend)
         run(self.namespace.command(self.nft, "-f", "-"), input=script)
 
     def backends(self) -> list[str]:

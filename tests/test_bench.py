@@ -383,6 +383,30 @@ class ReportCommandTests(SynchronousTestCase):
             with open(path) as given, open(os.path.join(target, f"{kind}.json")) as out:
                 self.assertEqual(json.load(out), json.load(given))
 
+    def test_publishAs(self) -> None:
+        """
+        C{publish --as NAME} writes the file as C{NAME.json}, beside the
+        published results of its kind; a name that is not a plain file
+        name is refused with one line.
+        """
+        target = os.path.join(self.directory, "published")
+        runBenchScript(
+            self, "run.py", "publish", self.throughput, "--to", target, "--as", "rough"
+        )
+        self.assertEqual(os.listdir(target), ["rough.json"])
+        with (
+            open(self.throughput) as given,
+            open(os.path.join(target, "rough.json")) as out,
+        ):
+            self.assertEqual(json.load(out), json.load(given))
+        done = runBench(
+            "run.py", "publish", self.throughput, "--to", target, "--as", "../up"
+        )
+        self.assertNotEqual(done.returncode, 0)
+        self.assertEqual(len(done.stderr.strip().splitlines()), 1, done.stderr)
+        self.assertIn("'../up'", done.stderr)
+        self.assertEqual(os.listdir(target), ["rough.json"])
+
     def test_notResults(self) -> None:
         """
         A file that is not a results file is refused with one line.
@@ -556,6 +580,20 @@ class ThroughputSummaryTests(SynchronousTestCase):
         self.assertEqual(rows[1]["latency"][0]["p50_us"], 0.2)
 
 
+def writeConfiguration(source: str) -> None:
+    """
+    Write the C{conf.py} of a documentation source in C{source} that uses
+    the benchmark's extension.
+    """
+    with open(os.path.join(source, "conf.py"), "w") as f:
+        f.write(
+            "import sys\n"
+            f"sys.path.insert(0, {os.path.join(ROOT, 'docs', '_ext')!r})\n"
+            "extensions = ['benchreport']\n"
+            "exclude_patterns = ['_build']\n"
+        )
+
+
 class DocumentationTests(SynchronousTestCase):
     """
     The documentation's extension, C{docs/_ext/benchreport.py}, turns
@@ -597,13 +635,7 @@ class DocumentationTests(SynchronousTestCase):
         os.makedirs(os.path.join(source, "data"))
         writeResults(os.path.join(source, "data"), throughputResults())
         writeResults(os.path.join(source, "data"), accuracyResults())
-        with open(os.path.join(source, "conf.py"), "w") as f:
-            f.write(
-                "import sys\n"
-                f"sys.path.insert(0, {os.path.join(ROOT, 'docs', '_ext')!r})\n"
-                "extensions = ['benchreport']\n"
-                "exclude_patterns = ['_build']\n"
-            )
+        writeConfiguration(source)
         charts = ("throughput", "throughput-cpu", "latency", "accuracy")
         tables = (
             "throughput",
@@ -651,6 +683,47 @@ class DocumentationTests(SynchronousTestCase):
         for name in charts:
             with open(os.path.join(again, "_images", f"{name}.png"), "rb") as f:
                 self.assertEqual(f.read(), drawn[name], name)
+
+    def test_namedData(self) -> None:
+        """
+        With C{:data: NAME}, a table, a chart or the conditions read the
+        results published as C{NAME.json}: here a Roughtime run's, with its
+        chart of both servers drawn.
+        """
+        source = temporaryDirectory(self)
+        os.makedirs(os.path.join(source, "data"))
+        rough = throughputResults()
+        udptime = throughputRow("roughtime: udptime roughtime", 69188.0, True)
+        udptime.update(kind="udptime", mean_batch=54.6, cpu_us=14.4)
+        roughly = throughputRow("roughtime: roughly server run", 5974.0)
+        roughly.update(kind="roughly", cpu_us=111.9)
+        rough["rows"] = [udptime, roughly]
+        rough["rounds"] = [
+            [
+                {"key": udptime["key"], "rps": 70000.0, "cpu_us": 14.0},
+                {"key": roughly["key"], "rps": 6000.0, "cpu_us": 110.0},
+            ]
+        ]
+        rough["note"] = "Roughtime only."
+        with open(os.path.join(source, "data", "rough.json"), "w") as f:
+            json.dump(rough, f)
+        writeConfiguration(source)
+        with open(os.path.join(source, "index.rst"), "w") as f:
+            f.write("Results\n=======\n\n")
+            for directive in (
+                "bench-conditions:: throughput",
+                "bench-table:: roughtime",
+                "bench-chart:: roughtime",
+            ):
+                f.write(f".. {directive}\n   :data: rough\n\n")
+        output = os.path.join(temporaryDirectory(self), "html")
+        self.assertBuilds(source, output)
+        with open(os.path.join(output, "index.html")) as f:
+            page = f.read()
+        for expected in ("69,188", "5,974", "14.4", "111.9", "54.6", "Roughtime only."):
+            self.assertIn(expected, page)
+        with open(os.path.join(output, "_images", "roughtime.png"), "rb") as f:
+            self.assertTrue(f.read().startswith(b"\x89PNG\r\n\x1a\n"))
 
     def test_unknownTable(self) -> None:
         """

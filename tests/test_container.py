@@ -101,7 +101,21 @@ class EntryPointTests(SynchronousTestCase):
         )
         self.assertIn("--ntp-port=v2", words)
         self.assertIn("--nts-key-file=v19", words)
-        self.assertIn("--metrics-port=v22", words)
+        self.assertIn("--nts-key-rotation=v20", words)
+        self.assertIn("--metrics-port=v23", words)
+
+    def test_everyValueOptionHasItsVariable(self) -> None:
+        """
+        Every option of C{twistd udptime} that takes a value has its
+        variable (or its list variable), but those only udptime gives.
+        """
+        from udptime.tap import Options
+
+        names = {parameter[0] for parameter in Options.optParameters}
+        covered = set(container.VALUE_OPTIONS) | set(container.LIST_OPTIONS)
+        self.assertEqual(names - covered, set(container.INTERNAL_OPTIONS))
+        methods = {n for n in covered if hasattr(Options, "opt_" + n.replace("-", "_"))}
+        self.assertEqual(covered - names - methods, set())
 
     def test_lists(self) -> None:
         """

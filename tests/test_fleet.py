@@ -3,6 +3,10 @@ Many udptime instances behind one address: three real C{twistd -n udptime}
 processes, each in a network namespace of its own, behind an nftables UDP
 balancer in another, asked by clients in a fourth (see L{tests.balancer}).
 
+The NTS test adds two hosts behind the balancer: an NTS-KE host, reached
+through the balancer's address on TCP, and an instance with a key file of
+its own (the negative control); C{chronyd -Q} is its client.
+
 Every address here exists only inside namespaces the test creates (and
 deletes, even on failure); the namespaces are linked to one another only,
 never to the host's.  The balancer's address, L{VIP}, is the only one the
@@ -11,29 +15,37 @@ clients send to.
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import signal
 import socket
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Sequence
 
 from twisted.internet import reactor, threads
 from twisted.internet.defer import inlineCallbacks
-from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from tests.balancer import (
+    FORWARD_CHAIN,
     ROUND_ROBIN,
     SOURCE_HASH,
     TABLE,
     Backend,
     HealthLoop,
     NftablesBalancer,
+    forwardingRuleset,
     healthzProbe,
     ntpProbe,
     ruleset,
 )
+from tests.certificates import makeCertificates
 from tests.netns import (
     NetworkNamespace,
     link,
@@ -70,8 +82,14 @@ The switch between the two health probes: once udptime serves C{/healthz}
 asks C{/healthz}; until then it asks each instance's NTP service directly.
 """
 
-NTS_THROUGH_BALANCER = _optionExists("nts-ke-port")
-"""Whether udptime has NTS (C{--nts-ke-port} and the options with it)."""
+NTS_KE_PORT = 4460
+"""The NTS-KE port, on the balancer's address and on the NTS-KE host."""
+
+KEY_EXCHANGE_HOST = 4
+"""The index of the NTS-KE host's namespace (see L{Fleet.addHost})."""
+
+OTHER_KEYS_HOST = 5
+"""The index of the namespace of an instance with a key file of its own."""
 
 
 def backendAddress(index: int) -> str:
@@ -80,6 +98,33 @@ def backendAddress(index: int) -> str:
     balancer, which is C{10.123.index.1} on that link.
     """
     return f"10.123.{index}.2"
+
+
+def makeKeyFile(path: str) -> None:
+    """
+    Make a new NTS key file at C{path} with the operator's command,
+    C{udptime-nts-keys new}.
+    """
+    subprocess.run(
+        [sys.executable, "-m", "udptime.ntskeys", "new", path],
+        check=True,
+        capture_output=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def measurementSources(logPath: str) -> list[str]:
+    """
+    The source address of each measurement of a chronyd C{measurements.log}
+    (none when there is no log).
+    """
+    try:
+        with open(logPath) as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return []
+    return [line.split()[2] for line in lines if re.match(r"\d{4}-\d\d-\d\d ", line)]
 
 
 def counterTotals(server: TwistdServer, service: str = "text") -> dict[str, int]:
@@ -100,7 +145,8 @@ class Fleet:
     @ivar client: the clients' namespace.
     @ivar balancer: the balancer's namespace, which owns L{VIP}.
     @ivar backends: each instance's namespace, by index 1, 2, 3.
-    @ivar servers: each instance's running C{twistd}, by index.
+    @ivar others: the namespaces of L{addHost}, by index.
+    @ivar servers: each instance's (or host's) C{twistd}, by index.
     @ivar created: the names of the namespaces made, for the leak check.
     """
 
@@ -115,11 +161,12 @@ class Fleet:
         self.nft = requirePeer("nft", "nftables, the balancer")
         self.conntrack = requirePeer("conntrack", "conntrack, to forget dead flows")
         self.arguments = list(arguments)
-        prefix = uniquePrefix()
+        self.prefix = prefix = uniquePrefix()
         self.created = created
         self.client = self._namespace(f"{prefix}-client")
         self.balancer = self._namespace(f"{prefix}-lb")
         self.backends = {i: self._namespace(f"{prefix}-b{i}") for i in (1, 2, 3)}
+        self.others: dict[int, NetworkNamespace] = {}
         self.servers: dict[int, TwistdServer] = {}
 
         link(
@@ -130,15 +177,30 @@ class Fleet:
         self.client.run(self.ip, "route", "add", "default", "via", VIP)
         self.balancer.sysctl("net.ipv4.ip_forward", "1")
         for i, namespace in self.backends.items():
-            link(
-                self.balancer, f"b{i}", f"10.123.{i}.1/24",
-                namespace, "lb", f"{backendAddress(i)}/24",
-            )  # fmt: skip
-            namespace.run(self.ip, "route", "add", "default", "via", f"10.123.{i}.1")
+            self._linkToBalancer(i, namespace)
 
     def _namespace(self, name: str) -> NetworkNamespace:
         namespace = NetworkNamespace.create(self.case, name, self.ip)
         self.created.append(name)
+        return namespace
+
+    def _linkToBalancer(self, index: int, namespace: NetworkNamespace) -> None:
+        link(
+            self.balancer, f"b{index}", f"10.123.{index}.1/24",
+            namespace, "lb", f"{backendAddress(index)}/24",
+        )  # fmt: skip
+        namespace.run(self.ip, "route", "add", "default", "via", f"10.123.{index}.1")
+
+    def addHost(self, index: int) -> NetworkNamespace:
+        """
+        One more namespace behind the balancer, for host C{index} (4 and
+        up) at L{backendAddress}C{(index)}: it is none of the three
+        instances L{startAll} starts and the balancer spreads over by
+        default.
+        """
+        namespace = self._namespace(f"{self.prefix}-b{index}")
+        self._linkToBalancer(index, namespace)
+        self.others[index] = namespace
         return namespace
 
     def instanceArguments(self, index: int) -> list[str]:
@@ -160,15 +222,24 @@ class Fleet:
             *self.arguments,
         ]  # fmt: skip
 
-    def start(self, index: int) -> TwistdServer:
+    def start(self, index: int, extra: Sequence[str] = ()) -> TwistdServer:
         """
-        Start instance C{index} in its namespace and wait until it listens.
+        Start instance C{index} in its namespace, with the options of
+        L{instanceArguments} and C{extra}, and wait until it listens.
         """
-        server = TwistdServer(
-            self.instanceArguments(index), preexec=self.backends[index].command()
-        )
+        return self.startHost(index, [*self.instanceArguments(index), *extra], 2)
+
+    def startHost(
+        self, index: int, arguments: Sequence[str], listeners: int
+    ) -> TwistdServer:
+        """
+        Start C{twistd udptime ARGUMENTS} in the namespace of instance or
+        host C{index} and wait until C{listeners} services listen.
+        """
+        namespace = self.backends.get(index) or self.others[index]
+        server = TwistdServer(arguments, preexec=namespace.command())
         self.case.addCleanup(server.cleanup)
-        server.start(listeners=2)
+        server.start(listeners=listeners)
         self.servers[index] = server
         return server
 
@@ -197,11 +268,13 @@ class Fleet:
         loop.start()
         return loop
 
-    def newBalancer(self, spread: str = ROUND_ROBIN) -> NftablesBalancer:
+    def newBalancer(
+        self, spread: str = ROUND_ROBIN, port: int = TEXT_PORT
+    ) -> NftablesBalancer:
         """
-        A balancer of L{VIP}:L{TEXT_PORT} over the three instances.
+        A balancer of L{VIP}:C{port} over the three instances.
         """
-        balancer = NftablesBalancer(self.balancer, self.nft, VIP, TEXT_PORT, spread)
+        balancer = NftablesBalancer(self.balancer, self.nft, VIP, port, spread)
         balancer.install([backendAddress(i) for i in self.backends])
         return balancer
 
@@ -260,6 +333,48 @@ class Fleet:
             return totals if received >= expected else None
 
         return waitFor(added, what)
+
+    def chronyd(
+        self, trusted: str, directory: str, timeout: int
+    ) -> tuple[int, str, list[str]]:
+        """
+        Run C{chronyd -Q} (which never touches the clock) in the clients'
+        namespace as the NTS client of L{VIP}, trusting the CA certificates
+        of C{trusted}, with a fresh NTS dump directory (no cookies from an
+        earlier run) under C{directory}, until it exits (it gives up after
+        C{timeout} seconds; it is killed, by its process id, if it has not
+        exited some time after that).
+
+        @return: its exit status, its output, and the source address of
+            each measurement it logged.
+        """
+        chronyd = requirePeer("chronyd", "chronyd is the reference NTS client")
+        state = tempfile.mkdtemp(prefix="chronyd-", dir=directory)
+        command = self.client.command(
+            chronyd, "-Q", "-x", "-u", "root", "-t", str(timeout),
+            f"server {VIP} iburst nts maxsamples 4",
+            f"ntstrustedcerts {trusted}",
+            f"ntsdumpdir {state}",
+            f"pidfile {state}/chronyd.pid",
+            f"logdir {state}",
+            "log measurements",
+        )  # fmt: skip
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            output, _ = process.communicate(timeout=timeout + 30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            output, _ = process.communicate()
+            raise AssertionError(
+                f"chronyd -t {timeout} still ran after {timeout + 30} seconds"
+            ) from None
+        sources = measurementSources(os.path.join(state, "measurements.log"))
+        return process.returncode, output.decode("utf-8", "replace"), sources
 
     def pinnedBackend(self, sourcePort: int) -> str:
         """
@@ -453,42 +568,85 @@ class FleetTests(SynchronousTestCase):
 
     def test_ntsThroughBalancer(self) -> None:
         """
-        NTS through the balancer, chronyd as the client: one NTS-KE
-        endpoint, NTP answered by whichever instance the balancer picks,
-        all of them sharing one cookie key file.
+        NTS through the balancer, C{chronyd -Q} as the client: one NTS-KE
+        endpoint (a host of its own, reached through the balancer's
+        address) sends clients to the balancer's address (NTPv4 Server
+        and Port Negotiation), where the three NTP-only instances, which
+        share its key file, open the cookies it sealed.  chronyd accepts
+        the authenticated time, every sample from the balancer's address,
+        and more than one instance authenticated its requests.
 
-        Steps, once udptime has NTS:
-          1. make a certificate for L{VIP} (an IP SAN) and its key at run
-             time (C{openssl req -x509 -newkey ec -pkeyopt
-             ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=udptime
-             -addext subjectAltName=IP:10.123.0.1}), readable by C{_chrony};
-          2. make one cookie key file (C{--nts-key-file}) and give the
-             same file to the three instances;
-          3. start the instances with C{--ntp-port 123 --nts-ke-port 4460
-             --nts-certificate CERT --nts-private-key KEY --nts-key-file
-             KEYS --nts-ntp-server 10.123.0.1 --nts-ntp-port 123
-             --local-stratum 10}: every NTS-KE answer sends clients to
-             the balancer's address;
-          4. extend the balancer with TCP 4460 to one instance (or any:
-             the keys are shared): C{ip daddr VIP tcp dport 4460 dnat to
-             numgen inc mod 3 map {...}} next to the UDP rule of port 123;
-          5. in the clients' namespace run C{chronyd -Q -x -t 20 'server
-             10.123.0.1 iburst nts maxsamples 4' 'ntstrustedcerts CERT'
-             'ntsdumpdir DIR'} and expect exit status 0 (C{System clock
-             wrong by ...}); with C{log rawmeasurements}, the samples must
-             have come from the balancer's address while the instances'
-             NTP counters show that more than one of them answered
-             (cookies made by one instance opened by another).
+        Negative control: an instance with a key file of its own, made
+        the only one behind the balancer, answers chronyd's requests with
+        NTS NAKs (counted), and chronyd gets no time.
         """
-        if not NTS_THROUGH_BALANCER:
-            raise SkipTest(
-                "udptime has no NTS yet (--nts-ke-port): this test's steps are "
-                "in its docstring"
-            )
-        raise SkipTest(
-            "NTS exists: implement the steps of this test's docstring "
-            "(the cookie key file's format is NTS's own)"
+        requirePeer("chronyd", "chronyd is the reference NTS client")
+        directory = tempfile.mkdtemp(prefix="udptime-fleet-nts-")
+        os.chmod(directory, 0o755)
+        self.addCleanup(shutil.rmtree, directory, True)
+        # The NTS-KE certificate names the balancer's address (an IP SAN):
+        # clients check the name they connect to.
+        files = makeCertificates(directory, names=(), addresses=(VIP,))
+        keys = os.path.join(directory, "nts.keys")
+        otherKeys = os.path.join(directory, "other.keys")
+        for path in (keys, otherKeys):
+            makeKeyFile(path)
+        shared = ["--nts-key-file", keys, "--nts-key-rotation", "0"]
+
+        fleet = self.fleet(["--rate", "0"])
+        fleet.addHost(KEY_EXCHANGE_HOST)
+        fleet.addHost(OTHER_KEYS_HOST)
+        keyExchange = fleet.startHost(
+            KEY_EXCHANGE_HOST,
+            [
+                "--port", "0",
+                "--nts-ke-port", str(NTS_KE_PORT),
+                "--nts-certificate", files.certificate,
+                "--nts-private-key", files.key,
+                "--nts-ntp-server", VIP,
+                "--nts-ntp-port", str(NTP_PORT),
+                "--summary-interval", "1",
+                *shared,
+            ],
+            listeners=1,
+        )  # fmt: skip
+        for index in fleet.backends:
+            fleet.start(index, shared)
+        stranger = fleet.start(
+            OTHER_KEYS_HOST, ["--nts-key-file", otherKeys, "--nts-key-rotation", "0"]
         )
+        balancer = fleet.newBalancer(ROUND_ROBIN, port=NTP_PORT)
+        balancer.forwardTCP(NTS_KE_PORT, backendAddress(KEY_EXCHANGE_HOST))
+
+        status, output, samples = fleet.chronyd(files.ca, directory, timeout=30)
+        self.assertEqual(status, 0, output)
+        self.assertIn("System clock wrong by", output)
+        self.assertTrue(samples, output)
+        self.assertEqual(set(samples), {VIP})
+
+        # Only the stranger behind the balancer: its NAKs send chronyd back
+        # to the key exchange, whose cookies it cannot open either.
+        balancer.install([backendAddress(OTHER_KEYS_HOST)])
+        status, output, sources = fleet.chronyd(files.ca, directory, timeout=6)
+        self.assertNotEqual(status, 0, output)
+        self.assertNotIn("System clock wrong by", output)
+        self.assertEqual(sources, [])
+
+        for server in fleet.servers.values():
+            server.stop()
+        nts = {i: counterTotals(fleet.servers[i], "nts") for i in fleet.backends}
+        authenticated = [n.get("authenticated", 0) for n in nts.values()]
+        self.assertGreater(len([a for a in authenticated if a]), 1, f"{nts}")
+        # Every sample chronyd took is a reply an instance authenticated.
+        self.assertGreaterEqual(sum(authenticated), len(samples), f"{nts}")
+        for index, counters in nts.items():
+            self.assertEqual(set(counters) - {"authenticated"}, set(), f"{index}")
+        strangerNTS = counterTotals(stranger, "nts")
+        self.assertGreaterEqual(strangerNTS.get("naks", 0), 1, f"{strangerNTS}")
+        self.assertNotIn("authenticated", strangerNTS)
+        ke = counterTotals(keyExchange, "nts-ke")
+        self.assertGreaterEqual(ke.get("sessions", 0), 2, f"{ke}")
+        self.assertNotIn("errorsSent", ke)
 
 
 class RulesetTests(SynchronousTestCase):
@@ -510,6 +668,20 @@ class RulesetTests(SynchronousTestCase):
             "dnat to jhash ip saddr mod 1 map { 0 : 10.123.2.2 }",
             ruleset(VIP, 123, SOURCE_HASH, ["10.123.2.2"]),
         )
+
+    def test_forwardTCP(self) -> None:
+        """
+        A TCP port forwarded to one backend, in a chain of its own, which
+        the UDP balancer's rule replacements leave alone.
+        """
+        script = forwardingRuleset(VIP, 4460, "10.123.4.2")
+        self.assertIn(f"flush chain ip {TABLE} {FORWARD_CHAIN}\n", script)
+        self.assertIn(
+            f"add rule ip {TABLE} {FORWARD_CHAIN} ip daddr {VIP} tcp dport 4460"
+            " dnat to 10.123.4.2\n",
+            script,
+        )
+        self.assertNotIn(FORWARD_CHAIN, ruleset(VIP, 123, ROUND_ROBIN, []))
 
     def test_noBackends(self) -> None:
         """

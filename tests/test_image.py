@@ -8,7 +8,9 @@ data and exec roots and socket in a temporary directory, stopped by its
 process id), builds the image with C{deploy/build-image.sh} (the base made
 from Debian's packages: no image registry), runs it with the host's network
 on a free loopback port, read-only, with every capability dropped, asks it
-the time, waits for its health check, and stops it.
+the time, waits for its health check, and stops it; then runs it again
+with NTS as the Kubernetes manifests configure it (read-only mounted
+certificate and key file) and asks it for authenticated time.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ import tempfile
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from tests.certificates import makeCertificates
 from tests.support import freePort, missing, requirePeer, udptimePath, waitFor
+from tests.tcp import freeTCPPort
 
 BUILD_SCRIPT = os.path.join(
     os.path.dirname(os.path.dirname(__file__)), "deploy", "build-image.sh"
@@ -212,6 +216,73 @@ class ImageTests(SynchronousTestCase):
         self.assertIn(f"udptime text service listening on 127.0.0.1:{port}", log)
         self.assertIn("Received SIGTERM, shutting down.", log)
         self.assertIn("Server Shut Down.", log)
+        self.checkNTS()
+
+    def checkNTS(self) -> None:
+        """
+        NTS as the Kubernetes manifests configure it: the certificate, its
+        key and the NTS key file mounted read-only, readable by the image's
+        group only (as a Secret with C{fsGroup} and mode 0440 is), and no
+        rotation by the server.  udptime's client makes a key exchange and
+        gets authenticated time.
+        """
+        directory = tempfile.mkdtemp(prefix="udptime-image-nts-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        tls = os.path.join(directory, "tls")
+        keys = os.path.join(directory, "nts-keys")
+        os.mkdir(tls)
+        os.mkdir(keys)
+        files = makeCertificates(tls)
+        keyFile = os.path.join(keys, "nts.keys")
+        subprocess.run(
+            [sys.executable, "-m", "udptime.ntskeys", "new", keyFile],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        group = int(USER.split(":")[1])
+        for path in (files.certificate, files.key, keyFile):
+            os.chown(path, 0, group)
+            os.chmod(path, 0o440)
+        os.chmod(directory, 0o755)
+
+        ntpPort, kePort = freePort(), freeTCPPort()
+        name = f"udptime-test-nts-{os.getpid()}"
+        self.daemon.command(
+            "run", "--detach", "--name", name,
+            "--network", "host", "--read-only", "--cap-drop", "ALL",
+            "--security-opt", "no-new-privileges",
+            "--volume", f"{tls}:/etc/udptime/tls:ro",
+            "--volume", f"{keys}:/etc/udptime/nts-keys:ro",
+            "--env", "UDPTIME_PORT=0", "--env", "UDPTIME_INTERFACE=127.0.0.1",
+            "--env", f"UDPTIME_NTP_PORT={ntpPort}",
+            "--env", "UDPTIME_LOCAL_STRATUM=10",
+            "--env", f"UDPTIME_NTS_KE_PORT={kePort}",
+            "--env", "UDPTIME_NTS_CERTIFICATE=/etc/udptime/tls/server-chain.pem",
+            "--env", "UDPTIME_NTS_PRIVATE_KEY=/etc/udptime/tls/server-key.pem",
+            "--env", "UDPTIME_NTS_KEY_FILE=/etc/udptime/nts-keys/nts.keys",
+            "--env", "UDPTIME_NTS_KEY_ROTATION=0",
+            TAG,
+        )  # fmt: skip
+        self.addCleanup(self.daemon.command, "rm", "--force", name, check=False)
+        waitFor(
+            lambda: "udptime nts-ke service listening on" in self.containerLog(name),
+            "the container's NTS-KE service",
+            timeout=60,
+        )
+        asked = subprocess.run(
+            [
+                udptimePath(), "--nts", "--nts-ke-port", str(kePort),
+                "--nts-ca", files.ca, "127.0.0.1",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )  # fmt: skip
+        self.assertEqual(asked.returncode, 0, asked.stderr + self.containerLog(name))
+        self.assertIn(f"127.0.0.1:{ntpPort}", asked.stdout)
+        self.assertIn("NTS-authenticated", asked.stdout)
+        self.daemon.command("stop", "--time", "30", name)
 
     def containerLog(self, name: str) -> str:
         done = self.daemon.command("logs", name, check=False)

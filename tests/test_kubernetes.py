@@ -269,6 +269,26 @@ class PodTests(SynchronousTestCase):
             arguments = container.argumentsFromEnvironment(environment)
             self.assertEqual(len(arguments), len(environment))
 
+    def test_mountedKeyFileNotRotated(self) -> None:
+        """
+        A pod whose NTS key file is a mounted Secret (read-only, a copy per
+        pod) never rotates it: rotation would fail to take the file's
+        writer lock, and each pod would make keys of its own.
+        """
+        for workload in workloads():
+            (server,) = workload["spec"]["template"]["spec"]["containers"]
+            env = {e["name"]: e.get("value") for e in server["env"]}
+            keyFile = env.get("UDPTIME_NTS_KEY_FILE")
+            if keyFile is None:
+                continue
+            mounts = [
+                m
+                for m in server["volumeMounts"]
+                if keyFile.startswith(m["mountPath"] + "/")
+            ]
+            self.assertEqual([m["readOnly"] for m in mounts], [True])
+            self.assertEqual(env.get("UDPTIME_NTS_KEY_ROTATION"), "0")
+
 
 class ServiceTests(SynchronousTestCase):
     def test_clientAddressesKept(self) -> None:

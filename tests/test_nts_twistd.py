@@ -41,6 +41,7 @@ from tests.test_nts_interop import (
     startChronydClient,
     temporaryDirectory,
 )
+from udptime.ntp import KissOfDeath
 from udptime.ntsclient import (
     NTSClientCodec,
     NTSKECertificateError,
@@ -264,6 +265,43 @@ class UdptimeClientTests(TestCase):
         return Deferred.fromCoroutine(exercise())
 
 
+class RateLimitTests(TestCase):
+    """
+    An NTS client over its rate at C{twistd udptime}.
+    """
+
+    def test_authenticatedKiss(self) -> None:
+        """
+        With a burst of one request and a rate of one per 100 seconds,
+        udptime's NTS client gets its first query answered and its second
+        refused with a Kiss-o'-Death C{RATE} that it accepts as authentic
+        (an unauthenticated one it would ignore and time out), the fresh
+        cookies inside it keeping eight in hand; the server counts one
+        authenticated answer and one authenticated KoD.
+        """
+        server = NTSServer(self, "--rate", "0.01", "--burst", "1", "--leak", "0")
+
+        async def exercise() -> None:
+            ke = await ntsKeyExchange(
+                reactor, "127.0.0.1", server.kePort, caFile=server.files.ca
+            )
+            codec = NTSClientCodec(ke)
+            await ntsQuery(reactor, ke, codec=codec, timeout=2.0)
+            with self.assertRaises(KissOfDeath) as caught:
+                await ntsQuery(reactor, ke, codec=codec, timeout=2.0, retries=1)
+            self.assertEqual(caught.exception.code, "RATE")
+            self.assertEqual(len(codec.cookies), 8)
+            log = server.stop()
+            nts = totals(log, "nts")
+            self.assertEqual(
+                [nts.get(c) for c in ("authenticated", "rateKisses", "rateDrops")],
+                [1, 1, None],
+            )
+            self.assertEqual(totals(log, "ntp").get("kissed"), 1)
+
+        return Deferred.fromCoroutine(exercise())
+
+
 class WorkersTests(TestCase):
     """
     C{--workers 2}: the supervisor serves the key exchanges and hands its
@@ -413,6 +451,32 @@ class BadSetupTests(SynchronousTestCase):
             done.stderr,
             "twistd udptime: cannot use the NTS key file /nonexistent/keys:"
             " [Errno 2] No such file or directory: '/nonexistent/keys'\n",
+        )
+
+    def test_workersWithoutUDPServices(self) -> None:
+        """
+        A key-exchange-only server (every UDP port off) has nothing for
+        workers to serve: C{--workers} is refused with one line naming it.
+        """
+        files = makeCertificates(temporaryDirectory(self))
+        done = self.twistd(
+            "--ntp-port",
+            "0",
+            "--nts-ke-port",
+            str(freeTCPPort()),
+            "--nts-certificate",
+            files.certificate,
+            "--nts-private-key",
+            files.key,
+            "--workers",
+            "2",
+        )
+        self.assertEqual(done.returncode, 1, done.stderr)
+        self.assertEqual(
+            done.stderr,
+            "twistd udptime: --workers runs the UDP services, and every one is"
+            " off: the NTS-KE service runs in one process, without --workers"
+            " (twistd udptime --help lists the options)\n",
         )
 
     def test_unusableCertificate(self) -> None:

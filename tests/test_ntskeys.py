@@ -425,6 +425,33 @@ class CommandTests(SynchronousTestCase):
             self.assertNotIn(key.material.hex(), out)
         self.assertNotIn('key":', out)
 
+    def test_lateRotationWarns(self) -> None:
+        """
+        C{rotate} after the next key's activation time makes a key no host
+        had current at once, and warns; before it, it makes the next key
+        current, which every host holding the file has, and says nothing.
+        """
+        path = os.path.join(temporaryDirectory(self), "keys.json")
+        self.command("new", path, "--rotation", "100")
+        held = {key.id for key in readKeyFile(path)[0].keys}
+        out, err = io.StringIO(), io.StringIO()
+        status = ntskeys.main(
+            ["rotate", path], clock=lambda: NOW + 90, err=err, out=out
+        )
+        self.assertEqual((status, err.getvalue()), (0, ""))
+        current = readKeyFile(path)[0].cookieKeys(NOW + 90).current
+        self.assertIn(current.id, held)
+
+        held = {key.id for key in readKeyFile(path)[0].keys}
+        status = ntskeys.main(
+            ["rotate", path], clock=lambda: NOW + 300, err=err, out=out
+        )
+        self.assertEqual(status, 0)
+        current = readKeyFile(path)[0].cookieKeys(NOW + 300).current
+        self.assertNotIn(current.id, held)
+        self.assertEqual(len(err.getvalue().splitlines()), 1)
+        self.assertIn(f"new current key {current.id:08x}", err.getvalue())
+
     def test_newRefusesToReplace(self) -> None:
         """
         C{new} does not replace a key file unless forced.

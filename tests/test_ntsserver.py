@@ -35,7 +35,9 @@ from udptime.nts import (
 )
 from udptime.ntscookie import COOKIE_SIZE, CookieKeys, SessionKeys
 from udptime.ntsserver import NTS_KEY_ROTATION_DEFAULT, NTSAuthentication
+from udptime.policy import Policy
 from udptime.server import NTPServer
+from udptime.services import SERVICES
 from udptime.tap import Options
 
 CLIENT = ("192.0.2.7", 40123)
@@ -68,12 +70,15 @@ class Client:
         )
 
 
-def server(nts: bool = True) -> tuple[NTPServer, RecordingTransport, CookieKeys]:
+def server(
+    nts: bool = True, policy: Policy | None = None
+) -> tuple[NTPServer, RecordingTransport, CookieKeys]:
     keys = CookieKeys.generate(NOW)
     protocol = NTPServer(
         clock=SteppingClock(NOW, 0.25),
         clockSource=ClockSource(2, kernel=lambda: UNSYNCED, precision=-20),
         nts=NTSAuthentication(keys) if nts else None,
+        policy=policy,
     )
     transport = RecordingTransport()
     protocol.makeConnection(transport)  # type: ignore[arg-type]
@@ -116,7 +121,14 @@ class NTSRequestTests(SynchronousTestCase):
         self.assertEqual(protocol.counters.answered, 1)
         self.assertEqual(
             ntsCounters(protocol),
-            {"authenticated": 1, "naks": 0, "badAuthenticators": 0, "malformed": 0},
+            {
+                "authenticated": 1,
+                "naks": 0,
+                "badAuthenticators": 0,
+                "malformed": 0,
+                "rateKisses": 0,
+                "rateDrops": 0,
+            },
         )
 
     def test_placeholders(self) -> None:
@@ -254,6 +266,157 @@ class NTSRequestTests(SynchronousTestCase):
         self.assertEqual(len(cookies), 1)
 
 
+def limitedServer() -> tuple[NTPServer, RecordingTransport, CookieKeys]:
+    """
+    An NTP server with NTS and the twistd plugin's NTP policy, with a rate
+    limit of one request per second, a burst of one and no leak: of the
+    requests of one client at one time, the first is answered, the second
+    picked for a Kiss-o'-Death, the others dropped.
+    """
+    return server(policy=SERVICES["ntp"].policy(rate=1.0, burst=1, leak=0.0))
+
+
+class RateLimitedTests(SynchronousTestCase):
+    """
+    An NTS request the rate limits refuse gets an authenticated
+    Kiss-o'-Death C{RATE} when it is authentic (as chrony's server sends),
+    nothing otherwise; both are counted.
+    """
+
+    def test_authenticatedKiss(self) -> None:
+        """
+        An authentic NTS request picked for a KoD gets a KoD C{RATE} that
+        an NTS client accepts: it echoes the unique identifier and carries
+        an authenticator, with a fresh cookie, that verifies with the S2C
+        key; like the plain KoD it reveals none of the server's time, and
+        it is no longer than the request.  It is counted limited, kissed
+        and as an NTS rate kiss, not as an authenticated answer.
+        """
+        protocol, transport, keys = limitedServer()
+        client = Client(keys)
+        deliver(protocol, client.request(), CLIENT, NOW + 1)
+        data = client.request()
+        deliver(protocol, data, CLIENT, NOW + 1)
+        [_, (kiss, addr)] = transport.written
+        self.assertEqual(addr, CLIENT)
+        cookies, ignored = readReply(kiss, client.uid, client.s2c)
+        self.assertEqual((len(cookies), ignored), (1, 0))
+        self.assertEqual(keys.open(cookies[0]), client.session)
+        header = NTPPacket.fromBytes(kiss)
+        self.assertEqual(
+            (header.leap, header.mode, header.stratum, header.refid),
+            (3, 4, 0, b"RATE"),
+        )
+        transmit = NTPPacket.fromBytes(data).transmitTimestamp
+        self.assertEqual(
+            (header.originTimestamp, header.receiveTimestamp, header.transmitTimestamp),
+            (transmit, transmit, transmit),
+        )
+        self.assertLessEqual(len(kiss), len(data))
+        counts = protocol.counters.snapshot()
+        self.assertEqual(
+            (counts["answered"], counts["limited"], counts["kissed"]), (1, 1, 1)
+        )
+        nts = ntsCounters(protocol)
+        self.assertEqual(
+            (nts["authenticated"], nts["rateKisses"], nts["rateDrops"]), (1, 1, 0)
+        )
+
+    def test_placeholdersKeepTheKissWithinTheRequest(self) -> None:
+        """
+        A limited request with placeholders gets its cookies in the KoD,
+        never growing it past the request.
+        """
+        protocol, transport, keys = limitedServer()
+        client = Client(keys)
+        deliver(protocol, client.request(), CLIENT, NOW + 1)
+        data = client.request(placeholders=3)
+        deliver(protocol, data, CLIENT, NOW + 1)
+        [_, (kiss, _)] = transport.written
+        cookies, _ = readReply(kiss, client.uid, client.s2c)
+        self.assertEqual(len(cookies), 4)
+        self.assertLessEqual(len(kiss), len(data))
+
+    def test_unopenedCookieDropped(self) -> None:
+        """
+        A limited NTS request whose cookie cannot be opened gets nothing,
+        not even the NAK it got unlimited; it is counted limited and as an
+        NTS rate drop.
+        """
+        protocol, transport, _ = limitedServer()
+        client = Client(CookieKeys.generate(NOW))
+        deliver(protocol, client.request(), CLIENT, NOW + 1)
+        deliver(protocol, client.request(), CLIENT, NOW + 1)
+        [(nak, _)] = transport.written
+        self.assertRaises(NTSNakReply, readReply, nak, client.uid, client.s2c)
+        counts = protocol.counters.snapshot()
+        self.assertEqual((counts["limited"], counts["kissed"]), (1, 1))
+        nts = ntsCounters(protocol)
+        self.assertEqual((nts["naks"], nts["rateKisses"], nts["rateDrops"]), (1, 0, 1))
+
+    def test_badAuthenticatorDropped(self) -> None:
+        """
+        A limited NTS request whose authenticator does not verify gets
+        nothing: counted a bad authenticator and an NTS rate drop.
+        """
+        protocol, transport, keys = limitedServer()
+        client = Client(keys)
+        deliver(protocol, client.request(), CLIENT, NOW + 1)
+        data = bytearray(client.request())
+        data[-1] ^= 1
+        deliver(protocol, bytes(data), CLIENT, NOW + 1)
+        self.assertEqual(len(transport.written), 1)
+        self.assertEqual(protocol.counters.limited, 1)
+        nts = ntsCounters(protocol)
+        self.assertEqual((nts["badAuthenticators"], nts["rateDrops"]), (1, 1))
+
+    def test_otherExtensionFieldsPlainKiss(self) -> None:
+        """
+        A limited request whose extension fields are not NTS gets the plain
+        48-byte KoD, as without NTS.
+        """
+        protocol, transport, _ = limitedServer()
+        data = request() + extensionField(0x7777, bytes(28))
+        deliver(protocol, data, CLIENT, NOW + 1)
+        deliver(protocol, data, CLIENT, NOW + 1)
+        [_, (kiss, _)] = transport.written
+        self.assertEqual(len(kiss), HEADER_SIZE)
+        self.assertEqual(NTPPacket.fromBytes(kiss).refid, b"RATE")
+        self.assertEqual(sum(ntsCounters(protocol).values()), 0)
+
+    def test_droppedUnchecked(self) -> None:
+        """
+        Limited requests not picked for a KoD are dropped before NTS looks
+        at them: a forged one is not even counted as a bad authenticator.
+        """
+        protocol, transport, keys = limitedServer()
+        client = Client(keys)
+        for _ in range(2):
+            deliver(protocol, client.request(), CLIENT, NOW + 1)
+        data = bytearray(client.request())
+        data[-1] ^= 1
+        deliver(protocol, bytes(data), CLIENT, NOW + 1)
+        self.assertEqual(len(transport.written), 2)
+        self.assertEqual(protocol.counters.limited, 2)
+        nts = ntsCounters(protocol)
+        self.assertEqual((nts["rateKisses"], nts["badAuthenticators"]), (1, 0))
+
+    def test_withoutNTSPlainKiss(self) -> None:
+        """
+        A server without NTS answers a limited NTS request with the plain
+        KoD, as it answers NTS requests as plain ones.
+        """
+        protocol, transport, keys = server(
+            nts=False, policy=SERVICES["ntp"].policy(rate=1.0, burst=1, leak=0.0)
+        )
+        client = Client(keys)
+        deliver(protocol, client.request(), CLIENT, NOW + 1)
+        deliver(protocol, client.request(), CLIENT, NOW + 1)
+        [_, (kiss, _)] = transport.written
+        self.assertEqual(len(kiss), HEADER_SIZE)
+        self.assertEqual(NTPPacket.fromBytes(kiss).refid, b"RATE")
+
+
 class PlainRequestTests(SynchronousTestCase):
     """
     Plain NTP is the same with NTS on as without it.
@@ -336,6 +499,31 @@ class FuzzTests(SynchronousTestCase):
         for reply, _ in transport.written:
             self.assertRaises(
                 (NTSNakReply, NotOurReply, ReplyNotAuthenticated),
+                readReply,
+                reply,
+                client.uid,
+                client.s2c,
+            )
+
+    @FUZZ
+    @given(position=st.integers(min_value=0), bit=st.integers(0, 7))
+    def test_flippedBitLimitedNeverAnswered(self, position: int, bit: int) -> None:
+        """
+        A limited request with any one bit flipped never gets a KoD longer
+        than itself, nor one that authenticates.
+        """
+        protocol, transport, keys = limitedServer()
+        client = Client(keys)
+        deliver(protocol, client.request(), CLIENT, NOW + 1)
+        data = bytearray(client.request())
+        data[position % len(data)] ^= 1 << bit
+        deliver(protocol, bytes(data), CLIENT, NOW + 1)
+        self.assertEqual(protocol.counters.internalErrors, 0)
+        self.assertEqual(ntsCounters(protocol)["rateKisses"], 0)
+        for reply, _ in transport.written[1:]:
+            self.assertLessEqual(len(reply), len(data))
+            self.assertRaises(
+                (NotOurReply, ReplyNotAuthenticated),
                 readReply,
                 reply,
                 client.uid,

@@ -34,7 +34,7 @@ from tests.test_ntp import ERA_1
 from udptime import mmsg, ntp, text
 from udptime.ancillary import kernelTimestampsAvailable
 from udptime.clock import ClockSource, ClockState, Leap, ntp64ToUnix
-from udptime.decision import Decision
+from udptime.decision import HELD, MALFORMED, Decision
 from udptime.policy import AccessList, Policy, SourceLimiter
 from udptime.port import ServerPort, _osError, batchingAvailable
 from udptime.server import EchoServer, NTPServer, TextTimeServer, UDPServerProtocol
@@ -892,6 +892,44 @@ class BatchTests(SynchronousTestCase):
             sorted(b"note " + datagram for datagram in datagrams),
         )
         self.assertEqual(protocol.counters.answered, len(datagrams))
+
+    def test_heldReplies(self) -> None:
+        """
+        The answers a protocol decides for a whole batch at once (L{HELD},
+        then C{decideBatch}) are queued and sent with one C{sendmmsg}, all
+        but one too long for a send slot, which goes out on its own; each
+        is counted as answered once, refusals as refused.
+        """
+        long = b"L" * (mmsg.SEND_SLOT_SIZE + 1)
+
+        class Batching(UDPServerProtocol):
+            serviceName = "batching"
+
+            def respond(self, data: bytes, addr: Any, received: float) -> Decision:
+                return HELD
+
+            def decideBatch(
+                self, datagrams: Sequence[bytes], received: float
+            ) -> list[Decision]:
+                return [
+                    long
+                    if data == b"long"
+                    else (MALFORMED if data == b"bad" else data.upper())
+                    for data in datagrams
+                ]
+
+        protocol = Batching()
+        port = self.startServer(protocol)
+        calls = self.recordSends(port)
+        self.send(port, [b"one", b"long", b"bad", b"two"])
+        port.doRead()
+        self.assertEqual(sorted(self.receive(3)), sorted([b"ONE", long, b"TWO"]))
+        self.assertNothingMore()
+        self.assertEqual(calls, [(0, 2)])
+        counters = protocol.counters
+        self.assertEqual(
+            (counters.received, counters.answered, counters.malformed), (4, 3, 1)
+        )
 
     def test_dualStackSources(self) -> None:
         """

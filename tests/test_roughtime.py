@@ -364,6 +364,23 @@ class MerkleTests(SynchronousTestCase):
                 if path[:32] != leaf:  # not paired with its own padding copy
                     self.assertNotEqual(rt.merkleRoot(leaf, index ^ 1, path), root)
 
+    def test_allPaths(self) -> None:
+        """
+        L{rt.merklePaths} gives the first leaves' paths, each as
+        L{rt.merklePath} gives it, in trees of 1 to 33 leaves; a tree
+        padded with the last leaf's copies has the same levels as one
+        padded with equal leaves that are other objects.
+        """
+        for n in range(1, 34):
+            leaves = self.leaves(n)
+            levels = rt.merkleLevels(leaves)
+            paths = rt.merklePaths(levels, n)
+            self.assertEqual(len(paths), n)
+            for index in range(n):
+                self.assertEqual(paths[index], rt.merklePath(levels, index))
+            copies = [bytes(bytearray(leaves[-1])) for _ in range(len(levels[0]) - n)]
+            self.assertEqual(rt.merkleLevels(leaves + copies), levels)
+
     def test_extraIndexBits(self) -> None:
         """
         INDX bits beyond the path's length fail the check (§5.3.1).

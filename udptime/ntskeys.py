@@ -49,8 +49,9 @@ udptime.ntskeys})::
 
 C{new} makes a key file with a current and a next key; C{rotate} makes the
 next key current now and adds a new next key (the usual rotation, for a
-cron job when no server rotates the file); C{show} lists the keys, never
-their secret bytes.
+cron job when no server rotates the file: run it before the next key's
+activation time, or it makes a new key current at once, and says so);
+C{show} lists the keys, never their secret bytes.
 
 Hand-over to workers
 ====================
@@ -701,6 +702,15 @@ def main(
                 keys = document.cookieKeys(now)
                 keys.rotate(now)
                 writeKeyFile(path, keys)
+            if keys.current.id not in {key.id for key in document.keys}:
+                print(
+                    f"udptime-nts-keys: warning: the file's next key had already"
+                    f" activated, so the new current key {keys.current.id:08x} is"
+                    " one no host had: hosts without this file answer its"
+                    " cookies with NTS NAKs until they have it (rotate before"
+                    " the next key activates)",
+                    file=err,
+                )
         else:
             document, _, mode = readKeyFile(path)
             keys = document.cookieKeys(now)

@@ -37,7 +37,7 @@ from udptime.policy import RateLimiter
 
 if TYPE_CHECKING:
     from udptime.briefing import BriefingService
-    from udptime.nts import NTSRequest, SessionCiphers
+    from udptime.nts import NTSNak, NTSRequest, SessionCiphers
     from udptime.ntscookie import CookieKeys
     from udptime.ntskeserver import NTSKEService
 
@@ -65,7 +65,14 @@ class NTSSetupError(Exception):
     """
 
 
-NTS_COUNTER_NAMES: Final = ("authenticated", "naks", "badAuthenticators", "malformed")
+NTS_COUNTER_NAMES: Final = (
+    "authenticated",
+    "naks",
+    "badAuthenticators",
+    "malformed",
+    "rateKisses",
+    "rateDrops",
+)
 """The names of the L{NTSCounters}, in the order summaries show them."""
 
 
@@ -80,6 +87,13 @@ class NTSCounters(CounterSet):
         but their authenticator did not verify (damaged or forged).
     @ivar malformed: requests dropped because their NTS fields were not a
         well-formed NTS request.
+    @ivar rateKisses: requests refused by the rate limits and answered with
+        an authenticated Kiss-o'-Death C{RATE} (see
+        L{NTSAuthentication.refused}).
+    @ivar rateDrops: requests refused by the rate limits, picked for a
+        Kiss-o'-Death, and dropped instead because no authenticated one
+        could be made (their cookie did not open, or they failed the checks
+        counted above, which count them too).
     """
 
     __slots__ = NTS_COUNTER_NAMES
@@ -87,6 +101,8 @@ class NTSCounters(CounterSet):
     naks: int
     badAuthenticators: int
     malformed: int
+    rateKisses: int
+    rateDrops: int
 
 
 class NTSAuthentication:
@@ -133,21 +149,9 @@ class NTSAuthentication:
         @raise udptime.nts.NTSAuthenticationFailed: the authenticator does
             not verify (a L{NotServed<udptime.ntp.NotServed>}: dropped).
         """
-        from udptime.nts import (
-            MalformedNTSRequest,
-            NTSAuthenticationFailed,
-            NTSNak,
-            checkRequest,
-        )
+        from udptime.nts import MalformedNTSRequest, NTSNak
 
-        try:
-            verdict = checkRequest(data, self.keys, self.ciphers, self.randomBytes)
-        except NTSAuthenticationFailed:
-            self.counters.badAuthenticators += 1
-            raise
-        except MalformedNTSRequest:
-            self.counters.malformed += 1
-            raise
+        verdict = self._verdict(data)
         if not isinstance(verdict, NTSNak):
             if verdict is not None:
                 self.counters.authenticated += 1
@@ -163,6 +167,69 @@ class NTSAuthentication:
                 "ntp: NTS NAK to {addr}: {reason}", addr=addr, reason=verdict.reason
             )
         return Refusal(counters.DROPPED, reply, counters.KISSED)
+
+    def refused(self, data: bytes, addr: tuple[str, int], minPoll: int) -> bytes | None:
+        """
+        The Kiss-o'-Death C{RATE} for the request C{data} from C{addr},
+        which the rate limits refused and picked for a Kiss-o'-Death.
+
+        RFC 8915 section 5.7 has an NTS client ignore every reply to an NTS
+        request that is not authenticated, but for the NTS NAK: the plain
+        KoD a plain request gets would be thrown away unread.  So, as
+        chrony's server does, an authentic NTS request gets the KoD sealed
+        as any reply to it is: the unique identifier echoed, and the
+        authenticator carrying fresh cookies (the request spent one), never
+        longer than the request.  An NTS request that is not authentic
+        (cookie not opened, bad authenticator, malformed NTS fields) gets
+        nothing, not even the NAK it would get unlimited: a NAK would send
+        a client that is over its rate to a new key exchange, which costs
+        the server far more than an NTP reply.  A request without NTS
+        fields gets the plain KoD.  The policy picks at most a few requests
+        per second for a KoD, which bounds the cryptography spent on
+        refused requests.
+
+        @param minPoll: the poll exponent the client should at least use.
+        @return: the KoD, or L{None} to drop the request (counted in
+            C{rateDrops}).
+        """
+        from udptime.ntp import buildKissOfDeath
+        from udptime.nts import MalformedNTSRequest, NTSAuthenticationFailed, NTSNak
+
+        try:
+            verdict = self._verdict(data)
+        except (MalformedNTSRequest, NTSAuthenticationFailed):
+            self.counters.rateDrops += 1
+            return None
+        if isinstance(verdict, NTSNak):
+            self.counters.rateDrops += 1
+            return None
+        kiss = buildKissOfDeath(data, b"RATE", sourcePort=addr[1], minPoll=minPoll)
+        if verdict is None or kiss is None:
+            # No NTS fields: the plain KoD.  (An authentic NTS request is a
+            # version-4 client request, which always takes a KoD.)
+            return kiss
+        self.counters.rateKisses += 1
+        return verdict.seal(kiss)
+
+    def _verdict(self, data: bytes) -> NTSRequest | NTSNak | None:
+        """
+        L{udptime.nts.checkRequest}'s verdict about C{data}, its failures
+        counted.
+        """
+        from udptime.nts import (
+            MalformedNTSRequest,
+            NTSAuthenticationFailed,
+            checkRequest,
+        )
+
+        try:
+            return checkRequest(data, self.keys, self.ciphers, self.randomBytes)
+        except NTSAuthenticationFailed:
+            self.counters.badAuthenticators += 1
+            raise
+        except MalformedNTSRequest:
+            self.counters.malformed += 1
+            raise
 
 
 def serverKeys(

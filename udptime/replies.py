@@ -340,6 +340,22 @@ class ReplyPath:
             for data, addr, received, _, _ in held:
                 self.failed(data, addr, received)
             return 0
+        if not self.verbose:
+            # An answer to a datagram of a batch slot goes straight into the
+            # send queue (counted when the batch is sent), as handle() would
+            # put it; the rest go through handle().
+            queue = self.queue
+            rest = [
+                (arguments, decision)
+                for arguments, decision in zip(held, decisions, strict=True)
+                if decision.__class__ is not bytes
+                or arguments[4] is None
+                or not queue(decision, arguments[4])
+            ]
+            if not rest:
+                return 0
+            held = [arguments for arguments, _ in rest]
+            decisions = [decision for _, decision in rest]
         each = iter(decisions)
 
         def decided(data: bytes, addr: Address, received: float) -> Decision:

@@ -514,15 +514,57 @@ class Request(NamedTuple):
     version: Version
 
 
-@lru_cache(maxsize=256)
-def _requestFields(header: bytes, end: int) -> Mapping[int, tuple[int, int]]:
-    """
-    L{_fields} of a request packet of C{end} bytes whose frame and message
-    header are C{header}, kept for the next request of the same layout.
+_Absent: Final = (0, 0)
+"""The bounds L{_RequestPlan} gives a tag a request does not carry."""
 
-    @raise MessageFormatError: as L{_fields}.
+
+class _RequestPlan(NamedTuple):
     """
-    return _fields(header, FRAME_SIZE, end)
+    Where the values a server reads are in the requests of one layout (one
+    frame and message header, one length), as C{(first, past)} positions
+    in the packet: VER and NONC, which every request carries, and TYPE and
+    SRV, L{_Absent} when not carried (their C{present} flags say which).
+    """
+
+    version: tuple[int, int]
+    nonce: tuple[int, int]
+    type: tuple[int, int]
+    typePresent: bool
+    srv: tuple[int, int]
+    srvPresent: bool
+
+
+@lru_cache(maxsize=256)
+def _requestPlan(header: bytes, size: int) -> _RequestPlan | DropReason:
+    """
+    The L{_RequestPlan} of a request packet of C{size} bytes whose frame and
+    message header are C{header}, or L{DropReason.MALFORMED} when no request
+    of that layout is well formed: kept for the next request of the same
+    layout (clients of one kind send requests of one layout).
+    """
+    try:
+        magic, length = _FRAME.unpack_from(header)
+        if magic != MAGIC or length != size - FRAME_SIZE:
+            return DropReason.MALFORMED
+        fields = _fields(header, FRAME_SIZE, size)
+    except (MessageFormatError, struct.error):
+        return DropReason.MALFORMED
+    versionBounds = fields.get(VER)
+    nonceBounds = fields.get(NONC)
+    if versionBounds is None or nonceBounds is None:
+        return DropReason.MALFORMED
+    if nonceBounds[1] - nonceBounds[0] != NONCE_SIZE:
+        return DropReason.MALFORMED
+    typeBounds = fields.get(TYPE)
+    srvBounds = fields.get(SRV)
+    return _RequestPlan(
+        versionBounds,
+        nonceBounds,
+        _Absent if typeBounds is None else typeBounds,
+        typeBounds is not None,
+        _Absent if srvBounds is None else srvBounds,
+        srvBounds is not None,
+    )
 
 
 @lru_cache(maxsize=64)
@@ -555,36 +597,30 @@ def parseRequest(packet: bytes, srv: bytes) -> Request | DropReason:
     other than 0 is always refused) and either no SRV or this server's.
     Other tags, ZZZZ among them, are ignored.
     """
-    if len(packet) < MIN_REQUEST_SIZE:
+    size = len(packet)
+    if size < MIN_REQUEST_SIZE:
         return DropReason.SHORT
-    try:
-        start, end = _messageBounds(packet)
-        (count,) = _U32.unpack_from(packet, start)
-        # Clients of one kind send requests of one layout: the header
-        # (count, offsets, tags) is read once per layout and length.
-        fields = _requestFields(packet[: start + max(8 * count, 4)], end)
-    except MessageFormatError:
-        return DropReason.MALFORMED
-    versionBounds = fields.get(VER)
-    nonceBounds = fields.get(NONC)
-    if versionBounds is None or nonceBounds is None:
-        return DropReason.MALFORMED
-    version = _offeredVersion(packet[versionBounds[0] : versionBounds[1]])
+    (count,) = _U32.unpack_from(packet, FRAME_SIZE)
+    # The header (frame, count, offsets, tags) is read once per layout.
+    plan = _requestPlan(packet[: FRAME_SIZE + max(8 * count, 4)], size)
+    if isinstance(plan, DropReason):
+        return plan
+    first, past = plan.version
+    version = _offeredVersion(packet[first:past])
     if isinstance(version, DropReason):
         return version
-    nonce = packet[nonceBounds[0] : nonceBounds[1]]
-    if len(nonce) != NONCE_SIZE:
-        return DropReason.MALFORMED
-    typeBounds = fields.get(TYPE)
-    if typeBounds is None:
-        if version.typeRequired:
+    if plan.typePresent:
+        first, past = plan.type
+        if packet[first:past] != b"\0\0\0\0":
             return DropReason.MALFORMED
-    elif packet[typeBounds[0] : typeBounds[1]] != b"\0\0\0\0":
+    elif version.typeRequired:
         return DropReason.MALFORMED
-    srvBounds = fields.get(SRV)
-    if srvBounds is not None and packet[srvBounds[0] : srvBounds[1]] != srv:
-        return DropReason.SERVER
-    return Request(packet, nonce, version)
+    if plan.srvPresent:
+        first, past = plan.srv
+        if packet[first:past] != srv:
+            return DropReason.SERVER
+    first, past = plan.nonce
+    return Request(packet, packet[first:past], version)
 
 
 @dataclass(frozen=True, slots=True)
@@ -708,10 +744,22 @@ def merkleLevels(leaves: Sequence[bytes]) -> list[list[bytes]]:
     levels = [level]
     sha512 = hashlib.sha512
     while len(level) > 1:
+        last = level[-1]
+        # The padding pairs (the last leaf's copies) hash alike: once a level.
+        padded = 0
+        while (
+            padded + 2 <= len(level)
+            and level[-padded - 2] is last
+            and level[-padded - 1] is last
+        ):
+            padded += 2
         level = [
             sha512(b"\x01" + level[i] + level[i + 1]).digest()[:HASH_SIZE]
-            for i in range(0, len(level), 2)
+            for i in range(0, len(level) - padded, 2)
         ]
+        if padded:
+            node = sha512(b"\x01" + last + last).digest()[:HASH_SIZE]
+            level.extend([node] * (padded // 2))
         levels.append(level)
     return levels
 
@@ -723,6 +771,20 @@ def merklePath(levels: Sequence[Sequence[bytes]], index: int) -> bytes:
     return b"".join(
         [levels[height][(index >> height) ^ 1] for height in range(len(levels) - 1)]
     )
+
+
+def merklePaths(levels: Sequence[Sequence[bytes]], count: int) -> list[bytes]:
+    """
+    The PATH of each of the first C{count} leaves, as L{merklePath} gives
+    them, made from the root down: the leaves below one node share the rest
+    of their paths, which is joined once for them all.
+    """
+    paths = [b""]
+    for height in range(len(levels) - 2, -1, -1):
+        level = levels[height]
+        size = count if height == 0 else len(level)
+        paths = [level[i ^ 1] + paths[i >> 1] for i in range(size)]
+    return paths
 
 
 def merkleRoot(leaf: bytes, index: int, path: bytes) -> bytes | None:
@@ -820,16 +882,8 @@ def respondBatch(
     @return: the response to each datagram, or L{None} for those dropped.
     @raise ValueError: as L{answerBatch}.
     """
-    answers = answerBatch(requests, now, radius, delegation)
-    responses: list[bytes | None] = []
-    for answer in answers:
-        if isinstance(answer, DropReason):
-            if dropped is not None:
-                dropped[answer] += 1
-            responses.append(None)
-        else:
-            responses.append(answer)
-    return responses
+    answers = answerBatch(requests, now, radius, delegation, dropped)
+    return [None if isinstance(answer, DropReason) else answer for answer in answers]
 
 
 def answerBatch(
@@ -837,6 +891,7 @@ def answerBatch(
     now: float,
     radius: int,
     delegation: Delegation,
+    dropped: Counter[DropReason] | None = None,
 ) -> list[bytes | DropReason]:
     """
     Answer a batch of request datagrams received together, with one
@@ -853,6 +908,7 @@ def answerBatch(
     @param now: the time of processing, Unix seconds.
     @param radius: RADI in seconds (see L{radiusFor}).
     @param delegation: the online key and its certificates, valid for MIDP.
+    @param dropped: counts the datagrams dropped, by L{DropReason}.
     @return: the response to each datagram, or why it is dropped.
     @raise ValueError: C{radius} is not from 1 to 2^32 - 1, or the
         delegation does not cover MIDP.
@@ -868,11 +924,16 @@ def answerBatch(
     answers: list[bytes | DropReason] = []
     accepted: list[tuple[int, Request]] = []
     srv = delegation.srv
+    append, accept = answers.append, accepted.append
     for position, packet in enumerate(requests):
         parsed = parseRequest(packet, srv)
-        answers.append(parsed if isinstance(parsed, DropReason) else b"")
-        if isinstance(parsed, Request):
-            accepted.append((position, parsed))
+        if isinstance(parsed, DropReason):
+            append(parsed)
+            if dropped is not None:
+                dropped[parsed] += 1
+        else:
+            append(b"")
+            accept((position, parsed))
     treeSize = 1 << MAX_TREE_HEIGHT
     for first in range(0, len(accepted), treeSize):
         _respondTree(
@@ -881,6 +942,7 @@ def answerBatch(
             radius,
             delegation,
             answers,
+            dropped,
         )
     return answers
 
@@ -891,30 +953,42 @@ def _respondTree(
     radius: int,
     delegation: Delegation,
     answers: list[bytes | DropReason],
+    dropped: Counter[DropReason] | None,
 ) -> None:
     """
-    Answer the requests of one Merkle tree, writing into C{answers}.
+    Answer the requests of one Merkle tree, writing into C{answers}, and
+    counting in C{dropped} (when given) the responses too large to send.
     """
-    leaves = [r.version.leaf(r.packet, r.nonce) for _, r in accepted]
+    sha512 = hashlib.sha512
+    # Each leaf (Version.leaf, inline): H(0x00 || request), or H(0x00 ||
+    # nonce) for drafts 8 to 11.
+    leaves = [
+        sha512(b"\x00" + (packet if version.leafFromRequest else nonce)).digest()[
+            :HASH_SIZE
+        ]
+        for _, (packet, nonce, version) in accepted
+    ]
     levels = merkleLevels(leaves)
     root = levels[-1][0]
     height = len(levels) - 1
+    paths = merklePaths(levels, len(accepted))
     layouts: dict[int, _ResponseLayout] = {}
     pack = _U32.pack
-    for index, (position, request) in enumerate(accepted):
-        version = request.version
+    join = b"".join
+    for index, (position, (packet, nonce, version)) in enumerate(accepted):
         layout = layouts.get(version.number)
         if layout is None:
             layout = _layout(
                 version, radius, midpoint, root, height * HASH_SIZE, delegation
             )
             layouts[version.number] = layout
-        path = merklePath(levels, index)
-        response = b"".join(
-            (layout.head, request.nonce, layout.middle, path, layout.tail, pack(index))
+        response = join(
+            (layout.head, nonce, layout.middle, paths[index], layout.tail, pack(index))
         )
-        if len(response) > len(request.packet):
+        if len(response) > len(packet):
             answers[position] = DropReason.OVERSIZE
+            if dropped is not None:
+                dropped[DropReason.OVERSIZE] += 1
         else:
             answers[position] = response
 

@@ -105,14 +105,10 @@ class RoughtimeResponder:
             self.unsynchronised += len(datagrams)
             return [UNSYNCHRONISED] * len(datagrams)
         delegation = self.onlineKey.current(now)
-        answers = answerBatch(datagrams, now, radius, delegation)
-        answered = 0
         dropped = self.dropped
-        for answer in answers:
-            if isinstance(answer, DropReason):
-                dropped[answer] += 1
-            else:
-                answered += 1
+        before = dropped.total()
+        answers = answerBatch(datagrams, now, radius, delegation, dropped)
+        answered = len(datagrams) - (dropped.total() - before)
         self.answered += answered
         if answered:
             self.batches += 1
@@ -199,10 +195,14 @@ class RoughtimeServer(UDPServerProtocol):
         Answer the held C{datagrams} together, at the latest of their
         receive times: one Merkle tree and one signature for the batch.
         """
+        responder = self.responder
+        before = responder.answered
+        answers = responder.answer(datagrams, received)
+        if responder.answered - before == len(datagrams):
+            # All answered (as under load): the responses are the decisions.
+            return answers  # type: ignore[return-value]
         decisions: list[Decision] = []
-        for data, answer in zip(
-            datagrams, self.responder.answer(datagrams, received), strict=True
-        ):
+        for data, answer in zip(datagrams, answers, strict=True):
             if isinstance(answer, bytes):
                 decisions.append(answer)
                 continue

@@ -676,8 +676,14 @@ class NTPServer(UDPServerProtocol):
         A Kiss-o'-Death C{RATE} for a client request the rate limits
         refused (see L{ntp.buildKissOfDeath}: it carries none of the
         server's time), or L{None} when C{data} is not a client request this
-        server would answer.
+        server would answer.  With L{nts}, a request longer than a header
+        is NTS's to refuse (L{NTSAuthentication.refused
+        <udptime.ntsserver.NTSAuthentication.refused>}): an authentic NTS
+        request gets the KoD authenticated, any other NTS request nothing.
         """
+        nts = self.nts
+        if nts is not None and len(data) > _NTP_HEADER_SIZE:
+            return nts.refused(data, addr, self.minPoll)
         return ntp.buildKissOfDeath(
             data, b"RATE", sourcePort=addr[1], minPoll=self.minPoll
         )

@@ -635,6 +635,11 @@ class Options(usage.Options):
         self._checkNTS()
         if not ports and not self["nts-ke-port"]:
             raise usage.UsageError("every service is off: give at least one port")
+        if not ports and self["workers"]:
+            raise usage.UsageError(
+                "--workers runs the UDP services, and every one is off: the "
+                "NTS-KE service runs in one process, without --workers"
+            )
         for rule in self["access"]:
             if rule.service is not None and rule.service not in ports:
                 raise usage.UsageError(

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from docutils import nodes
+from docutils.parsers.rst import directives
 from sphinx.application import Sphinx
 from sphinx.environment import BuildEnvironment
 from sphinx.util.docutils import SphinxDirective
@@ -64,6 +65,10 @@ class BenchDirective(SphinxDirective):
     """
 
     required_arguments = 1
+    option_spec = {"data": directives.unchanged}
+    """C{:data: NAME}: read C{NAME.json} of the published results rather
+    than the file of the kind the table or chart reads (results published
+    with C{bench/run.py publish --as NAME})."""
 
     def results(self, kind: str) -> dict[str, Any]:
         """
@@ -73,7 +78,8 @@ class BenchDirective(SphinxDirective):
         @raise docutils.parsers.rst.DirectiveError: when they cannot be
             read.
         """
-        path = Path(self.env.srcdir) / self.config.benchreport_data / f"{kind}.json"
+        name = self.options.get("data") or kind
+        path = Path(self.env.srcdir) / self.config.benchreport_data / f"{name}.json"
         self.env.note_dependency(str(path))
         self.env.note_dependency(report.__file__)
         try:
