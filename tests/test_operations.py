@@ -6,6 +6,7 @@ C{twistd udptime} processes scraped over HTTP and by a real Prometheus.
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import socket
@@ -357,6 +358,31 @@ class ProcessMetricsTests(SynchronousTestCase):
         )
 
 
+def twoWorkers(case: SynchronousTestCase) -> tuple[TwistdServer, int, int]:
+    """
+    A real C{twistd udptime --workers 2} serving NTP (no rate limit) and
+    metrics on loopback, started (the supervisor and both workers listen)
+    and stopped with C{case}: the server, its NTP port and its metrics port.
+    """
+    ntpPort, metricsPort = freePort(), freeTCPPort()
+    server = TwistdServer(
+        [
+            "--port=0",
+            f"--ntp-port={ntpPort}",
+            "--local-stratum=7",
+            "--rate=0",
+            "--workers=2",
+            f"--metrics-port={metricsPort}",
+            "--interface=127.0.0.1",
+        ],
+        env={"PYTHONUNBUFFERED": "1"},
+    )
+    case.addCleanup(server.cleanup)
+    # The supervisor's line and each worker's.
+    server.start(3, timeout=60.0)
+    return server, ntpPort, metricsPort
+
+
 class PrometheusWorkersTests(SynchronousTestCase):
     """
     A real Prometheus scrapes a real C{twistd udptime --workers 2} under a
@@ -365,22 +391,7 @@ class PrometheusWorkersTests(SynchronousTestCase):
     """
 
     def test_workers(self) -> None:
-        ntpPort, metricsPort = freePort(), freeTCPPort()
-        server = TwistdServer(
-            [
-                "--port=0",
-                f"--ntp-port={ntpPort}",
-                "--local-stratum=7",
-                "--rate=0",
-                "--workers=2",
-                f"--metrics-port={metricsPort}",
-                "--interface=127.0.0.1",
-            ],
-            env={"PYTHONUNBUFFERED": "1"},
-        )
-        self.addCleanup(server.cleanup)
-        # The supervisor's line and each worker's.
-        server.start(3, timeout=60.0)
+        server, ntpPort, metricsPort = twoWorkers(self)
         prometheus = PrometheusServer(metricsPort)
         self.addCleanup(prometheus.stop)
         waitFor(lambda: get(metricsPort, "/healthz")[0] == 200, "healthy", 60.0)
@@ -432,3 +443,110 @@ def _workerPid(log: str, index: str) -> str | None:
         if marker in line:
             found = line.split(marker, 1)[1].split(")", 1)[0]
     return found
+
+
+def childProcesses(pid: int) -> list[int]:
+    """
+    The process ids of the children of process C{pid}, from C{/proc}.
+    """
+    children: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return children
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                children += [int(word) for word in f.read().split()]
+        except FileNotFoundError:
+            continue  # the thread ended meanwhile
+    return children
+
+
+def workerIndexOf(pid: int) -> int | None:
+    """
+    The worker number in the command line of process C{pid} (its
+    C{--worker INDEX:...} option), or L{None} when it is not a worker (or
+    has ended).
+    """
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            words = f.read().decode("utf-8", "replace").split("\0")
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    for word, following in itertools.pairwise(words):
+        if word == "--worker":
+            return int(following.split(":", 1)[0])
+    return None
+
+
+def runningWorkers(supervisor: int) -> dict[int, int]:
+    """
+    The process id of each worker of C{supervisor} running now, by worker
+    number, as C{/proc} shows them.
+    """
+    found = {}
+    for child in childProcesses(supervisor):
+        index = workerIndexOf(child)
+        if index is not None:
+            found[index] = child
+    return found
+
+
+class WorkerHealthTests(SynchronousTestCase):
+    """
+    A real C{twistd udptime --workers 2}: C{/healthz} says 503, naming the
+    worker, once a worker is killed, and 200 again once the supervisor has
+    started it again; the restart is counted on C{/metrics}.
+    """
+
+    def test_killedWorker(self) -> None:
+        server, ntpPort, metricsPort = twoWorkers(self)
+        waitFor(lambda: get(metricsPort, "/healthz") == (200, "ok\n"), "healthy", 60.0)
+        running = waitFor(
+            lambda: (found := runningWorkers(server.pid)) and len(found) == 2 and found,
+            "two worker processes",
+        )
+        restarts = key("udptime_worker_restarts_total", worker="2")
+        self.assertEqual(scrape(metricsPort)[restarts], 0)
+
+        victim = running[2]
+        os.kill(victim, signal.SIGKILL)
+        # The supervisor reaps the worker, starts it again after a short
+        # delay, and the new process must start up and report before the
+        # worker counts as serving again: until then, 503.
+        status, reason = waitFor(
+            lambda: (answer := get(metricsPort, "/healthz"))[0] != 200 and answer,
+            "/healthz to leave 200",
+            60.0,
+        )
+        self.assertEqual(status, 503)
+        self.assertIn(
+            reason,
+            {
+                "worker 2 is not running\n",
+                "worker 2 has not reported since it started\n",
+            },
+        )
+        # What the supervisor decided: the worker ended, was started again
+        # as a new process, and the restart is counted.
+        waitFor(lambda: scrape(metricsPort).get(restarts) == 1, "the restart counted")
+        log = server.log()
+        self.assertIn(f"worker 2 (pid {victim}) ended: ", log)
+        self.assertIn("starting worker 2 again in ", log)
+        restarted = waitFor(
+            lambda: (
+                runningWorkers(server.pid).get(2) not in (None, victim)
+                and runningWorkers(server.pid)[2]
+            ),
+            "a new process for worker 2",
+        )
+        self.assertEqual(_workerPid(server.log(), "2"), str(restarted))
+        waitFor(lambda: get(metricsPort, "/healthz") == (200, "ok\n"), "healthy", 60.0)
+        found = scrape(metricsPort)
+        self.assertEqual(found[key("udptime_worker_up", worker="2")], 1)
+        self.assertEqual(found[restarts], 1)
+        self.assertEqual(found[key("udptime_worker_restarts_total", worker="1")], 0)
+        # The restarted worker serves.
+        self.assertEqual(len(udpQuery(NTP_REQUEST, "127.0.0.1", ntpPort, 5.0)), 48)
+        self.assertEqual(server.stop(), 0)

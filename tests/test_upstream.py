@@ -6,6 +6,7 @@ chronyd on loopback.
 
 from __future__ import annotations
 
+import json
 import time
 
 from twisted.internet import task
@@ -33,7 +34,9 @@ from udptime.upstream import (
     UpstreamClock,
     UpstreamReading,
     parseUpstream,
+    readingFromLine,
     readingFromResult,
+    readingLine,
     upstreamClock,
 )
 
@@ -458,6 +461,12 @@ class TwistdUpstreamTests(SynchronousTestCase):
     interval = 1.0
     """C{--upstream-interval}: short, for the test."""
 
+    workers = 0
+    """C{--workers}."""
+
+    sources = ["127.0.0.1"]
+    """The addresses the test asks from."""
+
     def test_upstream(self) -> None:
         """
         udptime's NTP replies carry chronyd's leap indicator, stratum,
@@ -483,18 +492,33 @@ class TwistdUpstreamTests(SynchronousTestCase):
                 f"--metrics-port={metricsPort}",
                 # The test asks often: no Kiss-o'-Death.
                 "--rate=0",
-            ]
+                f"--workers={self.workers}",
+            ],
+            env={"PYTHONUNBUFFERED": "1"},
         )
         self.addCleanup(server.cleanup)
-        server.start()
+        server.start(1 + self.workers, timeout=60.0)
 
-        def reply() -> NTPPacket:
-            return NTPPacket.fromBytes(udpQuery(NTP_REQUEST, "127.0.0.1", ntpPort))
+        def replies() -> list[NTPPacket]:
+            return [
+                NTPPacket.fromBytes(
+                    udpQuery(NTP_REQUEST, "127.0.0.1", ntpPort, 2.0, (source, 0))
+                )
+                for source in self.sources
+            ]
 
-        synchronised = waitFor(
-            lambda: (packet := reply()).leap != Leap.UNSYNCHRONISED and packet,
-            "a synchronised reply",
-        )
+        def reply(synchronised: bool) -> NTPPacket | None:
+            # The reply, once every source (every worker) gets the same
+            # state, synchronised or not as asked (a worker may keep its
+            # state for up to a second after another changed).
+            packets = replies()
+            states = {(p.leap, p.stratum, p.refid) for p in packets}
+            packet = packets[0]
+            if len(states) != 1 or (packet.leap != Leap.UNSYNCHRONISED) != synchronised:
+                return None
+            return packet
+
+        synchronised = waitFor(lambda: reply(True), "a synchronised reply")
         self.assertEqual(synchronised.stratum, daemon.stratum)
         self.assertEqual(synchronised.refid, daemon.refid)
         self.assertEqual(synchronised.refid, CHRONY_LOCAL_REFID)
@@ -503,13 +527,14 @@ class TwistdUpstreamTests(SynchronousTestCase):
         found = scrape(metricsPort)
         self.assertEqual(found[key("udptime_clock_stratum")], 6)
         self.assertEqual(found[key("udptime_upstream_reachable")], 1)
+        self.checkServed(metricsPort)
 
         assert chronyd.process is not None
         chronyd.process.terminate()
         chronyd.process.wait(10)
         documented = MISSED_POLLS * self.interval + DEFAULT_CACHE_INTERVAL
         unsynchronised = waitFor(
-            lambda: (packet := reply()).leap == Leap.UNSYNCHRONISED and packet,
+            lambda: reply(False),
             "an unsynchronised reply",
             # The documented time, and room for a slow machine.
             timeout=documented + 10.0,
@@ -521,3 +546,111 @@ class TwistdUpstreamTests(SynchronousTestCase):
         self.assertEqual(found[key("udptime_upstream_reachable")], 0)
         self.assertEqual(server.stop(), 0)
         self.assertIn("did not answer", server.log())
+
+    def checkServed(self, metricsPort: int) -> None:
+        """
+        Check how the replies were served (in one process: nothing more).
+        """
+
+
+class TwistdUpstreamWorkersTests(TwistdUpstreamTests):
+    """
+    The same with C{--workers 2}: the supervisor alone asks chronyd, and
+    both workers serve its word.
+    """
+
+    workers = 2
+    sources = [f"127.0.0.{n}" for n in range(1, 9)]
+
+    def checkServed(self, metricsPort: int) -> None:
+        """
+        Both workers answered some of the synchronised replies.
+        """
+
+        def served() -> bool:
+            found = scrape(metricsPort)
+            return all(
+                found.get(
+                    key(
+                        "udptime_worker_received_packets_total",
+                        worker=str(index),
+                        service="ntp",
+                    ),
+                    0,
+                )
+                > 0
+                for index in (1, 2)
+            )
+
+        waitFor(served, "both workers' reports")
+
+
+class ReadingLineTests(SynchronousTestCase):
+    """
+    L{readingLine} and L{readingFromLine}: the daemon's answer as the
+    supervisor hands it to its workers.
+    """
+
+    def test_roundTrip(self) -> None:
+        answer = reading(START, leap=1, stratum=4)
+        line = readingLine(answer)
+        self.assertTrue(line.endswith(b"\n"))
+        self.assertEqual(line.count(b"\n"), 1)
+        self.assertEqual(readingFromLine(line), answer)
+        noReference = UpstreamReading(3, 0, bytes(4), None, 0.0, 0.0, START)
+        self.assertEqual(readingFromLine(readingLine(noReference)), noReference)
+
+    def test_bad(self) -> None:
+        good = json.loads(readingLine(reading(START)))
+        for change in [
+            {"format": "udptime-nts-keys"},
+            {"version": 2},
+            {"leap": 4},
+            {"stratum": 1.5},
+            {"refid": "c00002"},
+            {"refid": "zzzzzzzz"},
+            {"rootDelay": -1},
+            {"readAt": "now"},
+            {"delay": True},
+        ]:
+            line = json.dumps({**good, **change}).encode()
+            self.assertRaises(ValueError, readingFromLine, line)
+        self.assertRaises(ValueError, readingFromLine, b"not json\n")
+        self.assertRaises(ValueError, readingFromLine, b"NaN\n")
+
+
+class BriefedClockTests(SynchronousTestCase):
+    """
+    A worker's L{UpstreamClock} asks nothing and serves the answers it is
+    given; a supervisor's hands every answer on.
+    """
+
+    def test_noAsk(self) -> None:
+        reactor = task.Clock()
+        reactor.advance(START)
+        clock = UpstreamClock(reactor, None, interval=16.0, precision=-20)
+        clock.startService()
+        self.addCleanup(clock.stopService)
+        reactor.advance(100)
+        self.assertEqual(clock.polls, 0)
+        self.assertFalse(clock.state(reactor.seconds()).synchronised)
+        clock.take(reading(reactor.seconds(), stratum=5))
+        state = clock.state(reactor.seconds())
+        self.assertEqual((state.synchronised, state.stratum), (True, 5))
+        reactor.advance(MISSED_POLLS * 16.0 + 1)
+        self.assertFalse(clock.state(reactor.seconds()).synchronised)
+
+    def test_onReading(self) -> None:
+        reactor = task.Clock()
+        daemon = FakeDaemon()
+        clock = UpstreamClock(reactor, daemon, interval=16.0, precision=-20)
+        handed: list[UpstreamReading] = []
+        clock.onReading = handed.append
+        clock.startService()
+        self.addCleanup(clock.stopService)
+        answer = reading(START)
+        daemon.answer(answer)
+        self.assertEqual(handed, [answer])
+        reactor.advance(16.0)
+        daemon.fail()
+        self.assertEqual(handed, [answer])

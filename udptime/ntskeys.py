@@ -85,13 +85,11 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from twisted.application.service import Service
-from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IReactorFDSet, IReactorTime, IReadDescriptor
+from twisted.internet.interfaces import IReactorFDSet, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.python.failure import Failure
-from zope.interface import implementer
 
+from udptime.briefing import BriefingReader
 from udptime.ntscookie import (
     DEFAULT_PREVIOUS,
     DEFAULT_ROTATION,
@@ -581,18 +579,17 @@ def readKeyUpdate(
     return parseKeys(bytes(line))
 
 
-@implementer(IReadDescriptor)
-class KeyUpdateReader:
+class KeyUpdateReader(BriefingReader):
     """
     Reads key documents, one a line, from a descriptor (a worker's standard
-    input) and puts their keys into a L{CookieKeys}.  A line that is not a
-    key document, or is too long, is logged and ignored.
+    input) and puts their keys into a L{CookieKeys}: a
+    L{BriefingReader<udptime.briefing.BriefingReader>} that takes in the
+    lines of L{FORMAT} (L{keyUpdateHandler}).  A line that is not a key
+    document, or is too long, is logged and ignored.
 
     @ivar updates: key documents applied.
     @ivar rejected: lines ignored.
     """
-
-    log = Logger()
 
     def __init__(
         self,
@@ -601,89 +598,24 @@ class KeyUpdateReader:
         keys: CookieKeys,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.reactor = reactor
-        self.fd = fd
-        self.keys = keys
-        self.clock = clock
-        self.updates = 0
-        self.rejected = 0
-        self._buffer = bytearray()
-        self._skipping = False
-        os.set_blocking(fd, False)
+        super().__init__(reactor, fd, "NTS key hand-over")
+        self.handle(FORMAT, keyUpdateHandler(keys, clock))
 
-    def startReading(self) -> None:
-        """
-        Start reading.
-        """
-        self.reactor.addReader(self)
 
-    def stopReading(self) -> None:
-        """
-        Stop reading.
-        """
-        self.reactor.removeReader(self)
+def keyUpdateHandler(
+    keys: CookieKeys, clock: Callable[[], float] = time.time
+) -> Callable[[bytes], None]:
+    """
+    The handler of a worker's key document lines (see
+    L{udptime.briefing}): each replaces C{keys}' keys.
 
-    def fileno(self) -> int:
-        """
-        The descriptor read.
-        """
-        return self.fd
+    @raise KeyFileError: (from the handler) a line is not a key document.
+    """
 
-    def logPrefix(self) -> str:
-        """
-        The prefix of the reactor's log lines about this reader.
-        """
-        return "KeyUpdateReader"
+    def apply(line: bytes) -> None:
+        parseKeys(line).applyTo(keys, clock())
 
-    def doRead(self) -> Failure | None:
-        """
-        Read what is there; apply the complete lines.
-        """
-        try:
-            data = os.read(self.fd, MAX_DOCUMENT)
-        except BlockingIOError:
-            return None
-        except OSError as e:
-            return Failure(e)
-        if not data:
-            return Failure(ConnectionDone("the NTS key hand-over closed"))
-        buffer = self._buffer
-        buffer += data
-        while True:
-            end = buffer.find(b"\n")
-            if end < 0:
-                break
-            line = bytes(buffer[: end + 1])
-            del buffer[: end + 1]
-            if self._skipping:
-                self._skipping = False
-                continue
-            self._apply(line)
-        if len(buffer) > MAX_DOCUMENT:
-            buffer.clear()
-            self._skipping = True
-            self.rejected += 1
-            self.log.error("NTS key hand-over line too long: ignored")
-        return None
-
-    def _apply(self, line: bytes) -> None:
-        try:
-            document = parseKeys(line)
-        except KeyFileError as e:
-            self.rejected += 1
-            self.log.error("NTS key hand-over ignored: {error}", error=str(e))
-            return
-        document.applyTo(self.keys, self.clock())
-        self.updates += 1
-
-    def connectionLost(self, reason: Failure) -> None:
-        """
-        The descriptor closed (the supervisor is gone): stop reading.
-        """
-        self.reactor.removeReader(self)
-        self.log.info(
-            "NTS key hand-over closed: {reason}", reason=reason.getErrorMessage()
-        )
+    return apply
 
 
 def _describe(keys: CookieKeys) -> list[str]:

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
-from twisted.application.service import IServiceCollection, Service
+from twisted.application.service import IServiceCollection
 from twisted.logger import Logger
 
 from udptime import counters
@@ -36,10 +36,10 @@ from udptime.decision import Refusal
 from udptime.policy import RateLimiter
 
 if TYPE_CHECKING:
+    from udptime.briefing import BriefingService
     from udptime.nts import NTSNak, NTSRequest, SessionCiphers
     from udptime.ntscookie import CookieKeys
     from udptime.ntskeserver import NTSKEService
-    from udptime.ntskeys import KeyUpdateReader
 
 HANDOVER_TIMEOUT: Final = 10.0
 """Seconds a worker waits for its supervisor's keys before it gives up."""
@@ -232,36 +232,6 @@ class NTSAuthentication:
             raise
 
 
-class KeyUpdateService(Service):
-    """
-    A worker's side of the key hand-over: reads the key documents its
-    supervisor writes on its standard input into its keys (see
-    L{udptime.ntskeys.KeyUpdateReader}).
-
-    @ivar reader: the reader, while the service runs.
-    """
-
-    def __init__(self, reactor: Any, fd: int, keys: CookieKeys) -> None:
-        self.reactor = reactor
-        self.fd = fd
-        self.keys = keys
-        self.reader: KeyUpdateReader | None = None
-
-    def startService(self) -> None:
-        from udptime.ntskeys import KeyUpdateReader
-
-        Service.startService(self)
-        self.reader = KeyUpdateReader(self.reactor, self.fd, self.keys)
-        self.reader.startReading()
-
-    def stopService(self) -> Any:
-        Service.stopService(self)
-        reader, self.reader = self.reader, None
-        if reader is not None:
-            reader.stopReading()
-        return None
-
-
 def serverKeys(
     options: Mapping[str, Any],
     reactor: Any,
@@ -269,6 +239,7 @@ def serverKeys(
     *,
     worker: bool = False,
     handOver: Callable[[bytes], object] | None = None,
+    briefing: BriefingService | None = None,
     clock: Callable[[], float] = time.time,
 ) -> CookieKeys:
     """
@@ -276,7 +247,9 @@ def serverKeys(
     current added to C{parent}.
 
       - A worker (C{worker}) reads them from its standard input, where its
-        supervisor writes them, and then any later keys as they come.
+        supervisor writes them, and then any later keys as they come,
+        through its C{briefing} (one is added to C{parent} when not given;
+        see L{udptime.briefing}).
       - Otherwise they come from the key file C{options["nts-key-file"]}
         (made when it does not exist, unless this process does not rotate),
         or are random; with C{options["nts-key-rotation"]} seconds (not 0)
@@ -290,8 +263,10 @@ def serverKeys(
     """
     from udptime.ntscookie import DEFAULT_PREVIOUS, CookieKeys
     from udptime.ntskeys import (
+        FORMAT,
         CookieKeyService,
         KeyFileError,
+        keyUpdateHandler,
         keyUpdateLine,
         loadOrCreateKeys,
         readKeyUpdate,
@@ -304,7 +279,12 @@ def serverKeys(
         except (OSError, EOFError, KeyFileError) as e:
             raise NTSSetupError(f"no NTS keys from the supervisor: {e}") from None
         keys = document.cookieKeys(now)
-        KeyUpdateService(reactor, 0, keys).setServiceParent(parent)
+        if briefing is None:
+            from udptime.briefing import BriefingService
+
+            briefing = BriefingService(reactor, 0)
+            briefing.setServiceParent(parent)
+        briefing.handle(FORMAT, keyUpdateHandler(keys))
         return keys
     path: str | None = options["nts-key-file"]
     rotation: float = options["nts-key-rotation"]

@@ -29,7 +29,9 @@ from udptime.activation import (
     ActivationError,
     activatedSockets,
 )
+from udptime.address import formatAddress
 from udptime.ancillary import kernelTimestampsAvailable
+from udptime.briefing import BriefingService
 from udptime.clock import LOCAL_REFID, ClockSource, ClockStateSource
 from udptime.port import DEFAULT_KERNEL_TIMESTAMPS
 from udptime.roughtimekeys import roughtimeKeyOption
@@ -949,10 +951,12 @@ def makeService(options: Options) -> IService:
                     {"nts-ke": keyExchange.counters},
                 ).setServiceParent(top)
             bound += _present(keyExchange)
+        # The supervisor alone asks the upstream daemon, and hands every
+        # answer to its workers, which serve it, and to its clock metrics.
+        upstream = _upstream(reactor, options, top)
+        if upstream is not None:
+            upstream.onReading = _briefer(supervisor)
         if options["metrics-port"] or options.metricsSockets():
-            # The workers ask the upstream daemon for their replies; the
-            # supervisor asks it too, for the clock metrics.
-            upstream = _upstream(reactor, options, top)
             aggregator = reports.aggregator
             bound += _metrics(
                 reactor,
@@ -972,12 +976,20 @@ def makeService(options: Options) -> IService:
         _bindUnderTwistd(options, bound)
         _notifyWhenRunning(reactor)
         return top
-    upstream = _upstream(reactor, options, top)
+    briefing = None
+    if setting is not None:
+        # What the supervisor hands down while the worker runs (the NTS
+        # keys, the upstream daemon's answers), taken in before it serves.
+        briefing = BriefingService(reactor, 0)
+        briefing.setServiceParent(top)
+    upstream = _upstream(reactor, options, top, briefing)
     counted: dict[str, Counted] = {}
     keyExchange = None
     authentication = None
     if options.ntsEnabled() and ("ntp" in options.enabledPorts() or setting is None):
-        keys, keyExchange = _serveNTS(options, reactor, top, worker=setting is not None)
+        keys, keyExchange = _serveNTS(
+            options, reactor, top, worker=setting is not None, briefing=briefing
+        )
         authentication = ntsserver.NTSAuthentication(keys)
         counted["nts"] = authentication.counters
         if keyExchange is not None:
@@ -1095,28 +1107,62 @@ def _notifyWhenRunning(reactor: Any) -> None:
     )
 
 
-def _upstream(reactor: Any, options: Options, top: MultiService) -> Any:
+def _upstream(
+    reactor: Any,
+    options: Options,
+    top: MultiService,
+    briefing: BriefingService | None = None,
+) -> Any:
     """
     The upstream clock of C{--upstream}, polling as a child of C{top}
-    (before the services that ask it), or L{None}.  With C{--local-stratum}
-    the local clock is claimed while the upstream daemon's word is not
-    synchronised.
+    (before the services that ask it), or L{None}.  In a worker (with its
+    C{briefing}) it asks nothing: it serves the answers its supervisor
+    hands down.  With C{--local-stratum} the local clock is claimed while
+    the upstream daemon's word is not synchronised.
     """
     if options["upstream"] is None:
         return None
-    from udptime.upstream import upstreamClock
+    from udptime.upstream import (
+        UPSTREAM_FORMAT,
+        UpstreamClock,
+        readingFromLine,
+        upstreamClock,
+    )
 
     fallback = None
     if options["local-stratum"] is not None:
         fallback = ClockSource(options["local-stratum"], options["refid"])
-    upstream = upstreamClock(
-        reactor,
-        options["upstream"],
-        interval=options["upstream-interval"],
-        fallback=fallback,
-    )
+    upstream: UpstreamClock
+    if briefing is None:
+        upstream = upstreamClock(
+            reactor,
+            options["upstream"],
+            interval=options["upstream-interval"],
+            fallback=fallback,
+        )
+    else:
+        upstream = UpstreamClock(
+            reactor,
+            None,
+            where=formatAddress(*options["upstream"]),
+            interval=options["upstream-interval"],
+            fallback=fallback,
+        )
+        briefing.handle(
+            UPSTREAM_FORMAT, lambda line: upstream.take(readingFromLine(line))
+        )
     upstream.setServiceParent(top)
     return upstream
+
+
+def _briefer(supervisor: workers.WorkerSupervisor) -> Callable[[Any], None]:
+    """
+    Hand each answer of the upstream daemon to the workers of
+    C{supervisor}.
+    """
+    from udptime.upstream import readingLine
+
+    return lambda reading: supervisor.brief(readingLine(reading))
 
 
 class _Bindable(Protocol):
@@ -1143,6 +1189,7 @@ def _serveNTS(
     *,
     worker: bool = False,
     handOver: Callable[[bytes], object] | None = None,
+    briefing: BriefingService | None = None,
 ) -> tuple[CookieKeys, NTSKEService | None]:
     """
     Add the NTS services to C{top}: what keeps the server keys current, and
@@ -1155,7 +1202,7 @@ def _serveNTS(
     keyExchange = None
     try:
         keys = ntsserver.serverKeys(
-            options, reactor, top, worker=worker, handOver=handOver
+            options, reactor, top, worker=worker, handOver=handOver, briefing=briefing
         )
         if options["nts-ke-port"] and not worker:
             keyExchange = ntsserver.keyExchangeService(options, reactor, keys)

@@ -60,11 +60,25 @@ With a C{fallback} (for C{--local-stratum}: a L{ClockSource} that trusts the
 local clock), the fallback's state is served while the daemon's is
 unsynchronised, as chronyd's C{local stratum} takes over once its sources
 are lost.
+
+With workers
+============
+
+With C{--workers N} only the supervisor asks the daemon.  It hands every
+answer (L{readingLine}) to its workers on their standard input (see
+L{udptime.briefing}), and to a worker it starts the last one at once; each
+worker's L{UpstreamClock}, which asks nothing itself (no C{ask}), takes the
+answers in (L{UpstreamClock.take}) and applies the same rules to them.  So
+the daemon sees one client whatever the number of workers, and every worker
+serves the same answer, aged by the same rules; a worker is unsynchronised
+for a moment only while it starts, until it has read the last answer
+(normally before it serves its first request).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -235,12 +249,95 @@ parseUpstream.coerceDoc = (  # type: ignore[attr-defined]
 _NO_REFID: Final = b"\0\0\0\0"
 
 
+UPSTREAM_FORMAT: Final = "udptime-upstream"
+"""The format of a supervisor's briefing line about the daemon's answer."""
+
+UPSTREAM_VERSION: Final = 1
+"""The version of that line."""
+
+
+def readingLine(reading: UpstreamReading) -> bytes:
+    """
+    The line a supervisor writes to its workers to hand them the daemon's
+    answer C{reading}: a JSON object on one line (see
+    L{udptime.briefing}).
+    """
+    document = {
+        "format": UPSTREAM_FORMAT,
+        "version": UPSTREAM_VERSION,
+        "leap": reading.leap,
+        "stratum": reading.stratum,
+        "refid": reading.refid.hex(),
+        "referenceTime": reading.referenceTime,
+        "rootDelay": reading.rootDelay,
+        "rootDispersion": reading.rootDispersion,
+        "readAt": reading.readAt,
+        "delay": reading.delay,
+    }
+    return json.dumps(document, separators=(",", ":")).encode("ascii") + b"\n"
+
+
+def readingFromLine(line: bytes) -> UpstreamReading:
+    """
+    Read a line of L{readingLine}.
+
+    @raise ValueError: C{line} is not one.
+    """
+    try:
+        document = json.loads(line)
+    except (UnicodeDecodeError, ValueError):
+        raise ValueError("an upstream answer that is not JSON") from None
+    if not isinstance(document, dict) or document.get("format") != UPSTREAM_FORMAT:
+        raise ValueError("not an upstream answer")
+    if document.get("version") != UPSTREAM_VERSION:
+        raise ValueError(f"upstream answer version {document.get('version')!r}")
+
+    def number(name: str, low: float, high: float) -> float:
+        value = document.get(name)
+        if (
+            not isinstance(value, (int, float))
+            or isinstance(value, bool)
+            or not math.isfinite(value)
+            or not low <= value <= high
+        ):
+            raise ValueError(f"upstream answer with a bad {name} {value!r}")
+        return float(value)
+
+    def integer(name: str, high: int) -> int:
+        value = number(name, 0, high)
+        if value != int(value):
+            raise ValueError(f"upstream answer with a bad {name} {value!r}")
+        return int(value)
+
+    refid = document.get("refid")
+    try:
+        refidBytes = bytes.fromhex(refid) if isinstance(refid, str) else b""
+    except ValueError:
+        refidBytes = b""
+    if len(refidBytes) != 4:
+        raise ValueError(f"upstream answer with a bad refid {refid!r}")
+    referenceTime = None
+    if document.get("referenceTime") is not None:
+        referenceTime = number("referenceTime", -math.inf, math.inf)
+    return UpstreamReading(
+        leap=integer("leap", 3),
+        stratum=integer("stratum", 255),
+        refid=refidBytes,
+        referenceTime=referenceTime,
+        rootDelay=number("rootDelay", 0.0, math.inf),
+        rootDispersion=number("rootDispersion", 0.0, math.inf),
+        readAt=number("readAt", -math.inf, math.inf),
+        delay=number("delay", -math.inf, math.inf),
+    )
+
+
 class UpstreamClock(Service):
     """
     A clock state source (see L{ClockStateSource}) that claims what the NTP
     daemon disciplining this host's clock says; see the module's description
     for the rules.  As a service, it asks the daemon at start and then every
-    C{interval} seconds.
+    C{interval} seconds; without an C{ask} (in a worker), it asks nothing
+    and serves the answers it is given (L{take}).
 
     @ivar where: the daemon's address, for messages.
     @ivar reading: the daemon's last answer, or L{None}.
@@ -248,6 +345,8 @@ class UpstreamClock(Service):
         lowest, set when the daemon answered.
     @ivar polls: polls started.
     @ivar answers: polls the daemon answered.
+    @ivar onReading: called with each answer the daemon gives (a supervisor
+        hands it to its workers), or L{None}.
     """
 
     log = Logger()
@@ -255,7 +354,7 @@ class UpstreamClock(Service):
     def __init__(
         self,
         reactor: Any,
-        ask: UpstreamAsk,
+        ask: UpstreamAsk | None,
         *,
         where: str = "upstream",
         interval: float = DEFAULT_POLL_INTERVAL,
@@ -267,7 +366,8 @@ class UpstreamClock(Service):
     ) -> None:
         """
         @param reactor: provides C{callLater} and C{seconds} for the polls.
-        @param ask: asks the daemon once (see L{ntpAsker}).
+        @param ask: asks the daemon once (see L{ntpAsker}); L{None} to ask
+            nothing, and serve the answers L{take} is given.
         @param interval: seconds between polls.
         @param maxAge: seconds a synchronised answer is believed; L{None}
             for L{MISSED_POLLS} times C{interval}.
@@ -294,6 +394,7 @@ class UpstreamClock(Service):
         self.reach = 0
         self.polls = 0
         self.answers = 0
+        self.onReading: Callable[[UpstreamReading], object] | None = None
         self._loop: LoopingCall | None = None
         self._pending: Deferred[UpstreamReading] | None = None
         self._span: tuple[ClockState, float, float, UpstreamReading | None] | None = (
@@ -321,9 +422,12 @@ class UpstreamClock(Service):
 
     def startService(self) -> None:
         """
-        Ask the daemon now, and then every C{interval} seconds.
+        Ask the daemon now, and then every C{interval} seconds (unless this
+        clock has no C{ask}).
         """
         Service.startService(self)
+        if self.ask is None:
+            return
         loop = LoopingCall(self.poll)
         loop.clock = self.reactor
         loop.start(self.interval, now=True)
@@ -346,7 +450,7 @@ class UpstreamClock(Service):
         """
         Ask the daemon once, unless the last question is still unanswered.
         """
-        if self._pending is not None:
+        if self._pending is not None or self.ask is None:
             return
         self.polls += 1
         self.reach = (self.reach << 1) & 0xFF
@@ -359,11 +463,20 @@ class UpstreamClock(Service):
         asked.addCallbacks(self._answered, self._failed)
         asked.addErrback(self._bug)
 
+    def take(self, reading: UpstreamReading) -> None:
+        """
+        Serve from C{reading}, an answer of the daemon the supervisor asked
+        (see L{readingFromLine}), from now on.
+        """
+        self.reading = reading
+
     def _answered(self, reading: UpstreamReading) -> None:
         self._pending = None
         self.answers += 1
         self.reach |= 1
         self.reading = reading
+        if self.onReading is not None:
+            self.onReading(reading)
         if self._answering is False:
             self.log.info("upstream {where} answers again", where=self.where)
         self._answering = True

@@ -67,6 +67,7 @@ from twisted.python.failure import Failure
 from twisted.python.util import switchUID
 
 from udptime.address import formatAddress
+from udptime.briefing import lineFormat
 from udptime.service import (
     ServiceCannotListen,
     UDPListenService,
@@ -420,8 +421,9 @@ class WorkerSupervisor(Service):
 
     @ivar workers: the running workers' L{WorkerProcess}es by number.
     @ivar briefing: what each worker reads first on its standard input, a
-        pipe from the supervisor (the NTS server keys, see L{brief}); empty
-        for nothing.
+        pipe from the supervisor: the last line of each kind (the NTS server
+        keys, the upstream daemon's answer), by kind, see L{brief} and
+        L{udptime.briefing}.
     @ivar watcher: told of the workers' starts, ends and output lines, or
         L{None}.
     """
@@ -464,7 +466,7 @@ class WorkerSupervisor(Service):
         self._restarts: dict[int, IDelayedCall] = {}
         self._delays: dict[int, float] = {}
         self._stopping = False
-        self.briefing = b""
+        self.briefing: dict[str, bytes] = {}
 
     def adopt(self, sockets: Mapping[str, socket.socket]) -> None:
         """
@@ -645,18 +647,21 @@ class WorkerSupervisor(Service):
             return
         self.workers[index] = worker
         if self.briefing and worker.transport is not None:
-            worker.transport.write(self.briefing)
+            worker.transport.write(b"".join(self.briefing.values()))
         if self.watcher is not None:
             self.watcher.workerStarted(index)
         self.log.info("worker {index} started (pid {pid})", index=index, pid=worker.pid)
 
     def brief(self, line: bytes) -> None:
         """
-        Make C{line} the L{briefing} of workers started from now on, and
+        Make C{line} the L{briefing} of its kind (see
+        L{udptime.briefing.lineFormat}) for workers started from now on, and
         write it to the standard input of every running worker (the pipe
-        that only the supervisor and that worker hold).
+        that only the supervisor and that worker hold).  The kinds are
+        written to a new worker in the order they first came: the NTS keys,
+        which a worker reads before it serves, come first.
         """
-        self.briefing = line
+        self.briefing[lineFormat(line) or ""] = line
         for worker in self.workers.values():
             if worker.transport is not None:
                 worker.transport.write(line)
