@@ -29,10 +29,14 @@ from tests.support import (
     udpQuery,
     waitFor,
 )
-from tests.test_metrics import key, textSamples
+from tests.test_metrics import key, samples, textSamples
 from udptime import workers
+from udptime.clock import ClockSource
+from udptime.interleave import TransmitTimes
+from udptime.metrics import UdptimeCollector
 from udptime.operations import (
     GLOBAL_LIMIT,
+    INTERLEAVE,
     MetricsCannotListen,
     SupervisorReports,
     metricsSocket,
@@ -42,7 +46,7 @@ from udptime.operations import (
 )
 from udptime.policy import Policy, PolicyProfile, RateLimiter
 from udptime.reports import Report, encodeReport
-from udptime.server import TextTimeServer
+from udptime.server import NTPServer, TextTimeServer
 
 NTP_REQUEST = bytes([0x23]) + bytes(47)
 """An NTP client request (version 4, mode 3), transmit timestamp 0."""
@@ -234,6 +238,32 @@ class ProcessReportTests(SynchronousTestCase):
 
     def test_noCap(self) -> None:
         self.assertEqual(processReport({}, None)().extra, {})
+
+    def test_interleaveTables(self) -> None:
+        """
+        The NTP services' tables of kernel transmit times are added up:
+        recorded, used in interleaved replies, evicted for room.
+        """
+        protocols = []
+        for capacity in (1, 2):
+            protocol = NTPServer(clockSource=ClockSource(10, precision=-20))
+            table = protocol.interleave = TransmitTimes(capacity)
+            for receive in (b"a" * 8, b"b" * 8):
+                table.expect("192.0.2.1", receive)
+                table.transmitted(receive, 1)
+            table.previous("192.0.2.1", b"b" * 8)
+            protocols.append(protocol)
+        protocols.append(NTPServer(interleaved=False, clockSource=ClockSource(10)))
+        report = processReport({"ntp": protocols}, None)()
+        self.assertEqual(
+            report.extra,
+            {INTERLEAVE: {"recorded": 4, "used": 2, "evicted": 1}},
+        )
+        found = samples(UdptimeCollector(lambda: report))
+        self.assertEqual(
+            found[key("udptime_interleave_transmit_times_total", outcome="evicted")],
+            1,
+        )
 
 
 class MetricsSocketTests(SynchronousTestCase):

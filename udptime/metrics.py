@@ -144,6 +144,14 @@ EXTRA_FAMILIES: Final[Mapping[str, Family]] = {
     "nts_ke_sessions": Family(
         "udptime_nts_ke_sessions", COUNTER, "NTS-KE sessions, by outcome", "outcome"
     ),
+    "interleave_transmit_times": Family(
+        "udptime_interleave_transmit_times",
+        COUNTER,
+        "Kernel transmit times of NTP replies kept for interleaved mode, by"
+        " outcome (recorded, used in an interleaved reply, evicted from the"
+        " full table)",
+        "outcome",
+    ),
     "nts_requests": Family(
         "udptime_nts_requests",
         COUNTER,

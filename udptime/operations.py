@@ -62,6 +62,10 @@ BACKLOG = 16
 """The metrics socket's listen backlog."""
 
 GLOBAL_LIMIT = "global_limit"
+INTERLEAVE: Final = "interleave_transmit_times"
+"""The name under which a process reports its NTP services' tables of
+kernel transmit times (L{udptime.interleave.TransmitTimes}): recorded,
+used in interleaved replies, and evicted for room."""
 """The report family of the reply cap all services share (C{--global-rate})."""
 
 _log = Logger()
@@ -213,6 +217,18 @@ def processReport(
         }
         if globalLimit is not None:
             found[GLOBAL_LIMIT] = {"refused": globalLimit.refused}
+        tables = [
+            protocol.interleave
+            for each in protocols.values()
+            for protocol in each
+            if protocol.interleave is not None
+        ]
+        if tables:
+            found[INTERLEAVE] = {
+                "recorded": sum(table.reported for table in tables),
+                "used": sum(table.interleaved for table in tables),
+                "evicted": sum(table.evicted for table in tables),
+            }
         return found
 
     def reportOne(name: str, each: Sequence[UDPServerProtocol]) -> dict[str, int]:
