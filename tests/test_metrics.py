@@ -612,6 +612,7 @@ class DocumentedNamesTests(SynchronousTestCase):
                 "nts_ke_sessions": {"completed": 1},
                 "nts_requests": {"nak": 1},
                 "global_limit": {"refused": 1},
+                "interleave_transmit_times": {"evicted": 1},
             },
         )
         figures = {"1": WorkerFigures(True, 0, 0, report)}
