@@ -213,7 +213,9 @@ class Load:
         self.spreadAddresses = 0
         self.raw: socket.socket | None = None
         with contextlib.suppress(OSError):
-            self.raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+            self.raw = socket.socket(
+                socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW
+            )
         self.totals = self._empty()
         self.window = self._empty()
 
@@ -637,7 +639,10 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds between two worker kills (default 300; 0: none)",
     )
     parser.add_argument(
-        "--nice", type=int, default=10, help="the niceness of the soak and its server (default 10)"
+        "--nice",
+        type=int,
+        default=10,
+        help="the niceness of the soak and its server (default 10)",
     )
     parser.add_argument("--note", help="a sentence on the conditions of the run")
     parser.add_argument(
