@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from processes import stop
+from processes import loopbackTwistd, stop
 
 PROMPT = 0.2
 """An answer within this many seconds is prompt."""
@@ -85,15 +85,9 @@ def oneRound(
     port = freePort()
     directory = Path(tempfile.mkdtemp(prefix="udptime-failover-"))
     logPath = directory / "server.log"
-    twistd = str(Path(sys.executable).parent / "twistd")
     server = subprocess.Popen(
         [
-            twistd,
-            "-n",
-            "--pidfile=",
-            f"--logfile={logPath}",
-            "udptime",
-            "--interface=127.0.0.1",
+            *loopbackTwistd(logPath),
             f"--port={port}",
             "--workers=2",
             "--rate=0",

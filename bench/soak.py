@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import results
-from processes import cpuNanoseconds, processTree, stop
+from processes import cpuNanoseconds, loopbackTwistd, processTree, stop
 
 SERVICES = ("text", "ntp", "time", "daytime", "echo")
 """The services the soak run's server runs."""
@@ -437,15 +437,9 @@ def startServer(
     Start the soak's C{twistd udptime --workers 2} (at this process's
     priority), logging into C{directory}.
     """
-    twistd = str(Path(sys.executable).parent / "twistd")
     logPath = directory / "soak-server.log"
     command = [
-        twistd,
-        "-n",
-        "--pidfile=",
-        f"--logfile={logPath}",
-        "udptime",
-        "--interface=127.0.0.1",
+        *loopbackTwistd(logPath),
         "--workers=2",
         f"--metrics-port={metricsPort}",
         "--max-clients=4096",
