@@ -271,12 +271,42 @@ def accuracyChart(results: dict[str, Any]) -> Figure:
 
 
 # Each chart: the kind of results it reads, and how it is drawn.
+def soakChart(results: dict[str, Any]) -> Figure:
+    """
+    The soak run over time: the resident memory and open descriptors of the
+    supervisor and its workers together, and the share of the polite
+    clients' requests answered, with the worker kills marked.
+    """
+    samples = results["results"]["samples"]
+    minutes = [sample["t"] / 60 for sample in samples]
+    figure = _figure(height=6.0)
+    memory, descriptors, answers = figure.subplots(3, 1, sharex=True)
+    memory.plot(minutes, [s["rss_kb_total"] / 1024 for s in samples], color=UDPTIME)
+    memory.set_ylabel("RSS, MiB")
+    memory.set_ylim(bottom=0)
+    descriptors.plot(minutes, [s["fds_total"] for s in samples], color=KERNEL)
+    descriptors.set_ylabel("open fds")
+    descriptors.set_ylim(bottom=0)
+    rates = [s["polite_answer_rate"] for s in samples]
+    answers.plot(minutes, [float("nan") if r is None else r for r in rates], color=IDLE)
+    answers.set_ylabel("answered")
+    answers.set_ylim(0, 1.05)
+    answers.set_xlabel("minutes (supervisor and 2 workers; dotted: a worker killed)")
+    for axes in (memory, descriptors, answers):
+        for kill in results["results"]["kills"]:
+            axes.axvline(kill["t"] / 60, color=LOADED, linestyle=":", linewidth=1)
+        axes.grid(alpha=0.3)
+    memory.set_title("Soak run")
+    return figure
+
+
 CHARTS: dict[str, tuple[str, Callable[[dict[str, Any]], Figure]]] = {
     "throughput": ("throughput", throughputChart),
     "throughput-cpu": ("throughput", cpuChart),
     "latency": ("throughput", latencyChart),
     "roughtime": ("throughput", roughtimeChart),
     "accuracy": ("accuracy", accuracyChart),
+    "soak": ("soak", soakChart),
 }
 
 

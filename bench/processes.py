@@ -11,8 +11,10 @@ import glob
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 
 def cpus() -> list[int]:
@@ -138,3 +140,19 @@ def stop(process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         process.wait()
+
+
+def loopbackTwistd(logPath: Path) -> list[str]:
+    """
+    The start of the command line of a C{twistd udptime} in the foreground
+    on 127.0.0.1, logging to C{logPath}: its options follow.
+    """
+    twistd = str(Path(sys.executable).parent / "twistd")
+    return [
+        twistd,
+        "-n",
+        "--pidfile=",
+        f"--logfile={logPath}",
+        "udptime",
+        "--interface=127.0.0.1",
+    ]

@@ -392,9 +392,29 @@ def _cpus(values: Sequence[int]) -> str:
 # The fields of L{conditions} whose values are code.
 CODE_FIELDS = frozenset({"Command", "Client command", "Client configuration"})
 
+
+def soakSettings(settings: dict[str, Any]) -> list[tuple[str, str]]:
+    """
+    A soak run's settings, in words.
+    """
+    return [
+        (
+            "Settings",
+            f"{settings['duration_s'] / 60:g} minutes, sampled every "
+            f"{settings['sample_s']:g} s; a worker killed every "
+            f"{settings['kill_every_s']:g} s; {settings['polite_clients']} polite "
+            f"clients, a flood burst of {settings['flood_burst']} per second, "
+            f"{settings['spread_per_s']} new addresses, "
+            f"{settings['garbage_per_s']} malformed and {settings['forged_per_s']} "
+            f"forged datagrams per second; at nice {settings['niceness']}",
+        )
+    ]
+
+
 SETTINGS: dict[str, Callable[[dict[str, Any]], list[tuple[str, str]]]] = {
     "throughput": throughputSettings,
     "accuracy": accuracySettings,
+    "soak": soakSettings,
 }
 
 # Each table: the kind of results it reads, and how it is made.

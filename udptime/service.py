@@ -40,6 +40,11 @@ ALL_INTERFACES = "::"
 MAX_DATAGRAM = 65535
 """Receive buffer size: larger than any UDP payload, so nothing is truncated."""
 
+LISTENING = "udptime {service} service listening on {where} (UDP)"
+"""The log line of a service that listens (the format, with its fields
+C{service} and C{where}): a worker's supervisor reads it as the sign that
+the worker serves that service's socket."""
+
 _log = Logger()
 
 
@@ -303,7 +308,7 @@ class UDPListenService(ListenService):
         C{udptime ntp service listening on [::]:123 (UDP)}.
         """
         self.log.info(
-            "udptime {service} service listening on {where} (UDP)",
+            LISTENING,
             service=self.name,
             where=where,
         )

@@ -22,7 +22,9 @@ core.  With C{--workers N} the twistd process becomes a supervisor:
     the worker's number;
   - it starts a worker that died again (after a short delay that grows while
     workers keep dying quickly); the socket stays bound in the supervisor,
-    so datagrams that arrive meanwhile wait in its buffer;
+    and until the new worker listens on it the dead worker's clients are
+    steered to the other workers (L{steeringProgram}'s C{serving}), so that
+    a worker that cannot be started again leaves no client unanswered;
   - on SIGTERM it stops the workers (SIGTERM, then SIGKILL after
     L{STOP_TIMEOUT} seconds) and exits once they have.  A worker whose
     supervisor dies without stopping it gets SIGTERM from the kernel
@@ -52,7 +54,7 @@ import socket
 import struct
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
@@ -69,6 +71,7 @@ from twisted.python.util import switchUID
 from udptime.address import formatAddress
 from udptime.briefing import lineFormat
 from udptime.service import (
+    LISTENING,
     ServiceCannotListen,
     UDPListenService,
     listeningSocket,
@@ -109,6 +112,10 @@ _BPF_MISC_TAX = 0x07
 _BPF_JMP_JEQ_K = 0x15
 _BPF_JMP_JA = 0x05
 _BPF_RET_A = 0x16
+_BPF_RET_K = 0x06
+_BPF_ST = 0x02
+_BPF_LD_MEM = 0x60
+_BPF_ALU_DIV_K = 0x34
 _SKF_NET_OFF = -0x100000
 """Offset of the network (IP) header for loads from a socket selector,
 whose packet data starts at the UDP payload."""
@@ -125,49 +132,90 @@ def _mask(bits: int) -> int:
     return (0xFFFFFFFF << (32 - bits)) & 0xFFFFFFFF
 
 
-def steeringProgram(count: int, ipv6Prefix: int) -> bytes:
+def steeringProgram(
+    count: int, ipv6Prefix: int, serving: Collection[int] | None = None
+) -> bytes:
     """
     A classic BPF program that picks one of C{count} sockets of a
     C{SO_REUSEPORT} group from the datagram's source: the IPv4 address, or
     the first C{ipv6Prefix} bits (at most 64) of the IPv6 address, hashed.
     Datagrams of one client (as the rate limit counts clients) always go to
     the same socket.
+
+    @param serving: the indexes (from 0) of the sockets whose workers serve
+        them, when some do not (a worker died): the clients of the others
+        are spread over these by another bit of the same hash, and the
+        clients of these keep their socket.  L{None}, or every socket (or
+        none), for all of them.
     """
 
     def op(code: int, k: int = 0, jt: int = 0, jf: int = 0) -> bytes:
         return struct.pack("=HBBI", code, jt, jf, k & 0xFFFFFFFF)
 
     net = _SKF_NET_OFF
+    hashed = [
+        op(_BPF_LD_B_ABS, net),  # 0: A = first byte of the IP header
+        op(_BPF_ALU_RSH_K, 4),  # 1: A = IP version
+        op(_BPF_JMP_JEQ_K, 6, 0, 7),  # 2: IPv6? on to 3, else to 10
+        op(_BPF_LD_W_ABS, net + 8),  # 3: A = source bits 0-31
+        op(_BPF_ALU_AND_K, _mask(ipv6Prefix)),  # 4
+        op(_BPF_MISC_TAX),  # 5: X = A
+        op(_BPF_LD_W_ABS, net + 12),  # 6: A = source bits 32-63
+        op(_BPF_ALU_AND_K, _mask(ipv6Prefix - 32)),  # 7
+        op(_BPF_ALU_XOR_X),  # 8: A ^= X
+        op(_BPF_JMP_JA, 1),  # 9: to 11
+        op(_BPF_LD_W_ABS, net + 12),  # 10: IPv4: A = source address
+        op(_BPF_ALU_MUL_K, _HASH_MULTIPLIER),  # 11
+        op(_BPF_ALU_RSH_K, 16),  # 12: A = the client's hash
+    ]
+    live = sorted({index for index in serving or () if 0 <= index < count})
+    if not live or len(live) == count:
+        return b"".join(
+            [*hashed, op(_BPF_ALU_MOD_K, count), op(_BPF_RET_A)]  # the index
+        )
+    dead = [index for index in range(count) if index not in live]
+    # M[0] = hash; A = hash % count; a dead socket's client goes on to the
+    # fallback, which picks live[(hash / count) % len(live)].
+    checks = []
+    for n, index in enumerate(dead):
+        checks.append(op(_BPF_JMP_JEQ_K, index, 0, 1))
+        toFallback = 2 * (len(dead) - n - 1) + 1
+        checks.append(op(_BPF_JMP_JA, toFallback))
+    fallback = [
+        op(_BPF_LD_MEM, 0),
+        op(_BPF_ALU_DIV_K, count),
+        op(_BPF_ALU_MOD_K, len(live)),
+    ]
+    for n, index in enumerate(live):
+        fallback += [op(_BPF_JMP_JEQ_K, n, 0, 1), op(_BPF_RET_K, index)]
+    fallback.append(op(_BPF_RET_K, live[0]))
     return b"".join(
         [
-            op(_BPF_LD_B_ABS, net),  # 0: A = first byte of the IP header
-            op(_BPF_ALU_RSH_K, 4),  # 1: A = IP version
-            op(_BPF_JMP_JEQ_K, 6, 0, 7),  # 2: IPv6? on to 3, else to 10
-            op(_BPF_LD_W_ABS, net + 8),  # 3: A = source bits 0-31
-            op(_BPF_ALU_AND_K, _mask(ipv6Prefix)),  # 4
-            op(_BPF_MISC_TAX),  # 5: X = A
-            op(_BPF_LD_W_ABS, net + 12),  # 6: A = source bits 32-63
-            op(_BPF_ALU_AND_K, _mask(ipv6Prefix - 32)),  # 7
-            op(_BPF_ALU_XOR_X),  # 8: A ^= X
-            op(_BPF_JMP_JA, 1),  # 9: to 11
-            op(_BPF_LD_W_ABS, net + 12),  # 10: IPv4: A = source address
-            op(_BPF_ALU_MUL_K, _HASH_MULTIPLIER),  # 11
-            op(_BPF_ALU_RSH_K, 16),  # 12
-            op(_BPF_ALU_MOD_K, count),  # 13
-            op(_BPF_RET_A),  # 14: the socket's index in the group
+            *hashed,
+            op(_BPF_ST, 0),
+            op(_BPF_ALU_MOD_K, count),
+            *checks,
+            op(_BPF_RET_A),
+            *fallback,
         ]
     )
 
 
-def steerBySource(sock: socket.socket, count: int, ipv6Prefix: int) -> None:
+def steerBySource(
+    sock: socket.socket,
+    count: int,
+    ipv6Prefix: int,
+    serving: Collection[int] | None = None,
+) -> None:
     """
     Make the C{SO_REUSEPORT} group of C{sock}, whose C{count} sockets were
     bound in order, deliver each client's datagrams to one socket (see
-    L{steeringProgram}).
+    L{steeringProgram}), of those in C{serving} if given.  Attaching a
+    program again replaces the group's program.
 
     @raise OSError: the kernel refused the program.
     """
-    program = steeringProgram(count, ipv6Prefix)
+    program = steeringProgram(count, ipv6Prefix, serving)
     instructions = len(program) // 8
     buffer = ctypes.create_string_buffer(program, len(program))
     # struct sock_fprog { unsigned short len; struct sock_filter *filter; }
@@ -467,6 +515,8 @@ class WorkerSupervisor(Service):
         self._delays: dict[int, float] = {}
         self._stopping = False
         self.briefing: dict[str, bytes] = {}
+        self.serving: set[int] = set(range(1, count + 1))
+        self._steered: set[str] = set()
 
     def adopt(self, sockets: Mapping[str, socket.socket]) -> None:
         """
@@ -581,6 +631,7 @@ class WorkerSupervisor(Service):
             return
         try:
             steerBySource(sock, self.count, self.ipv6Prefix)
+            self._steered.add(name)
         except OSError as refused:
             self.log.warn(
                 "{service}: datagrams are spread over the workers by source "
@@ -589,6 +640,38 @@ class WorkerSupervisor(Service):
                 service=name,
                 error=refused,
             )
+
+    def _resteer(self) -> None:
+        """
+        Steer each service's clients to the workers in L{serving} (all of
+        them when none is): the clients of a worker that is not serving
+        go to the others meanwhile.
+        """
+        serving = [index - 1 for index in sorted(self.serving)]
+        for name in sorted(self._steered):
+            try:
+                steerBySource(
+                    self.sockets[1][name], self.count, self.ipv6Prefix, serving
+                )
+            except (OSError, KeyError) as refused:
+                self.log.warn(
+                    "{service}: the workers' clients could not be steered again "
+                    "({error})",
+                    service=name,
+                    error=refused,
+                )
+
+    def workerListening(self, index: int) -> None:
+        """
+        Worker C{index} listens on all its sockets: steer its clients back
+        to it.
+        """
+        if index in self.serving or self._stopping:
+            return
+        self.serving.add(index)
+        self._resteer()
+        if self._steered:
+            self.log.info("worker {index} serves its clients again", index=index)
 
     def startService(self) -> None:
         if not self.sockets:
@@ -682,6 +765,15 @@ class WorkerSupervisor(Service):
             pid=worker.pid,
             why=reason.getErrorMessage(),
         )
+        if worker.index in self.serving and self.count > 1:
+            self.serving.discard(worker.index)
+            self._resteer()
+            if self._steered and self.serving:
+                self.log.info(
+                    "worker {index}'s clients are served by the other workers "
+                    "until it listens again",
+                    index=worker.index,
+                )
         self._scheduleStart(worker.index, self.reactor.seconds() - worker.started)
 
     def _scheduleStart(self, index: int, ranFor: float) -> None:
@@ -741,6 +833,7 @@ class WorkerProcess(ProcessProtocol):
         self._buffers: dict[int, bytes] = {1: b"", 2: b""}
         self._ended: Deferred[None] = Deferred()
         self._kill: IDelayedCall | None = None
+        self._listeningOn: set[str] = set()
 
     def connectionMade(self) -> None:
         assert self.transport is not None
@@ -771,6 +864,8 @@ class WorkerProcess(ProcessProtocol):
             except ValueError:
                 event = None
             if isinstance(event, dict) and "log_format" in event:
+                if event["log_format"] == LISTENING:
+                    self._listening(event.get("service"))
                 # The number goes in as text: the event's fields may come
                 # pre-formatted (log_flattened) and cannot take a new one.
                 event["log_format"] = f"worker {self.index}: " + str(
@@ -783,6 +878,16 @@ class WorkerProcess(ProcessProtocol):
             index=self.index,
             line=_TIMESTAMP.sub("", text),
         )
+
+    def _listening(self, service: object) -> None:
+        """
+        The worker said it listens on the socket of C{service}: once it
+        listens on all of its sockets, tell the supervisor.
+        """
+        self._listeningOn.add(str(service))
+        sockets = self.supervisor.sockets.get(self.index, {})
+        if set(sockets) <= self._listeningOn:
+            self.supervisor.workerListening(self.index)
 
     def processEnded(self, reason: Failure) -> None:
         for rest in self._buffers.values():
