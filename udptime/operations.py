@@ -62,11 +62,12 @@ BACKLOG = 16
 """The metrics socket's listen backlog."""
 
 GLOBAL_LIMIT = "global_limit"
+"""The report family of the reply cap all services share (C{--global-rate})."""
+
 INTERLEAVE: Final = "interleave_transmit_times"
 """The name under which a process reports its NTP services' tables of
 kernel transmit times (L{udptime.interleave.TransmitTimes}): recorded,
 used in interleaved replies, and evicted for room."""
-"""The report family of the reply cap all services share (C{--global-rate})."""
 
 _log = Logger()
 
