@@ -43,6 +43,7 @@ from twisted.python.failure import Failure
 
 from udptime.address import formatAddress
 from udptime.ancillary import lastReceiveTime
+from udptime.clientport import listenForReplies, sendTimed
 from udptime.clock import WallClock, systemClock
 from udptime.reading import (
     ClientCodec,
@@ -349,11 +350,11 @@ class _Query:
         self.attempts += 1
         self.host = self.addresses[(self.attempts - 1) % len(self.addresses)]
         try:
-            self.port = self.reactor.listenUDP(
-                0,
+            self.port = listenForReplies(
+                self.reactor,
                 _ReplyReceiver(self, self.attempts),
-                interface="::" if ":" in self.host else "0.0.0.0",
-                maxPacketSize=MAX_REPLY,
+                "::" if ":" in self.host else "0.0.0.0",
+                MAX_REPLY,
             )
         except error.CannotListenError as e:
             # No socket of this address's family (IPv6 turned off, say):
@@ -368,10 +369,12 @@ class _Query:
         except Exception as e:
             self._finish(e)
             return
-        # The origin time is read last, just before the send.
-        self.sentAt = self.clock()
+        # The origin time: the kernel's transmit time of the request, or
+        # the clock read last, just before the send.
         try:
-            self.port.write(datagram, (self.host, self.portNumber))
+            self.sentAt = sendTimed(
+                self.port, datagram, (self.host, self.portNumber), self.clock
+            )
         except (OSError, error.MessageLengthError, error.InvalidAddressError) as e:
             reason = getattr(e, "strerror", None) or str(e)
             self._unreachable(f"cannot send to {self._where([self.host])}: {reason}")
