@@ -270,6 +270,51 @@ def accuracyChart(results: dict[str, Any]) -> Figure:
     return figure
 
 
+def clientAccuracyChart(results: dict[str, Any]) -> Figure:
+    """
+    Median offset (with its sign: a client's error and a server's can
+    cancel, or add up) and median delay each client measured against each
+    server, the clients side by side.
+    """
+    servers = list(dict.fromkeys(row["label"] for row in results["rows"]))
+    clients = list(dict.fromkeys(row["client"] for row in results["rows"]))
+    byKey = {(row["label"], row["client"]): row for row in results["rows"]}
+    figure = _figure(width=10.0, height=_barHeight(len(servers) * len(clients)))
+    panels = figure.subplots(1, 2, sharey=True)
+    height = 0.8 / len(clients)
+    positions = list(range(len(servers)))[::-1]
+    for axes, key, name in (
+        (panels[0], "median_offset_us", "median offset µs"),
+        (panels[1], "median_delay_us", "median delay µs"),
+    ):
+        axes.axvline(0.0, color="black", linewidth=0.8)
+        for n, client in enumerate(clients):
+            shift = 0.4 - height * (n + 0.5)
+            values = [byKey.get((server, client), {}).get(key) for server in servers]
+            bars = axes.barh(
+                [p + shift for p in positions],
+                [v or 0.0 for v in values],
+                height,
+                color=LINES[n % len(LINES)],
+                label=client,
+            )
+            axes.bar_label(
+                bars, labels=[micro(v) for v in values], padding=2, fontsize=7
+            )
+        axes.set_xlabel(name)
+        axes.grid(axis="x", alpha=0.3)
+        axes.margins(x=0.2)
+    panels[0].set_yticks(positions, servers, fontsize=8)
+    figure.legend(
+        *panels[0].get_legend_handles_labels(),
+        loc="outside lower center",
+        ncol=len(clients),
+        fontsize=8,
+    )
+    figure.suptitle("Each client against each server, on loopback")
+    return figure
+
+
 # Each chart: the kind of results it reads, and how it is drawn.
 def soakChart(results: dict[str, Any]) -> Figure:
     """
@@ -307,6 +352,7 @@ CHARTS: dict[str, tuple[str, Callable[[dict[str, Any]], Figure]]] = {
     "roughtime": ("throughput", roughtimeChart),
     "accuracy": ("accuracy", accuracyChart),
     "soak": ("soak", soakChart),
+    "clientaccuracy": ("clientaccuracy", clientAccuracyChart),
 }
 
 

@@ -255,6 +255,55 @@ def accuracyTable(results: dict[str, Any]) -> Table:
     return Table(header, tuple(rows))
 
 
+def clientAccuracyTable(results: dict[str, Any]) -> Table:
+    """
+    For each NTP server and client: the samples it took, its median
+    |offset| (with the lowest and highest of the rounds' medians) and
+    median delay, and both as multiples of C{chronyd -Q}'s against the
+    same server in the same run.
+    """
+    rows = []
+    for row in results["rows"]:
+        offset = micro(row["median_abs_offset_us"])
+        rounds = row["round_medians_abs_offset_us"]
+        if len(rounds) > 1:
+            offset += f" ({micro(min(rounds))} to {micro(max(rounds))})"
+        delay = micro(row["median_delay_us"])
+        delays = row["round_medians_delay_us"]
+        if len(delays) > 1:
+            delay += f" ({micro(min(delays))} to {micro(max(delays))})"
+        ratios = "-"
+        if row["client"] != "chronyd -Q":
+            ratios = (
+                f"{number(row['median_abs_offset_ratio'], '{:.2f}')} / "
+                f"{number(row['median_delay_ratio'], '{:.2f}')}"
+            )
+        used = f"{row['samples']}"
+        if row["failed"]:
+            used += f" ({row['failed']} not used)"
+        rows.append(
+            (
+                row["label"],
+                row["client"],
+                used,
+                offset,
+                micro(row["median_offset_us"]),
+                delay,
+                ratios,
+            )
+        )
+    header = (
+        "server",
+        "client",
+        "samples",
+        "median |offset| µs (rounds)",
+        "median offset µs",
+        "median delay µs (rounds)",
+        "÷ chronyd -Q's: |offset| / delay",
+    )
+    return Table(header, tuple(rows))
+
+
 def _percent(value: float | None) -> float | None:
     return None if value is None else value * 100
 
@@ -385,6 +434,29 @@ def accuracySettings(settings: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
+def clientAccuracySettings(settings: dict[str, Any]) -> list[tuple[str, str]]:
+    """
+    A client accuracy run's settings, in words, and its clients.
+    """
+    fields = [
+        (
+            "Settings",
+            f"{settings['runs']} round(s), in each every client once against "
+            f"every server, {settings['queries']} samples each, one every "
+            f"2^{settings['minpoll']} s; servers pinned to CPU "
+            f"{_cpus(settings['server_cpus'])}, clients to CPU "
+            f"{_cpus(settings['client_cpus'])}",
+        )
+    ]
+    for client in settings["clients"]:
+        fields.append((f"Client {client['label']}", client["command"]))
+        if client.get("configuration"):
+            fields.append(
+                (f"Client {client['label']}, configuration", client["configuration"])
+            )
+    return fields
+
+
 def _cpus(values: Sequence[int]) -> str:
     return ", ".join(str(v) for v in values)
 
@@ -415,6 +487,7 @@ SETTINGS: dict[str, Callable[[dict[str, Any]], list[tuple[str, str]]]] = {
     "throughput": throughputSettings,
     "accuracy": accuracySettings,
     "soak": soakSettings,
+    "clientaccuracy": clientAccuracySettings,
 }
 
 # Each table: the kind of results it reads, and how it is made.
@@ -426,6 +499,8 @@ TABLES: dict[str, tuple[str, Callable[[dict[str, Any]], Table]]] = {
     "accuracy": ("accuracy", accuracyTable),
     "throughput-servers": ("throughput", serversTable),
     "accuracy-servers": ("accuracy", serversTable),
+    "clientaccuracy": ("clientaccuracy", clientAccuracyTable),
+    "clientaccuracy-servers": ("clientaccuracy", serversTable),
 }
 
 
