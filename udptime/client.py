@@ -153,7 +153,10 @@ def query(
     @param timeout: seconds to wait for the reply to each try.
     @param retries: how many times to send the request, at most (the
         number of tries, at least 1).
-    @param clock: the wall clock that timestamps the request and the reply.
+    @param clock: the wall clock that timestamps the request and the reply
+        where the kernel gives no time of its own (see
+        L{udptime.clientport}: on Linux, the request's transmit time and
+        the reply's receive time are the kernel's).
 
     @return: a L{Deferred} firing with a L{QueryResult}, or failing with
         L{QueryTimeout} (every try went unanswered; a
