@@ -21,9 +21,17 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from udptime.ancillary import MSG_ERRQUEUE, SCM_TIMESTAMPING, SO_TIMESTAMPING, TIMESPEC
+from udptime.ancillary import (
+    MSG_ERRQUEUE,
+    SCM_TIMESTAMPING,
+    SO_TIMESTAMPING,
+    TIMESPEC,
+    lastReceiveTime,
+)
 from udptime.client import query
 from udptime.clientport import REQUEST_TIMESTAMPING, ClientPort, listenForReplies
+from udptime.clock import NTP_UNIX_OFFSET, KernelTime, exactNTP64, unixToNTP64
+from udptime.ntp import Mode, NTPClientCodec, NTPPacket
 from udptime.server import TextTimeServer
 from udptime.text import TextClientCodec
 
@@ -219,3 +227,89 @@ class LateTransmitTimestampTests(TestCase):
         received = yield receiver.received.addTimeout(10, reactor)
         self.assertEqual(received, b"ping")
         self.assertTrue(client.connected)
+
+
+class ExactTimesTests(SynchronousTestCase):
+    """
+    The kernel's times keep their nanoseconds (L{KernelTime}), and the NTP
+    client converts them exactly: a float of today's Unix time resolves
+    only 0.24 µs.
+    """
+
+    SECONDS = 1_796_524_246
+    NANOSECONDS = 123_456_789
+
+    def test_kernelTime(self) -> None:
+        """
+        A L{KernelTime} is the float nearest to its time, and keeps the
+        time in whole nanoseconds.
+        """
+        value = KernelTime(self.SECONDS, self.NANOSECONDS)
+        self.assertEqual(value, self.SECONDS + 0.123456789)
+        self.assertEqual(value.nanoseconds, self.SECONDS * 10**9 + self.NANOSECONDS)
+        self.assertEqual(type(value + 1), float)
+
+    def test_exactNTP64(self) -> None:
+        """
+        L{exactNTP64} converts a kernel time's nanoseconds, where the
+        float's conversion is off by tens of nanoseconds; other times as
+        L{unixToNTP64} does.
+        """
+        value = KernelTime(self.SECONDS, self.NANOSECONDS)
+        exact = exactNTP64(value)
+        self.assertEqual(exact >> 32, self.SECONDS + NTP_UNIX_OFFSET)
+        self.assertEqual(exact & 0xFFFFFFFF, (self.NANOSECONDS << 32) // 10**9)
+        self.assertNotEqual(unixToNTP64(float(value)), exact)
+        self.assertEqual(exactNTP64(1000.5), unixToNTP64(1000.5))
+
+    def test_exactOffset(self) -> None:
+        """
+        Against a server whose timestamps are exactly 1 µs after the
+        request's kernel transmit time and 1 µs before the reply's kernel
+        receive time, the offset is 0 to the NTP timestamp's resolution,
+        and the delay the exact round trip less the server's time.
+        """
+        codec = NTPClientCodec(randomBytes=lambda n: bytes(range(1, 9)))
+        _request, cookie = codec.buildRequest(0.0)
+        sent = KernelTime(self.SECONDS, self.NANOSECONDS)
+        received = KernelTime(self.SECONDS, self.NANOSECONDS + 17_777)
+        server = NTPPacket(
+            leap=0,
+            version=4,
+            mode=Mode.SERVER,
+            stratum=1,
+            refid=b"LOCL",
+            originTimestamp=cookie,
+            receiveTimestamp=exactNTP64(
+                KernelTime(self.SECONDS, self.NANOSECONDS + 1000)
+            ),
+            transmitTimestamp=exactNTP64(
+                KernelTime(self.SECONDS, self.NANOSECONDS + 16_777)
+            ),
+        )
+        reading = codec.parseReply(server.toBytes(), cookie, sent, received)
+        assert reading.offset is not None and reading.delay is not None
+        self.assertLess(abs(reading.offset), 1e-9)
+        self.assertLess(abs(reading.delay - 2e-6), 1e-9)
+
+    def test_lastReceiveTime(self) -> None:
+        """
+        L{lastReceiveTime} gives the kernel's time with its nanoseconds.
+        """
+        if sys.platform != "linux":
+            raise self.skipTest("kernel receive times are read on Linux only")
+        with (
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver,
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender,
+        ):
+            receiver.bind(("127.0.0.1", 0))
+            lastReceiveTime(receiver.fileno())  # turns the timestamps on
+            before = time.time_ns()
+            sender.sendto(b"x", receiver.getsockname())
+            receiver.settimeout(10)
+            receiver.recv(16)
+            after = time.time_ns()
+            value = lastReceiveTime(receiver.fileno())
+        assert value is not None
+        self.assertIsInstance(value, KernelTime)
+        self.assertTrue(before <= value.nanoseconds <= after)

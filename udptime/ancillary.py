@@ -17,6 +17,8 @@ import struct
 import sys
 from typing import Final, NamedTuple
 
+from udptime.clock import KernelTime
+
 
 def _timestampOption() -> int | None:
     """
@@ -150,9 +152,10 @@ _SIOCGSTAMPNS: Final = 0x8907
 (Linux's C{SIOCGSTAMPNS_OLD}: a native C{struct timespec})."""
 
 
-def lastReceiveTime(fd: int) -> float | None:
+def lastReceiveTime(fd: int) -> KernelTime | None:
     """
-    The kernel's receive time (Unix seconds) of the datagram read last from
+    The kernel's receive time (Unix seconds, exact to the nanosecond) of
+    the datagram read last from
     the socket C{fd}, with the ioctl C{SIOCGSTAMPNS}, which works with any
     read call; L{None} where there is none: not Linux, nothing read yet
     (the first call turns the socket's timestamps on, so make one before
@@ -165,4 +168,4 @@ def lastReceiveTime(fd: int) -> float | None:
     except OSError:
         return None
     seconds, nanoseconds = TIMESPEC.unpack(stamp)
-    return float(seconds + nanoseconds * 1e-9)
+    return KernelTime(seconds, nanoseconds)

@@ -44,7 +44,7 @@ from udptime.ancillary import (
     SO_TIMESTAMPING,
     TIMESPEC,
 )
-from udptime.clock import WallClock
+from udptime.clock import KernelTime, WallClock
 
 _TX_SOFTWARE: Final = 1 << 1
 _SOFTWARE: Final = 1 << 4
@@ -74,11 +74,11 @@ class _Writable(Protocol):
     def write(self, datagram: bytes, addr: tuple[str, int]) -> None: ...
 
 
-def readTransmitTime(sock: socket.socket) -> float | None:
+def readTransmitTime(sock: socket.socket) -> KernelTime | None:
     """
     Read the software transmit timestamps waiting on C{sock}'s error queue,
-    without waiting: the last one (Unix seconds), or L{None} when there is
-    none.
+    without waiting: the last one (Unix seconds, exact to the nanosecond),
+    or L{None} when there is none.
     """
     found = None
     for _ in range(_MAX_QUEUED):
@@ -97,7 +97,7 @@ def readTransmitTime(sock: socket.socket) -> float | None:
             ):
                 seconds, nanoseconds = TIMESPEC.unpack_from(payload)
                 if seconds or nanoseconds:
-                    found = seconds + nanoseconds / 1e9
+                    found = KernelTime(seconds, nanoseconds)
     return found
 
 

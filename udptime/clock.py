@@ -78,6 +78,42 @@ def unixToNTP64(unixTime: float) -> int:
     return (((int(whole) + NTP_UNIX_OFFSET) % ERA_SECONDS) << 32) | fraction
 
 
+class KernelTime(float):
+    """
+    A Unix time in seconds, a float as every time in udptime, that also
+    keeps the exact time the kernel gave: a float of this century's Unix
+    time resolves 0.24 µs, a kernel timestamp 1 ns.  Arithmetic on it gives
+    plain floats; L{exactNTP64} converts it exactly.
+
+    @ivar nanoseconds: the time in whole nanoseconds since the Unix epoch.
+    """
+
+    __slots__ = ("nanoseconds",)
+
+    nanoseconds: int
+
+    def __new__(cls, seconds: int, nanoseconds: int) -> KernelTime:
+        """
+        The time C{seconds} plus C{nanoseconds} (a C{struct timespec}).
+        """
+        total = seconds * 1_000_000_000 + nanoseconds
+        value = super().__new__(cls, total / 1_000_000_000)
+        value.nanoseconds = total
+        return value
+
+
+def exactNTP64(unixTime: float) -> int:
+    """
+    L{unixToNTP64}, exact to the NTP timestamp's resolution (2^-32 s) for a
+    L{KernelTime}, whose nanoseconds it converts rather than its float.
+    """
+    if not isinstance(unixTime, KernelTime):
+        return unixToNTP64(unixTime)
+    seconds, nanoseconds = divmod(unixTime.nanoseconds, 1_000_000_000)
+    fraction = (nanoseconds << 32) // 1_000_000_000
+    return (((seconds + NTP_UNIX_OFFSET) % ERA_SECONDS) << 32) | fraction
+
+
 def ntpSecondsToUnix(seconds: int, pivot: float) -> int:
     """
     Map a 32-bit NTP/RFC 868 seconds value to the Unix time in the era that

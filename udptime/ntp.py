@@ -41,6 +41,7 @@ from udptime.clock import (
     NTP_UNIX_OFFSET,
     ClockState,
     Leap,
+    exactNTP64,
     fromNTPShort,
     ntp64ToUnix,
     toNTPShort,
@@ -930,10 +931,11 @@ class NTPClientCodec:
         if reply.version == 0:
             raise ReplyMismatch("reply has version 0")
 
-        t1 = unixToNTP64(sentAt)
+        # Exact where the times are the kernel's (KernelTime).
+        t1 = exactNTP64(sentAt)
         t2 = reply.receiveTimestamp
         t3 = reply.transmitTimestamp
-        t4 = unixToNTP64(receivedAt)
+        t4 = exactNTP64(receivedAt)
         offset = (timestampDifference(t2, t1) + timestampDifference(t3, t4)) / 2
         held = timestampDifference(t3, t2)
         # The server's own timestamps must be in order, to within the
