@@ -108,8 +108,9 @@ class ClientPort(udp.Port):
     send that learns the kernel's transmit time, and an error queue read
     rather than taken for the socket's end.
 
-    @ivar transmitTimes: whether the kernel gave transmit times so far
-        (L{False} once a system refused the option: not asked again).
+    @ivar transmitTimes: whether to ask the kernel for transmit times
+        (L{False} on this port once the system refused the option: not
+        asked again).
     """
 
     transmitTimes = sys.platform == "linux"
