@@ -42,16 +42,14 @@ class KernelReceiveTimeTests(TestCase):
     """
 
     @inlineCallbacks
-    def test_kernelReceiveTime(self) -> Any:
+    def stuckClockQuery(self) -> Any:
         """
-        With a wall clock stuck at Unix time 1000, the delay (receive time
-        minus send time) shows that the receive time came from the kernel,
-        and is the real time of the reply's arrival (the send time is the
-        clock's: no kernel transmit times here).
+        Query a text server on 127.0.0.1 with a wall clock stuck at Unix
+        time 1000: the real time before the query, its result, and the
+        real time after it.
         """
         if sys.platform != "linux":
-            raise self.skipTest("kernel receive times are read on Linux only")
-        self.patch(ClientPort, "transmitTimes", False)
+            raise self.skipTest("kernel times are read on Linux only")
         port = reactor.listenUDP(0, TextTimeServer(), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         before = time.time()
@@ -63,7 +61,18 @@ class KernelReceiveTimeTests(TestCase):
             timeout=5.0,
             clock=lambda: 1000.0,
         )
-        after = time.time()
+        return before, result, time.time()
+
+    @inlineCallbacks
+    def test_kernelReceiveTime(self) -> Any:
+        """
+        With a wall clock stuck at Unix time 1000, the delay (receive time
+        minus send time) shows that the receive time came from the kernel,
+        and is the real time of the reply's arrival (the send time is the
+        clock's: no kernel transmit times here).
+        """
+        self.patch(ClientPort, "transmitTimes", False)
+        before, result, after = yield self.stuckClockQuery()
         received = 1000.0 + result.delay
         self.assertTrue(before <= received <= after, (before, received, after))
 
@@ -74,20 +83,7 @@ class KernelReceiveTimeTests(TestCase):
         minus send time) is that of two real times of the exchange: the
         request's send time came from the kernel too.
         """
-        if sys.platform != "linux":
-            raise self.skipTest("kernel transmit times are read on Linux only")
-        port = reactor.listenUDP(0, TextTimeServer(), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        before = time.time()
-        result = yield query(
-            reactor,  # type: ignore[arg-type]
-            "127.0.0.1",
-            TextClientCodec("unix"),
-            port=port.getHost().port,
-            timeout=5.0,
-            clock=lambda: 1000.0,
-        )
-        after = time.time()
+        before, result, after = yield self.stuckClockQuery()
         self.assertTrue(0 <= result.delay <= after - before, (result.delay,))
 
 
