@@ -40,6 +40,7 @@ import results
 from load import log
 from processes import cpus, pinnedTo
 from report import textReport
+from run import plain
 from servers import ACCURACY_SERVERS, Running, Server, chronydPath, describe
 
 CHRONYD = "chronyd -Q"
@@ -257,7 +258,7 @@ def parser() -> argparse.ArgumentParser:
     """
     commands = argparse.ArgumentParser(
         prog="bench/clientaccuracy.py",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        description=plain((__doc__ or "").split("\n\n")[0]).rstrip(":"),
     )
     commands.add_argument("--runs", type=int, default=3, help="rounds (default 3)")
     commands.add_argument(
