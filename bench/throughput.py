@@ -133,6 +133,18 @@ def measure(
     return result
 
 
+def stoppedLog(running: Running) -> str:
+    """
+    Stop the server (C{SIGTERM}, and wait for it) and return its whole log,
+    where udptime writes its summaries as it stops.
+    """
+    process = running.process
+    assert process is not None
+    process.send_signal(signal.SIGTERM)
+    process.wait(15)
+    return running.log()
+
+
 def ntsCounters(running: Running) -> dict[str, int]:
     """
     Stop udptime's server and return its NTS counters over the whole run
@@ -141,12 +153,8 @@ def ntsCounters(running: Running) -> dict[str, int]:
     C{badAuthenticators}, C{malformed} and the rest, those not logged
     (zero) left out.
     """
-    process = running.process
-    assert process is not None
-    process.send_signal(signal.SIGTERM)
-    process.wait(15)
     found: dict[str, int] = {}
-    for line in running.log().splitlines():
+    for line in stoppedLog(running).splitlines():
         totals = re.search(r"udptime nts: .*; totals ([^;]*)", line)
         if totals:
             found = {
@@ -162,12 +170,8 @@ def meanBatch(running: Running) -> float | None:
     responses per signature over its closed loops (the warm-up and the
     measured one), from the line it logs as it stops.
     """
-    process = running.process
-    assert process is not None
-    process.send_signal(signal.SIGTERM)
-    process.wait(15)
     found = re.search(
-        r"roughtime: (\d+) responses signed in (\d+) batches", running.log()
+        r"roughtime: (\d+) responses signed in (\d+) batches", stoppedLog(running)
     )
     if found is None or not int(found.group(2)):
         return None
@@ -179,12 +183,8 @@ def workerAnswers(running: Running) -> list[int]:
     Stop the server and return the requests each worker answered in the
     whole run, from the counter summaries that workers log as they stop.
     """
-    process = running.process
-    assert process is not None
-    process.send_signal(signal.SIGTERM)
-    process.wait(15)
     answered: dict[str, int] = {}
-    for line in running.log().splitlines():
+    for line in stoppedLog(running).splitlines():
         found = re.search(r"worker (\d+).*totals received=\d+ answered=(\d+)", line)
         if found:
             answered[found.group(1)] = int(found.group(2))
