@@ -877,6 +877,22 @@ class NTSBenchTests(SynchronousTestCase):
         ]
         self.assertNotIn("nts", servers.describe(plain)["configuration"])
 
+    def test_noRequest(self) -> None:
+        """
+        When the key exchange fails, no request is made: the error says
+        which step failed.
+        """
+        servers = benchModule("servers")
+        if not servers.ntsAvailable():
+            missing("udptime's NTS needs the nts extra")
+        directory = temporaryDirectory(self)
+        caFile = servers.ntsCertificates(directory)
+        closed = servers.freePort(socket.SOCK_STREAM)
+        with self.assertRaises(RuntimeError) as raised:
+            servers.ntsRequest(closed, servers.freePort(), caFile)
+        self.assertIn("no NTS request: ntsrequest.py: ", str(raised.exception))
+        self.assertIn(f"127.0.0.1:{closed}", str(raised.exception))
+
     def test_payload(self) -> None:
         """
         The load generator sends a given payload as it is; NTS requests are
