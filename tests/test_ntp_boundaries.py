@@ -9,6 +9,7 @@ L{ntp.buildReply} over every version, poll byte and awkward time.
 from __future__ import annotations
 
 import random
+import struct
 from datetime import UTC, datetime
 
 from hypothesis import example, given, settings
@@ -407,6 +408,40 @@ class PollTests(SynchronousTestCase):
                 constants = ntp.ReplyConstants.fromState(state(), minPoll)
                 reply = ntp.plainReply(request(4, byte), constants, T, lambda: T)
                 self.assertEqual(reply[2], expected)
+
+    def test_negativeMinimum(self) -> None:
+        """
+        Under a minimum poll below zero (chrony allows down to -6), a
+        negative poll in the request is kept as it is, not raised: the fast
+        path reads it from the poll byte, not from the stratum or precision
+        bytes beside it (set here to other negative numbers), and gives what
+        L{ntp.buildReply} gives.
+        """
+        for minPoll, byte, expected in [
+            (-6, 255, -1),
+            (-6, 254, -2),
+            (-6, 250, -6),
+            (-6, 249, -6),
+            (-6, 128, -6),
+            (-128, 128, -128),
+            (-128, 129, -127),
+            (-6, 127, 17),
+        ]:
+            data = bytearray(request(4, byte))
+            data[1], data[3] = 0xAB, 0xCD
+            with self.subTest(minPoll=minPoll, byte=byte):
+                constants = ntp.ReplyConstants.fromState(state(), minPoll)
+                fast = ntp.plainReply(bytes(data), constants, T, lambda: T, lambda k: 0)
+                slow = ntp.buildReply(
+                    ntp.parseRequest(bytes(data), 40000),
+                    state(),
+                    T,
+                    T,
+                    minPoll=minPoll,
+                    randomBits=lambda k: 0,
+                )
+                self.assertEqual(struct.unpack_from("!b", fast, 2)[0], expected)
+                self.assertEqual(fast, slow)
 
     def test_prefixKey(self) -> None:
         """
