@@ -77,6 +77,12 @@ TARGETS: dict[str, tuple[str, ...]] = {
     ),
     "policy": ("tests/test_policy.py", "tests/test_policy_boundaries.py"),
     "text": ("tests/test_text.py", "tests/test_text_boundaries.py"),
+    "nts": ("tests/test_nts.py", "tests/test_ntsserver.py"),
+    "ntscookie": (
+        "tests/test_ntscookie.py",
+        "tests/test_ntskeys.py",
+        "tests/test_nts.py",
+    ),
 }
 """The modules of C{udptime} mutated, and the fast test modules that test
 each (its unit tests, no real peers)."""
