@@ -283,6 +283,20 @@ class RateLimitedTests(SynchronousTestCase):
     nothing otherwise; both are counted.
     """
 
+    def forgedAfter(self, authentic: int) -> tuple[NTPServer, RecordingTransport]:
+        """
+        A limited server, sent C{authentic} authentic requests of one client,
+        then one more whose authenticator's last byte is flipped.
+        """
+        protocol, transport, keys = limitedServer()
+        client = Client(keys)
+        for _ in range(authentic):
+            deliver(protocol, client.request(), CLIENT, NOW + 1)
+        data = bytearray(client.request())
+        data[-1] ^= 1
+        deliver(protocol, bytes(data), CLIENT, NOW + 1)
+        return protocol, transport
+
     def test_authenticatedKiss(self) -> None:
         """
         An authentic NTS request picked for a KoD gets a KoD C{RATE} that
@@ -359,12 +373,7 @@ class RateLimitedTests(SynchronousTestCase):
         A limited NTS request whose authenticator does not verify gets
         nothing: counted a bad authenticator and an NTS rate drop.
         """
-        protocol, transport, keys = limitedServer()
-        client = Client(keys)
-        deliver(protocol, client.request(), CLIENT, NOW + 1)
-        data = bytearray(client.request())
-        data[-1] ^= 1
-        deliver(protocol, bytes(data), CLIENT, NOW + 1)
+        protocol, transport = self.forgedAfter(1)
         self.assertEqual(len(transport.written), 1)
         self.assertEqual(protocol.counters.limited, 1)
         nts = ntsCounters(protocol)
@@ -389,13 +398,7 @@ class RateLimitedTests(SynchronousTestCase):
         Limited requests not picked for a KoD are dropped before NTS looks
         at them: a forged one is not even counted as a bad authenticator.
         """
-        protocol, transport, keys = limitedServer()
-        client = Client(keys)
-        for _ in range(2):
-            deliver(protocol, client.request(), CLIENT, NOW + 1)
-        data = bytearray(client.request())
-        data[-1] ^= 1
-        deliver(protocol, bytes(data), CLIENT, NOW + 1)
+        protocol, transport = self.forgedAfter(2)
         self.assertEqual(len(transport.written), 2)
         self.assertEqual(protocol.counters.limited, 2)
         nts = ntsCounters(protocol)
