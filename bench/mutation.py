@@ -1,11 +1,11 @@
 """
-Mutation testing of udptime's codecs and policy: how many small changes to
-the code its own tests notice.
+Mutation testing of udptime's codecs (NTP, NTS, text) and policy: how many
+small changes to the code its own tests notice.
 
 One command, from the project's top directory, in the virtualenv where
 udptime is installed with its C{test} extra::
 
-    python bench/mutation.py                   # ntp.py, policy.py, text.py
+    python bench/mutation.py                   # every module of TARGETS
     python bench/mutation.py policy            # one module
     python bench/mutation.py --sample 100      # 100 mutants per module
     python bench/mutation.py --list ntp        # the mutants, not run
@@ -77,9 +77,14 @@ TARGETS: dict[str, tuple[str, ...]] = {
     ),
     "policy": ("tests/test_policy.py", "tests/test_policy_boundaries.py"),
     "text": ("tests/test_text.py", "tests/test_text_boundaries.py"),
-    "nts": ("tests/test_nts.py", "tests/test_ntsserver.py"),
+    "nts": (
+        "tests/test_nts.py",
+        "tests/test_ntsserver.py",
+        "tests/test_nts_boundaries.py",
+    ),
     "ntscookie": (
         "tests/test_ntscookie.py",
+        "tests/test_ntscookie_boundaries.py",
         "tests/test_ntskeys.py",
         "tests/test_nts.py",
     ),
