@@ -283,10 +283,13 @@ class RateLimitedTests(SynchronousTestCase):
     nothing otherwise; both are counted.
     """
 
-    def forgedAfter(self, authentic: int) -> tuple[NTPServer, RecordingTransport]:
+    def assertForgedAfter(self, authentic: int, expected: dict[str, int]) -> None:
         """
-        A limited server, sent C{authentic} authentic requests of one client,
-        then one more whose authenticator's last byte is flipped.
+        Send a limited server C{authentic} authentic requests of one client,
+        then one more whose authenticator's last byte is flipped: the
+        server answers C{authentic} of them (the first, and the KoD of the
+        second when there is one), counts as many limited, and has the NTS
+        counts C{expected}.
         """
         protocol, transport, keys = limitedServer()
         client = Client(keys)
@@ -295,7 +298,10 @@ class RateLimitedTests(SynchronousTestCase):
         data = bytearray(client.request())
         data[-1] ^= 1
         deliver(protocol, bytes(data), CLIENT, NOW + 1)
-        return protocol, transport
+        self.assertEqual(len(transport.written), authentic)
+        self.assertEqual(protocol.counters.limited, authentic)
+        nts = ntsCounters(protocol)
+        self.assertEqual({name: nts[name] for name in expected}, expected)
 
     def test_authenticatedKiss(self) -> None:
         """
@@ -373,11 +379,7 @@ class RateLimitedTests(SynchronousTestCase):
         A limited NTS request whose authenticator does not verify gets
         nothing: counted a bad authenticator and an NTS rate drop.
         """
-        protocol, transport = self.forgedAfter(1)
-        self.assertEqual(len(transport.written), 1)
-        self.assertEqual(protocol.counters.limited, 1)
-        nts = ntsCounters(protocol)
-        self.assertEqual((nts["badAuthenticators"], nts["rateDrops"]), (1, 1))
+        self.assertForgedAfter(1, {"badAuthenticators": 1, "rateDrops": 1})
 
     def test_otherExtensionFieldsPlainKiss(self) -> None:
         """
@@ -398,11 +400,7 @@ class RateLimitedTests(SynchronousTestCase):
         Limited requests not picked for a KoD are dropped before NTS looks
         at them: a forged one is not even counted as a bad authenticator.
         """
-        protocol, transport = self.forgedAfter(2)
-        self.assertEqual(len(transport.written), 2)
-        self.assertEqual(protocol.counters.limited, 2)
-        nts = ntsCounters(protocol)
-        self.assertEqual((nts["rateKisses"], nts["badAuthenticators"]), (1, 0))
+        self.assertForgedAfter(2, {"rateKisses": 1, "badAuthenticators": 0})
 
     def test_withoutNTSPlainKiss(self) -> None:
         """
