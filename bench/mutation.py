@@ -38,7 +38,9 @@ executed the mutant's lines (all of the module's tests when a line ran at
 import), stopping at the first failure.  A mutant is killed
 when a test fails, when the mutated module cannot be imported, or when the
 tests take longer than C{--timeout}.  Hypothesis runs derandomised, with no
-example database, so that a run is repeatable.
+example database, so that a run is repeatable; the fuzzing properties of
+the NTS tests (L{tests.fuzzing}) run C{--fuzz-examples} examples each, 50
+by default, which keeps a mutant's run short.
 
 The score of a module is the killed mutants over all of them.  Survivors
 are listed with their line; some are equivalent (no test could tell them
@@ -993,6 +995,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--jobs", type=int, default=1, help="mutants run at the same time"
     )
+    parser.add_argument(
+        "--fuzz-examples",
+        type=int,
+        default=50,
+        help="examples per property of tests.fuzzing's settings, as"
+        " UDPTIME_FUZZ_EXAMPLES (default 50: the NTS tests' fuzzers)",
+    )
     parser.add_argument("--json", type=Path, help="write the outcomes there")
     parser.add_argument("--list", action="store_true", help="list the mutants")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -1009,6 +1018,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.chdir(TOP)
     sys.path.insert(0, str(TOP))
     os.environ.pop("UDPTIME_REQUIRE_PEERS", None)
+    os.environ["UDPTIME_FUZZ_EXAMPLES"] = str(options.fuzz_examples)
     _hypothesisProfile()
     # What every child needs, imported once here.
     import pytest  # noqa: F401
