@@ -768,3 +768,22 @@ class ProfileTests(SynchronousTestCase):
         """
         profile = PolicyProfile(kissOfDeath=True)
         self.assertRaises(FrozenInstanceError, setattr, profile, "leak", True)
+
+
+class OwnPortTests(SynchronousTestCase):
+    """
+    A policy guards the service's own port only when asked to (as the
+    profiles of the services that answer any datagram ask).
+    """
+
+    def test_default(self) -> None:
+        """
+        By default, the service's own port stays open: an NTP peer may send
+        from port 123 to port 123.
+        """
+        made = Policy()
+        made.guardPort(123)
+        self.assertIs(made.admit(("192.0.2.1", 123), NOW), ADMIT)
+        guarded = Policy(guardOwnPort=True)
+        guarded.guardPort(37)
+        self.assertIs(guarded.admit(("192.0.2.1", 37), NOW), LOOPED)
