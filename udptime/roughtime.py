@@ -55,8 +55,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 
 from udptime.clock import ClockState, Leap
 
-ROUGHTIME_PORT: Final = 5319
-"""The port IANA assigned to Roughtime, over UDP and TCP (RFC 10049 §12.1)."""
+ROUGHTIME_PORT: Final = 2002
+"""
+The port clients ask when none is given: the one the public servers and the
+examples of draft-ietf-ntp-roughtime-19 (its Appendix A) use.  The draft
+asks IANA for a port from the User Port range (its §12.1) and leaves the
+number to be filled in.
+"""
 
 MAGIC: Final = b"ROUGHTIM"
 """The first field of every packet: the uint64 0x4d49544847554f52."""
