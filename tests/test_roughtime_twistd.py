@@ -290,6 +290,107 @@ class ChainTests(SynchronousTestCase):
         self.assertEqual(verified.returncode, 0, verified.stdout + verified.stderr)
 
 
+class CommandChainTests(SynchronousTestCase):
+    """
+    Chains from the C{udptime} command across real servers: C{twistd
+    udptime}, a C{twistd} an hour ahead, and roughly's server.
+    """
+
+    def setUp(self) -> None:
+        self.work = tempfile.mkdtemp(prefix="udptime-chain-")
+        self.addCleanup(shutil.rmtree, self.work, True)
+
+    def udptime(self, *arguments: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [udptimePath(), *arguments],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=self.work,
+        )
+
+    def test_liarCaught(self) -> None:
+        """
+        HOST (C{-P roughtime --public-key}) and a server list holding a
+        server an hour ahead: the command says which answers cannot both be
+        true, writes the report where C{--roughtime-report} says and exits
+        3; C{udptime-roughtime verify-report} proves it.
+        """
+        _, port, key = startTwistd(self)
+        liarKeyPath, liarKey = newKeyFile(self)
+        liarPort = freePort()
+        tac = os.path.join(self.work, "liar.tac")
+        with open(tac, "w", encoding="utf-8") as f:
+            f.write(LIAR_TAC.format(key=liarKeyPath, port=liarPort))
+        liar = TwistdServer([], twistdArguments=["-y", tac], plugin=None)
+        self.addCleanup(liar.cleanup)
+        liar.start()
+        path = os.path.join(self.work, "servers.json")
+        serverList(path, [("liar", publicKeyText(liarKey), liarPort)])
+        report = os.path.join(self.work, "proof.json")
+        done = self.udptime(
+            *("-P", "roughtime", "--public-key", key, "-p", str(port), "127.0.0.1"),
+            *("--roughtime-list", path, "--roughtime-report", report),
+        )
+        self.assertEqual(done.returncode, 3, done.stdout + done.stderr)
+        self.assertEqual(done.stderr, "")
+        lines = done.stdout.splitlines()
+        self.assertTrue(lines[0].startswith(f"127.0.0.1:{port}  "), lines)
+        self.assertTrue(lines[1].endswith("  (liar)"), lines)
+        self.assertIn(
+            f"Inconsistent: liar (response 1) answered a time later than"
+            f" 127.0.0.1:{port} (response 2) allowed",
+            lines,
+        )
+        self.assertEqual(lines[-1], f"Malfeasance report written to {report}")
+        verified = roughtimeTool("verify-report", report, cwd=self.work)
+        self.assertEqual(verified.returncode, 0, verified.stdout + verified.stderr)
+        self.assertIn("Proven: response 1", verified.stdout)
+
+    def test_consistentWithRoughly(self) -> None:
+        """
+        C{--roughtime} twice, udptime's server and roughly's: four
+        responses, consistent, exit status 0 and no report.
+        """
+        _, port, key = startTwistd(self)
+        roughlyPath()
+        roughly = RoughlyServer().start()
+        self.addCleanup(roughly.stop)
+        roughlyKey = base64.b64encode(roughly.publicKey).decode("ascii")
+        done = self.udptime(
+            *("--roughtime", f"{key}@127.0.0.1:{port}"),
+            *("--roughtime", f"{roughlyKey}@127.0.0.1:{roughly.port}"),
+        )
+        self.assertEqual(done.returncode, 0, done.stdout + done.stderr)
+        lines = done.stdout.splitlines()
+        self.assertEqual(len(lines), 5, lines)
+        self.assertEqual(lines[-1], "The responses are consistent.")
+        self.assertEqual(
+            [line.split()[0] for line in lines[:4]],
+            [f"127.0.0.1:{port}", f"127.0.0.1:{roughly.port}"] * 2,
+        )
+        self.assertEqual(os.listdir(self.work), [])
+
+    def test_badInput(self) -> None:
+        """
+        A server list that is not one, or a server without its key: one
+        line on standard error, exit status 2, nothing sent.
+        """
+        path = os.path.join(self.work, "servers.json")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("[]")
+        for arguments, message in (
+            (("--roughtime-list", path), f"{path}: not a server list"),
+            (("--roughtime", "127.0.0.1:2002"), "expected KEY@HOST[:PORT]"),
+        ):
+            done = self.udptime(*arguments)
+            self.assertEqual(done.returncode, 2, done.stderr)
+            self.assertEqual(done.stdout, "")
+            self.assertEqual(done.stderr.count("\n"), 1, done.stderr)
+            self.assertTrue(done.stderr.startswith("udptime: error: "), done.stderr)
+            self.assertIn(message, done.stderr)
+
+
 class RoughlyServerTests(SynchronousTestCase):
     """
     C{udptime -P roughtime} against C{roughly server run}.
