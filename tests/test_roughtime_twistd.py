@@ -56,15 +56,18 @@ def startTwistd(
     return server, port, publicKeyText(key)
 
 
-def udptime(*arguments: str) -> subprocess.CompletedProcess[str]:
+def udptime(
+    *arguments: str, cwd: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """
-    Run the C{udptime} command (bounded in time).
+    Run the C{udptime} command in C{cwd} (bounded in time).
     """
     return subprocess.run(
         [udptimePath(), *arguments],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
+        cwd=cwd,
     )
 
 
@@ -212,6 +215,24 @@ UDPListenService(
 """A Roughtime server whose clock is an hour ahead, for C{twistd -y}."""
 
 
+def startLiar(test: SynchronousTestCase, work: str) -> tuple[int, str]:
+    """
+    A C{twistd} serving Roughtime on 127.0.0.1 with a clock an hour ahead
+    (L{LIAR_TAC}, written in C{work}), stopped when C{test} ends.
+
+    @return: its port and its public key in base64.
+    """
+    keyPath, key = newKeyFile(test)
+    port = freePort()
+    tac = os.path.join(work, "liar.tac")
+    with open(tac, "w", encoding="utf-8") as f:
+        f.write(LIAR_TAC.format(key=keyPath, port=port))
+    liar = TwistdServer([], twistdArguments=["-y", tac], plugin=None)
+    test.addCleanup(liar.cleanup)
+    liar.start()
+    return port, publicKeyText(key)
+
+
 def roughtimeTool(*arguments: str, cwd: str) -> subprocess.CompletedProcess[str]:
     """
     Run C{udptime-roughtime} in C{cwd} (bounded in time).
@@ -269,18 +290,11 @@ class ChainTests(SynchronousTestCase):
 
     def test_liarCaught(self) -> None:
         _, port, key = startTwistd(self)
-        liarKeyPath, liarKey = newKeyFile(self)
-        liarPort = freePort()
-        tac = os.path.join(self.work, "liar.tac")
-        with open(tac, "w", encoding="utf-8") as f:
-            f.write(LIAR_TAC.format(key=liarKeyPath, port=liarPort))
-        liar = TwistdServer([], twistdArguments=["-y", tac], plugin=None)
-        self.addCleanup(liar.cleanup)
-        liar.start()
+        liarPort, liarKey = startLiar(self, self.work)
         path = os.path.join(self.work, "servers.json")
         serverList(
             path,
-            [("honest", key, port), ("liar", publicKeyText(liarKey), liarPort)],
+            [("honest", key, port), ("liar", liarKey, liarPort)],
         )
         done = roughtimeTool("chain", path, cwd=self.work)
         self.assertEqual(done.returncode, 3, done.stdout + done.stderr)
@@ -300,15 +314,6 @@ class CommandChainTests(SynchronousTestCase):
         self.work = tempfile.mkdtemp(prefix="udptime-chain-")
         self.addCleanup(shutil.rmtree, self.work, True)
 
-    def udptime(self, *arguments: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [udptimePath(), *arguments],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=self.work,
-        )
-
     def test_liarCaught(self) -> None:
         """
         HOST (C{-P roughtime --public-key}) and a server list holding a
@@ -317,20 +322,14 @@ class CommandChainTests(SynchronousTestCase):
         3; C{udptime-roughtime verify-report} proves it.
         """
         _, port, key = startTwistd(self)
-        liarKeyPath, liarKey = newKeyFile(self)
-        liarPort = freePort()
-        tac = os.path.join(self.work, "liar.tac")
-        with open(tac, "w", encoding="utf-8") as f:
-            f.write(LIAR_TAC.format(key=liarKeyPath, port=liarPort))
-        liar = TwistdServer([], twistdArguments=["-y", tac], plugin=None)
-        self.addCleanup(liar.cleanup)
-        liar.start()
+        liarPort, liarKey = startLiar(self, self.work)
         path = os.path.join(self.work, "servers.json")
-        serverList(path, [("liar", publicKeyText(liarKey), liarPort)])
+        serverList(path, [("liar", liarKey, liarPort)])
         report = os.path.join(self.work, "proof.json")
-        done = self.udptime(
+        done = udptime(
             *("-P", "roughtime", "--public-key", key, "-p", str(port), "127.0.0.1"),
             *("--roughtime-list", path, "--roughtime-report", report),
+            cwd=self.work,
         )
         self.assertEqual(done.returncode, 3, done.stdout + done.stderr)
         self.assertEqual(done.stderr, "")
@@ -357,9 +356,10 @@ class CommandChainTests(SynchronousTestCase):
         roughly = RoughlyServer().start()
         self.addCleanup(roughly.stop)
         roughlyKey = base64.b64encode(roughly.publicKey).decode("ascii")
-        done = self.udptime(
+        done = udptime(
             *("--roughtime", f"{key}@127.0.0.1:{port}"),
             *("--roughtime", f"{roughlyKey}@127.0.0.1:{roughly.port}"),
+            cwd=self.work,
         )
         self.assertEqual(done.returncode, 0, done.stdout + done.stderr)
         lines = done.stdout.splitlines()
@@ -383,7 +383,7 @@ class CommandChainTests(SynchronousTestCase):
             (("--roughtime-list", path), f"{path}: not a server list"),
             (("--roughtime", "127.0.0.1:2002"), "expected KEY@HOST[:PORT]"),
         ):
-            done = self.udptime(*arguments)
+            done = udptime(*arguments, cwd=self.work)
             self.assertEqual(done.returncode, 2, done.stderr)
             self.assertEqual(done.stdout, "")
             self.assertEqual(done.stderr.count("\n"), 1, done.stderr)
