@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 import time
 
+from twisted.internet import reactor
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support import TwistdServer, freePort, requirePeer, waitFor
@@ -280,6 +281,45 @@ class KernelTransmitTimesTests(SynchronousTestCase):
         sent = ntp64ToUnix(field(reply, "transmit"), after)
         self.assertTrue(before <= sent <= after, (before, sent, after))
         self.assertEqual((times.interleaved, times.reported), (1, 2))
+
+    def test_quietWhileTimestamped(self) -> None:
+        """
+        A reply sent with a request for its kernel transmit time goes while
+        the reactor does not watch the socket (an epoll set's wake-up on the
+        kernel's report would come between the transmit timestamp and the
+        reply's arrival); the reactor watches it again once the read is
+        done.  A basic reply leaves the reactor watching.
+        """
+        server = NTPServer(clockSource=ClockSource(10))
+        port, client = self.serve(server)
+        if server.interleave is None:
+            raise self.skipTest("this system reports no kernel transmit times")
+        replies = port.replies  # type: ignore[attr-defined]
+        sendto, sendmsg = replies.sendto, replies.sendmsg
+        watched: list[tuple[str, bool]] = []
+
+        def recordSendto(data: bytes, addr: object) -> object:
+            watched.append(("sendto", port in reactor.getReaders()))
+            return sendto(data, addr)
+
+        def recordSendmsg(*arguments: object) -> object:
+            watched.append(("sendmsg", port in reactor.getReaders()))
+            return sendmsg(*arguments)
+
+        replies.sendto, replies.sendmsg = recordSendto, recordSendmsg
+        self.assertIn(port, reactor.getReaders())
+        client.send(clientRequest(os.urandom(8), os.urandom(8), os.urandom(8)))
+        port.doRead()  # type: ignore[attr-defined]
+        client.recv(100)
+        self.assertEqual(watched, [("sendmsg", False)])
+        self.assertIn(port, reactor.getReaders())
+        self.assertFalse(port.quiet)  # type: ignore[attr-defined]
+        self.assertEqual(server.interleave.reported, 1)
+        client.send(clientRequest(bytes(8), bytes(8), os.urandom(8)))
+        port.doRead()  # type: ignore[attr-defined]
+        client.recv(100)
+        self.assertEqual(watched, [("sendmsg", False), ("sendto", True)])
+        self.assertIn(port, reactor.getReaders())
 
     def test_offSwitch(self) -> None:
         """

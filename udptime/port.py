@@ -136,6 +136,8 @@ class ServerPort(udp.Port):
         sent with a request for them go (the protocol's
         L{interleave<udptime.server.UDPServerProtocol.interleave>}), or
         L{None} when the port reads none.
+    @ivar quiet: whether the reactor stopped watching the socket for the
+        rest of this read (see L{quieten}).
     """
 
     log = Logger()
@@ -147,6 +149,7 @@ class ServerPort(udp.Port):
     replies: ReplyPath
     reader: Reader
     transmitTimes: TransmitTimes | None = None
+    quiet = False
 
     @classmethod
     def adopt(
@@ -212,6 +215,8 @@ class ServerPort(udp.Port):
         port.replies = ReplyPath(
             protocol, port.socket.sendto, port.socket.sendmsg, port.batch
         )
+        if port.transmitTimes is not None:
+            port.replies.timestamping = port.quieten
         if port.batch is not None:
             port.reader = Batched(port, port.batch)
         elif port.destinations is not None or kernelTimestamps:
@@ -299,6 +304,38 @@ class ServerPort(udp.Port):
                     times.transmitted(
                         data[-16:-8], ntpFromTimespec(seconds, nanoseconds)
                     )
+
+    def quieten(self) -> None:
+        """
+        Have the reactor stop watching the socket until the read ends (see
+        L{readDone}): called before a reply that asks for its kernel
+        transmit time is sent.
+
+        The kernel reports that time on the socket's error queue, and wakes
+        whatever watches the socket, while the reply is on its way: between
+        the transmit timestamp and the reply's arrival.  A poll or select
+        watches a socket only while it waits, but an epoll set (the
+        reactor's, on Linux) watches it all the time, and its wake-up
+        (about half a microsecond) would lengthen every interleaved
+        client's measured return path by as much, and show as half that
+        in its offset.
+        """
+        if not self.quiet:
+            self.quiet = True
+            self.stopReading()  # type: ignore[no-untyped-call]
+
+    def readDone(self) -> None:
+        """
+        After a read: read the kernel transmit times waiting for the replies
+        sent with a request for them (L{readErrorQueue}), then have the
+        reactor watch the socket again if L{quieten} stopped it.
+        """
+        times = self.transmitTimes
+        if times is not None and times.awaiting:
+            self.readErrorQueue()
+        if self.quiet:
+            self.quiet = False
+            self.startReading()  # type: ignore[no-untyped-call]
 
     def readConnectionLost(self, reason: Failure) -> None:
         """
@@ -389,9 +426,7 @@ class OneAtATime(Reader):
             read += 1
             answered += handle(data, addr[:2] if ipv6 else addr, clock())
         replies.tally(read, answered)
-        times = port.transmitTimes
-        if times is not None and times.awaiting:
-            port.readErrorQueue()
+        port.readDone()
 
 
 class WithControl(Reader):
@@ -443,9 +478,7 @@ class WithControl(Reader):
                 received = clock()
             answered += handle(data, addr[:2] if ipv6 else addr, received, reached)
         replies.tally(read, answered)
-        times = port.transmitTimes
-        if times is not None and times.awaiting:
-            port.readErrorQueue()
+        port.readDone()
 
 
 class Batched(Reader):
@@ -578,9 +611,7 @@ class Batched(Reader):
                 break
             remaining -= got
         replies.tally(read, answered)
-        times = port.transmitTimes
-        if times is not None and times.awaiting:
-            port.readErrorQueue()
+        port.readDone()
 
     def unknownSource(self, failure: OSError) -> None:
         """
