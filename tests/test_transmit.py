@@ -7,6 +7,7 @@ timestamp and the reply is sent at once, on every way a port sends
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from collections.abc import Sequence
@@ -248,3 +249,35 @@ class TimestampingTests(SynchronousTestCase):
             [e if isinstance(e, str) else e[0] for e in events.events],
             ["clock", "send"],
         )
+
+
+class RetryTests(SynchronousTestCase):
+    """
+    A reply whose send is interrupted is stamped again for the new try: its
+    transmit time is the clock's reading just before that send.
+    """
+
+    def test_stampedAgain(self) -> None:
+        events = Events()
+        protocol = NTPServer(
+            clock=events.clock, clockSource=ClockSource(10, precision=-20)
+        )
+        sent: list[bytes] = []
+
+        def sendto(data: bytes, addr: Any) -> None:
+            events.events.append(("send", bytes(data)))
+            if len(sent) == 0:
+                sent.append(b"")
+                raise InterruptedError(errno.EINTR, "interrupted")
+            sent.append(bytes(data))
+
+        replies = ReplyPath(protocol, sendto)
+        self.assertEqual(replies.handle(NTP_REQUEST, ("127.0.0.1", 9), FAKE_NOW), 1)
+        kinds = [event[0] for event in events.events]
+        self.assertEqual(kinds, ["clock", "send", "clock", "send"])
+        second = events.events[2][1]
+        transmit = ntp64ToUnix(
+            int.from_bytes(sent[1][ntp.TRANSMIT_AT : ntp.TRANSMIT_AT + 8], "big"),
+            events.start,
+        )
+        self.assertLessEqual(abs(transmit - second), 2e-6)

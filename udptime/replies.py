@@ -173,23 +173,23 @@ class ReplyPath:
                 return 0
             if decision.__class__ is not Refusal:
                 # A LateReply: stamped with the time now, sent at once.
+                # Everything about the send is settled before the clock is
+                # read (in stamp()), so that the call comes right after.
                 control = decision.control  # type: ignore[union-attr]
                 if control is not None:
                     self.timestamping()
-                    if ancillary is not None:
-                        control = (*ancillary, *control)
-                reply = decision.stamp()  # type: ignore[union-attr]
+                    ancillary = control if ancillary is None else (*ancillary, *control)
+                stamp = decision.stamp  # type: ignore[union-attr]
                 try:
-                    if control is not None:
-                        ancillary = control
-                        self.sendmsg((reply,), control, 0, addr)  # type: ignore[misc]
-                    elif ancillary is None:
+                    if ancillary is None:
                         sendto = self.sendto
-                        sendto(reply, addr)
+                        sendto(stamp(), addr)
                     else:
-                        self.sendmsg((reply,), ancillary, 0, addr)  # type: ignore[misc]
+                        sendmsg = self.sendmsg
+                        sendmsg((stamp(),), ancillary, 0, addr)  # type: ignore[misc]
                 except _SEND_ERRORS as failure:
-                    return self.retry(failure, reply, addr, ancillary)
+                    # Stamped again for the new try.
+                    return self.retry(failure, stamp(), addr, ancillary)
                 return 1
             # A Refusal (told by its class: isinstance would cost three times
             # as much, on every datagram).
