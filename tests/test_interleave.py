@@ -18,6 +18,8 @@ import tempfile
 import time
 
 from twisted.internet import reactor
+from twisted.internet.task import Clock
+from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support import TwistdServer, freePort, requirePeer, waitFor
@@ -25,8 +27,15 @@ from tests.test_port import serve
 from udptime.ancillary import TRANSMIT_TIMESTAMP_REQUEST
 from udptime.clock import ClockSource, ntp64ToUnix, unixToNTP64
 from udptime.decision import LateReply
-from udptime.interleave import TransmitTimes, isInterleavedForm
+from udptime.interleave import (
+    SUMMARY_NAME,
+    TableCounters,
+    TransmitTimes,
+    isInterleavedForm,
+)
 from udptime.server import NTPServer
+from udptime.summary import CounterSummary
+from udptime.tap import Options, makeService
 
 NOW = 1_795_000_000.25
 CLIENT = ("192.0.2.1", 40000)
@@ -438,3 +447,73 @@ class ChronydInterleavedTests(SynchronousTestCase):
         samples = self.chronyd(freePort(), "--no-interleaved", interleaved=False)
         self.assertTrue(samples)
         self.assertEqual({sample[-3] for sample in samples}, {"4B"}, samples)
+
+
+class SummaryTests(SynchronousTestCase):
+    """
+    The log's counter summaries have a line for the NTP services' tables of
+    transmit times (recorded, used, evicted), read as they are when the
+    summary is made: a port gives its protocol a table only as it listens.
+    """
+
+    def test_tableCounters(self) -> None:
+        """
+        L{TableCounters} sums the tables of its services, those that have
+        one when asked.
+        """
+        first, second = ntpServer(), ntpServer()
+        counters = TableCounters([first, second])
+        self.assertEqual(counters.snapshot(), {"recorded": 0, "used": 0, "evicted": 0})
+        first.interleave = TransmitTimes(1)
+        first.interleave.expect(CLIENT[0], b"r" * 8)
+        first.interleave.transmitted(b"r" * 8, 5)
+        first.interleave.expect(CLIENT[0], b"s" * 8)
+        second.interleave = TransmitTimes()
+        second.interleave.expect(CLIENT[0], b"t" * 8)
+        second.interleave.transmitted(b"t" * 8, 6)
+        self.assertEqual(second.interleave.previous(CLIENT[0], b"t" * 8), 6)
+        self.assertEqual(counters.snapshot(), {"recorded": 2, "used": 1, "evicted": 1})
+
+    def test_summaryLine(self) -> None:
+        """
+        A summary logs what the tables counted since the last one.
+        """
+        clock = Clock()
+        events: list[dict[str, object]] = []
+        server = ntpServer()
+        summary = CounterSummary(clock, {}, 10, {SUMMARY_NAME: TableCounters([server])})
+        summary.log = Logger(observer=events.append)
+        summary.startService()
+        self.addCleanup(summary.stopService)
+        server.interleave = TransmitTimes()
+        server.interleave.expect(CLIENT[0], b"r" * 8)
+        server.interleave.transmitted(b"r" * 8, 5)
+        clock.advance(10)
+        self.assertEqual([e["service"] for e in events], ["ntp interleave"])
+        self.assertEqual(events[0]["changes"], "+1 recorded")
+        self.assertEqual(events[0]["totals"], "recorded=1")
+
+    def test_inTheService(self) -> None:
+        """
+        C{twistd udptime} with summaries has the NTP tables' line among
+        them; not with C{--no-interleaved}.
+        """
+        runs: tuple[tuple[list[str], bool], ...] = (
+            ([], True),
+            (["--no-interleaved"], False),
+        )
+        for arguments, expected in runs:
+            options = Options()
+            ntpPort = str(freePort())
+            summarising = ("--summary-interval", "5")
+            options.parseOptions(
+                ["--port", "0", "--ntp-port", ntpPort, *summarising, *arguments]
+            )
+            top = makeService(options)
+            summaries = [
+                child
+                for child in top  # type: ignore[attr-defined]
+                if isinstance(child, CounterSummary)
+            ]
+            self.assertEqual(len(summaries), 1)
+            self.assertIs(SUMMARY_NAME in summaries[0].others, expected, arguments)
