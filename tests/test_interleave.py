@@ -330,6 +330,26 @@ class KernelTransmitTimesTests(SynchronousTestCase):
         self.assertEqual(watched, [("sendmsg", False), ("sendto", True)])
         self.assertIn(port, reactor.getReaders())
 
+    def test_watchedAgainAfterFailure(self) -> None:
+        """
+        A read that fails half-way (a bug) after the port stopped the
+        reactor watching the socket leaves it watched again.
+        """
+        server = NTPServer(clockSource=ClockSource(10))
+        port, _ = self.serve(server)
+        if server.interleave is None:
+            raise self.skipTest("this system reports no kernel transmit times")
+
+        class Failing:
+            def read(self) -> None:
+                port.quieten()  # type: ignore[attr-defined]
+                raise RuntimeError("a bug")
+
+        port.reader = Failing()  # type: ignore[attr-defined]
+        self.assertRaises(RuntimeError, port.doRead)  # type: ignore[attr-defined]
+        self.assertIn(port, reactor.getReaders())
+        self.assertFalse(port.quiet)  # type: ignore[attr-defined]
+
     def test_offSwitch(self) -> None:
         """
         C{interleaved=False} (C{--no-interleaved}): the port reads no

@@ -334,8 +334,14 @@ class ServerPort(udp.Port):
         if times is not None and times.awaiting:
             self.readErrorQueue()
         if self.quiet:
-            self.quiet = False
-            self.startReading()  # type: ignore[no-untyped-call]
+            self.resume()
+
+    def resume(self) -> None:
+        """
+        Have the reactor watch the socket again, after L{quieten}.
+        """
+        self.quiet = False
+        self.startReading()  # type: ignore[no-untyped-call]
 
     def readConnectionLost(self, reason: Failure) -> None:
         """
@@ -361,7 +367,12 @@ class ServerPort(udp.Port):
         Answer the datagrams waiting on the socket, at most
         L{maxDatagramsPerRead} of them.
         """
-        self.reader.read()
+        try:
+            self.reader.read()
+        finally:
+            # Watched again even when a read failed half-way (a bug).
+            if self.quiet:
+                self.resume()
 
     def readFailed(self, failure: OSError) -> bool:
         """
