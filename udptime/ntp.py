@@ -427,7 +427,6 @@ def buildReply(
 _REPLY_START: Final = struct.Struct("!BBbbII4sQ")
 _REPLY_FROM_PARTS: Final = struct.Struct("!24s8sQQ")
 _NTP64: Final = struct.Struct("!Q")
-_pack64: Final = _NTP64.pack
 TRANSMIT_AT: Final = 40
 """Where a reply's transmit timestamp starts."""
 REPLY_FROM_PARTS: Final = _REPLY_FROM_PARTS
@@ -573,27 +572,18 @@ class LateTransmit(LateReply):
         timestamp (a time after 1970, a precision finer than a second), as
         it then makes the transmit timestamp when it can; L{None} when the
         general conversion did.
-    @ivar bits: how many low bits of a timestamp are below the precision.
-    @ivar scale: for the conversion of the common case, prepared by
-        L{plain}: the reply constants' C{halfStepsPerSecond}; 0 when the
-        general conversion makes the transmit timestamp.
-    @ivar base: for the same: the NTP timestamp of the Unix epoch plus the
-        transmit timestamp's random bits, less half a step.
-    @ivar head: for the same: the reply's first 40 bytes, all but the
-        transmit timestamp.
+    @ivar bits: how many low bits of a timestamp are below the precision,
+        for the general conversion.
     """
 
     __slots__ = (
-        "base",
         "bits",
         "clock",
         "constants",
         "control",
         "fuzz",
-        "head",
         "origin",
         "receive",
-        "scale",
         "start",
     )
 
@@ -608,9 +598,7 @@ class LateTransmit(LateReply):
         self.control = control
         self.start = bytes(24)
         self.origin = bytes(8)
-        self.receive = self.fuzz = self.bits = self.base = 0
-        self.scale = 0.0
-        self.head = bytes(40)
+        self.receive = self.fuzz = self.bits = 0
         self.constants: ReplyConstants | None = None
 
     def __len__(self) -> int:
@@ -655,18 +643,12 @@ class LateTransmit(LateReply):
                 ((steps + constants.offsetUnits) << bits) + randomBits(bits) - half
             )
             self.constants = constants
-            fuzz = self.fuzz = randomBits(bits) - half
-            # Everything stamp() needs but the time, made now.
-            self.bits = bits
-            self.scale = constants.halfStepsPerSecond
-            self.base = (constants.offsetUnits << bits) + fuzz
-            self.head = start + self.origin + _NTP64.pack(self.receive & _MASK_64)
+            self.fuzz = randomBits(bits) - half
             return self
         self.receive = fuzzTimestamp(
             unixToNTP64(received), constants.state.precision, randomBits
         )
         self.constants = None
-        self.scale = 0.0
         self.bits = bits
         self.fuzz = randomBits(bits) - (1 << bits >> 1) if bits else 0
         return self
@@ -694,7 +676,6 @@ class LateTransmit(LateReply):
         bits = self.bits = min(max(32 + precision, 0), 32)
         self.fuzz = randomBits(bits) - (1 << bits >> 1) if bits else 0
         self.constants = None
-        self.scale = 0.0
         return self
 
     def receiveTimestamp(self) -> bytes:
@@ -708,29 +689,8 @@ class LateTransmit(LateReply):
         Read the transmit time and return the reply with its timestamp
         (never before the receive timestamp: both may fall in one step of
         the clock, whose random bits must not reverse them).
-
-        Between the reading and the return, as little as can be: in the
-        common case that L{plain} prepared (a time after the receive
-        timestamp, in NTP era 0), the time is scaled, rounded to its step,
-        shifted, added to a prepared number and packed after the prepared
-        40 bytes.  A client's offset is off by half the time from the
-        reading to the reply's departure.
         """
         transmit = self.clock()
-        scale = self.scale
-        if scale:
-            send = (
-                (((transmit * scale).__trunc__() + 1) >> 1) << self.bits
-            ) + self.base
-            if self.receive <= send <= _MASK_64:
-                return self.head + _pack64(send)
-        return self.finish(transmit)
-
-    def finish(self, transmit: float) -> bytes:
-        """
-        The reply with the transmit time C{transmit}, in any case: before
-        1970, after 2036, or in the step of the receive timestamp.
-        """
         constants = self.constants
         if constants is not None and transmit >= 0.0:
             send = (

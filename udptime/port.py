@@ -308,7 +308,7 @@ class ServerPort(udp.Port):
     def quieten(self) -> None:
         """
         Have the reactor stop watching the socket until the read ends (see
-        L{readDone}): called before a reply that asks for its kernel
+        L{resume}): called before a reply that asks for its kernel
         transmit time is sent.
 
         The kernel reports that time on the socket's error queue, and wakes
@@ -324,21 +324,11 @@ class ServerPort(udp.Port):
             self.quiet = True
             self.stopReading()  # type: ignore[no-untyped-call]
 
-    def readDone(self) -> None:
-        """
-        After a read: read the kernel transmit times waiting for the replies
-        sent with a request for them (L{readErrorQueue}), then have the
-        reactor watch the socket again if L{quieten} stopped it.
-        """
-        times = self.transmitTimes
-        if times is not None and times.awaiting:
-            self.readErrorQueue()
-        if self.quiet:
-            self.resume()
-
     def resume(self) -> None:
         """
-        Have the reactor watch the socket again, after L{quieten}.
+        Have the reactor watch the socket again, after L{quieten}: at the
+        end of a read, once the kernel transmit times waiting were read
+        (L{readErrorQueue}).
         """
         self.quiet = False
         self.startReading()  # type: ignore[no-untyped-call]
@@ -437,7 +427,11 @@ class OneAtATime(Reader):
             read += 1
             answered += handle(data, addr[:2] if ipv6 else addr, clock())
         replies.tally(read, answered)
-        port.readDone()
+        times = port.transmitTimes
+        if times is not None and times.awaiting:
+            port.readErrorQueue()
+        if port.quiet:
+            port.resume()
 
 
 class WithControl(Reader):
@@ -489,7 +483,11 @@ class WithControl(Reader):
                 received = clock()
             answered += handle(data, addr[:2] if ipv6 else addr, received, reached)
         replies.tally(read, answered)
-        port.readDone()
+        times = port.transmitTimes
+        if times is not None and times.awaiting:
+            port.readErrorQueue()
+        if port.quiet:
+            port.resume()
 
 
 class Batched(Reader):
@@ -622,7 +620,11 @@ class Batched(Reader):
                 break
             remaining -= got
         replies.tally(read, answered)
-        port.readDone()
+        times = port.transmitTimes
+        if times is not None and times.awaiting:
+            port.readErrorQueue()
+        if port.quiet:
+            port.resume()
 
     def unknownSource(self, failure: OSError) -> None:
         """
