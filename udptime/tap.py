@@ -22,7 +22,15 @@ from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 from twisted.python import usage
 
-from udptime import __version__, logrelay, ntsserver, policy, text, workers
+from udptime import (
+    __version__,
+    interleave,
+    logrelay,
+    ntsserver,
+    policy,
+    text,
+    workers,
+)
 from udptime.activation import (
     DATAGRAM_SERVICES,
     ActivatedSocket,
@@ -1020,8 +1028,16 @@ def makeService(options: Options) -> IService:
         listener.setServiceParent(top)
         listeners.append(listener)
     if options["summary-interval"]:
+        interleaving = [
+            protocol
+            for protocol in protocols.values()
+            if isinstance(protocol, NTPServer) and protocol.kernelTransmitTimes
+        ]
+        summarised = dict(counted)
+        if interleaving:
+            summarised[interleave.SUMMARY_NAME] = interleave.TableCounters(interleaving)
         summary = CounterSummary(
-            reactor, protocols, options["summary-interval"], counted
+            reactor, protocols, options["summary-interval"], summarised
         )
         summary.setServiceParent(top)
     report = operations.processReport(byService, globalLimit, counted)
