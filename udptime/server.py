@@ -59,6 +59,26 @@ BAD_INPUT_LOG_RATE = 0.2
 """Log lines per second about bad input and failures, sustained, per service."""
 BAD_INPUT_LOG_BURST = 10
 """Log lines about bad input and failures a service may write back to back."""
+VERBOSE_LOG_RATE = 10.0
+"""
+Lines per second that C{--verbose} logs per service, sustained, by default:
+one line per decision costs about 130 bytes of log, which a flood must not
+turn into a disk filled at the rate of the flood.
+"""
+VERBOSE_LOG_BURST_SECONDS = 10
+"""Seconds of C{--verbose}'s sustained rate a service may log back to back."""
+
+
+def verboseLimit(rate: float) -> RateLimiter | None:
+    """
+    The bound on the lines C{--verbose} logs per service: C{rate} lines per
+    second sustained, L{VERBOSE_LOG_BURST_SECONDS} of them back to back; or
+    L{None} for C{rate} 0, every decision logged.
+    """
+    if not rate:
+        return None
+    return RateLimiter(rate, max(1, int(rate * VERBOSE_LOG_BURST_SECONDS)))
+
 
 # Read by the NTP service for every request: taken from the module once.
 _NTP_HEADER_SIZE: Final = ntp.HEADER_SIZE
@@ -93,6 +113,9 @@ class UDPServerProtocol(DatagramProtocol):
     @ivar counters: this service's L{ServiceCounters}, which the port
         counts.
     @ivar verbose: have the port log one line per decision.
+    @ivar verboseLog: bounds the lines of L{verbose} (see L{verboseLimit};
+        L{None}: every decision logged); the port leaves out the lines it
+        refuses, and L{verboseLinesLeftOut} counts them.
     @ivar policy: the admission policy asked about every datagram before
         L{respond} (L{None}: answer everything).
     @ivar badInputLog: bounds the log lines about bad input and failures
@@ -135,11 +158,21 @@ class UDPServerProtocol(DatagramProtocol):
     ) -> None:
         self.clock = clock
         self.verbose = verbose
+        self.verboseLog = verboseLimit(VERBOSE_LOG_RATE)
         self.counters = ServiceCounters()
         self.policy = policy
         self.badInputLog = RateLimiter(BAD_INPUT_LOG_RATE, BAD_INPUT_LOG_BURST)
         self._badInputLogged = 0
         self.replies: ReplyPath | None = None
+
+    @property
+    def verboseLinesLeftOut(self) -> int:
+        """
+        The lines of L{verbose} left out so far, beyond L{verboseLog}'s
+        bound.
+        """
+        limit = self.verboseLog
+        return 0 if limit is None else limit.refused
 
     def makeConnection(self, transport: Any) -> None:
         """

@@ -35,7 +35,12 @@ from udptime.briefing import BriefingService
 from udptime.clock import LOCAL_REFID, ClockSource, ClockStateSource
 from udptime.port import DEFAULT_KERNEL_TIMESTAMPS
 from udptime.roughtimekeys import roughtimeKeyOption
-from udptime.server import NTPServer, UDPServerProtocol
+from udptime.server import (
+    VERBOSE_LOG_RATE,
+    NTPServer,
+    UDPServerProtocol,
+    verboseLimit,
+)
 from udptime.service import ALL_INTERFACES, ServiceCannotListen, UDPListenService
 from udptime.services import SERVICES
 from udptime.summary import DEFAULT_INTERVAL, Counted, CounterSummary
@@ -145,6 +150,7 @@ def _hostName(value: str) -> str:
 
 _hostName.coerceDoc = "A host name or an IP address."  # type: ignore[attr-defined]
 _rate = _bounded(float, 0.0, sys.float_info.max, "a number of requests per second >= 0")
+_lineRate = _bounded(float, 0.0, sys.float_info.max, "lines per second, >= 0")
 _leak = _bounded(float, 0.0, policy.MAX_LEAK, f"a fraction from 0 to {policy.MAX_LEAK}")
 _count = _bounded(int, 1, sys.maxsize, "a whole number >= 1")
 _prefixLength = _bounded(int, 1, 128, "an IPv6 prefix length from 1 to 128")
@@ -392,6 +398,16 @@ class Options(usage.Options):
                 "Requests per second all services together answer, whatever their "
                 "source (0: no cap).",
                 _rate,
+            ],
+            [
+                "verbose-rate",
+                None,
+                VERBOSE_LOG_RATE,
+                "With --verbose: lines per second each service logs at most, "
+                "sustained, and ten seconds' worth back to back; the lines left "
+                "out are counted in the summaries (0: every request, however "
+                "many).",
+                _lineRate,
             ],
             [
                 "summary-interval",
@@ -1006,6 +1022,7 @@ def makeService(options: Options) -> IService:
             if authentication is not None:
                 protocol.nts = authentication
         protocol.policy = options.servicePolicy(endpoint.service, globalLimit)
+        protocol.verboseLog = verboseLimit(options["verbose-rate"])
         protocols[endpoint.key] = protocol
         byService.setdefault(endpoint.service, []).append(protocol)
         listener = UDPListenService(
