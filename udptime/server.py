@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import tzinfo
+from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from twisted.internet.protocol import DatagramProtocol
@@ -51,6 +52,8 @@ from udptime.decision import (
 from udptime.interleave import TransmitTimes
 from udptime.policy import ADMIT, KISS, LIMITED, LOOPED, Policy, RateLimiter
 from udptime.replies import ReplyPath
+from udptime.zonelimit import REFUSAL_TEXT as ZONE_REFUSAL_TEXT
+from udptime.zonelimit import ZoneLimit
 
 if TYPE_CHECKING:
     from udptime.ntsserver import NTSAuthentication
@@ -345,6 +348,9 @@ class TextTimeServer(UDPServerProtocol):
     @ivar defaultZone: zone for requests that name none (L{None}: the host's
         local zone).
     @ivar defaultFormat: format for requests that name none.
+    @ivar zoneLimit: the cap on the distinct zones answered in per second
+        (see L{udptime.zonelimit}), which may be shared by several text
+        services; L{None}: no cap.
     """
 
     serviceName = "text"
@@ -361,7 +367,21 @@ class TextTimeServer(UDPServerProtocol):
         super().__init__(clock=clock, verbose=verbose, policy=policy)
         self._defaultZone = defaultZone
         self._defaultFormat = defaultFormat
-        self._builders: dict[bytes, text.ReplyBuilder] = {}
+        self._zoneLimit: ZoneLimit | None = ZoneLimit()
+        self._builders: dict[bytes, Callable[[float], Decision]] = {}
+
+    @property
+    def zoneLimit(self) -> ZoneLimit | None:
+        """
+        The cap on the distinct zones answered in per second (L{None}: no
+        cap).
+        """
+        return self._zoneLimit
+
+    @zoneLimit.setter
+    def zoneLimit(self, limit: ZoneLimit | None) -> None:
+        self._zoneLimit = limit
+        self._builders.clear()
 
     @property
     def defaultZone(self) -> tzinfo | None:
@@ -408,7 +428,7 @@ class TextTimeServer(UDPServerProtocol):
         """
         The decision about the request C{data} (without a token).
         """
-        build = self._builders.get(data)
+        build: Callable[[float], Decision] | None = self._builders.get(data)
         if build is None:
             try:
                 request = text.parseRequest(data)
@@ -419,10 +439,47 @@ class TextTimeServer(UDPServerProtocol):
             # Clients send the same few requests again and again: how to
             # answer each is kept, in a bounded table.
             build = text.replyBuilder(request, self._defaultFormat, self._defaultZone)
+            limit = self._zoneLimit
+            if (
+                limit is not None
+                and isinstance(request, text.TimeRequest)
+                and request.zone is not None
+            ):
+                build = partial(self._inZone, limit, request.zone, build)
             if len(self._builders) >= REPLY_BUILDERS:
                 self._builders.clear()
             self._builders[data] = build
         return build(received)
+
+    def _inZone(
+        self,
+        limit: ZoneLimit,
+        zone: tzinfo,
+        build: Callable[[float], Decision],
+        received: float,
+    ) -> Decision:
+        """
+        C{build}'s reply at C{received}, when C{limit} admits another reply
+        in C{zone} now; otherwise the refusal of a request over the cap, an
+        error line counted C{limited}, logged at a bounded rate.
+        """
+        if limit.admit(zone, received):
+            return build(received)
+        self.logBadInput(
+            received,
+            "{service}: more than {perSecond} time zones asked for in one second;"
+            " a request for {zone} refused ({refused} in all)",
+            perSecond=limit.perSecond,
+            zone=str(zone),
+            refused=limit.refused,
+        )
+        return _ZONE_REFUSAL
+
+
+_ZONE_REFUSAL: Final = Refusal(
+    LIMITED.counter, text.errorReply(text.TextRequestError(ZONE_REFUSAL_TEXT))
+)
+"""A text request over the cap on distinct zones: an error line, limited."""
 
 
 class TimeOfDayServer(UDPServerProtocol):
