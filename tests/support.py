@@ -323,10 +323,11 @@ class TwistdServer:
             *self.arguments,
         ]
 
-    def start(self, listeners: int = 1, timeout: float = 20.0) -> TwistdServer:
+    def start(self, listeners: int = 1, timeout: float = 60.0) -> TwistdServer:
         """
         Start the server and wait (bounded) until C{listeners} services log
-        that they listen.
+        that they listen: up to C{timeout} seconds, as a machine busy with
+        other work may take tens of seconds to start Python and twistd.
         """
         env = dict(os.environ)
         env.update(self.env or {})
