@@ -105,7 +105,23 @@ def roughtimeChart(results: dict[str, Any]) -> Figure:
     second and server CPU µs per request in the closed loop, the median of
     the rounds as a bar and each round as a dot.
     """
-    rows = [row for row in results["rows"] if row["protocol"] == "roughtime"]
+    return closedLoopChart(results, "roughtime", "Roughtime")
+
+
+def ntsChart(results: dict[str, Any]) -> Figure:
+    """
+    For the NTS servers, measured in the same rounds: as L{roughtimeChart}.
+    """
+    return closedLoopChart(results, "nts", "NTP with NTS (one request replayed)")
+
+
+def closedLoopChart(results: dict[str, Any], protocol: str, title: str) -> Figure:
+    """
+    For the servers of C{protocol}, measured in the same rounds: requests
+    per second and server CPU µs per request in the closed loop, the median
+    of the rounds as a bar and each round as a dot.
+    """
+    rows = [row for row in results["rows"] if row["protocol"] == protocol]
     rounds: dict[str, list[dict[str, Any]]] = {}
     for each in results.get("rounds", []):
         for result in each:
@@ -148,7 +164,7 @@ def roughtimeChart(results: dict[str, Any]) -> Figure:
         axes.grid(axis="x", alpha=0.3)
     panels[0].set_yticks(positions, [row["label"] for row in rows], fontsize=8)
     figure.suptitle(
-        "Roughtime in a closed loop, the servers taking turns in each round"
+        f"{title} in a closed loop, the servers taking turns in each round"
         " (bar: median; dots: each round)",
         fontsize=10,
     )
@@ -158,9 +174,10 @@ def roughtimeChart(results: dict[str, Any]) -> Figure:
 def latencyChart(results: dict[str, Any]) -> Figure:
     """
     p50 and p99 latency against the offered rate, one panel per protocol,
-    one line per server (solid: p50, dashed: p99).
+    one line per server (solid: p50, dashed: p99); the servers measured in
+    closed loops only (Roughtime, NTS) have none.
     """
-    rows = [row for row in results["rows"] if not row.get("workers")]
+    rows = [row for row in results["rows"] if not row.get("workers") and row["latency"]]
     protocols = list(dict.fromkeys(row["protocol"] for row in rows))
     figure = _figure(width=9.0, height=6.0)
     panels = figure.subplots(1, max(len(protocols), 1), squeeze=False)[0]
@@ -305,6 +322,7 @@ CHARTS: dict[str, tuple[str, Callable[[dict[str, Any]], Figure]]] = {
     "throughput-cpu": ("throughput", cpuChart),
     "latency": ("throughput", latencyChart),
     "roughtime": ("throughput", roughtimeChart),
+    "nts": ("throughput", ntsChart),
     "accuracy": ("accuracy", accuracyChart),
     "soak": ("soak", soakChart),
 }

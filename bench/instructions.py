@@ -8,6 +8,7 @@ nothing of caches or wake-ups: a complement to bench/hotpath.py and
 bench/run.py, not a replacement.
 
     python bench/instructions.py [--requests 1000] [--passes 5] [--only WORD...]
+                                 [--repeat N] [--source DIR...]
 
 Each path (the same as bench/hotpath.py's: udptime's port, batched, the
 blocking loop and the bare Twisted server, for text and NTP) answers
@@ -21,15 +22,29 @@ and no policy, show how much of a count that and the plumbing are.  The
 Roughtime rows queue their requests a batch at a time (1, 16 or 64), as a
 Roughtime server signs once per read: what a request costs at that batch
 size, the signature's share included.
+
+Every count runs with C{PYTHONHASHSEED=0}: with random string hashes, the
+dictionaries and sets the interpreter builds as it starts differ from run
+to run, and so do the instructions the once-and-more difference leaves.
+
+C{--repeat N} counts each path N times and prints the median with the
+lowest and highest; C{--source DIR} (more than one allowed) counts the
+C{udptime} package of another checkout of the project (a C{git worktree}
+of an older commit, say) with this benchmark's code, the checkouts taking
+turns within each repetition, so that two versions of the hot path are
+compared by the same measurement.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path as FilePath
 
 HERE = FilePath(__file__).resolve().parent
@@ -79,9 +94,46 @@ def child(kind: str, protocol: str, requests: int, passes: int, batch: int) -> N
             raise SystemExit(f"{answered} replies to {requests} requests")
 
 
-def count(kind: str, protocol: str, requests: int, passes: int, batch: int) -> int:
+def childEnvironment(
+    source: str | None, environment: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """
-    The instructions callgrind counts for L{child}.
+    The environment of a counted child: C{environment} (by default this
+    process's) with string hashing fixed, and with the C{udptime} package
+    of the checkout C{source} first on the path when one is given.
+    """
+    found = dict(os.environ if environment is None else environment)
+    found["PYTHONHASHSEED"] = "0"
+    if source is not None:
+        paths = [str(FilePath(source).resolve()), found.get("PYTHONPATH", "")]
+        found["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+    return found
+
+
+def spread(values: Sequence[float]) -> str:
+    """
+    The median of C{values}, with their lowest and highest and the range
+    as a share of the median, when there are several.
+    """
+    middle = statistics.median(values)
+    if len(values) == 1:
+        return f"{middle:8.0f}"
+    low, high = min(values), max(values)
+    share = (high - low) / middle * 100 if middle else 0.0
+    return f"{middle:8.0f} ({low:.0f} to {high:.0f}, range {share:.2f} %)"
+
+
+def count(
+    kind: str,
+    protocol: str,
+    requests: int,
+    passes: int,
+    batch: int,
+    source: str | None = None,
+) -> int:
+    """
+    The instructions callgrind counts for L{child}, with the C{udptime}
+    package of the checkout C{source} when one is given.
     """
     result = subprocess.run(
         [
@@ -101,6 +153,7 @@ def count(kind: str, protocol: str, requests: int, passes: int, batch: int) -> i
         text=True,
         timeout=900,
         check=True,
+        env=childEnvironment(source),
     )
     found = re.search(r"Collected : (\d+)", result.stderr)
     if found is None:
@@ -119,18 +172,37 @@ def main() -> None:
     parser.add_argument(
         "--only", nargs="*", help="paths whose name contains one of these"
     )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="counts of each path (default 1)"
+    )
+    parser.add_argument(
+        "--source",
+        nargs="*",
+        metavar="DIR",
+        help="count the udptime package of these checkouts instead of this one's",
+    )
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         raise SystemExit("instructions.py: valgrind is not installed")
+    if args.repeat < 1 or args.requests < 1 or args.passes < 1:
+        raise SystemExit("instructions.py: --repeat, --requests, --passes: 1 or more")
+    sources: list[str | None] = list(args.source or [None])
     for label, (kind, protocol, perRead) in PATHS.items():
         if args.only and not any(word in label for word in args.only):
             continue
-        once = count(kind, protocol, args.requests, 1, perRead)
-        more = count(kind, protocol, args.requests, 1 + args.passes, perRead)
         each = perRead or args.requests
         answered = args.requests // each * each
-        perRequest = (more - once) / (args.passes * answered)
-        print(f"{label:<46} {perRequest:8.0f} instructions/request", flush=True)
+        counted: dict[str | None, list[float]] = {s: [] for s in sources}
+        for _ in range(args.repeat):
+            for source in sources:
+                once = count(kind, protocol, args.requests, 1, perRead, source)
+                more = count(
+                    kind, protocol, args.requests, 1 + args.passes, perRead, source
+                )
+                counted[source].append((more - once) / (args.passes * answered))
+        for source, values in counted.items():
+            name = label if source is None else f"{label} [{source}]"
+            print(f"{name:<46} {spread(values)} instructions/request", flush=True)
 
 
 if __name__ == "__main__":

@@ -43,10 +43,13 @@ class Protocol:
     """
     A protocol the benchmark speaks.
 
-    @ivar name: its name in server rows (C{text}, C{ntp}, C{roughtime}).
+    @ivar name: its name in server rows (C{text}, C{ntp}, C{roughtime},
+        C{nts}).
     @ivar probe: a request that any server of the protocol answers.
     @ivar loadgenArguments: the load generator's options that make its
-        requests.
+        requests; none when each server's requests are made as it starts
+        (NTS: a request with a cookie of that server), and given as a
+        payload instead.
     """
 
     name: str
@@ -60,6 +63,10 @@ PROTOCOLS = {
     "roughtime": Protocol(
         "roughtime", ROUGHTIME_REQUEST, ("--hex", ROUGHTIME_REQUEST.hex())
     ),
+    # An NTS server answers plain NTP on the same port: the probe.  The load
+    # replays one NTS request, made for each server (bench/ntsrequest.py),
+    # as it is: the transmit timestamp is under the authenticator.
+    "nts": Protocol("nts", NTP_REQUEST, ()),
 }
 
 # What the benchmark reads from the load generator's report.
@@ -127,21 +134,30 @@ def parseLoadgen(output: str) -> dict[str, Any]:
     return data
 
 
-def loadgenCommand(port: int, protocol: str, extra: Sequence[str]) -> list[str]:
+def loadgenCommand(
+    port: int, protocol: str, extra: Sequence[str], payload: bytes | None = None
+) -> list[str]:
     """
-    The command line of the load generator aimed at C{127.0.0.1:port}.
+    The command line of the load generator aimed at C{127.0.0.1:port},
+    sending C{protocol}'s requests, or C{payload} when given.
+
+    @raise ValueError: the protocol's requests are made per server, and no
+        payload is given.
     """
-    return [
-        str(BUILD / "loadgen"),
-        "--port",
-        str(port),
-        *PROTOCOLS[protocol].loadgenArguments,
-        *extra,
-    ]
+    requests = PROTOCOLS[protocol].loadgenArguments
+    if payload is not None:
+        requests = ("--hex", payload.hex())
+    elif not requests:
+        raise ValueError(f"{protocol} requests are made for each server: no payload")
+    return [str(BUILD / "loadgen"), "--port", str(port), *requests, *extra]
 
 
 def runLoadgen(
-    port: int, protocol: str, cpuSet: set[int] | None, extra: Sequence[str]
+    port: int,
+    protocol: str,
+    cpuSet: set[int] | None,
+    extra: Sequence[str],
+    payload: bytes | None = None,
 ) -> dict[str, Any]:
     """
     Run the load generator to its end (bounded by its C{--duration}) and
@@ -149,10 +165,11 @@ def runLoadgen(
 
     @param cpuSet: the CPUs to pin it to, or L{None}.
     @param extra: its options beyond the target and the requests.
+    @param payload: the request to send, instead of the protocol's.
     @raise RuntimeError: when it fails.
     """
     result = subprocess.run(
-        loadgenCommand(port, protocol, extra),
+        loadgenCommand(port, protocol, extra, payload),
         capture_output=True,
         text=True,
         timeout=LONGEST_RUN,
@@ -170,23 +187,31 @@ def closedLoop(
     inflight: int,
     seconds: float,
     spin: bool = False,
+    payload: bytes | None = None,
 ) -> dict[str, Any]:
     """
-    Keep C{inflight} requests outstanding for C{seconds}: the report.
+    Keep C{inflight} requests outstanding for C{seconds} (C{payload}, or
+    C{protocol}'s requests): the report.
     """
     extra = ["--closed", str(inflight), "--duration", str(seconds), "--warmup", "0"]
-    return runLoadgen(port, protocol, cpuSet, [*extra, *(["--spin"] if spin else [])])
+    extra += ["--spin"] if spin else []
+    return runLoadgen(port, protocol, cpuSet, extra, payload)
 
 
 def openLoop(
-    port: int, protocol: str, cpuSet: set[int] | None, rate: float, seconds: float
+    port: int,
+    protocol: str,
+    cpuSet: set[int] | None,
+    rate: float,
+    seconds: float,
+    payload: bytes | None = None,
 ) -> dict[str, Any]:
     """
     Send C{rate} requests per second, on schedule, for C{seconds} (after
-    0.2 s of warm-up): the report.
+    0.2 s of warm-up; C{payload}, or C{protocol}'s requests): the report.
     """
     extra = ["--rate", str(rate), "--duration", str(seconds), "--warmup", "0.2"]
-    return runLoadgen(port, protocol, cpuSet, extra)
+    return runLoadgen(port, protocol, cpuSet, extra, payload)
 
 
 class BackgroundLoad:

@@ -194,6 +194,52 @@ def roughtimeTable(results: dict[str, Any]) -> Table:
     return Table(header, tuple(rows))
 
 
+def ntsTable(results: dict[str, Any]) -> Table:
+    """
+    For the NTS servers: requests per second, udptime's throughput divided
+    by theirs within each round, CPU time per request, the replayed
+    request's length, the replies' lengths (those the client checked, and
+    the shortest and longest of every reply the load generator received:
+    an NTS NAK is much shorter than an authenticated reply), and udptime's
+    NTS counters over the rounds.
+    """
+    rows = []
+    for row in results["rows"]:
+        if row["protocol"] != "nts":
+            continue
+        received = row.get("reply_bytes")
+        counters = row.get("nts_counters")
+        rows.append(
+            (
+                row["key"],
+                number(row["rps"]),
+                "1.00" if row["baseline"] else spread(**row["ratio"]),
+                number(row["cpu_us"], "{:.1f}"),
+                number(row.get("request_bytes")),
+                ", ".join(str(n) for n in row.get("checked_reply_bytes", []))
+                + f" ({row.get('checked_replies', 0)} checked)",
+                "-" if not received else " to ".join(str(n) for n in received),
+                "-"
+                if counters is None
+                else " / ".join(
+                    f"{counters.get(name, 0):,}"
+                    for name in ("authenticated", "naks", "badAuthenticators")
+                ),
+            )
+        )
+    header = (
+        "server",
+        "requests/s",
+        "udptime's ÷ its",
+        "CPU µs/request",
+        "request bytes",
+        "checked reply bytes",
+        "reply bytes under load",
+        "authenticated / NAKs / bad authenticators",
+    )
+    return Table(header, tuple(rows))
+
+
 # --- accuracy --------------------------------------------------------------------
 
 
@@ -423,6 +469,7 @@ TABLES: dict[str, tuple[str, Callable[[dict[str, Any]], Table]]] = {
     "latency": ("throughput", latencyTable),
     "workers": ("throughput", workersTable),
     "roughtime": ("throughput", roughtimeTable),
+    "nts": ("throughput", ntsTable),
     "accuracy": ("accuracy", accuracyTable),
     "throughput-servers": ("throughput", serversTable),
     "accuracy-servers": ("accuracy", serversTable),
@@ -493,6 +540,10 @@ def goals(
             check(
                 "roughtime responses per signature", rough.get("mean_batch"), 16, True
             )
+        if byKey.get("nts: udptime nts") is not None:
+            chronyd = byKey.get("nts: chronyd")
+            if chronyd:
+                check("nts ÷ chronyd's NTS", chronyd["ratio"]["median"], 0.5, True)
         one = byKey.get("text: udptime text, 1 workers")
         two = byKey.get("text: udptime text, 2 workers")
         if one and two and one["rps"]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import shlex
 import shutil
@@ -26,6 +27,7 @@ from types import TracebackType
 
 from load import BENCH, BUILD, PROTOCOLS
 from processes import pinnedTo, stop
+from results import ROOT
 
 from udptime.roughtimekeys import loadLongTermKey, writeNewKey
 
@@ -41,7 +43,8 @@ class Server:
     A server to benchmark.
 
     @ivar label: its name in the reports.
-    @ivar protocol: the name of its protocol in L{load.PROTOCOLS}.
+    @ivar protocol: the name of its protocol in L{load.PROTOCOLS}
+        (C{nts}: NTP with NTS, the server's NTS-KE service on too).
     @ivar kind: how it is started, a key of L{KINDS}: C{udptime}, C{python}
         (C{bench/references.py}), C{c} (C{bench/cserver.c}), C{chronyd} or
         C{roughly} (C{roughly server run}, for Roughtime).
@@ -77,6 +80,8 @@ class Server:
         """
         Whether it can run here (uvloop and chronyd are optional).
         """
+        if self.protocol == "nts" and not ntsAvailable():
+            return False
         if self.kind == "chronyd":
             return chronydPath() is not None
         if self.kind == "python" and "uvloop" in self.arguments:
@@ -86,14 +91,23 @@ class Server:
         return True
 
 
-def freePort() -> int:
+def freePort(kind: socket.SocketKind = socket.SOCK_DGRAM) -> int:
     """
-    A UDP port free on 127.0.0.1 right now.
+    A port free on 127.0.0.1 right now: UDP, or TCP for C{SOCK_STREAM}.
     """
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+    with socket.socket(socket.AF_INET, kind) as probe:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+def ntsAvailable() -> bool:
+    """
+    Whether udptime's NTS can run here (the C{nts} extra is installed).
+    """
+    from udptime.ntske import ntsUnavailable
+
+    return ntsUnavailable() is None
 
 
 def answers(port: int, protocol: str, timeout: float) -> bool:
@@ -141,15 +155,27 @@ def hasUvloop() -> bool:
 # --- how each kind of server is started -------------------------------------
 
 
-def udptimeCommand(server: Server, port: str, directory: str) -> list[str]:
+def udptimeCommand(server: Server, port: str, directory: str, kePort: str) -> list[str]:
     """
     C{twistd -n udptime} serving C{server}'s protocol on C{127.0.0.1:port},
-    every policy on, logging into C{directory}.
+    every policy on, logging into C{directory}; for NTS, its NTS-KE service
+    on TCP port C{kePort}, with the certificate and key of
+    L{ntsCertificates} in C{directory}.
     """
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    ntp = ["--port", "0", "--ntp-port", port, "--local-stratum", "1"]
     portArguments = {
         "text": ["--port", port],
-        "ntp": ["--port", "0", "--ntp-port", port, "--local-stratum", "1"],
+        "ntp": ntp,
+        "nts": [
+            *ntp,
+            "--nts-ke-port",
+            kePort,
+            "--nts-certificate",
+            f"{directory}/{CERTIFICATE}",
+            "--nts-private-key",
+            f"{directory}/{PRIVATE_KEY}",
+        ],
         "roughtime": [
             "--port",
             "0",
@@ -179,7 +205,9 @@ def udptimeCommand(server: Server, port: str, directory: str) -> list[str]:
     ]
 
 
-def referenceCommand(server: Server, port: str, directory: str) -> list[str]:
+def referenceCommand(
+    server: Server, port: str, directory: str, kePort: str
+) -> list[str]:
     """
     One of the Python servers of C{bench/references.py}.
     """
@@ -187,20 +215,31 @@ def referenceCommand(server: Server, port: str, directory: str) -> list[str]:
     return [sys.executable, script, *server.arguments, server.protocol, port]
 
 
-def cServerCommand(server: Server, port: str, directory: str) -> list[str]:
+def cServerCommand(server: Server, port: str, directory: str, kePort: str) -> list[str]:
     """
     The C server, C{bench/cserver.c}.
     """
     return [str(BUILD / "cserver"), server.protocol, port]
 
 
-def chronydConfiguration(port: str, directory: str) -> str:
+def chronydConfiguration(port: str, directory: str, kePort: str | None) -> str:
     """
     The configuration of chronyd serving NTP on C{127.0.0.1:port}: its own
     pid file in C{directory}, no command sockets, C{local stratum 1}.  It
     answers the whole of 127.0.0.0/8, where the load generator's many
-    clients are.
+    clients are.  With a C{kePort}, it serves NTS too: NTS-KE on that TCP
+    port, with the certificate and key of L{ntsCertificates} in
+    C{directory}, where it also keeps its server keys.  No C{ratelimit}:
+    chronyd's default, which answers every request.
     """
+    nts = ""
+    if kePort is not None:
+        nts = (
+            f"ntsport {kePort}\n"
+            f"ntsservercert {directory}/{CERTIFICATE}\n"
+            f"ntsserverkey {directory}/{PRIVATE_KEY}\n"
+            f"ntsdumpdir {directory}\n"
+        )
     return (
         f"port {port}\n"
         "bindaddress 127.0.0.1\n"
@@ -209,18 +248,24 @@ def chronydConfiguration(port: str, directory: str) -> str:
         "cmdport 0\n"
         "bindcmdaddress /\n"
         f"pidfile {directory}/chronyd.pid\n"
+        f"{nts}"
     )
 
 
-def chronydCommand(server: Server, port: str, directory: str) -> list[str]:
+def chronydCommand(server: Server, port: str, directory: str, kePort: str) -> list[str]:
     """
     chronyd with L{chronydConfiguration} written into C{directory}, in the
-    foreground (C{-d}) and never touching the clock (C{-x}).
+    foreground (C{-d}) and never touching the clock (C{-x}); serving NTS
+    when C{server} is an NTS server.
     """
     os.chmod(directory, 0o755)
     conf = os.path.join(directory, "chrony.conf")
     with open(conf, "w") as f:
-        f.write(chronydConfiguration(port, directory))
+        f.write(
+            chronydConfiguration(
+                port, directory, kePort if server.protocol == "nts" else None
+            )
+        )
     return [chronydPath() or "chronyd", "-d", "-x", "-f", conf]
 
 
@@ -247,7 +292,7 @@ def roughlyPath() -> str:
     return os.path.join(venv, "bin", "roughly")
 
 
-def roughlyCommand(server: Server, port: str, directory: str) -> list[str]:
+def roughlyCommand(server: Server, port: str, directory: str, kePort: str) -> list[str]:
     """
     C{roughly server run} with the benchmark's key, grease off (every
     response valid, as udptime's).
@@ -267,7 +312,59 @@ def roughlyCommand(server: Server, port: str, directory: str) -> list[str]:
     ]
 
 
-KINDS: dict[str, Callable[[Server, str, str], list[str]]] = {
+# The names of the NTS servers' certificate (a chain) and private key in
+# their directories (as tests/certificates.py names them).
+CERTIFICATE = "server-chain.pem"
+PRIVATE_KEY = "server-key.pem"
+
+
+def ntsCertificates(directory: str) -> str:
+    """
+    Make a new test CA and a certificate it signs for 127.0.0.1 in
+    C{directory} (readable by chronyd, which drops its privileges: a
+    throw-away key made for this run), and return the CA file's path.
+    """
+    if str(ROOT) not in sys.path:
+        sys.path.append(str(ROOT))
+    from tests.certificates import makeCertificates
+
+    files = makeCertificates(directory)
+    for path in (files.ca, files.certificate, files.key, files.leaf):
+        os.chmod(path, 0o644)
+    assert files.certificate.endswith(CERTIFICATE) and files.key.endswith(PRIVATE_KEY)
+    return files.ca
+
+
+def ntsRequest(kePort: int, ntpPort: int, caFile: str) -> dict[str, object]:
+    """
+    One authenticated NTS request made by C{bench/ntsrequest.py} (a key
+    exchange on C{kePort}, the request checked against the server on
+    C{ntpPort}), as it reports it.
+
+    @raise RuntimeError: when it fails.
+    """
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "ntsrequest.py"),
+            "--ke-port",
+            str(kePort),
+            "--ntp-port",
+            str(ntpPort),
+            "--ca-file",
+            caFile,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if done.returncode:
+        raise RuntimeError(f"no NTS request: {done.stderr.strip()}")
+    made: dict[str, object] = json.loads(done.stdout)
+    return made
+
+
+KINDS: dict[str, Callable[[Server, str, str, str], list[str]]] = {
     "udptime": udptimeCommand,
     "python": referenceCommand,
     "c": cServerCommand,
@@ -289,14 +386,23 @@ class Running:
         self.logPath = os.path.join(self.directory, "server.log")
         self.serverCPUs = serverCPUs
         self.process: subprocess.Popen[bytes] | None = None
+        self.kePort = freePort(socket.SOCK_STREAM) if server.protocol == "nts" else 0
+        self.payload: bytes | None = None
+        self.ntsRequest: dict[str, object] | None = None
 
     def start(self) -> Running:
         """
-        Start the server and wait until it answers.
+        Start the server and wait until it answers; for NTS, make the
+        request the load generator will replay (L{payload}, checked as
+        L{ntsRequest} says).
 
-        @raise RuntimeError: when it does not answer within 20 seconds.
+        @raise RuntimeError: when it does not answer within 20 seconds, or
+            no NTS request could be made.
         """
-        command = KINDS[self.server.kind](self.server, str(self.port), self.directory)
+        caFile = ntsCertificates(self.directory) if self.kePort else ""
+        command = KINDS[self.server.kind](
+            self.server, str(self.port), self.directory, str(self.kePort)
+        )
         with open(os.path.join(self.directory, "stdout"), "wb") as output:
             self.process = subprocess.Popen(
                 command,
@@ -312,6 +418,14 @@ class Running:
             raise RuntimeError(f"{self.server.label} did not answer:\n{printed}")
         if self.server.workers:
             self.waitForLog("service listening on", 1 + self.server.workers, 20.0)
+        if self.kePort:
+            try:
+                self.ntsRequest = ntsRequest(self.kePort, self.port, caFile)
+            except RuntimeError as e:
+                printed = self.output()
+                self.stop()
+                raise RuntimeError(f"{self.server.label}: {e}\n{printed}") from None
+            self.payload = bytes.fromhex(str(self.ntsRequest.pop("request")))
         return self
 
     def waitForLog(self, text: str, count: int, timeout: float) -> None:
@@ -376,17 +490,19 @@ def describe(server: Server) -> dict[str, str]:
     """
     How C{server} is run, for the results: its command line (and for
     chronyd its configuration, one line per directive joined with C{; }),
-    with C{PORT} for its port, C{DIR} for its directory and C{KEY} for a
-    private key given on the command line (roughly's).
+    with C{PORT} for its port, C{KEPORT} for its NTS-KE port, C{DIR} for its
+    directory and C{KEY} for a private key given on the command line
+    (roughly's).
     """
     if server.kind == "chronyd":
+        kePort = "KEPORT" if server.protocol == "nts" else None
         return {
             "command": "chronyd -d -x -f DIR/chrony.conf",
             "configuration": "; ".join(
-                chronydConfiguration("PORT", "DIR").splitlines()
+                chronydConfiguration("PORT", "DIR", kePort).splitlines()
             ),
         }
-    command = KINDS[server.kind](server, "PORT", "DIR")
+    command = KINDS[server.kind](server, "PORT", "DIR", "KEPORT")
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
     shown: list[str] = []
     for argument in command:
@@ -424,6 +540,8 @@ THROUGHPUT_SERVERS: tuple[Server, ...] = (
     Server("C recvmmsg server", "ntp", "c"),
     Server("udptime roughtime", "roughtime", "udptime", baseline=True),
     Server("roughly server run", "roughtime", "roughly"),
+    Server("udptime nts", "nts", "udptime", baseline=True),
+    Server("chronyd", "nts", "chronyd"),
 )
 
 ACCURACY_SERVERS: tuple[Server, ...] = (

@@ -12,6 +12,15 @@ pinned to one CPU, with the load generator pinned to another, gets
 Rounds are interleaved (every server once, then again) and the rows give
 medians over the rounds; each server's throughput is also compared with
 udptime's, within each round.
+
+The NTS servers (udptime's NTP service with its NTS-KE service on, and
+chronyd as an NTS server) get closed loops only, of one authenticated
+request made for each server as it starts (C{bench/ntsrequest.py}: a key
+exchange and udptime's client) and replayed as it is from every source
+address: a server that keeps no state per client answers each copy.  The
+replies' lengths (all of them those of an authenticated reply, none a
+NAK's) and, for udptime, its NTS counters as it stops say that they were
+answered as authenticated requests.
 """
 
 from __future__ import annotations
@@ -70,9 +79,15 @@ def measure(
         "protocol": server.protocol,
     }
     with Running(server, pinServer) as running:
+        payload = running.payload
         # warm up (caches, the interpreter's specialisation, the CPU clock)
         closedLoop(
-            running.port, server.protocol, pinLoad, settings.inflight, settings.warmup
+            running.port,
+            server.protocol,
+            pinLoad,
+            settings.inflight,
+            settings.warmup,
+            payload=payload,
         )
         before = CPUTimes.of(running.pid)
         closed = closedLoop(
@@ -82,6 +97,7 @@ def measure(
             settings.inflight,
             settings.duration,
             spin,
+            payload,
         )
         used = CPUTimes.of(running.pid) - before
         answered = max(closed["received"], 1)
@@ -93,7 +109,9 @@ def measure(
         result["server_cpu"] = used.total / closed["seconds"]
         result["loadgen_busy"] = closed["busy"]
         # Roughtime's rows are closed loops only, so that the responses per
-        # signature read as the server stops (meanBatch) are theirs.
+        # signature read as the server stops (meanBatch) are theirs; NTS's
+        # too, so that its counters are the closed loops'.
+        closedOnly = server.protocol in ("roughtime", "nts")
         result["open"] = [
             {
                 "rate": rate,
@@ -101,13 +119,49 @@ def measure(
                     running.port, server.protocol, pinLoad, rate, settings.duration
                 ),
             }
-            for rate in ([] if server.protocol == "roughtime" else settings.rates)
+            for rate in ([] if closedOnly else settings.rates)
         ]
         if server.workers:
             result["worker_answers"] = workerAnswers(running)
         elif server.protocol == "roughtime" and server.kind == "udptime":
             result["mean_batch"] = meanBatch(running)
+        if server.protocol == "nts":
+            result["reply_bytes"] = [closed.get("reply_min"), closed.get("reply_max")]
+            result["nts_request"] = running.ntsRequest
+            if server.kind == "udptime":
+                result["nts_counters"] = ntsCounters(running)
     return result
+
+
+def stoppedLog(running: Running) -> str:
+    """
+    Stop the server (C{SIGTERM}, and wait for it) and return its whole log,
+    where udptime writes its summaries as it stops.
+    """
+    process = running.process
+    assert process is not None
+    process.send_signal(signal.SIGTERM)
+    process.wait(15)
+    return running.log()
+
+
+def ntsCounters(running: Running) -> dict[str, int]:
+    """
+    Stop udptime's server and return its NTS counters over the whole run
+    (the request's checks, the warm-up and the measured loop), from the
+    summary it logs as it stops: C{authenticated}, C{naks},
+    C{badAuthenticators}, C{malformed} and the rest, those not logged
+    (zero) left out.
+    """
+    found: dict[str, int] = {}
+    for line in stoppedLog(running).splitlines():
+        totals = re.search(r"udptime nts: .*; totals ([^;]*)", line)
+        if totals:
+            found = {
+                name: int(value)
+                for name, value in re.findall(r"(\w+)=(\d+)", totals.group(1))
+            }
+    return found
 
 
 def meanBatch(running: Running) -> float | None:
@@ -116,12 +170,8 @@ def meanBatch(running: Running) -> float | None:
     responses per signature over its closed loops (the warm-up and the
     measured one), from the line it logs as it stops.
     """
-    process = running.process
-    assert process is not None
-    process.send_signal(signal.SIGTERM)
-    process.wait(15)
     found = re.search(
-        r"roughtime: (\d+) responses signed in (\d+) batches", running.log()
+        r"roughtime: (\d+) responses signed in (\d+) batches", stoppedLog(running)
     )
     if found is None or not int(found.group(2)):
         return None
@@ -133,12 +183,8 @@ def workerAnswers(running: Running) -> list[int]:
     Stop the server and return the requests each worker answered in the
     whole run, from the counter summaries that workers log as they stop.
     """
-    process = running.process
-    assert process is not None
-    process.send_signal(signal.SIGTERM)
-    process.wait(15)
     answered: dict[str, int] = {}
-    for line in running.log().splitlines():
+    for line in stoppedLog(running).splitlines():
         found = re.search(r"worker (\d+).*totals received=\d+ answered=(\d+)", line)
         if found:
             answered[found.group(1)] = int(found.group(2))
@@ -201,6 +247,30 @@ def ratios(
     return found
 
 
+def ntsSummary(mine: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """
+    What an NTS server's rounds say of its replies: the request's length,
+    the lengths of the replies the client checked and of every reply the
+    load generator received (the shortest and the longest), and udptime's
+    NTS counters added up over the rounds.
+    """
+    requests = [r["nts_request"] for r in mine if r.get("nts_request")]
+    lengths = [n for r in mine for n in r.get("reply_bytes", []) if n and n > 0]
+    counters: dict[str, int] = {}
+    for each in (r["nts_counters"] for r in mine if "nts_counters" in r):
+        for name, value in each.items():
+            counters[name] = counters.get(name, 0) + value
+    found: dict[str, Any] = {
+        "request_bytes": requests[0]["request_bytes"] if requests else None,
+        "checked_reply_bytes": sorted({n for q in requests for n in q["reply_bytes"]}),
+        "checked_replies": sum(q["checked"] for q in requests),
+        "reply_bytes": [min(lengths), max(lengths)] if lengths else None,
+    }
+    if any("nts_counters" in r for r in mine):
+        found["nts_counters"] = counters
+    return found
+
+
 def summarise(
     rounds: Sequence[Sequence[dict[str, Any]]],
     servers: Sequence[Server],
@@ -260,6 +330,8 @@ def summarise(
         batches = [r["mean_batch"] for r in mine if r.get("mean_batch")]
         if batches:
             row["mean_batch"] = median(batches)
+        if server.protocol == "nts":
+            row.update(ntsSummary(mine))
         answers = [r["worker_answers"] for r in mine if r.get("worker_answers")]
         if answers:
             row["worker_answers"] = answers

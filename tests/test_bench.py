@@ -837,3 +837,247 @@ class RoughtimeBenchTests(SynchronousTestCase):
         batch = throughput.meanBatch(running)
         assert batch is not None
         self.assertGreaterEqual(batch, 1.0)
+
+
+def ntsRow(key: str, rps: float, baseline: bool = False) -> dict[str, Any]:
+    """
+    A throughput row of an NTS server, as L{throughput.summarise} makes it.
+    """
+    row = throughputRow(key, rps, baseline)
+    row.update(
+        kind="udptime" if baseline else "chronyd",
+        latency=[],
+        request_bytes=228,
+        checked_reply_bytes=[228],
+        checked_replies=9,
+        reply_bytes=[228, 228],
+    )
+    if baseline:
+        row["nts_counters"] = {"authenticated": 123457, "naks": 0}
+    else:
+        row["ratio"] = {"median": 0.375, "low": 0.25, "high": 0.5}
+    return row
+
+
+class NTSBenchTests(SynchronousTestCase):
+    """
+    The benchmark's NTS rows: udptime's NTP service with NTS and chronyd
+    serving NTS, each replaying one authenticated request made for it.
+    """
+
+    def test_describe(self) -> None:
+        """
+        The results show how each NTS server runs: udptime with its NTS-KE
+        port, certificate and key; chronyd with its NTS directives and no
+        C{ratelimit}.
+        """
+        servers = benchModule("servers")
+        nts = {s.kind: s for s in servers.THROUGHPUT_SERVERS if s.protocol == "nts"}
+        self.assertEqual(sorted(nts), ["chronyd", "udptime"])
+        command = servers.describe(nts["udptime"])["command"]
+        self.assertIn(
+            "--ntp-port PORT --local-stratum 1 --nts-ke-port KEPORT"
+            " --nts-certificate DIR/server-chain.pem"
+            " --nts-private-key DIR/server-key.pem",
+            command,
+        )
+        configuration = servers.describe(nts["chronyd"])["configuration"]
+        for directive in (
+            "port PORT",
+            "ntsport KEPORT",
+            "ntsservercert DIR/server-chain.pem",
+            "ntsserverkey DIR/server-key.pem",
+            "ntsdumpdir DIR",
+        ):
+            self.assertIn(directive, configuration.split("; "))
+        self.assertNotIn("ratelimit", configuration)
+        (plain,) = [
+            s
+            for s in servers.THROUGHPUT_SERVERS
+            if s.protocol == "ntp" and s.kind == "chronyd"
+        ]
+        self.assertNotIn("nts", servers.describe(plain)["configuration"])
+
+    def test_noRequest(self) -> None:
+        """
+        When the key exchange fails, no request is made: the error says
+        which step failed.
+        """
+        servers = benchModule("servers")
+        if not servers.ntsAvailable():
+            missing("udptime's NTS needs the nts extra")
+        directory = temporaryDirectory(self)
+        caFile = servers.ntsCertificates(directory)
+        closed = servers.freePort(socket.SOCK_STREAM)
+        with self.assertRaises(RuntimeError) as raised:
+            servers.ntsRequest(closed, servers.freePort(), caFile)
+        self.assertIn("no NTS request: ntsrequest.py: ", str(raised.exception))
+        self.assertIn(f"127.0.0.1:{closed}", str(raised.exception))
+
+    def test_payload(self) -> None:
+        """
+        The load generator sends a given payload as it is; NTS requests are
+        made per server, so there is none without one.
+        """
+        load = benchModule("load")
+        command = load.loadgenCommand(123, "nts", ["--spin"], b"\x23\x01")
+        self.assertEqual(command[1:], ["--port", "123", "--hex", "2301", "--spin"])
+        self.assertIn("--ntp", load.loadgenCommand(123, "ntp", []))
+        self.assertRaises(ValueError, load.loadgenCommand, 123, "nts", [])
+
+    def test_summary(self) -> None:
+        """
+        An NTS server's row has the request's length, the replies' lengths
+        (checked by the client, and received under load) and udptime's NTS
+        counters added up over the rounds; the report shows them, and the
+        goal is udptime's throughput against chronyd's.
+        """
+        throughput, servers, report = (
+            benchModule(name) for name in ("throughput", "servers", "report")
+        )
+        mine = servers.Server("udptime nts", "nts", "udptime", baseline=True)
+        chronyd = servers.Server("chronyd", "nts", "chronyd")
+
+        def result(server: Any, rps: float, lengths: list[int]) -> dict[str, Any]:
+            found = {
+                "key": server.key,
+                "label": server.label,
+                "protocol": server.protocol,
+                "rps": rps,
+                "cpu_us": 1e6 / rps,
+                "user_us": 1.0,
+                "kernel_us": 1.0,
+                "server_cpu": 1.0,
+                "loadgen_busy": 0.5,
+                "open": [],
+                "reply_bytes": lengths,
+                "nts_request": {
+                    "request_bytes": 228,
+                    "reply_bytes": [228],
+                    "checked": 3,
+                },
+            }
+            if server.kind == "udptime":
+                found["nts_counters"] = {"authenticated": int(rps), "naks": 1}
+            return found
+
+        rounds = [
+            [result(mine, 300.0, [228, 228]), result(chronyd, 1000.0, [228, 228])],
+            [result(mine, 200.0, [84, 228]), result(chronyd, 400.0, [-1, -1])],
+        ]
+        rows = throughput.summarise(rounds, [mine, chronyd], [])
+        self.assertEqual(rows[0]["nts_counters"], {"authenticated": 500, "naks": 2})
+        self.assertEqual(rows[0]["reply_bytes"], [84, 228])
+        self.assertEqual(rows[1]["reply_bytes"], [228, 228])
+        self.assertEqual(rows[1]["checked_replies"], 6)
+        self.assertNotIn("nts_counters", rows[1])
+        self.assertEqual(rows[1]["ratio"]["median"], 0.4)
+        data = resultsOf("throughput", {}, rows)
+        table = report.ntsTable(data)
+        self.assertEqual(
+            table.rows[0][4:], ("228", "228 (6 checked)", "84 to 228", "500 / 2 / 0")
+        )
+        self.assertEqual(table.rows[1][2], "0.40 (0.30-0.50)")
+        self.assertEqual(table.rows[1][-1], "-")
+        found = report.goals(data, None)
+        self.assertIn("  nts ÷ chronyd's NTS: 0.40 (>= 0.5) MISSED", found)
+
+    def test_chart(self) -> None:
+        """
+        The NTS chart draws both servers' throughput and CPU time.
+        """
+        if importlib.util.find_spec("matplotlib") is None:
+            missing("matplotlib is not installed (the test extra)")
+        charts = benchModule("charts")
+        data = resultsOf(
+            "throughput",
+            {},
+            [ntsRow("nts: udptime nts", 20000.0, True), ntsRow("nts: chronyd", 1e5)],
+        )
+        figure = charts.CHARTS["nts"][1](data)
+        labels = [t.get_text() for t in figure.axes[0].get_yticklabels()]
+        self.assertEqual(sorted(labels), ["chronyd", "udptime nts"])
+        self.assertIn("NTS", figure._suptitle.get_text())
+
+    def closedLoop(self, kind: str) -> tuple[Any, dict[str, Any]]:
+        """
+        Start the NTS server of C{kind}, and drive it with a short closed
+        loop of its request: the running server and the load generator's
+        report.
+        """
+        requirePeer("cc", "the benchmark's load generator is in C")
+        servers, load = (benchModule(name) for name in ("servers", "load"))
+        (server,) = [
+            s
+            for s in servers.THROUGHPUT_SERVERS
+            if s.protocol == "nts" and s.kind == kind
+        ]
+        if not server.available():
+            missing(f"{server.label} cannot serve NTS here")
+        load.build()
+        running = servers.Running(server, set(os.sched_getaffinity(0))).start()
+        self.addCleanup(running.stop)
+        checked = running.ntsRequest
+        self.assertEqual(checked["checked"], 3)
+        self.assertEqual(checked["request_bytes"], len(running.payload))
+        report = load.closedLoop(
+            running.port, "nts", None, 8, 0.5, payload=running.payload
+        )
+        self.assertGreater(report["received"], 0)
+        # Every reply as long as an authenticated one the client checked:
+        # an NTS NAK (the header and the unique identifier) is shorter.
+        self.assertEqual(
+            [report["reply_min"], report["reply_max"]], checked["reply_bytes"] * 2
+        )
+        return running, report
+
+    def test_udptime(self) -> None:
+        """
+        udptime's NTP service answers the replayed request as authenticated
+        each time, as its NTS counters say when it stops.
+        """
+        throughput = benchModule("throughput")
+        running, report = self.closedLoop("udptime")
+        counters = throughput.ntsCounters(running)
+        self.assertGreaterEqual(counters["authenticated"], report["received"] + 3)
+        self.assertNotIn("naks", counters)
+        self.assertNotIn("badAuthenticators", counters)
+
+    def test_chronyd(self) -> None:
+        """
+        chronyd, serving NTS with a certificate made for the run, answers
+        the request udptime's client made for it, each copy.
+        """
+        requirePeer("chronyd", "chronyd is the reference NTS server")
+        self.closedLoop("chronyd")
+
+
+class InstructionCountTests(SynchronousTestCase):
+    """
+    C{bench/instructions.py}'s counted children run with fixed string
+    hashing, and with another checkout's package when asked.
+    """
+
+    def test_environment(self) -> None:
+        instructions = benchModule("instructions")
+        found = instructions.childEnvironment(
+            None, {"PYTHONHASHSEED": "random", "HOME": "/h"}
+        )
+        self.assertEqual(found, {"PYTHONHASHSEED": "0", "HOME": "/h"})
+        other = temporaryDirectory(self)
+        found = instructions.childEnvironment(other, {"PYTHONPATH": "/x"})
+        self.assertEqual(
+            found["PYTHONPATH"], os.pathsep.join([os.path.realpath(other), "/x"])
+        )
+        self.assertEqual(
+            instructions.childEnvironment(other, {})["PYTHONPATH"],
+            os.path.realpath(other),
+        )
+
+    def test_spread(self) -> None:
+        instructions = benchModule("instructions")
+        self.assertEqual(instructions.spread([100.0]).strip(), "100")
+        self.assertEqual(
+            instructions.spread([100.0, 98.0, 101.0]).strip(),
+            "100 (98 to 101, range 3.00 %)",
+        )

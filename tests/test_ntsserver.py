@@ -131,6 +131,22 @@ class NTSRequestTests(SynchronousTestCase):
             },
         )
 
+    def test_replyHeaderIsPlainReply(self) -> None:
+        """
+        The header of an NTS request's reply is byte for byte the reply a
+        server without NTS gives the request's header alone, with the same
+        clock and random bits.
+        """
+        headers = []
+        for nts in (True, False):
+            protocol, transport, keys = server(nts)
+            data = Client(keys).request()
+            random.seed(12345)
+            deliver(protocol, data if nts else data[:HEADER_SIZE], CLIENT, NOW + 1)
+            [(reply, _)] = transport.written
+            headers.append(reply[:HEADER_SIZE])
+        self.assertEqual(headers[0], headers[1])
+
     def test_placeholders(self) -> None:
         """
         Each placeholder of the cookie's length brings one more cookie, and

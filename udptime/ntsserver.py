@@ -123,10 +123,16 @@ class NTSAuthentication:
         ciphers: SessionCiphers | None = None,
         randomBytes: Callable[[int], bytes] = os.urandom,
     ) -> None:
-        from udptime.nts import SessionCiphers
+        from udptime import nts
 
+        # The codec's function and types, bound once: an import statement in
+        # the per-request methods costs more than the checks around it.
+        self._checkRequest = nts.checkRequest
+        self._nak = nts.NTSNak
+        self._malformed = nts.MalformedNTSRequest
+        self._notAuthentic = nts.NTSAuthenticationFailed
         self.keys = keys
-        self.ciphers = SessionCiphers() if ciphers is None else ciphers
+        self.ciphers = nts.SessionCiphers() if ciphers is None else ciphers
         self.randomBytes = randomBytes
         self.counters = NTSCounters()
         self._nakLog = RateLimiter(NTS_NAK_LOG_RATE, NTS_NAK_LOG_BURST)
@@ -149,10 +155,8 @@ class NTSAuthentication:
         @raise udptime.nts.NTSAuthenticationFailed: the authenticator does
             not verify (a L{NotServed<udptime.ntp.NotServed>}: dropped).
         """
-        from udptime.nts import MalformedNTSRequest, NTSNak
-
         verdict = self._verdict(data)
-        if not isinstance(verdict, NTSNak):
+        if not isinstance(verdict, self._nak):
             if verdict is not None:
                 self.counters.authenticated += 1
             return verdict
@@ -160,7 +164,7 @@ class NTSAuthentication:
         if reply is None:
             # checkRequest answers version-4 client requests only, to which
             # a NAK can always be built.
-            raise MalformedNTSRequest("an NTS request that takes no NAK")
+            raise self._malformed("an NTS request that takes no NAK")
         self.counters.naks += 1
         if self._nakLog.admit(received):
             self.log.info(
@@ -193,14 +197,13 @@ class NTSAuthentication:
             C{rateDrops}).
         """
         from udptime.ntp import buildKissOfDeath
-        from udptime.nts import MalformedNTSRequest, NTSAuthenticationFailed, NTSNak
 
         try:
             verdict = self._verdict(data)
-        except (MalformedNTSRequest, NTSAuthenticationFailed):
+        except (self._malformed, self._notAuthentic):
             self.counters.rateDrops += 1
             return None
-        if isinstance(verdict, NTSNak):
+        if isinstance(verdict, self._nak):
             self.counters.rateDrops += 1
             return None
         kiss = buildKissOfDeath(data, b"RATE", sourcePort=addr[1], minPoll=minPoll)
@@ -216,18 +219,12 @@ class NTSAuthentication:
         L{udptime.nts.checkRequest}'s verdict about C{data}, its failures
         counted.
         """
-        from udptime.nts import (
-            MalformedNTSRequest,
-            NTSAuthenticationFailed,
-            checkRequest,
-        )
-
         try:
-            return checkRequest(data, self.keys, self.ciphers, self.randomBytes)
-        except NTSAuthenticationFailed:
+            return self._checkRequest(data, self.keys, self.ciphers, self.randomBytes)
+        except self._notAuthentic:
             self.counters.badAuthenticators += 1
             raise
-        except MalformedNTSRequest:
+        except self._malformed:
             self.counters.malformed += 1
             raise
 

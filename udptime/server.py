@@ -709,14 +709,19 @@ class NTPServer(UDPServerProtocol):
             return DROPPED if isinstance(error, ntp.NotServed) else MALFORMED
         if isinstance(sealer, Refusal):
             return sealer
-        state = self.clockSource.state(received)
         if sealer is None:
+            state = self.clockSource.state(received)
             return self.late.general(request, state, received, self.minPoll)
-        # An NTS reply is sealed over its header, the transmit time
-        # included: stamped now, not as it is sent.
-        return sealer.seal(
-            ntp.buildReply(request, state, received, self.clock, minPoll=self.minPoll)
-        )
+        # An authentic NTS request is a version-4 client request: its reply
+        # is a plain request's, built as one is.  It is sealed over its
+        # header, the transmit time included: stamped now, not as it is sent.
+        constants = self._replyConstants
+        if (
+            constants is None
+            or not self._constantsFrom <= received < self._constantsUntil
+        ):
+            constants = self._freshConstants(received)
+        return sealer.seal(self.late.plain(data, constants, received).stamp())
 
     def _respondInterleaved(
         self,
