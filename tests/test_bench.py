@@ -50,6 +50,27 @@ def runBenchScript(case: SynchronousTestCase, script: str, *arguments: str) -> s
     return done.stdout
 
 
+class LogCostTests(SynchronousTestCase):
+    """
+    C{bench/logcost.py} measures every variant.
+    """
+
+    def test_everyVariant(self) -> None:
+        output = runBenchScript(self, "logcost.py", "--count", "50", "--rounds", "1")
+        self.assertEqual(
+            [line.split()[0] for line in output.splitlines()],
+            [
+                "quiet",
+                "verbose",
+                "verbose-all",
+                "one-zone",
+                "every-zone",
+                "every-zone-capped",
+                "novel-requests",
+            ],
+        )
+
+
 class HotPathTests(SynchronousTestCase):
     """
     C{bench/hotpath.py} times every path of both services.

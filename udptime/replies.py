@@ -376,7 +376,7 @@ class ReplyPath:
         def decided(data: bytes, addr: Address, received: float) -> Decision:
             decision = next(each)
             if self.verbose:
-                self.logDecision(data, addr, decision)
+                self.logDecision(data, addr, decision, received)
             return decision
 
         # handle() once more for each, with its decision already made.
@@ -413,14 +413,21 @@ class ReplyPath:
         """
         decision = self.decideQuietly(data, addr, received)
         if decision is not HELD:
-            self.logDecision(data, addr, decision)
+            self.logDecision(data, addr, decision, received)
         return decision
 
-    def logDecision(self, data: bytes, addr: Address, decision: Decision) -> None:
+    def logDecision(
+        self, data: bytes, addr: Address, decision: Decision, received: float
+    ) -> None:
         """
-        Log one line about a decision (in verbose mode only).
+        Log one line about a decision about a datagram received at
+        C{received} (in verbose mode only), unless the protocol's bound on
+        these lines (its C{verboseLog}) leaves it out.
         """
         protocol = self.protocol
+        limit = protocol.verboseLog
+        if limit is not None and not limit.admit(received):
+            return
         if type(decision) is bytes or isinstance(decision, LateReply):
             protocol.log.info(
                 "{service}: {size}-byte request from {addr}, {replySize}-byte reply",
