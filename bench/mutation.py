@@ -1,11 +1,11 @@
 """
-Mutation testing of udptime's codecs and policy: how many small changes to
-the code its own tests notice.
+Mutation testing of udptime's codecs (NTP, NTS, text) and policy: how many
+small changes to the code its own tests notice.
 
 One command, from the project's top directory, in the virtualenv where
 udptime is installed with its C{test} extra::
 
-    python bench/mutation.py                   # ntp.py, policy.py, text.py
+    python bench/mutation.py                   # every module of TARGETS
     python bench/mutation.py policy            # one module
     python bench/mutation.py --sample 100      # 100 mutants per module
     python bench/mutation.py --list ntp        # the mutants, not run
@@ -38,7 +38,9 @@ executed the mutant's lines (all of the module's tests when a line ran at
 import), stopping at the first failure.  A mutant is killed
 when a test fails, when the mutated module cannot be imported, or when the
 tests take longer than C{--timeout}.  Hypothesis runs derandomised, with no
-example database, so that a run is repeatable.
+example database, so that a run is repeatable; the fuzzing properties of
+the NTS tests (L{tests.fuzzing}) run C{--fuzz-examples} examples each, 50
+by default, which keeps a mutant's run short.
 
 The score of a module is the killed mutants over all of them.  Survivors
 are listed with their line; some are equivalent (no test could tell them
@@ -77,6 +79,17 @@ TARGETS: dict[str, tuple[str, ...]] = {
     ),
     "policy": ("tests/test_policy.py", "tests/test_policy_boundaries.py"),
     "text": ("tests/test_text.py", "tests/test_text_boundaries.py"),
+    "nts": (
+        "tests/test_nts.py",
+        "tests/test_ntsserver.py",
+        "tests/test_nts_boundaries.py",
+    ),
+    "ntscookie": (
+        "tests/test_ntscookie.py",
+        "tests/test_ntscookie_boundaries.py",
+        "tests/test_ntskeys.py",
+        "tests/test_nts.py",
+    ),
 }
 """The modules of C{udptime} mutated, and the fast test modules that test
 each (its unit tests, no real peers)."""
@@ -982,6 +995,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--jobs", type=int, default=1, help="mutants run at the same time"
     )
+    parser.add_argument(
+        "--fuzz-examples",
+        type=int,
+        default=50,
+        help="examples per property of tests.fuzzing's settings, as"
+        " UDPTIME_FUZZ_EXAMPLES (default 50: the NTS tests' fuzzers)",
+    )
     parser.add_argument("--json", type=Path, help="write the outcomes there")
     parser.add_argument("--list", action="store_true", help="list the mutants")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -998,6 +1018,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.chdir(TOP)
     sys.path.insert(0, str(TOP))
     os.environ.pop("UDPTIME_REQUIRE_PEERS", None)
+    os.environ["UDPTIME_FUZZ_EXAMPLES"] = str(options.fuzz_examples)
     _hypothesisProfile()
     # What every child needs, imported once here.
     import pytest  # noqa: F401

@@ -68,6 +68,8 @@ VALUE_OPTIONS = (
     "upstream-interval",
     "roughtime-port",
     "roughtime-key",
+    "zones-per-second",
+    "verbose-rate",
 )
 """udptime's options that take one value, each set by its variable."""
 

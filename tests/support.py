@@ -151,6 +151,47 @@ def freePort() -> int:
     raise RuntimeError("no free UDP port found")
 
 
+ADDRESS_IN_USE = "Address already in use"
+"""What twistd says when a port it was told to listen on is taken."""
+
+
+def startOnFreePorts(
+    count: int,
+    arguments: Callable[[list[int]], Sequence[str]],
+    listeners: int = 1,
+    tries: int = 5,
+    prepare: Callable[[TwistdServer], object] = lambda server: None,
+    **server: Any,
+) -> tuple[TwistdServer, list[int]]:
+    """
+    A started L{TwistdServer} (its other arguments C{server}) whose plugin
+    arguments are C{arguments(ports)} for C{count} distinct ports free when
+    picked (L{freePort}; the services take no port 0).  A port found free
+    can be taken by another process before twistd binds it: then twistd
+    exits saying so, and the server is started again on other ports, at
+    most C{tries} times in all.  C{prepare} is called with each server
+    before it starts (to write files into its directory, say).  The caller
+    cleans up the server (C{addCleanup(server.cleanup)}).
+    """
+    for attempt in range(tries):
+        ports: list[int] = []
+        while len(ports) < count:
+            port = freePort()
+            if port not in ports:
+                ports.append(port)
+        process = TwistdServer(list(arguments(ports)), **server)
+        try:
+            prepare(process)
+            process.start(listeners)
+        except RuntimeError as error:
+            process.cleanup()
+            if ADDRESS_IN_USE not in str(error) or attempt == tries - 1:
+                raise
+            continue
+        return process, ports
+    raise AssertionError("unreachable: the last try returns or raises")
+
+
 def _portFree(port: int) -> bool:
     """
     Whether UDP port C{port} can be bound on every IPv4 and IPv6 address:
@@ -282,10 +323,11 @@ class TwistdServer:
             *self.arguments,
         ]
 
-    def start(self, listeners: int = 1, timeout: float = 20.0) -> TwistdServer:
+    def start(self, listeners: int = 1, timeout: float = 60.0) -> TwistdServer:
         """
         Start the server and wait (bounded) until C{listeners} services log
-        that they listen.
+        that they listen: up to C{timeout} seconds, as a machine busy with
+        other work may take tens of seconds to start Python and twistd.
         """
         env = dict(os.environ)
         env.update(self.env or {})

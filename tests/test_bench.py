@@ -1,9 +1,9 @@
 """
-The benchmark's in-process measurements, C{bench/hotpath.py} and
-C{bench/txstamp.py}, run to the end on a tiny load and report every path
-they measure, so that a change to the udptime internals they drive cannot
-leave them broken.  Their numbers are not checked: speed lives in the
-benchmark, not in the tests.
+The benchmark's in-process measurements, C{bench/hotpath.py},
+C{bench/txstamp.py} and C{bench/legs.py}, run to the end on a tiny load and
+report every path they measure, so that a change to the udptime internals
+they drive cannot leave them broken.  Their numbers are not checked: speed
+lives in the benchmark, not in the tests.
 """
 
 from __future__ import annotations
@@ -48,6 +48,27 @@ def runBenchScript(case: SynchronousTestCase, script: str, *arguments: str) -> s
     done = runBench(script, *arguments)
     case.assertEqual(done.returncode, 0, done.stderr)
     return done.stdout
+
+
+class LogCostTests(SynchronousTestCase):
+    """
+    C{bench/logcost.py} measures every variant.
+    """
+
+    def test_everyVariant(self) -> None:
+        output = runBenchScript(self, "logcost.py", "--count", "50", "--rounds", "1")
+        self.assertEqual(
+            [line.split()[0] for line in output.splitlines()],
+            [
+                "quiet",
+                "verbose",
+                "verbose-all",
+                "one-zone",
+                "every-zone",
+                "every-zone-capped",
+                "novel-requests",
+            ],
+        )
 
 
 class HotPathTests(SynchronousTestCase):
@@ -99,6 +120,37 @@ class HotPathTests(SynchronousTestCase):
                 f"{protocol}: udptime {kind}, bound to 0.0.0.0, {kernel}",
             ]
         self.assertEqual(names, expected)
+
+
+class LegsTests(SynchronousTestCase):
+    """
+    C{bench/legs.py} splits the error of a server's timestamps between the
+    outbound and return legs, for basic and interleaved samples.
+    """
+
+    def setUp(self) -> None:
+        if not (sys.platform == "linux" and kernelTimestampsAvailable()):
+            raise self.skipTest("needs kernel transmit and receive timestamps")
+
+    def test_udptime(self) -> None:
+        output = runBenchScript(
+            self,
+            "legs.py",
+            *("--exchanges", "6", "--rounds", "1", "--interval", "0"),
+            *("--only", "udptime, kernel"),
+        )
+        lines = output.splitlines()
+        self.assertEqual(lines[1], "ntp: udptime, kernel timestamps", output)
+        basic, interleaved = lines[2].split(), lines[3].split()
+        self.assertEqual((basic[0], interleaved[0]), ("basic", "interleaved"))
+
+        def samples(words: list[str]) -> int:
+            return 0 if words[1:3] == ["no", "samples"] else int(words[1][2:])
+
+        # The first reply is basic; each of the others, interleaved unless
+        # its request came before the server read the kernel's report.
+        self.assertGreaterEqual(samples(basic), 1, output)
+        self.assertEqual(samples(basic) + samples(interleaved), 6, output)
 
 
 class TransmitStampTests(SynchronousTestCase):

@@ -164,7 +164,8 @@ class ArgumentTests(SynchronousTestCase):
     def test_protocols(self) -> None:
         """
         C{--protocol} speaks every service of the table, asking its standard
-        port; the text protocol is the default, on port 5000.
+        port; the text protocol is the default, on port 5000; Roughtime's is
+        2002, the port of the public servers and of the draft's examples.
         """
         self.assertEqual(
             set(SERVICES), {"text", "ntp", "time", "daytime", "echo", "roughtime"}
@@ -177,6 +178,7 @@ class ArgumentTests(SynchronousTestCase):
                 client = Client(None, options, io.StringIO(), io.StringIO())  # type: ignore[arg-type]
                 self.assertEqual(client.port, service.standardPort)
         self.assertEqual(SERVICES[cli.DEFAULT_PROTOCOL].standardPort, 5000)
+        self.assertEqual(SERVICES["roughtime"].standardPort, 2002)
 
     def test_publicKey(self) -> None:
         """

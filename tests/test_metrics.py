@@ -17,9 +17,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import task
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectError
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from twisted.web.client import Agent, readBody
+from twisted.web.client import Agent, ResponseDone
+from twisted.web.iweb import IResponse
 
 from tests.prometheus import PrometheusServer
 from tests.roughtimesupport import unsynchronised
@@ -49,6 +53,40 @@ SYNCED = ClockState(
     referenceTime=1_800_000_000.0,
     precision=-20,
 )
+
+
+class BodyCollector(Protocol):
+    """
+    Collects an HTTP response's body, given to it by
+    L{IResponse.deliverBody}: C{finished} fires with the body when the
+    response is complete, or fails with why it is not.
+
+    (C{twisted.web.client.readBody} would do, but it warns, as deprecated,
+    that the transport an C{Agent} gives a response's body, its producer
+    proxy, has no C{abortConnection}.)
+    """
+
+    def __init__(self) -> None:
+        self.finished: Deferred[bytes] = Deferred()
+        self.parts: list[bytes] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self.parts.append(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if reason.check(ResponseDone):
+            self.finished.callback(b"".join(self.parts))
+        else:
+            self.finished.errback(reason)
+
+
+def responseBody(response: IResponse) -> Deferred[bytes]:
+    """
+    The body of C{response}, whole.
+    """
+    collector = BodyCollector()
+    response.deliverBody(collector)
+    return collector.finished
 
 
 def message(
@@ -404,7 +442,7 @@ class MetricsSiteTests(TestCase):
         response = await agent.request(
             method, (self.base + path).encode(), None, producer
         )
-        content = await readBody(response)
+        content = await responseBody(response)
         headers = dict(response.headers.getAllRawHeaders())
         return response.code, headers, content
 
@@ -530,7 +568,7 @@ class PrometheusTests(TestCase):
         agent = Agent(self.reactor)
         url = self.prometheus.queryURL(expression)
         response = await agent.request(b"GET", url.encode())
-        body = json.loads(await readBody(response))
+        body = json.loads(await responseBody(response))
         self.assertEqual(body["status"], "success", body)
         result: list[dict[str, Any]] = body["data"]["result"]
         return result

@@ -85,9 +85,11 @@ def assertClose(
 
 def noFuzz(bits: int) -> int:
     """
-    A C{randomBits} that gives zeros, so that timestamps are predictable.
+    A C{randomBits} that gives the middle of the spread around a step (half
+    a step: see L{ntp.fuzzTimestamp}), so that timestamps are predictable:
+    the time rounded to the nearest step of the clock's precision.
     """
-    return 0
+    return (1 << bits) >> 1
 
 
 class ParseRequestTests(SynchronousTestCase):
@@ -498,8 +500,9 @@ class BuildReplyTests(SynchronousTestCase):
         )
         packet = NTPPacket.fromBytes(data)
         self.assertEqual(asked, [12, 12])
-        self.assertEqual(packet.receiveTimestamp, unixToNTP64(received) | 0xFFF)
-        self.assertEqual(packet.transmitTimestamp, unixToNTP64(transmit) | 0xFFF)
+        # Half a step less one unit later than the time, itself a whole step.
+        self.assertEqual(packet.receiveTimestamp, unixToNTP64(received) + 0x7FF)
+        self.assertEqual(packet.transmitTimestamp, unixToNTP64(transmit) + 0x7FF)
 
     def test_fuzzKeepsOrder(self) -> None:
         """
@@ -558,15 +561,26 @@ class BuildReplyTests(SynchronousTestCase):
 
     def test_fuzzTimestamp(self) -> None:
         """
-        L{ntp.fuzzTimestamp} replaces 32 + precision low bits, none when the
-        precision is -32 or finer, all 32 fraction bits at 0.
+        L{ntp.fuzzTimestamp} rounds to the nearest step of the precision
+        (32 + precision low bits; none when the precision is -32 or finer,
+        all 32 fraction bits at 0) and spreads it by random bits over half
+        a step either way: the random bits' middle gives the step itself.
         """
         ones = lambda bits: (1 << bits) - 1  # noqa: E731
-        self.assertEqual(ntp.fuzzTimestamp(0x1_0000_0000, -25, ones), 0x1_0000_007F)
-        self.assertEqual(ntp.fuzzTimestamp(0x1_0000_0000, -32, ones), 0x1_0000_0000)
-        self.assertEqual(ntp.fuzzTimestamp(0x1_0000_0000, -40, ones), 0x1_0000_0000)
-        self.assertEqual(ntp.fuzzTimestamp(0x1_0000_0000, 0, ones), 0x1_FFFF_FFFF)
-        self.assertEqual(ntp.fuzzTimestamp(0x1_FFFF_FFFF, -25, noFuzz), 0x1_FFFF_FF80)
+        zeros = lambda bits: 0  # noqa: E731
+        fuzz = ntp.fuzzTimestamp
+        self.assertEqual(fuzz(0x1_0000_0000, -25, ones), 0x1_0000_003F)
+        self.assertEqual(fuzz(0x1_0000_0000, -25, zeros), 0x0_FFFF_FFC0)
+        self.assertEqual(fuzz(0x1_0000_0000, -25, noFuzz), 0x1_0000_0000)
+        self.assertEqual(fuzz(0x1_0000_0000, -32, ones), 0x1_0000_0000)
+        self.assertEqual(fuzz(0x1_0000_0000, -40, ones), 0x1_0000_0000)
+        self.assertEqual(fuzz(0x1_0000_0000, 0, ones), 0x1_7FFF_FFFF)
+        # Rounded to the nearest step: down below half a step, up from it.
+        self.assertEqual(fuzz(0x1_0000_003F, -25, noFuzz), 0x1_0000_0000)
+        self.assertEqual(fuzz(0x1_0000_0040, -25, noFuzz), 0x1_0000_0080)
+        self.assertEqual(fuzz(0x1_FFFF_FFFF, -25, noFuzz), 0x2_0000_0000)
+        # Wrapped into the era.
+        self.assertEqual(fuzz((1 << 64) - 1, -25, noFuzz), 0)
 
     def test_replyNeverLonger(self) -> None:
         """

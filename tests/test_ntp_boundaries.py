@@ -9,6 +9,7 @@ L{ntp.buildReply} over every version, poll byte and awkward time.
 from __future__ import annotations
 
 import random
+import struct
 from datetime import UTC, datetime
 
 from hypothesis import example, given, settings
@@ -408,6 +409,40 @@ class PollTests(SynchronousTestCase):
                 reply = ntp.plainReply(request(4, byte), constants, T, lambda: T)
                 self.assertEqual(reply[2], expected)
 
+    def test_negativeMinimum(self) -> None:
+        """
+        Under a minimum poll below zero (chrony allows down to -6), a
+        negative poll in the request is kept as it is, not raised: the fast
+        path reads it from the poll byte, not from the stratum or precision
+        bytes beside it (set here to other negative numbers), and gives what
+        L{ntp.buildReply} gives.
+        """
+        for minPoll, byte, expected in [
+            (-6, 255, -1),
+            (-6, 254, -2),
+            (-6, 250, -6),
+            (-6, 249, -6),
+            (-6, 128, -6),
+            (-128, 128, -128),
+            (-128, 129, -127),
+            (-6, 127, 17),
+        ]:
+            data = bytearray(request(4, byte))
+            data[1], data[3] = 0xAB, 0xCD
+            with self.subTest(minPoll=minPoll, byte=byte):
+                constants = ntp.ReplyConstants.fromState(state(), minPoll)
+                fast = ntp.plainReply(bytes(data), constants, T, lambda: T, lambda k: 0)
+                slow = ntp.buildReply(
+                    ntp.parseRequest(bytes(data), 40000),
+                    state(),
+                    T,
+                    T,
+                    minPoll=minPoll,
+                    randomBits=lambda k: 0,
+                )
+                self.assertEqual(struct.unpack_from("!b", fast, 2)[0], expected)
+                self.assertEqual(fast, slow)
+
     def test_prefixKey(self) -> None:
         """
         The fast path keeps one reply start per version and poll byte.
@@ -517,7 +552,49 @@ class FastPathTests(SynchronousTestCase):
         )
         for packet in fast, slow:
             self.assertEqual(packet.transmitTimestamp, packet.receiveTimestamp)
-            self.assertEqual(packet.receiveTimestamp & 0x3FFFFF, 1000)
+            # The random bits spread it over half a step (2^21) either way.
+            self.assertEqual(
+                packet.receiveTimestamp & 0x3FFFFF, (1000 - (1 << 21)) & 0x3FFFFF
+            )
+
+    def test_nearestStep(self) -> None:
+        """
+        On both paths a time is rounded to the nearest step of the clock's
+        precision (not down to the step below: a reading rounded to the
+        nearest, as a float of the time is, would then be half a step late
+        on average) and spread over half a step either way.
+        """
+        clock = state(-20)
+        step = 2.0**-20
+        constants = ntp.ReplyConstants.fromState(clock)
+        data = request(4, 6)
+        # In quarter steps: the float's own step at this time (2^-22 s).
+        for offset, steps in ((0.25, 0), (0.5, 1), (0.75, 1), (1.25, 1), (1.75, 2)):
+            received = transmit = T + offset * step
+            expected = unixToNTP64(T) + (steps << 12)
+            for spread, shift in ((0, -(1 << 11)), (1 << 11, 0), (4095, 2047)):
+                fast = NTPPacket.fromBytes(
+                    ntp.plainReply(
+                        data,
+                        constants,
+                        received,
+                        lambda t=transmit: t,
+                        lambda k, s=spread: s,
+                    )
+                )
+                slow = NTPPacket.fromBytes(
+                    ntp.buildReply(
+                        ntp.parseRequest(data, 40000),
+                        clock,
+                        received,
+                        transmit,
+                        randomBits=lambda k, s=spread: s,
+                    )
+                )
+                for packet in fast, slow:
+                    with self.subTest(offset=offset, spread=spread):
+                        self.assertEqual(packet.receiveTimestamp, expected + shift)
+                        self.assertEqual(packet.transmitTimestamp, expected + shift)
 
     def test_plainRequests(self) -> None:
         """
@@ -612,7 +689,8 @@ class LateReplyTests(SynchronousTestCase):
     def test_lateTransmit(self) -> None:
         constants = ntp.ReplyConstants.fromState(state())
         late = ntp.LateTransmit(lambda: T + 0.5)
-        late.plain(request(4, 6), constants, T, lambda k: 0)
+        # The random bits' middle: the time itself, rounded to its step.
+        late.plain(request(4, 6), constants, T, lambda k: 1 << k >> 1)
         self.assertEqual(len(late), ntp.HEADER_SIZE)
         received = late.receiveTimestamp()
         reply = late.stamp()

@@ -299,6 +299,26 @@ class RateLimitedTests(SynchronousTestCase):
     nothing otherwise; both are counted.
     """
 
+    def assertForgedAfter(self, authentic: int, expected: dict[str, int]) -> None:
+        """
+        Send a limited server C{authentic} authentic requests of one client,
+        then one more whose authenticator's last byte is flipped: the
+        server answers C{authentic} of them (the first, and the KoD of the
+        second when there is one), counts as many limited, and has the NTS
+        counts C{expected}.
+        """
+        protocol, transport, keys = limitedServer()
+        client = Client(keys)
+        for _ in range(authentic):
+            deliver(protocol, client.request(), CLIENT, NOW + 1)
+        data = bytearray(client.request())
+        data[-1] ^= 1
+        deliver(protocol, bytes(data), CLIENT, NOW + 1)
+        self.assertEqual(len(transport.written), authentic)
+        self.assertEqual(protocol.counters.limited, authentic)
+        nts = ntsCounters(protocol)
+        self.assertEqual({name: nts[name] for name in expected}, expected)
+
     def test_authenticatedKiss(self) -> None:
         """
         An authentic NTS request picked for a KoD gets a KoD C{RATE} that
@@ -375,16 +395,7 @@ class RateLimitedTests(SynchronousTestCase):
         A limited NTS request whose authenticator does not verify gets
         nothing: counted a bad authenticator and an NTS rate drop.
         """
-        protocol, transport, keys = limitedServer()
-        client = Client(keys)
-        deliver(protocol, client.request(), CLIENT, NOW + 1)
-        data = bytearray(client.request())
-        data[-1] ^= 1
-        deliver(protocol, bytes(data), CLIENT, NOW + 1)
-        self.assertEqual(len(transport.written), 1)
-        self.assertEqual(protocol.counters.limited, 1)
-        nts = ntsCounters(protocol)
-        self.assertEqual((nts["badAuthenticators"], nts["rateDrops"]), (1, 1))
+        self.assertForgedAfter(1, {"badAuthenticators": 1, "rateDrops": 1})
 
     def test_otherExtensionFieldsPlainKiss(self) -> None:
         """
@@ -405,17 +416,7 @@ class RateLimitedTests(SynchronousTestCase):
         Limited requests not picked for a KoD are dropped before NTS looks
         at them: a forged one is not even counted as a bad authenticator.
         """
-        protocol, transport, keys = limitedServer()
-        client = Client(keys)
-        for _ in range(2):
-            deliver(protocol, client.request(), CLIENT, NOW + 1)
-        data = bytearray(client.request())
-        data[-1] ^= 1
-        deliver(protocol, bytes(data), CLIENT, NOW + 1)
-        self.assertEqual(len(transport.written), 2)
-        self.assertEqual(protocol.counters.limited, 2)
-        nts = ntsCounters(protocol)
-        self.assertEqual((nts["rateKisses"], nts["badAuthenticators"]), (1, 0))
+        self.assertForgedAfter(2, {"rateKisses": 1, "badAuthenticators": 0})
 
     def test_withoutNTSPlainKiss(self) -> None:
         """

@@ -329,18 +329,7 @@ class ProcessMetricsTests(SynchronousTestCase):
     """
 
     def test_metrics(self) -> None:
-        ntpPort, metricsPort = freePort(), freeTCPPort()
-        server = TwistdServer(
-            [
-                "--port=0",
-                f"--ntp-port={ntpPort}",
-                "--local-stratum=7",
-                "--rate=0",
-                f"--metrics-port={metricsPort}",
-                "--interface=127.0.0.1",
-            ]
-        )
-        self.addCleanup(server.cleanup)
+        server, ntpPort, metricsPort = metricsServer(self)
         server.start(1)
         waitFor(
             lambda: "udptime metrics listening on 127.0.0.1:" in server.log(),
@@ -388,11 +377,14 @@ class ProcessMetricsTests(SynchronousTestCase):
         )
 
 
-def twoWorkers(case: SynchronousTestCase) -> tuple[TwistdServer, int, int]:
+def metricsServer(
+    case: SynchronousTestCase, *more: str, env: dict[str, str] | None = None
+) -> tuple[TwistdServer, int, int]:
     """
-    A real C{twistd udptime --workers 2} serving NTP (no rate limit) and
-    metrics on loopback, started (the supervisor and both workers listen)
-    and stopped with C{case}: the server, its NTP port and its metrics port.
+    A real C{twistd udptime} serving NTP (local stratum 7, no rate limit)
+    and metrics on loopback, with the arguments C{more} too, not started
+    yet, stopped with C{case}: the server, its NTP port and its metrics
+    port.
     """
     ntpPort, metricsPort = freePort(), freeTCPPort()
     server = TwistdServer(
@@ -401,13 +393,25 @@ def twoWorkers(case: SynchronousTestCase) -> tuple[TwistdServer, int, int]:
             f"--ntp-port={ntpPort}",
             "--local-stratum=7",
             "--rate=0",
-            "--workers=2",
+            *more,
             f"--metrics-port={metricsPort}",
             "--interface=127.0.0.1",
         ],
-        env={"PYTHONUNBUFFERED": "1"},
+        env=env,
     )
     case.addCleanup(server.cleanup)
+    return server, ntpPort, metricsPort
+
+
+def twoWorkers(case: SynchronousTestCase) -> tuple[TwistdServer, int, int]:
+    """
+    A real C{twistd udptime --workers 2} serving NTP (no rate limit) and
+    metrics on loopback, started (the supervisor and both workers listen)
+    and stopped with C{case}: the server, its NTP port and its metrics port.
+    """
+    server, ntpPort, metricsPort = metricsServer(
+        case, "--workers=2", env={"PYTHONUNBUFFERED": "1"}
+    )
     # The supervisor's line and each worker's.
     server.start(3, timeout=60.0)
     return server, ntpPort, metricsPort

@@ -39,12 +39,15 @@ from udptime.policy import (
     SourceLimiter,
 )
 from udptime.server import (
+    VERBOSE_LOG_BURST_SECONDS,
+    VERBOSE_LOG_RATE,
     DaytimeServer,
     EchoServer,
     NTPServer,
     TextTimeServer,
     TimeServer,
     UDPServerProtocol,
+    verboseLimit,
 )
 from udptime.services import SERVICES
 from udptime.summary import CounterSummary
@@ -907,6 +910,81 @@ class VerboseTests(SynchronousTestCase):
                 "text: 7-byte request from ('192.0.2.1', 7), looped",
             ],
         )
+
+    def test_boundedRate(self) -> None:
+        """
+        By default a service logs at most L{VERBOSE_LOG_RATE} decisions a
+        second, sustained, after a burst of ten seconds' worth; the lines
+        left out are counted, and a summary says how many.
+        """
+        clock = Clock()
+        events: list[dict[str, object]] = []
+        server = TextTimeServer(verbose=True, clock=clock.seconds)
+        server.log = Logger(observer=events.append)
+        summary = CounterSummary(clock, {"text": server}, 10)
+        summaries: list[dict[str, object]] = []
+        summary.log = Logger(observer=summaries.append)
+        summary.startService()
+        started(server)
+        burst = int(VERBOSE_LOG_RATE * VERBOSE_LOG_BURST_SECONDS)
+        for _ in range(5000):
+            deliver(server, b"month 3", ("192.0.2.1", 4000), NOW)
+        self.assertEqual(server.counters.answered, 5000)
+        self.assertEqual(len(events), burst)
+        self.assertEqual(server.verboseLinesLeftOut, 5000 - burst)
+        # Then a flood of one datagram a millisecond for 15 seconds gets a
+        # line per tenth of a second.
+        for tick in range(15_000):
+            deliver(server, b"month 3", ("192.0.2.1", 4000), NOW + tick / 1000)
+        self.assertEqual(server.counters.answered, 20_000)
+        sustained = int(15 * VERBOSE_LOG_RATE)
+        self.assertIn(len(events) - burst, range(sustained - 1, sustained + 1))
+        leftOut = 20_000 - len(events)
+        self.assertEqual(server.verboseLinesLeftOut, leftOut)
+        clock.advance(10)
+        [line] = [formatEvent(event) for event in summaries if "left out" in str(event)]
+        self.assertEqual(
+            line,
+            f"udptime text: {leftOut} --verbose lines left out since the last"
+            f" summary ({leftOut} in all), beyond --verbose-rate",
+        )
+        clock.advance(10)
+        self.assertEqual(len(summaries), 2)  # one summary of counters, one of lines
+        summary.stopService()
+
+    def test_unbounded(self) -> None:
+        """
+        With C{--verbose-rate 0} every decision is logged, and none is
+        left out.
+        """
+        events: list[dict[str, object]] = []
+        options = Options()
+        options.parseOptions(["--verbose", "--verbose-rate", "0"])
+        self.assertIsNone(verboseLimit(options["verbose-rate"]))
+        server = TextTimeServer(verbose=True, clock=lambda: NOW)
+        server.verboseLog = verboseLimit(options["verbose-rate"])
+        server.log = Logger(observer=events.append)
+        started(server)
+        for _ in range(3000):
+            deliver(server, b"month 3", ("192.0.2.1", 4000), NOW)
+        self.assertEqual(len(events), 3000)
+        self.assertEqual(server.verboseLinesLeftOut, 0)
+
+    def test_rateOption(self) -> None:
+        """
+        C{--verbose-rate} sets the sustained rate of the lines, and ten
+        seconds' worth back to back; it defaults to L{VERBOSE_LOG_RATE}.
+        """
+        options = Options()
+        options.parseOptions([])
+        self.assertEqual(options["verbose-rate"], VERBOSE_LOG_RATE)
+        options = Options()
+        options.parseOptions(["--verbose-rate", "2.5"])
+        limit = verboseLimit(options["verbose-rate"])
+        assert limit is not None
+        self.assertEqual((limit.rate, limit.burst), (2.5, 25))
+        with self.assertRaises(usage.UsageError):
+            Options().parseOptions(["--verbose-rate", "-1"])
 
 
 class CounterSummaryTests(SynchronousTestCase):

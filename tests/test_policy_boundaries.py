@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+from dataclasses import FrozenInstanceError
 
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -25,6 +26,7 @@ from udptime.policy import (
     DEFAULT_IPV6_PREFIX,
     DEFAULT_KOD_INTERVAL,
     DEFAULT_KOD_RATE,
+    DEFAULT_LOOP_WINDOW,
     DEFAULT_MAX_CLIENTS,
     DEFAULT_RATE,
     DENIED,
@@ -37,6 +39,7 @@ from udptime.policy import (
     Policy,
     PolicyProfile,
     RateLimiter,
+    ReplyMemory,
     SourceLimiter,
 )
 from udptime.server import UDPServerProtocol
@@ -587,3 +590,200 @@ class GlobalCapOnlyTests(SynchronousTestCase):
         self.assertIs(made.admit(("192.0.2.9", 40000), 10.5), LIMITED)
         self.assertIs(made.admit(("192.0.2.9", 0), 20.0), LOOPED)
         self.assertEqual(made.stats(), {"clients": 0, "evicted": 0})
+
+
+def peersOnly(size: int, window: float = 1.0) -> ReplyMemory:
+    """
+    A memory of peers alone, to which every datagram has the shape of a
+    reply: a datagram is a loop exactly when its peer was answered within
+    the window.
+    """
+    return ReplyMemory(
+        window, size, looksLikeReply=lambda data, now: True, contents=False
+    )
+
+
+class ReplyMemoryBoundaryTests(SynchronousTestCase):
+    """
+    L{ReplyMemory} at its limits: the smallest size, the window's end, the
+    two generations of at most half the size each (of peers, and of replies
+    to one peer), the default window, a clock stepped back.
+    """
+
+    def test_smallest(self) -> None:
+        """
+        A memory of 2 replies is the smallest: it holds one per generation.
+        """
+        memory = ReplyMemory(size=2)
+        self.assertEqual((memory.size, memory.window), (2, DEFAULT_LOOP_WINDOW))
+        memory.remember(("192.0.2.1", 1), b"a", NOW)
+        memory.remember(("192.0.2.2", 1), b"b", NOW)
+        memory.remember(("192.0.2.3", 1), b"c", NOW)
+        self.assertEqual(len(memory), 2)
+        self.assertFalse(memory.isLoop(("192.0.2.1", 1), b"a", NOW))
+        self.assertTrue(memory.isLoop(("192.0.2.2", 1), b"b", NOW))
+        self.assertTrue(memory.isLoop(("192.0.2.3", 1), b"c", NOW))
+        for size in (1, 0, -2):
+            with self.subTest(size=size):
+                self.assertRaises(ValueError, ReplyMemory, size=size)
+
+    def test_windowEdge(self) -> None:
+        """
+        A reply is remembered for its whole window, its last instant
+        included, and not after it.
+        """
+        for window in (0.5, 1.0, DEFAULT_LOOP_WINDOW):
+            memory = ReplyMemory(window=window)
+            addr = ("192.0.2.1", 40000)
+            memory.remember(addr, b"ping", NOW)
+            with self.subTest(window=window):
+                self.assertIs(memory.isLoop(addr, b"ping", NOW + window), True)
+                self.assertIs(memory.isReturned(addr, b"ping", NOW + window), True)
+                later = math.nextafter(NOW + window, math.inf)
+                self.assertIs(memory.isLoop(addr, b"ping", later), False)
+                self.assertIs(memory.isReturned(addr, b"ping", later), False)
+
+    def test_defaultWindow(self) -> None:
+        """
+        By default a reply is remembered for 2 seconds.
+        """
+        memory = ReplyMemory()
+        addr = ("192.0.2.1", 40000)
+        memory.remember(addr, b"ping", NOW)
+        self.assertTrue(memory.isLoop(addr, b"ping", NOW + 2.0))
+        self.assertFalse(memory.isLoop(addr, b"ping", NOW + 2.5))
+
+    def test_empty(self) -> None:
+        """
+        A memory that has remembered nothing knows of no loop, and says so
+        with C{False}.
+        """
+        for contents in (True, False):
+            memory = ReplyMemory(contents=contents, looksLikeReply=lambda d, n: True)
+            with self.subTest(contents=contents):
+                self.assertIs(memory.isReturned(("192.0.2.1", 1), b"x", NOW), False)
+                self.assertIs(memory.isLoop(("192.0.2.1", 1), b"x", NOW), False)
+                self.assertEqual(len(memory), 0)
+        notShaped = ReplyMemory(contents=False, looksLikeReply=lambda d, n: False)
+        self.assertIs(notShaped.isLoop(("192.0.2.1", 1), b"x", NOW), False)
+
+    def test_generationsOfPeers(self) -> None:
+        """
+        Without the replies' bytes, an odd size of 5 keeps generations of 2
+        peers: after 5 peers answered at one time, the last 3 are
+        remembered, never more than 5 in all.
+        """
+        memory = peersOnly(5)
+        peers = [(f"192.0.2.{n}", 1) for n in range(1, 6)]
+        for peer in peers:
+            memory.remember(peer, b"x", NOW)
+            self.assertLessEqual(len(memory), 4)
+        self.assertEqual(len(memory), 3)
+        self.assertEqual(
+            [memory.isLoop(peer, b"x", NOW) for peer in peers],
+            [False, False, True, True, True],
+        )
+        memory = peersOnly(4)
+        for n in range(20):
+            memory.remember((f"198.51.100.{n}", 1), b"x", NOW)
+            self.assertLessEqual(len(memory), 4)
+
+    def test_repliesToOnePeer(self) -> None:
+        """
+        Many replies to one peer fill a generation as many peers do: a
+        memory of 4 holds at most 4 of them.
+        """
+        memory = ReplyMemory(size=4)
+        addr = ("192.0.2.1", 40000)
+        for n in range(20):
+            memory.remember(addr, b"reply %d" % n, NOW)
+            self.assertLessEqual(len(memory), 4)
+        self.assertTrue(memory.isLoop(addr, b"reply 19", NOW))
+        self.assertFalse(memory.isLoop(addr, b"reply 0", NOW))
+
+    def test_clockBackForgetsByTimeAgain(self) -> None:
+        """
+        After a clock stepped back, replies are forgotten a window after
+        they were sent on the new time, not a window after the old time.
+        """
+        for memory in (ReplyMemory(window=1.0), peersOnly(16)):
+            memory.remember(("192.0.2.1", 1), b"a", NOW)
+            memory.remember(("192.0.2.2", 1), b"b", NOW - 3600)
+            memory.remember(("192.0.2.3", 1), b"c", NOW - 3600 + 1.5)
+            memory.remember(("192.0.2.4", 1), b"d", NOW - 3600 + 3)
+            with self.subTest(contents=memory.contents):
+                self.assertEqual(len(memory), 2)
+                self.assertFalse(memory.isLoop(("192.0.2.2", 1), b"b", NOW - 3600 + 3))
+                self.assertTrue(memory.isLoop(("192.0.2.4", 1), b"d", NOW - 3600 + 3))
+
+    def test_rotationAtWindow(self) -> None:
+        """
+        A generation ends exactly one window after it began: a reply sent
+        then starts the next, and the replies of two windows before are
+        forgotten.
+        """
+        memory = peersOnly(16)
+        memory.remember(("192.0.2.1", 1), b"x", NOW)
+        memory.remember(("192.0.2.2", 1), b"x", NOW + 1.0)
+        memory.remember(("192.0.2.3", 1), b"x", NOW + 1.5)
+        memory.remember(("192.0.2.4", 1), b"x", NOW + 2.0)
+        self.assertEqual(len(memory), 3)
+
+
+class AccessDecisionTests(SynchronousTestCase):
+    """
+    An access list's decision is a C{bool}, for any text a transport could
+    report as a host; a rule cannot be changed once parsed.
+    """
+
+    def test_notAnAddress(self) -> None:
+        """
+        A host that is not an address (no transport reports one, but a
+        name or garbage must not pass) is refused, with C{False}, every
+        time it is asked about.
+        """
+        access = AccessList([(False, ipaddress.ip_network("192.0.2.0/24"))])
+        for host in ("", "localhost", "192.0.2", "%eth0"):
+            with self.subTest(host=host):
+                self.assertIs(access.allows(host), False)
+                self.assertIs(access.allows(host), False)
+        self.assertIs(access.allows("198.51.100.1"), True)
+
+    def test_ruleFrozen(self) -> None:
+        """
+        Setting a field of a parsed rule fails.
+        """
+        [rule] = AccessRule.parse(True, "192.0.2.0/24")
+        self.assertRaises(FrozenInstanceError, setattr, rule, "allow", False)
+
+
+class ProfileTests(SynchronousTestCase):
+    """
+    A protocol's declared policy profile cannot be changed once made.
+    """
+
+    def test_frozen(self) -> None:
+        """
+        Setting a field of a profile fails.
+        """
+        profile = PolicyProfile(kissOfDeath=True)
+        self.assertRaises(FrozenInstanceError, setattr, profile, "leak", True)
+
+
+class OwnPortTests(SynchronousTestCase):
+    """
+    A policy guards the service's own port only when asked to (as the
+    profiles of the services that answer any datagram ask).
+    """
+
+    def test_default(self) -> None:
+        """
+        By default, the service's own port stays open: an NTP peer may send
+        from port 123 to port 123.
+        """
+        made = Policy()
+        made.guardPort(123)
+        self.assertIs(made.admit(("192.0.2.1", 123), NOW), ADMIT)
+        guarded = Policy(guardOwnPort=True)
+        guarded.guardPort(37)
+        self.assertIs(guarded.admit(("192.0.2.1", 37), NOW), LOOPED)

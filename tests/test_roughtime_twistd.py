@@ -56,15 +56,18 @@ def startTwistd(
     return server, port, publicKeyText(key)
 
 
-def udptime(*arguments: str) -> subprocess.CompletedProcess[str]:
+def udptime(
+    *arguments: str, cwd: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """
-    Run the C{udptime} command (bounded in time).
+    Run the C{udptime} command in C{cwd} (bounded in time).
     """
     return subprocess.run(
         [udptimePath(), *arguments],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
+        cwd=cwd,
     )
 
 
@@ -212,6 +215,24 @@ UDPListenService(
 """A Roughtime server whose clock is an hour ahead, for C{twistd -y}."""
 
 
+def startLiar(test: SynchronousTestCase, work: str) -> tuple[int, str]:
+    """
+    A C{twistd} serving Roughtime on 127.0.0.1 with a clock an hour ahead
+    (L{LIAR_TAC}, written in C{work}), stopped when C{test} ends.
+
+    @return: its port and its public key in base64.
+    """
+    keyPath, key = newKeyFile(test)
+    port = freePort()
+    tac = os.path.join(work, "liar.tac")
+    with open(tac, "w", encoding="utf-8") as f:
+        f.write(LIAR_TAC.format(key=keyPath, port=port))
+    liar = TwistdServer([], twistdArguments=["-y", tac], plugin=None)
+    test.addCleanup(liar.cleanup)
+    liar.start()
+    return port, publicKeyText(key)
+
+
 def roughtimeTool(*arguments: str, cwd: str) -> subprocess.CompletedProcess[str]:
     """
     Run C{udptime-roughtime} in C{cwd} (bounded in time).
@@ -269,18 +290,11 @@ class ChainTests(SynchronousTestCase):
 
     def test_liarCaught(self) -> None:
         _, port, key = startTwistd(self)
-        liarKeyPath, liarKey = newKeyFile(self)
-        liarPort = freePort()
-        tac = os.path.join(self.work, "liar.tac")
-        with open(tac, "w", encoding="utf-8") as f:
-            f.write(LIAR_TAC.format(key=liarKeyPath, port=liarPort))
-        liar = TwistdServer([], twistdArguments=["-y", tac], plugin=None)
-        self.addCleanup(liar.cleanup)
-        liar.start()
+        liarPort, liarKey = startLiar(self, self.work)
         path = os.path.join(self.work, "servers.json")
         serverList(
             path,
-            [("honest", key, port), ("liar", publicKeyText(liarKey), liarPort)],
+            [("honest", key, port), ("liar", liarKey, liarPort)],
         )
         done = roughtimeTool("chain", path, cwd=self.work)
         self.assertEqual(done.returncode, 3, done.stdout + done.stderr)
@@ -288,6 +302,93 @@ class ChainTests(SynchronousTestCase):
         report = os.path.join(self.work, "roughtime-malfeasance.json")
         verified = roughtimeTool("verify-report", report, cwd=self.work)
         self.assertEqual(verified.returncode, 0, verified.stdout + verified.stderr)
+
+
+class CommandChainTests(SynchronousTestCase):
+    """
+    Chains from the C{udptime} command across real servers: C{twistd
+    udptime}, a C{twistd} an hour ahead, and roughly's server.
+    """
+
+    def setUp(self) -> None:
+        self.work = tempfile.mkdtemp(prefix="udptime-chain-")
+        self.addCleanup(shutil.rmtree, self.work, True)
+
+    def test_liarCaught(self) -> None:
+        """
+        HOST (C{-P roughtime --public-key}) and a server list holding a
+        server an hour ahead: the command says which answers cannot both be
+        true, writes the report where C{--roughtime-report} says and exits
+        3; C{udptime-roughtime verify-report} proves it.
+        """
+        _, port, key = startTwistd(self)
+        liarPort, liarKey = startLiar(self, self.work)
+        path = os.path.join(self.work, "servers.json")
+        serverList(path, [("liar", liarKey, liarPort)])
+        report = os.path.join(self.work, "proof.json")
+        done = udptime(
+            *("-P", "roughtime", "--public-key", key, "-p", str(port), "127.0.0.1"),
+            *("--roughtime-list", path, "--roughtime-report", report),
+            cwd=self.work,
+        )
+        self.assertEqual(done.returncode, 3, done.stdout + done.stderr)
+        self.assertEqual(done.stderr, "")
+        lines = done.stdout.splitlines()
+        self.assertTrue(lines[0].startswith(f"127.0.0.1:{port}  "), lines)
+        self.assertTrue(lines[1].endswith("  (liar)"), lines)
+        self.assertIn(
+            f"Inconsistent: liar (response 1) answered a time later than"
+            f" 127.0.0.1:{port} (response 2) allowed",
+            lines,
+        )
+        self.assertEqual(lines[-1], f"Malfeasance report written to {report}")
+        verified = roughtimeTool("verify-report", report, cwd=self.work)
+        self.assertEqual(verified.returncode, 0, verified.stdout + verified.stderr)
+        self.assertIn("Proven: response 1", verified.stdout)
+
+    def test_consistentWithRoughly(self) -> None:
+        """
+        C{--roughtime} twice, udptime's server and roughly's: four
+        responses, consistent, exit status 0 and no report.
+        """
+        _, port, key = startTwistd(self)
+        roughlyPath()
+        roughly = RoughlyServer().start()
+        self.addCleanup(roughly.stop)
+        roughlyKey = base64.b64encode(roughly.publicKey).decode("ascii")
+        done = udptime(
+            *("--roughtime", f"{key}@127.0.0.1:{port}"),
+            *("--roughtime", f"{roughlyKey}@127.0.0.1:{roughly.port}"),
+            cwd=self.work,
+        )
+        self.assertEqual(done.returncode, 0, done.stdout + done.stderr)
+        lines = done.stdout.splitlines()
+        self.assertEqual(len(lines), 5, lines)
+        self.assertEqual(lines[-1], "The responses are consistent.")
+        self.assertEqual(
+            [line.split()[0] for line in lines[:4]],
+            [f"127.0.0.1:{port}", f"127.0.0.1:{roughly.port}"] * 2,
+        )
+        self.assertEqual(os.listdir(self.work), [])
+
+    def test_badInput(self) -> None:
+        """
+        A server list that is not one, or a server without its key: one
+        line on standard error, exit status 2, nothing sent.
+        """
+        path = os.path.join(self.work, "servers.json")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("[]")
+        for arguments, message in (
+            (("--roughtime-list", path), f"{path}: not a server list"),
+            (("--roughtime", "127.0.0.1:2002"), "expected KEY@HOST[:PORT]"),
+        ):
+            done = udptime(*arguments, cwd=self.work)
+            self.assertEqual(done.returncode, 2, done.stderr)
+            self.assertEqual(done.stdout, "")
+            self.assertEqual(done.stderr.count("\n"), 1, done.stderr)
+            self.assertTrue(done.stderr.startswith("udptime: error: "), done.stderr)
+            self.assertIn(message, done.stderr)
 
 
 class RoughlyServerTests(SynchronousTestCase):

@@ -285,7 +285,7 @@ class ServerListTests(SynchronousTestCase):
 
     def test_addresses(self) -> None:
         self.assertEqual(parseAddress("192.0.2.33:2002"), ("192.0.2.33", 2002))
-        self.assertEqual(parseAddress("[::1]:5319"), ("::1", 5319))
+        self.assertEqual(parseAddress("[::1]:2003"), ("::1", 2003))
         for bad in (
             "host",
             "host:",

@@ -238,7 +238,7 @@ class CodecTests(SynchronousTestCase):
         C{details}; the codec keeps the request and the verified response.
         """
         codec = RoughtimeClientCodec(PUBLIC)
-        self.assertEqual((codec.name, codec.defaultPort), ("roughtime", 5319))
+        self.assertEqual((codec.name, codec.defaultPort), ("roughtime", 2002))
         packet, state = codec.buildRequest(NOW)
         result = codec.parseReply(respond(packet), state, NOW - 1, NOW + 1)
         self.assertEqual(result.serverTime, round(NOW))

@@ -19,11 +19,10 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.support import (
-    TwistdServer,
-    freePort,
     missing,
     noReply,
     requirePeer,
+    startOnFreePorts,
     udpQuery,
 )
 from udptime import daytime, echo, rfc868
@@ -172,17 +171,20 @@ class TwistdTests(TestCase):
     """
 
     def setUp(self) -> None:
-        self.ports = {name: freePort() for name in ("time", "daytime", "echo")}
-        self.server = TwistdServer(
-            [
+        names = ("time", "daytime", "echo")
+        self.server, ports = startOnFreePorts(
+            len(names),
+            lambda ports: [
                 "--port=0",
-                f"--time-port={self.ports['time']}",
-                f"--daytime-port={self.ports['daytime']}",
-                f"--echo-port={self.ports['echo']}",
-            ]
+                *(
+                    f"--{name}-port={port}"
+                    for name, port in zip(names, ports, strict=True)
+                ),
+            ],
+            listeners=len(names),
         )
         self.addCleanup(self.server.cleanup)
-        self.server.start(listeners=3)
+        self.ports = dict(zip(names, ports, strict=True))
 
     def assertNearNow(self, serverTime: float, before: float) -> None:
         """

@@ -7,6 +7,8 @@ timestamp and the reply is sent at once, on every way a port sends
 
 from __future__ import annotations
 
+import errno
+import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -18,7 +20,9 @@ from tests.test_port import DAY, FAKE_NOW, NTP_REQUEST, blockingClient, serve
 from udptime import ntp
 from udptime.ancillary import kernelTimestampsAvailable
 from udptime.clock import ClockSource, ntp64ToUnix
+from udptime.interleave import TransmitTimes
 from udptime.port import batchingAvailable
+from udptime.replies import ReplyPath
 from udptime.server import NTPServer
 
 SYMMETRIC_REQUEST = header(mode=1)
@@ -194,3 +198,86 @@ class LateTransmitTests(SynchronousTestCase):
         self.assertIsInstance(late, ntp.LateTransmit)
         self.assertEqual(events.readings, 1)
         self.assertEqual(len(late), ntp.HEADER_SIZE)
+
+
+class TimestampingTests(SynchronousTestCase):
+    """
+    A reply sent with a request for its kernel transmit time: the reply
+    path's C{timestamping} hook runs before the transmit time is read, so
+    that whatever it does stays out of the time between the reading and the
+    send; a basic reply does not run it.
+    """
+
+    def path(self) -> tuple[Events, ReplyPath]:
+        events = Events()
+        protocol = NTPServer(
+            clock=events.clock, clockSource=ClockSource(10, precision=-20)
+        )
+        protocol.interleave = TransmitTimes()
+
+        def sendto(data: bytes, addr: Any) -> None:
+            events.events.append(("send", bytes(data)))
+
+        def sendmsg(
+            buffers: Sequence[bytes], ancillary: Any, flags: int, addr: Any
+        ) -> None:
+            events.events.append(("send", b"".join(buffers)))
+
+        replies = ReplyPath(protocol, sendto, sendmsg)
+        replies.timestamping = lambda: events.events.append("timestamping")
+        return events, replies
+
+    def test_beforeTheReading(self) -> None:
+        """
+        A request in interleaved form: the hook, the clock, the send.
+        """
+        events, replies = self.path()
+        request = bytes([0x23]) + bytes(23) + os.urandom(24)
+        self.assertEqual(replies.handle(request, ("127.0.0.1", 9), FAKE_NOW), 1)
+        self.assertEqual(
+            [e if isinstance(e, str) else e[0] for e in events.events],
+            ["timestamping", "clock", "send"],
+        )
+
+    def test_basicReply(self) -> None:
+        """
+        A basic request: no hook, the clock, the send.
+        """
+        events, replies = self.path()
+        self.assertEqual(replies.handle(NTP_REQUEST, ("127.0.0.1", 9), FAKE_NOW), 1)
+        self.assertEqual(
+            [e if isinstance(e, str) else e[0] for e in events.events],
+            ["clock", "send"],
+        )
+
+
+class RetryTests(SynchronousTestCase):
+    """
+    A reply whose send is interrupted is stamped again for the new try: its
+    transmit time is the clock's reading just before that send.
+    """
+
+    def test_stampedAgain(self) -> None:
+        events = Events()
+        protocol = NTPServer(
+            clock=events.clock, clockSource=ClockSource(10, precision=-20)
+        )
+        sent: list[bytes] = []
+
+        def sendto(data: bytes, addr: Any) -> None:
+            events.events.append(("send", bytes(data)))
+            if len(sent) == 0:
+                sent.append(b"")
+                raise InterruptedError(errno.EINTR, "interrupted")
+            sent.append(bytes(data))
+
+        replies = ReplyPath(protocol, sendto)
+        self.assertEqual(replies.handle(NTP_REQUEST, ("127.0.0.1", 9), FAKE_NOW), 1)
+        kinds = [event[0] for event in events.events]
+        self.assertEqual(kinds, ["clock", "send", "clock", "send"])
+        second = events.events[2][1]
+        transmit = ntp64ToUnix(
+            int.from_bytes(sent[1][ntp.TRANSMIT_AT : ntp.TRANSMIT_AT + 8], "big"),
+            events.start,
+        )
+        self.assertLessEqual(abs(transmit - second), 2e-6)

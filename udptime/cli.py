@@ -6,6 +6,8 @@ Usage::
     udptime HOST [WORDS...] [--port N] [--timeout S] [--retries N]
             [--count N] [--interval S] [--json] [--interactive]
             [--protocol NAME] [--nts [--nts-ke-port N] [--nts-ca FILE]]
+    udptime [-P roughtime --public-key KEY HOST] [--roughtime KEY@HOST[:PORT]]...
+            [--roughtime-list FILE] [--roughtime-report FILE]
 
 Each reply is printed on one line (the server, its answer, the round-trip
 delay and our clock's offset from the server's), or as one JSON object on
@@ -13,6 +15,11 @@ standard output with C{--json}.  A query that fails prints one line on
 standard error (with C{--json}, one JSON object with an C{error} key on
 standard output instead) and the exit status is 1; a bad command line
 prints one line on standard error and exits with 2; Ctrl-C exits with 130.
+
+With several Roughtime servers (C{--roughtime}, C{--roughtime-list}) the
+client asks them in a chain, twice over (L{udptime.roughtimeclient.chainQuery}),
+and when their answers cannot all be true it says so, writes the chain as a
+malfeasance report and exits with 3.
 
 The protocols the client speaks are the services of
 L{udptime.services.SERVICES}.
@@ -50,6 +57,18 @@ from udptime.reading import (
     ServerReplyError,
 )
 from udptime.resolver import DaemonThreadResolver
+from udptime.roughtime import ROUGHTIME_PORT, RoughtimeVerificationError
+from udptime.roughtimechain import (
+    DEFAULT_REPORT,
+    ServerEntry,
+    ServerListError,
+    addressedServer,
+    describeViolation,
+    parseServer,
+    readServerList,
+    writeReport,
+)
+from udptime.roughtimeclient import ChainError, chainQuery
 from udptime.roughtimekeys import parsePublicKey
 from udptime.services import SERVICES
 from udptime.text import TextClientCodec
@@ -62,6 +81,9 @@ EXIT_FAILED = 1
 
 EXIT_USAGE = 2
 """Exit status for a bad command line."""
+
+EXIT_MALFEASANCE = 3
+"""Exit status when a chain of Roughtime servers' answers cannot all be true."""
 
 EXIT_INTERRUPTED = 130
 """Exit status when interrupted (Ctrl-C) before the queries were done."""
@@ -130,6 +152,13 @@ def _publicKey(value: str) -> bytes:
         raise argparse.ArgumentTypeError(f"{e}: {value!r}") from None
 
 
+def _roughtimeServer(value: str) -> ServerEntry:
+    try:
+        return parseServer(value, ROUGHTIME_PORT)
+    except ServerListError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def buildParser() -> argparse.ArgumentParser:
     """
     The parser of C{udptime}'s command line.
@@ -151,13 +180,16 @@ def buildParser() -> argparse.ArgumentParser:
             "Europe/Paris), month N.  A failed query prints one line on "
             'standard error (with --json, one object with an "error" key '
             "on standard output).  Exit status: 0 when every query was "
-            "answered, 1 when one failed, 2 for a bad command line, 130 when "
+            "answered, 1 when one failed, 2 for a bad command line, 3 when a "
+            "Roughtime chain's answers cannot all be true, 130 when "
             "interrupted."
         ),
     )
     parser.add_argument(
         "host",
-        help="the server: a host name, or an IPv4 or IPv6 address ([::1] too)",
+        nargs="?",
+        help="the server: a host name, or an IPv4 or IPv6 address ([::1] too);"
+        " none when --roughtime or --roughtime-list name the servers",
     )
     parser.add_argument(
         "words",
@@ -251,6 +283,33 @@ def buildParser() -> argparse.ArgumentParser:
         "which its signed answers are checked",
     )
     parser.add_argument(
+        "--roughtime",
+        action="append",
+        default=[],
+        metavar="KEY@HOST:PORT",
+        type=_roughtimeServer,
+        help="a Roughtime server to ask in a chain: its long-term public key "
+        "(base64), @, its address, and :PORT unless it is "
+        f"{ROUGHTIME_PORT} ([2001:db8::1]:PORT for IPv6).  Repeat it for "
+        "more servers.  The servers (HOST first, when given with "
+        "-P roughtime and --public-key, then those of --roughtime-list, then "
+        "these) are asked in turn, twice over, each request's nonce made "
+        "from the response before; answers that cannot all be true are "
+        "said, and written as a malfeasance report (exit status 3)",
+    )
+    parser.add_argument(
+        "--roughtime-list",
+        metavar="FILE",
+        help="a Roughtime server list (RFC 10049's JSON, or an ecosystem.json):"
+        " ask its usable servers in the chain, in its order",
+    )
+    parser.add_argument(
+        "--roughtime-report",
+        metavar="FILE",
+        help="with a chain: where to write the malfeasance report, when there"
+        f" is one (default: {DEFAULT_REPORT})",
+    )
+    parser.add_argument(
         "--nts",
         action="store_true",
         help="Network Time Security (RFC 8915): an NTS key exchange with HOST "
@@ -285,6 +344,12 @@ def parseArguments(argv: Sequence[str]) -> argparse.Namespace:
     @raise UsageError: the command line is wrong.
     """
     options = buildParser().parse_intermixed_args(list(argv))
+    if _checkChain(options):
+        options.request = ""
+        options.codec = None
+        return options
+    if options.host is None:
+        raise UsageError("the following arguments are required: host")
     protocol = SERVICES.get(options.protocol)
     if protocol is None:
         raise UsageError(
@@ -323,6 +388,71 @@ def parseArguments(argv: Sequence[str]) -> argparse.Namespace:
     except ValueError as e:
         raise UsageError(str(e)) from None
     return options
+
+
+def _checkChain(options: argparse.Namespace) -> bool:
+    """
+    Check the options of a chain of Roughtime servers against the others,
+    and gather its servers, in the order they are asked, in
+    C{options.chain} (L{None} without a chain), and the reasons the server
+    list's other servers were left out in C{options.roughtimeSkipped}.
+
+    @return: whether the command line asks for a chain.
+    @raise UsageError: they do not fit, or the server list cannot be used.
+    """
+    options.chain = None
+    options.roughtimeSkipped = []
+    if not options.roughtime and options.roughtime_list is None:
+        if options.roughtime_report is not None:
+            raise UsageError(
+                "--roughtime-report goes with a chain of servers"
+                " (--roughtime, --roughtime-list)"
+            )
+        return False
+    if options.protocol not in (DEFAULT_PROTOCOL, "roughtime"):
+        raise UsageError(
+            "--roughtime and --roughtime-list ask Roughtime servers:"
+            f" they do not go with --protocol {options.protocol}"
+        )
+    for given, what in (
+        (options.words or options.format is not None, "a request"),
+        (options.count != 1, "--count"),
+        (options.interval is not None, "--interval"),
+        (options.interactive, "--interactive"),
+        (options.nts, "--nts"),
+    ):
+        if given:
+            raise UsageError(f"{what} does not go with a chain of Roughtime servers")
+    options.protocol = "roughtime"
+    servers: list[ServerEntry] = []
+    if options.host is not None:
+        if options.public_key is None:
+            raise UsageError("HOST joins the chain with its --public-key")
+        host = options.host
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        if not host:
+            raise UsageError("the host is empty")
+        port = ROUGHTIME_PORT if options.port is None else options.port
+        servers.append(addressedServer(options.public_key, host, port))
+    elif options.public_key is not None or options.port is not None:
+        raise UsageError(
+            "--public-key and --port are HOST's: give the other servers'"
+            " as --roughtime KEY@HOST:PORT"
+        )
+    if options.roughtime_list is not None:
+        try:
+            listed, options.roughtimeSkipped = readServerList(options.roughtime_list)
+        except ServerListError as e:
+            raise UsageError(f"--roughtime-list: {e}") from None
+        if not listed:
+            raise UsageError(
+                f"--roughtime-list: {options.roughtime_list}: no usable server"
+            )
+        servers.extend(listed)
+    servers.extend(options.roughtime)
+    options.chain = servers
+    return True
 
 
 def _checkNTS(options: argparse.Namespace) -> None:
@@ -610,12 +740,21 @@ class Client:
             hint += " (a longer --interval asks less often)"
         return hint
 
-    def _printError(self, kind: str, message: str, hint: str | None = None) -> None:
+    def _printError(
+        self,
+        kind: str,
+        message: str,
+        hint: str | None = None,
+        host: str | None = None,
+        port: int | None = None,
+    ) -> None:
         """
         Count a failed request and say why it failed: one line on standard
         error, or with C{--json} one object on standard output.
 
         @param kind: a L{failureKind}.
+        @param host: the server asked (L{None}: the command line's).
+        @param port: its port (L{None}: the one asked).
         @raise OutputFailed: standard output cannot be written (C{--json}).
         """
         self.failures += 1
@@ -625,8 +764,8 @@ class Client:
                     kind,
                     message,
                     self.protocol.name,
-                    self.options.host,
-                    self.port,
+                    self.options.host if host is None else host,
+                    self.port if port is None else port,
                     hint,
                 )
             )
@@ -656,6 +795,8 @@ class Client:
                 )
                 return EXIT_FAILED
             await askEachLine(lines, self._askWords)
+        elif self.options.chain is not None:
+            return await self._askChain()
         elif self.options.nts:
             await self._askWithNTS()
         else:
@@ -700,6 +841,82 @@ class Client:
             if index:
                 await self._pause(options.interval)
             await self.ask(codec, ke.server)
+
+    async def _askChain(self) -> int:
+        """
+        Ask the servers of C{options.chain} in a chain (see
+        L{udptime.roughtimeclient.chainQuery}), print each response, then
+        whether their times can all be true; when they cannot, write the
+        malfeasance report.
+
+        @return: the exit status: 0, L{EXIT_MALFEASANCE}, or L{EXIT_FAILED}
+            when a server gave no valid response or the report cannot be
+            written.
+        """
+        options = self.options
+        servers: list[ServerEntry] = options.chain
+        for reason in options.roughtimeSkipped:
+            print(f"udptime: skipped {shown(reason)}", file=self.stderr, flush=True)
+        try:
+            chain = await chainQuery(
+                self.reactor,
+                servers,
+                timeout=options.timeout,
+                tries=options.retries,
+                clock=self.clock,
+            )
+        except ChainError as e:
+            reason = e.reason
+            kind = (
+                "bad-reply"
+                if isinstance(reason, RoughtimeVerificationError)
+                else failureKind(reason)
+            )
+            host, port = servers[e.position % len(servers)].addresses[0]
+            self._printError(kind, f"no measurement: {e}", host=host, port=port)
+            return EXIT_FAILED
+        for link, result in zip(chain.links, chain.results, strict=True):
+            self.answered += 1
+            if options.json:
+                self._write(resultJSON(result.queryResult))
+                continue
+            line = formatResult(result.queryResult)
+            if link.name != formatAddress(result.host, result.port):
+                line += f"  ({shown(link.name)})"
+            self._write(line)
+        violations = chain.violations
+        report = None
+        if violations:
+            report = options.roughtime_report or DEFAULT_REPORT
+            try:
+                writeReport(report, chain.links)
+            except OSError as e:
+                self._printError(
+                    "failed",
+                    f"cannot write the malfeasance report {report}: {e.strerror}",
+                )
+                return EXIT_FAILED
+        if options.json:
+            self._write(
+                json.dumps(
+                    {
+                        "chain": "inconsistent" if violations else "consistent",
+                        "servers": [link.name for link in chain.links],
+                        "violations": violations,
+                        "report": report,
+                    },
+                    sort_keys=True,
+                )
+            )
+        elif not violations:
+            self._write("The responses are consistent.")
+        else:
+            for i, j in violations:
+                self._write(
+                    shown(f"Inconsistent: {describeViolation(chain.links, i, j)}")
+                )
+            self._write(shown(f"Malfeasance report written to {report}"))
+        return EXIT_MALFEASANCE if violations else 0
 
     async def _askWords(self, words: str) -> None:
         """

@@ -30,12 +30,16 @@ sends a copied origin gets a basic reply and learns nothing of the record.
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Iterable
+from typing import Final, Protocol
 
 DEFAULT_CAPACITY: Final = 16384
 """Replies whose transmit times a server keeps, by default."""
 
 ZERO_TIMESTAMP: Final = bytes(8)
+
+SUMMARY_NAME: Final = "ntp interleave"
+"""What the log's counter summaries call the NTP services' tables."""
 
 
 def isInterleavedForm(data: bytes) -> bool:
@@ -120,3 +124,48 @@ class TransmitTimes:
         record[1] = transmit
         self.reported += 1
         return True
+
+
+class Served(Protocol):
+    """
+    A service that may keep a table of transmit times: an NTP server.
+    """
+
+    interleave: TransmitTimes | None
+
+
+def tableCounts(tables: Iterable[TransmitTimes]) -> dict[str, int]:
+    """
+    The counters of C{tables}, summed: transmit times recorded, used in
+    interleaved replies, and evicted for room.
+    """
+    counts = {"recorded": 0, "used": 0, "evicted": 0}
+    for table in tables:
+        counts["recorded"] += table.reported
+        counts["used"] += table.interleaved
+        counts["evicted"] += table.evicted
+    return counts
+
+
+class TableCounters:
+    """
+    The summed counters of the tables of some services (L{tableCounts}),
+    read as they are when asked: a service's port gives it its table only
+    once it listens.  Counted as the log's counter summaries count
+    (C{snapshot}).
+
+    @ivar services: the services.
+    """
+
+    def __init__(self, services: Iterable[Served]) -> None:
+        self.services = list(services)
+
+    def snapshot(self) -> dict[str, int]:
+        """
+        The counters now, by name.
+        """
+        return tableCounts(
+            service.interleave
+            for service in self.services
+            if service.interleave is not None
+        )

@@ -372,13 +372,22 @@ def fuzzTimestamp(
     """
     Replace the bits of an NTP timestamp that lie below the clock's
     precision (2^C{precision} seconds) with random bits, as RFC 5905
-    section 6 asks, so that they carry no artefact of the clock's encoding.
+    section 6 asks, so that they carry no artefact of the clock's encoding:
+    the timestamp is rounded to the nearest whole step of the precision,
+    and moved by a random time within half a step either way.
+
+    Spread around the nearest step, not over the step below, as the
+    readings are rounded to the nearest (a float of the time is: its step,
+    2^-22 s from 2004 to 2038, is the precision measured): random bits in
+    place of the bits below would make every timestamp half a step (119 ns)
+    late on average.
     """
     bits = min(max(32 + precision, 0), 32)
     if not bits:
         return timestamp
-    mask = (1 << bits) - 1
-    return (timestamp & ~mask) | (randomBits(bits) & mask)
+    half = 1 << (bits - 1)
+    nearest = (timestamp + half) >> bits << bits
+    return (nearest - half + (randomBits(bits) & ((1 << bits) - 1))) & _MASK_64
 
 
 def _ntpTimestamp(unixTime: float | None) -> int:
@@ -439,8 +448,12 @@ class ReplyConstants:
     @ivar minPoll: the server's minimum poll exponent.
     @ivar fuzzBits: how many low bits of a timestamp are below the clock's
         precision, and replaced by random bits.
-    @ivar unitsPerSecond: C{2 ** (32 - fuzzBits)}: a Unix time scaled by it
-        and floored is the time in whole steps of the clock's precision.
+    @ivar halfStepsPerSecond: C{2 ** (33 - fuzzBits)}: a Unix time scaled by
+        it and floored is the time in half steps of the clock's precision
+        (plus one, halved, in whole steps, rounded to the nearest).
+    @ivar halfStep: half a step, in units of 2^-32 s: the random bits below
+        the precision, less this, spread a timestamp around its step (see
+        L{fuzzTimestamp}).
     @ivar offsetUnits: the steps from the NTP epoch (1900) to the Unix one
         (1970): added to a Unix time's steps, and shifted left by
         C{fuzzBits}, they make its NTP timestamp (before era wrapping).
@@ -451,7 +464,8 @@ class ReplyConstants:
     state: ClockState
     minPoll: int
     fuzzBits: int
-    unitsPerSecond: float
+    halfStepsPerSecond: float
+    halfStep: int
     offsetUnits: int
     prefixes: dict[int, bytes] = field(default_factory=dict, compare=False)
 
@@ -466,7 +480,8 @@ class ReplyConstants:
             state,
             minPoll,
             bits,
-            float(1 << (32 - bits)),
+            float(1 << (33 - bits)),
+            (1 << bits) >> 1,
             NTP_UNIX_OFFSET << (32 - bits),
         )
 
@@ -552,8 +567,8 @@ class LateTransmit(LateReply):
     @ivar origin: its origin timestamp (8 bytes).
     @ivar receive: its receive timestamp, before it is wrapped into its NTP
         era (after 2036): the transmit timestamp is never before it.
-    @ivar fuzz: the random bits below the clock's precision, for the
-        transmit timestamp.
+    @ivar fuzz: the random bits below the clock's precision, less half a
+        step (see L{fuzzTimestamp}), for the transmit timestamp.
     @ivar constants: the reply constants whose scale made the receive
         timestamp (a time after 1970, a precision finer than a second), as
         it then makes the transmit timestamp when it can; L{None} when the
@@ -620,21 +635,23 @@ class LateTransmit(LateReply):
             # that they nearly always get: a time scaled by a power of two is
             # exact, and truncating it (float.__trunc__, which is int() without
             # int's generic argument handling, at half the cost) floors it to
-            # whole steps of the clock's precision, to which the random bits
-            # below them are added.
+            # half steps of the clock's precision, which plus one and halved
+            # round it to the nearest whole step, around which the random
+            # bits below it spread it.
+            half = constants.halfStep
+            steps = ((received * constants.halfStepsPerSecond).__trunc__() + 1) >> 1
             self.receive = (
-                (received * constants.unitsPerSecond).__trunc__()
-                + constants.offsetUnits
-            ) << bits | randomBits(bits)
+                ((steps + constants.offsetUnits) << bits) + randomBits(bits) - half
+            )
             self.constants = constants
-            self.fuzz = randomBits(bits)
+            self.fuzz = randomBits(bits) - half
             return self
         self.receive = fuzzTimestamp(
             unixToNTP64(received), constants.state.precision, randomBits
         )
         self.constants = None
         self.bits = bits
-        self.fuzz = randomBits(bits) if bits else 0
+        self.fuzz = randomBits(bits) - (1 << bits >> 1) if bits else 0
         return self
 
     def general(
@@ -658,7 +675,7 @@ class LateTransmit(LateReply):
         self.origin = _NTP64.pack(request.transmitTimestamp)
         self.receive = fuzzTimestamp(unixToNTP64(received), precision, randomBits)
         bits = self.bits = min(max(32 + precision, 0), 32)
-        self.fuzz = randomBits(bits) if bits else 0
+        self.fuzz = randomBits(bits) - (1 << bits >> 1) if bits else 0
         self.constants = None
         return self
 
@@ -678,9 +695,10 @@ class LateTransmit(LateReply):
         constants = self.constants
         if constants is not None and transmit >= 0.0:
             send = (
-                (transmit * constants.unitsPerSecond).__trunc__()
+                (((transmit * constants.halfStepsPerSecond).__trunc__() + 1) >> 1)
                 + constants.offsetUnits
-            ) << constants.fuzzBits | self.fuzz
+            ) << constants.fuzzBits
+            send += self.fuzz
             receive = self.receive
             if send < receive:
                 send = receive
@@ -691,8 +709,10 @@ class LateTransmit(LateReply):
                 receive &= _MASK_64
         else:
             bits = self.bits if constants is None else constants.fuzzBits
-            keep = _MASK_64 ^ ((1 << bits) - 1)
-            send = (unixToNTP64(transmit) & keep) | self.fuzz
+            half = 1 << bits >> 1
+            send = (
+                (unixToNTP64(transmit) + half) >> bits << bits
+            ) + self.fuzz & _MASK_64
             receive = self.receive & _MASK_64
             if _signedDifference(send, receive) < 0:
                 send = receive

@@ -32,6 +32,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
 from udptime.clock import ClockState, ClockStateSource, WallClock, systemClock
+from udptime.interleave import tableCounts
 from udptime.logrelay import LogRelay
 from udptime.metrics import (
     Health,
@@ -225,11 +226,7 @@ def processReport(
             if protocol.interleave is not None
         ]
         if tables:
-            found[INTERLEAVE] = {
-                "recorded": sum(table.reported for table in tables),
-                "used": sum(table.interleaved for table in tables),
-                "evicted": sum(table.evicted for table in tables),
-            }
+            found[INTERLEAVE] = tableCounts(tables)
         return found
 
     def reportOne(name: str, each: Sequence[UDPServerProtocol]) -> dict[str, int]:

@@ -136,6 +136,8 @@ class ServerPort(udp.Port):
         sent with a request for them go (the protocol's
         L{interleave<udptime.server.UDPServerProtocol.interleave>}), or
         L{None} when the port reads none.
+    @ivar quiet: whether the reactor stopped watching the socket for the
+        rest of this read (see L{quieten}).
     """
 
     log = Logger()
@@ -147,6 +149,7 @@ class ServerPort(udp.Port):
     replies: ReplyPath
     reader: Reader
     transmitTimes: TransmitTimes | None = None
+    quiet = False
 
     @classmethod
     def adopt(
@@ -212,6 +215,8 @@ class ServerPort(udp.Port):
         port.replies = ReplyPath(
             protocol, port.socket.sendto, port.socket.sendmsg, port.batch
         )
+        if port.transmitTimes is not None:
+            port.replies.timestamping = port.quieten
         if port.batch is not None:
             port.reader = Batched(port, port.batch)
         elif port.destinations is not None or kernelTimestamps:
@@ -300,6 +305,34 @@ class ServerPort(udp.Port):
                         data[-16:-8], ntpFromTimespec(seconds, nanoseconds)
                     )
 
+    def quieten(self) -> None:
+        """
+        Have the reactor stop watching the socket until the read ends (see
+        L{resume}): called before a reply that asks for its kernel
+        transmit time is sent.
+
+        The kernel reports that time on the socket's error queue, and wakes
+        whatever watches the socket, while the reply is on its way: between
+        the transmit timestamp and the reply's arrival.  A poll or select
+        watches a socket only while it waits, but an epoll set (the
+        reactor's, on Linux) watches it all the time, and its wake-up
+        (about half a microsecond) would lengthen every interleaved
+        client's measured return path by as much, and show as half that
+        in its offset.
+        """
+        if not self.quiet:
+            self.quiet = True
+            self.stopReading()  # type: ignore[no-untyped-call]
+
+    def resume(self) -> None:
+        """
+        Have the reactor watch the socket again, after L{quieten}: at the
+        end of a read, once the kernel transmit times waiting were read
+        (L{readErrorQueue}).
+        """
+        self.quiet = False
+        self.startReading()  # type: ignore[no-untyped-call]
+
     def readConnectionLost(self, reason: Failure) -> None:
         """
         The reactor saw the socket's error condition and nothing to read: a
@@ -324,7 +357,12 @@ class ServerPort(udp.Port):
         Answer the datagrams waiting on the socket, at most
         L{maxDatagramsPerRead} of them.
         """
-        self.reader.read()
+        try:
+            self.reader.read()
+        finally:
+            # Watched again even when a read failed half-way (a bug).
+            if self.quiet:
+                self.resume()
 
     def readFailed(self, failure: OSError) -> bool:
         """
@@ -392,6 +430,8 @@ class OneAtATime(Reader):
         times = port.transmitTimes
         if times is not None and times.awaiting:
             port.readErrorQueue()
+        if port.quiet:
+            port.resume()
 
 
 class WithControl(Reader):
@@ -446,6 +486,8 @@ class WithControl(Reader):
         times = port.transmitTimes
         if times is not None and times.awaiting:
             port.readErrorQueue()
+        if port.quiet:
+            port.resume()
 
 
 class Batched(Reader):
@@ -581,6 +623,8 @@ class Batched(Reader):
         times = port.transmitTimes
         if times is not None and times.awaiting:
             port.readErrorQueue()
+        if port.quiet:
+            port.resume()
 
     def unknownSource(self, failure: OSError) -> None:
         """

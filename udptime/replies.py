@@ -71,6 +71,12 @@ def _notQueued(reply: bytes, slot: int) -> bool:
     return False
 
 
+def _nothing() -> None:
+    """
+    Nothing to do before a reply that asks for its kernel transmit time.
+    """
+
+
 class ReplyPath:
     """
     Decide, send and count, for one protocol on one socket.
@@ -98,6 +104,12 @@ class ReplyPath:
         was queued (it never is when not L{queueing}).
     @ivar held: the datagrams the protocol decided to decide about with the
         rest of their receive batch (L{HELD}), until L{decideHeld}.
+    @ivar timestamping: called before a reply that carries control messages
+        of its own (the request for its kernel transmit time, see
+        L{LateReply.control<udptime.decision.LateReply.control>}) is stamped
+        and sent; the port's
+        L{quieten<udptime.port.ServerPort.quieten>} where it reads kernel
+        transmit times, otherwise nothing.
     """
 
     def __init__(
@@ -125,6 +137,7 @@ class ReplyPath:
         if batch is not None and self.queueing:
             self.queue = batch.queue
         self.held: list[_Held] = []
+        self.timestamping: Callable[[], object] = _nothing
 
     def handle(
         self,
@@ -160,21 +173,23 @@ class ReplyPath:
                 return 0
             if decision.__class__ is not Refusal:
                 # A LateReply: stamped with the time now, sent at once.
+                # Everything about the send is settled before the clock is
+                # read (in stamp()), so that the call comes right after.
                 control = decision.control  # type: ignore[union-attr]
-                if control is not None and ancillary is not None:
-                    control = (*ancillary, *control)
-                reply = decision.stamp()  # type: ignore[union-attr]
+                if control is not None:
+                    self.timestamping()
+                    ancillary = control if ancillary is None else (*ancillary, *control)
+                stamp = decision.stamp  # type: ignore[union-attr]
                 try:
-                    if control is not None:
-                        ancillary = control
-                        self.sendmsg((reply,), control, 0, addr)  # type: ignore[misc]
-                    elif ancillary is None:
+                    if ancillary is None:
                         sendto = self.sendto
-                        sendto(reply, addr)
+                        sendto(stamp(), addr)
                     else:
-                        self.sendmsg((reply,), ancillary, 0, addr)  # type: ignore[misc]
+                        sendmsg = self.sendmsg
+                        sendmsg((stamp(),), ancillary, 0, addr)  # type: ignore[misc]
                 except _SEND_ERRORS as failure:
-                    return self.retry(failure, reply, addr, ancillary)
+                    # Stamped again for the new try.
+                    return self.retry(failure, stamp(), addr, ancillary)
                 return 1
             # A Refusal (told by its class: isinstance would cost three times
             # as much, on every datagram).
@@ -361,7 +376,7 @@ class ReplyPath:
         def decided(data: bytes, addr: Address, received: float) -> Decision:
             decision = next(each)
             if self.verbose:
-                self.logDecision(data, addr, decision)
+                self.logDecision(data, addr, decision, received)
             return decision
 
         # handle() once more for each, with its decision already made.
@@ -398,14 +413,21 @@ class ReplyPath:
         """
         decision = self.decideQuietly(data, addr, received)
         if decision is not HELD:
-            self.logDecision(data, addr, decision)
+            self.logDecision(data, addr, decision, received)
         return decision
 
-    def logDecision(self, data: bytes, addr: Address, decision: Decision) -> None:
+    def logDecision(
+        self, data: bytes, addr: Address, decision: Decision, received: float
+    ) -> None:
         """
-        Log one line about a decision (in verbose mode only).
+        Log one line about a decision about a datagram received at
+        C{received} (in verbose mode only), unless the protocol's bound on
+        these lines (its C{verboseLog}) leaves it out.
         """
         protocol = self.protocol
+        limit = protocol.verboseLog
+        if limit is not None and not limit.admit(received):
+            return
         if type(decision) is bytes or isinstance(decision, LateReply):
             protocol.log.info(
                 "{service}: {size}-byte request from {addr}, {replySize}-byte reply",

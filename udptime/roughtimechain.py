@@ -28,7 +28,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from udptime.address import formatAddress
 from udptime.roughtime import (
+    DEFAULT_CLIENT_VERSIONS,
     VERSION_1,
     VERSIONS,
     ClientRequest,
@@ -39,6 +41,7 @@ from udptime.roughtime import (
     truncatedHash,
     verifyResponse,
 )
+from udptime.roughtimekeys import parsePublicKey
 
 BLIND_SIZE: Final = 32
 """Bytes of the random value (C{rand}) mixed into a chained nonce."""
@@ -121,6 +124,34 @@ def reportFor(links: Sequence[Link]) -> dict[str, Any]:
             raise ValueError(f"link {position} was not chained to the one before")
         responses.append(entry)
     return {"responses": responses}
+
+
+DEFAULT_REPORT: Final = "roughtime-malfeasance.json"
+"""Where the commands write a malfeasance report unless told otherwise."""
+
+
+def writeReport(path: str, links: Sequence[Link]) -> None:
+    """
+    Write the malfeasance report of C{links} (see L{reportFor}) to the file
+    C{path}, as indented JSON.
+
+    @raise OSError: the file cannot be written.
+    @raise ValueError: a link after the first was not chained.
+    """
+    report = json.dumps(reportFor(links), indent=2) + "\n"
+    with open(path, "w", encoding="ascii") as f:
+        f.write(report)
+
+
+def describeViolation(links: Sequence[Link], earlier: int, later: int) -> str:
+    """
+    For people: the responses C{earlier} and C{later} of C{links} (a pair
+    of L{causalityViolations}) cannot both be right.
+    """
+    return (
+        f"{links[earlier].name} (response {earlier}) answered a time later than"
+        f" {links[later].name} (response {later}) allowed"
+    )
 
 
 class ReportError(ValueError):
@@ -246,15 +277,20 @@ class ServerListError(ValueError):
     """
 
 
-def parseAddress(address: str) -> tuple[str, int]:
+def parseAddress(address: str, defaultPort: int | None = None) -> tuple[str, int]:
     """
     The host and port of a server list address: C{host:port}, with an IPv6
     address in brackets (C{[2001:db8::1]:2002}).
 
-    @raise ServerListError: no port, a bad port, or an IPv6 address without
-        brackets.
+    @param defaultPort: the port of an address that gives none (C{host},
+        C{[2001:db8::1]}); L{None}: every address must give its port.
+    @raise ServerListError: no port (and no C{defaultPort}), a bad port, or
+        an IPv6 address without brackets.
     """
-    host, colon, port = address.rpartition(":")
+    if defaultPort is not None and (":" not in address or address.endswith("]")):
+        host, colon, port = address, ":", str(defaultPort)
+    else:
+        host, colon, port = address.rpartition(":")
     if not colon or not port.isdigit() or not 0 < int(port) < 65536 or not host:
         raise ServerListError(f"bad address {address!r}: expected host:port")
     if host.startswith("[") and host.endswith("]"):
@@ -266,6 +302,36 @@ def parseAddress(address: str) -> tuple[str, int]:
     elif ":" in host:
         raise ServerListError(f"an IPv6 address goes in brackets: {address!r}")
     return host, int(port)
+
+
+def parseServer(text: str, defaultPort: int) -> ServerEntry:
+    """
+    A server given as C{KEY@ADDRESS}, as the C{udptime} command's
+    C{--roughtime} takes it: its long-term public key in base64, then its
+    address (C{host}, C{host:port}, C{[2001:db8::1]} or
+    C{[2001:db8::1]:port}; C{defaultPort} when it gives none).  It is
+    offered the client's default versions, and named by its address.
+
+    @raise ServerListError: no C{@}, a bad key or a bad address.
+    """
+    key, at, address = text.partition("@")
+    if not at:
+        raise ServerListError(f"expected KEY@HOST[:PORT], not {text!r}")
+    try:
+        publicKey = parsePublicKey(key)
+    except ValueError as e:
+        raise ServerListError(f"{e}: {key!r}") from None
+    return addressedServer(publicKey, *parseAddress(address, defaultPort))
+
+
+def addressedServer(publicKey: bytes, host: str, port: int) -> ServerEntry:
+    """
+    The server at C{host} and C{port} whose long-term key is C{publicKey},
+    offered the client's default versions and named by its address.
+    """
+    return ServerEntry(
+        formatAddress(host, port), publicKey, DEFAULT_CLIENT_VERSIONS, ((host, port),)
+    )
 
 
 def versionsFor(version: object) -> tuple[int, ...]:
@@ -351,3 +417,22 @@ def parseServerList(
         except ServerListError as e:
             skipped.append(str(e))
     return servers, skipped
+
+
+def readServerList(path: str) -> tuple[list[ServerEntry], list[str]]:
+    """
+    The servers of the server list in the file C{path}, and why others were
+    left out (see L{parseServerList}).
+
+    @raise ServerListError: the file cannot be read, or is not a server
+        list; the message names the file.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ServerListError(f"cannot read {path}: {e.strerror}") from None
+    try:
+        return parseServerList(data)
+    except ServerListError as e:
+        raise ServerListError(f"{path}: {e}") from None

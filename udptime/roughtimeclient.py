@@ -39,6 +39,7 @@ from udptime.clock import WallClock, systemClock
 from udptime.reading import (
     BadReply,
     QueryError,
+    QueryResult,
     QueryTimeout,
     Reading,
     ReplyMismatch,
@@ -197,6 +198,8 @@ class RoughtimeResult:
     @ivar delay: the round trip, in seconds.
     @ivar offset: the server's time minus ours at the middle of the round
         trip, in seconds.
+    @ivar queryResult: the same answer as L{udptime.client.query} gives it,
+        for the C{udptime} command's output.
     """
 
     host: str
@@ -207,6 +210,7 @@ class RoughtimeResult:
     verified: Verified
     delay: float
     offset: float
+    queryResult: QueryResult
 
 
 async def _tries(
@@ -239,6 +243,7 @@ async def _tries(
             verified=verified,
             delay=result.delay,
             offset=float(result.offset or 0.0),
+            queryResult=result,
         )
     if rejection is not None:
         raise rejection

@@ -13,7 +13,7 @@ own port (C{listenUDP}) each datagram is a batch of one::
 
     online = OnlineKey(loadLongTermKey("/etc/udptime/roughtime.key"))
     responder = RoughtimeResponder(online, ClockSource().state)
-    reactor.listenUDP(5319, RoughtimeServer(responder))
+    reactor.listenUDP(2002, RoughtimeServer(responder))
     reactor.run()
 
 Under C{twistd udptime --roughtime-port N --roughtime-key FILE} it is one of

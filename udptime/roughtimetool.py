@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from twisted.internet import task
+
+from udptime.cli import EXIT_MALFEASANCE
 
 # The udptime command's checks of numbers, for the same messages.
 from udptime.cli import _atLeastOne as atLeastOne
@@ -36,12 +37,14 @@ from udptime.roughtime import (
     versionName,
 )
 from udptime.roughtimechain import (
+    DEFAULT_REPORT,
     ReportError,
     ServerEntry,
     ServerListError,
-    parseServerList,
-    reportFor,
+    describeViolation,
+    readServerList,
     verifyReport,
+    writeReport,
 )
 from udptime.roughtimeclient import ChainError, chainQuery, describe, roughtimeQuery
 from udptime.roughtimekeys import (
@@ -56,10 +59,6 @@ EXIT_FAILED = 1
 """Exit status of a command that failed."""
 EXIT_NOTHING_PROVEN = 2
 """Exit status of C{verify-report} for a valid report that proves nothing."""
-EXIT_MALFEASANCE = 3
-"""Exit status of C{chain} when the servers' answers cannot all be true."""
-
-DEFAULT_REPORT = "roughtime-malfeasance.json"
 
 
 class _Failed(Exception):
@@ -229,12 +228,9 @@ async def _query(reactor: Any, options: argparse.Namespace) -> int:
 
 def _chainServers(path: str, names: list[str] | None) -> list[ServerEntry]:
     try:
-        with open(path, "rb") as f:
-            servers, skipped = parseServerList(f.read())
-    except OSError as e:
-        raise _Failed(f"cannot read {path}: {e.strerror}") from None
+        servers, skipped = readServerList(path)
     except ServerListError as e:
-        raise _Failed(f"{path}: {e}") from None
+        raise _Failed(str(e)) from None
     for reason in skipped:
         print(f"udptime-roughtime: skipped {reason}", file=sys.stderr)
     if names:
@@ -269,14 +265,9 @@ async def _chain(
         print("The responses are consistent.")
         return 0
     for i, j in violations:
-        print(
-            f"Inconsistent: {chain.links[i].name} (response {i}) answered a time"
-            f" later than {chain.links[j].name} (response {j}) allowed"
-        )
-    report = json.dumps(reportFor(chain.links), indent=2) + "\n"
+        print(f"Inconsistent: {describeViolation(chain.links, i, j)}")
     try:
-        with open(options.report, "w", encoding="ascii") as f:
-            f.write(report)
+        writeReport(options.report, chain.links)
     except OSError as e:
         print(
             f"udptime-roughtime: cannot write {options.report}: {e.strerror}",

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import tzinfo
+from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from twisted.internet.protocol import DatagramProtocol
@@ -51,6 +52,8 @@ from udptime.decision import (
 from udptime.interleave import TransmitTimes
 from udptime.policy import ADMIT, KISS, LIMITED, LOOPED, Policy, RateLimiter
 from udptime.replies import ReplyPath
+from udptime.zonelimit import REFUSAL_TEXT as ZONE_REFUSAL_TEXT
+from udptime.zonelimit import ZoneLimit
 
 if TYPE_CHECKING:
     from udptime.ntsserver import NTSAuthentication
@@ -59,6 +62,26 @@ BAD_INPUT_LOG_RATE = 0.2
 """Log lines per second about bad input and failures, sustained, per service."""
 BAD_INPUT_LOG_BURST = 10
 """Log lines about bad input and failures a service may write back to back."""
+VERBOSE_LOG_RATE = 10.0
+"""
+Lines per second that C{--verbose} logs per service, sustained, by default:
+one line per decision costs about 130 bytes of log, which a flood must not
+turn into a disk filled at the rate of the flood.
+"""
+VERBOSE_LOG_BURST_SECONDS = 10
+"""Seconds of C{--verbose}'s sustained rate a service may log back to back."""
+
+
+def verboseLimit(rate: float) -> RateLimiter | None:
+    """
+    The bound on the lines C{--verbose} logs per service: C{rate} lines per
+    second sustained, L{VERBOSE_LOG_BURST_SECONDS} of them back to back; or
+    L{None} for C{rate} 0, every decision logged.
+    """
+    if not rate:
+        return None
+    return RateLimiter(rate, max(1, int(rate * VERBOSE_LOG_BURST_SECONDS)))
+
 
 # Read by the NTP service for every request: taken from the module once.
 _NTP_HEADER_SIZE: Final = ntp.HEADER_SIZE
@@ -93,6 +116,9 @@ class UDPServerProtocol(DatagramProtocol):
     @ivar counters: this service's L{ServiceCounters}, which the port
         counts.
     @ivar verbose: have the port log one line per decision.
+    @ivar verboseLog: bounds the lines of L{verbose} (see L{verboseLimit};
+        L{None}: every decision logged); the port leaves out the lines it
+        refuses, and L{verboseLinesLeftOut} counts them.
     @ivar policy: the admission policy asked about every datagram before
         L{respond} (L{None}: answer everything).
     @ivar badInputLog: bounds the log lines about bad input and failures
@@ -135,11 +161,21 @@ class UDPServerProtocol(DatagramProtocol):
     ) -> None:
         self.clock = clock
         self.verbose = verbose
+        self.verboseLog = verboseLimit(VERBOSE_LOG_RATE)
         self.counters = ServiceCounters()
         self.policy = policy
         self.badInputLog = RateLimiter(BAD_INPUT_LOG_RATE, BAD_INPUT_LOG_BURST)
         self._badInputLogged = 0
         self.replies: ReplyPath | None = None
+
+    @property
+    def verboseLinesLeftOut(self) -> int:
+        """
+        The lines of L{verbose} left out so far, beyond L{verboseLog}'s
+        bound.
+        """
+        limit = self.verboseLog
+        return 0 if limit is None else limit.refused
 
     def makeConnection(self, transport: Any) -> None:
         """
@@ -312,6 +348,9 @@ class TextTimeServer(UDPServerProtocol):
     @ivar defaultZone: zone for requests that name none (L{None}: the host's
         local zone).
     @ivar defaultFormat: format for requests that name none.
+    @ivar zoneLimit: the cap on the distinct zones answered in per second
+        (see L{udptime.zonelimit}), which may be shared by several text
+        services; L{None}: no cap.
     """
 
     serviceName = "text"
@@ -328,7 +367,21 @@ class TextTimeServer(UDPServerProtocol):
         super().__init__(clock=clock, verbose=verbose, policy=policy)
         self._defaultZone = defaultZone
         self._defaultFormat = defaultFormat
-        self._builders: dict[bytes, text.ReplyBuilder] = {}
+        self._zoneLimit: ZoneLimit | None = ZoneLimit()
+        self._builders: dict[bytes, Callable[[float], Decision]] = {}
+
+    @property
+    def zoneLimit(self) -> ZoneLimit | None:
+        """
+        The cap on the distinct zones answered in per second (L{None}: no
+        cap).
+        """
+        return self._zoneLimit
+
+    @zoneLimit.setter
+    def zoneLimit(self, limit: ZoneLimit | None) -> None:
+        self._zoneLimit = limit
+        self._builders.clear()
 
     @property
     def defaultZone(self) -> tzinfo | None:
@@ -375,7 +428,7 @@ class TextTimeServer(UDPServerProtocol):
         """
         The decision about the request C{data} (without a token).
         """
-        build = self._builders.get(data)
+        build: Callable[[float], Decision] | None = self._builders.get(data)
         if build is None:
             try:
                 request = text.parseRequest(data)
@@ -386,10 +439,47 @@ class TextTimeServer(UDPServerProtocol):
             # Clients send the same few requests again and again: how to
             # answer each is kept, in a bounded table.
             build = text.replyBuilder(request, self._defaultFormat, self._defaultZone)
+            limit = self._zoneLimit
+            if (
+                limit is not None
+                and isinstance(request, text.TimeRequest)
+                and request.zone is not None
+            ):
+                build = partial(self._inZone, limit, request.zone, build)
             if len(self._builders) >= REPLY_BUILDERS:
                 self._builders.clear()
             self._builders[data] = build
         return build(received)
+
+    def _inZone(
+        self,
+        limit: ZoneLimit,
+        zone: tzinfo,
+        build: Callable[[float], Decision],
+        received: float,
+    ) -> Decision:
+        """
+        C{build}'s reply at C{received}, when C{limit} admits another reply
+        in C{zone} now; otherwise the refusal of a request over the cap, an
+        error line counted C{limited}, logged at a bounded rate.
+        """
+        if limit.admit(zone, received):
+            return build(received)
+        self.logBadInput(
+            received,
+            "{service}: more than {perSecond} time zones asked for in one second;"
+            " a request for {zone} refused ({refused} in all)",
+            perSecond=limit.perSecond,
+            zone=str(zone),
+            refused=limit.refused,
+        )
+        return _ZONE_REFUSAL
+
+
+_ZONE_REFUSAL: Final = Refusal(
+    LIMITED.counter, text.errorReply(text.TextRequestError(ZONE_REFUSAL_TEXT))
+)
+"""A text request over the cap on distinct zones: an error line, limited."""
 
 
 class TimeOfDayServer(UDPServerProtocol):

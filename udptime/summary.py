@@ -38,7 +38,8 @@ class Counted(Protocol):
 class CounterSummary(Service):
     """
     Log, every C{interval} seconds, what each service did since the last
-    summary, for services that did anything; and once more on stop.
+    summary, for services that did anything, and how many lines C{--verbose}
+    left out, for services that left any out; and once more on stop.
 
     @ivar protocols: the services to report on, by name.
     @ivar others: more counters to report on, by name (those of NTS, say),
@@ -66,6 +67,7 @@ class CounterSummary(Service):
         self._last.update(
             (name, counted.snapshot()) for name, counted in self.others.items()
         )
+        self._leftOut = {name: 0 for name in self.protocols}
         self._loop: LoopingCall | None = None
 
     def startService(self) -> None:
@@ -113,3 +115,14 @@ class CounterSummary(Service):
                 counters=now,
                 policy=gauges,
             )
+        for name, protocol in self.protocols.items():
+            leftOut = protocol.verboseLinesLeftOut
+            if leftOut != self._leftOut[name]:
+                self.log.info(
+                    "udptime {service}: {count} --verbose lines left out since the"
+                    " last summary ({total} in all), beyond --verbose-rate",
+                    service=name,
+                    count=leftOut - self._leftOut[name],
+                    total=leftOut,
+                )
+                self._leftOut[name] = leftOut

@@ -22,7 +22,15 @@ from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 from twisted.python import usage
 
-from udptime import __version__, logrelay, ntsserver, policy, text, workers
+from udptime import (
+    __version__,
+    interleave,
+    logrelay,
+    ntsserver,
+    policy,
+    text,
+    workers,
+)
 from udptime.activation import (
     DATAGRAM_SERVICES,
     ActivatedSocket,
@@ -35,11 +43,18 @@ from udptime.briefing import BriefingService
 from udptime.clock import LOCAL_REFID, ClockSource, ClockStateSource
 from udptime.port import DEFAULT_KERNEL_TIMESTAMPS
 from udptime.roughtimekeys import roughtimeKeyOption
-from udptime.server import NTPServer, UDPServerProtocol
+from udptime.server import (
+    VERBOSE_LOG_RATE,
+    NTPServer,
+    TextTimeServer,
+    UDPServerProtocol,
+    verboseLimit,
+)
 from udptime.service import ALL_INTERFACES, ServiceCannotListen, UDPListenService
 from udptime.services import SERVICES
 from udptime.summary import DEFAULT_INTERVAL, Counted, CounterSummary
 from udptime.upstream import DEFAULT_POLL_INTERVAL, parseUpstream
+from udptime.zonelimit import DEFAULT_ZONES_PER_SECOND, ZoneLimit
 
 if TYPE_CHECKING:
     from udptime.ntscookie import CookieKeys
@@ -145,6 +160,8 @@ def _hostName(value: str) -> str:
 
 _hostName.coerceDoc = "A host name or an IP address."  # type: ignore[attr-defined]
 _rate = _bounded(float, 0.0, sys.float_info.max, "a number of requests per second >= 0")
+_lineRate = _bounded(float, 0.0, sys.float_info.max, "lines per second, >= 0")
+_zoneCount = _bounded(int, 0, sys.maxsize, "a whole number >= 0")
 _leak = _bounded(float, 0.0, policy.MAX_LEAK, f"a fraction from 0 to {policy.MAX_LEAK}")
 _count = _bounded(int, 1, sys.maxsize, "a whole number >= 1")
 _prefixLength = _bounded(int, 1, 128, "an IPv6 prefix length from 1 to 128")
@@ -392,6 +409,25 @@ class Options(usage.Options):
                 "Requests per second all services together answer, whatever their "
                 "source (0: no cap).",
                 _rate,
+            ],
+            [
+                "zones-per-second",
+                None,
+                DEFAULT_ZONES_PER_SECOND,
+                "Distinct time zones the text service answers in per second, "
+                "for all clients together; a request naming another zone in "
+                "that second gets an error line (0: no cap).",
+                _zoneCount,
+            ],
+            [
+                "verbose-rate",
+                None,
+                VERBOSE_LOG_RATE,
+                "With --verbose: lines per second each service logs at most, "
+                "sustained, and ten seconds' worth back to back; the lines left "
+                "out are counted in the summaries (0: every request, however "
+                "many).",
+                _lineRate,
             ],
             [
                 "summary-interval",
@@ -995,6 +1031,8 @@ def makeService(options: Options) -> IService:
         if keyExchange is not None:
             counted["nts-ke"] = keyExchange.counters
     globalLimit = options.globalLimit()
+    perSecond = options["zones-per-second"]
+    zoneLimit = ZoneLimit(perSecond) if perSecond else None
     protocols: dict[str, UDPServerProtocol] = {}
     byService: dict[str, list[UDPServerProtocol]] = {}
     listeners = []
@@ -1006,6 +1044,9 @@ def makeService(options: Options) -> IService:
             if authentication is not None:
                 protocol.nts = authentication
         protocol.policy = options.servicePolicy(endpoint.service, globalLimit)
+        protocol.verboseLog = verboseLimit(options["verbose-rate"])
+        if isinstance(protocol, TextTimeServer):
+            protocol.zoneLimit = zoneLimit
         protocols[endpoint.key] = protocol
         byService.setdefault(endpoint.service, []).append(protocol)
         listener = UDPListenService(
@@ -1020,8 +1061,16 @@ def makeService(options: Options) -> IService:
         listener.setServiceParent(top)
         listeners.append(listener)
     if options["summary-interval"]:
+        interleaving = [
+            protocol
+            for protocol in protocols.values()
+            if isinstance(protocol, NTPServer) and protocol.kernelTransmitTimes
+        ]
+        summarised = dict(counted)
+        if interleaving:
+            summarised[interleave.SUMMARY_NAME] = interleave.TableCounters(interleaving)
         summary = CounterSummary(
-            reactor, protocols, options["summary-interval"], counted
+            reactor, protocols, options["summary-interval"], summarised
         )
         summary.setServiceParent(top)
     report = operations.processReport(byService, globalLimit, counted)

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from email.utils import format_datetime, parsedate_to_datetime
 from enum import Enum
-from functools import lru_cache, partial
+from functools import cache, lru_cache, partial
 from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
@@ -157,10 +157,21 @@ def lookupZone(name: str) -> tzinfo:
     candidate = _zoneNamesByFold().get(name.casefold())
     if candidate is not None:
         try:
-            return ZoneInfo(candidate)
+            return _loadZone(candidate)
         except (ZoneInfoNotFoundError, ValueError, OSError):
             pass  # listed, but unreadable now: as unknown
     raise TextRequestError(f"unknown time zone {_quote(name)}")
+
+
+@cache
+def _loadZone(name: str) -> tzinfo:
+    """
+    The database's zone called C{name}, as the database spells it: read
+    once, and kept, so that a zone is read from disk at most once however
+    its name is spelt (its entries are bounded by the database's zones,
+    about 600 of some 3 kB each).
+    """
+    return ZoneInfo(name)
 
 
 def loadZoneNames() -> None:
@@ -348,7 +359,7 @@ _latestIsoLines: dict[tzinfo | None, tuple[int, bytes, bytes]] = {}
 of a server's replies changes once a second."""
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=256)
 def _wholeSecondText(second: int, fmt: TimeFormat, zone: tzinfo | None) -> str:
     """
     C{second} rendered in a format that shows no fraction of a second.
