@@ -99,6 +99,53 @@ class LogRelayTests(SynchronousTestCase):
         self.assertEqual(line["who"], "world")
         self.assertEqual(line["log_format"], "hello {who}")
 
+    def test_nestedCallFromSignalHandler(self) -> None:
+        """
+        A log call from a signal handler that interrupted another log call
+        (as Twisted's C{SIGTERM} handler logs) is dropped and counted, and
+        neither call waits for the other; the next line reports it.
+        """
+        relay = self.relay
+        write = relay._write
+        signalled: list[bool] = []
+
+        def handler(signum: int, frame: object) -> None:
+            relay(event("from the handler"))
+
+        def interruptedWrite(data: bytes) -> bool:
+            # The handler runs between two bytecodes of this call, while
+            # the relay is in the middle of the outer line.
+            if not signalled:
+                signalled.append(True)
+                os.kill(os.getpid(), signal.SIGUSR1)
+            return write(data)
+
+        previous = signal.signal(signal.SIGUSR1, handler)
+        self.addCleanup(signal.signal, signal.SIGUSR1, previous)
+        relay._write = interruptedWrite  # type: ignore[method-assign]
+
+        # A deadlock would wait for ever in the lock: the alarm's handler
+        # interrupts that wait and fails the test instead.
+        def deadlocked(signum: int, frame: object) -> None:
+            raise AssertionError("the nested log call waited for the outer one")
+
+        previousAlarm = signal.signal(signal.SIGALRM, deadlocked)
+        self.addCleanup(signal.signal, signal.SIGALRM, previousAlarm)
+        signal.setitimer(signal.ITIMER_REAL, 10.0)
+        try:
+            relay(event("outer {n}", n=1))
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        relay(event("after"))
+        self.assertEqual(signalled, [True])
+        self.assertEqual((relay.nested, relay.droppedTotal, relay.dropped), (1, 1, 0))
+        lines = self.lines()
+        self.assertEqual(
+            [(line["log_format"], line.get("dropped")) for line in lines[::2]],
+            [("outer {n}", None), ("after", None)],
+        )
+        self.assertEqual(lines[1].get("dropped"), 1)
+
     def test_neverBlocks(self) -> None:
         """
         With nobody reading, the relay drops lines once the pipe is full

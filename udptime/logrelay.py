@@ -14,6 +14,15 @@ Lines of at most C{PIPE_BUF} bytes (4096 on Linux) go into a pipe whole or
 not at all; a longer line may be taken in part, and its rest is written
 before anything else (L{LogRelay.flush}), so that the supervisor never reads
 half a line followed by another.
+
+A log call may come while the relay is in the middle of another, in the
+same thread: a signal handler runs between two bytecodes of whatever the
+thread was doing, and Twisted's handler of C{SIGTERM} logs (C{Received
+SIGTERM, shutting down.}) before it stops the reactor.  A worker whose
+supervisor dies gets that signal (C{PR_SET_PDEATHSIG}) at any moment, as
+often during a log call as not.  Such a nested call is dropped and counted
+like a line the pipe has no room for: waiting for the call it interrupted
+would wait for ever, and writing in its middle could split its line.
 """
 
 from __future__ import annotations
@@ -49,6 +58,9 @@ class LogRelay:
     @ivar droppedTotal: lines dropped since the relay was made.
     @ivar failed: why the last write failed other than for lack of room
         (the pipe closed), or L{None}.
+    @ivar nested: log calls dropped because they came in the middle of
+        another in the same thread (from a signal handler); counted in
+        L{dropped} and L{droppedTotal} too.
     """
 
     def __init__(self, fd: int, clock: Any = time.time) -> None:
@@ -62,8 +74,13 @@ class LogRelay:
         self.dropped = 0
         self.droppedTotal = 0
         self.failed: OSError | None = None
+        self.nested = 0
         self._rest = b""
-        self._lock = threading.Lock()
+        # Reentrant, so that a nested call in the same thread (a signal
+        # handler's) gets in, sees _busy and drops its line; other threads
+        # wait for the call in progress, which never blocks.
+        self._lock = threading.RLock()
+        self._busy = False
 
     def __call__(self, event: LogEvent) -> None:
         """
@@ -71,19 +88,31 @@ class LogRelay:
         """
         line = (_RECORD_SEPARATOR + eventAsJSON(event) + "\n").encode("utf-8")
         with self._lock:
-            if not self._clear():
+            if self._busy:
+                self.nested += 1
                 self._drop()
                 return
-            if not self._write(line):
-                self._drop()
+            self._busy = True
+            try:
+                if not self._clear() or not self._write(line):
+                    self._drop()
+            finally:
+                self._busy = False
 
     def flush(self) -> None:
         """
         Write what is held back, if the pipe takes it now: the rest of a line
-        taken in part, then the report of lines dropped.
+        taken in part, then the report of lines dropped.  Nothing, when it
+        comes in the middle of a log call (from a signal handler).
         """
         with self._lock:
-            self._clear()
+            if self._busy:
+                return
+            self._busy = True
+            try:
+                self._clear()
+            finally:
+                self._busy = False
 
     def writeWhole(self, line: bytes) -> bool:
         """
@@ -95,7 +124,13 @@ class LogRelay:
         line.
         """
         with self._lock:
-            return self._clear() and self._write(line)
+            if self._busy:
+                return False
+            self._busy = True
+            try:
+                return self._clear() and self._write(line)
+            finally:
+                self._busy = False
 
     def _drop(self) -> None:
         self.dropped += 1
@@ -109,9 +144,12 @@ class LogRelay:
         if self._rest and not self._write(self._rest):
             return False
         if self.dropped:
+            reported = self.dropped
             if not self._write(self._report()):
                 return False
-            self.dropped = 0
+            # Less what was reported, not to 0: a nested call (see the
+            # module's docstring) may have dropped one more meanwhile.
+            self.dropped -= reported
         return True
 
     def _write(self, data: bytes) -> bool:
