@@ -20,10 +20,11 @@ As chronyd does, the client takes both from the kernel where it can:
 Where the kernel gives no transmit time, the clock is read last, just
 before the send (L{sendTimed}).
 
-L{ClientPort} is Twisted's L{udp.Port} with that send, and a socket whose
-error queue may hold a transmit timestamp that came after the send
-returned: the reactor reports it as an error condition, which would close
-an ordinary port; this one reads the queue and goes on.
+L{ClientPort} is Twisted's L{twisted.internet.udp.Port} with that send,
+and a socket whose error queue may hold a transmit timestamp that came
+after the send returned: the reactor reports it as an error condition,
+which would close an ordinary port; this one reads the queue and goes on
+(L{udptime.errorqueue.ErrorQueuePort}).
 """
 
 from __future__ import annotations
@@ -32,11 +33,8 @@ import socket
 import sys
 from typing import Any, Final, Protocol
 
-from twisted.internet import udp
-from twisted.internet.interfaces import IHalfCloseableDescriptor, IReactorFDSet
+from twisted.internet.interfaces import IReactorFDSet
 from twisted.internet.protocol import DatagramProtocol
-from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from udptime.ancillary import (
     MSG_ERRQUEUE,
@@ -45,6 +43,7 @@ from udptime.ancillary import (
     TIMESPEC,
 )
 from udptime.clock import KernelTime, WallClock
+from udptime.errorqueue import ErrorQueuePort
 
 _TX_SOFTWARE: Final = 1 << 1
 _SOFTWARE: Final = 1 << 4
@@ -101,8 +100,7 @@ def readTransmitTime(sock: socket.socket) -> KernelTime | None:
     return found
 
 
-@implementer(IHalfCloseableDescriptor)
-class ClientPort(udp.Port):
+class ClientPort(ErrorQueuePort):
     """
     A client's UDP port (see the module's description): Twisted's, with a
     send that learns the kernel's transmit time, and an error queue read
@@ -122,7 +120,7 @@ class ClientPort(udp.Port):
         Send C{datagram} to C{addr}: its transmit time, the kernel's where
         it gives one, else C{clock}'s reading just before the send.
 
-        @raise OSError: as L{udp.Port.write} does, and its
+        @raise OSError: as L{twisted.internet.udp.Port.write} does, and its
             C{MessageLengthError} and C{InvalidAddressError}.
         """
         timed = self.transmitTimes
@@ -143,23 +141,13 @@ class ClientPort(udp.Port):
                 self.socket.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPING, 0)
         return sentAt if not timed or kernel is None else kernel
 
-    def readConnectionLost(self, reason: Failure) -> None:
+    def readErrorsLeft(self) -> bool:
         """
-        The reactor saw the socket's error condition with nothing to read: a
-        transmit timestamp that came after the send returned.  Read it
-        (too late to be used) and go on reading.
+        Read a transmit timestamp that came after the send returned (too
+        late to be used).
         """
-        if self.connected:
-            readTransmitTime(self.socket)
-            self.startReading()  # type: ignore[no-untyped-call]
-            return
-        self.connectionLost(reason)  # type: ignore[no-untyped-call]
-
-    def writeConnectionLost(self, reason: Failure) -> None:
-        """
-        Not called for a port that never waits to write.
-        """
-        self.connectionLost(reason)  # type: ignore[no-untyped-call]
+        readTransmitTime(self.socket)
+        return True
 
 
 def listenForReplies(

@@ -3,9 +3,10 @@ udptime's server port, and the reply path a datagram takes through it.
 
 A datagram's way through the server, one way only:
 
-  1. The port reads it.  L{ServerPort} is an ordinary Twisted L{udp.Port},
-     driven by the reactor like any other, that reads a bounded batch of
-     datagrams per wake-up with one of three readers: L{OneAtATime}
+  1. The port reads it.  L{ServerPort} is an ordinary Twisted
+     L{twisted.internet.udp.Port}, driven by the reactor like any other,
+     that reads a bounded batch of datagrams per wake-up with one of
+     three readers: L{OneAtATime}
      (C{recvfrom}); L{WithControl} (C{recvmsg}, for kernel receive
      timestamps, C{SO_TIMESTAMPNS}, and reports of the address each
      datagram reached, C{IP_PKTINFO}/C{IPV6_PKTINFO}, on a socket bound to
@@ -50,11 +51,9 @@ from collections.abc import Iterable
 from itertools import repeat
 from typing import Final
 
-from twisted.internet import error, udp
-from twisted.internet.interfaces import IHalfCloseableDescriptor, IReactorFDSet
+from twisted.internet import error
+from twisted.internet.interfaces import IReactorFDSet
 from twisted.logger import Logger
-from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from udptime import mmsg
 from udptime.ancillary import (
@@ -69,6 +68,7 @@ from udptime.ancillary import (
     enableTransmitTimestamps,
 )
 from udptime.clock import NTP_UNIX_OFFSET
+from udptime.errorqueue import ErrorQueuePort
 from udptime.interleave import TransmitTimes
 from udptime.replies import ReplyPath
 from udptime.server import UDPServerProtocol
@@ -114,8 +114,7 @@ _ERROR_QUEUE_CONTROL: Final = 512
 """Room for the control messages that come with it."""
 
 
-@implementer(IHalfCloseableDescriptor)
-class ServerPort(udp.Port):
+class ServerPort(ErrorQueuePort):
     """
     A UDP port that serves a L{UDPServerProtocol}: its L{reader} reads, the
     protocol decides, its L{replies} send and count.
@@ -333,24 +332,15 @@ class ServerPort(udp.Port):
         self.quiet = False
         self.startReading()  # type: ignore[no-untyped-call]
 
-    def readConnectionLost(self, reason: Failure) -> None:
+    def readErrorsLeft(self) -> bool:
         """
-        The reactor saw the socket's error condition and nothing to read: a
-        kernel transmit timestamp that came after the reads that waited for
-        it (a UDP socket has no other end to close).  Read the error queue
-        and go on reading.
+        Read the kernel transmit times left on the error queue after the
+        reads that waited for them, when this port asked for any.
         """
-        if self.transmitTimes is not None and self.connected:
-            self.readErrorQueue()
-            self.startReading()  # type: ignore[no-untyped-call]
-            return
-        self.connectionLost(reason)  # type: ignore[no-untyped-call]
-
-    def writeConnectionLost(self, reason: Failure) -> None:
-        """
-        Not called for a port that never waits to write.
-        """
-        self.connectionLost(reason)  # type: ignore[no-untyped-call]
+        if self.transmitTimes is None:
+            return False
+        self.readErrorQueue()
+        return True
 
     def doRead(self) -> None:
         """
