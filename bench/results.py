@@ -30,7 +30,7 @@ RESULTS = BENCH / "results"
 PUBLISHED = ROOT / "docs" / "data"
 
 SCHEMA = "udptime-bench/1"
-KINDS = ("throughput", "accuracy", "soak", "clientaccuracy")
+KINDS = ("throughput", "accuracy", "soak", "clientaccuracy", "suite")
 
 
 def median(values: Sequence[float | None]) -> float | None:
