@@ -24,6 +24,8 @@ from typing import Any, TypeVar
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from udptime.workers import STOP_TIMEOUT
+
 LISTENING = "service listening on "
 
 CONTAINER_SCRIPT = os.path.join(
@@ -53,7 +55,16 @@ def waitFor(check: Callable[[], T], what: str, timeout: float = 15.0) -> T:
         time.sleep(0.02)  # polling, bounded by the deadline
 
 
-def stopProcess(process: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+STOP_DEADLINE = 3 * STOP_TIMEOUT
+"""
+Seconds a server a test started has to exit after SIGTERM before the test
+kills it: well over the time a supervisor gives its workers before it kills
+them (L{udptime.workers.STOP_TIMEOUT}), so that on a loaded machine a test
+sees the exit the server decided on, not its own impatience.
+"""
+
+
+def stopProcess(process: subprocess.Popen[Any], timeout: float = STOP_DEADLINE) -> None:
     """
     Stop a process this test started, by its PID: SIGTERM, then SIGKILL if
     it has not exited within C{timeout} seconds.
@@ -386,7 +397,7 @@ class TwistdServer:
 
     def stop(
         self,
-        timeout: float = 10.0,
+        timeout: float = STOP_DEADLINE,
         number: int = signal.SIGTERM,
         wholeGroup: bool = False,
     ) -> int:
