@@ -75,26 +75,29 @@ def runRound(number: int, logs: Path, timeout: float) -> list[dict[str, Any]]:
                 env={**os.environ, "UDPTIME_REQUIRE_PEERS": "1"},
             )
         started[name] = (process, log, time.monotonic())
-    ended = []
-    for name, (process, log, start) in started.items():
-        try:
-            returncode = process.wait(max(timeout - (time.monotonic() - start), 1))
-        except subprocess.TimeoutExpired:
-            processes.stop(process)
-            returncode = None
-        output = log.read_text(errors="replace")
-        ended.append(
-            {
+    ended: dict[str, dict[str, Any]] = {}
+    while len(ended) < len(started):
+        for name, (process, log, start) in started.items():
+            if name in ended:
+                continue
+            returncode = process.poll()
+            overdue = time.monotonic() - start > timeout
+            if returncode is None and not overdue:
+                continue
+            if returncode is None:
+                processes.stop(process)
+            output = log.read_text(errors="replace")
+            ended[name] = {
                 "runner": name,
                 "returncode": returncode,
                 "summary": summaryLine(output),
                 "seconds": round(time.monotonic() - start, 1),
                 "load_average": results.loadAverage(),
             }
-        )
-        if returncode == 0:
-            log.unlink()
-    return ended
+            if returncode == 0:
+                log.unlink()
+        time.sleep(1)  # polling two long runs, bounded by the timeout
+    return list(ended.values())
 
 
 def main(argv: list[str] | None = None) -> int:
