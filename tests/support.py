@@ -38,11 +38,16 @@ CONTAINER_SCRIPT = os.path.join(
 T = TypeVar("T")
 
 
-def waitFor(check: Callable[[], T], what: str, timeout: float = 15.0) -> T:
+def waitFor(
+    check: Callable[[], T], what: str, timeout: float = 15.0, interval: float = 0.02
+) -> T:
     """
     Poll C{check()} until it returns a true value, for at most C{timeout}
     seconds (for what only a log file or C{/proc} can tell); return it.
 
+    @param interval: seconds between two calls of C{check} (a check that
+        asks a server counts against its rate limits: ask at a pace its
+        limits allow).
     @raise AssertionError: C{what} did not happen in time.
     """
     deadline = time.monotonic() + timeout
@@ -52,7 +57,7 @@ def waitFor(check: Callable[[], T], what: str, timeout: float = 15.0) -> T:
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)  # polling, bounded by the deadline
+        time.sleep(interval)  # polling, bounded by the deadline
 
 
 STOP_DEADLINE = 3 * STOP_TIMEOUT

@@ -270,13 +270,36 @@ class UnitCommandTests(SynchronousTestCase):
         server.start(listeners=0)
         waitFor(lambda: "Listening on" in server.stderr(), "the socket")
 
-        def synchronised() -> NTPPacket | None:
-            reply = NTPPacket.fromBytes(
+        def ask() -> NTPPacket:
+            return NTPPacket.fromBytes(
                 udpQuery(NTP_REQUEST, "127.0.0.1", port, timeout=30.0)
             )
+
+        def synchronised() -> NTPPacket | None:
+            reply = ask()
             return reply if reply.leap != 3 else None
 
-        reply = waitFor(synchronised, "a synchronised reply", timeout=60.0)
+        # The first request starts the server, which answers it, perhaps
+        # before the upstream daemon answered its first poll (then as
+        # unsynchronised, LI 3).  Once it has logged the daemon's
+        # synchronised answer, its state says so within a second (see
+        # udptime.upstream): asked twice a second, well within its rate
+        # limits (a burst of 32, then 1 a second), which a faster poll could
+        # spend and be dropped.
+        ask()
+        waitFor(
+            lambda: (
+                f"upstream 127.0.0.1:{chronyd.port} is synchronised" in server.log()
+            ),
+            "the upstream daemon's synchronised answer",
+            timeout=90.0,
+        )
+        reply = waitFor(
+            synchronised,
+            "a synchronised reply",
+            timeout=10.0,
+            interval=0.5,
+        )
         self.assertEqual(reply.stratum, 3)
         self.assertNotIn("Traceback", server.log())
         self.assertEqual(server.stop(), 0)
