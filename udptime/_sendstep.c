@@ -71,6 +71,17 @@ toWide(PyObject *value, wide *out)
         *out = small;
         return 0;
     }
+    if (overflow > 0) {
+        /* An NTP timestamp of this era (from 1968 on, past 2^63). */
+        unsigned long long unsignedValue = PyLong_AsUnsignedLongLong(value);
+        if (!(unsignedValue == (unsigned long long)-1 && PyErr_Occurred())) {
+            *out = (wide)unsignedValue;
+            return 0;
+        }
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+            return -1;
+        PyErr_Clear();
+    }
     {
         PyObject *shift = PyLong_FromLong(64);
         if (shift == NULL)

@@ -26,8 +26,10 @@ turns it off.
 
 from __future__ import annotations
 
+import importlib
 import socket
 from collections.abc import Callable
+from types import ModuleType
 from typing import Final, TypeAlias
 
 from udptime.address import Address
@@ -58,10 +60,20 @@ def unavailable() -> str | None:
     Why the compiled send step cannot be used here, or L{None} when it can.
     """
     try:
-        __import__(MODULE)
+        importlib.import_module(MODULE)
     except ImportError as failure:
         return f"{MODULE} is not built ({failure})"
     return None
+
+
+def _compiled() -> ModuleType | None:
+    """
+    The compiled module, or L{None} where it cannot be imported.
+    """
+    try:
+        return importlib.import_module(MODULE)
+    except ImportError:
+        return None
 
 
 def compiledStep(sock: socket.socket) -> SendCall | None:
@@ -70,13 +82,12 @@ def compiledStep(sock: socket.socket) -> SendCall | None:
     must stay open while the step is used), or L{None} where the module is
     not built or the socket not IPv4 or IPv6.
     """
-    try:
-        from udptime import _sendstep
-    except ImportError:
+    compiled = _compiled()
+    if compiled is None:
         return None
     if sock.family not in (socket.AF_INET, socket.AF_INET6):
         return None
-    step: SendCall = _sendstep.SendStep(sock.fileno(), sock.family).send
+    step: SendCall = compiled.SendStep(sock.fileno(), sock.family).send
     return step
 
 
@@ -85,9 +96,8 @@ def compiledStamp() -> StampCall | None:
     The compiled step's stamp (the reply it sends for a transmit time it is
     given), or L{None} where the module is not built.
     """
-    try:
-        from udptime import _sendstep
-    except ImportError:
+    compiled = _compiled()
+    if compiled is None:
         return None
-    stamp: StampCall = _sendstep.stamp
+    stamp: StampCall = compiled.stamp
     return stamp
