@@ -342,13 +342,20 @@ class LoopbackTests(SynchronousTestCase):
     def test_badAddress(self) -> None:
         """
         An address that is not numeric, or not of the socket's family, is
-        refused with an exception, nothing sent.
+        refused with an exception, nothing sent; the address sent to before
+        is sent to right after.
         """
-        sock, _ = self.sockets()
+        sock, client = self.sockets()
         now = time.time()
         late = filled(systemClock, constantsFor(-22, now), now, 12)
         step = sendstep.compiledStep(sock)
         assert step is not None
+        address = client.getsockname()
+        self.assertEqual(step(*parts(late), address, None), ntp.HEADER_SIZE)
+        self.assertRaises(ValueError, step, *parts(late), ("127.0.0.x", 123), None)
+        self.assertEqual(step(*parts(late), address, None), ntp.HEADER_SIZE)
+        self.assertEqual(len(client.recv(100)), ntp.HEADER_SIZE)
+        self.assertEqual(len(client.recv(100)), ntp.HEADER_SIZE)
         self.assertRaises(ValueError, step, *parts(late), ("localhost", 123), None)
         self.assertRaises(ValueError, step, *parts(late), ("::1", 123), None)
         self.assertRaises(TypeError, step, *parts(late), "127.0.0.1", None)

@@ -262,7 +262,7 @@ PyDoc_STRVAR(stamp_doc,
 "reply constants whose parts these are, its clock reading `transmit`.");
 
 static PyObject *
-sendstep_stamp(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+sendstep_stamp(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
     Parts parts;
     double transmit;
@@ -288,7 +288,7 @@ PyDoc_STRVAR(seconds_doc,
 "converts it: the float time.time() gives for that reading.");
 
 static PyObject *
-sendstep_seconds(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+sendstep_seconds(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
     long long seconds, nanoseconds;
 
@@ -316,7 +316,7 @@ PyDoc_STRVAR(roundTrip_doc,
 "`value` through the module's 128-bit integers and back (for tests).");
 
 static PyObject *
-sendstep_wide(PyObject *module, PyObject *value)
+sendstep_wide(PyObject *Py_UNUSED(module), PyObject *value)
 {
     wide converted;
     if (toWide(value, &converted) < 0)
@@ -394,6 +394,8 @@ setAddress(SendStep *self, PyObject *address)
         PyErr_SetString(PyExc_OverflowError, "port must be 0-65535");
         return -1;
     }
+    /* Rewritten now: the cache holds no address until it holds this one. */
+    Py_CLEAR(self->lastAddress);
     memset(&self->address, 0, sizeof(self->address));
     if (self->family == AF_INET) {
         struct sockaddr_in *in = (struct sockaddr_in *)&self->address;
@@ -500,6 +502,8 @@ SendStep_send(SendStep *self, PyObject *const *args, Py_ssize_t nargs)
     ssize_t sent;
     int failure = 0;
     struct timespec now;
+    struct sockaddr_storage address;
+    socklen_t addressLength;
 
     if (nargs != 9) {
         PyErr_SetString(PyExc_TypeError, "send() takes 9 arguments");
@@ -509,6 +513,10 @@ SendStep_send(SendStep *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     if (setAddress(self, args[7]) < 0)
         return NULL;
+    /* A copy, for the send: the step's cache may change once the lock is
+       released. */
+    addressLength = self->addressLength;
+    memcpy(&address, &self->address, addressLength);
     ancillary = args[8];
     if (ancillary != Py_None) {
         controlLength = packControl(ancillary, control, sizeof(control));
@@ -521,7 +529,7 @@ SendStep_send(SendStep *self, PyObject *const *args, Py_ssize_t nargs)
     stampReply(&parts, timespecSeconds(now.tv_sec, now.tv_nsec), reply);
     if (controlLength == 0) {
         sent = sendto(self->fd, reply, HEADER_SIZE, 0,
-                      (struct sockaddr *)&self->address, self->addressLength);
+                      (struct sockaddr *)&address, addressLength);
     }
     else {
         struct iovec piece;
@@ -529,8 +537,8 @@ SendStep_send(SendStep *self, PyObject *const *args, Py_ssize_t nargs)
         piece.iov_base = reply;
         piece.iov_len = HEADER_SIZE;
         memset(&message, 0, sizeof(message));
-        message.msg_name = &self->address;
-        message.msg_namelen = self->addressLength;
+        message.msg_name = &address;
+        message.msg_namelen = addressLength;
         message.msg_iov = &piece;
         message.msg_iovlen = 1;
         message.msg_control = control;
