@@ -23,10 +23,12 @@ from typing import Any
 
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from twisted.internet.testing import MemoryReactor
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.support import TwistdServer, freePort, udpQuery
 from tests.test_ntp import header
 from tests.test_port import serve
 from udptime import counters, ntp, sendstep
@@ -39,6 +41,7 @@ from udptime.ancillary import (
 from udptime.clock import ClockSource, ntp64ToUnix, systemClock
 from udptime.replies import ReplyPath
 from udptime.server import NTPServer, TextTimeServer
+from udptime.service import UDPListenService
 from udptime.tap import Options, makeService
 
 try:
@@ -497,6 +500,19 @@ class PortTests(SynchronousTestCase):
         self.addCleanup(port.stopListening)
         self.assertIsNone(port.replies.sendStep)
 
+    def test_genericPort(self) -> None:
+        """
+        On a reactor that is not posix the NTP service is served by
+        Twisted's generic port, which sends in Python, as its log says.
+        """
+        lines = self.logged()
+        memory = MemoryReactor()
+        service = UDPListenService(memory, NTPServer(), 0, "127.0.0.1", "ntp")
+        service.privilegedStartService()
+        self.assertEqual(len(memory.adoptedPorts), 1)
+        self.assertEqual(len(lines), 1)
+        self.assertIn("sent in Python (Twisted's generic UDP port)", lines[0])
+
     def test_failedSendCounted(self) -> None:
         """
         A reply the compiled step could not send is tried again in Python
@@ -574,3 +590,56 @@ class OptionTests(SynchronousTestCase):
         """
         error = self.assertRaises(usage.UsageError, self.parse, "--no-compiled-send")
         self.assertIn("--no-compiled-send is for NTP", str(error))
+
+
+class TwistdTests(SynchronousTestCase):
+    """
+    C{twistd udptime}: the NTP service's log says which send step it uses,
+    and C{--no-compiled-send} is honoured.
+    """
+
+    def serve(self, *arguments: str) -> str:
+        """
+        Start C{twistd udptime} with an NTP port and C{arguments}, ask it
+        once, stop it, and return its log.
+        """
+        port = freePort()
+        server = TwistdServer(
+            [
+                *("--port", "0", "--ntp-port", str(port), "-i", "127.0.0.1"),
+                *("--local-stratum", "10", *arguments),
+            ]
+        )
+        self.addCleanup(server.cleanup)
+        server.start()
+        sent = request()
+        reply = udpQuery(sent, "127.0.0.1", port, timeout=10.0)
+        self.assertEqual(reply[24:32], sent[40:48])
+        self.assertEqual(server.stop(), 0)
+        with open(server.logPath) as f:
+            return f.read()
+
+    def test_default(self) -> None:
+        """
+        By default, where the module is built, the log says the NTP
+        service's replies are sent by the compiled send step.
+        """
+        if _sendstep is None:
+            raise self.skipTest(NOT_BUILT)
+        log = self.serve()
+        self.assertEqual(log.count("transmit timestamps read and replies sent"), 1)
+        self.assertIn(
+            "ntp: transmit timestamps read and replies sent by the compiled", log
+        )
+
+    def test_noCompiledSend(self) -> None:
+        """
+        With C{--no-compiled-send} the log says they are sent in Python.
+        """
+        log = self.serve("--no-compiled-send")
+        self.assertEqual(log.count("transmit timestamps read and replies sent"), 1)
+        self.assertIn(
+            "ntp: transmit timestamps read and replies sent in Python (the "
+            "compiled one is turned off)",
+            log,
+        )
