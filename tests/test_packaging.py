@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import tempfile
 
@@ -44,6 +45,20 @@ IGNORED = shutil.ignore_patterns(
 )
 
 PIP_TIMEOUT = 600
+
+
+def canCompile() -> bool:
+    """
+    Whether C{pip install} can build the compiled send step here: Linux, a
+    C compiler, and the test interpreter's headers (a Python built by
+    pyenv has them; Debian's needs C{python3-dev}).
+    """
+    headers = os.path.join(sysconfig.get_paths()["include"], "Python.h")
+    return (
+        sys.platform == "linux"
+        and shutil.which(os.environ.get("CC", "cc")) is not None
+        and os.path.exists(headers)
+    )
 
 
 class VenvTwistd(TwistdServer):
@@ -169,11 +184,11 @@ class InstallTests(SynchronousTestCase):
         self.assertNotIn("twisted/plugins/__init__.py", files)
         self.assertNotIn("twisted/__init__.py", files)
         self.assertFalse([f for f in files if f.startswith("tests/")], files)
-        self.assertTrue(
-            [f for f in files if re.fullmatch(r"udptime/_sendstep\..*\.so", f)], files
-        )
         self.assertIn("udptime/_sendstep.pyi", files)
-        self.assertEqual(self.sendStep(), "built")
+        built = [f for f in files if re.fullmatch(r"udptime/_sendstep\..*\.so", f)]
+        if canCompile():
+            self.assertTrue(built, files)
+            self.assertEqual(self.sendStep(), "built")
         self.checkInstalled()
 
         self.pip("uninstall", "-q", "-y", "udptime")
@@ -201,7 +216,8 @@ class InstallTests(SynchronousTestCase):
         self.assertEqual(
             where.stdout.strip(), os.path.join(self.source, "udptime", "tap.py")
         )
-        self.assertEqual(self.sendStep(), "built")
+        if canCompile():
+            self.assertEqual(self.sendStep(), "built")
 
     def test_withoutCompiler(self) -> None:
         """
