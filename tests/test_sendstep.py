@@ -344,9 +344,10 @@ class LoopbackTests(SynchronousTestCase):
 
     def test_badAddress(self) -> None:
         """
-        An address that is not numeric, or not of the socket's family, is
-        refused with an exception, nothing sent; the address sent to before
-        is sent to right after.
+        An address that is not numeric, or not of the socket's family, gets
+        L{None}, nothing sent (the Python step sends to it); the address
+        sent to before is sent to right after.  What is no address at all
+        is refused with an exception.
         """
         sock, client = self.sockets()
         now = time.time()
@@ -355,12 +356,12 @@ class LoopbackTests(SynchronousTestCase):
         assert step is not None
         address = client.getsockname()
         self.assertEqual(step(*parts(late), address, None), ntp.HEADER_SIZE)
-        self.assertRaises(ValueError, step, *parts(late), ("127.0.0.x", 123), None)
+        self.assertIsNone(step(*parts(late), ("127.0.0.x", 123), None))
         self.assertEqual(step(*parts(late), address, None), ntp.HEADER_SIZE)
         self.assertEqual(len(client.recv(100)), ntp.HEADER_SIZE)
         self.assertEqual(len(client.recv(100)), ntp.HEADER_SIZE)
-        self.assertRaises(ValueError, step, *parts(late), ("localhost", 123), None)
-        self.assertRaises(ValueError, step, *parts(late), ("::1", 123), None)
+        self.assertIsNone(step(*parts(late), ("localhost", 123), None))
+        self.assertIsNone(step(*parts(late), ("::1", 123), None))
         self.assertRaises(TypeError, step, *parts(late), "127.0.0.1", None)
         self.assertRaises(OverflowError, step, *parts(late), ("127.0.0.1", 70000), None)
 
@@ -512,6 +513,33 @@ class PortTests(SynchronousTestCase):
         self.assertEqual(len(memory.adoptedPorts), 1)
         self.assertEqual(len(lines), 1)
         self.assertIn("sent in Python (Twisted's generic UDP port)", lines[0])
+
+    def test_unconvertedAddress(self) -> None:
+        """
+        A reply to an address the compiled step does not convert (here, a
+        host name) is sent by the Python step, and counted once.
+        """
+        if _sendstep is None:
+            raise self.skipTest(NOT_BUILT)
+        server = NTPServer(clockSource=ClockSource(10))
+        port, client = self.serve(server)
+        results: list[object] = []
+        step = port.replies.sendStep
+
+        def recorded(*arguments: object) -> object:
+            result = step(*arguments)
+            results.append(result)
+            return result
+
+        port.replies.sendStep = recorded
+        sent = request()
+        now = time.time()
+        answered = port.replies.handle(
+            sent, ("localhost", client.getsockname()[1]), now
+        )
+        self.assertEqual((answered, results), (1, [None]))
+        reply = client.recv(100)
+        self.assertEqual(reply[24:32], sent[40:48])
 
     def test_failedSendCounted(self) -> None:
         """

@@ -363,8 +363,11 @@ SendStep_dealloc(SendStep *self)
 }
 
 /* The sockaddr of the address tuple (host, port[, flowinfo, scope_id]),
-   host a numeric address (as the kernel reports a datagram's source): 0,
-   or -1 with an exception set (ValueError: not numeric). */
+   host a numeric address of the socket's family (as the kernel reports a
+   datagram's source): 0; 1 for a host that is not (a name, an IPv6
+   address with a zone, an address of the other family), which the
+   Python step sends to; -1 with an exception set for a tuple that is no
+   address. */
 static int
 setAddress(SendStep *self, PyObject *address)
 {
@@ -402,8 +405,7 @@ setAddress(SendStep *self, PyObject *address)
         in->sin_family = AF_INET;
         in->sin_port = htons((unsigned short)number);
         if (inet_pton(AF_INET, text, &in->sin_addr) != 1) {
-            PyErr_Format(PyExc_ValueError, "not a numeric IPv4 address: %s", text);
-            return -1;
+            return 1;
         }
         self->addressLength = sizeof(*in);
     }
@@ -412,8 +414,7 @@ setAddress(SendStep *self, PyObject *address)
         in6->sin6_family = AF_INET6;
         in6->sin6_port = htons((unsigned short)number);
         if (inet_pton(AF_INET6, text, &in6->sin6_addr) != 1) {
-            PyErr_Format(PyExc_ValueError, "not a numeric IPv6 address: %s", text);
-            return -1;
+            return 1;
         }
         if (PyTuple_GET_SIZE(address) > 2) {
             unsigned long flowinfo = PyLong_AsUnsignedLong(PyTuple_GET_ITEM(address, 2));
@@ -489,7 +490,9 @@ PyDoc_STRVAR(send_doc,
 "Read the system clock, stamp the reply made of these parts with it (see\n"
 "stamp) and send it to `address` (sendto; sendmsg with the control\n"
 "messages `ancillary` when it is not None), the interpreter's lock\n"
-"released: the bytes sent (48), or the negated errno of a failed send.");
+"released: the bytes sent (48), or the negated errno of a failed send;\n"
+"None, nothing sent, for an address it does not convert (not numeric, an\n"
+"IPv6 zone, the other family), which the Python step then sends to.");
 
 static PyObject *
 SendStep_send(SendStep *self, PyObject *const *args, Py_ssize_t nargs)
@@ -511,8 +514,14 @@ SendStep_send(SendStep *self, PyObject *const *args, Py_ssize_t nargs)
     }
     if (takeParts(args, &parts) < 0)
         return NULL;
-    if (setAddress(self, args[7]) < 0)
+    switch (setAddress(self, args[7])) {
+    case 0:
+        break;
+    case 1:
+        Py_RETURN_NONE;
+    default:
         return NULL;
+    }
     /* A copy, for the send: the step's cache may change once the lock is
        released. */
     addressLength = self->addressLength;

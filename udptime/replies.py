@@ -221,14 +221,16 @@ class ReplyPath:
                             addr,
                             ancillary,
                         )
-                        if sent >= 0:
-                            return 1
-                        return self.retry(
-                            _sendError(-sent),
-                            decision.stamp(),
-                            addr,
-                            ancillary,
-                        )
+                        if sent is not None:
+                            if sent >= 0:
+                                return 1
+                            return self.retry(
+                                _sendError(-sent),
+                                decision.stamp(),
+                                addr,
+                                ancillary,
+                            )
+                        # An address the step does not convert: Python's.
                 stamp = decision.stamp  # type: ignore[union-attr]
                 try:
                     if ancillary is None:

@@ -40,7 +40,7 @@ MODULE: Final = "udptime._sendstep"
 
 
 SendCall: TypeAlias = Callable[
-    [bytes, bytes, int, int, int, float, int, Address, Ancillary | None], int
+    [bytes, bytes, int, int, int, float, int, Address, Ancillary | None], int | None
 ]
 """
 A socket's compiled send step: stamps the reply made of a
@@ -48,7 +48,9 @@ L{LateTransmit<udptime.ntp.LateTransmit>}'s parts (its start, origin,
 receive timestamp and fuzz, and its reply constants' C{fuzzBits},
 C{halfStepsPerSecond} and C{offsetUnits}) with the system clock's time and
 sends it to an address, with control messages or none; returns the bytes
-sent, or a failed send's C{errno}, negated.
+sent, or a failed send's C{errno}, negated, or L{None} (nothing sent) for
+an address it does not convert (a host name, an IPv6 address with a zone,
+an address of the socket's other family), which the Python step sends to.
 """
 
 StampCall: TypeAlias = Callable[[bytes, bytes, int, int, int, float, int, float], bytes]
