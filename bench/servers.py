@@ -547,6 +547,12 @@ THROUGHPUT_SERVERS: tuple[Server, ...] = (
 ACCURACY_SERVERS: tuple[Server, ...] = (
     Server("udptime, kernel timestamps", "ntp", "udptime", baseline=True),
     Server(
+        "udptime, kernel timestamps, Python send step",
+        "ntp",
+        "udptime",
+        ("--no-compiled-send",),
+    ),
+    Server(
         "udptime, no kernel timestamps", "ntp", "udptime", ("--no-kernel-timestamps",)
     ),
     Server("chronyd", "ntp", "chronyd"),

@@ -17,7 +17,9 @@ each way of sending it prints the server's CPU per reply and percentiles of
 (arrival - transmit timestamp):
 
   - udptime: each reply goes out with its own C{sendto}, its transmit
-    timestamp read as it is built;
+    timestamp read as it is built: by the compiled send step (where
+    C{udptime._sendstep} is built), and by the Python one
+    (C{--no-compiled-send});
   - grouped, stamped at the call: the port reads and answers C{N} requests
     at a time, queues the replies, and rewrites every transmit timestamp
     of the group with one clock reading just before the group's
@@ -155,11 +157,17 @@ def main() -> None:
         os.sched_setaffinity(0, {args.cpu})
     if not mmsg.available():
         raise SystemExit("this system has no recvmmsg/sendmmsg")
+    python = udptimeServer("ntp")
+    python.compiledSend = False
     ways = [
         Way(
             "udptime: one sendto per reply",
             serverPort(udptimeServer("ntp"), True, True, args.count),
-        )
+        ),
+        Way(
+            "udptime, Python send step",
+            serverPort(python, True, True, args.count),
+        ),
     ]
     for group in args.groups:
         for spread in (False, True):

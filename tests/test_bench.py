@@ -171,6 +171,7 @@ class TransmitStampTests(SynchronousTestCase):
             [row[:38].rstrip() for row in rows],
             [
                 "udptime: one sendto per reply",
+                "udptime, Python send step",
                 "groups of 4, stamped at the call",
                 "groups of 4, stamps spread",
             ],

@@ -320,6 +320,16 @@ class KernelTransmitTimesTests(SynchronousTestCase):
             return sendmsg(*arguments)
 
         replies.sendto, replies.sendmsg = recordSendto, recordSendmsg
+        step = replies.sendStep
+        if step is not None:
+            # The compiled send step sends with sendmsg when there are
+            # control messages, with sendto otherwise.
+            def recordStep(*arguments: object) -> object:
+                kind = "sendto" if arguments[-1] is None else "sendmsg"
+                watched.append((kind, port in reactor.getReaders()))
+                return step(*arguments)
+
+            replies.sendStep = recordStep
         self.assertIn(port, reactor.getReaders())
         client.send(clientRequest(os.urandom(8), os.urandom(8), os.urandom(8)))
         port.doRead()  # type: ignore[attr-defined]
@@ -333,6 +343,31 @@ class KernelTransmitTimesTests(SynchronousTestCase):
         client.recv(100)
         self.assertEqual(watched, [("sendmsg", False), ("sendto", True)])
         self.assertIn(port, reactor.getReaders())
+
+    def test_quietWhileTimestampedInPython(self) -> None:
+        """
+        The Python send step, too, sends a reply that asks for its kernel
+        transmit time while the reactor does not watch the socket.
+        """
+        server = NTPServer(clockSource=ClockSource(10), compiledSend=False)
+        port, client = self.serve(server)
+        if server.interleave is None:
+            raise self.skipTest("this system reports no kernel transmit times")
+        replies = port.replies  # type: ignore[attr-defined]
+        self.assertIsNone(replies.sendStep)
+        sendmsg = replies.sendmsg
+        watched: list[bool] = []
+
+        def recordSendmsg(*arguments: object) -> object:
+            watched.append(port in reactor.getReaders())
+            return sendmsg(*arguments)
+
+        replies.sendmsg = recordSendmsg
+        client.send(clientRequest(os.urandom(8), os.urandom(8), os.urandom(8)))
+        port.doRead()  # type: ignore[attr-defined]
+        client.recv(100)
+        self.assertEqual(watched, [False])
+        self.assertEqual(server.interleave.reported, 1)
 
     def test_watchedAgainAfterFailure(self) -> None:
         """

@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import tempfile
 
@@ -39,9 +40,25 @@ IGNORED = shutil.ignore_patterns(
     ".hypothesis",
     "dropin.cache",
     "results",
+    # The compiled send step, built into a checkout by pip install -e.
+    "*.so",
 )
 
 PIP_TIMEOUT = 600
+
+
+def canCompile() -> bool:
+    """
+    Whether C{pip install} can build the compiled send step here: Linux, a
+    C compiler, and the test interpreter's headers (a Python built by
+    pyenv has them; Debian's needs C{python3-dev}).
+    """
+    headers = os.path.join(sysconfig.get_paths()["include"], "Python.h")
+    return (
+        sys.platform == "linux"
+        and shutil.which(os.environ.get("CC", "cc")) is not None
+        and os.path.exists(headers)
+    )
 
 
 class VenvTwistd(TwistdServer):
@@ -75,9 +92,10 @@ class InstallTests(SynchronousTestCase):
         )
         self.bin = os.path.join(self.venv, "bin")
 
-    def pip(self, *arguments: str) -> str:
+    def pip(self, *arguments: str, environment: dict[str, str] | None = None) -> str:
         """
-        Run the test interpreter's pip on the new virtualenv.
+        Run the test interpreter's pip on the new virtualenv (with the
+        environment variables C{environment} set, if any).
         """
         done = subprocess.run(
             [
@@ -93,9 +111,30 @@ class InstallTests(SynchronousTestCase):
             capture_output=True,
             text=True,
             timeout=PIP_TIMEOUT,
+            env=None if environment is None else {**os.environ, **environment},
         )
         self.assertEqual(done.returncode, 0, done.stdout + done.stderr)
         return done.stdout
+
+    def sendStep(self) -> str:
+        """
+        What the installed package says about its compiled send step:
+        C{"built"}, or why it cannot be used.
+        """
+        done = subprocess.run(
+            [
+                os.path.join(self.bin, "python"),
+                "-c",
+                "from udptime import sendstep; "
+                "print(sendstep.unavailable() or 'built')",
+            ],
+            cwd=self.work,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return done.stdout.strip()
 
     def checkInstalled(self) -> None:
         """
@@ -145,6 +184,11 @@ class InstallTests(SynchronousTestCase):
         self.assertNotIn("twisted/plugins/__init__.py", files)
         self.assertNotIn("twisted/__init__.py", files)
         self.assertFalse([f for f in files if f.startswith("tests/")], files)
+        self.assertIn("udptime/_sendstep.pyi", files)
+        built = [f for f in files if re.fullmatch(r"udptime/_sendstep\..*\.so", f)]
+        if canCompile():
+            self.assertTrue(built, files)
+            self.assertEqual(self.sendStep(), "built")
         self.checkInstalled()
 
         self.pip("uninstall", "-q", "-y", "udptime")
@@ -172,6 +216,20 @@ class InstallTests(SynchronousTestCase):
         self.assertEqual(
             where.stdout.strip(), os.path.join(self.source, "udptime", "tap.py")
         )
+        if canCompile():
+            self.assertEqual(self.sendStep(), "built")
+
+    def test_withoutCompiler(self) -> None:
+        """
+        Where the compiled send step cannot be built (here: a C compiler
+        that always fails), the installation goes on without it, and the
+        server works.
+        """
+        self.pip("install", "-q", ".", environment={"CC": "false"})
+        files = self.installedFiles()
+        self.assertFalse([f for f in files if f.endswith(".so")], files)
+        self.assertIn("udptime._sendstep is not built", self.sendStep())
+        self.checkInstalled()
 
 
 class SourceDistributionTests(SynchronousTestCase):
@@ -206,6 +264,9 @@ class SourceDistributionTests(SynchronousTestCase):
             "LICENSE",
             "README.rst",
             "udptime/py.typed",
+            "udptime/_sendstep.c",
+            "udptime/_sendstep.pyi",
+            "setup.py",
             "twisted/plugins/udptime_plugin.py",
             "tests/__init__.py",
             "tests/support.py",

@@ -71,6 +71,7 @@ from udptime.clock import NTP_UNIX_OFFSET
 from udptime.errorqueue import ErrorQueuePort
 from udptime.interleave import TransmitTimes
 from udptime.replies import ReplyPath
+from udptime.sendstep import SendCall, compiledStep, unavailable
 from udptime.server import UDPServerProtocol
 
 _WILDCARDS: Final = frozenset({"0.0.0.0", "::"})
@@ -212,7 +213,11 @@ class ServerPort(ErrorQueuePort):
         if protocol.kernelTransmitTimes:
             port.enableTransmitTimes()
         port.replies = ReplyPath(
-            protocol, port.socket.sendto, port.socket.sendmsg, port.batch
+            protocol,
+            port.socket.sendto,
+            port.socket.sendmsg,
+            port.batch,
+            port.sendStep(),
         )
         if port.transmitTimes is not None:
             port.replies.timestamping = port.quieten
@@ -247,6 +252,37 @@ class ServerPort(ErrorQueuePort):
         reports = self.destinations
         if reports is not None:
             self.socket.setsockopt(reports.level, reports.option, 1)
+
+    def sendStep(self) -> SendCall | None:
+        """
+        The compiled send step of this port's socket, for a protocol whose
+        replies carry their send time and that allows it (see
+        L{udptime.sendstep}), where it is built; L{None} otherwise.  Logs
+        which step the protocol's replies take.
+        """
+        protocol = self.protocol
+        if not protocol.transmitTimestamps:
+            return None
+        step = None
+        if not protocol.compiledSend:
+            reason = "the compiled one is turned off"
+        else:
+            step = compiledStep(self.socket)
+            reason = unavailable() or "the socket is neither IPv4 nor IPv6"
+        if step is None:
+            self.log.info(
+                "{service}: transmit timestamps read and replies sent in Python "
+                "({reason})",
+                service=protocol.serviceName,
+                reason=reason,
+            )
+        else:
+            self.log.info(
+                "{service}: transmit timestamps read and replies sent by the "
+                "compiled send step (udptime._sendstep)",
+                service=protocol.serviceName,
+            )
+        return step
 
     def enableTransmitTimes(self) -> None:
         """

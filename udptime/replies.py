@@ -41,13 +41,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from errno import EAGAIN, ECONNREFUSED, EINTR, ENOBUFS, EWOULDBLOCK
+from os import strerror
 from typing import TYPE_CHECKING, Final, TypeAlias
 
 from twisted.internet.error import MessageLengthError
 
 from udptime import counters
 from udptime.address import Address
+from udptime.clock import systemClock
 from udptime.decision import HELD, Ancillary, Decision, LateReply, Refusal
+from udptime.ntp import LateTransmit
+from udptime.sendstep import SendCall
 
 if TYPE_CHECKING:
     from udptime.mmsg import MessageBatch
@@ -59,9 +63,19 @@ _SEND_ERRORS: Final = (OSError, MessageLengthError)
 turns C{EMSGSIZE} into L{MessageLengthError})."""
 
 _ANSWERED: Final = counters.ANSWERED
+_LateTransmit: Final = LateTransmit
+_SYSTEM_CLOCK: Final = systemClock
 
 _Held: TypeAlias = tuple[bytes, Address, float, "Ancillary | None", "int | None"]
 """A held datagram: the arguments it was handled with."""
+
+
+def _sendError(errno: int) -> OSError:
+    """
+    The L{OSError} (subclass) Python raises for a send that failed with
+    C{errno}.
+    """
+    return OSError(errno, strerror(errno))
 
 
 def _notQueued(reply: bytes, slot: int) -> bool:
@@ -110,6 +124,11 @@ class ReplyPath:
         and sent; the port's
         L{quieten<udptime.port.ServerPort.quieten>} where it reads kernel
         transmit times, otherwise nothing.
+    @ivar sendStep: the socket's compiled send step (see
+        L{udptime.sendstep}), which stamps and sends the NTP replies
+        L{LateTransmit<udptime.ntp.LateTransmit>} stamps with its reply
+        constants from the system clock, or L{None}: every reply is
+        stamped and sent in Python.
     """
 
     def __init__(
@@ -119,6 +138,7 @@ class ReplyPath:
         sendmsg: Callable[[Sequence[bytes], Ancillary, int, Address], object]
         | None = None,
         batch: MessageBatch | None = None,
+        sendStep: SendCall | None = None,
     ) -> None:
         self.protocol = protocol
         self.decide: Callable[[bytes, Address, float], Decision] = protocol.decide
@@ -138,6 +158,7 @@ class ReplyPath:
             self.queue = batch.queue
         self.held: list[_Held] = []
         self.timestamping: Callable[[], object] = _nothing
+        self.sendStep = sendStep
 
     def handle(
         self,
@@ -179,6 +200,37 @@ class ReplyPath:
                 if control is not None:
                     self.timestamping()
                     ancillary = control if ancillary is None else (*ancillary, *control)
+                step = self.sendStep
+                if (
+                    step is not None
+                    and decision.__class__ is _LateTransmit
+                    and decision.clock is _SYSTEM_CLOCK
+                ):
+                    constants = decision.constants
+                    if constants is not None:
+                        # The compiled step: the clock's reading, the stamp
+                        # and the send in one call (see udptime.sendstep).
+                        sent = step(
+                            decision.start,
+                            decision.origin,
+                            decision.receive,
+                            decision.fuzz,
+                            constants.fuzzBits,
+                            constants.halfStepsPerSecond,
+                            constants.offsetUnits,
+                            addr,
+                            ancillary,
+                        )
+                        if sent is not None:
+                            if sent >= 0:
+                                return 1
+                            return self.retry(
+                                _sendError(-sent),
+                                decision.stamp(),
+                                addr,
+                                ancillary,
+                            )
+                        # An address the step does not convert: Python's.
                 stamp = decision.stamp  # type: ignore[union-attr]
                 try:
                     if ancillary is None:

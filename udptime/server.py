@@ -146,6 +146,12 @@ class UDPServerProtocol(DatagramProtocol):
     The kernel transmit times of recent replies, given by a port that reads
     them; L{None} otherwise.
     """
+    compiledSend = False
+    """
+    Whether udptime's port may stamp and send the replies that carry their
+    send time with the compiled send step (see L{udptime.sendstep}), where
+    it is built.
+    """
     receiveTimestamps: ClassVar[bool] = False
     """
     Whether replies carry the time the request arrived: a port then takes
@@ -610,6 +616,7 @@ class NTPServer(UDPServerProtocol):
         minPoll: int = ntp.MIN_POLL,
         interleaved: bool = True,
         nts: NTSAuthentication | None = None,
+        compiledSend: bool = True,
     ) -> None:
         """
         @param clockSource: L{None} for a L{ClockSource} that follows the
@@ -617,9 +624,13 @@ class NTPServer(UDPServerProtocol):
         @param interleaved: answer clients that ask in interleaved form in
             interleaved mode, where the port can read the kernel's transmit
             times (see L{udptime.interleave}).
+        @param compiledSend: let udptime's port stamp and send replies with
+            the compiled send step, where it is built (see
+            L{udptime.sendstep}).
         """
         super().__init__(clock=clock, verbose=verbose, policy=policy)
         self.kernelTransmitTimes = interleaved
+        self.compiledSend = compiledSend
         self.timed = ntp.LateTransmit(clock, TRANSMIT_TIMESTAMP_REQUEST)
         self.clockSource: ClockStateSource = (
             ClockSource() if clockSource is None else clockSource

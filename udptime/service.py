@@ -298,6 +298,12 @@ class UDPListenService(ListenService):
                 "event loop's receive times",
                 service=self.name,
             )
+        if getattr(self.protocol, "transmitTimestamps", False):
+            self.log.info(
+                "{service}: transmit timestamps read and replies sent in Python "
+                "(Twisted's generic UDP port)",
+                service=self.name,
+            )
         reactor = cast(IReactorSocket, self.reactor)
         return reactor.adoptDatagramPort(
             sock.fileno(), sock.family, self.protocol, maxPacketSize=MAX_DATAGRAM

@@ -134,6 +134,7 @@ def _ntpServer(options: Mapping[str, Any]) -> UDPServerProtocol:
         verbose=options["verbose"],
         clockSource=ClockSource(options["local-stratum"], options["refid"]),
         interleaved=not options.get("no-interleaved", False),
+        compiledSend=not options.get("no-compiled-send", False),
     )
 
 

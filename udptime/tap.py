@@ -545,6 +545,13 @@ class Options(usage.Options):
             "kernel's transmit time of the previous reply to it, where the "
             "system reports them).",
         ],
+        [
+            "no-compiled-send",
+            None,
+            "NTP: read each reply's transmit timestamp and send the reply in "
+            "Python, not with the compiled send step (udptime._sendstep, "
+            "used where it was built).",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -661,6 +668,8 @@ class Options(usage.Options):
             )
         if "ntp" not in ports and self["upstream"] is not None:
             raise usage.UsageError("--upstream is for NTP: give --ntp-port")
+        if "ntp" not in ports and self["no-compiled-send"]:
+            raise usage.UsageError("--no-compiled-send is for NTP: give --ntp-port")
         self["roughtime-long-term-key"] = roughtimeKeyOption(
             self["roughtime-port"], self["roughtime-key"]
         )
