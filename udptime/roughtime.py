@@ -1180,10 +1180,22 @@ def _answerAlike(
             dropped[DropReason.OVERSIZE] += len(requests)
         return [DropReason.OVERSIZE] * len(requests)
     join = b"".join
+    if len(levels) == 1:
+        return [join((head, nonces[0], middle, tail, _INDICES[0]))]
+    # Each PATH is the leaf's sibling and the PATH of the node above it,
+    # joined into the response rather than into a PATH of its own.
+    level = levels[0]
+    siblings = level[:]
+    siblings[0::2] = level[1::2]
+    siblings[1::2] = level[0::2]
+    above = merklePaths(levels[1:], len(levels[1]))
+    aboves = level[:]
+    aboves[0::2] = above
+    aboves[1::2] = above
     return [
-        join((head, nonce, middle, path, tail, index))
-        for nonce, path, index in zip(
-            nonces, merklePaths(levels, len(requests)), _INDICES, strict=False
+        join((head, nonce, middle, sibling, path, tail, index))
+        for nonce, sibling, path, index in zip(
+            nonces, siblings, aboves, _INDICES, strict=False
         )
     ]
 
