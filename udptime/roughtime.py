@@ -661,23 +661,34 @@ _NO_SHAPE: Final = _Shape(b"", -1, 0, 0, b"", 0, RFC_10049)
 """A shape no request has (its size is negative)."""
 
 MAX_SHAPES: Final = 8
-"""The request shapes a server keeps, per SRV value (see L{_Shape})."""
-
-_shapes: dict[bytes, list[_Shape]] = {}
-"""The shapes of the requests accepted lately, by SRV value, the most
-recently met first."""
+"""The request shapes a L{RequestShapes} keeps."""
 
 
-def _shapesFor(srv: bytes) -> list[_Shape]:
+class RequestShapes:
     """
-    The shapes kept for the server whose SRV value is C{srv}.
+    The shapes (see L{_Shape}) of the requests a server accepted lately,
+    the most recently met first: a server keeps one from batch to batch
+    (see L{answerBatch}), so that the requests of the clients it has met
+    are read by comparing bytes.
+
+    @ivar srv: the SRV value of the server the shapes are for (a shape
+        that names a server holds its SRV).
+    @ivar shapes: the shapes, at most L{MAX_SHAPES}.
     """
-    shapes = _shapes.get(srv)
-    if shapes is None:
-        if len(_shapes) >= MAX_SHAPES:
-            _shapes.clear()
-        shapes = _shapes[srv] = []
-    return shapes
+
+    def __init__(self) -> None:
+        self.srv: bytes | None = None
+        self.shapes: list[_Shape] = []
+
+    def forServer(self, srv: bytes) -> list[_Shape]:
+        """
+        The shapes kept for the server whose SRV value is C{srv}: none when
+        the last batch was another server's.
+        """
+        if srv != self.srv:
+            self.srv = srv
+            self.shapes = []
+        return self.shapes
 
 
 def _matchShape(packet: bytes, srv: bytes, shapes: list[_Shape]) -> _Shape | DropReason:
@@ -1043,6 +1054,7 @@ def respondBatch(
     radius: int,
     delegation: Delegation,
     dropped: Counter[DropReason] | None = None,
+    memory: RequestShapes | None = None,
 ) -> list[bytes | None]:
     """
     Answer a batch of request datagrams received together, with one
@@ -1050,10 +1062,12 @@ def respondBatch(
     L{answerBatch} does, counting the datagrams dropped by reason.
 
     @param dropped: counts the datagrams dropped, by L{DropReason}.
+    @param memory: the shapes of the requests accepted in earlier batches
+        (see L{answerBatch}).
     @return: the response to each datagram, or L{None} for those dropped.
     @raise ValueError: as L{answerBatch}.
     """
-    answers = answerBatch(requests, now, radius, delegation, dropped)
+    answers = answerBatch(requests, now, radius, delegation, dropped, memory)
     return [answer if isinstance(answer, bytes) else None for answer in answers]
 
 
@@ -1063,6 +1077,7 @@ def answerBatch(
     radius: int,
     delegation: Delegation,
     dropped: Counter[DropReason] | None = None,
+    memory: RequestShapes | None = None,
 ) -> list[bytes | DropReason]:
     """
     Answer a batch of request datagrams received together, with one
@@ -1075,7 +1090,8 @@ def answerBatch(
     L{parseRequest} says, and a response larger than its request is never
     sent.
 
-    Most requests are read by their shape (see L{_Shape}): a batch whose
+    Most requests are read by their shape (see L{_Shape}): a request of a
+    shape met before is read by comparing bytes, and a batch whose
     requests all have the shape of the last request accepted is answered
     without reading any of them further.
 
@@ -1084,6 +1100,8 @@ def answerBatch(
     @param radius: RADI in seconds (see L{radiusFor}).
     @param delegation: the online key and its certificates, valid for MIDP.
     @param dropped: counts the datagrams dropped, by L{DropReason}.
+    @param memory: the shapes of the requests accepted in earlier batches,
+        updated with this batch's; by default, none.
     @return: the response to each datagram, or why it is dropped.
     @raise ValueError: C{radius} is not from 1 to 2^32 - 1, or the
         delegation does not cover MIDP.
@@ -1097,7 +1115,10 @@ def answerBatch(
             f" {delegation.minTime}..{delegation.maxTime}"
         )
     srv = delegation.srv
-    shapes = _shapesFor(srv)
+    shapes = (RequestShapes() if memory is None else memory).forServer(srv)
+    if not shapes and requests:
+        # The first request's shape, which the others are compared with.
+        _matchShape(requests[0], srv, shapes)
     prefix, size, nonceFirst, noncePast, typeValue, typeAt, version = (
         shapes[0] if shapes else _NO_SHAPE
     )
