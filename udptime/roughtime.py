@@ -519,8 +519,8 @@ class DropReason(StrEnum):
 
 class Request(NamedTuple):
     """
-    A request a server will answer (a named tuple: one is made for every
-    request, and a frozen dataclass costs several times as much to make).
+    A request a server will answer, as L{parseRequest} reads it (a server
+    answering a batch reads its requests by their shape, without one).
 
     @ivar packet: the request datagram, unchanged.
     @ivar nonce: its 32-byte nonce.
@@ -727,6 +727,8 @@ def _readShape(packet: bytes, srv: bytes) -> _Shape | DropReason:
     (count,) = _U32.unpack_from(packet, FRAME_SIZE)
     # The header (frame, count, offsets, tags) is read once per layout.
     plan = _requestPlan(packet[: FRAME_SIZE + (8 * count if count else 4)], size)
+    # Told by the class of what is read, not by DropReason: isinstance with
+    # an enum class asks its metaclass, at several times the cost.
     if not isinstance(plan, _RequestPlan):
         return plan
     first, past = plan.version
