@@ -1278,6 +1278,52 @@ class AtOnceSendTests(SynchronousTestCase):
         self.check(ntpServer(), batched=True, kernelTimestamps=True)
 
 
+class QueueAllTests(SynchronousTestCase):
+    """
+    L{mmsg.MessageBatch.queueAll} queues a batch's replies as
+    L{mmsg.MessageBatch.queue} does, one after the other.
+    """
+
+    def setUp(self) -> None:
+        if not batchingAvailable():
+            raise SkipTest("no recvmmsg/sendmmsg on this system")
+
+    def test_queued(self) -> None:
+        """
+        Replies go into the send slots in order; refusals, replies without
+        a receive slot, replies too long for a slot and those past the last
+        slot are left, by position.
+        """
+        batch = mmsg.MessageBatch(2, 64, socket.AF_INET, False)
+        long = b"L" * (mmsg.SEND_SLOT_SIZE + 1)
+        left = batch.queueAll(
+            [b"one", MALFORMED, b"none", long, b"two", b"three"],
+            [0, 1, None, 1, 1, 0],
+        )
+        self.assertEqual(left, [1, 2, 3, 5])
+        self.assertEqual(batch.queued, 2)
+        self.assertEqual(bytes(batch.sendData[:3]), b"one")
+        start = mmsg.SEND_SLOT_SIZE
+        self.assertEqual(bytes(batch.sendData[start : start + 3]), b"two")
+        self.assertEqual(batch.queueAll([b"four"], [0]), [0])
+
+    def test_sameAsQueue(self) -> None:
+        """
+        The send slots hold what L{mmsg.MessageBatch.queue} puts there for
+        the same replies, to the same receive slots.
+        """
+        replies = [b"a" * 10, b"b" * 20, b"c" * 30]
+        indices = [2, 0, 1]
+        one = mmsg.MessageBatch(3, 64, socket.AF_INET, False)
+        for reply, index in zip(replies, indices, strict=True):
+            self.assertTrue(one.queue(reply, index))
+        every = mmsg.MessageBatch(3, 64, socket.AF_INET, False)
+        self.assertEqual(every.queueAll(replies, indices), [])
+        self.assertEqual(every.queued, one.queued)
+        self.assertEqual(bytes(every.sendData), bytes(one.sendData))
+        self.assertEqual(every._redirected, one._redirected)
+
+
 class AddressTests(SynchronousTestCase):
     """
     L{mmsg.MessageBatch.convert} turns raw source addresses into the

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import struct
 from collections import Counter
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -605,6 +606,260 @@ class RespondBatchTests(SynchronousTestCase):
                 self.assertRaises(
                     rt.BadMerklePath, rt.verifyResponse, altered, response, PUBLIC
                 )
+
+
+def referenceAnswers(
+    packets: list[bytes], radius: int, delegation: rt.Delegation
+) -> list[bytes | rt.DropReason]:
+    """
+    The answers to a batch built from RFC 10049 itself, one response at a
+    time: each request read by L{rt.parseRequest}, one Merkle tree over the
+    leaves of those accepted (padded to a power of two with copies of the
+    last), and each response encoded from its tags and signed on its own
+    (Ed25519 signatures are deterministic, so the bytes are comparable).
+    """
+    reads = [rt.parseRequest(packet, delegation.srv) for packet in packets]
+    answers: list[bytes | rt.DropReason] = [
+        read if isinstance(read, rt.DropReason) else b"" for read in reads
+    ]
+    accepted = [
+        (i, read) for i, read in enumerate(reads) if isinstance(read, rt.Request)
+    ]
+    if not accepted:
+        return answers
+
+    def hashed(data: bytes) -> bytes:
+        return hashlib.sha512(data).digest()[:32]
+
+    level = [
+        hashed(b"\0" + (r.packet if r.version.leafFromRequest else r.nonce))
+        for _, r in accepted
+    ]
+    level += [level[-1]] * ((1 << (len(level) - 1).bit_length()) - len(level))
+    levels = [level]
+    while len(level) > 1:
+        level = [
+            hashed(b"\1" + level[i] + level[i + 1]) for i in range(0, len(level), 2)
+        ]
+        levels.append(level)
+    midpoint = rt.midpointFor(NOW)
+    for index, (position, read) in enumerate(accepted):
+        version = read.version
+        srep = {
+            rt.RADI: struct.pack("<I", radius),
+            rt.MIDP: struct.pack("<Q", midpoint),
+            rt.ROOT: levels[-1][0],
+        }
+        if version.signedVersion:
+            srep[rt.VER] = struct.pack("<I", version.number)
+            srep[rt.VERS] = rt.packVersions(rt.SERVER_VERSIONS)
+        srepValue = rt.encodeMessage(srep)
+        fields = {
+            rt.SIG: delegation.signer.sign(version.responseContext + srepValue),
+            rt.NONC: read.nonce,
+            rt.PATH: b"".join(
+                levels[h][(index >> h) ^ 1] for h in range(len(levels) - 1)
+            ),
+            rt.SREP: srepValue,
+            rt.CERT: delegation.certificates[version.delegationContext],
+            rt.INDX: struct.pack("<I", index),
+        }
+        if version.signedVersion:
+            fields[rt.TYPE] = struct.pack("<I", 1)
+        else:
+            fields[rt.VER] = struct.pack("<I", version.number)
+        response = rt.framePacket(rt.encodeMessage(fields))
+        answers[position] = (
+            response if len(response) <= len(read.packet) else rt.DropReason.OVERSIZE
+        )
+    return answers
+
+
+OTHER_PUBLIC = publicBytes(seededKey(9))
+NAMED_TAGS = {rt.VER, rt.NONC, rt.TYPE, rt.SRV, rt.ZZZZ}
+
+
+@st.composite
+def requestKinds(draw: st.DrawFn) -> dict[str, Any]:
+    """
+    A kind of client: the arguments of L{request} but the nonce, from
+    which requests of one shape are made (and some that no server
+    answers).
+    """
+    versions = draw(
+        st.lists(
+            st.sampled_from([1, 0x8000000C, 0x80000008, 0x8000000B, 7, 0x8000000E]),
+            min_size=1,
+            max_size=4,
+            unique=True,
+        )
+    )
+    if draw(st.booleans()):
+        versions.sort()
+    typeValue = draw(st.sampled_from([None, bytes(4), bytes(4), b"\1\0\0\0", bytes(8)]))
+    extra = draw(
+        st.dictionaries(
+            st.integers(0, 0xFFFFFFFF).filter(lambda t: t not in NAMED_TAGS),
+            st.binary(max_size=12).map(lambda v: v + bytes(-len(v) % 4)),
+            max_size=3,
+        )
+    )
+    if typeValue is not None:
+        extra[rt.TYPE] = typeValue
+    return {
+        "versions": tuple(versions),
+        "publicKey": draw(st.sampled_from([None, PUBLIC, OTHER_PUBLIC])),
+        "size": draw(st.sampled_from([1020, 1024, 1036, 1100, 1500])),
+        "extra": extra,
+        "drop": () if typeValue is not None else (rt.TYPE,),
+    }
+
+
+@st.composite
+def batches(draw: st.DrawFn) -> list[bytes]:
+    """
+    A batch of requests from one to three kinds of client, each with its
+    own nonce, some of them altered in one byte, cut short or lengthened.
+    """
+    kinds = draw(st.lists(requestKinds(), min_size=1, max_size=3))
+    packets = []
+    for _ in range(draw(st.integers(1, 24))):
+        kind = draw(st.sampled_from(kinds))
+        packet = request(nonce=draw(st.binary(min_size=32, max_size=32)), **kind)
+        change = draw(st.sampled_from(["none"] * 6 + ["byte", "cut", "longer"]))
+        if change == "byte":
+            position = draw(st.integers(0, len(packet) - 1))
+            altered = bytearray(packet)
+            altered[position] ^= draw(st.integers(1, 255))
+            packet = bytes(altered)
+        elif change == "cut":
+            packet = packet[:-4]
+        elif change == "longer":
+            packet += bytes(4)
+        packets.append(packet)
+    return packets
+
+
+class RequestShapeTests(SynchronousTestCase):
+    """
+    A server reads most requests by their shape (the bytes before the
+    nonce, the size, TYPE), as met in earlier requests: its answers are
+    those of the general reading, byte for byte.
+    """
+
+    delegation = delegationAround(NOW)
+
+    @settings(
+        max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    )
+    @given(batches())
+    def test_sameAnswers(self, packets: list[bytes]) -> None:
+        """
+        A batch of random requests, altered or not, is answered as the
+        reference built from RFC 10049 answers it: without a memory of
+        shapes, with a new one, and with one that knows the batch's shapes
+        (the same batch again); and each drop is counted by its reason.
+        """
+        expected = referenceAnswers(packets, 3, self.delegation)
+        memory = rt.RequestShapes()
+        for name, shapes in [("none", None), ("new", memory), ("known", memory)]:
+            dropped = Counter[rt.DropReason]()
+            answers = rt.answerBatch(packets, NOW, 3, self.delegation, dropped, shapes)
+            self.assertEqual(answers, expected, name)
+            self.assertEqual(
+                dropped,
+                Counter(a for a in expected if isinstance(a, rt.DropReason)),
+                name,
+            )
+
+    @settings(
+        max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    )
+    @given(
+        st.integers(0, rt.REQUEST_SIZE - 1),
+        st.integers(1, 255),
+        st.sampled_from([(1,), (0x8000000C,), (0x8000000B, 0x80000008)]),
+    )
+    def test_alteredRequestOfKnownShape(
+        self, position: int, flip: int, versions: tuple[int, ...]
+    ) -> None:
+        """
+        A request altered in one byte, after its shape was met, is answered
+        or dropped as the general reading says, alone or among requests of
+        that shape.
+        """
+        memory = rt.RequestShapes()
+        known = request(versions=versions)
+        rt.answerBatch([known], NOW, 3, self.delegation, None, memory)
+        self.assertEqual(len(memory.shapes), 1)
+        altered = bytearray(request(versions=versions, nonce=b"M" * 32))
+        altered[position] ^= flip
+        for packets in ([bytes(altered)], [known, bytes(altered), known]):
+            self.assertEqual(
+                rt.answerBatch(packets, NOW, 3, self.delegation, None, memory),
+                referenceAnswers(packets, 3, self.delegation),
+            )
+
+    def test_fallsToGeneralReading(self) -> None:
+        """
+        Requests that differ from a known shape where it matters are read
+        in full and dropped for their own reason: TYPE 1, another server,
+        a length field that does not match, a cut or lengthened datagram.
+        """
+        memory = rt.RequestShapes()
+        rt.answerBatch([request()], NOW, 3, self.delegation, None, memory)
+        D = rt.DropReason
+        longer = request() + bytes(4)
+        cases = {
+            "TYPE 1": (request(extra={rt.TYPE: b"\1\0\0\0"}), D.MALFORMED),
+            "another server": (request(publicKey=OTHER_PUBLIC), D.SERVER),
+            "cut": (request()[:-4], D.MALFORMED),
+            "longer": (longer, D.MALFORMED),
+            "no version spoken": (request(versions=(7,)), D.VERSION),
+        }
+        for name, (packet, reason) in cases.items():
+            with self.subTest(name):
+                answers = rt.answerBatch(
+                    [request(), packet], NOW, 3, self.delegation, None, memory
+                )
+                self.assertEqual(answers[1], reason)
+                self.assertIsInstance(answers[0], bytes)
+
+    def test_shapesForOneServer(self) -> None:
+        """
+        The shapes met for one server are forgotten when the batch is
+        another's: a request naming the first is not answered by the
+        second.
+        """
+        memory = rt.RequestShapes()
+        packet = request()
+        (answer,) = rt.answerBatch([packet], NOW, 3, self.delegation, None, memory)
+        self.assertIsInstance(answer, bytes)
+        other = rt.makeDelegation(
+            seededKey(9), seededKey(2), int(NOW) - 60, int(NOW) + 60
+        )
+        self.assertEqual(
+            rt.answerBatch([packet], NOW, 3, other, None, memory),
+            [rt.DropReason.SERVER],
+        )
+        self.assertEqual(memory.shapes, [])
+
+    def test_boundedMemory(self) -> None:
+        """
+        A memory keeps the L{rt.MAX_SHAPES} shapes met last, the last
+        first.
+        """
+        memory = rt.RequestShapes()
+        kinds = [request(size=1036 + 4 * n) for n in range(rt.MAX_SHAPES + 3)]
+        for packet in kinds:
+            rt.answerBatch([packet], NOW, 3, self.delegation, None, memory)
+        self.assertEqual(
+            [shape.size for shape in memory.shapes],
+            [len(packet) for packet in kinds[::-1][: rt.MAX_SHAPES]],
+        )
+        rt.answerBatch([kinds[-3]], NOW, 3, self.delegation, None, memory)
+        self.assertEqual(memory.shapes[0].size, len(kinds[-3]))
+        self.assertEqual(len(memory.shapes), rt.MAX_SHAPES)
 
 
 class BuildRequestTests(SynchronousTestCase):

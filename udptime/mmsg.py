@@ -22,7 +22,7 @@ import mmap
 import socket
 import struct
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Final, NamedTuple
 
 from udptime.address import Address
@@ -491,6 +491,45 @@ class MessageBatch:
             self._redirected[slot] = False
         self.queued = slot + 1
         return True
+
+    def queueAll(
+        self, replies: Sequence[object], indices: Sequence[int | None]
+    ) -> list[int]:
+        """
+        Queue, in order, each of C{replies} that is a reply's bytes to the
+        source of the datagram its index in C{indices} names, as L{queue}
+        does for one: the positions of those not queued (not bytes, no
+        index, too long for a send slot, or every slot taken).
+        """
+        left: list[int] = []
+        slot = self.queued
+        count = self.count
+        sendData = self.sendData
+        setSize = self._size
+        iovecs = self._sendIovecs
+        redirected = self._redirected
+        for position, (reply, index) in enumerate(zip(replies, indices, strict=True)):
+            if (
+                reply.__class__ is not bytes
+                or index is None
+                or slot >= count
+                or len(reply) > SEND_SLOT_SIZE
+            ):
+                left.append(position)
+                continue
+            start = slot * SEND_SLOT_SIZE
+            size = len(reply)
+            sendData[start : start + size] = reply
+            setSize(iovecs, slot * _IOVEC_SIZE + _IOV_LEN_AT, size)
+            if slot != index:
+                self._point(slot, index)
+                redirected[slot] = True
+            elif redirected[slot]:
+                self._point(slot, slot)
+                redirected[slot] = False
+            slot += 1
+        self.queued = slot
+        return left
 
     def _point(self, slot: int, index: int) -> None:
         """

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from errno import EAGAIN, ECONNREFUSED, EINTR, ENOBUFS, EWOULDBLOCK
+from operator import itemgetter
 from os import strerror
 from typing import TYPE_CHECKING, Final, TypeAlias
 
@@ -68,6 +69,10 @@ _SYSTEM_CLOCK: Final = systemClock
 
 _Held: TypeAlias = tuple[bytes, Address, float, "Ancillary | None", "int | None"]
 """A held datagram: the arguments it was handled with."""
+
+_dataOf: Final[Callable[[_Held], bytes]] = itemgetter(0)
+_receivedOf: Final[Callable[[_Held], float]] = itemgetter(2)
+_slotOf: Final[Callable[[_Held], int | None]] = itemgetter(4)
 
 
 def _sendError(errno: int) -> OSError:
@@ -396,9 +401,9 @@ class ReplyPath:
         """
         held, self.held = self.held, []
         protocol = self.protocol
-        latest = max(received for _, _, received, _, _ in held)
+        latest = max(map(_receivedOf, held))
         try:
-            decisions = protocol.decideBatch([data for data, *_ in held], latest)
+            decisions = protocol.decideBatch(list(map(_dataOf, held)), latest)
             if len(decisions) != len(held):
                 raise ValueError(
                     f"{len(decisions)} decisions for {len(held)} datagrams"
@@ -407,22 +412,17 @@ class ReplyPath:
             for data, addr, received, _, _ in held:
                 self.failed(data, addr, received)
             return 0
-        if not self.verbose:
+        batch = self.batch
+        if not self.verbose and self.queueing and batch is not None:
             # An answer to a datagram of a batch slot goes straight into the
             # send queue (counted when the batch is sent), as handle() would
             # put it; the rest go through handle().
-            queue = self.queue
-            rest = [
-                (arguments, decision)
-                for arguments, decision in zip(held, decisions, strict=True)
-                if decision.__class__ is not bytes
-                or arguments[4] is None
-                or not queue(decision, arguments[4])
-            ]
-            if not rest:
+            left = batch.queueAll(decisions, list(map(_slotOf, held)))
+            if not left:
                 return 0
-            held = [arguments for arguments, _ in rest]
-            decisions = [decision for _, decision in rest]
+            if len(left) < len(held):
+                held = [held[position] for position in left]
+                decisions = [decisions[position] for position in left]
         each = iter(decisions)
 
         def decided(data: bytes, addr: Address, received: float) -> Decision:

@@ -519,8 +519,8 @@ class DropReason(StrEnum):
 
 class Request(NamedTuple):
     """
-    A request a server will answer (a named tuple: one is made for every
-    request, and a frozen dataclass costs several times as much to make).
+    A request a server will answer, as L{parseRequest} reads it (a server
+    answering a batch reads its requests by their shape, without one).
 
     @ivar packet: the request datagram, unchanged.
     @ivar nonce: its 32-byte nonce.
@@ -615,21 +615,111 @@ def parseRequest(packet: bytes, srv: bytes) -> Request | DropReason:
     other than 0 is always refused) and either no SRV or this server's.
     Other tags, ZZZZ among them, are ignored.
     """
-    read = _readRequest(packet, srv)
-    if isinstance(read, DropReason):
-        return read
-    return Request._make(read)
+    shape = _readShape(packet, srv)
+    if not isinstance(shape, _Shape):
+        return shape
+    return Request(packet, packet[shape.nonceFirst : shape.noncePast], shape.version)
 
 
-_Read = tuple[bytes, bytes, Version]
-"""A request read by L{_readRequest}: its packet, nonce and version."""
-
-
-def _readRequest(packet: bytes, srv: bytes) -> _Read | DropReason:
+class _Shape(NamedTuple):
     """
-    L{parseRequest}'s work: the request's packet, nonce and version as a
-    plain tuple (a server reads every request, and a tuple costs a tenth of
-    a named tuple to make), or why it is dropped.
+    What every request of one shape is, for a server with one SRV value:
+    requests of C{size} bytes that begin with C{prefix}, everything before
+    the nonce's value (the frame, the message header, and the values of
+    the tags below NONC: VER, SRV and any unknown tags there), and carry
+    C{typeValue} at C{typeAt}.
+
+    L{_readShape} makes one from a request it accepts; any other request
+    of the same size, prefix and TYPE has the same header, offers the same
+    versions and names the same server (or none): it is accepted too, in
+    the same version, and only its nonce (and the tags after NONC that a
+    server ignores) can differ.  Clients of one kind send requests of one
+    shape, so that a server reads most requests by comparing bytes.
+
+    @ivar prefix: the request's bytes before its nonce.
+    @ivar size: the request's size.
+    @ivar nonceFirst: where the nonce begins (the length of C{prefix}).
+    @ivar noncePast: where it ends.
+    @ivar typeValue: TYPE's value, C{0} as a uint32, when the request
+        carries TYPE; otherwise C{b""}, which every request has anywhere.
+    @ivar typeAt: where TYPE's value begins (0 when there is none).
+    @ivar version: the version the requests are answered in.
+    """
+
+    prefix: bytes
+    size: int
+    nonceFirst: int
+    noncePast: int
+    typeValue: bytes
+    typeAt: int
+    version: Version
+
+
+_TYPE_REQUEST_VALUE: Final = _U32.pack(TYPE_REQUEST)
+
+_NO_SHAPE: Final = _Shape(b"", -1, 0, 0, b"", 0, RFC_10049)
+"""A shape no request has (its size is negative)."""
+
+MAX_SHAPES: Final = 8
+"""The request shapes a L{RequestShapes} keeps."""
+
+
+class RequestShapes:
+    """
+    The shapes (see L{_Shape}) of the requests a server accepted lately,
+    the most recently met first: a server keeps one from batch to batch
+    (see L{answerBatch}), so that the requests of the clients it has met
+    are read by comparing bytes.
+
+    @ivar srv: the SRV value of the server the shapes are for (a shape
+        that names a server holds its SRV).
+    @ivar shapes: the shapes, at most L{MAX_SHAPES}.
+    """
+
+    def __init__(self) -> None:
+        self.srv: bytes | None = None
+        self.shapes: list[_Shape] = []
+
+    def forServer(self, srv: bytes) -> list[_Shape]:
+        """
+        The shapes kept for the server whose SRV value is C{srv}: none when
+        the last batch was another server's.
+        """
+        if srv != self.srv:
+            self.srv = srv
+            self.shapes = []
+        return self.shapes
+
+
+def _matchShape(packet: bytes, srv: bytes, shapes: list[_Shape]) -> _Shape | DropReason:
+    """
+    The shape of C{packet}, a request for the server whose SRV value is
+    C{srv}: one of C{shapes} (which becomes the first), or one read from
+    the request by L{_readShape} (added first to C{shapes}, which keeps
+    L{MAX_SHAPES}); or why the request is dropped.
+    """
+    size = len(packet)
+    for position, shape in enumerate(shapes):
+        if (
+            shape.size == size
+            and packet.startswith(shape.prefix)
+            and packet.startswith(shape.typeValue, shape.typeAt)
+        ):
+            if position:
+                del shapes[position]
+                shapes.insert(0, shape)
+            return shape
+    found = _readShape(packet, srv)
+    if isinstance(found, _Shape):
+        shapes.insert(0, found)
+        del shapes[MAX_SHAPES:]
+    return found
+
+
+def _readShape(packet: bytes, srv: bytes) -> _Shape | DropReason:
+    """
+    Read a request for the server whose SRV value is C{srv}, as
+    L{parseRequest} says: the request's L{_Shape}, or why it is dropped.
     """
     size = len(packet)
     if size < MIN_REQUEST_SIZE:
@@ -637,16 +727,22 @@ def _readRequest(packet: bytes, srv: bytes) -> _Read | DropReason:
     (count,) = _U32.unpack_from(packet, FRAME_SIZE)
     # The header (frame, count, offsets, tags) is read once per layout.
     plan = _requestPlan(packet[: FRAME_SIZE + (8 * count if count else 4)], size)
-    if isinstance(plan, DropReason):
+    # Told by the class of what is read, not by DropReason: isinstance with
+    # an enum class asks its metaclass, at several times the cost.
+    if not isinstance(plan, _RequestPlan):
         return plan
     first, past = plan.version
     version = _offeredVersion(packet[first:past])
-    if isinstance(version, DropReason):
+    if not isinstance(version, Version):
         return version
+    typeValue = b""
+    typeAt = 0
     if plan.typePresent:
         first, past = plan.type
-        if packet[first:past] != b"\0\0\0\0":
+        if packet[first:past] != _TYPE_REQUEST_VALUE:
             return DropReason.MALFORMED
+        typeValue = _TYPE_REQUEST_VALUE
+        typeAt = first
     elif version.typeRequired:
         return DropReason.MALFORMED
     if plan.srvPresent:
@@ -654,7 +750,7 @@ def _readRequest(packet: bytes, srv: bytes) -> _Read | DropReason:
         if packet[first:past] != srv:
             return DropReason.SERVER
     first, past = plan.nonce
-    return (packet, packet[first:past], version)
+    return _Shape(packet[:first], size, first, past, typeValue, typeAt, version)
 
 
 @dataclass(frozen=True, slots=True)
@@ -840,19 +936,90 @@ def merkleRoot(leaf: bytes, index: int, path: bytes) -> bytes | None:
     return h
 
 
-@dataclass(frozen=True, slots=True)
-class _ResponseLayout:
+class _ResponseLayout(NamedTuple):
     """
     The fixed parts of the responses of one version in one batch: a
-    response is C{head + NONC + middle + PATH + tail + INDX}.
+    response is C{head + NONC + middle + PATH + tail + INDX}, of C{size}
+    bytes.
     """
 
     head: bytes
     middle: bytes
     tail: bytes
+    size: int
 
 
 _TYPE_RESPONSE_VALUE: Final = _U32.pack(TYPE_RESPONSE)
+
+
+class _LayoutParts(NamedTuple):
+    """
+    What the responses of one version, with one RADI, MIDP and PATH length,
+    share in every batch: C{frame}, the frame and message header;
+    C{versionValue}, the top-level VER value (drafts 8 to 11) or C{b""};
+    C{middle}, TYPE's value or C{b""}; C{srepHead}, the SREP but for ROOT,
+    its last value; C{size}, a response's size.
+    """
+
+    frame: bytes
+    versionValue: bytes
+    middle: bytes
+    srepHead: bytes
+    size: int
+
+
+@lru_cache(maxsize=64)
+def _layoutParts(
+    number: int, radius: int, midpoint: int, pathSize: int, certificateSize: int
+) -> _LayoutParts:
+    """
+    The L{_LayoutParts} of the responses in version C{number} with RADI
+    C{radius}, MIDP C{midpoint}, C{pathSize} bytes of PATH and a CERT of
+    C{certificateSize} bytes; kept while MIDP stays the same.
+    """
+    version = VERSIONS[number]
+    srep: dict[int, bytes] = {
+        RADI: _U32.pack(radius),
+        MIDP: _U64.pack(midpoint),
+        ROOT: bytes(HASH_SIZE),
+    }
+    if version.signedVersion:
+        srep[VER] = _U32.pack(version.number)
+        srep[VERS] = _SERVER_VERSIONS_VALUE
+    # ROOT is the largest tag of an SREP: its value comes last.
+    srepHead = encodeMessage(srep)[:-HASH_SIZE]
+    srepSize = len(srepHead) + HASH_SIZE
+    # In ascending tag order: SIG, [VER], NONC, [TYPE], PATH, SREP, CERT, INDX.
+    if version.signedVersion:
+        versionValue = b""
+        middle = _TYPE_RESPONSE_VALUE
+        tags = (SIG, NONC, TYPE, PATH, SREP, CERT, INDX)
+        lengths = (
+            SIGNATURE_SIZE,
+            NONCE_SIZE,
+            4,
+            pathSize,
+            srepSize,
+            certificateSize,
+            4,
+        )
+    else:
+        versionValue = _U32.pack(version.number)
+        middle = b""
+        tags = (SIG, VER, NONC, PATH, SREP, CERT, INDX)
+        lengths = (
+            SIGNATURE_SIZE,
+            4,
+            NONCE_SIZE,
+            pathSize,
+            srepSize,
+            certificateSize,
+            4,
+        )
+    header = _header(tags, lengths)
+    size = FRAME_SIZE + len(header) + sum(lengths)
+    frame = _FRAME.pack(MAGIC, size - FRAME_SIZE) + header
+    return _LayoutParts(frame, versionValue, middle, srepHead, size)
 
 
 def _layout(
@@ -866,34 +1033,14 @@ def _layout(
     """
     Sign the SREP of C{version} for this batch and lay out its responses.
     """
-    srep: dict[int, bytes] = {
-        RADI: _U32.pack(radius),
-        MIDP: _U64.pack(midpoint),
-        ROOT: root,
-    }
-    if version.signedVersion:
-        srep[VER] = _U32.pack(version.number)
-        srep[VERS] = _SERVER_VERSIONS_VALUE
-    srepValue = encodeMessage(srep)
-    signature = delegation.signer.sign(version.responseContext + srepValue)
     certificate = delegation.certificates[version.delegationContext]
-    # In ascending tag order: SIG, [VER], NONC, [TYPE], PATH, SREP, CERT, INDX.
-    before = [(SIG, signature)]
-    if not version.signedVersion:
-        before.append((VER, _U32.pack(version.number)))
-    between = [(TYPE, _TYPE_RESPONSE_VALUE)] if version.signedVersion else []
-    after = [(SREP, srepValue), (CERT, certificate)]
-    pairs = [*before, (NONC, b""), *between, (PATH, b""), *after, (INDX, b"")]
-    lengths = [len(v) for _, v in pairs]
-    lengths[len(before)] = NONCE_SIZE
-    lengths[len(before) + 1 + len(between)] = pathSize
-    lengths[-1] = 4
-    header = _header(tuple(t for t, _ in pairs), tuple(lengths))
-    frame = _FRAME.pack(MAGIC, len(header) + sum(lengths))
+    frame, versionValue, middle, srepHead, size = _layoutParts(
+        version.number, radius, midpoint, pathSize, len(certificate)
+    )
+    srepValue = srepHead + root
+    signature = delegation.signer.sign(version.responseContext + srepValue)
     return _ResponseLayout(
-        head=b"".join([frame, header, *(v for _, v in before)]),
-        middle=b"".join(v for _, v in between),
-        tail=b"".join(v for _, v in after),
+        frame + signature + versionValue, middle, srepValue + certificate, size
     )
 
 
@@ -909,6 +1056,7 @@ def respondBatch(
     radius: int,
     delegation: Delegation,
     dropped: Counter[DropReason] | None = None,
+    memory: RequestShapes | None = None,
 ) -> list[bytes | None]:
     """
     Answer a batch of request datagrams received together, with one
@@ -916,11 +1064,13 @@ def respondBatch(
     L{answerBatch} does, counting the datagrams dropped by reason.
 
     @param dropped: counts the datagrams dropped, by L{DropReason}.
+    @param memory: the shapes of the requests accepted in earlier batches
+        (see L{answerBatch}).
     @return: the response to each datagram, or L{None} for those dropped.
     @raise ValueError: as L{answerBatch}.
     """
-    answers = answerBatch(requests, now, radius, delegation, dropped)
-    return [None if isinstance(answer, DropReason) else answer for answer in answers]
+    answers = answerBatch(requests, now, radius, delegation, dropped, memory)
+    return [answer if isinstance(answer, bytes) else None for answer in answers]
 
 
 def answerBatch(
@@ -929,6 +1079,7 @@ def answerBatch(
     radius: int,
     delegation: Delegation,
     dropped: Counter[DropReason] | None = None,
+    memory: RequestShapes | None = None,
 ) -> list[bytes | DropReason]:
     """
     Answer a batch of request datagrams received together, with one
@@ -941,11 +1092,18 @@ def answerBatch(
     L{parseRequest} says, and a response larger than its request is never
     sent.
 
+    Most requests are read by their shape (see L{_Shape}): a request of a
+    shape met before is read by comparing bytes, and a batch whose
+    requests all have the shape of the last request accepted is answered
+    without reading any of them further.
+
     @param requests: the datagrams, in the order received.
     @param now: the time of processing, Unix seconds.
     @param radius: RADI in seconds (see L{radiusFor}).
     @param delegation: the online key and its certificates, valid for MIDP.
     @param dropped: counts the datagrams dropped, by L{DropReason}.
+    @param memory: the shapes of the requests accepted in earlier batches,
+        updated with this batch's; by default, none.
     @return: the response to each datagram, or why it is dropped.
     @raise ValueError: C{radius} is not from 1 to 2^32 - 1, or the
         delegation does not cover MIDP.
@@ -958,20 +1116,46 @@ def answerBatch(
             f"MIDP {midpoint} is outside the delegation"
             f" {delegation.minTime}..{delegation.maxTime}"
         )
-    answers: list[bytes | DropReason] = []
-    accepted: list[tuple[int, _Read]] = []
     srv = delegation.srv
+    shapes = (RequestShapes() if memory is None else memory).forServer(srv)
+    if not shapes and requests:
+        # The first request's shape, which the others are compared with.
+        _matchShape(requests[0], srv, shapes)
+    prefix, size, nonceFirst, noncePast, typeValue, typeAt, version = (
+        shapes[0] if shapes else _NO_SHAPE
+    )
+    treeSize = 1 << MAX_TREE_HEIGHT
+    if (
+        requests
+        and len(requests) <= treeSize
+        and all(
+            [
+                len(packet) == size
+                and packet.startswith(prefix)
+                and packet.startswith(typeValue, typeAt)
+                for packet in requests
+            ]
+        )
+    ):
+        return _answerAlike(requests, shapes[0], midpoint, radius, delegation, dropped)
+    answers: list[bytes | DropReason] = []
+    accepted: list[_Accepted] = []
     append, accept = answers.append, accepted.append
     for position, packet in enumerate(requests):
-        parsed = _readRequest(packet, srv)
-        if isinstance(parsed, DropReason):
-            append(parsed)
-            if dropped is not None:
-                dropped[parsed] += 1
-        else:
-            append(b"")
-            accept((position, parsed))
-    treeSize = 1 << MAX_TREE_HEIGHT
+        if not (
+            len(packet) == size
+            and packet.startswith(prefix)
+            and packet.startswith(typeValue, typeAt)
+        ):
+            shape = _matchShape(packet, srv, shapes)
+            if not isinstance(shape, _Shape):
+                append(shape)
+                if dropped is not None:
+                    dropped[shape] += 1
+                continue
+            prefix, size, nonceFirst, noncePast, typeValue, typeAt, version = shape
+        append(b"")
+        accept((position, packet, packet[nonceFirst:noncePast], version))
     for first in range(0, len(accepted), treeSize):
         _respondTree(
             accepted[first : first + treeSize],
@@ -984,8 +1168,68 @@ def answerBatch(
     return answers
 
 
+def _answerAlike(
+    requests: Sequence[bytes],
+    shape: _Shape,
+    midpoint: int,
+    radius: int,
+    delegation: Delegation,
+    dropped: Counter[DropReason] | None,
+) -> list[bytes | DropReason]:
+    """
+    Answer C{requests}, from one to 2^L{MAX_TREE_HEIGHT} of them, all of
+    C{shape}: one Merkle tree, one version, and responses of one size.
+    """
+    _, size, nonceFirst, noncePast, _, _, version = shape
+    nonces = [packet[nonceFirst:noncePast] for packet in requests]
+    sha512 = hashlib.sha512
+    # Each leaf (Version.leaf, inline): H(0x00 || request), or H(0x00 ||
+    # nonce) for drafts 8 to 11.
+    leaves = [
+        sha512(b"\x00" + value).digest()[:HASH_SIZE]
+        for value in (requests if version.leafFromRequest else nonces)
+    ]
+    levels = merkleLevels(leaves)
+    head, middle, tail, responseSize = _layout(
+        version,
+        radius,
+        midpoint,
+        levels[-1][0],
+        (len(levels) - 1) * HASH_SIZE,
+        delegation,
+    )
+    if responseSize > size:
+        if dropped is not None:
+            dropped[DropReason.OVERSIZE] += len(requests)
+        return [DropReason.OVERSIZE] * len(requests)
+    join = b"".join
+    if len(levels) == 1:
+        return [join((head, nonces[0], middle, tail, _INDICES[0]))]
+    # Each PATH is the leaf's sibling and the PATH of the node above it,
+    # joined into the response rather than into a PATH of its own.
+    level = levels[0]
+    siblings = level[:]
+    siblings[0::2] = level[1::2]
+    siblings[1::2] = level[0::2]
+    above = merklePaths(levels[1:], len(levels[1]))
+    aboves = level[:]
+    aboves[0::2] = above
+    aboves[1::2] = above
+    return [
+        join((head, nonce, middle, sibling, path, tail, index))
+        for nonce, sibling, path, index in zip(
+            nonces, siblings, aboves, _INDICES, strict=False
+        )
+    ]
+
+
+_Accepted = tuple[int, bytes, bytes, Version]
+"""A request to answer: its position in the batch, the packet, its nonce and
+the version of its response."""
+
+
 def _respondTree(
-    accepted: Sequence[tuple[int, _Read]],
+    accepted: Sequence[_Accepted],
     midpoint: int,
     radius: int,
     delegation: Delegation,
@@ -997,41 +1241,39 @@ def _respondTree(
     counting in C{dropped} (when given) the responses too large to send.
     """
     sha512 = hashlib.sha512
-    # Each leaf (Version.leaf, inline): H(0x00 || request), or H(0x00 ||
-    # nonce) for drafts 8 to 11.
     leaves = [
         sha512(b"\x00" + (packet if version.leafFromRequest else nonce)).digest()[
             :HASH_SIZE
         ]
-        for _, (packet, nonce, version) in accepted
+        for _, packet, nonce, version in accepted
     ]
     levels = merkleLevels(leaves)
     root = levels[-1][0]
-    height = len(levels) - 1
+    pathSize = (len(levels) - 1) * HASH_SIZE
     paths = merklePaths(levels, len(accepted))
     layouts: dict[int, _ResponseLayout] = {}
     join = b"".join
     current: Version | None = None
     head = middle = tail = b""
-    for index, (position, (packet, nonce, version)) in enumerate(accepted):
+    responseSize = 0
+    for index, (position, packet, nonce, version) in enumerate(accepted):
         if version is not current:
             # A batch's requests mostly share one version: its layout is
             # looked up again only when the version changes.
             layout = layouts.get(version.number)
             if layout is None:
-                layout = _layout(
-                    version, radius, midpoint, root, height * HASH_SIZE, delegation
-                )
+                layout = _layout(version, radius, midpoint, root, pathSize, delegation)
                 layouts[version.number] = layout
-            head, middle, tail = layout.head, layout.middle, layout.tail
+            head, middle, tail, responseSize = layout
             current = version
-        response = join((head, nonce, middle, paths[index], tail, _INDICES[index]))
-        if len(response) > len(packet):
+        if responseSize > len(packet):
             answers[position] = DropReason.OVERSIZE
             if dropped is not None:
                 dropped[DropReason.OVERSIZE] += 1
         else:
-            answers[position] = response
+            answers[position] = join(
+                (head, nonce, middle, paths[index], tail, _INDICES[index])
+            )
 
 
 # The client side.

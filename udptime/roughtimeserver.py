@@ -38,6 +38,7 @@ from udptime.roughtime import (
     DEFAULT_RADIUS_FLOOR,
     MIN_REQUEST_SIZE,
     DropReason,
+    RequestShapes,
     answerBatch,
     radiusFor,
 )
@@ -59,6 +60,8 @@ class RoughtimeResponder:
         synchronised.
     @ivar answered: responses made.
     @ivar batches: batches answered (one signature each per version).
+    @ivar shapes: the shapes of the requests met, by which most requests
+        are read (see L{RequestShapes<udptime.roughtime.RequestShapes>}).
     """
 
     def __init__(
@@ -79,6 +82,7 @@ class RoughtimeResponder:
         self.unsynchronised = 0
         self.answered = 0
         self.batches = 0
+        self.shapes = RequestShapes()
 
     def respond(self, datagrams: Sequence[bytes], now: float) -> list[bytes | None]:
         """
@@ -107,7 +111,7 @@ class RoughtimeResponder:
         delegation = self.onlineKey.current(now)
         dropped = self.dropped
         before = dropped.total()
-        answers = answerBatch(datagrams, now, radius, delegation, dropped)
+        answers = answerBatch(datagrams, now, radius, delegation, dropped, self.shapes)
         answered = len(datagrams) - (dropped.total() - before)
         self.answered += answered
         if answered:
