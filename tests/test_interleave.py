@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support import TwistdServer, freePort, requirePeer, waitFor
-from tests.test_port import serve
+from tests.test_port import serveWithClient
 from udptime.ancillary import TRANSMIT_TIMESTAMP_REQUEST
 from udptime.clock import ClockSource, ntp64ToUnix, unixToNTP64
 from udptime.decision import LateReply
@@ -265,13 +265,7 @@ class KernelTransmitTimesTests(SynchronousTestCase):
     """
 
     def serve(self, server: NTPServer) -> tuple[object, socket.socket]:
-        port = serve(server, True, kernelTimestamps=True)
-        self.addCleanup(port.stopListening)
-        client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        client.settimeout(5)
-        self.addCleanup(client.close)
-        client.connect(("127.0.0.1", port.getHost().port))
-        return port, client
+        return serveWithClient(self, server)
 
     def test_followUp(self) -> None:
         server = NTPServer(clockSource=ClockSource(10))

@@ -162,6 +162,23 @@ def serve(
         sock.close()
 
 
+def serveWithClient(
+    case: SynchronousTestCase, protocol: UDPServerProtocol
+) -> tuple[Any, socket.socket]:
+    """
+    Serve C{protocol} on udptime's port with kernel timestamps, and give a
+    client socket connected to it (a 5 s timeout on its reads); the test
+    case C{case} stops the one and closes the other when it ends.
+    """
+    port = serve(protocol, True, kernelTimestamps=True)
+    case.addCleanup(port.stopListening)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.settimeout(5)
+    case.addCleanup(client.close)
+    client.connect(("127.0.0.1", port.getHost().port))
+    return port, client
+
+
 class ServerPortTestCase(TestCase):
     """
     Helpers to run a server on a real loopback socket and talk to it.

@@ -30,7 +30,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support import TwistdServer, freePort, udpQuery
 from tests.test_ntp import header
-from tests.test_port import serve
+from tests.test_port import serve, serveWithClient
 from udptime import counters, ntp, sendstep
 from udptime.ancillary import (
     MSG_ERRQUEUE,
@@ -377,13 +377,7 @@ class PortTests(SynchronousTestCase):
     """
 
     def serve(self, server: NTPServer) -> tuple[Any, socket.socket]:
-        port = serve(server, True, kernelTimestamps=True)
-        self.addCleanup(port.stopListening)
-        client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        client.settimeout(5)
-        self.addCleanup(client.close)
-        client.connect(("127.0.0.1", port.getHost().port))
-        return port, client
+        return serveWithClient(self, server)
 
     def logged(self) -> list[str]:
         lines: list[str] = []
