@@ -990,32 +990,25 @@ def _layoutParts(
     srepHead = encodeMessage(srep)[:-HASH_SIZE]
     srepSize = len(srepHead) + HASH_SIZE
     # In ascending tag order: SIG, [VER], NONC, [TYPE], PATH, SREP, CERT, INDX.
+    sizes = {
+        SIG: SIGNATURE_SIZE,
+        VER: 4,
+        NONC: NONCE_SIZE,
+        TYPE: 4,
+        PATH: pathSize,
+        SREP: srepSize,
+        CERT: certificateSize,
+        INDX: 4,
+    }
     if version.signedVersion:
         versionValue = b""
         middle = _TYPE_RESPONSE_VALUE
         tags = (SIG, NONC, TYPE, PATH, SREP, CERT, INDX)
-        lengths = (
-            SIGNATURE_SIZE,
-            NONCE_SIZE,
-            4,
-            pathSize,
-            srepSize,
-            certificateSize,
-            4,
-        )
     else:
         versionValue = _U32.pack(version.number)
         middle = b""
         tags = (SIG, VER, NONC, PATH, SREP, CERT, INDX)
-        lengths = (
-            SIGNATURE_SIZE,
-            4,
-            NONCE_SIZE,
-            pathSize,
-            srepSize,
-            certificateSize,
-            4,
-        )
+    lengths = tuple(sizes[tag] for tag in tags)
     header = _header(tags, lengths)
     size = FRAME_SIZE + len(header) + sum(lengths)
     frame = _FRAME.pack(MAGIC, size - FRAME_SIZE) + header
