@@ -13,7 +13,9 @@ Set C{UDPTIME_SECURITY_REPORT=1} to print what the tests measured.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import random
 import re
 import select
 import socket
@@ -117,6 +119,22 @@ def source(host: str, port: int = 0) -> socket.socket:
         raise
     sock.setblocking(False)
     return sock
+
+
+def sourceOnPort(port: int, last: int) -> socket.socket:
+    """
+    A non-blocking UDP socket bound to source port C{port} on an address
+    127.14.X.C{last}, X picked at random among those where the port is free
+    (another run of the suite on the same machine may hold that port on
+    some address at the same moment).
+    """
+    for _ in range(50):
+        try:
+            return source(f"127.14.{random.randrange(1, 255)}.{last}", port)
+        except OSError as failure:
+            if failure.errno != errno.EADDRINUSE:
+                raise
+    raise AssertionError(f"port {port} is taken on 50 addresses in 127.14.0.0/16")
 
 
 def drain(sock: socket.socket, replies: list[bytes], wait: float) -> None:
@@ -449,7 +467,8 @@ class FloodTests(SynchronousTestCase):
         for number, service in enumerate(["echo", "daytime", "time", "text"]):
             destination = ("127.0.0.1", self.ports[service])
             for port in [7, 19]:
-                sock = source(f"127.0.14.{number + 1}", port)
+                sock = sourceOnPort(port, number + 1)
+                host = sock.getsockname()[0]
                 try:
                     sock.sendto(b"loop?", destination)
                     replies: list[bytes] = []
@@ -457,7 +476,9 @@ class FloodTests(SynchronousTestCase):
                 finally:
                     sock.close()
                 self.assertEqual(replies, [], (service, port))
-            udpQuery(b"ok?", *destination, source=(f"127.0.14.{number + 1}", 0))
+            # From the address that just sent from port 19, another port
+            # is answered.
+            udpQuery(b"ok?", *destination, source=(host, 0))
         waitFor(
             what="the loops counted",
             check=lambda: all(
