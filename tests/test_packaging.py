@@ -121,13 +121,17 @@ class InstallTests(SynchronousTestCase):
         What the installed package says about its compiled send step:
         C{"built"}, or why it cannot be used.
         """
+        return self.python(
+            "from udptime import sendstep; print(sendstep.unavailable() or 'built')"
+        )
+
+    def python(self, code: str) -> str:
+        """
+        Run C{code} with the virtualenv's Python, from outside the source
+        tree, and return what it printed, stripped.
+        """
         done = subprocess.run(
-            [
-                os.path.join(self.bin, "python"),
-                "-c",
-                "from udptime import sendstep; "
-                "print(sendstep.unavailable() or 'built')",
-            ],
+            [os.path.join(self.bin, "python"), "-c", code],
             cwd=self.work,
             capture_output=True,
             text=True,
@@ -201,21 +205,10 @@ class InstallTests(SynchronousTestCase):
 
         self.pip("install", "-q", "-e", ".")
         self.checkInstalled()
-        where = subprocess.run(
-            [
-                os.path.join(self.bin, "python"),
-                "-c",
-                "import os, udptime.tap; print(os.path.realpath(udptime.tap.__file__))",
-            ],
-            cwd=self.work,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
+        where = self.python(
+            "import os, udptime.tap; print(os.path.realpath(udptime.tap.__file__))"
         )
-        self.assertEqual(
-            where.stdout.strip(), os.path.join(self.source, "udptime", "tap.py")
-        )
+        self.assertEqual(where, os.path.join(self.source, "udptime", "tap.py"))
         if canCompile():
             self.assertEqual(self.sendStep(), "built")
 
