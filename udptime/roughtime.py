@@ -1161,6 +1161,16 @@ def answerBatch(
     return answers
 
 
+def _leaves(values: Iterable[bytes]) -> list[bytes]:
+    """
+    The Merkle leaves of a batch's requests, from each one's hashed value
+    (L{Version.leaf}, for a whole batch): H(0x00 || request), or H(0x00 ||
+    nonce) for drafts 8 to 11.
+    """
+    sha512 = hashlib.sha512
+    return [sha512(b"\x00" + value).digest()[:HASH_SIZE] for value in values]
+
+
 def _answerAlike(
     requests: Sequence[bytes],
     shape: _Shape,
@@ -1175,14 +1185,7 @@ def _answerAlike(
     """
     _, size, nonceFirst, noncePast, _, _, version = shape
     nonces = [packet[nonceFirst:noncePast] for packet in requests]
-    sha512 = hashlib.sha512
-    # Each leaf (Version.leaf, inline): H(0x00 || request), or H(0x00 ||
-    # nonce) for drafts 8 to 11.
-    leaves = [
-        sha512(b"\x00" + value).digest()[:HASH_SIZE]
-        for value in (requests if version.leafFromRequest else nonces)
-    ]
-    levels = merkleLevels(leaves)
+    levels = merkleLevels(_leaves(requests if version.leafFromRequest else nonces))
     head, middle, tail, responseSize = _layout(
         version,
         radius,
@@ -1233,14 +1236,14 @@ def _respondTree(
     Answer the requests of one Merkle tree, writing into C{answers}, and
     counting in C{dropped} (when given) the responses too large to send.
     """
-    sha512 = hashlib.sha512
-    leaves = [
-        sha512(b"\x00" + (packet if version.leafFromRequest else nonce)).digest()[
-            :HASH_SIZE
-        ]
-        for _, packet, nonce, version in accepted
-    ]
-    levels = merkleLevels(leaves)
+    levels = merkleLevels(
+        _leaves(
+            [
+                packet if version.leafFromRequest else nonce
+                for _, packet, nonce, version in accepted
+            ]
+        )
+    )
     root = levels[-1][0]
     pathSize = (len(levels) - 1) * HASH_SIZE
     paths = merklePaths(levels, len(accepted))
