@@ -57,25 +57,30 @@ StampCall: TypeAlias = Callable[[bytes, bytes, int, int, int, float, int, float]
 """The compiled step's stamp alone, for a given transmit time (tests)."""
 
 
+def _load() -> ModuleType | str:
+    """
+    The compiled module, or why it cannot be imported.
+    """
+    try:
+        return importlib.import_module(MODULE)
+    except ImportError as failure:
+        return f"{MODULE} is not built ({failure})"
+
+
 def unavailable() -> str | None:
     """
     Why the compiled send step cannot be used here, or L{None} when it can.
     """
-    try:
-        importlib.import_module(MODULE)
-    except ImportError as failure:
-        return f"{MODULE} is not built ({failure})"
-    return None
+    loaded = _load()
+    return loaded if isinstance(loaded, str) else None
 
 
 def _compiled() -> ModuleType | None:
     """
     The compiled module, or L{None} where it cannot be imported.
     """
-    try:
-        return importlib.import_module(MODULE)
-    except ImportError:
-        return None
+    loaded = _load()
+    return None if isinstance(loaded, str) else loaded
 
 
 def compiledStep(sock: socket.socket) -> SendCall | None:
