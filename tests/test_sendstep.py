@@ -473,7 +473,8 @@ class PortTests(SynchronousTestCase):
             self.addCleanup(sys.modules.pop, "udptime._sendstep", None)
         else:
             self.addCleanup(sys.modules.__setitem__, "udptime._sendstep", saved)
-        self.assertIsNone(sendstep.compiledStep(socket.socket()))
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            self.assertIsNone(sendstep.compiledStep(sock))
         self.assertIsNone(sendstep.compiledStamp())
         self.assertIn("udptime._sendstep is not built", sendstep.unavailable() or "")
         lines = self.logged()
